@@ -1,0 +1,56 @@
+"""Process-wide settings, read from the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where RM Studio keeps its state.
+
+    Attributes:
+        home: ``RMSTUDIO_HOME`` (default ``./rmstudio-data``): the SQLite database, model versions and
+            feature caches live below it.
+        db_url: ``RMSTUDIO_DB``, a SQLAlchemy URL (default ``sqlite:///<home>/rmstudio.db``). PostgreSQL
+            works with ``postgresql+psycopg://user@host:5432/dbname``.
+        researcher_token: ``RMSTUDIO_RESEARCHER_TOKEN``; when set, researcher pages and destructive actions
+            in the app ask for it. Unset means the app runs open (single-user laptop mode).
+        model_dirs: extra directories (``RMSTUDIO_MODEL_DIRS``, ``os.pathsep``-separated) that backbones
+            may be loaded from, besides ``home`` and the bundled MiniLM.
+        max_upload_mb: largest file the app accepts for import (``RMSTUDIO_MAX_UPLOAD_MB``, default 200).
+    """
+
+    home: Path
+    db_url: str
+    researcher_token: str | None = None
+    model_dirs: tuple[Path, ...] = ()
+    max_upload_mb: int = 200
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        home = Path(env.get("RMSTUDIO_HOME") or "rmstudio-data").expanduser().resolve()
+        db_url = env.get("RMSTUDIO_DB") or f"sqlite:///{home / 'rmstudio.db'}"
+        dirs = tuple(Path(p).expanduser().resolve() for p in env.get("RMSTUDIO_MODEL_DIRS", "").split(os.pathsep) if p)
+        return cls(
+            home=home,
+            db_url=db_url,
+            researcher_token=env.get("RMSTUDIO_RESEARCHER_TOKEN") or None,
+            model_dirs=dirs,
+            max_upload_mb=int(env.get("RMSTUDIO_MAX_UPLOAD_MB", "200")),
+        )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")

@@ -1,0 +1,163 @@
+"""Engines and sessions.
+
+SQLite is tuned for many writers and concurrent readers:
+
+* WAL journal, so readers never wait for the writer; ``synchronous=FULL`` so a committed label survives power loss;
+* every write transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock first and waits on
+  ``busy_timeout`` for it. A deferred transaction that reads and then writes would fail at once with
+  "database is locked", whatever the timeout;
+* a separate read engine (deferred ``BEGIN``) for pages and dashboards.
+
+PostgreSQL uses the same code with ordinary transactions.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.config import Settings
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseError(RuntimeError):
+    """A database problem explained in one line for the user (read-only file, disk full, unreachable server)."""
+
+
+def explain_db_error(exc: BaseException) -> str:
+    msg = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    low = msg.lower()
+    if "readonly" in low or "read-only" in low or "read only" in low:
+        return f"the database is read-only ({msg}); check the file's permissions"
+    if "disk" in low and "full" in low or "no space" in low:
+        return f"the disk holding the database is full ({msg}); free some space and retry"
+    if "locked" in low:
+        return f"the database stayed locked for more than {BUSY_TIMEOUT_MS // 1000} s ({msg})"
+    if "unable to open" in low:
+        return f"cannot open the database file ({msg}); check RMSTUDIO_HOME / RMSTUDIO_DB"
+    return msg
+
+
+def _sqlite_engine(url: str, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy (not the sqlite3 module) issue BEGIN, so we can choose IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except Exception:  # a read-only database cannot switch modes; it may already be WAL
+            pass
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """A write engine and a read engine for one database URL.
+
+    Use ``with db.write() as s:`` for short write transactions (committed on exit, rolled back on error)
+    and ``with db.read() as s:`` for reads.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        u = make_url(url)
+        self.dialect = u.get_backend_name()
+        if self.dialect == "sqlite":
+            if u.database and u.database != ":memory:":
+                Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.write_engine = _sqlite_engine(url, immediate=True)
+            self.read_engine = _sqlite_engine(url, immediate=False)
+        else:
+            kw: dict[str, Any] = {"pool_pre_ping": True}
+            self.write_engine = create_engine(url, **kw)
+            self.read_engine = create_engine(url, **kw)
+        self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **kw: Any) -> "Database":
+        settings = settings or Settings.from_env()
+        return cls(settings.db_url, **kw)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to call from several processes at once)."""
+        from db.migrate import upgrade
+
+        upgrade(self.write_engine)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: takes the write lock first on SQLite, commits on success."""
+        with self._write_sessions() as s:
+            with s.begin():
+                yield s
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read_sessions() as s:
+            try:
+                yield s
+            finally:
+                s.rollback()
+
+    def run_write(self, fn: Callable[[Session], T], retries: int = 3) -> T:
+        """Run ``fn`` in a write transaction, retrying when SQLite stayed locked beyond ``busy_timeout``."""
+        for attempt in range(retries + 1):
+            try:
+                with self.write() as s:
+                    return fn(s)
+            except OperationalError as exc:
+                if attempt < retries and "locked" in str(exc).lower():
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        with self.read() as s:
+            s.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        self.read_engine.dispose()
+
+
+_lock = threading.Lock()
+_cached: dict[str, Database] = {}
+
+
+def get_database(settings: Settings | None = None) -> Database:
+    """One ``Database`` per URL and process (thread-safe; engines are shared by threads)."""
+    settings = settings or Settings.from_env()
+    with _lock:
+        db = _cached.get(settings.db_url)
+        if db is None:
+            db = _cached[settings.db_url] = Database(settings.db_url)
+        return db

@@ -1,0 +1,62 @@
+"""The ``rmstudio`` command line. Each module in ``COMMAND_MODULES`` registers its own subcommands."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from typing import Sequence
+
+from rm_engine.cli.common import CLIError
+
+COMMAND_MODULES = (
+    "rm_engine.cli.data_cmds",  # import, export, stats, seed-demo
+    "rm_engine.cli.model_cmds",  # train, eval, score, models
+    "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmstudio", description="RM Studio: preference labels to reward models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    from db.session import explain_db_error
+
+    msg = str(exc).strip()
+    if exc.__class__.__module__.startswith("sqlalchemy"):
+        msg = explain_db_error(exc)
+    return (msg.splitlines()[0] if msg else type(exc).__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except KeyboardInterrupt:
+        print("rmstudio: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rmstudio {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one readable line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"rmstudio {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
