@@ -1,9 +1,47 @@
-"""RM Studio web app: one ``st.navigation`` app. Run with ``rmstudio serve`` or ``streamlit run app/main.py``."""
+"""RM Studio web app: one ``st.navigation`` app. Run with ``rmstudio serve`` or ``streamlit run app/main.py``.
+
+Labelers see only the Label page; researchers (see :mod:`app.auth`) also see Train, Dashboard, Inspect and Data.
+"""
 from __future__ import annotations
 
-import streamlit as st
+import sys
+from pathlib import Path
+
+# `streamlit run app/main.py` puts app/ (not the repository root) on sys.path; make `import app.*` work.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+from app import auth  # noqa: E402
 
 st.set_page_config(page_title="RM Studio", page_icon=":material/balance:", layout="wide")
 
-st.title("RM Studio")
-st.write("The app is being built. Use `rmstudio --help` meanwhile.")
+_PAGES = Path(__file__).resolve().parent / "pages"
+
+label = st.Page(_PAGES / "label.py", title="Label", icon=":material/thumbs_up_down:", default=True)
+pages = [label]
+if auth.researcher_enabled():
+    pages += [
+        st.Page(_PAGES / "train.py", title="Train", icon=":material/model_training:"),
+        st.Page(_PAGES / "dashboard.py", title="Dashboard", icon=":material/monitoring:"),
+        st.Page(_PAGES / "inspect.py", title="Inspect", icon=":material/search:"),
+        st.Page(_PAGES / "data.py", title="Data", icon=":material/database:"),
+    ]
+
+nav = st.navigation(pages)
+
+with st.sidebar:
+    if auth.auth_required():
+        if auth.researcher_enabled():
+            if auth.oidc_configured():
+                st.button("Log out", on_click=st.logout)
+            elif st.button("Lock researcher pages"):
+                auth.sign_out()
+                st.rerun()
+        else:
+            with st.expander("Researcher sign-in"):
+                auth.researcher_sign_in("sidebar")
+
+nav.run()

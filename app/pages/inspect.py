@@ -1,0 +1,10 @@
+"""Inspect page (placeholder: owned by RESEARCH, to be replaced)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app.auth import require_researcher
+
+require_researcher()
+st.title("Inspect")
+st.info("This page is being built.")
