@@ -1,0 +1,88 @@
+"""Token-budget, length-grouped batch plans (rm_engine.batching)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rm_engine.batching import BatchPlanConfig, padded_tokens, padding_ratio, plan_batches, shard
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [max(1, int(rng.lognormvariate(4.5, 0.8))) for _ in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), min_size=1, max_size=300),
+    budget=st.integers(64, 8192),
+    max_items=st.one_of(st.none(), st.integers(4, 64)),
+    min_items=st.integers(1, 4),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 10),
+)
+def test_plan_is_a_partition_within_budget(lengths, budget, max_items, min_items, shuffle, seed) -> None:
+    cfg = BatchPlanConfig(batch_tokens=budget, max_items=max_items, min_items=min_items, window=4)
+    if len(lengths) < min_items:
+        with pytest.raises(ValueError, match="one per rank"):
+            plan_batches(lengths, cfg, seed=seed, shuffle=shuffle)
+        return
+    plan = plan_batches(lengths, cfg, seed=seed, shuffle=shuffle)
+    flat = [i for b in plan for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every item exactly once
+    for b in plan:
+        assert len(b) >= min_items
+        # only a remainder (< min_items items, appended last: the longest) may push a batch over budget, or a
+        # batch that had to take min_items items, or one item longer than the budget on its own
+        core = b if min_items == 1 else b[: max(1, len(b) - (min_items - 1))]
+        assert padded_tokens(core, lengths) <= budget or len(core) <= min_items
+        if max_items is not None:
+            assert len(b) <= max_items + min_items - 1
+
+
+def test_plan_is_deterministic_per_seed_and_varies_across_seeds() -> None:
+    lengths = _lengths(500)
+    cfg = BatchPlanConfig(batch_tokens=4096, max_items=32, window=4)
+    assert plan_batches(lengths, cfg, seed=3) == plan_batches(lengths, cfg, seed=3)
+    assert plan_batches(lengths, cfg, seed=3) != plan_batches(lengths, cfg, seed=4)
+
+
+def test_length_grouping_pads_far_less_than_random_batches() -> None:
+    lengths = _lengths(2000, seed=1)
+    cfg = BatchPlanConfig(batch_tokens=8192, max_items=64, window=16)
+    grouped = plan_batches(lengths, cfg, seed=0)
+    rng = random.Random(0)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    naive = [idx[k : k + 16] for k in range(0, len(idx), 16)]
+    assert padding_ratio(grouped, lengths) < 0.5 * padding_ratio(naive, lengths)
+    assert padding_ratio(grouped, lengths) < 0.1
+
+
+def test_sorted_plan_for_scoring_is_monotone_and_fills_budget() -> None:
+    lengths = _lengths(300, seed=2)
+    cfg = BatchPlanConfig(batch_tokens=2048, rows_per_item=1, window=0)
+    plan = plan_batches(lengths, cfg, shuffle=False)
+    maxes = [max(lengths[i] for i in b) for b in plan]
+    assert maxes == sorted(maxes)
+    for b, nxt in zip(plan, plan[1:]):  # adding the next item would have broken the budget
+        longest = max(lengths[nxt[0]], max(lengths[i] for i in b))
+        assert (len(b) + 1) * longest > 2048
+
+def test_shards_partition_a_batch_and_reject_bad_ranks() -> None:
+    batch = list(range(11))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == batch
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    with pytest.raises(ValueError, match="rank 3"):
+        shard(batch, 3, 3)
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="batch_tokens"):
+        BatchPlanConfig(batch_tokens=0)
+    with pytest.raises(ValueError, match="max_items"):
+        BatchPlanConfig(batch_tokens=10, max_items=1, min_items=2)
