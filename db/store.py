@@ -51,8 +51,11 @@ def _insert_ignore(session: Session, model: type, values: dict[str, Any], confli
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    res = session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict))
-    return bool(res.rowcount)
+    stmt = insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement, which read as "inserted" and let
+    # two concurrent submissions of one label both bump comparisons.label_count on PostgreSQL.
+    res = session.execute(stmt.returning(*model.__table__.primary_key.columns))
+    return res.first() is not None
 
 
 def get_or_create_annotator(session: Session, name: str, default_source: Source | str = Source.crowd) -> Annotator:
