@@ -1,0 +1,339 @@
+"""Dashboard queries: labels over time, throughput, cached-score distributions, agreement inputs, coverage.
+
+Every function takes an open (read) ``Session`` and returns a pandas ``DataFrame`` (or plain values) ready for
+the charts in ``app/charts.py``. Nothing here trains or scores: model scores come from the cached
+``response_scores`` rows written by the rescore job. No torch, no streamlit.
+
+Orientation: a label's ``outcome`` is relative to the stored comparison (``a`` is ``response_a_id``). Frames
+that talk about *chosen* and *rejected* keep only labels with outcome ``a`` or ``b``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session, aliased
+
+from db.models import (
+    Annotator,
+    Comparison,
+    Label,
+    ModelVersion,
+    Prompt,
+    Ranking,
+    RankingItem,
+    Response,
+    ResponseScore,
+)
+
+SOURCES = ("expert", "crowd", "ai")
+
+
+def _val(x: Any) -> Any:
+    """Enum members to their string value (SQLAlchemy returns enums for enum columns)."""
+    return getattr(x, "value", x)
+
+
+def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    for c in columns:
+        if df[c].dtype == object and len(df):
+            df[c] = df[c].map(_val)
+    return df
+
+
+def labels_over_time(session: Session, freq: str = "D") -> pd.DataFrame:
+    """Labels per period and source: columns ``period`` (start of period, UTC), ``source``, ``labels``,
+    ``cumulative`` (running total per source). ``freq`` is a pandas offset alias (``"h"``, ``"D"``, ``"W"``)."""
+    rows = session.execute(select(Label.created_at, Label.source)).all()
+    df = _frame(rows, ["created_at", "source"])
+    if df.empty:
+        return pd.DataFrame(columns=["period", "source", "labels", "cumulative"])
+    df["period"] = pd.to_datetime(df["created_at"], utc=True).dt.floor(freq) if freq in ("h", "D") else (
+        pd.to_datetime(df["created_at"], utc=True).dt.tz_localize(None).dt.to_period(freq).dt.start_time
+    )
+    out = df.groupby(["period", "source"]).size().rename("labels").reset_index().sort_values(["source", "period"])
+    out["cumulative"] = out.groupby("source")["labels"].cumsum()
+    return out.sort_values(["period", "source"]).reset_index(drop=True)
+
+
+def annotator_throughput(session: Session, now: datetime | None = None) -> pd.DataFrame:
+    """Per annotator: ``annotator``, ``source`` (their most used), ``labels``, ``labels_24h``,
+    ``median_seconds`` (time spent per label, where recorded), ``first``, ``last``, ``labels_per_hour``
+    (over the span between their first and last label; ``NaN`` with fewer than two labels)."""
+    rows = session.execute(
+        select(Annotator.name, Label.source, Label.created_at, Label.time_spent_ms).join(
+            Annotator, Label.annotator_id == Annotator.id
+        )
+    ).all()
+    cols = ["annotator", "source", "labels", "labels_24h", "median_seconds", "first", "last", "labels_per_hour"]
+    df = _frame(rows, ["annotator", "source", "created_at", "time_spent_ms"])
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    now = now or datetime.now(timezone.utc)
+    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+    recent = df["created_at"] >= pd.Timestamp(now - timedelta(days=1))
+    g = df.assign(recent=recent, secs=df["time_spent_ms"].astype(float) / 1000.0).groupby("annotator")
+    out = pd.DataFrame(
+        {
+            "source": g["source"].agg(lambda s: s.value_counts().index[0]),
+            "labels": g.size(),
+            "labels_24h": g["recent"].sum().astype(int),
+            "median_seconds": g["secs"].median(),
+            "first": g["created_at"].min(),
+            "last": g["created_at"].max(),
+        }
+    )
+    hours = (out["last"] - out["first"]).dt.total_seconds() / 3600.0
+    out["labels_per_hour"] = np.where((out["labels"] > 1) & (hours > 0), out["labels"] / hours.where(hours > 0, 1), np.nan)
+    return out.reset_index().sort_values("labels", ascending=False).reset_index(drop=True)[cols]
+
+
+def labels_per_category(session: Session) -> pd.DataFrame:
+    """Labels and labelled prompts per prompt category (``(none)`` for prompts without one)."""
+    rows = session.execute(
+        select(Prompt.category, func.count(Label.id), func.count(func.distinct(Prompt.id)))
+        .select_from(Label)
+        .join(Comparison, Label.comparison_id == Comparison.id)
+        .join(Prompt, Comparison.prompt_id == Prompt.id)
+        .group_by(Prompt.category)
+    ).all()
+    df = _frame(rows, ["category", "labels", "prompts"])
+    df["category"] = df["category"].fillna("(none)")
+    return df.sort_values("labels", ascending=False).reset_index(drop=True)
+
+
+def label_scores(session: Session, version_id: int) -> pd.DataFrame:
+    """Every label whose two responses have cached scores under ``version_id``.
+
+    Columns: ``label_id``, ``comparison_id``, ``source``, ``outcome``, ``split``, ``score_a``, ``score_b``,
+    ``std_a``, ``std_b`` and, for outcomes ``a``/``b`` (``NaN`` otherwise): ``chosen_score``,
+    ``rejected_score``, ``margin`` (chosen - rejected; negative means the model disagrees with the label).
+    """
+    sa, sb = aliased(ResponseScore), aliased(ResponseScore)
+    rows = session.execute(
+        select(Label.id, Label.comparison_id, Label.source, Label.outcome, Label.split, sa.score, sb.score, sa.std, sb.std)
+        .join(Comparison, Label.comparison_id == Comparison.id)
+        .join(sa, and_(sa.response_id == Comparison.response_a_id, sa.model_version_id == version_id))
+        .join(sb, and_(sb.response_id == Comparison.response_b_id, sb.model_version_id == version_id))
+        .order_by(Label.id)
+    ).all()
+    df = _frame(rows, ["label_id", "comparison_id", "source", "outcome", "split", "score_a", "score_b", "std_a", "std_b"])
+    is_a, is_b = df["outcome"] == "a", df["outcome"] == "b"
+    df["chosen_score"] = np.where(is_a, df["score_a"], np.where(is_b, df["score_b"], np.nan))
+    df["rejected_score"] = np.where(is_a, df["score_b"], np.where(is_b, df["score_a"], np.nan))
+    df["margin"] = df["chosen_score"] - df["rejected_score"]
+    return df
+
+
+def chosen_rejected_long(label_frame: pd.DataFrame) -> pd.DataFrame:
+    """``label_scores`` output as long rows ``source``, ``role`` (chosen/rejected), ``score`` for histograms."""
+    prefs = label_frame.dropna(subset=["margin"]) if len(label_frame) else label_frame
+    parts = [
+        pd.DataFrame({"source": prefs["source"], "role": role, "score": prefs[f"{role}_score"]})
+        for role in ("chosen", "rejected")
+    ] if len(prefs) else []
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["source", "role", "score"])
+
+
+def calibration_inputs(label_frame: pd.DataFrame, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted probability that ``a`` wins, ``sigmoid((score_a - score_b) / T)``, and whether it did (1/0),
+    for labels with outcome ``a``/``b``: the inputs of a reliability diagram and ECE."""
+    prefs = label_frame[label_frame["outcome"].isin(["a", "b"])] if len(label_frame) else label_frame
+    if not len(prefs):
+        return np.zeros(0), np.zeros(0)
+    t = float(temperature) if temperature and temperature > 0 else 1.0
+    d = (prefs["score_a"].to_numpy(float) - prefs["score_b"].to_numpy(float)) / t
+    return 1.0 / (1.0 + np.exp(-d)), (prefs["outcome"] == "a").to_numpy(float)
+
+
+def reliability_table(prob: np.ndarray, outcome: np.ndarray, bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """Equal-width bins of predicted probability: ``bin_mid``, ``mean_pred``, ``frac_pos``, ``count``; and the ECE
+    (count-weighted mean of ``|frac_pos - mean_pred|``; ``NaN`` with no data)."""
+    if len(prob) == 0:
+        return pd.DataFrame(columns=["bin_mid", "mean_pred", "frac_pos", "count"]), float("nan")
+    idx = np.clip((np.asarray(prob) * bins).astype(int), 0, bins - 1)
+    df = pd.DataFrame({"bin": idx, "p": prob, "y": outcome})
+    g = df.groupby("bin").agg(mean_pred=("p", "mean"), frac_pos=("y", "mean"), count=("p", "size")).reset_index()
+    g["bin_mid"] = (g["bin"] + 0.5) / bins
+    ece = float((g["count"] * (g["frac_pos"] - g["mean_pred"]).abs()).sum() / len(prob))
+    return g[["bin_mid", "mean_pred", "frac_pos", "count"]], ece
+
+
+def multi_rated_labels(session: Session, min_labels: int = 2) -> pd.DataFrame:
+    """Labels of comparisons labelled at least ``min_labels`` times: ``comparison_id``, ``label_id``,
+    ``annotator``, ``source``, ``outcome``, ``created_at`` (uses the denormalized ``label_count``)."""
+    rows = session.execute(
+        select(Label.comparison_id, Label.id, Annotator.name, Label.source, Label.outcome, Label.created_at)
+        .join(Comparison, Label.comparison_id == Comparison.id)
+        .join(Annotator, Label.annotator_id == Annotator.id)
+        .where(Comparison.label_count >= min_labels)
+        .order_by(Label.comparison_id, Label.id)
+    ).all()
+    return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome", "created_at"])
+
+
+def agreement_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``multi_rated_labels`` rows as the records ``rm_engine.agreement`` expects (item, rater, outcome, source)."""
+    return [
+        {"item": int(c), "rater": str(a), "outcome": str(o), "source": str(s)}
+        for c, a, o, s in zip(frame["comparison_id"], frame["annotator"], frame["outcome"], frame["source"])
+    ]
+
+
+def conflicting_labels(session: Session, limit: int = 200) -> pd.DataFrame:
+    """Comparisons where at least one label says ``a`` and another says ``b``, most contested first.
+
+    Columns: ``comparison_id``, ``prompt``, ``response_a``, ``response_b``, ``n_a``, ``n_b``, ``n_tie``,
+    ``n_both_bad``, ``annotators`` (comma-separated names).
+    """
+    multi = multi_rated_labels(session)
+    cols = ["comparison_id", "prompt", "response_a", "response_b", "n_a", "n_b", "n_tie", "n_both_bad", "annotators"]
+    if multi.empty:
+        return pd.DataFrame(columns=cols)
+    counts = pd.crosstab(multi["comparison_id"], multi["outcome"])
+    for o in ("a", "b", "tie", "both_bad"):
+        if o not in counts:
+            counts[o] = 0
+    counts = counts[(counts["a"] > 0) & (counts["b"] > 0)]
+    if counts.empty:
+        return pd.DataFrame(columns=cols)
+    counts = counts.assign(contest=counts[["a", "b"]].min(axis=1)).sort_values(["contest", "a"], ascending=False).head(limit)
+    ids = [int(i) for i in counts.index]
+    ra, rb = aliased(Response), aliased(Response)
+    texts = {
+        cid: (p, a, b)
+        for cid, p, a, b in session.execute(
+            select(Comparison.id, Prompt.text, ra.text, rb.text)
+            .join(Prompt, Comparison.prompt_id == Prompt.id)
+            .join(ra, Comparison.response_a_id == ra.id)
+            .join(rb, Comparison.response_b_id == rb.id)
+            .where(Comparison.id.in_(ids))
+        )
+    }
+    names = multi[multi["comparison_id"].isin(ids)].groupby("comparison_id")["annotator"].agg(lambda s: ", ".join(sorted(set(s))))
+    out = pd.DataFrame(
+        {
+            "comparison_id": ids,
+            "prompt": [texts[i][0] for i in ids],
+            "response_a": [texts[i][1] for i in ids],
+            "response_b": [texts[i][2] for i in ids],
+            "n_a": counts["a"].to_numpy(int),
+            "n_b": counts["b"].to_numpy(int),
+            "n_tie": counts["tie"].to_numpy(int),
+            "n_both_bad": counts["both_bad"].to_numpy(int),
+            "annotators": [names.get(i, "") for i in ids],
+        }
+    )
+    return out[cols]
+
+
+def model_disagreements(session: Session, version_id: int, limit: int = 50) -> pd.DataFrame:
+    """Labels where the model most disagrees with the human (most negative ``margin`` first): likely label
+    errors or model blind spots. Columns: ``label_id``, ``comparison_id``, ``source``, ``annotator``,
+    ``prompt``, ``chosen``, ``rejected``, ``chosen_score``, ``rejected_score``, ``margin``."""
+    frame = label_scores(session, version_id)
+    cols = ["label_id", "comparison_id", "source", "annotator", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin"]
+    worst = frame.dropna(subset=["margin"]).sort_values("margin").head(limit) if len(frame) else frame
+    worst = worst[worst["margin"] < 0] if len(worst) else worst
+    if not len(worst):
+        return pd.DataFrame(columns=cols)
+    ids = [int(i) for i in worst["label_id"]]
+    ra, rb = aliased(Response), aliased(Response)
+    info = {
+        lid: (ann, ptext, a, b)
+        for lid, ann, ptext, a, b in session.execute(
+            select(Label.id, Annotator.name, Prompt.text, ra.text, rb.text)
+            .join(Annotator, Label.annotator_id == Annotator.id)
+            .join(Comparison, Label.comparison_id == Comparison.id)
+            .join(Prompt, Comparison.prompt_id == Prompt.id)
+            .join(ra, Comparison.response_a_id == ra.id)
+            .join(rb, Comparison.response_b_id == rb.id)
+            .where(Label.id.in_(ids))
+        )
+    }
+    worst = worst.assign(
+        annotator=[info[i][0] for i in ids],
+        prompt=[info[i][1] for i in ids],
+        chosen=[info[i][2] if o == "a" else info[i][3] for i, o in zip(ids, worst["outcome"])],
+        rejected=[info[i][3] if o == "a" else info[i][2] for i, o in zip(ids, worst["outcome"])],
+    )
+    return worst[cols].reset_index(drop=True)
+
+
+def ranking_spearman(session: Session, version_id: int) -> pd.DataFrame:
+    """Spearman correlation between each stored ranking and the model's cached scores.
+
+    Columns: ``ranking_id``, ``prompt_id``, ``source``, ``n`` (items with a score), ``spearman`` (``NaN`` when
+    fewer than two items or one side is constant). Human rank 1 is best, so the rank is negated.
+    """
+    rows = session.execute(
+        select(Ranking.id, Ranking.prompt_id, Ranking.source, RankingItem.rank, ResponseScore.score)
+        .join(RankingItem, RankingItem.ranking_id == Ranking.id)
+        .join(
+            ResponseScore,
+            and_(ResponseScore.response_id == RankingItem.response_id, ResponseScore.model_version_id == version_id),
+        )
+    ).all()
+    df = _frame(rows, ["ranking_id", "prompt_id", "source", "rank", "score"])
+    cols = ["ranking_id", "prompt_id", "source", "n", "spearman"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for (rid, pid, src), g in df.groupby(["ranking_id", "prompt_id", "source"]):
+        rho = float("nan")
+        if len(g) >= 2 and g["rank"].nunique() > 1 and g["score"].nunique() > 1:
+            rho = float((-g["rank"]).rank().corr(g["score"].rank()))
+        out.append((rid, pid, src, len(g), rho))
+    return pd.DataFrame(out, columns=cols)
+
+
+def scored_responses(session: Session, version_id: int, limit: int = 2000) -> pd.DataFrame:
+    """Cached scores with their texts, best first: ``response_id``, ``prompt``, ``response``, ``model``,
+    ``score``, ``std``."""
+    rows = session.execute(
+        select(Response.id, Prompt.text, Response.text, Response.model, ResponseScore.score, ResponseScore.std)
+        .join(Response, ResponseScore.response_id == Response.id)
+        .join(Prompt, Response.prompt_id == Prompt.id)
+        .where(ResponseScore.model_version_id == version_id)
+        .order_by(ResponseScore.score.desc())
+        .limit(limit)
+    ).all()
+    return _frame(rows, ["response_id", "prompt", "response", "model", "score", "std"])
+
+
+def labelled_prompts(session: Session, limit: int = 20000) -> pd.DataFrame:
+    """Prompts that carry at least one label or ranking: ``prompt_id``, ``text``, ``category``."""
+    labelled = select(Comparison.prompt_id).join(Label, Label.comparison_id == Comparison.id)
+    ranked = select(Ranking.prompt_id)
+    rows = session.execute(
+        select(Prompt.id, Prompt.text, Prompt.category)
+        .where(Prompt.id.in_(labelled.union(ranked).scalar_subquery()))
+        .order_by(Prompt.id)
+        .limit(limit)
+    ).all()
+    return _frame(rows, ["prompt_id", "text", "category"])
+
+
+def label_count(session: Session) -> int:
+    """Number of labels stored."""
+    return int(session.scalar(select(func.count(Label.id))) or 0)
+
+
+def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
+    """One row per version: ``version``, ``created_at``, ``mode``, ``backbone``, ``n_pairs``, ``n_labels``,
+    ``ensemble_size`` plus every numeric top-level metric (e.g. ``train_accuracy``, ``val_accuracy``)."""
+    rows = []
+    for v in versions:
+        row: dict[str, Any] = {
+            "version": v.id, "created_at": v.created_at, "mode": v.mode, "backbone": v.backbone,
+            "n_pairs": v.n_pairs, "n_labels": v.n_labels, "ensemble_size": v.ensemble_size,
+        }
+        for k, x in (v.metrics or {}).items():
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and k not in row:
+                row[k] = x
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,179 @@
+"""Dashboard queries against a real SQLite file with hand-built labels, rankings and cached scores."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from db import analytics
+from db.models import Label, ModelVersion, ResponseScore
+from db.session import Database
+from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
+from rm_engine.agreement import summarize
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+
+
+def _populate(db: Database) -> dict[str, int]:
+    """Two prompts (math, chat), a comparison each, labels from 3 annotators, one 3-way ranking, one version.
+
+    Cached scores: math good=2.0 bad=-1.0; chat x=0.5 y=1.5; ranking r1=3, r2=2, r3=1.
+    """
+    ids: dict[str, int] = {}
+    with db.write() as s:
+        pm = get_or_create_prompt(s, "What is 2+2?", category="math")
+        pc = get_or_create_prompt(s, "Say hi", category="chat")
+        good, bad = get_or_create_response(s, pm, "4"), get_or_create_response(s, pm, "5")
+        x, y = get_or_create_response(s, pc, "hi"), get_or_create_response(s, pc, "<script>alert(1)</script>")
+        cm = get_or_create_comparison(s, good, bad).comparison
+        cc = get_or_create_comparison(s, x, y).comparison
+        a_good = "a" if cm.response_a_id == good.id else "b"
+        a_x = "a" if cc.response_a_id == x.id else "b"
+        other = {"a": "b", "b": "a"}
+        # math: ann+bob say good, gpt says bad -> conflict; chat: ann says x, bob tie, gpt says x
+        labels = [
+            (cm.id, a_good, "crowd", "ann", 0), (cm.id, a_good, "crowd", "bob", 1), (cm.id, other[a_good], "ai", "gpt", 2),
+            (cc.id, a_x, "crowd", "ann", 3), (cc.id, "tie", "crowd", "bob", 4), (cc.id, a_x, "ai", "gpt", 5),
+        ]
+        for i, (cid, outcome, src, ann, k) in enumerate(labels):
+            lab, _ = add_label(s, comparison_id=cid, outcome=outcome, source=src, annotator=ann,
+                               idempotency_key=f"k{i}", time_spent_ms=1000 * (k + 1))
+            lab.created_at = T0 + timedelta(hours=k * 12)
+        pr = get_or_create_prompt(s, "Rank these", category="chat")
+        r = [get_or_create_response(s, pr, t) for t in ("r1", "r2", "r3")]
+        add_ranking(s, prompt_id=pr.id, response_ids=[r[0].id, r[1].id, r[2].id], source="expert", annotator="eve", idempotency_key="rk")
+        v = ModelVersion(mode="head", backbone="tiny", path="models/v-x", metrics={"val_accuracy": 0.6, "train_accuracy": 0.9, "per_source": {"crowd": 0.5}})
+        s.add(v)
+        s.flush()
+        scores = {good.id: 2.0, bad.id: -1.0, x.id: 0.5, y.id: 1.5, r[0].id: 3.0, r[1].id: 2.0, r[2].id: 1.0}
+        for rid, sc in scores.items():
+            s.add(ResponseScore(model_version_id=v.id, response_id=rid, score=sc, std=0.1))
+        ids.update(version=v.id, cm=cm.id, cc=cc.id, good=good.id, bad=bad.id, x=x.id, y=y.id)
+    return ids
+
+
+@pytest.fixture
+def data(any_db: Database) -> tuple[Database, dict[str, int]]:
+    """The populated database, on SQLite and on PostgreSQL."""
+    return any_db, _populate(any_db)
+
+
+def test_empty_database_gives_empty_frames(sqlite_db: Database) -> None:
+    with sqlite_db.read() as s:
+        assert analytics.labels_over_time(s).empty
+        assert analytics.annotator_throughput(s).empty
+        assert analytics.labels_per_category(s).empty
+        assert analytics.conflicting_labels(s).empty
+        assert analytics.label_scores(s, 1).empty
+        assert analytics.model_disagreements(s, 1).empty
+        assert analytics.ranking_spearman(s, 1).empty
+        assert analytics.labelled_prompts(s).empty
+        assert analytics.label_count(s) == 0
+        assert analytics.chosen_rejected_long(analytics.label_scores(s, 1)).empty
+        assert analytics.calibration_inputs(analytics.label_scores(s, 1))[0].size == 0
+
+
+def test_labels_over_time_and_throughput(data) -> None:
+    db, _ = data
+    with db.read() as s:
+        daily = analytics.labels_over_time(s, "D")
+        tp = analytics.annotator_throughput(s, now=T0 + timedelta(days=2, hours=13))
+    # crowd at hours 0, 12, 36, 48 -> days 5 (2), 6 (1), 7 (1); ai at hours 24, 60 -> days 6, 7
+    assert daily["labels"].sum() == 6
+    crowd = daily[daily["source"] == "crowd"]
+    assert list(crowd["labels"]) == [2, 1, 1] and list(crowd["cumulative"]) == [2, 3, 4]
+    assert list(daily[daily["source"] == "ai"]["cumulative"]) == [1, 2]
+    row = tp.set_index("annotator").loc["ann"]
+    assert row["labels"] == 2 and row["source"] == "crowd"
+    assert row["median_seconds"] == pytest.approx(2.5)  # 1 s and 4 s
+    assert row["labels_per_hour"] == pytest.approx(2 / 36)  # labels at hour 0 and 36
+    gpt = tp.set_index("annotator").loc["gpt"]
+    assert gpt["labels_24h"] == 1  # only the hour-60 label is within a day of hour 61
+
+
+def test_labels_per_category(data) -> None:
+    db, _ = data
+    with db.read() as s:
+        cat = analytics.labels_per_category(s).set_index("category")
+    assert cat.loc["math", "labels"] == 3 and cat.loc["chat", "labels"] == 3
+    assert cat.loc["math", "prompts"] == 1
+
+
+def test_label_scores_margins_and_calibration(data) -> None:
+    db, ids = data
+    with db.read() as s:
+        frame = analytics.label_scores(s, ids["version"])
+    assert len(frame) == 6
+    prefs = frame.dropna(subset=["margin"])
+    assert len(prefs) == 5  # the tie has no chosen/rejected
+    # humans who chose "4" get margin 3.0; gpt who chose "5" gets -3.0; chat "hi" over "<script>" gets -1.0
+    assert sorted(prefs["margin"].round(6)) == [-3.0, -1.0, -1.0, 3.0, 3.0]
+    long = analytics.chosen_rejected_long(frame)
+    assert len(long) == 10 and set(long["role"]) == {"chosen", "rejected"}
+    p, y = analytics.calibration_inputs(frame)
+    assert len(p) == 5 and set(np.unique(y)) <= {0.0, 1.0}
+    # model probability that the human-chosen side wins: sigmoid(3) twice, sigmoid(-3), sigmoid(-1) twice
+    p_chosen = np.where(y == 1, p, 1 - p)
+    assert sorted(np.round(p_chosen, 6)) == sorted(np.round(1 / (1 + np.exp(-np.array([3, 3, -3, -1, -1.0]))), 6))
+    table, ece = analytics.reliability_table(p, y, bins=10)
+    assert table["count"].sum() == 5
+    expected = np.abs(table["frac_pos"] - table["mean_pred"]) @ table["count"] / 5
+    assert ece == pytest.approx(float(expected)) and 0 < ece < 1
+
+
+def test_reliability_of_a_perfectly_calibrated_toy() -> None:
+    p = np.array([0.25] * 4 + [0.75] * 4)
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=float)
+    table, ece = analytics.reliability_table(p, y, bins=4)
+    assert ece == pytest.approx(0.0)
+    assert list(table["count"]) == [4, 4]
+    _, empty_ece = analytics.reliability_table(np.zeros(0), np.zeros(0))
+    assert math.isnan(empty_ece)
+
+
+def test_conflicts_disagreements_and_agreement(data) -> None:
+    db, ids = data
+    with db.read() as s:
+        conf = analytics.conflicting_labels(s)
+        worst = analytics.model_disagreements(s, ids["version"], limit=10)
+        multi = analytics.multi_rated_labels(s)
+    assert list(conf["comparison_id"]) == [ids["cm"]]  # the chat pair has a tie, not an a-vs-b conflict
+    assert conf.iloc[0]["annotators"] == "ann, bob, gpt"
+    assert {conf.iloc[0]["n_a"], conf.iloc[0]["n_b"]} == {1, 2}
+    assert list(worst["margin"]) == sorted(worst["margin"]) and worst.iloc[0]["margin"] == pytest.approx(-3.0)
+    assert worst.iloc[0]["annotator"] == "gpt" and worst.iloc[0]["chosen"] == "5"
+    assert set(worst["chosen"]) == {"5", "hi"}  # the "<script>" text came back as stored text
+    assert "<script>alert(1)</script>" in set(worst["rejected"])
+    assert len(multi) == 6
+    summary = summarize(analytics.agreement_records(multi), ties=True)
+    assert summary.n_multi_rated == 2 and summary.n_ratings == 6
+
+
+def test_ranking_spearman_and_scored_responses(data) -> None:
+    db, ids = data
+    with db.read() as s:
+        sp = analytics.ranking_spearman(s, ids["version"])
+        table = analytics.scored_responses(s, ids["version"])
+        prompts = analytics.labelled_prompts(s)
+        n = analytics.label_count(s)
+    assert len(sp) == 1 and sp.iloc[0]["n"] == 3 and sp.iloc[0]["spearman"] == pytest.approx(1.0)
+    assert list(table["score"]) == sorted(table["score"], reverse=True) and len(table) == 7
+    assert set(prompts["text"]) == {"What is 2+2?", "Say hi", "Rank these"}
+    assert n == 6
+
+
+def test_versions_frame_tolerates_missing_metrics(data) -> None:
+    db, _ = data
+    with db.write() as s:
+        s.add(ModelVersion(mode="head", backbone="tiny", path="models/v-y", metrics={}))
+    with db.read() as s:
+        from sqlalchemy import select
+
+        vs = list(s.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+        ids = [v.id for v in vs]
+        f = analytics.versions_frame(vs)
+    assert list(f["version"]) == ids
+    assert f.loc[0, "val_accuracy"] == pytest.approx(0.6) and math.isnan(f.loc[1, "val_accuracy"])
+    assert "per_source" not in f.columns  # nested metrics are not flattened into columns
