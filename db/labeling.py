@@ -1,0 +1,545 @@
+"""The labeling queue: which pair (or ranking task) an annotator sees next, and their progress.
+
+Queue policy (:class:`QueuePolicy`, stored as the ``queue_policy`` app setting, set by researchers):
+
+1. **Fewest labels first, up to a target overlap**: comparisons with ``label_count < target_overlap`` come
+   first (ordered by ``label_count``); once every pair has reached it, a deterministic share of the pairs
+   (``agreement_share``, chosen by a hash of the comparison id) is labelled up to ``agreement_overlap``
+   annotators, for inter-annotator agreement.
+2. **Never the same pair twice to one annotator** (``NOT EXISTS`` on their labels), and pairs the annotator
+   skipped in this session are left out.
+3. **Active learning** (``active_learning=True``): among the eligible pairs with the fewest labels, prefer
+   those the newest scored model version is least sure about: ``|sigmoid(s_a - s_b) - 0.5|`` small, with a
+   bonus for a large ensemble ``std`` (cached :class:`~db.models.ResponseScore` rows).
+
+Within the best candidates one is drawn at random, so two annotators working at once rarely get the same pair.
+Which response is shown on the left is drawn here on the server, and recorded with the label.
+Every function takes an open ``Session``; the caller owns the transaction. No torch, no streamlit.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, time as dtime, timezone
+from typing import Any, Sequence
+
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Annotator,
+    AppSetting,
+    Comparison,
+    Label,
+    Outcome,
+    Prompt,
+    Ranking,
+    Response,
+    ResponseScore,
+    Side,
+    Source,
+    utcnow,
+)
+from db.store import add_label, add_ranking, undo_last_label
+
+QUEUE_POLICY_KEY = "queue_policy"
+_HASH_MUL = 7919  # a prime: (id * 7919) % 100 spreads consecutive ids over the 100 buckets
+CHOICES = ("left", "right", "tie", "both_bad")
+
+
+# ----------------------------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How the labeling queue picks the next pair.
+
+    Attributes:
+        target_overlap: labels every pair gets before any pair gets more (1 = every pair labelled once).
+        agreement_share: share of pairs (0..1) that get ``agreement_overlap`` labels, for agreement statistics.
+        agreement_overlap: annotators per pair in the agreement share (Potato and OpenAssistant use 3).
+        active_learning: prefer pairs the newest scored model version is least sure about.
+        pool_size: how many best candidates one pair is drawn from (spreads concurrent annotators).
+        ranking_max_responses: at most this many responses are shown in one ranking task.
+    """
+
+    target_overlap: int = 1
+    agreement_share: float = 0.1
+    agreement_overlap: int = 3
+    active_learning: bool = False
+    pool_size: int = 20
+    ranking_max_responses: int = 6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_overlap <= 100:
+            raise ValueError(f"queue_policy.target_overlap must be 1..100, got {self.target_overlap!r}")
+        if not 0.0 <= self.agreement_share <= 1.0:
+            raise ValueError(f"queue_policy.agreement_share must be within 0..1, got {self.agreement_share!r}")
+        if not 1 <= self.agreement_overlap <= 100:
+            raise ValueError(f"queue_policy.agreement_overlap must be 1..100, got {self.agreement_overlap!r}")
+        if not 1 <= self.pool_size <= 1000:
+            raise ValueError(f"queue_policy.pool_size must be 1..1000, got {self.pool_size!r}")
+        if not 3 <= self.ranking_max_responses <= 20:
+            raise ValueError(f"queue_policy.ranking_max_responses must be 3..20, got {self.ranking_max_responses!r}")
+
+    @property
+    def agreement_percent(self) -> int:
+        """The agreement share as whole hash buckets out of 100."""
+        return int(round(self.agreement_share * 100))
+
+    @property
+    def has_agreement_phase(self) -> bool:
+        return self.agreement_overlap > self.target_overlap and self.agreement_percent > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "QueuePolicy":
+        """Build from a stored dict; unknown keys are an error naming them, missing keys take defaults."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"queue_policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in data:
+                default = getattr(cls, f.name)
+                try:
+                    kw[f.name] = bool(data[f.name]) if isinstance(default, bool) else type(default)(data[f.name])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"queue_policy.{f.name}: cannot read {data[f.name]!r} ({exc})") from None
+        return cls(**kw)
+
+
+def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:
+    """Whether a comparison belongs to the share labelled by ``agreement_overlap`` annotators (same rule as SQL)."""
+    return (comparison_id * _HASH_MUL) % 100 < policy.agreement_percent
+
+
+def load_queue_policy(session: Session) -> QueuePolicy:
+    """The stored queue policy (defaults when none was saved)."""
+    try:
+        from db import policy as _policy  # written by another module owner; optional until it lands
+
+        getter = getattr(_policy, "get_setting", None)
+    except ImportError:
+        getter = None
+    if getter is not None:
+        value = getter(session, QUEUE_POLICY_KEY)
+    else:
+        row = session.get(AppSetting, QUEUE_POLICY_KEY)
+        value = row.value if row is not None else None
+    return QueuePolicy.from_dict(value)
+
+
+def save_queue_policy(session: Session, policy: QueuePolicy) -> None:
+    """Store the queue policy (in the caller's write transaction)."""
+    try:
+        from db import policy as _policy
+
+        setter = getattr(_policy, "set_setting", None)
+    except ImportError:
+        setter = None
+    if setter is not None:
+        setter(session, QUEUE_POLICY_KEY, policy.to_dict())
+        return
+    row = session.get(AppSetting, QUEUE_POLICY_KEY)
+    if row is None:
+        session.add(AppSetting(key=QUEUE_POLICY_KEY, value=policy.to_dict(), updated_at=utcnow()))
+    else:
+        row.value = policy.to_dict()
+        row.updated_at = utcnow()
+    session.flush()
+
+
+# ----------------------------------------------------------------------------------------------- pairs
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One comparison as shown to one annotator.
+
+    ``left`` is the stored comparison side shown on the left; ``key`` is the idempotency key of this showing
+    (a double click submits the same key twice and stores one label); ``shown_at`` is ``time.time()``.
+    """
+
+    comparison_id: int
+    prompt_id: int
+    prompt: str
+    history: tuple[tuple[str, str], ...]
+    category: str | None
+    left: Side
+    left_response_id: int
+    right_response_id: int
+    left_text: str
+    right_text: str
+    label_count: int
+    key: str
+    shown_at: float
+    reason: str = "fewest labels"
+    n_responses: int = 2
+
+
+def _annotator_id(session: Session, name: str | None) -> int | None:
+    if not name:
+        return None
+    return session.scalar(select(Annotator.id).where(Annotator.name == name.strip()))
+
+
+def _not_labelled_by(ann_id: int | None) -> list[Any]:
+    if ann_id is None:
+        return []
+    return [~exists().where(Label.comparison_id == Comparison.id, Label.annotator_id == ann_id)]
+
+
+def _phases(policy: QueuePolicy) -> list[list[Any]]:
+    """The WHERE clauses of the queue's phases, in order (first phase that has candidates wins)."""
+    phases: list[list[Any]] = [[Comparison.label_count < policy.target_overlap]]
+    if policy.has_agreement_phase:
+        phases.append(
+            [
+                Comparison.label_count < policy.agreement_overlap,
+                (Comparison.id * _HASH_MUL) % 100 < policy.agreement_percent,
+            ]
+        )
+    return phases
+
+
+def _candidates(
+    session: Session, where: list[Any], ann_id: int | None, exclude: Sequence[int], limit: int
+) -> list[tuple[int, int, int, int]]:
+    q = select(Comparison.id, Comparison.label_count, Comparison.response_a_id, Comparison.response_b_id).where(
+        *where, *_not_labelled_by(ann_id)
+    )
+    if exclude:
+        q = q.where(Comparison.id.not_in(list(exclude)))
+    rows = session.execute(q.order_by(Comparison.label_count, Comparison.id).limit(limit)).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def latest_scored_version(session: Session) -> int | None:
+    """The newest model version with cached response scores (the active-learning signal), or None."""
+    return session.scalar(select(func.max(ResponseScore.model_version_id)))
+
+
+def uncertainty(score_a: float, score_b: float, std_a: float | None = None, std_b: float | None = None) -> float:
+    """How unsure the model is about a pair: 0.5 - |p - 0.5| with ``p = sigmoid(s_a - s_b)``, plus the ensemble
+    spread ``sqrt(std_a^2 + std_b^2) / 4`` (capped at 0.5). Larger = less sure."""
+    d = max(-60.0, min(60.0, score_a - score_b))
+    p = 1.0 / (1.0 + math.exp(-d))
+    spread = math.sqrt((std_a or 0.0) ** 2 + (std_b or 0.0) ** 2) / 4.0
+    return (0.5 - abs(p - 0.5)) + min(0.5, spread)
+
+
+def _rank_by_uncertainty(
+    session: Session, cands: list[tuple[int, int, int, int]], version_id: int
+) -> list[tuple[float, tuple[int, int, int, int]]]:
+    ids = {c[2] for c in cands} | {c[3] for c in cands}
+    scores = {
+        r.response_id: (r.score, r.std)
+        for r in session.execute(
+            select(ResponseScore.response_id, ResponseScore.score, ResponseScore.std).where(
+                ResponseScore.model_version_id == version_id, ResponseScore.response_id.in_(ids)
+            )
+        )
+    }
+    ranked = []
+    for c in cands:
+        sa, sb = scores.get(c[2]), scores.get(c[3])
+        if sa is None or sb is None:
+            continue
+        ranked.append((uncertainty(sa[0], sb[0], sa[1], sb[1]), c))
+    ranked.sort(key=lambda t: (-t[0], t[1][0]))
+    return ranked
+
+
+def next_pair(
+    session: Session,
+    annotator: str | None,
+    policy: QueuePolicy | None = None,
+    *,
+    exclude: Sequence[int] = (),
+    rng: random.Random | None = None,
+) -> QueueItem | None:
+    """The next comparison for ``annotator`` under ``policy`` (loaded from the database when None).
+
+    Returns None when the annotator has nothing left to label. ``exclude`` lists comparison ids to leave out
+    (e.g. the ones skipped in this session).
+    """
+    policy = policy or load_queue_policy(session)
+    rng = rng or random.SystemRandom()
+    ann_id = _annotator_id(session, annotator)
+    limit = max(policy.pool_size, 200 if policy.active_learning else 0)
+    for where in _phases(policy):
+        cands = _candidates(session, where, ann_id, exclude, limit)
+        if not cands:
+            continue
+        fewest = cands[0][1]
+        cands = [c for c in cands if c[1] == fewest]
+        reason = "fewest labels" if fewest < policy.target_overlap else "agreement overlap"
+        if policy.active_learning:
+            version = latest_scored_version(session)
+            ranked = _rank_by_uncertainty(session, cands, version) if version is not None else []
+            if ranked:
+                top = [c for _, c in ranked[: max(1, min(5, policy.pool_size))]]
+                return _build_item(session, rng.choice(top), rng, "model unsure")
+        return _build_item(session, rng.choice(cands[: policy.pool_size]), rng, reason)
+    return None
+
+
+def _history(raw: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    for turn in raw or []:
+        if isinstance(turn, dict):
+            out.append((str(turn.get("role", "user")), str(turn.get("content", ""))))
+    return tuple(out)
+
+
+def _build_item(session: Session, cand: tuple[int, int, int, int], rng: random.Random, reason: str) -> QueueItem:
+    cid, count, a_id, b_id = cand
+    comp = session.get(Comparison, cid)
+    if comp is None:
+        raise LookupError(f"comparison {cid} does not exist")
+    prompt = session.get(Prompt, comp.prompt_id)
+    texts = dict(session.execute(select(Response.id, Response.text).where(Response.id.in_([a_id, b_id]))).all())
+    n_resp = session.scalar(select(func.count()).select_from(Response).where(Response.prompt_id == comp.prompt_id))
+    left = Side.a if rng.random() < 0.5 else Side.b
+    lid, rid = (a_id, b_id) if left is Side.a else (b_id, a_id)
+    assert prompt is not None
+    return QueueItem(
+        comparison_id=cid,
+        prompt_id=prompt.id,
+        prompt=prompt.text,
+        history=_history(prompt.history),
+        category=prompt.category,
+        left=left,
+        left_response_id=lid,
+        right_response_id=rid,
+        left_text=texts[lid],
+        right_text=texts[rid],
+        label_count=count,
+        key=uuid.uuid4().hex,
+        shown_at=time.time(),
+        reason=reason,
+        n_responses=int(n_resp or 2),
+    )
+
+
+def item_for_comparison(session: Session, comparison_id: int, rng: random.Random | None = None) -> QueueItem:
+    """Show a given comparison again (e.g. after an undo), with a fresh key and a fresh left/right draw."""
+    comp = session.get(Comparison, comparison_id)
+    if comp is None:
+        raise LookupError(f"comparison {comparison_id} does not exist")
+    cand = (comp.id, comp.label_count, comp.response_a_id, comp.response_b_id)
+    return _build_item(session, cand, rng or random.SystemRandom(), "undone")
+
+
+def choice_to_outcome(item: QueueItem, choice: str) -> Outcome:
+    """Translate what the annotator clicked (``left``/``right``/``tie``/``both_bad``) into the stored outcome."""
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if choice == "left":
+        return Outcome(item.left.value)
+    if choice == "right":
+        return Outcome.b if item.left is Side.a else Outcome.a
+    return Outcome(choice)
+
+
+def submit_label(
+    session: Session,
+    item: QueueItem,
+    choice: str,
+    *,
+    annotator: str,
+    source: Source | str,
+    strength: int | None = None,
+    now: float | None = None,
+) -> tuple[Label, bool]:
+    """Store the annotator's verdict on ``item`` with its key; returns ``(label, created)``.
+
+    The time spent is ``now - item.shown_at``; ``strength`` (1 slightly, 2 clearly) only applies to a
+    preference, not to a tie or both-bad.
+    """
+    outcome = choice_to_outcome(item, choice)
+    spent = int(max(0.0, ((now if now is not None else time.time()) - item.shown_at)) * 1000)
+    return add_label(
+        session,
+        comparison_id=item.comparison_id,
+        outcome=outcome,
+        source=source,
+        annotator=annotator,
+        idempotency_key=item.key,
+        left=item.left,
+        strength=strength if outcome in (Outcome.a, Outcome.b) else None,
+        time_spent_ms=spent,
+        origin="app",
+        extra={"queue": item.reason},
+    )
+
+
+def undo_last(session: Session, annotator: str) -> int | None:
+    """Delete the annotator's own most recent label; returns its comparison id (to show it again) or None."""
+    label = undo_last_label(session, annotator)
+    return label.comparison_id if label is not None else None
+
+
+# ----------------------------------------------------------------------------------------------- rankings
+
+
+@dataclass(frozen=True)
+class RankingTask:
+    """A prompt with three or more responses to put in order, in a server-drawn display order."""
+
+    prompt_id: int
+    prompt: str
+    history: tuple[tuple[str, str], ...]
+    category: str | None
+    response_ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    key: str
+    shown_at: float
+
+
+def count_rankable_prompts(session: Session) -> int:
+    """Prompts with at least three responses (the ones ranking mode can show)."""
+    sub = select(Response.prompt_id).group_by(Response.prompt_id).having(func.count() >= 3).subquery()
+    return int(session.scalar(select(func.count()).select_from(sub)) or 0)
+
+
+def next_ranking(
+    session: Session,
+    annotator: str | None,
+    policy: QueuePolicy | None = None,
+    *,
+    exclude: Sequence[int] = (),
+    rng: random.Random | None = None,
+) -> RankingTask | None:
+    """The next prompt to rank: 3+ responses, not yet ranked by this annotator, fewest rankings first."""
+    policy = policy or load_queue_policy(session)
+    rng = rng or random.SystemRandom()
+    ann_id = _annotator_id(session, annotator)
+    multi = select(Response.prompt_id.label("pid")).group_by(Response.prompt_id).having(func.count() >= 3).subquery()
+    ranked = select(Ranking.prompt_id.label("pid"), func.count().label("n")).group_by(Ranking.prompt_id).subquery()
+    n = func.coalesce(ranked.c.n, 0)
+    q = select(multi.c.pid, n).outerjoin(ranked, ranked.c.pid == multi.c.pid)
+    if ann_id is not None:
+        q = q.where(~exists().where(Ranking.prompt_id == multi.c.pid, Ranking.annotator_id == ann_id))
+    if exclude:
+        q = q.where(multi.c.pid.not_in(list(exclude)))
+    rows = session.execute(q.order_by(n, multi.c.pid).limit(policy.pool_size)).all()
+    if not rows:
+        return None
+    fewest = rows[0][1]
+    pid = rng.choice([r[0] for r in rows if r[1] == fewest])
+    prompt = session.get(Prompt, pid)
+    assert prompt is not None
+    resp = list(session.execute(select(Response.id, Response.text).where(Response.prompt_id == pid)).all())
+    rng.shuffle(resp)
+    resp = resp[: policy.ranking_max_responses]
+    return RankingTask(
+        prompt_id=pid,
+        prompt=prompt.text,
+        history=_history(prompt.history),
+        category=prompt.category,
+        response_ids=tuple(r[0] for r in resp),
+        texts=tuple(r[1] for r in resp),
+        key=uuid.uuid4().hex,
+        shown_at=time.time(),
+    )
+
+
+def submit_ranking(
+    session: Session,
+    task: RankingTask,
+    order: Sequence[int],
+    *,
+    annotator: str,
+    source: Source | str,
+    now: float | None = None,
+) -> tuple[Ranking, bool]:
+    """Store ``order`` (the task's response ids, best first) as a ranking with the task's key."""
+    order = [int(x) for x in order]
+    if sorted(order) != sorted(task.response_ids):
+        raise ValueError(f"the ranking must list each of the {len(task.response_ids)} shown responses exactly once")
+    spent = int(max(0.0, ((now if now is not None else time.time()) - task.shown_at)) * 1000)
+    return add_ranking(
+        session,
+        prompt_id=task.prompt_id,
+        response_ids=order,
+        source=source,
+        annotator=annotator,
+        idempotency_key=task.key,
+        time_spent_ms=spent,
+        origin="app",
+        extra={"shown_order": list(task.response_ids)},
+    )
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An annotator's progress: labels (and rankings) since UTC midnight, pairs still needing labels under the
+    policy (for everyone), and the median seconds per label over the annotator's last ``window`` labels."""
+
+    labels_today: int
+    rankings_today: int
+    pairs_left: int
+    median_seconds: float | None
+    total_labels: int
+
+
+def pairs_left(session: Session, policy: QueuePolicy) -> int:
+    """How many comparisons still need a label under ``policy`` (both phases)."""
+    n = session.scalar(select(func.count()).select_from(Comparison).where(Comparison.label_count < policy.target_overlap))
+    total = int(n or 0)
+    if policy.has_agreement_phase:
+        m = session.scalar(
+            select(func.count())
+            .select_from(Comparison)
+            .where(
+                and_(
+                    Comparison.label_count >= policy.target_overlap,
+                    Comparison.label_count < policy.agreement_overlap,
+                    (Comparison.id * _HASH_MUL) % 100 < policy.agreement_percent,
+                )
+            )
+        )
+        total += int(m or 0)
+    return total
+
+
+def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | None = None, *, window: int = 200) -> Progress:
+    """Progress of one annotator (see :class:`Progress`)."""
+    policy = policy or load_queue_policy(session)
+    left = pairs_left(session, policy)
+    ann_id = _annotator_id(session, annotator)
+    if ann_id is None:
+        return Progress(0, 0, left, None, 0)
+    midnight = datetime.combine(datetime.now(timezone.utc).date(), dtime(0), tzinfo=timezone.utc)
+    today = session.scalar(
+        select(func.count()).select_from(Label).where(Label.annotator_id == ann_id, Label.created_at >= midnight)
+    )
+    rtoday = session.scalar(
+        select(func.count()).select_from(Ranking).where(Ranking.annotator_id == ann_id, Ranking.created_at >= midnight)
+    )
+    total = session.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == ann_id))
+    times = [
+        t
+        for t in session.scalars(
+            select(Label.time_spent_ms)
+            .where(Label.annotator_id == ann_id)
+            .order_by(Label.created_at.desc())
+            .limit(window)
+        )
+        if t is not None
+    ]
+    med = statistics.median(times) / 1000.0 if times else None
+    return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0))
