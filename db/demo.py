@@ -59,10 +59,10 @@ class DemoPrompt:
         return [{"role": r, "content": c} for r, c in self.history]
 
 
-def _text(obj: dict[str, Any], key: str, where: str) -> str:
+def _text(obj: dict[str, Any], key: str, where: str, field: str | None = None) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise DemoDataError(f"{where}: field '{key}' must be a non-empty string, got {value!r:.60}")
+        raise DemoDataError(f"{where}: field '{field or key}' must be a non-empty string, got {value!r:.60}")
     return value
 
 
@@ -76,22 +76,21 @@ def _parse_line(rec: Any, where: str) -> DemoPrompt:
         raise DemoDataError(f"{where}: field 'history' must be a list of turns")
     history = []
     for i, turn in enumerate(raw_history):
-        tw = f"{where}: field 'history[{i}]'"
         if not isinstance(turn, dict) or turn.get("role") not in ROLES:
-            raise DemoDataError(f"{tw} needs a 'role' in {ROLES}")
-        history.append((turn["role"], _text(turn, "content", tw)))
+            raise DemoDataError(f"{where}: field 'history[{i}].role' must be one of {ROLES}")
+        history.append((turn["role"], _text(turn, "content", where, f"history[{i}].content")))
     raw = rec.get("responses")
     if not isinstance(raw, list) or not 2 <= len(raw) <= 4:
         raise DemoDataError(f"{where}: field 'responses' must be a list of 2-4 responses")
     responses = []
     for i, r in enumerate(raw):
-        rw = f"{where}: field 'responses[{i}]'"
         if not isinstance(r, dict):
-            raise DemoDataError(f"{rw} must be an object")
+            raise DemoDataError(f"{where}: field 'responses[{i}]' must be an object")
         q = r.get("quality")
         if not isinstance(q, int) or isinstance(q, bool) or q < 1:
-            raise DemoDataError(f"{rw}.quality must be an integer >= 1 (1 = best), got {q!r}")
-        responses.append(DemoResponse(text=_text(r, "text", rw), model=_text(r, "model", rw), quality=q))
+            raise DemoDataError(f"{where}: field 'responses[{i}].quality' must be an integer >= 1 (1 = best), got {q!r}")
+        rtext = _text(r, "text", where, f"responses[{i}].text")
+        responses.append(DemoResponse(text=rtext, model=_text(r, "model", where, f"responses[{i}].model"), quality=q))
     if len({r.quality for r in responses}) != len(responses):
         raise DemoDataError(f"{where}: field 'responses': quality ranks must differ, got {[r.quality for r in responses]}")
     if len({r.text for r in responses}) != len(responses):
