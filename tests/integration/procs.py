@@ -37,7 +37,6 @@ from db import store  # noqa: E402
 from db.models import Annotator, Comparison, Label  # noqa: E402
 from db.session import Database  # noqa: E402
 
-OUTCOMES = ("a", "b", "tie", "both_bad")
 SOURCES = ("expert", "crowd", "ai")
 # Text an attacker could type into a prompt, a response or a name: it must be stored and shown as text.
 HOSTILE = (
@@ -51,42 +50,41 @@ HOSTILE = (
 # ---------------------------------------------------------------------------------------------- child side
 
 
-def submit_label(
-    db: Database, *, comparison_id: int, outcome: str, annotator: str, source: str, key: str,
-    left: str = "a", time_spent_ms: int | None = None,
-) -> bool:
-    """Store one label the way the Label page does; returns whether it was new.
+CHOICES = ("left", "right", "tie", "both_bad")
 
-    Uses ``db.labeling.submit_label`` when the labeling module provides it (the page's own function),
-    otherwise the same single write transaction on ``db.store.add_label`` that the page performs.
-    """
-    try:
-        from db import labeling  # the Label page's service, when present
-    except ImportError:
-        labeling = None  # type: ignore[assignment]
-    fn: Callable[..., Any] | None = getattr(labeling, "submit_label", None) if labeling else None
-    if fn is not None:
-        res = fn(
-            db, comparison_id=comparison_id, outcome=outcome, annotator=annotator, source=source,
-            idempotency_key=key, left=left, time_spent_ms=time_spent_ms,
-        )
-        created = getattr(res, "created", res)
-        return bool(created[1] if isinstance(created, tuple) else created)
+
+def show_item(db: Database, annotator: str, seed: int, key: str, comparison_id: int | None = None,
+              left: str | None = None) -> Any:
+    """What the Label page shows: ``labeling.next_pair`` for the annotator (or a given comparison, for a
+    replay), with a deterministic left/right draw and the idempotency key ``key``. None when nothing is left."""
+    import dataclasses
+
+    from db import labeling
+    from db.models import Side
+
+    rng = random.Random(f"{seed}:{key}")
+    with db.read() as s:
+        if comparison_id is None:
+            item = labeling.next_pair(s, annotator, rng=rng)
+        else:
+            item = labeling.item_for_comparison(s, comparison_id, rng=rng)
+    if item is None:
+        return None
+    changes: dict[str, Any] = {"key": key}
+    if left is not None:
+        changes["left"] = Side(left)
+    return dataclasses.replace(item, **changes)
+
+
+def submit_label(db: Database, item: Any, choice: str, *, annotator: str, source: str) -> bool:
+    """Store one verdict exactly as the Label page does (``labeling.submit_label`` in one write transaction,
+    retried on a lock timeout); returns whether the label was new."""
+    from db import labeling
 
     def _write(s: Session) -> bool:
-        _, created = store.add_label(
-            s, comparison_id=comparison_id, outcome=outcome, source=source, annotator=annotator,
-            idempotency_key=key, left=left, time_spent_ms=time_spent_ms, origin="ui",
-        )
-        return created
+        return labeling.submit_label(s, item, choice, annotator=annotator, source=source)[1]
 
     return db.run_write(_write)
-
-
-def planned_label(seed: int, key: str, comparison_ids: Sequence[int]) -> tuple[int, str, str]:
-    """The (comparison, outcome, left side) a key stands for: the same on every (re)submission."""
-    rng = random.Random(f"{seed}:{key}")
-    return rng.choice(list(comparison_ids)), rng.choice(OUTCOMES), rng.choice(("a", "b"))
 
 
 class EventLog:
@@ -129,36 +127,46 @@ def _install_commit_pause(db: Database, log: EventLog, state: dict[str, Any], se
 def run_labeler(args: argparse.Namespace) -> int:
     db = Database(args.url or _env_url(), migrate=False)
     log = EventLog(Path(args.log))
-    acked = {e["key"] for e in read_log(Path(args.log)) if e["ev"] == "ok"}
-    with db.read() as s:
-        comparison_ids = list(s.scalars(select(Comparison.id).order_by(Comparison.id)))
-    if not comparison_ids:
-        log.emit("fatal", error="no comparisons to label")
-        return 2
+    events = read_log(Path(args.log))
+    acked = {e["key"] for e in events if e["ev"] == "ok"}
+    tried = {e["key"]: e for e in events if e["ev"] == "try"}
     state: dict[str, Any] = {"pause_key": None}
     if args.pause_every:
         _install_commit_pause(db, log, state, args.pause_seconds)
     log.emit("start", pid=os.getpid())
     errors = 0
+    from db.labeling import choice_to_outcome
+
+    fixed: list[int] = []
+    if args.fixed:  # every key names one comparison, whoever submits it (replays from several processes)
+        with db.read() as s:
+            fixed = list(s.scalars(select(Comparison.id).order_by(Comparison.id)))
+
     for i in range(args.n):
         key = f"{args.name}-{i}"
         if key in acked:
             continue
-        cid, outcome, left = planned_label(args.seed, key, comparison_ids)
-        if args.pause_every and (i + 1) % args.pause_every == 0:
-            state["pause_key"] = key
-        log.emit("try", key=key, comparison=cid, outcome=outcome)
+        prev = tried.get(key)  # tried before a crash: the browser re-submits the same item with the same key
         t0 = time.perf_counter()
         try:
-            created = submit_label(
-                db, comparison_id=cid, outcome=outcome, annotator=args.name, source=args.source, key=key, left=left,
-                time_spent_ms=int(1000 + 10 * i),
-            )
+            cid = prev["comparison"] if prev else (fixed[int(random.Random(f"{args.seed}:{key}").random() * len(fixed))] if fixed else None)
+            item = show_item(db, args.name, args.seed, key, cid, prev and prev["left"])
+            if item is None:
+                log.emit("empty", key=key)
+                break
+            choice = prev["choice"] if prev else random.Random(f"{args.seed}:{key}:c").choice(CHOICES)
+            if args.pause_every and (i + 1) % args.pause_every == 0:
+                state["pause_key"] = key
+            log.emit("try", key=key, comparison=item.comparison_id, left=item.left.value, choice=choice,
+                     outcome=choice_to_outcome(item, choice).value)
+            t1 = time.perf_counter()
+            created = submit_label(db, item, choice, annotator=args.name, source=args.source)
         except Exception as exc:  # noqa: BLE001 - an error a labeler would see: recorded, counted
             errors += 1
             log.emit("err", key=key, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
             continue
-        log.emit("ok", key=key, ms=(time.perf_counter() - t0) * 1000, created=created)
+        t2 = time.perf_counter()
+        log.emit("ok", key=key, ms=(t2 - t1) * 1000, page_ms=(t2 - t0) * 1000, created=created)
         if args.think_ms:
             time.sleep(random.uniform(0, 2 * args.think_ms) / 1000)
     log.emit("done", errors=errors)
@@ -220,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--source", default="crowd", choices=SOURCES)
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--url", default=None)
+    lab.add_argument("--fixed", action="store_true", help="each key's comparison derives from the key, not the queue")
     lab.add_argument("--think-ms", type=float, default=0.0, help="mean pause between labels")
     lab.add_argument("--pause-every", type=int, default=0, help="hold every Nth write open before COMMIT")
     lab.add_argument("--pause-seconds", type=float, default=60.0)
@@ -320,10 +329,15 @@ def percentiles(xs: Sequence[float]) -> dict[str, float]:
     return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "max": float(s[-1])}
 
 
-def seed_comparisons(db: Database, n: int, hostile: bool = True) -> list[int]:
-    """Store ``n`` prompts with two responses each (some carrying hostile markup); returns comparison ids."""
+def seed_comparisons(db: Database, n: int, hostile: bool = True, overlap: int = 100) -> list[int]:
+    """Store ``n`` prompts with two responses each (some carrying hostile markup); returns comparison ids.
+
+    The queue policy lets every pair take ``overlap`` labels, so each labeler can label every pair once."""
+    from db import labeling
+
     ids = []
     with db.write() as s:
+        labeling.save_queue_policy(s, labeling.QueuePolicy(target_overlap=overlap))
         for i in range(n):
             bad = HOSTILE[i % len(HOSTILE)] if hostile else ""
             p = store.get_or_create_prompt(s, f"Prompt {i}: explain item {i}. {bad}")

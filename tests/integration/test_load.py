@@ -15,7 +15,7 @@ N_LABELS = 30
 
 
 def test_concurrent_labelers_and_reader_lose_nothing(any_db: Database, tmp_path: Path) -> None:
-    procs.seed_comparisons(any_db, 12)
+    procs.seed_comparisons(any_db, N_LABELS + 5)
     logs: dict[str, tuple[Path, str]] = {}
     children = []
     for i in range(N_LABELERS):
@@ -52,7 +52,7 @@ def test_resubmitting_the_same_keys_adds_nothing(any_db: Database, tmp_path: Pat
     procs.seed_comparisons(any_db, 5, hostile=False)
     log_a, log_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     kids = [
-        procs.spawn_role("labeler", "--name", "ann", "--n", "25", "--log", str(p), "--url", any_db.url,
+        procs.spawn_role("labeler", "--name", "ann", "--n", "25", "--fixed", "--log", str(p), "--url", any_db.url,
                          out_dir=tmp_path, name=p.stem)
         for p in (log_a, log_b)
     ]
