@@ -1,0 +1,245 @@
+"""``TrainConfig``: every knob of a training run, frozen, JSON-safe, saved with every model version."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+SOURCES = ("expert", "crowd", "ai")
+DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
+ENV_PREFIX = "RMSTUDIO_TRAIN_"
+
+# Mode defaults, applied by ``TrainConfig.resolved()`` to fields left at None.
+_MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-2},
+    "finetune": {"epochs": 2, "lr": 2e-5, "weight_decay": 0.0},
+}
+
+
+def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, float]:
+    """``"expert=1,crowd=0.8,ai=0.5"`` (or a mapping) -> weights; unnamed sources keep their defaults."""
+    out = dict(DEFAULT_SOURCE_WEIGHTS)
+    if text is None or text == "":
+        return out
+    items: list[tuple[str, Any]]
+    if isinstance(text, Mapping):
+        items = list(text.items())
+    else:
+        items = []
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ValueError(f"source weight {part.strip()!r}: expected SOURCE=WEIGHT, e.g. expert=1,crowd=0.8,ai=0.5")
+            k, v = part.split("=", 1)
+            items.append((k, v))
+    for k, v in items:
+        k = str(k).strip()
+        if k not in SOURCES:
+            raise ValueError(f"source weight for {k!r}: unknown source (expected one of {', '.join(SOURCES)})")
+        try:
+            w = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"source weight for {k!r}: {v!r} is not a number") from None
+        if not (w >= 0.0) or w != w:
+            raise ValueError(f"source weight for {k!r}: must be >= 0, got {w}")
+        out[k] = w
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        mode: ``"head"`` (frozen backbone, cached features, linear/MLP head; CPU default) or ``"finetune"``
+            (the whole backbone with a scalar head; GPU default; see ``rm_engine.finetune``).
+        backbone: ``"minilm"`` (bundled MiniLM-L6) or a local Hugging Face directory under RMSTUDIO_HOME or
+            RMSTUDIO_MODEL_DIRS.
+        epochs: passes over the training pairs (None: 300 full-batch steps for heads, 2 for finetune).
+            Head mode stops early on the validation split.
+        lr: learning rate (None: 3e-3 for heads, 2e-5 for finetune).
+        batch_size: pairs per step (finetune without a token budget; heads train full-batch when 0).
+        batch_tokens: finetune token budget per batch (chosen + rejected, similar lengths); 0 = use batch_size.
+        max_length: tokens per (prompt, response) sequence; truncation keeps the response, cuts the prompt left.
+        ensemble: K members (different seeds and bootstrap resamples); scores carry their mean and std.
+        source_weights: per-source loss weight (default expert=1.0, crowd=0.8, ai=0.5).
+        sources: train only on these sources (None: all).
+        ties: ``"model"`` trains ties through a tie model with a learned tie parameter; ``"exclude"`` drops them.
+        tie_model: ``"davidson"`` or ``"rao_kupper"``.
+        margin_from_strength: margin added per unit of label strength (1 slightly, 2 clearly); 0 = off.
+        center_coef: reward centering ``coef * mean((r_c + r_r)^2)`` (TRL recommends 0.01); 0 = off.
+        val_fraction: share of prompts held out for validation (grouped by prompt, deterministic by seed).
+        seed: seeds the split, initialisation and bootstrap.
+        head: ``"linear"`` or ``"mlp"`` (head mode).
+        weight_decay: L2 / AdamW decay (None: 1e-2 heads, 0 finetune).
+        lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        grad_checkpointing: trade speed for memory in finetune mode.
+        compile: ``torch.compile`` the finetune model.
+        features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
+            difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
+        quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
+        patience: head-mode early stopping: evaluations without validation improvement before stopping.
+    """
+
+    mode: str = "head"
+    backbone: str = "minilm"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int = 16
+    batch_tokens: int = 16384
+    max_length: int = 256
+    ensemble: int = 1
+    source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
+    sources: tuple[str, ...] | None = None
+    ties: str = "model"
+    tie_model: str = "davidson"
+    margin_from_strength: float = 0.0
+    center_coef: float = 0.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    head: str = "linear"
+    weight_decay: float | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    device: str = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    features: str = "rich"
+    quantize: bool = False
+    patience: int = 30
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        choices = {
+            "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
+            "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {', '.join(allowed)}")
+        for name in ("batch_size", "max_length", "ensemble", "lora_r", "lora_alpha", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, "must be >= 1")
+        if self.max_length < 8:
+            raise bad("max_length", "must be >= 8")
+        if self.epochs is not None and self.epochs < 1:
+            raise bad("epochs", "must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if self.batch_tokens < 0:
+            raise bad("batch_tokens", "must be >= 0")
+        if not 0.0 <= self.val_fraction < 0.9:
+            raise bad("val_fraction", "must be in [0, 0.9)")
+        if self.center_coef < 0 or self.margin_from_strength < 0:
+            raise bad("center_coef" if self.center_coef < 0 else "margin_from_strength", "must be >= 0")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        object.__setattr__(self, "source_weights", parse_source_weights(self.source_weights))
+        if self.sources is not None:
+            srcs = tuple(str(s).strip() for s in self.sources if str(s).strip())
+            unknown = [s for s in srcs if s not in SOURCES]
+            if unknown or not srcs:
+                raise bad("sources", f"must be a non-empty subset of {', '.join(SOURCES)}")
+            object.__setattr__(self, "sources", srcs)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
+        d = _MODE_DEFAULTS[self.mode]
+        return dataclasses.replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else d["epochs"],
+            lr=self.lr if self.lr is not None else d["lr"],
+            weight_decay=self.weight_decay if self.weight_decay is not None else d["weight_decay"],
+        )
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (lists instead of tuples); ``from_dict(to_dict())`` round-trips."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, dict):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> "TrainConfig":
+        """Build from ``to_dict()`` output (job params, stored versions). Unknown keys raise when ``strict``."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown and strict:
+            raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
+        kw = {k: v for k, v in data.items() if k in names}
+        if kw.get("sources") is not None:
+            s = kw["sources"]
+            kw["sources"] = tuple(s.split(",")) if isinstance(s, str) else tuple(s)
+        return cls(**kw)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "TrainConfig":
+        """Defaults, then ``RMSTUDIO_TRAIN_<FIELD>`` variables (e.g. ``RMSTUDIO_TRAIN_MODE=finetune``), then
+        ``overrides``."""
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kw[f.name] = _parse_field(f.name, raw)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(kw)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """From parsed CLI arguments: attributes named like fields (``--batch-tokens`` -> ``batch_tokens``) that
+        are not None override ``base`` (default: ``from_env()``)."""
+        base = base or cls.from_env()
+        d = base.to_dict()
+        for f in fields(cls):
+            v = getattr(args, f.name, None)
+            if v is None:
+                continue
+            if f.name == "sources" and isinstance(v, str):
+                v = [s for s in v.split(",") if s.strip()]
+            elif f.name == "sources":
+                v = [s2 for s in v for s2 in str(s).split(",") if s2.strip()]
+            d[f.name] = v
+        return cls.from_dict(d)
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_INT = {"epochs", "batch_size", "batch_tokens", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience"}
+_FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
+_BOOLS = {"lora", "grad_checkpointing", "compile", "quantize"}
+
+
+def _parse_field(name: str, raw: str) -> Any:
+    """Parse one environment value for field ``name``, naming the variable on error."""
+    var = ENV_PREFIX + name.upper()
+    try:
+        if name in _INT:
+            return int(raw)
+        if name in _FLOAT:
+            return float(raw)
+        if name in _BOOLS:
+            return _BOOL[raw.strip().lower()]
+    except (ValueError, KeyError):
+        raise ValueError(f"{var}={raw!r}: not a valid value for {name}") from None
+    if name == "sources":
+        return [s for s in raw.split(",") if s.strip()]
+    if name == "source_weights":
+        return parse_source_weights(raw)
+    return raw

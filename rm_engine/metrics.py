@@ -1,0 +1,212 @@
+"""Reward-model metrics as small pure functions (numpy / scipy); every result is JSON-safe.
+
+Accuracy uses strict ``>``: a pair whose two scores are exactly equal is not correct, and the share of such pairs
+is reported apart as ``tie_rate`` (counting equal scores as correct hides the "stuck at 0.693" bug).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Hashable, Iterable, Sequence
+
+import numpy as np
+
+ArrayLike = Sequence[float] | np.ndarray
+
+# (lower bound, band, message), highest first
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.90, "suspicious", "90%+ on human preferences is suspicious: check for leakage (same prompts in train and "
+     "validation, duplicated pairs) or a too-easy validation set"),
+    (0.80, "good", "good: well above typical human agreement on hard data"),
+    (0.70, "decent", "decent: a usable reward model"),
+    (0.60, "weak", "weak but above chance: more labels or a stronger backbone should help"),
+    (0.0, "random", "about chance (50%): the model has not learned the preference yet"),
+)
+
+
+def _arr(x: ArrayLike) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def _clean(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def pairwise_accuracy(r_c: ArrayLike, r_r: ArrayLike) -> dict[str, Any]:
+    """Share of pairs with ``r_c > r_r`` (strict), the share with exactly equal scores (``tie_rate``), and ``n``."""
+    c, r = _arr(r_c), _arr(r_r)
+    if c.shape != r.shape:
+        raise ValueError(f"chosen and rejected scores differ in length ({c.size} vs {r.size})")
+    n = int(c.size)
+    if n == 0:
+        return {"accuracy": None, "tie_rate": None, "n": 0}
+    return {"accuracy": float(np.mean(c > r)), "tie_rate": float(np.mean(c == r)), "n": n}
+
+
+def grouped_accuracy(r_c: ArrayLike, r_r: ArrayLike, groups: Sequence[Hashable]) -> dict[str, dict[str, Any]]:
+    """:func:`pairwise_accuracy` per group (source, annotator, category...); ``None`` groups become ``"(none)"``."""
+    c, r = _arr(r_c), _arr(r_r)
+    if len(groups) != c.size:
+        raise ValueError(f"{len(groups)} group labels for {c.size} pairs")
+    idx: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        idx["(none)" if g is None else str(g)].append(i)
+    return {g: pairwise_accuracy(c[ix], r[ix]) for g, ix in sorted(idx.items())}
+
+
+def accuracy_band(accuracy: float | None) -> dict[str, Any]:
+    """The band of a pairwise accuracy: random (<60%), weak, decent (70%), good (80%), suspicious (90%+)."""
+    if accuracy is None or not math.isfinite(accuracy):
+        return {"band": "unknown", "message": "no pairs to measure"}
+    for lo, band, msg in BANDS:
+        if accuracy >= lo:
+            return {"band": band, "message": msg}
+    return {"band": "random", "message": BANDS[-1][2]}
+
+
+def overfitting_flag(train_accuracy: float | None, val_accuracy: float | None, threshold: float = 0.10) -> dict[str, Any]:
+    """``overfitting`` is True when validation accuracy lags training accuracy by more than ``threshold``."""
+    if train_accuracy is None or val_accuracy is None:
+        return {"overfitting": False, "gap": None, "message": "no validation pairs"}
+    gap = float(train_accuracy - val_accuracy)
+    over = gap > threshold
+    msg = (f"validation lags training by {gap * 100:.1f} points: the model memorises its training pairs "
+           "(more labels, fewer epochs or more weight decay)") if over else "no sign of overfitting"
+    return {"overfitting": over, "gap": gap, "message": msg}
+
+
+def spearman_per_prompt(rankings: Iterable[tuple[Hashable, Sequence[float], Sequence[float]]]) -> dict[str, Any]:
+    """Spearman correlation between model scores and human ranks, per prompt with >= 3 ranked responses.
+
+    ``rankings`` yields ``(prompt_key, scores, ranks)`` with rank 1 = best. Prompts where the ranks or the scores
+    are all equal (undefined correlation) are skipped and counted.
+    """
+    from scipy.stats import spearmanr
+
+    per: dict[str, float] = {}
+    skipped = 0
+    for key, scores, ranks in rankings:
+        s, k = _arr(scores), _arr(ranks)
+        if s.size != k.size:
+            raise ValueError(f"prompt {key}: {s.size} scores for {k.size} ranks")
+        if s.size < 3:
+            continue
+        if np.all(k == k[0]) or np.all(s == s[0]):
+            skipped += 1
+            continue
+        rho = spearmanr(s, -k).statistic
+        if not math.isfinite(rho):
+            skipped += 1
+            continue
+        per[str(key)] = float(rho)
+    mean = float(np.mean(list(per.values()))) if per else None
+    return {"mean": mean, "n_prompts": len(per), "skipped": skipped, "per_prompt": per}
+
+
+def calibration(probs: ArrayLike, outcomes: ArrayLike, n_bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error, Brier score and reliability bins of predicted probabilities vs 0/1 outcomes.
+
+    ECE = sum over equal-width bins of (bin share) * |mean prediction - observed frequency|.
+    """
+    p, y = _arr(probs), _arr(outcomes)
+    if p.size != y.size:
+        raise ValueError(f"{p.size} probabilities for {y.size} outcomes")
+    if p.size == 0:
+        return {"ece": None, "brier": None, "bins": [], "n": 0}
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
+    bins = []
+    ece = 0.0
+    for b in range(n_bins):
+        m = which == b
+        cnt = int(m.sum())
+        mp = float(p[m].mean()) if cnt else None
+        fp = float(y[m].mean()) if cnt else None
+        if cnt:
+            ece += cnt / p.size * abs(mp - fp)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": cnt, "mean_pred": mp, "frac_pos": fp})
+    return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2)), "bins": bins, "n": int(p.size)}
+
+
+def sigmoid(x: ArrayLike) -> np.ndarray:
+    """Numerically stable logistic function."""
+    a = _arr(x)
+    out = np.empty_like(a)
+    pos = a >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-a[pos]))
+    e = np.exp(a[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def pair_calibration(r_c: ArrayLike, r_r: ArrayLike, n_bins: int = 10) -> dict[str, Any]:
+    """Calibration of ``sigmoid(r_a - r_b)`` on decided pairs, symmetrised: each pair counts once as
+    (p, chosen wins = 1) and once as (1 - p, 0), so the result does not depend on which side is called "a"."""
+    p = sigmoid(_arr(r_c) - _arr(r_r))
+    return calibration(np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), n_bins)
+
+
+def histogram(values: ArrayLike, edges: np.ndarray) -> list[int]:
+    """Counts of ``values`` in the bins ``edges`` (the last bin includes its right edge)."""
+    return [int(c) for c in np.histogram(_arr(values), bins=edges)[0]]
+
+
+def score_histograms(chosen: ArrayLike, rejected: ArrayLike, bins: int = 20) -> dict[str, Any]:
+    """Histograms of chosen and rejected scores on shared edges (for overlaid plots)."""
+    c, r = _arr(chosen), _arr(rejected)
+    both = np.concatenate([c, r])
+    if both.size == 0:
+        return {"edges": [], "chosen": [], "rejected": []}
+    lo, hi = float(both.min()), float(both.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    return {"edges": [float(e) for e in edges], "chosen": histogram(c, edges), "rejected": histogram(r, edges)}
+
+
+def margin_distribution(r_c: ArrayLike, r_r: ArrayLike, bins: int = 20) -> dict[str, Any]:
+    """Distribution of ``r_c - r_r``: histogram, mean, median and share of wrong-way (negative) margins."""
+    m = _arr(r_c) - _arr(r_r)
+    if m.size == 0:
+        return {"edges": [], "counts": [], "mean": None, "median": None, "share_negative": None}
+    lo, hi = float(m.min()), float(m.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    return {
+        "edges": [float(e) for e in edges],
+        "counts": histogram(m, edges),
+        "mean": float(m.mean()),
+        "median": float(np.median(m)),
+        "share_negative": float(np.mean(m < 0)),
+    }
+
+
+def split_metrics(
+    r_c: ArrayLike,
+    r_r: ArrayLike,
+    *,
+    sources: Sequence[Hashable] | None = None,
+    annotators: Sequence[Hashable] | None = None,
+    categories: Sequence[Hashable] | None = None,
+    with_distributions: bool = True,
+) -> dict[str, Any]:
+    """Everything measured on one split's decided pairs: accuracy, tie rate, band, groups, calibration,
+    histograms."""
+    out = pairwise_accuracy(r_c, r_r)
+    out["band"] = accuracy_band(out["accuracy"])
+    if sources is not None:
+        out["per_source"] = grouped_accuracy(r_c, r_r, sources)
+    if annotators is not None:
+        out["per_annotator"] = grouped_accuracy(r_c, r_r, annotators)
+    if categories is not None:
+        out["per_category"] = grouped_accuracy(r_c, r_r, categories)
+    if out["n"]:
+        cal = pair_calibration(r_c, r_r)
+        out["ece"], out["brier"], out["reliability"] = cal["ece"], cal["brier"], cal["bins"]
+        if with_distributions:
+            out["score_hist"] = score_histograms(r_c, r_r)
+            out["margins"] = margin_distribution(r_c, r_r)
+    return out
