@@ -139,30 +139,6 @@ def chosen_rejected_long(label_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["source", "role", "score"])
 
 
-def calibration_inputs(label_frame: pd.DataFrame, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted probability that ``a`` wins, ``sigmoid((score_a - score_b) / T)``, and whether it did (1/0),
-    for labels with outcome ``a``/``b``: the inputs of a reliability diagram and ECE."""
-    prefs = label_frame[label_frame["outcome"].isin(["a", "b"])] if len(label_frame) else label_frame
-    if not len(prefs):
-        return np.zeros(0), np.zeros(0)
-    t = float(temperature) if temperature and temperature > 0 else 1.0
-    d = (prefs["score_a"].to_numpy(float) - prefs["score_b"].to_numpy(float)) / t
-    return 1.0 / (1.0 + np.exp(-d)), (prefs["outcome"] == "a").to_numpy(float)
-
-
-def reliability_table(prob: np.ndarray, outcome: np.ndarray, bins: int = 10) -> tuple[pd.DataFrame, float]:
-    """Equal-width bins of predicted probability: ``bin_mid``, ``mean_pred``, ``frac_pos``, ``count``; and the ECE
-    (count-weighted mean of ``|frac_pos - mean_pred|``; ``NaN`` with no data)."""
-    if len(prob) == 0:
-        return pd.DataFrame(columns=["bin_mid", "mean_pred", "frac_pos", "count"]), float("nan")
-    idx = np.clip((np.asarray(prob) * bins).astype(int), 0, bins - 1)
-    df = pd.DataFrame({"bin": idx, "p": prob, "y": outcome})
-    g = df.groupby("bin").agg(mean_pred=("p", "mean"), frac_pos=("y", "mean"), count=("p", "size")).reset_index()
-    g["bin_mid"] = (g["bin"] + 0.5) / bins
-    ece = float((g["count"] * (g["frac_pos"] - g["mean_pred"]).abs()).sum() / len(prob))
-    return g[["bin_mid", "mean_pred", "frac_pos", "count"]], ece
-
-
 def multi_rated_labels(session: Session, min_labels: int = 2) -> pd.DataFrame:
     """Labels of comparisons labelled at least ``min_labels`` times: ``comparison_id``, ``label_id``,
     ``annotator``, ``source``, ``outcome``, ``created_at`` (uses the denormalized ``label_count``)."""
@@ -264,12 +240,9 @@ def model_disagreements(session: Session, version_id: int, limit: int = 50) -> p
     return worst[cols].reset_index(drop=True)
 
 
-def ranking_spearman(session: Session, version_id: int) -> pd.DataFrame:
-    """Spearman correlation between each stored ranking and the model's cached scores.
-
-    Columns: ``ranking_id``, ``prompt_id``, ``source``, ``n`` (items with a score), ``spearman`` (``NaN`` when
-    fewer than two items or one side is constant). Human rank 1 is best, so the rank is negated.
-    """
+def ranking_score_items(session: Session, version_id: int) -> pd.DataFrame:
+    """Items of stored rankings with their cached scores under ``version_id``: ``ranking_id``, ``prompt_id``,
+    ``source``, ``rank`` (1 = best), ``score``. Items without a cached score are left out."""
     rows = session.execute(
         select(Ranking.id, Ranking.prompt_id, Ranking.source, RankingItem.rank, ResponseScore.score)
         .join(RankingItem, RankingItem.ranking_id == Ranking.id)
@@ -277,18 +250,19 @@ def ranking_spearman(session: Session, version_id: int) -> pd.DataFrame:
             ResponseScore,
             and_(ResponseScore.response_id == RankingItem.response_id, ResponseScore.model_version_id == version_id),
         )
+        .order_by(Ranking.id, RankingItem.position)
     ).all()
-    df = _frame(rows, ["ranking_id", "prompt_id", "source", "rank", "score"])
-    cols = ["ranking_id", "prompt_id", "source", "n", "spearman"]
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    out = []
-    for (rid, pid, src), g in df.groupby(["ranking_id", "prompt_id", "source"]):
-        rho = float("nan")
-        if len(g) >= 2 and g["rank"].nunique() > 1 and g["score"].nunique() > 1:
-            rho = float((-g["rank"]).rank().corr(g["score"].rank()))
-        out.append((rid, pid, src, len(g), rho))
-    return pd.DataFrame(out, columns=cols)
+    return _frame(rows, ["ranking_id", "prompt_id", "source", "rank", "score"])
+
+
+def spearman_inputs(items: pd.DataFrame) -> list[tuple[int, list[float], list[float]]]:
+    """``ranking_score_items`` grouped as ``(ranking_id, scores, ranks)`` for ``rm_engine.metrics.spearman_per_prompt``."""
+    if items.empty:
+        return []
+    return [
+        (int(rid), g["score"].astype(float).tolist(), g["rank"].astype(float).tolist())
+        for rid, g in items.groupby("ranking_id", sort=True)
+    ]
 
 
 def scored_responses(session: Session, version_id: int, limit: int = 2000) -> pd.DataFrame:

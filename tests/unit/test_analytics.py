@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
 from db import analytics
 from db.models import Label, ModelVersion, ResponseScore
 from db.session import Database
 from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
+from rm_engine import metrics
 from rm_engine.agreement import summarize
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
@@ -68,11 +68,11 @@ def test_empty_database_gives_empty_frames(sqlite_db: Database) -> None:
         assert analytics.conflicting_labels(s).empty
         assert analytics.label_scores(s, 1).empty
         assert analytics.model_disagreements(s, 1).empty
-        assert analytics.ranking_spearman(s, 1).empty
+        assert analytics.ranking_score_items(s, 1).empty
+        assert analytics.spearman_inputs(analytics.ranking_score_items(s, 1)) == []
         assert analytics.labelled_prompts(s).empty
         assert analytics.label_count(s) == 0
         assert analytics.chosen_rejected_long(analytics.label_scores(s, 1)).empty
-        assert analytics.calibration_inputs(analytics.label_scores(s, 1))[0].size == 0
 
 
 def test_labels_over_time_and_throughput(data) -> None:
@@ -112,25 +112,9 @@ def test_label_scores_margins_and_calibration(data) -> None:
     assert sorted(prefs["margin"].round(6)) == [-3.0, -1.0, -1.0, 3.0, 3.0]
     long = analytics.chosen_rejected_long(frame)
     assert len(long) == 10 and set(long["role"]) == {"chosen", "rejected"}
-    p, y = analytics.calibration_inputs(frame)
-    assert len(p) == 5 and set(np.unique(y)) <= {0.0, 1.0}
-    # model probability that the human-chosen side wins: sigmoid(3) twice, sigmoid(-3), sigmoid(-1) twice
-    p_chosen = np.where(y == 1, p, 1 - p)
-    assert sorted(np.round(p_chosen, 6)) == sorted(np.round(1 / (1 + np.exp(-np.array([3, 3, -3, -1, -1.0]))), 6))
-    table, ece = analytics.reliability_table(p, y, bins=10)
-    assert table["count"].sum() == 5
-    expected = np.abs(table["frac_pos"] - table["mean_pred"]) @ table["count"] / 5
-    assert ece == pytest.approx(float(expected)) and 0 < ece < 1
-
-
-def test_reliability_of_a_perfectly_calibrated_toy() -> None:
-    p = np.array([0.25] * 4 + [0.75] * 4)
-    y = np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=float)
-    table, ece = analytics.reliability_table(p, y, bins=4)
-    assert ece == pytest.approx(0.0)
-    assert list(table["count"]) == [4, 4]
-    _, empty_ece = analytics.reliability_table(np.zeros(0), np.zeros(0))
-    assert math.isnan(empty_ece)
+    # the pairs feed the engine's calibration: sigmoid(margin) of the human-chosen side
+    cal = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
+    assert cal["n"] == 10 and 0 < cal["ece"] < 1
 
 
 def test_conflicts_disagreements_and_agreement(data) -> None:
@@ -154,11 +138,13 @@ def test_conflicts_disagreements_and_agreement(data) -> None:
 def test_ranking_spearman_and_scored_responses(data) -> None:
     db, ids = data
     with db.read() as s:
-        sp = analytics.ranking_spearman(s, ids["version"])
+        items = analytics.ranking_score_items(s, ids["version"])
         table = analytics.scored_responses(s, ids["version"])
         prompts = analytics.labelled_prompts(s)
         n = analytics.label_count(s)
-    assert len(sp) == 1 and sp.iloc[0]["n"] == 3 and sp.iloc[0]["spearman"] == pytest.approx(1.0)
+    assert list(items["rank"]) == [1, 2, 3] and list(items["score"]) == [3.0, 2.0, 1.0]
+    sp = metrics.spearman_per_prompt(analytics.spearman_inputs(items))
+    assert sp["n_prompts"] == 1 and sp["mean"] == pytest.approx(1.0)
     assert list(table["score"]) == sorted(table["score"], reverse=True) and len(table) == 7
     assert set(prompts["text"]) == {"What is 2+2?", "Say hi", "Rank these"}
     assert n == 6
