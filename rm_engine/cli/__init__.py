@@ -10,7 +10,7 @@ from typing import Sequence
 from rm_engine.cli.common import CLIError
 
 COMMAND_MODULES = (
-    "rm_engine.cli.data_cmds",  # import, export, stats, seed-demo
+    "rm_engine.cli.data_cmds",  # import, export, stats
     "rm_engine.cli.model_cmds",  # train, eval, score, models
     "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
     "rm_engine.cli.demo_cmds",  # seed-demo
