@@ -1,0 +1,127 @@
+"""kill -9 in the middle of things: a labeler holding an open write, labelers at random moments, the app server
+(and the worker mid-publish, see ``test_worker_killed_mid_publish``). Afterwards ``PRAGMA integrity_check`` is
+ok, every acknowledged label is stored exactly once, and the killed role resumes."""
+from __future__ import annotations
+
+import random
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from db.session import Database
+from tests.integration import procs
+
+
+def _labeler(db: Database, tmp: Path, name: str, n: int, *extra: str, source: str = "crowd", tag: str = "") -> tuple[object, Path]:
+    log = tmp / f"{name}.jsonl"
+    p = procs.spawn_role(
+        "labeler", "--name", name, "--n", str(n), "--log", str(log), "--source", source, "--url", db.url, *extra,
+        out_dir=tmp, name=f"{name}{tag}",
+    )
+    return p, log
+
+
+def _check_db(db: Database) -> None:
+    if db.is_sqlite:
+        assert procs.sqlite_integrity(procs.sqlite_path(db.url)) == "ok"
+
+
+def test_labeler_killed_inside_a_write_transaction(any_db: Database, tmp_path: Path) -> None:
+    """The labeler is killed after its INSERTs and before COMMIT, holding SQLite's write lock; the others keep
+    going, the uncommitted label is absent, and the restarted labeler re-submits it once."""
+    procs.seed_comparisons(any_db, 30)
+    victim, vlog = _labeler(any_db, tmp_path, "victim", 20, "--pause-every", "6", "--pause-seconds", "120")
+    others = [_labeler(any_db, tmp_path, f"other{i}", 20, source="expert")[0] for i in range(2)]
+    paused = procs.wait_for_event(vlog, "in_commit", timeout=60, proc=victim)
+    procs.kill9(victim)
+    key = paused["key"]
+    assert key not in {e["key"] for e in procs.read_log(vlog) if e["ev"] == "ok"}
+    from sqlalchemy import select
+
+    from db.models import Label
+
+    with any_db.read() as s:  # the killed transaction left nothing behind
+        assert s.scalar(select(Label.id).where(Label.idempotency_key == key)) is None
+    _check_db(any_db)
+    again, _ = _labeler(any_db, tmp_path, "victim", 20, tag="-2")  # same log: replays the unacknowledged key
+    assert procs.wait_all([again, *others], timeout=120) == [0, 0, 0]
+    logs = {"victim": (vlog, "crowd"), **{f"other{i}": (tmp_path / f"other{i}.jsonl", "expert") for i in range(2)}}
+    audit = procs.audit_labels(any_db, logs)
+    assert audit.ok, audit.summary()
+    assert len(audit.acked) == 60 and key in audit.acked
+    _check_db(any_db)
+
+
+def test_labelers_killed_at_random_moments(sqlite_db: Database, tmp_path: Path) -> None:
+    """Three labelers, one of them killed and restarted at random moments: nothing lost, nothing doubled."""
+    rng = random.Random(7)
+    procs.seed_comparisons(sqlite_db, 45)
+    steady = [_labeler(sqlite_db, tmp_path, f"steady{i}", 40)[0] for i in range(2)]
+    kills = 0
+    for round_ in range(4):
+        p, log = _labeler(sqlite_db, tmp_path, "flaky", 40, tag=f"-{round_}")
+        procs.wait_for_event(log, "try", timeout=60)
+        time.sleep(rng.uniform(0.05, 0.6))
+        if p.poll() is None:
+            procs.kill9(p)
+            kills += 1
+    final, _ = _labeler(sqlite_db, tmp_path, "flaky", 40, tag="-final")
+    assert procs.wait_all([final, *steady], timeout=120) == [0, 0, 0]
+    assert kills >= 2
+    logs = {n: (tmp_path / f"{n}.jsonl", "crowd") for n in ("flaky", "steady0", "steady1")}
+    audit = procs.audit_labels(sqlite_db, logs)
+    assert audit.ok, audit.summary()
+    assert len(audit.acked) == 120
+    _check_db(sqlite_db)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except Exception:  # noqa: BLE001 - not up yet
+        return 0
+
+
+def _start_app(tmp: Path, port: int, tag: str) -> object:
+    import sys
+
+    return procs.spawn(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        out_dir=tmp, name=f"app{tag}",
+    )
+
+
+@pytest.mark.slow
+def test_app_server_killed_while_labelers_write(sqlite_db: Database, tmp_path: Path) -> None:
+    """kill -9 of the Streamlit server while labelers write: the database stays sound and a restarted server
+    serves again at once."""
+    procs.seed_comparisons(sqlite_db, 25)
+    port = _free_port()
+    app = _start_app(tmp_path, port, "1")
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    procs.wait_for(lambda: _get(health) == 200, 90, f"the app server's {health}", interval=0.3)
+    labelers = [_labeler(sqlite_db, tmp_path, f"l{i}", 20, "--think-ms", "20")[0] for i in range(2)]
+    procs.wait_for(lambda: _get(f"http://127.0.0.1:{port}/") == 200, 30, "the app's first page")
+    procs.kill9(app)
+    assert _get(health) == 0
+    app2 = _start_app(tmp_path, port, "2")
+    try:
+        procs.wait_for(lambda: _get(health) == 200, 90, "the restarted app server", interval=0.3)
+        assert procs.wait_all(labelers, timeout=120) == [0, 0]
+    finally:
+        procs.kill9(app2)
+    audit = procs.audit_labels(sqlite_db, {f"l{i}": (tmp_path / f"l{i}.jsonl", "crowd") for i in range(2)})
+    assert audit.ok, audit.summary()
+    assert len(audit.acked) == 40
+    _check_db(sqlite_db)
