@@ -1,0 +1,177 @@
+"""Prompt coverage: are the prompts a reward model will judge close to prompts it was trained on?
+
+For each downstream prompt (uploaded by a researcher) we find the nearest labelled prompt and report the
+cosine similarity and distance (``1 - similarity``). Two ways to measure it:
+
+* ``embedding``: mean-pooled backbone embeddings from the engine's on-disk feature cache
+  (``rm_engine.features``); texts not cached yet are embedded once and then cached. Needs the backbone.
+* ``tfidf``: TF-IDF cosine over word unigrams and bigrams (pure numpy/scipy, instant); the fallback when no
+  features exist or the backbone cannot be loaded, and the default for a quick check in the app.
+
+A prompt counts as *covered* when its similarity reaches the threshold of the method
+(:data:`DEFAULT_THRESHOLDS`): MiniLM embeddings of paraphrases typically score above 0.5; TF-IDF needs
+shared words, so its threshold is lower.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import sparse
+
+DEFAULT_THRESHOLDS = {"embedding": 0.5, "tfidf": 0.3}
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+MAX_UPLOAD_PROMPTS = 5000
+
+
+@dataclass(frozen=True)
+class CoverageResult:
+    """Nearest labelled prompt for each downstream prompt (lists are aligned with the input prompts)."""
+
+    method: str
+    threshold: float
+    prompts: tuple[str, ...]
+    nearest_index: tuple[int, ...]  # index into the labelled prompts; -1 when there are none
+    similarity: tuple[float, ...]
+
+    @property
+    def distance(self) -> tuple[float, ...]:
+        """``1 - similarity`` per downstream prompt."""
+        return tuple(1.0 - s for s in self.similarity)
+
+    @property
+    def covered(self) -> tuple[bool, ...]:
+        return tuple(s >= self.threshold for s in self.similarity)
+
+    @property
+    def share_covered(self) -> float:
+        """Share of downstream prompts that are covered (``nan`` for no prompts)."""
+        return sum(self.covered) / len(self.prompts) if self.prompts else math.nan
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word unigrams plus adjacent bigrams."""
+    words = [w.lower() for w in _TOKEN.findall(text)]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+def tfidf_matrix(docs: Sequence[str], vocab: dict[str, int] | None = None, idf: np.ndarray | None = None
+                 ) -> tuple[sparse.csr_matrix, dict[str, int], np.ndarray]:
+    """L2-normalised TF-IDF rows (smooth idf: ``log((1 + N) / (1 + df)) + 1``). With ``vocab``/``idf`` given,
+    documents are projected on that vocabulary (unknown words are dropped)."""
+    counts = [Counter(tokenize(d)) for d in docs]
+    if vocab is None:
+        vocab = {}
+        for c in counts:
+            for t in c:
+                vocab.setdefault(t, len(vocab))
+        df = np.zeros(len(vocab))
+        for c in counts:
+            for t in c:
+                df[vocab[t]] += 1
+        idf = np.log((1 + len(docs)) / (1 + df)) + 1.0
+    assert idf is not None
+    rows, cols, vals = [], [], []
+    for i, c in enumerate(counts):
+        for t, n in c.items():
+            j = vocab.get(t)
+            if j is not None:
+                rows.append(i)
+                cols.append(j)
+                vals.append((1.0 + math.log(n)) * idf[j])
+    m = sparse.csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)), dtype=np.float64)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return sparse.csr_matrix(m.multiply(1.0 / norms[:, None])), vocab, idf
+
+
+def _nearest(sim: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    if sim.shape[1] == 0:
+        return tuple([-1] * sim.shape[0]), tuple([0.0] * sim.shape[0])
+    idx = np.asarray(sim.argmax(axis=1)).ravel()
+    best = sim[np.arange(sim.shape[0]), idx]
+    return tuple(int(i) for i in idx), tuple(float(np.clip(b, -1.0, 1.0)) for b in np.asarray(best).ravel())
+
+
+def tfidf_coverage(downstream: Sequence[str], labelled: Sequence[str], threshold: float | None = None) -> CoverageResult:
+    """Nearest labelled prompt by TF-IDF cosine (vocabulary and idf fitted on the labelled prompts)."""
+    th = DEFAULT_THRESHOLDS["tfidf"] if threshold is None else float(threshold)
+    if not labelled:
+        idx, sim = _nearest(np.zeros((len(downstream), 0)))
+        return CoverageResult("tfidf", th, tuple(downstream), idx, sim)
+    lab, vocab, idf = tfidf_matrix(labelled)
+    down, _, _ = tfidf_matrix(downstream, vocab, idf)
+    sim = (down @ lab.T).toarray() if len(downstream) else np.zeros((0, len(labelled)))
+    idx, best = _nearest(sim)
+    return CoverageResult("tfidf", th, tuple(downstream), idx, best)
+
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+
+def embedding_coverage(
+    downstream: Sequence[str], labelled: Sequence[str], embed: Embedder, threshold: float | None = None
+) -> CoverageResult:
+    """Nearest labelled prompt by cosine of embeddings from ``embed`` (texts -> ``(n, d)`` array)."""
+    th = DEFAULT_THRESHOLDS["embedding"] if threshold is None else float(threshold)
+    if not labelled or not downstream:
+        idx, sim = _nearest(np.zeros((len(downstream), 0 if not labelled else len(labelled))))
+        return CoverageResult("embedding", th, tuple(downstream), idx, sim)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(n == 0, 1.0, n)
+
+    sim = unit(embed(list(downstream))) @ unit(embed(list(labelled))).T
+    idx, best = _nearest(sim)
+    return CoverageResult("embedding", th, tuple(downstream), idx, best)
+
+
+def parse_prompt_upload(data: bytes, filename: str = "upload", limit: int = MAX_UPLOAD_PROMPTS) -> list[str]:
+    """Prompts from an uploaded file: ``.jsonl`` (a ``prompt`` or ``text`` field per line), ``.csv`` (a
+    ``prompt`` or ``text`` column, else the first), otherwise one prompt per non-empty line.
+
+    Raises ``ValueError`` naming the file and line for undecodable or malformed input, or above ``limit``.
+    """
+    import csv
+    import io
+    import json
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{filename}: not UTF-8 text (byte {exc.start})") from None
+    name = filename.lower()
+    out: list[str] = []
+    if name.endswith(".jsonl") or name.endswith(".json"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{filename}, line {n}: invalid JSON ({exc.msg})") from None
+            val = rec.get("prompt", rec.get("text")) if isinstance(rec, dict) else rec if isinstance(rec, str) else None
+            if not isinstance(val, str):
+                raise ValueError(f"{filename}, line {n}: expected a string field 'prompt' or 'text'")
+            out.append(val)
+    elif name.endswith(".csv"):
+        rows = list(csv.reader(io.StringIO(text)))
+        if rows:
+            header = [h.strip().lower() for h in rows[0]]
+            col = header.index("prompt") if "prompt" in header else header.index("text") if "text" in header else 0
+            for n, row in enumerate(rows[1:], 2):
+                if len(row) <= col:
+                    raise ValueError(f"{filename}, line {n}: missing column {rows[0][col]!r}")
+                out.append(row[col])
+    else:
+        out = list(text.splitlines())
+    out = [p.strip() for p in out if p and p.strip()]
+    if len(out) > limit:
+        raise ValueError(f"{filename}: {len(out)} prompts; at most {limit} are checked at once")
+    return out
