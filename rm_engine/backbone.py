@@ -221,6 +221,7 @@ class _Ids:
             backend.no_padding()
             backend.no_truncation()
         self.backend = backend
+        self._layouts: dict[str, tuple[list[int], list[int], list[int]]] = {}
 
     def encode(self, text: str) -> list[int]:
         if self.backend is not None:
@@ -228,38 +229,40 @@ class _Ids:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def n_special(self, pair: bool) -> int:
-        if self.backend is not None:
-            return int(self.backend.num_special_tokens_to_add(pair))
-        return int(self.tok.num_special_tokens_to_add(pair=pair))
+        return sum(len(part) for part in self.layout(pair))
 
     def with_special(self, a: list[int], b: list[int] | None) -> list[int]:
         """Wrap ids with the tokenizer's special tokens (e.g. ``[CLS] a [SEP] b [SEP]``)."""
+        prefix, middle, suffix = self.layout(b is not None)
+        return prefix + list(a) + (middle + list(b) + suffix if b is not None else suffix)
+
+    def layout(self, pair: bool) -> tuple[list[int], list[int], list[int]]:
+        """``(prefix, middle, suffix)`` special ids around one or two sequences, found by post-processing two
+        sentinel tokens once (works for any ``tokenizers`` post-processor)."""
+        key = "pair" if pair else "single"
+        cached = self._layouts.get(key)
+        if cached is not None:
+            return cached
+        found: tuple[list[int], list[int], list[int]] | None = None
         if self.backend is not None and self.backend.post_processor is not None:
-            ea = _encoding_of(self.backend, a)
-            eb = _encoding_of(self.backend, b) if b is not None else None
-            return list(self.backend.post_process(ea, eb, add_special_tokens=True).ids)
-        out: list[int] = []
-        for tid in (getattr(self.tok, "bos_token_id", None), getattr(self.tok, "cls_token_id", None)):
-            if tid is not None:
-                out.append(tid)
-                break
-        out += a
-        if b is not None:
+            ea = self.backend.encode(["a"], is_pretokenized=True, add_special_tokens=False)
+            eb = self.backend.encode(["b"], is_pretokenized=True, add_special_tokens=False)
+            if len(ea.ids) == 1 and len(eb.ids) == 1 and ea.ids[0] != eb.ids[0]:
+                x, y = ea.ids[0], eb.ids[0]
+                ids = list(self.backend.post_process(ea, eb if pair else None, add_special_tokens=True).ids)
+                if ids.count(x) == 1 and (not pair or ids.count(y) == 1):
+                    i = ids.index(x)
+                    if pair:
+                        j = ids.index(y)
+                        found = (ids[:i], ids[i + 1:j], ids[j + 1:])
+                    else:
+                        found = (ids[:i], [], ids[i + 1:])
+        if found is None:  # no post-processor: a leading bos/cls, a sep between the two sequences
+            lead = next((t for t in (getattr(self.tok, "bos_token_id", None), getattr(self.tok, "cls_token_id", None)) if t is not None), None)
             sep = getattr(self.tok, "sep_token_id", None)
-            out += ([sep] if sep is not None else []) + b
-        return out
-
-
-def _encoding_of(backend: Any, ids: list[int]) -> Any:
-    """A ``tokenizers.Encoding`` holding exactly ``ids`` (built from their tokens, no special tokens added)."""
-    from tokenizers import Encoding
-
-    if not ids:
-        return Encoding.merge([])
-    enc = backend.encode([backend.id_to_token(i) for i in ids], is_pretokenized=True, add_special_tokens=False)
-    if list(enc.ids) != list(ids):  # a token that re-tokenizes differently: rebuild from single tokens
-        enc = Encoding.merge([backend.encode([backend.id_to_token(i)], is_pretokenized=True, add_special_tokens=False) for i in ids])
-    return enc
+            found = ([lead] if lead is not None else [], [sep] if (pair and sep is not None) else [], [])
+        self._layouts[key] = found
+        return found
 
 
 _ids_lock = threading.Lock()

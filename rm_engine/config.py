@@ -11,6 +11,11 @@ SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
 
+
+class Cancelled(Exception):
+    """Raised by training, feature extraction and rescoring when ``should_stop()`` turns true; nothing is
+    published then. (Re-exported by ``rm_engine.training``.)"""
+
 # Mode defaults, applied by ``TrainConfig.resolved()`` to fields left at None.
 _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-2},
