@@ -12,11 +12,13 @@ PostgreSQL uses the same code with ordinary transactions.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
@@ -48,8 +50,29 @@ def explain_db_error(exc: BaseException) -> str:
     return msg
 
 
+def _read_only_uri(path: str | None) -> str | None:
+    """A ``mode=ro&immutable=1`` URI for a database whose folder cannot be written (read-only mount or
+    permissions): SQLite cannot create the WAL index there, so a plain open fails even for reads. Only when no
+    WAL content is pending (after a clean close), else None."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    p = Path(path).resolve()
+    wal = p.with_name(p.name + "-wal")
+    if not p.is_file() or os.access(p.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+        return None
+    return f"file:{quote(str(p))}?mode=ro&immutable=1"
+
+
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "do_connect")
+    def _do_connect(dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        ro = _read_only_uri(cargs[0] if cargs else cparams.get("database"))
+        if ro is None:
+            return dialect.dbapi.connect(*cargs, **cparams)
+        # Reads keep working; a write fails with "attempt to write a readonly database".
+        return dialect.dbapi.connect(ro, **{k: v for k, v in cparams.items() if k not in ("database", "uri")}, uri=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
