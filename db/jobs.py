@@ -212,8 +212,11 @@ def finish(
     status: JobStatus | str,
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    *,
+    progress: dict[str, Any] | None = None,
 ) -> bool:
-    """Move ``owner``'s running job to a final status, in the caller's transaction.
+    """Move ``owner``'s running job to a final status, in the caller's transaction (``progress``, when
+    given, replaces the stored progress in the same statement).
 
     Fenced: returns False (and changes nothing) unless ``owner`` still holds the job and it is running.
     The worker calls this inside the transaction that inserts a new model version, so the version row
@@ -222,10 +225,13 @@ def finish(
     st = _status(status)
     if st not in FINAL_STATUSES:
         raise ValueError(f"finish needs a final status (succeeded, failed, cancelled), got {st.value!r}")
+    values: dict[str, Any] = {"status": st, "result": result, "error": error, "finished_at": utcnow(), "lease_expires_at": None}
+    if progress is not None:
+        values["progress"] = progress
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.running)
-        .values(status=st, result=result, error=error, finished_at=utcnow(), lease_expires_at=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(session.execute(stmt).rowcount)

@@ -1,8 +1,354 @@
-"""Placeholder: subcommands are registered here."""
+"""``rmstudio worker``, ``jobs`` (list, cancel, logs), ``policy`` and ``serve`` (the app plus a worker)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from rm_engine.cli.common import CLIError, open_db, print_json, settings
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    pass
+    """Add the job subcommands to the ``rmstudio`` parser."""
+    w = sub.add_parser("worker", help="run the background worker (training, rescoring, automatic retrains)")
+    w.add_argument("--once", action="store_true", help="run at most one job, then exit (at once if none is queued)")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: GPU for finetune jobs when available, else CPU (default auto)")
+    w.add_argument("--poll-interval", type=float, default=2.0, metavar="S", help="seconds between queue polls (2)")
+    w.add_argument("--lease", type=float, default=30.0, metavar="S",
+                   help="lease length in seconds; a silent worker loses its job after this (30)")
+    w.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
+    w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    w.add_argument("--no-auto-retrain", action="store_true", help="do not apply the automatic retrain policy")
+    w.set_defaults(func=cmd_worker)
+
+    j = sub.add_parser("jobs", help="list jobs; 'jobs cancel ID', 'jobs logs ID'")
+    j.add_argument("--json", action="store_true", help="print a JSON list")
+    j.add_argument("--limit", type=int, default=30, help="newest N jobs (30)")
+    j.add_argument("--status", default=None, help="comma-separated statuses to show")
+    j.set_defaults(func=cmd_jobs)
+    jsub = j.add_subparsers(dest="jobs_command", metavar="ACTION")
+    c = jsub.add_parser("cancel", help="cancel a job (queued: at once; running: at the next step, publishing nothing)")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_jobs_cancel)
+    lg = jsub.add_parser("logs", help="show a job's log")
+    lg.add_argument("id", type=int)
+    lg.add_argument("--json", action="store_true")
+    lg.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    lg.set_defaults(func=cmd_jobs_logs)
+
+    p = sub.add_parser("policy", help="show or change the automatic retrain policy")
+    onoff = p.add_mutually_exclusive_group()
+    onoff.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
+    onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    p.add_argument("--min-new-labels", type=int, default=None, metavar="N", help="new labels that trigger a retrain")
+    p.add_argument("--min-interval", type=float, default=None, metavar="S", help="seconds between automatic retrains")
+    p.add_argument("--mode", choices=("head", "finetune"), default=None, help="training mode of automatic retrains")
+    p.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TrainConfig field for automatic retrains (VALUE as JSON, else text); KEY= removes it")
+    rs = p.add_mutually_exclusive_group()
+    rs.add_argument("--rescore", dest="rescore", action="store_const", const=True, default=None)
+    rs.add_argument("--no-rescore", dest="rescore", action="store_const", const=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_policy)
+
+    s = sub.add_parser("serve", help="run the app and a worker together; Ctrl-C stops both")
+    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--address", default=None, help="address the app listens on (Streamlit's default if unset)")
+    s.add_argument("--no-worker", action="store_true", help="run the app only")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the worker's --device")
+    s.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------- worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the worker loop in this process."""
+    from rm_engine.worker import WorkerConfig, main
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    try:
+        cfg = WorkerConfig(
+            lease_s=args.lease, poll_interval_s=args.poll_interval, device=args.device, kinds=kinds,
+            once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return main(cfg, settings())
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def _progress_text(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    parts = []
+    if p.get("step") is not None:
+        parts.append(f"{p['step']}/{p.get('total', '?')}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {float(p['loss']):.4f}")
+    if p.get("val_accuracy") is not None:
+        parts.append(f"val acc {float(p['val_accuracy']):.3f}")
+    if p.get("eta_s") is not None:
+        parts.append(f"eta {float(p['eta_s']):.0f}s")
+    return ", ".join(parts)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List the newest jobs with their progress."""
+    from db import jobs as jobq
+
+    statuses = [x.strip() for x in args.status.split(",") if x.strip()] if args.status else None
+    db = open_db()
+    try:
+        with db.read() as s:
+            try:
+                rows = [jobq.job_to_dict(j) for j in jobq.list_jobs(s, limit=args.limit, statuses=statuses)]
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no jobs")
+        return 0
+    print(f"{'id':>5}  {'kind':<8} {'status':<10} {'tries':<5} {'device':<7} progress / error")
+    for r in rows:
+        extra = _progress_text(r["progress"])
+        if r["error"]:
+            extra = (extra + "  " if extra else "") + "error: " + r["error"].splitlines()[0][:100]
+        if r["cancel_requested"] and r["status"] == "running":
+            extra += "  (cancel requested)"
+        print(f"{r['id']:>5}  {r['kind']:<8} {r['status']:<10} {r['attempts']}/{r['max_attempts']:<3} "
+              f"{(r['device'] or '-'):<7} {extra}")
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    """Cancel one job."""
+    from db import jobs as jobq
+
+    db = open_db()
+    try:
+        try:
+            status = jobq.request_cancel(db, args.id)
+        except LookupError as exc:
+            raise CLIError(str(exc)) from None
+    finally:
+        db.dispose()
+    status_s = status.value
+    if args.json:
+        print_json({"id": args.id, "status": status_s, "cancel_requested": status_s in ("running", "cancelled")})
+    elif status_s == "running":
+        print(f"job {args.id}: cancel requested; the worker stops it at its next step and publishes nothing")
+    elif status_s == "cancelled":
+        print(f"job {args.id}: cancelled")
+    else:
+        print(f"job {args.id} already finished ({status_s}); nothing to cancel")
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    """Print a job's log."""
+    from db import jobs as jobq
+
+    db = open_db()
+    try:
+        with db.read() as s:
+            if jobq.get_job(s, args.id) is None:
+                raise CLIError(f"no job with id {args.id}")
+            lines = [(r.created_at.isoformat(timespec="seconds"), r.line) for r in jobq.job_logs(s, args.id, args.tail)]
+    finally:
+        db.dispose()
+    if args.json:
+        print_json([{"at": t, "line": line} for t, line in lines])
+    else:
+        for t, line in lines:
+            print(f"{t}  {line}")
+    return 0
+
+
+# ---------------------------------------------------------------- policy
+
+
+def _parse_train_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--train-param {item!r}: expected KEY=VALUE, e.g. --train-param epochs=100")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise CLIError(f"--train-param {item!r}: the key is empty")
+        if raw == "":
+            out[key] = None
+            continue
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    """Show the retrain policy, change it when options are given, and say whether a retrain is due."""
+    from db import policy as pol
+
+    changes: dict[str, Any] = {}
+    if args.enabled is not None:
+        changes["enabled"] = args.enabled
+    if args.min_new_labels is not None:
+        changes["min_new_labels"] = args.min_new_labels
+    if args.min_interval is not None:
+        changes["min_interval_s"] = args.min_interval
+    if args.mode is not None:
+        changes["mode"] = args.mode
+    if args.rescore is not None:
+        changes["rescore"] = args.rescore
+    db = open_db()
+    try:
+        if changes or args.train_param:
+            tp_changes = _parse_train_params(args.train_param)
+            if tp_changes:
+                _check_train_params(tp_changes)
+
+            def _write(s: Any) -> None:
+                if tp_changes:
+                    tp = dict(pol.get_policy(s).train_params)
+                    for k, v in tp_changes.items():
+                        if v is None:
+                            tp.pop(k, None)
+                        else:
+                            tp[k] = v
+                    changes["train_params"] = tp
+                pol.set_policy(s, **changes)
+
+            try:
+                db.run_write(_write)
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+        with db.read() as s:
+            policy = pol.get_policy(s)
+            due, reason = pol.should_retrain(s)
+            new = pol.labels_since_last_version(s)
+    finally:
+        db.dispose()
+    out = {**policy.to_dict(), "new_labels": new, "retrain_due": due, "reason": reason}
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"automatic retraining: {'on' if policy.enabled else 'off'} (mode {policy.mode})")
+    print(f"  retrain after {policy.min_new_labels} new labels, at most every {policy.min_interval_s:g} s")
+    print(f"  training parameters: {json.dumps(policy.train_params) if policy.train_params else 'defaults'}")
+    print(f"  rescore stored responses after a new version: {'yes' if policy.rescore else 'no'}")
+    print(f"now: {reason}{' -> a worker will enqueue a retrain' if due else ''}")
+    return 0
+
+
+def _check_train_params(tp: dict[str, Any]) -> None:
+    """Reject unknown TrainConfig fields early, naming them."""
+    from dataclasses import fields
+
+    from rm_engine.config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} - {"mode"}
+    unknown = sorted(k for k in tp if k not in names)
+    if unknown:
+        raise CLIError(f"--train-param: unknown TrainConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+# ---------------------------------------------------------------- serve
+
+
+def app_main_path() -> Path:
+    """``app/main.py`` of the installed package (works from a checkout and from an installed wheel)."""
+    spec = find_spec("app")
+    if spec is None or not spec.submodule_search_locations:
+        raise CLIError("cannot find the 'app' package; is rmstudio installed (pip install -e .)?")
+    path = Path(list(spec.submodule_search_locations)[0]) / "main.py"
+    if not path.is_file():
+        raise CLIError(f"{path} is missing")
+    return path
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, even by kill -9 (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - other systems: the parent's own handlers still stop the children
+        pass
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    # A new session, so that a terminal's Ctrl-C reaches only `serve`, which then stops each child once.
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def stop_children(children: dict[str, subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
+    """SIGTERM every live child, wait ``grace_s``, then SIGKILL what is left; reap them all."""
+    for p in children.values():
+        if p.poll() is None:
+            try:
+                p.terminate()
+            except ProcessLookupError:
+                pass
+    end = time.time() + grace_s
+    for name, p in children.items():
+        try:
+            p.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            print(f"rmstudio serve: {name} did not stop in {grace_s:g} s; killing it", file=sys.stderr)
+            p.kill()
+            p.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run ``streamlit run app/main.py`` and ``rmstudio worker`` as children; stop both together."""
+    main_py = app_main_path()
+    app_cmd = [sys.executable, "-m", "streamlit", "run", str(main_py), "--server.headless", "true",
+               "--server.port", str(args.port)]
+    if args.address:
+        app_cmd += ["--server.address", args.address]
+    stop = {"signal": 0}
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    rc = 0
+    try:
+        if not args.no_worker:
+            children["worker"] = _spawn([sys.executable, "-m", "rm_engine", "worker", "--device", args.device])
+        children["app"] = _spawn(app_cmd)
+        pids = ", ".join(f"{n} pid {p.pid}" for n, p in children.items())
+        print(f"RM Studio on http://localhost:{args.port} ({pids}); Ctrl-C stops everything", file=sys.stderr, flush=True)
+        while not stop["signal"]:
+            dead = [(n, p.returncode) for n, p in children.items() if p.poll() is not None]
+            if dead:
+                name, code = dead[0]
+                print(f"rmstudio serve: {name} exited with code {code}; stopping the rest", file=sys.stderr)
+                rc = code if code else 1
+                break
+            time.sleep(0.3)
+    finally:
+        stop_children(children)
+    if stop["signal"]:
+        print(f"rmstudio serve: stopped by signal {stop['signal']}", file=sys.stderr)
+    return rc

@@ -1,0 +1,520 @@
+"""The background worker: ``rmstudio worker`` claims jobs from the database and runs them.
+
+One loop, one job at a time:
+
+1. housekeeping: re-queue jobs whose lease expired (their worker died) and, when the retrain policy is met,
+   enqueue one automatic retrain (``dedupe_key="auto-retrain"``; the partial unique index keeps it single);
+2. claim the oldest queued job under a lease (``db.jobs.claim``);
+3. run it while a heartbeat thread renews the lease about every ``lease_s / 3`` seconds, writes progress at
+   most once per ``progress_interval_s`` (step, total, loss, validation accuracy, ETA, phase and
+   ``loss_history``: the last 200 ``[step, loss]`` points) and learns about cancel requests or a lost lease;
+4. finish it, fenced on the lease. A training job is marked succeeded inside the transaction that inserts
+   the model version (``publish_guard``), which also enqueues the rescore of stored responses, so the
+   version, the job's success and the follow-up rescore appear together or not at all.
+
+Stopping: ``should_stop`` is True after a cancel request, a lost lease, or SIGTERM/SIGINT. A cancelled job is
+finished as ``cancelled`` and publishes nothing; on SIGTERM the job is released back to the queue (the
+attempt is not counted) and the worker exits 0. A second signal exits at once; the lease then expires and
+another worker re-runs the job.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from db import jobs as jobq
+from db import policy as pol
+from db.config import Settings
+from db.models import Job, JobKind, JobStatus, ModelVersion
+from db.session import Database
+
+LOSS_HISTORY_POINTS = 200
+_PG_AUTO_RETRAIN_LOCK = 727_004
+# Job parameters the worker adds for itself; not TrainConfig fields.
+_WORKER_PARAMS = ("auto", "label_watermark")
+
+
+class JobStopped(Exception):
+    """Raised inside a job when it must stop (cancel requested, lease lost, or the worker is shutting down)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker process behaves.
+
+    Attributes:
+        owner: lease owner name, unique per process (default ``host:pid:random``).
+        lease_s: lease length; a worker silent for longer loses its job to the others.
+        heartbeat_s: seconds between lease renewals (default ``lease_s / 3``).
+        poll_interval_s: sleep when the queue is empty.
+        progress_interval_s: progress is written at most this often.
+        device: ``auto`` (GPU for finetune jobs when available, else CPU), ``cpu`` or ``cuda``.
+        kinds: job kinds this worker takes (None: all).
+        once: run at most one job, then exit (exits at once when the queue is empty).
+        auto_retrain: apply the retrain policy (enqueue automatic retrains).
+        max_jobs: exit after this many jobs (None: run until stopped).
+    """
+
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    lease_s: float = 30.0
+    heartbeat_s: float | None = None
+    poll_interval_s: float = 2.0
+    progress_interval_s: float = 1.0
+    device: str = "auto"
+    kinds: tuple[str, ...] | None = None
+    once: bool = False
+    auto_retrain: bool = True
+    max_jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= 0:
+            raise ValueError(f"WorkerConfig.lease_s must be > 0, got {self.lease_s}")
+        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_s:
+            raise ValueError(f"WorkerConfig.heartbeat_s must be in (0, lease_s={self.lease_s}), got {self.heartbeat_s}")
+        if self.poll_interval_s <= 0:
+            raise ValueError(f"WorkerConfig.poll_interval_s must be > 0, got {self.poll_interval_s}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.kinds is not None:
+            for k in self.kinds:
+                JobKind(k)
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
+
+
+def log(msg: str) -> None:
+    """A worker-level line on stderr with a UTC timestamp."""
+    ts = datetime.now(timezone.utc).strftime("%H:%M:%S")
+    print(f"[worker {ts}] {msg}", file=sys.stderr, flush=True)
+
+
+class JobContext:
+    """What a running job sees: ``progress`` and ``should_stop`` callbacks, a log, the lease state.
+
+    The job's own thread only touches memory; the heartbeat thread does the database writes.
+    """
+
+    def __init__(self, worker: "Worker", job: Job) -> None:
+        self.worker = worker
+        self.job_id = job.id
+        self.params: dict[str, Any] = dict(job.params or {})
+        self.lost = False
+        self.cancel_requested = bool(job.cancel_requested)
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._progress: dict[str, Any] = {}
+        self._dirty = False
+        self._history: deque[list[float]] = deque(maxlen=LOSS_HISTORY_POINTS)
+        self._logs: list[str] = []
+        self._phase: str | None = None
+
+    # ---- callbacks handed to the engine
+    def should_stop(self) -> bool:
+        """True when the job must stop: cancel requested, lease lost, or the worker is shutting down."""
+        return self.cancel_requested or self.lost or self.worker.stopping.is_set()
+
+    def check(self) -> None:
+        """Raise ``JobStopped`` when ``should_stop()``."""
+        if self.should_stop():
+            raise JobStopped(self.stop_reason())
+
+    def stop_reason(self) -> str:
+        if self.lost:
+            return "lease lost"
+        if self.cancel_requested:
+            return "cancel requested"
+        return "worker shutting down"
+
+    def progress(self, update: dict[str, Any]) -> None:
+        """Record progress (any of step, total, loss, val_accuracy, eta_s, phase); written by the heartbeat."""
+        with self._lock:
+            p = self._progress
+            p.update({k: v for k, v in update.items() if v is not None})
+            step, loss = update.get("step"), update.get("loss")
+            if step is not None and loss is not None:
+                if self._history and self._history[-1][0] == step:
+                    self._history[-1] = [step, float(loss)]
+                else:
+                    self._history.append([step, float(loss)])
+            total = p.get("total")
+            if update.get("eta_s") is None and step and total:
+                elapsed = time.monotonic() - self.started
+                p["eta_s"] = round(elapsed / float(step) * max(0.0, float(total) - float(step)), 1)
+            phase = update.get("phase")
+            if phase and phase != self._phase:
+                self._phase = phase
+                self._logs.append(f"phase: {phase}")
+            p["elapsed_s"] = round(time.monotonic() - self.started, 1)
+            self._dirty = True
+
+    def log(self, line: str) -> None:
+        """Queue one line for the job's log."""
+        with self._lock:
+            self._logs.append(line)
+
+    # ---- used by the heartbeat thread
+    def take_progress(self) -> dict[str, Any] | None:
+        with self._lock:
+            if not self._dirty:
+                return None
+            self._dirty = False
+            out = dict(self._progress)
+            out["loss_history"] = [list(x) for x in self._history]
+            out["updated_at"] = time.time()
+            return out
+
+    def peek_progress(self) -> dict[str, Any] | None:
+        """The latest progress (with the loss history), without marking it written."""
+        with self._lock:
+            if not self._progress:
+                return None
+            return {**self._progress, "loss_history": [list(x) for x in self._history], "updated_at": time.time()}
+
+    def take_logs(self) -> list[str]:
+        with self._lock:
+            out, self._logs = self._logs, []
+            return out
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease, writes progress and logs, and watches for cancel requests while a job runs."""
+
+    def __init__(self, worker: "Worker", ctx: JobContext) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.worker, self.ctx = worker, ctx
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        cfg = self.worker.config
+        tick = min(cfg.progress_interval_s, cfg.heartbeat_every)
+        last_beat = time.monotonic()
+        while not self.done.wait(tick):
+            prog = self.ctx.take_progress()
+            if prog is None and time.monotonic() - last_beat < cfg.heartbeat_every:
+                self.flush_logs()
+                continue
+            try:
+                hb = jobq.heartbeat(self.worker.db, self.ctx.job_id, cfg.owner, cfg.lease_s, progress=prog)
+                last_beat = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - a busy or unreachable database: retry on the next tick
+                log(f"job {self.ctx.job_id}: heartbeat failed ({type(exc).__name__}: {str(exc)[:200]}); retrying")
+                continue
+            if hb.lost:
+                self.ctx.lost = True
+                log(f"job {self.ctx.job_id}: lease lost; stopping it without publishing")
+                return
+            if hb.cancel_requested and not self.ctx.cancel_requested:
+                self.ctx.cancel_requested = True
+                self.ctx.log("cancel requested")
+            self.flush_logs()
+
+    def flush_logs(self) -> None:
+        for line in self.ctx.take_logs():
+            try:
+                jobq.append_log(self.worker.db, self.ctx.job_id, line)
+            except Exception:  # noqa: BLE001 - logs are best effort
+                pass
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+        prog = self.ctx.take_progress()
+        if prog is not None and not self.ctx.lost:
+            try:
+                jobq.heartbeat(self.worker.db, self.ctx.job_id, self.worker.config.owner, self.worker.config.lease_s, prog)
+            except Exception:  # noqa: BLE001
+                pass
+        self.flush_logs()
+
+
+Handler = Callable[["Worker", Job, JobContext], dict[str, Any] | None]
+
+
+class Worker:
+    """A worker process's loop. ``run()`` returns the exit code."""
+
+    def __init__(self, db: Database, settings: Settings, config: WorkerConfig | None = None) -> None:
+        self.db, self.settings = db, settings
+        self.config = config or WorkerConfig()
+        self.stopping = threading.Event()
+        self._signals = 0
+        self.jobs_run = 0
+        self.handlers: dict[JobKind, Handler] = {
+            JobKind.noop: run_noop,
+            JobKind.train: run_train,
+            JobKind.rescore: run_rescore,
+        }
+
+    # ---- signals
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop after releasing the current job; a second signal exits at once."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log(f"second signal {signum}: exiting now (the job's lease will expire and it will be re-run)")
+            os._exit(128 + signum)
+        log(f"signal {signum}: stopping after releasing the current job")
+        self.stopping.set()
+
+    # ---- the loop
+    def run(self) -> int:
+        """Claim and run jobs until stopped (or one job with ``once``). Returns the process exit code."""
+        cfg = self.config
+        log(f"{cfg.owner} started (lease {cfg.lease_s:g} s, device {cfg.device}, kinds {cfg.kinds or 'all'})")
+        while not self.stopping.is_set():
+            self.housekeeping()
+            job = jobq.claim(self.db, cfg.owner, cfg.lease_s, kinds=cfg.kinds)
+            if job is None:
+                if cfg.once:
+                    break
+                self.stopping.wait(cfg.poll_interval_s)
+                continue
+            self.run_job(job)
+            self.jobs_run += 1
+            if cfg.once or (cfg.max_jobs is not None and self.jobs_run >= cfg.max_jobs):
+                break
+        log(f"{cfg.owner} stopped after {self.jobs_run} job(s)")
+        return 0
+
+    def housekeeping(self) -> None:
+        """Re-queue expired jobs and apply the retrain policy (errors are logged, never fatal)."""
+        try:
+            now = time.time()
+            with self.db.read() as s:
+                expired = s.scalar(
+                    select(Job.id).where(Job.status == JobStatus.running, Job.lease_expires_at < now).limit(1)
+                )
+            if expired is not None:
+                for job_id, status in jobq.requeue_expired(self.db, now):
+                    log(f"job {job_id}: lease expired -> {status}")
+                    jobq.append_log(self.db, job_id, f"lease expired; {status} by {self.config.owner}")
+            if self.config.auto_retrain:
+                self.maybe_enqueue_retrain()
+        except Exception as exc:  # noqa: BLE001
+            log(f"housekeeping failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def maybe_enqueue_retrain(self) -> Job | None:
+        """Enqueue one automatic retrain when the policy says so; returns the new job or None."""
+        with self.db.read() as s:
+            ok, _ = pol.should_retrain(s)
+        if not ok:
+            return None
+        with self.db.write() as s:
+            if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises this transaction
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUTO_RETRAIN_LOCK})
+            ok, reason = pol.should_retrain(s)
+            if not ok:
+                return None
+            job = jobq.enqueue(
+                s, JobKind.train, pol.auto_retrain_params(s), dedupe_key=pol.AUTO_RETRAIN_KEY,
+                created_by=f"retrain policy ({self.config.owner})",
+            )
+        if job is not None:
+            log(f"job {job.id}: automatic retrain enqueued: {reason}")
+            jobq.append_log(self.db, job.id, f"enqueued by the retrain policy: {reason}")
+        return job
+
+    def resolve_device(self, job: Job) -> str:
+        """``cpu`` or ``cuda``: the worker's ``--device``, else GPU for finetune jobs when one is present."""
+        want = self.config.device
+        params_device = (job.params or {}).get("device")
+        if want == "auto" and params_device in ("cpu", "cuda"):
+            want = params_device
+        if want == "cpu" or job.kind in (JobKind.noop,):
+            return "cpu"
+        if want == "auto" and not (job.kind is JobKind.train and (job.params or {}).get("mode") == "finetune"):
+            return "cpu"
+        try:
+            import torch
+
+            has_cuda = torch.cuda.is_available()
+        except Exception:  # noqa: BLE001
+            has_cuda = False
+        if want == "cuda" and not has_cuda:
+            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        return "cuda" if has_cuda else "cpu"
+
+    def run_job(self, job: Job) -> None:
+        """Run one claimed job to a final state (or back to the queue on shutdown)."""
+        owner = self.config.owner
+        ctx = JobContext(self, job)
+        log(f"job {job.id} ({job.kind.value}) claimed, attempt {job.attempts}/{job.max_attempts}")
+        jobq.append_log(self.db, job.id, f"claimed by {owner} (attempt {job.attempts}/{job.max_attempts})")
+        beat = Heartbeat(self, ctx)
+        beat.start()
+        status, result, error = JobStatus.failed, None, None
+        try:
+            handler = self.handlers.get(job.kind)
+            if handler is None:
+                raise RuntimeError(f"this worker cannot run {job.kind.value!r} jobs")
+            device = self.resolve_device(job)
+            ctx.params["device"] = device
+            jobq.set_device(self.db, job.id, owner, device)
+            ctx.log(f"device: {device}")
+            result = handler(self, job, ctx)
+            status = JobStatus.succeeded
+        except Exception as exc:  # noqa: BLE001 - every failure ends up in the job row
+            if ctx.should_stop() or _is_cancelled(exc):
+                status = None  # decided below
+            else:
+                error = f"{type(exc).__name__}: {exc}".strip()
+                ctx.log("error: " + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:])
+        finally:
+            beat.stop()
+        self._conclude(job, ctx, status, result, error)
+
+    def _conclude(self, job: Job, ctx: JobContext, status: JobStatus | None, result: Any, error: str | None) -> None:
+        owner = self.config.owner
+        if ctx.lost:
+            log(f"job {job.id}: lease lost; nothing published")
+            return
+        if status is JobStatus.succeeded and isinstance(result, dict) and result.get("_published"):
+            log(f"job {job.id}: succeeded ({_short(result)})")
+            return
+        if status is None:
+            if ctx.cancel_requested:
+                status, error = JobStatus.cancelled, "cancelled while running; nothing was published"
+            else:
+                new = jobq.release(self.db, job.id, owner, "worker shutting down")
+                log(f"job {job.id}: released on shutdown -> {new}")
+                jobq.append_log(self.db, job.id, f"released by {owner} on shutdown -> {new}")
+                return
+        with self.db.write() as s:
+            done = jobq.finish(s, job.id, owner, status, result=result, error=error, progress=ctx.peek_progress())
+        log(f"job {job.id}: {status.value if done else 'lease lost before finishing'}"
+            + (f": {error}" if error else ""))
+        if done:
+            jobq.append_log(self.db, job.id, f"{status.value}" + (f": {error}" if error else ""))
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, JobStopped) or type(exc).__name__ in ("Cancelled", "CancelledError", "TrainingCancelled")
+
+
+def _short(result: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in result.items() if not k.startswith("_") and not isinstance(v, (dict, list)))
+
+
+# ---------------------------------------------------------------- job kinds
+
+
+def run_noop(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+    """``params``: ``steps`` (5), ``sleep`` seconds per step (0.1), ``fail_at`` (raise at that step),
+    ``marker_file`` (append ``"<job id> <owner>"`` there when the job starts, for exactly-once checks)."""
+    p = job.params or {}
+    steps, pause = int(p.get("steps", 5)), float(p.get("sleep", 0.1))
+    marker = p.get("marker_file")
+    if marker:
+        fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{job.id} {worker.config.owner}\n".encode())
+        finally:
+            os.close(fd)
+    for i in range(steps):
+        ctx.check()
+        time.sleep(pause)
+        if p.get("fail_at") is not None and i + 1 == int(p["fail_at"]):
+            raise RuntimeError(f"noop job asked to fail at step {i + 1}")
+        ctx.progress({"step": i + 1, "total": steps, "loss": 1.0 / (i + 1), "phase": "noop"})
+    return {"steps": steps, "owner": worker.config.owner}
+
+
+def train_config_from_params(params: dict[str, Any], device: str) -> Any:
+    """A ``TrainConfig`` from a train job's parameters (worker-added keys removed; unknown fields named)."""
+    from rm_engine.config import TrainConfig
+
+    clean = {k: v for k, v in params.items() if k not in _WORKER_PARAMS}
+    clean["device"] = device
+    return TrainConfig.from_dict(clean)
+
+
+def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+    """Train and publish a version under the lease; enqueue the rescore in the same transaction."""
+    from rm_engine.training import train_and_publish
+
+    owner = worker.config.owner
+    cfg = train_config_from_params(ctx.params, ctx.params["device"])
+    with worker.db.read() as s:
+        watermark = pol.current_watermark(s).to_dict()
+        rescore = pol.get_policy(s).rescore
+    outcome: dict[str, Any] = {"label_watermark": watermark, "mode": cfg.mode, "device": cfg.device}
+
+    def publish_guard(session: Session) -> bool:
+        if ctx.should_stop():
+            return False
+        if not jobq.finish(session, job.id, owner, JobStatus.succeeded, result=outcome, progress=ctx.peek_progress()):
+            return False
+        if rescore:
+            jobq.enqueue(session, JobKind.rescore, {"after_job": job.id}, dedupe_key=f"rescore-after-{job.id}",
+                         created_by=f"job {job.id}")
+        return True
+
+    version = train_and_publish(
+        worker.db, worker.settings, cfg, progress=ctx.progress, should_stop=ctx.should_stop,
+        publish_guard=publish_guard, job_id=job.id,
+    )
+    if version is None:
+        if ctx.should_stop():
+            raise JobStopped(ctx.stop_reason())
+        ctx.lost = True  # the guard refused: another worker or the queue owns the job now
+        return {}
+    vid = getattr(version, "id", None)
+    with worker.db.write() as s:  # the job is already succeeded; add the version id to its result
+        j = s.get(Job, job.id)
+        if j is not None and j.lease_owner == owner:
+            j.result = {**(j.result or {}), "version_id": vid}
+    ctx.log(f"published version {vid}")
+    return {**outcome, "version_id": vid, "_published": True}
+
+
+def run_rescore(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+    """Cache scores of stored responses under a version (``version_id``, or the version of ``after_job``)."""
+    from rm_engine.scoring import rescore_stored
+
+    p = job.params or {}
+    vid = p.get("version_id")
+    if vid is None and p.get("after_job") is not None:
+        with worker.db.read() as s:
+            vid = s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == int(p["after_job"])))
+        if vid is None:
+            raise RuntimeError(f"rescore job: training job {p['after_job']} published no version")
+    if vid is None:
+        with worker.db.read() as s:
+            v = pol.latest_version(s)
+        if v is None:
+            raise RuntimeError("rescore job: there is no model version to score with")
+        vid = v.id
+    rows = rescore_stored(worker.db, worker.settings, int(vid), progress=ctx.progress, should_stop=ctx.should_stop)
+    if ctx.should_stop():
+        raise JobStopped(ctx.stop_reason())
+    return {"version_id": int(vid), "rows": int(rows or 0)}
+
+
+def main(config: WorkerConfig, settings: Settings | None = None) -> int:
+    """Entry point of ``rmstudio worker``: one ``Database``, signal handlers, the loop."""
+    settings = settings or Settings.from_env()
+    db = Database(settings.db_url)
+    worker = Worker(db, settings, config)
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    finally:
+        db.dispose()
