@@ -163,3 +163,16 @@ def test_versions_frame_tolerates_missing_metrics(data) -> None:
     assert list(f["version"]) == ids
     assert f.loc[0, "val_accuracy"] == pytest.approx(0.6) and math.isnan(f.loc[1, "val_accuracy"])
     assert "per_source" not in f.columns  # nested metrics are not flattened into columns
+
+
+def test_version_metric_formats() -> None:
+    nested = {"train": {"accuracy": 0.9, "n": 80, "per_source": {"crowd": {"accuracy": 0.85, "n": 50}}},
+              "val": {"accuracy": 0.6, "n": 20, "tie_rate": 0.0, "per_source": {"crowd": {"accuracy": 0.5, "n": 10}}}}
+    flat = {"train_accuracy": 0.7, "val_accuracy": 0.65}
+    aliased = {"splits": {"validation": {"accuracy": 0.55}}}
+    acc = analytics.version_accuracy([(1, nested), (2, flat), (3, aliased), (4, {}), (5, None)])
+    got = {(v, s): a for v, s, a in zip(acc["version"], acc["split"], acc["accuracy"])}
+    assert got == {(1, "train"): 0.9, (1, "val"): 0.6, (2, "train"): 0.7, (2, "val"): 0.65, (3, "val"): 0.55}
+    groups = analytics.version_groups(nested, "per_source")
+    assert sorted(zip(groups["split"], groups["group"], groups["accuracy"])) == [("train", "crowd", 0.85), ("val", "crowd", 0.5)]
+    assert analytics.version_groups(flat, "per_category").empty
