@@ -543,3 +543,10 @@ def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | N
     ]
     med = statistics.median(times) / 1000.0 if times else None
     return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0))
+
+
+def dataset_is_empty(session: Session) -> bool:
+    """True when there is nothing at all to label (no comparisons and no prompts with 3+ responses)."""
+    if session.scalar(select(Comparison.id).limit(1)) is not None:
+        return False
+    return count_rankable_prompts(session) == 0

@@ -1,0 +1,151 @@
+"""Session state and button callbacks of the Label page (Streamlit glue; the queue itself is ``db.labeling``).
+
+Each shown pair carries its own idempotency key, and its buttons' widget keys contain that key: a second
+click on a stale button either reaches no widget (ignored) or calls back with the *old* item, whose key is
+already saved (ignored here, and ``add_label`` is idempotent by key anyway). The next pair is computed inside
+the callback, right after the save, so the rerun renders it at once.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app.identity import Identity
+from app.resources import database
+from db.labeling import (
+    QueueItem,
+    RankingTask,
+    item_for_comparison,
+    load_queue_policy,
+    next_pair,
+    next_ranking,
+    submit_label,
+    submit_ranking,
+    undo_last,
+)
+from db.session import explain_db_error
+
+ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR = (
+    "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error"
+)
+STRENGTHS = {"slightly": 1, "clearly": 2}
+
+
+def _state(key: str, default: Any) -> Any:
+    if key not in st.session_state:
+        st.session_state[key] = default
+    return st.session_state[key]
+
+
+def _fail(exc: Exception) -> None:
+    st.session_state[ERROR] = f"Could not save: {explain_db_error(exc)}. Your choice was not recorded; try again."
+
+
+def current_item(ident: Identity) -> QueueItem | None:
+    """The pair on screen, computing the next one if there is none."""
+    item = st.session_state.get(ITEM)
+    if item is None:
+        with database().read() as s:
+            item = next_pair(s, ident.name, exclude=_state(SKIPPED, []))
+        st.session_state[ITEM] = item
+    return item
+
+
+def _advance(ident: Identity) -> None:
+    with database().read() as s:
+        st.session_state[ITEM] = next_pair(s, ident.name, exclude=_state(SKIPPED, []))
+
+
+def on_choice(choice: str, item: QueueItem, ident: Identity) -> None:
+    """Save the verdict on ``item`` (once per key), then load the next pair."""
+    done: set[str] = _state(DONE, set())
+    if item.key in done:
+        return
+    strength = STRENGTHS.get(st.session_state.get(f"strength_{item.key}") or "")
+    try:
+        with database().write() as s:
+            submit_label(s, item, choice, annotator=ident.name, source=ident.source, strength=strength)
+    except Exception as exc:  # noqa: BLE001 - shown to the labeler in one line
+        _fail(exc)
+        return
+    done.add(item.key)
+    st.session_state.pop(ERROR, None)
+    st.session_state[NOTICE] = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}[choice]
+    if st.session_state.get(ITEM) is None or st.session_state[ITEM].key == item.key:
+        _advance(ident)
+
+
+def on_skip(item: QueueItem, ident: Identity) -> None:
+    """Leave this pair for the rest of the session."""
+    skipped = _state(SKIPPED, [])
+    if item.comparison_id not in skipped:
+        skipped.append(item.comparison_id)
+    st.session_state[NOTICE] = "Skipped"
+    _advance(ident)
+
+
+def on_undo(ident: Identity) -> None:
+    """Delete my last label and show that pair again."""
+    try:
+        with database().write() as s:
+            cid = undo_last(s, ident.name)
+        if cid is None:
+            st.session_state[NOTICE] = "Nothing to undo"
+            return
+        with database().read() as s:
+            st.session_state[ITEM] = item_for_comparison(s, cid)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    st.session_state[NOTICE] = "Undone: the pair is back"
+
+
+def current_task(ident: Identity) -> RankingTask | None:
+    """The ranking task on screen, computing the next one if there is none."""
+    task = st.session_state.get(TASK)
+    if task is None:
+        with database().read() as s:
+            task = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
+        st.session_state[TASK] = task
+    return task
+
+
+def on_rank(task: RankingTask, ident: Identity) -> None:
+    """Save the ranking picked in the multiselect (display numbers, best first), then load the next task."""
+    done: set[str] = _state(DONE, set())
+    if task.key in done:
+        return
+    picked = st.session_state.get(f"rank_{task.key}") or []
+    order = [task.response_ids[int(p.split()[-1]) - 1] for p in picked]
+    try:
+        with database().write() as s:
+            submit_ranking(s, task, order, annotator=ident.name, source=ident.source)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    done.add(task.key)
+    st.session_state[NOTICE] = "Ranking saved"
+    with database().read() as s:
+        st.session_state[TASK] = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
+
+
+def on_rank_skip(task: RankingTask, ident: Identity) -> None:
+    """Leave this prompt for the rest of the session."""
+    _state(RSKIPPED, []).append(task.prompt_id)
+    with database().read() as s:
+        st.session_state[TASK] = next_ranking(s, ident.name, exclude=st.session_state[RSKIPPED])
+
+
+def reset() -> None:
+    """Forget the items on screen (after switching annotator)."""
+    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR):
+        st.session_state.pop(k, None)
+
+
+def queue_policy_summary() -> str:
+    """One line describing the queue policy in force."""
+    with database().read() as s:
+        p = load_queue_policy(s)
+    extra = f", {p.agreement_share:.0%} of pairs by {p.agreement_overlap}" if p.has_agreement_phase else ""
+    return f"Queue: every pair by {p.target_overlap}{extra}" + (", active learning on" if p.active_learning else "")

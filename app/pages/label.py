@@ -1,0 +1,110 @@
+"""Label page: identity, then pairs (or rankings) with buttons and keyboard shortcuts.
+
+Shortcuts: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, 5 = skip, u = undo my last label.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import label_session as ls
+from app.identity import clear_identity, identity_form
+from app.render import escape_md, safe_markdown, show_conversation
+from app.resources import database, empty_state_hint
+from db.labeling import annotator_progress, count_rankable_prompts, dataset_is_empty
+
+st.title("Label")
+ident = identity_form()
+if ident is None:
+    st.stop()
+
+db = database()
+with db.read() as s:
+    empty = dataset_is_empty(s)
+    rankable = count_rankable_prompts(s) > 0
+    prog = annotator_progress(s, ident.name)
+
+top = st.columns([3, 1])
+top[0].markdown(f"Labeling as **{escape_md(ident.name)}** ({ident.source.value})")
+if top[1].button("Switch annotator", icon=":material/logout:"):
+    clear_identity()
+    ls.reset()
+    st.rerun()
+
+m = st.columns(4)
+m[0].metric("My labels today", prog.labels_today + prog.rankings_today)
+m[1].metric("Pairs left", prog.pairs_left)
+m[2].metric("My median s / label", "-" if prog.median_seconds is None else f"{prog.median_seconds:.1f}")
+m[3].metric("My labels, all time", prog.total_labels)
+st.caption(ls.queue_policy_summary())
+
+if empty:
+    empty_state_hint()
+    st.stop()
+
+if err := st.session_state.get(ls.ERROR):
+    st.error(err)
+if note := st.session_state.pop(ls.NOTICE, None):
+    st.toast(note)
+
+mode = "pairs"
+if rankable:
+    mode = st.segmented_control(
+        "Mode", ["pairs", "rank"], default="pairs", key="lbl_mode",
+        format_func=lambda m: {"pairs": "Compare two", "rank": "Rank 3+ responses"}[m],
+    ) or "pairs"
+
+
+def pair_view() -> None:
+    """Prompt on top, two responses side by side, verdict buttons with shortcuts."""
+    item = ls.current_item(ident)
+    if item is None:
+        st.success("Nothing left for you to label under the current queue policy. Thank you!")
+        st.button("Undo my last label", on_click=ls.on_undo, args=(ident,), shortcut="u", key="undo_empty")
+        return
+    st.caption(f"Pair #{item.comparison_id} · {item.reason} · labelled {item.label_count}x"
+               + (f" · {escape_md(item.category)}" if item.category else ""))
+    show_conversation(item.history, item.prompt)
+    cols = st.columns(2, border=True)
+    for col, name, text in ((cols[0], "A", item.left_text), (cols[1], "B", item.right_text)):
+        with col:
+            st.markdown(f"**Response {name}**")
+            safe_markdown(text)
+    st.segmented_control("How much better? (optional)", list(ls.STRENGTHS), key=f"strength_{item.key}")
+    b = st.columns(6)
+    buttons = (("A better", "left", "1", "primary"), ("B better", "right", "2", "primary"),
+               ("Tie", "tie", "3", "secondary"), ("Both bad", "both_bad", "4", "secondary"))
+    for col, (label, choice, key, kind) in zip(b, buttons):
+        col.button(label, on_click=ls.on_choice, args=(choice, item, ident), shortcut=key, type=kind,
+                   key=f"{choice}_{item.key}", width="stretch", help=f"shortcut: {key}")
+    b[4].button("Skip", on_click=ls.on_skip, args=(item, ident), shortcut="5", key=f"skip_{item.key}",
+                width="stretch", help="shortcut: 5")
+    b[5].button("Undo", on_click=ls.on_undo, args=(ident,), shortcut="u", key=f"undo_{item.key}",
+                icon=":material/undo:", width="stretch", help="Delete my last label (shortcut: u)")
+    if item.n_responses >= 3 and rankable:
+        st.caption("This prompt has more responses: rank them all in 'Rank 3+ responses' mode.")
+
+
+def rank_view() -> None:
+    """All responses of a prompt, ordered by clicking them best first."""
+    task = ls.current_task(ident)
+    if task is None:
+        st.success("No prompt left for you to rank. Thank you!")
+        return
+    show_conversation(task.history, task.prompt)
+    names = [f"Response {i + 1}" for i in range(len(task.texts))]
+    cols = st.columns(min(3, len(names)), border=True)
+    for i, (name, text) in enumerate(zip(names, task.texts)):
+        with cols[i % len(cols)]:
+            st.markdown(f"**{name}**")
+            safe_markdown(text)
+    picked = st.multiselect("Click the responses from best to worst", names, key=f"rank_{task.key}")
+    c = st.columns(4)
+    c[0].button("Submit ranking", on_click=ls.on_rank, args=(task, ident), type="primary",
+                disabled=len(picked) != len(names), key=f"ranksubmit_{task.key}", width="stretch")
+    c[1].button("Skip", on_click=ls.on_rank_skip, args=(task, ident), key=f"rankskip_{task.key}", width="stretch")
+
+
+if mode == "pairs":
+    pair_view()
+else:
+    rank_view()

@@ -1,0 +1,179 @@
+"""The Label page under AppTest, against a real SQLite database with data in it."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from streamlit.testing.v1 import AppTest
+from sqlalchemy import func, select
+
+from app import label_session as ls
+from app.render import defang_links
+from db.labeling import item_for_comparison
+from db.models import Comparison, Label, Outcome, Ranking, Side, Source
+from db.session import Database
+from tests.app.conftest import MAIN, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
+
+
+def _app(name: str | None = "alice", source: str = "expert") -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    if name is not None:
+        at.query_params["annotator"] = name
+        at.query_params["source"] = source
+    return at.run()
+
+
+def _button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def _labels(db: Database) -> list[SimpleNamespace]:
+    """Stored labels as plain objects (column values plus the annotator's name)."""
+    with db.read() as s:
+        out = []
+        for r in s.scalars(select(Label).order_by(Label.id)):
+            row = SimpleNamespace(**{c.key: getattr(r, c.key) for c in Label.__table__.columns})
+            row.annotator = SimpleNamespace(name=r.annotator.name)
+            out.append(row)
+        return out
+
+
+def test_identity_form_then_remembered_in_url(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app(name=None)
+    assert not at.exception
+    assert [b.label for b in at.button if b.label == "A better"] == []  # identity first
+    at.text_input[0].input("  carol ")
+    at.radio[0].set_value("ai")
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    assert at.query_params["annotator"] == "carol" and at.query_params["source"] == "ai"
+    assert any("Labeling as **carol** (ai)" == m.value for m in at.markdown)
+    # A reload (fresh session) with the same URL keeps the identity.
+    again = _app("carol", "ai")
+    assert any(b.label == "A better" for b in again.button)
+
+
+def test_label_stored_with_source_position_annotator_and_time(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("alice", "expert")
+    assert not at.exception
+    item = at.session_state[ls.ITEM]
+    # Side by side, left text first, as drawn by the server.
+    bodies = [m.value for m in at.markdown]
+    assert bodies.index(defang_links(item.left_text)) < bodies.index(defang_links(item.right_text))
+    at.segmented_control(key=f"strength_{item.key}").set_value("clearly")
+    _button(at, "B better").click().run()
+    assert not at.exception
+    [lab] = _labels(sqlite_db)
+    assert lab.annotator.name == "alice" and lab.source is Source.expert
+    assert lab.left == item.left and lab.comparison_id == item.comparison_id
+    # "B better" prefers the response shown on the right, whichever stored side that was.
+    assert lab.outcome is (Outcome.b if item.left is Side.a else Outcome.a)
+    assert lab.strength == 2 and lab.time_spent_ms is not None and lab.time_spent_ms >= 0
+    assert lab.idempotency_key == item.key
+    # The next pair is already on screen and differs from the labelled one.
+    assert at.session_state[ls.ITEM].comparison_id != item.comparison_id
+    assert [m.value for m in at.metric][0] == "1"
+
+
+def test_shortcuts_are_bound(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app()
+    keys = {b.label: b.proto.shortcut for b in at.button}
+    assert keys["A better"] == "1" and keys["B better"] == "2" and keys["Tie"] == "3"
+    assert keys["Both bad"] == "4" and keys["Skip"] == "5" and keys["Undo"] == "u"
+
+
+def test_undo_removes_my_label_and_shows_the_pair_again(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    other = _app("bob", "crowd")
+    _button(other, "Tie").click().run()
+    at = _app("alice", "crowd")
+    first = at.session_state[ls.ITEM]
+    _button(at, "A better").click().run()
+    assert len(_labels(sqlite_db)) == 2
+    _button(at, "Undo").click().run()
+    assert not at.exception
+    remaining = _labels(sqlite_db)
+    assert [(r.annotator.name, r.outcome) for r in remaining] == [("bob", Outcome.tie)]  # bob's label stays
+    assert at.session_state[ls.ITEM].comparison_id == first.comparison_id
+    with sqlite_db.read() as s:
+        assert s.get(Comparison, first.comparison_id).label_count == 0  # bob labelled another pair (fewest first)
+
+
+def test_double_submit_stores_one_label(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app()
+    item = at.session_state[ls.ITEM]
+    _button(at, "A better").click().run()
+    # A double click: the second event hits the same widget (key left_<item key>) with the same item, as when it
+    # races the first rerun. Put the old view back and click again, once with the page's guard and once with the
+    # guard cleared (then only the store's idempotency key stands between us and a second label).
+    for clear_guard in (False, True):
+        at.session_state[ls.ITEM] = item
+        if clear_guard:
+            at.session_state[ls.DONE] = set()
+        at.run()
+        assert at.session_state[ls.ITEM].key == item.key
+        _button(at, "A better").click().run()
+        assert not at.exception
+    labs = _labels(sqlite_db)
+    assert len(labs) == 1 and labs[0].comparison_id == item.comparison_id and labs[0].idempotency_key == item.key
+    with sqlite_db.read() as s:
+        assert s.get(Comparison, item.comparison_id).label_count == 1
+
+
+def test_skip_moves_on_without_a_label(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app()
+    first = at.session_state[ls.ITEM]
+    _button(at, "Skip").click().run()
+    assert at.session_state[ls.ITEM].comparison_id != first.comparison_id
+    assert _labels(sqlite_db) == []
+
+
+def test_untrusted_html_and_script_links_are_shown_as_text(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    at.query_params["annotator"] = "alice"
+    with sqlite_db.read() as s:
+        at.session_state[ls.ITEM] = item_for_comparison(s, seeded.xss_comparison_ids[0])
+    at.run()
+    assert not at.exception
+    md = {m.value: m.proto.allow_html for m in at.markdown}
+    assert md[XSS_SCRIPT] is False and md[XSS_IMG] is False
+    assert not at.get("html")  # no st.html element anywhere
+    with sqlite_db.read() as s:
+        at.session_state[ls.ITEM] = item_for_comparison(s, seeded.xss_comparison_ids[1])
+    at.run()
+    bodies = [m.value for m in at.markdown]
+    assert XSS_LINK not in bodies  # the raw link is never rendered as a link...
+    assert r"\[click me\]\(javascript:alert(1))" in bodies  # ...but escaped, so it shows as its text
+    assert all(not m.proto.allow_html for m in at.markdown)
+
+
+def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("dana", "crowd")
+    at.segmented_control(key="lbl_mode").set_value("rank").run()
+    assert not at.exception
+    task = at.session_state[ls.TASK]
+    assert task.prompt_id == seeded.ranking_prompt_id
+    names = [f"Response {i + 1}" for i in range(len(task.response_ids))]
+    best_first = list(reversed(names))
+    at.multiselect(key=f"rank_{task.key}").set_value(best_first).run()
+    _button(at, "Submit ranking").click().run()
+    assert not at.exception
+    with sqlite_db.read() as s:
+        rk = s.scalars(select(Ranking)).one()
+        assert [i.response_id for i in rk.items] == list(reversed(task.response_ids))
+        assert rk.source is Source.crowd and rk.annotator.name == "dana"  # read inside the session
+    assert at.session_state[ls.TASK] is None  # only one rankable prompt
+
+
+def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
+    at = _app()
+    assert not at.exception
+    assert any("rmstudio seed-demo" in i.value for i in at.info)
+
+
+def test_labeler_sees_only_label_page_with_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "s3cret")
+    at = _app()
+    assert not at.exception and any(b.label == "A better" for b in at.button)
+    with sqlite_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 0
