@@ -17,7 +17,10 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Hashable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NO_PREFERENCE = ("tie", "both_bad")
 
@@ -233,3 +236,27 @@ def summarize(records: Sequence[Mapping[str, object]], *, ties: bool, min_common
         annotator_pairs=tuple(annotator_pair_kappas(ratings, min_common=min_common)),
         sources=tuple(source_agreement(ratings)),
     )
+
+
+def summary_tables(summaries: Sequence[AgreementSummary]) -> dict[str, "pd.DataFrame"]:
+    """Dashboard tables of several summaries (typically with and without ties):
+
+    * ``overall``: ``statistic`` (Fleiss' kappa / Krippendorff's alpha), ``ties`` ("with ties"/"without ties"),
+      ``value``, ``items``;
+    * ``annotators``: Cohen's kappa per annotator pair; ``sources``: agreement between sources.
+    """
+    import pandas as pd
+
+    overall, ann, src = [], [], []
+    for sm in summaries:
+        tag = "with ties" if sm.ties else "without ties"
+        overall.append(("Fleiss' kappa", tag, sm.fleiss_kappa, sm.n_multi_rated))
+        overall.append(("Krippendorff's alpha", tag, sm.krippendorff_alpha, sm.n_multi_rated))
+        for rows, pairs in ((ann, sm.annotator_pairs), (src, sm.sources)):
+            rows.extend((p.first, p.second, tag, p.n_items, p.percent_agreement, p.kappa) for p in pairs)
+    cols = ["first", "second", "ties", "items", "percent_agreement", "kappa"]
+    return {
+        "overall": pd.DataFrame(overall, columns=["statistic", "ties", "value", "items"]),
+        "annotators": pd.DataFrame(ann, columns=cols),
+        "sources": pd.DataFrame(src, columns=cols),
+    }

@@ -152,3 +152,14 @@ def test_majority_and_repeated_rater() -> None:
     assert majority(["a", "b", "a"]) == "a"
     recs = [{"item": 1, "rater": "ann", "outcome": "a"}, {"item": 1, "rater": "ann", "outcome": "b"}]
     assert [r.value for r in ratings_from_outcomes(recs, ties=True)] == ["b"]
+
+
+def test_summary_tables() -> None:
+    from rm_engine.agreement import summary_tables
+
+    t = summary_tables([summarize(RECORDS, ties=True), summarize(RECORDS, ties=False)])
+    assert list(t["overall"]["ties"]) == ["with ties"] * 2 + ["without ties"] * 2
+    assert t["overall"]["value"].iloc[0] == pytest.approx(summarize(RECORDS, ties=True).fleiss_kappa)
+    assert set(t["sources"]["first"]) == {"ai"} and set(t["sources"]["second"]) == {"crowd"}
+    # with ties all 3 pairs share >= 2 items; without ties bob and gpt share only item 1 (bob's tie is dropped)
+    assert len(t["annotators"]) == 5
