@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 
 from db.models import (
     Annotator,
-    AppSetting,
     Comparison,
     Label,
     Outcome,
@@ -44,6 +43,7 @@ from db.models import (
     Source,
     utcnow,
 )
+from db.policy import get_setting, set_setting
 from db.store import add_label, add_ranking, undo_last_label
 
 QUEUE_POLICY_KEY = "queue_policy"
@@ -124,38 +124,12 @@ def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:
 
 def load_queue_policy(session: Session) -> QueuePolicy:
     """The stored queue policy (defaults when none was saved)."""
-    try:
-        from db import policy as _policy  # written by another module owner; optional until it lands
-
-        getter = getattr(_policy, "get_setting", None)
-    except ImportError:
-        getter = None
-    if getter is not None:
-        value = getter(session, QUEUE_POLICY_KEY)
-    else:
-        row = session.get(AppSetting, QUEUE_POLICY_KEY)
-        value = row.value if row is not None else None
-    return QueuePolicy.from_dict(value)
+    return QueuePolicy.from_dict(get_setting(session, QUEUE_POLICY_KEY))
 
 
 def save_queue_policy(session: Session, policy: QueuePolicy) -> None:
     """Store the queue policy (in the caller's write transaction)."""
-    try:
-        from db import policy as _policy
-
-        setter = getattr(_policy, "set_setting", None)
-    except ImportError:
-        setter = None
-    if setter is not None:
-        setter(session, QUEUE_POLICY_KEY, policy.to_dict())
-        return
-    row = session.get(AppSetting, QUEUE_POLICY_KEY)
-    if row is None:
-        session.add(AppSetting(key=QUEUE_POLICY_KEY, value=policy.to_dict(), updated_at=utcnow()))
-    else:
-        row.value = policy.to_dict()
-        row.updated_at = utcnow()
-    session.flush()
+    set_setting(session, QUEUE_POLICY_KEY, policy.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------- pairs
