@@ -299,15 +299,20 @@ def label_count(session: Session) -> int:
 
 def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
     """One row per version: ``version``, ``created_at``, ``mode``, ``backbone``, ``n_pairs``, ``n_labels``,
-    ``ensemble_size`` plus every numeric top-level metric (e.g. ``train_accuracy``, ``val_accuracy``)."""
+    ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and
+    ``val_ece``, plus any other numeric top-level metric. Call it inside the session that loaded the rows."""
     rows = []
     for v in versions:
+        m = v.metrics or {}
         row: dict[str, Any] = {
             "version": v.id, "created_at": v.created_at, "mode": v.mode, "backbone": v.backbone,
             "n_pairs": v.n_pairs, "n_labels": v.n_labels, "ensemble_size": v.ensemble_size,
         }
-        for k, x in (v.metrics or {}).items():
-            if isinstance(x, (int, float)) and not isinstance(x, bool) and k not in row:
+        for split in ("train", "val", "test"):
+            row[f"{split}_accuracy"] = _num(split_metrics(m, split).get("accuracy"))
+        row["val_ece"] = _num(split_metrics(m, "val").get("ece"))
+        for k, x in m.items():
+            if _num(x) is not None and k not in row:
                 row[k] = x
         rows.append(row)
     return pd.DataFrame(rows)
