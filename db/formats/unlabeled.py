@@ -1,0 +1,43 @@
+"""``unlabeled``: prompts with responses and no verdict, to fill the labeling queue.
+
+``prompt``, ``responses`` (as in ``rankings``), optional ``history``, ``category``, ``models``. Importing creates
+the prompt, its responses and a comparison for every pair of responses; no labels.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from db.formats.base import (
+    ImportRecord,
+    Options,
+    PROVENANCE_FIELDS,
+    parse_extra,
+    parse_history,
+    provenance,
+    record_key,
+    responses_field,
+    text_field,
+)
+
+NAME = "unlabeled"
+KNOWN = ("prompt", "history", "responses", "models", *PROVENANCE_FIELDS)
+
+
+def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
+    """One prompt with its responses as an ``ImportRecord`` of kind ``unlabeled``."""
+    prompt = text_field(obj, "prompt")
+    texts, models = responses_field(obj, min_n=1)
+    prov = provenance(obj, opts)
+    return ImportRecord(
+        line=line, kind="unlabeled", prompt=prompt, history=parse_history(obj.get("history")), category=prov["category"],
+        responses=texts, models=models, winner=None, ranks=None, source=prov["source"], annotator=prov["annotator"],
+        strength=None, split=prov["split"], extra=parse_extra(obj, KNOWN), key=record_key(NAME, obj),
+    )
+
+
+def to_obj(*, prompt: str, history: list[dict[str, str]] | None, category: str | None, responses: list[str],
+           models: list[str | None]) -> dict[str, Any]:
+    """The JSON object ``parse`` reads back into the same prompt and responses."""
+    items = [{"text": t, "model": m} if m else {"text": t} for t, m in zip(responses, models)]
+    obj: dict[str, Any] = {"prompt": prompt, "history": history or None, "category": category, "responses": items}
+    return {k: v for k, v in obj.items() if v is not None}
