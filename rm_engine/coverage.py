@@ -25,6 +25,8 @@ from scipy import sparse
 
 if TYPE_CHECKING:
     from db.config import Settings
+    import pandas as pd
+
     from rm_engine.features import TextItem
 
 DEFAULT_THRESHOLDS = {"embedding": 0.5, "tfidf": 0.3}
@@ -237,3 +239,18 @@ def parse_prompt_upload(data: bytes, filename: str = "upload", limit: int = MAX_
     if len(out) > limit:
         raise ValueError(f"{filename}: {len(out)} prompts; at most {limit} are checked at once")
     return out
+
+
+def result_frame(result: CoverageResult, labelled: Sequence[str]) -> "pd.DataFrame":
+    """A table of the result, least covered first: ``prompt``, ``nearest_labelled``, ``similarity``, ``covered``."""
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "prompt": list(result.prompts),
+            "nearest_labelled": [labelled[i] if i >= 0 else None for i in result.nearest_index],
+            "similarity": list(result.similarity),
+            "covered": list(result.covered),
+        }
+    )
+    return df.sort_values("similarity", kind="stable").reset_index(drop=True)

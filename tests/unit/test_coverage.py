@@ -98,3 +98,12 @@ def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
     res, note = check_coverage([LABELLED[2], "boil"], LABELLED, settings=settings, backbone=str(d))
     assert res.method == "embedding" and "100%" in note
     assert res.nearest_index[0] == 2 and res.similarity[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_result_frame_lists_least_covered_first() -> None:
+    from rm_engine.coverage import result_frame
+
+    res = tfidf_coverage(["capital of France", "quantum chromodynamics"], LABELLED)
+    df = result_frame(res, LABELLED)
+    assert list(df["prompt"]) == ["quantum chromodynamics", "capital of France"]
+    assert df.iloc[1]["nearest_labelled"] == LABELLED[1] and bool(df.iloc[1]["covered"])
