@@ -321,7 +321,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run ``streamlit run app/main.py`` and ``rmstudio worker`` as children; stop both together."""
     main_py = app_main_path()
     app_cmd = [sys.executable, "-m", "streamlit", "run", str(main_py), "--server.headless", "true",
-               "--server.port", str(args.port)]
+               "--server.port", str(args.port),
+               # the server itself refuses bigger uploads (before holding them in memory), not only the pages
+               "--server.maxUploadSize", str(settings().max_upload_mb)]
     if args.address:
         app_cmd += ["--server.address", args.address]
     stop = {"signal": 0}
