@@ -1,0 +1,181 @@
+"""Model-version rows and cached response scores (no torch: the files are the engine's registry's business).
+
+A ``model_versions`` row is inserted only after its files are in place (see ``rm_engine/registry.py``); deleting
+a row here leaves the files to the caller, who removes them after the transaction commits.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from db.models import ModelVersion, ResponseScore
+
+
+class VersionNotFound(LookupError):
+    """No model version matches the reference (an id that does not exist, or ``latest`` with no versions)."""
+
+
+def insert_version(
+    session: Session,
+    *,
+    mode: str,
+    backbone: str,
+    path: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    norm_stats: Mapping[str, Any] | None = None,
+    data_snapshot: Mapping[str, Any] | None = None,
+    n_pairs: int = 0,
+    n_labels: int = 0,
+    ensemble_size: int = 1,
+    job_id: int | None = None,
+    device: str | None = None,
+) -> ModelVersion:
+    """Insert one version row (the caller's write transaction commits it) and return it with its id."""
+    v = ModelVersion(
+        mode=mode,
+        backbone=backbone,
+        path=path,
+        config=dict(config),
+        metrics=dict(metrics or {}),
+        norm_stats=dict(norm_stats or {}),
+        data_snapshot=dict(data_snapshot or {}),
+        n_pairs=int(n_pairs),
+        n_labels=int(n_labels),
+        ensemble_size=int(ensemble_size),
+        job_id=job_id,
+        device=device,
+    )
+    session.add(v)
+    session.flush()
+    return v
+
+
+def list_versions(session: Session, limit: int | None = None) -> list[ModelVersion]:
+    """Versions, newest first."""
+    q = select(ModelVersion).order_by(ModelVersion.id.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def parse_version_ref(ref: str | int | None) -> str | int:
+    """``"latest"`` (also None / "") or an integer id; anything else raises ``ValueError`` naming it."""
+    if ref is None or (isinstance(ref, str) and ref.strip().lower() in ("", "latest")):
+        return "latest"
+    if isinstance(ref, int):
+        return ref
+    s = str(ref).strip()
+    if s.lower().startswith("v") and s[1:].isdigit():
+        s = s[1:]
+    if not s.isdigit():
+        raise ValueError(f"model version {ref!r}: expected 'latest' or a numeric id")
+    return int(s)
+
+
+def get_version(session: Session, ref: str | int | None = "latest") -> ModelVersion:
+    """The version with this id, or the newest for ``"latest"``; raises :class:`VersionNotFound`."""
+    key = parse_version_ref(ref)
+    if key == "latest":
+        v = session.scalar(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1))
+        if v is None:
+            raise VersionNotFound("no model version exists yet: train one first (rmstudio train)")
+        return v
+    v = session.get(ModelVersion, key)
+    if v is None:
+        raise VersionNotFound(f"model version {key} does not exist")
+    return v
+
+
+def versions_before(session: Session, version_id: int) -> list[ModelVersion]:
+    """Older versions than ``version_id``, newest first (fallback candidates)."""
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.id < version_id).order_by(ModelVersion.id.desc())))
+
+
+def delete_version(session: Session, version_id: int) -> ModelVersion:
+    """Delete a version row and its cached scores; returns the deleted row (its ``path`` tells which files to
+    remove after commit). Raises :class:`VersionNotFound`."""
+    v = session.get(ModelVersion, int(version_id))
+    if v is None:
+        raise VersionNotFound(f"model version {version_id} does not exist")
+    session.execute(delete(ResponseScore).where(ResponseScore.model_version_id == v.id))
+    session.delete(v)
+    session.flush()
+    return v
+
+
+def version_paths(session: Session) -> set[str]:
+    """The ``path`` of every version row (the registry keeps these directories and sweeps the rest)."""
+    return set(session.scalars(select(ModelVersion.path)))
+
+
+def store_response_scores(session: Session, version_id: int, scores: Mapping[int, tuple[float, float | None]]) -> int:
+    """Insert or update cached scores ``{response_id: (score, std)}`` of one version; returns rows written."""
+    if not scores:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    rows = [
+        {"model_version_id": int(version_id), "response_id": int(rid), "score": float(sc), "std": None if sd is None else float(sd)}
+        for rid, (sc, sd) in scores.items()
+    ]
+    written = 0
+    for i in range(0, len(rows), 1000):
+        chunk = rows[i:i + 1000]
+        stmt = insert(ResponseScore).values(chunk)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["model_version_id", "response_id"],
+            set_={"score": stmt.excluded.score, "std": stmt.excluded.std},
+        )
+        session.execute(stmt)
+        written += len(chunk)
+    return written
+
+
+def get_scores(session: Session, version_id: int, response_ids: Iterable[int] | None = None) -> dict[int, tuple[float, float | None]]:
+    """Cached scores of one version: ``{response_id: (score, std)}`` (all, or only ``response_ids``)."""
+    q = select(ResponseScore.response_id, ResponseScore.score, ResponseScore.std).where(ResponseScore.model_version_id == version_id)
+    if response_ids is not None:
+        ids = [int(r) for r in response_ids]
+        if not ids:
+            return {}
+        q = q.where(ResponseScore.response_id.in_(ids))
+    return {int(r): (float(s), None if d is None else float(d)) for r, s, d in session.execute(q)}
+
+
+def count_scores(session: Session, version_id: int) -> int:
+    """How many responses have a cached score under this version."""
+    return int(session.scalar(select(func.count()).select_from(ResponseScore).where(ResponseScore.model_version_id == version_id)) or 0)
+
+
+def version_summary(v: ModelVersion) -> dict[str, Any]:
+    """A JSON-safe summary with the headline metrics (for ``rmstudio models --json`` and the app)."""
+    m = v.metrics or {}
+    val = m.get("val") or {}
+    train = m.get("train") or {}
+    test = m.get("test") or {}
+    return {
+        "id": v.id,
+        "created_at": v.created_at.isoformat() if v.created_at else None,
+        "mode": v.mode,
+        "backbone": v.backbone,
+        "path": v.path,
+        "n_pairs": v.n_pairs,
+        "n_labels": v.n_labels,
+        "ensemble_size": v.ensemble_size,
+        "job_id": v.job_id,
+        "device": v.device,
+        "metrics": {
+            "train_accuracy": train.get("accuracy"),
+            "val_accuracy": val.get("accuracy"),
+            "test_accuracy": test.get("accuracy"),
+            "val_tie_rate": val.get("tie_rate"),
+            "band": (val.get("band") or train.get("band") or {}).get("band"),
+            "overfitting": (m.get("overfitting") or {}).get("overfitting"),
+        },
+    }
