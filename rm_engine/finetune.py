@@ -1,0 +1,305 @@
+"""Finetune mode: the whole backbone (or LoRA adapters) with a scalar head, trained on preference pairs.
+
+Design (issue 6), and why:
+
+* ``AutoModelForSequenceClassification`` with one label, from any allowed local Hugging Face directory, encoder
+  or decoder. Decoders are padded on the right and their score is read at the last non-pad token *found through
+  the attention mask*, never by searching for ``pad_token_id`` (pad often equals eos: the "stuck at 0.693" bug).
+* Chosen and rejected go through ONE forward pass (rows ``[c_1..c_k, r_1..r_k]``), in token-budget batches of
+  similar length (:mod:`rm_engine.batching`): almost no compute is spent on padding.
+* On CUDA: bf16 autocast over fp32 master weights, fused AdamW; the loss is always computed in fp32.
+* No host synchronisation per step: loss and accuracy accumulate in device tensors and are read every
+  ``log_every`` steps; ``should_stop`` is a host-side call checked between steps.
+* Dropout is disabled (config fields and modules), as TRL does: with dropout the two passes of a pair see
+  different networks and accuracy drops (NOTES.md §4: 0.60 vs 0.64).
+* Gradient checkpointing only when ``cfg.grad_checkpointing``; ``torch.compile`` only when ``cfg.compile``.
+* Distributed data parallel when a ``torch.distributed`` process group is initialised (see
+  :mod:`rm_engine.ddp`): every rank builds the same global batch plan and takes its shard; losses are
+  normalised by the *global* weight sum so N ranks compute the same update as one process on the whole batch.
+
+Padding-free packing (varlen attention) is deliberately not used: with length-grouped batches the padding left
+is a few percent, and the packed path needs flash-attention kernels this project cannot test on CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from db.config import Settings
+from db.pairs import TrainingPair
+from rm_engine import ddp
+from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
+from rm_engine.batching import BatchPlanConfig, plan_batches, shard
+from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, RewardNet, collate, load_backbone_model, resolve_device
+from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
+
+__all__ = ["FinetuneResult", "FinetunedModel", "train_finetune", "pair_nll", "plan_epoch"]
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`train_finetune` returns: the trained model (ready to score and save), and one dict per epoch
+    (``epoch, train_loss, train_accuracy, val_loss, val_accuracy, val_tie_rate, steps, pairs, tokens,
+    padded_tokens, seconds, pairs_per_s, tokens_per_s``)."""
+
+    model: FinetunedModel
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the model was trained with (pad token and padding side already set)."""
+        return self.model.tokenizer
+
+
+def pair_nll(
+    r_c: torch.Tensor, r_r: torch.Tensor, tie: torch.Tensor, margin: torch.Tensor,
+    tie_model: str | None, tie_param: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per-pair negative log-likelihood in fp32, without any reduction or host sync.
+
+    Bradley-Terry ``softplus(-(r_c - r_r - margin))`` for decided pairs; with a tie model (``tie_param`` given)
+    the Davidson / Rao-Kupper likelihoods of :mod:`rm_engine.loss`. Matches ``loss.preference_loss`` once
+    weighted and averaged (tested).
+    """
+    r_c, r_r = r_c.float(), r_r.float()
+    d = r_c - r_r
+    if tie_param is None:
+        return nn.functional.softplus(-(d - margin))
+    log_probs = davidson_log_probs if tie_model == "davidson" else rao_kupper_log_probs
+    log_win, _ = log_probs(d - margin, tie_param)
+    _, log_tie = log_probs(d, tie_param)
+    return -torch.where(tie, log_tie, log_win)
+
+
+def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size: int = 1) -> list[list[int]]:
+    """The global batches of one epoch (identical on every rank).
+
+    With ``cfg.batch_tokens > 0``: token-budget batches of similar length, ``batch_tokens`` padded tokens per
+    device (``x world_size`` per global batch), at most ``max_batch_pairs`` pairs per device when the config has
+    that field. With ``batch_tokens == 0``: random batches of ``batch_size`` pairs per device.
+    """
+    seed = cfg.seed * 1000 + epoch
+    if cfg.batch_tokens <= 0:
+        rng = np.random.default_rng(seed)
+        order = [int(i) for i in rng.permutation(len(lengths))]
+        size = cfg.batch_size * world_size
+        plan = [order[k : k + size] for k in range(0, len(order), size)]
+        if len(plan) > 1 and len(plan[-1]) < world_size:
+            plan[-2].extend(plan.pop())
+        return plan
+    cap = int(getattr(cfg, "max_batch_pairs", 0) or 0)
+    pcfg = BatchPlanConfig(
+        batch_tokens=cfg.batch_tokens * world_size,
+        max_items=cap * world_size if cap > 0 else None,
+        min_items=world_size,
+        rows_per_item=2,
+    )
+    return plan_batches(lengths, pcfg, seed=seed)
+
+
+def _pair_weights(cfg: TrainConfig, pairs: Sequence[TrainingPair], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [p.weight * cfg.source_weights.get(p.source, 1.0) for p in pairs]
+    w = [float(x) for x in weights]
+    if len(w) != len(pairs):
+        raise ValueError(f"train_finetune: {len(w)} weights for {len(pairs)} training pairs")
+    bad = [i for i, x in enumerate(w) if not x >= 0 or math.isinf(x)]
+    if bad:
+        raise ValueError(f"train_finetune: weight of training pair {bad[0]} is {w[bad[0]]} (must be finite and >= 0)")
+    return w
+
+
+class _Encoded:
+    """Token ids of the chosen and rejected sides, plus per-pair tensors-to-be (weights, ties, margins)."""
+
+    def __init__(self, model_tok: Any, pairs: Sequence[TrainingPair], cfg: TrainConfig, decoder: bool) -> None:
+        enc = lambda p, r: build_inputs(model_tok, p.prompt, p.history, r, cfg.max_length, decoder=decoder)  # noqa: E731
+        self.chosen = [enc(p, p.chosen) for p in pairs]
+        self.rejected = [enc(p, p.rejected) for p in pairs]
+        self.lengths = [max(len(c), len(r)) for c, r in zip(self.chosen, self.rejected)]
+        self.tie = [bool(p.tie) for p in pairs]
+        self.margin = [0.0 if p.tie else cfg.margin_from_strength * float(p.strength or 0) for p in pairs]
+
+
+def _sync_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum host numbers over ranks (a no-op in one process)."""
+    if not ddp.is_distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    ddp.all_reduce_sum(t)
+    return [float(x) for x in t.tolist()]
+
+
+@torch.no_grad()
+def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: str | None,
+              tie_param: torch.Tensor | None) -> dict[str, float]:
+    """Validation on this rank's shard of pairs, summed over ranks: accuracy (strict >), tie rate, mean nll."""
+    rank, world = ddp.rank_and_world()
+    local = [i for i in idx][rank::world]
+    seqs = [enc.chosen[i] for i in local] + [enc.rejected[i] for i in local]
+    scores = fm.score_ids(seqs) if seqs else np.zeros(0, dtype=np.float32)
+    k = len(local)
+    rc, rr = torch.from_numpy(scores[:k]), torch.from_numpy(scores[k:])
+    tie = torch.tensor([enc.tie[i] for i in local], dtype=torch.bool)
+    margin = torch.zeros(k)
+    decided = ~tie
+    tp = None if tie_param is None else tie_param.detach().float().cpu()
+    nll = pair_nll(rc, rr, tie, margin, tie_model, tp) if k else torch.zeros(0)
+    if tp is None:
+        nll = torch.where(tie, torch.zeros_like(nll), nll)  # ties are not scored by plain BT
+    sums = _sync_sum([
+        float(((rc > rr) & decided).sum()), float(decided.sum()), float(((rc == rr) & decided).sum()),
+        float(nll.sum()), float(k if tp is not None else decided.sum()),
+    ], fm.device)
+    n = max(sums[1], 1.0)
+    return {"val_accuracy": sums[0] / n, "val_tie_rate": sums[2] / n, "val_loss": sums[3] / max(sums[4], 1.0),
+            "val_pairs": int(sums[1])}
+
+
+def train_finetune(
+    cfg: TrainConfig,
+    train_pairs: Sequence[TrainingPair],
+    val_pairs: Sequence[TrainingPair],
+    *,
+    weights: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    settings: Settings | None = None,
+    log_every: int = 20,
+) -> FinetuneResult:
+    """Fine-tune ``cfg.backbone`` as a reward model on ``train_pairs``; validate on ``val_pairs`` every epoch.
+
+    ``weights`` are per training pair (the engine's source weights times the pair's own weight; default
+    ``pair.weight * cfg.source_weights[pair.source]``). Tie pairs train through ``cfg.tie_model`` with a learned
+    tie parameter when ``cfg.ties == "model"``, and are dropped when ``"exclude"``. ``device``: ``"auto"``
+    (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default ``cfg.device``). ``progress`` gets
+    ``{"step", "total", "loss", "val_accuracy", "eta_s", "phase", "epoch", "pairs_per_s", "tokens_per_s"}`` every
+    ``log_every`` steps and after each epoch; ``should_stop()`` is checked between steps and raises
+    ``rm_engine.config.Cancelled``. Inside an initialised ``torch.distributed`` group this is one rank of a
+    DDP run (see :func:`rm_engine.ddp.train_finetune_ddp`).
+    """
+    cfg = cfg.resolved()
+    if cfg.ties == "exclude":
+        keep = [i for i, p in enumerate(train_pairs) if not p.tie]
+        weights = None if weights is None else [weights[i] for i in keep]
+        train_pairs = [train_pairs[i] for i in keep]
+        val_pairs = [p for p in val_pairs if not p.tie]
+    if not train_pairs:
+        raise ValueError("train_finetune: no training pairs")
+    w_host = _pair_weights(cfg, train_pairs, weights)
+    rank, world = ddp.rank_and_world()
+    dev = resolve_device(device or cfg.device, local_rank=ddp.local_rank())
+    settings = settings or Settings.from_env()
+    ref = resolve_backbone(cfg.backbone, settings)
+    decoder = is_decoder(load_config(ref))
+    tok = load_tokenizer(ref, decoder=decoder)
+    torch.manual_seed(cfg.seed)
+    hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
+    net = RewardNet(hf, decoder).to(dev)
+    meta = FinetuneMeta(decoder=decoder, max_length=cfg.max_length, lora=cfg.lora, backbone=ref.to_dict(),
+                        truncation=TRUNCATION_POLICY)
+    fm = FinetunedModel(net, tok, meta, dev)
+
+    tr, va = _Encoded(tok, train_pairs, cfg, decoder), _Encoded(tok, val_pairs, cfg, decoder)
+    n_ties = sum(tr.tie)
+    tie_model = cfg.tie_model if (n_ties and cfg.ties == "model") else None
+    tie_param = None
+    if tie_model is not None:
+        tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, n_ties / len(tr.tie)), device=dev))
+
+    train_net: nn.Module = ddp.wrap(net, dev) if world > 1 else net
+    if cfg.compile:
+        train_net = torch.compile(train_net, dynamic=True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if tie_param is not None:
+        groups.append({"params": [tie_param], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda)
+    plans = [plan_epoch(tr.lengths, cfg, e, world) for e in range(cfg.epochs)]
+    total = sum(len(p) for p in plans)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
+
+    history: list[dict[str, Any]] = []
+    step, t_start, last_val = 0, time.perf_counter(), float("nan")
+    for epoch, plan in enumerate(plans):
+        net.train()
+        t0 = time.perf_counter()
+        acc = torch.zeros(4, device=dev, dtype=torch.float64)  # loss sum over steps, correct, decided, steps
+        log_acc = torch.zeros(2, device=dev, dtype=torch.float64)  # loss sum, steps since the last log
+        real_tok = pad_tok = 0
+        for gbatch in plan:
+            if should_stop is not None:  # ranks agree at log intervals only (one collective, no per-step sync)
+                if should_stop() if world == 1 else (step % log_every == 0 and ddp.any_rank(should_stop(), dev)):
+                    raise Cancelled("finetune cancelled between steps")
+            local = shard(gbatch, rank, world)
+            k = len(local)
+            seqs = [tr.chosen[i] for i in local] + [tr.rejected[i] for i in local]
+            ids, mask = collate(seqs, fm.pad_id, dev)
+            real_tok += sum(len(s) for s in seqs)
+            pad_tok += ids.numel()
+            host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i])] for i in local], dtype=torch.float32)
+            host = host.pin_memory().to(dev, non_blocking=True) if cuda else host
+            w_t, margin_t, tie_t = host[:, 0], host[:, 1], host[:, 2].bool()
+            if amp is not None:
+                with amp:
+                    r = train_net(ids, mask)
+            else:
+                r = train_net(ids, mask)
+            r = r.float()
+            rc, rr = r[:k], r[k:]
+            gw = sum(w_host[i] for i in gbatch) or 1.0
+            loss = (pair_nll(rc, rr, tie_t, margin_t, tie_model, tie_param) * w_t).sum() / gw
+            if cfg.center_coef:
+                loss = loss + cfg.center_coef * ((rc + rr) ** 2).sum() / len(gbatch)
+            (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
+            if tie_param is not None and world > 1:
+                ddp.all_reduce_sum(tie_param.grad)
+                tie_param.grad /= world
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                decided = ~tie_t
+                acc += torch.stack([loss.detach().double(), ((rc > rr) & decided).sum().double(),
+                                    decided.sum().double(), torch.ones((), device=dev, dtype=torch.float64)])
+                log_acc += torch.stack([loss.detach().double(), torch.ones((), device=dev, dtype=torch.float64)])
+            step += 1
+            if progress is not None and step % log_every == 0 and step < total:
+                la = _sync_sum(log_acc.tolist(), dev)  # the one host sync, every log_every steps
+                log_acc.zero_()
+                el = time.perf_counter() - t_start
+                progress({"step": step, "total": total, "loss": la[0] / max(la[1], 1.0), "val_accuracy": last_val,
+                          "eta_s": el / step * (total - step), "phase": "finetune", "epoch": epoch})
+        a = _sync_sum(acc.tolist(), dev)
+        toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
+        val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
+        last_val = val.get("val_accuracy", float("nan"))
+        secs = time.perf_counter() - t0
+        n_pairs = sum(len(b) for b in plan)
+        row = {"epoch": epoch + 1, "train_loss": a[0] / max(a[3], 1.0), "train_accuracy": a[1] / max(a[2], 1.0),
+               **val, "steps": len(plan), "pairs": n_pairs, "tokens": int(toks[0]), "padded_tokens": int(toks[1]),
+               "seconds": secs, "pairs_per_s": n_pairs / secs, "tokens_per_s": toks[0] / secs}
+        if tie_param is not None:
+            row["tie_param"] = float(tie_param.detach())
+        history.append(row)
+        if progress is not None:
+            progress({"step": step, "total": total, "loss": row["train_loss"], "val_accuracy": last_val,
+                      "eta_s": (time.perf_counter() - t_start) / step * (total - step), "phase": "finetune",
+                      "epoch": epoch + 1, "pairs_per_s": row["pairs_per_s"], "tokens_per_s": row["tokens_per_s"]})
+    net.eval()
+    if tie_param is not None:
+        fm.meta = fm.meta.with_tie(tie_model, float(tie_param.detach()))
+    return FinetuneResult(model=fm, history=history)
