@@ -72,6 +72,26 @@ def seeded(sqlite_db: Database) -> Seeded:
     return seed_small(sqlite_db)
 
 
+@pytest.fixture(autouse=True)
+def _navigation_not_pages_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make AppTest rerun ``app/main.py`` like the real server does.
+
+    ``app/`` has a ``pages/`` folder (the page files of ``st.navigation``). The real runtime stops treating it
+    as a v1 pages directory once ``st.navigation`` runs, but AppTest (Streamlit 1.67) resets that flag before
+    every run, so from the second run on it executes the page file alone and skips ``main.py`` (navigation,
+    sidebar). Keep the flag False, as ``st.navigation`` sets it in the real server.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    orig = PagesManager.__init__
+
+    def init(self: PagesManager, *a: object, **kw: object) -> None:
+        orig(self, *a, **kw)  # type: ignore[arg-type]
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
 @pytest.fixture
 def app_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """No researcher token and a clean Streamlit resource cache, so each test opens its own database."""
