@@ -1,10 +1,131 @@
-"""Train page (placeholder: owned by RESEARCH, to be replaced)."""
+"""Train (researchers): start a retrain, watch the queue live, cancel, edit the automatic-retrain policy, and
+manage model versions."""
 from __future__ import annotations
+
+import hashlib
+import json
 
 import streamlit as st
 
+from app import charts
 from app.auth import require_researcher
+from app.resources import current_identity, database, settings
+from db import analytics, jobs, policy, versions
+from db.models import JobKind
+from rm_engine import registry
+from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, TrainConfig
 
 require_researcher()
 st.title("Train")
-st.info("This page is being built.")
+db = database()
+
+with st.expander("Start a retrain", expanded=True), st.form("train_form"):
+    c1, c2, c3, c4 = st.columns(4)
+    mode = c1.selectbox("Mode", ["head", "finetune"], help="head: frozen backbone, cached features (fast on CPU); "
+                        "finetune: the whole backbone (GPU).")
+    backbone = c2.text_input("Backbone", "minilm", help="`minilm` or a model folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
+    epochs = c3.number_input("Epochs (0 = mode default)", min_value=0, max_value=10_000, value=0)
+    ensemble = c4.number_input("Ensemble size", min_value=1, max_value=16, value=1)
+    wcols = st.columns(3)
+    weights = {s: wcols[i].slider(f"Weight of {s} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[s], 0.05) for i, s in enumerate(SOURCES)}
+    sources = st.multiselect("Train on sources", list(SOURCES), default=list(SOURCES))
+    submitted = st.form_submit_button("Enqueue training", type="primary")
+if submitted:
+    try:
+        cfg = TrainConfig(mode=mode, backbone=backbone.strip() or "minilm", epochs=int(epochs) or None,
+                          ensemble=int(ensemble), source_weights=weights,
+                          sources=None if set(sources) == set(SOURCES) else tuple(sources))
+    except ValueError as exc:
+        st.error(f"Invalid training settings: {exc}")
+    else:
+        params = cfg.to_dict()
+        key = "train-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
+        ident = current_identity()
+        with db.write() as s:
+            job = jobs.enqueue(s, JobKind.train, params, dedupe_key=key, created_by=ident.name if ident else "researcher")
+            job_id = job.id if job is not None else None
+        if job_id is None:
+            st.info("The same training run is already queued.")
+        else:
+            st.success(f"Queued training job #{job_id}. A worker (`rmstudio worker`) picks it up.")
+
+
+def cancel(job_id: int) -> None:
+    """Button callback (runs before the rerun, so the queue below already shows the new state)."""
+    status = jobs.request_cancel(db, job_id)
+    st.toast(f"Job #{job_id}: {getattr(status, 'value', status)}")
+
+
+@st.fragment(run_every=2)
+def live_queue() -> None:
+    """Queued and running jobs with live progress, loss curve and a cancel button."""
+    with db.read() as s:
+        active = [jobs.job_to_dict(j) for j in jobs.active_jobs(s)]
+        recent = [jobs.job_to_dict(j) for j in jobs.list_jobs(s, 8)]
+    st.subheader("Queue")
+    if not active:
+        st.caption("No job is queued or running.")
+    for j in active:
+        p = j["progress"] or {}
+        with st.container(border=True):
+            head = st.columns([5, 1])
+            head[0].markdown(f"**#{j['id']} {j['kind']}**: {j['status']}"
+                             + (" (cancel requested)" if j["cancel_requested"] else ""))
+            head[1].button("Cancel", key=f"cancel_{j['id']}", disabled=j["cancel_requested"], on_click=cancel, args=(j["id"],))
+            step, total = p.get("step"), p.get("total")
+            if step is not None and total:
+                eta = f", about {p['eta_s']:.0f} s left" if isinstance(p.get("eta_s"), (int, float)) else ""
+                st.progress(min(1.0, float(step) / float(total)), text=f"{p.get('phase', 'step')} {step}/{total}{eta}")
+            stats = {k: p[k] for k in ("loss", "val_accuracy") if isinstance(p.get(k), (int, float))}
+            if stats:
+                st.caption(" · ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+            if p.get("loss_history"):
+                st.plotly_chart(charts.loss_curve(p["loss_history"]), key=f"loss_{j['id']}")
+    with st.expander("Recent jobs"):
+        st.dataframe([{k: j[k] for k in ("id", "kind", "status", "attempts", "error", "created_by", "created_at",
+                                         "finished_at")} for j in recent], hide_index=True)
+
+
+live_queue()
+
+st.subheader("Automatic retraining")
+with db.read() as s:
+    pol = policy.get_policy(s)
+    pending = policy.labels_since_last_version(s)
+st.caption(f"{pending} labels since the newest version.")
+with st.form("policy_form"):
+    p1, p2, p3, p4 = st.columns(4)
+    enabled = p1.toggle("Enabled", value=pol.enabled)
+    pmode = p2.selectbox("Mode", list(policy.TRAIN_MODES), index=list(policy.TRAIN_MODES).index(pol.mode))
+    min_new = p3.number_input("New labels that trigger a retrain", min_value=1, value=int(pol.min_new_labels))
+    interval = p4.number_input("Minimum seconds between retrains", min_value=0.0, value=float(pol.min_interval_s))
+    rescore = st.checkbox("Rescore stored responses after each new version", value=pol.rescore)
+    if st.form_submit_button("Save policy"):
+        try:
+            with db.write() as s:
+                policy.set_policy(s, enabled=enabled, mode=pmode, min_new_labels=int(min_new),
+                                  min_interval_s=float(interval), rescore=rescore)
+            st.success("Policy saved.")
+        except ValueError as exc:
+            st.error(str(exc))
+
+st.subheader("Model versions")
+with db.read() as s:
+    rows = versions.list_versions(s)
+    table = analytics.versions_frame(rows)
+    ids = [v.id for v in rows]
+if table.empty:
+    st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
+else:
+    st.dataframe(table, hide_index=True)
+    d1, d2 = st.columns([3, 1])
+    victim = d1.selectbox("Version to delete", ids, format_func=lambda v: f"version {v}")
+    confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)")
+    if d2.button("Delete version", disabled=not confirm, type="secondary"):
+        try:
+            with db.write() as s:
+                path = versions.delete_version(s, int(victim)).path
+            registry.remove_version_files(settings(), path)
+            st.success(f"Deleted version {victim}.")
+        except (versions.VersionNotFound, registry.ModelFilesError, OSError) as exc:
+            st.error(f"Could not delete version {victim}: {exc}")

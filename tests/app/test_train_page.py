@@ -1,0 +1,150 @@
+"""The Train page under AppTest against a real SQLite database with data: enqueue, dedupe, live progress,
+cancel, retrain policy, versions list and delete, researcher token."""
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+from sqlalchemy import select
+
+from db import jobs, policy, versions
+from db.models import Job, JobKind, JobStatus, ModelVersion
+from db.session import Database
+from tests.app.conftest import PAGES, Seeded
+
+TRAIN = str(PAGES / "train.py")
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(TRAIN, default_timeout=30).run()
+
+
+def _button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return found[0]
+
+
+def _jobs(db: Database) -> list[dict]:
+    with db.read() as s:
+        return [jobs.job_to_dict(j) for j in s.scalars(select(Job).order_by(Job.id))]
+
+
+def test_enqueues_a_train_job_with_the_chosen_config(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    assert not at.exception
+    assert at.title[0].value == "Train"
+    at.selectbox[0].set_value("finetune")
+    at.number_input[0].set_value(3)  # epochs
+    at.number_input[1].set_value(4)  # ensemble size
+    at.slider[2].set_value(0.25)  # weight of ai labels
+    at.multiselect[0].set_value(["expert", "crowd"])
+    _button(at, "Enqueue training").click().run()
+    assert not at.exception
+    [job] = _jobs(sqlite_db)
+    assert job["kind"] == "train" and job["status"] == "queued"
+    p = job["params"]
+    assert p["mode"] == "finetune" and p["epochs"] == 3 and p["ensemble"] == 4
+    assert p["source_weights"]["ai"] == 0.25 and p["sources"] == ["expert", "crowd"]
+    assert any(f"Queued training job #{job['id']}" in m.value for m in at.success)
+    # The live queue shows it, with a cancel button.
+    assert any(f"#{job['id']} train" in m.value for m in at.markdown)
+    # The same settings again: deduplicated while the first is still queued.
+    _button(at, "Enqueue training").click().run()
+    assert len(_jobs(sqlite_db)) == 1
+    assert any("already queued" in m.value for m in at.info)
+
+
+def test_invalid_backbone_is_refused_clearly(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    at.multiselect[0].set_value([])  # no source at all
+    _button(at, "Enqueue training").click().run()
+    assert any("TrainConfig.sources" in e.value for e in at.error)
+    assert _jobs(sqlite_db) == []
+
+
+def test_running_job_shows_progress_loss_curve_and_cancels(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    with sqlite_db.write() as s:
+        jid = jobs.enqueue(s, JobKind.train, {"mode": "head"}).id
+    claimed = jobs.claim(sqlite_db, "test-worker", lease_s=60)
+    assert claimed is not None and claimed.id == jid
+    progress = {"step": 30, "total": 120, "loss": 0.61, "val_accuracy": 0.58, "eta_s": 12.0, "phase": "train",
+                "loss_history": [[i, 0.69 - i / 500] for i in range(0, 31, 5)]}
+    assert jobs.heartbeat(sqlite_db, jid, "test-worker", 60, progress=progress).ok
+    at = _page()
+    assert not at.exception
+    [bar] = at.get("progress")
+    assert bar.proto.value == 25  # 30 / 120
+    assert "about 12 s left" in bar.proto.text
+    assert any("loss 0.6100" in c.value and "val_accuracy 0.5800" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) >= 1  # the loss curve
+    _button(at, "Cancel").click().run()
+    assert not at.exception
+    [job] = _jobs(sqlite_db)
+    assert job["status"] == "running" and job["cancel_requested"]  # cooperative: the worker stops it
+    assert any("(cancel requested)" in m.value for m in at.markdown)
+
+
+def test_queued_job_cancels_at_once(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    with sqlite_db.write() as s:
+        jobs.enqueue(s, JobKind.train, {"mode": "head"})
+    at = _page()
+    _button(at, "Cancel").click().run()
+    assert _jobs(sqlite_db)[0]["status"] == "cancelled"
+
+
+def test_policy_editor_saves(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    at.toggle[0].set_value(False)
+    inputs = [n for n in at.number_input if "trigger" in n.label]
+    inputs[0].set_value(55)
+    _button(at, "Save policy").click().run()
+    assert not at.exception
+    with sqlite_db.read() as s:
+        pol = policy.get_policy(s)
+    assert pol.enabled is False and pol.min_new_labels == 55
+
+
+def _insert_versions(db: Database, n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        with db.write() as s:
+            v = versions.insert_version(
+                s, mode="head", backbone="minilm", path=f"models/v-test{i}", config={"mode": "head"},
+                metrics={"train": {"accuracy": 0.8 + i / 100}, "val": {"accuracy": 0.6 + i / 100}},
+            )
+            out.append(v.id)
+    return out
+
+
+def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    ids = _insert_versions(sqlite_db, 2)
+    at = _page()
+    assert not at.exception
+    table = at.dataframe[-1].value
+    assert sorted(table["version"]) == sorted(ids)
+    assert set(table["val_accuracy"].round(2)) == {0.6, 0.61}
+    delete = _button(at, "Delete version")
+    assert delete.disabled  # needs the confirmation first
+    [victim_box] = [b for b in at.selectbox if b.label == "Version to delete"]
+    victim_box.set_value(ids[0])
+    [confirm] = [c for c in at.checkbox if c.label.startswith("Yes, delete it")]
+    confirm.check().run()
+    _button(at, "Delete version").click().run()
+    assert not at.exception
+    with sqlite_db.read() as s:
+        left = [v.id for v in s.scalars(select(ModelVersion))]
+    assert left == [ids[1]]
+
+
+def test_no_versions_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    assert any("No model version yet" in i.value for i in at.info)
+    assert any("No job is queued or running" in c.value for c in at.caption)
+
+
+def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "tok")
+    at = _page()
+    assert not at.exception
+    assert not [b for b in at.button if b.label in ("Enqueue training", "Save policy", "Delete version")]
+    assert any("for researchers" in w.value for w in at.warning)
+    assert _jobs(sqlite_db) == []
