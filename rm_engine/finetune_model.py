@@ -160,7 +160,8 @@ def _from_pretrained(path: Path, config: Any) -> tuple[nn.Module, set[str]]:
     transformers.logging.set_verbosity_error()  # the load report lists the new head as MISSING: expected
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(path), config=config, local_files_only=True, output_loading_info=True, **{dtype_kw: torch.float32})
+            str(path), config=config, local_files_only=True, output_loading_info=True, use_safetensors=True,
+            **{dtype_kw: torch.float32})
     finally:
         transformers.logging.set_verbosity(prev)
     prefix = model.base_model_prefix
