@@ -39,7 +39,9 @@ def read_only(folder: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            _sh(["umount", str(folder)])
+            if _sh(["umount", str(folder)]).returncode != 0:
+                _sh(["umount", "-l", str(folder)])
+                pytest.fail(f"{folder} was still in use when the test ended (an open database connection)")
     else:
         modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
         for p in modes:
@@ -93,6 +95,33 @@ def _assert_clear_cli_error(r: subprocess.CompletedProcess[str], *words: str) ->
     assert any(w in r.stderr.lower() for w in words), r.stderr[-2000:]
 
 
+def _label_page_shows(error_words: str) -> None:
+    """The Label page renders a pair (reads work); clicking a verdict shows one clear error, no exception."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.conftest import MAIN
+
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(MAIN, default_timeout=30)
+        at.query_params["annotator"] = "uma"
+        at.query_params["source"] = "expert"
+        at.run()
+        assert not at.exception, at.exception
+        buttons = [b for b in at.button if b.label == "A better"]
+        assert buttons, [b.label for b in at.button]
+        buttons[0].click().run()
+        assert not at.exception, at.exception
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and error_words in errors[0] and "not recorded" in errors[0], errors
+    finally:
+        from app.resources import database
+
+        database().dispose()  # close the page's connections, so the file system can be unmounted
+        st.cache_resource.clear()
+
+
 def _label_count(db: Database) -> int:
     with db.read() as s:
         return int(s.scalar(select(func.count()).select_from(Label)) or 0)
@@ -124,6 +153,7 @@ def test_read_only_database_reads_work_writes_say_so(sqlite_db: Database, home: 
         errs = [e["error"] for e in procs.read_log(blog) if e["ev"] == "err"]
         assert len(errs) == 3 and all("readonly" in e for e in errs), errs
         _assert_clear_cli_error(_cli("seed-demo"), "read-only")
+        _label_page_shows("the database is read-only")
     # Writable again: work resumes where it stopped; nothing was corrupted or lost.
     assert procs.sqlite_integrity(home / "rmstudio.db") == "ok"
     assert procs.wait_all([procs.spawn_role("labeler", "--name", "bob", "--n", "3", "--log", str(blog),
@@ -156,6 +186,7 @@ def test_disk_full_then_space_back(home: Path, tmp_path: Path, monkeypatch: pyte
 
                 assert labeling.next_pair(s, "cat") is not None
             _assert_clear_cli_error(_cli("seed-demo"), "full")
+            _label_page_shows("the disk holding the database is full")
             assert procs.sqlite_integrity(disk / "rmstudio.db") == "ok"
             filler.unlink()  # space is back: the labeler re-submits what failed, once
             assert procs.wait_all([procs.spawn_role("labeler", "--name", "cat", "--n", "20", "--log", str(log),
