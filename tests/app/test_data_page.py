@@ -1,0 +1,138 @@
+"""The Data page under AppTest: upload, detection, preview, mapping, errors by line, import, upload cap,
+queue policy. Real SQLite database."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db.labeling import QueuePolicy, load_queue_policy
+from db.models import Label, Outcome, Prompt, Source
+from db.session import Database
+from tests.app.conftest import PAGES
+
+DATA = str(PAGES / "data.py")
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+def _count(db: Database, model: type) -> int:
+    with db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(model)))
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(DATA, default_timeout=60).run()
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _import_button(at: AppTest):
+    return at.button(key="data_import")
+
+
+TRL_ROWS = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}", "rejected": f"Bad answer {i}"} for i in range(5)]
+
+
+def test_upload_preview_and_import_trl(app_env, sqlite_db: Database) -> None:
+    at = _page()
+    assert not at.exception
+    assert any("rmstudio seed-demo" in i.value for i in at.info)  # empty database teaches
+    at.file_uploader(key="data_upload").upload("prefs.jsonl", _jsonl(TRL_ROWS)).run()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["Detected format"] == "trl" and m["Valid records"] == "5" and m["Invalid rows"] == "0"
+    assert at.dataframe, "no preview table"
+    assert _count(sqlite_db, Label) == 0  # preview writes nothing
+    _import_button(at).click().run()
+    assert not at.exception
+    assert any("5 labels" in s.value for s in at.success)
+    assert _count(sqlite_db, Label) == 5 and _count(sqlite_db, Prompt) == 5
+    assert [p.value for p in at.get("progress")] == [100]
+
+
+def test_errors_shown_by_line_and_skip_invalid(app_env, sqlite_db: Database) -> None:
+    rows = [TRL_ROWS[0], {"prompt": "No chosen here", "rejected": "x"}, TRL_ROWS[1], {"prompt": "", "chosen": "a", "rejected": "b"}]
+    at = _page()
+    at.file_uploader(key="data_upload").upload("bad.jsonl", _jsonl(rows)).run()
+    assert not at.exception
+    assert _metrics(at)["Invalid rows"] == "2"
+    errs = at.dataframe[-1].value
+    assert sorted(errs["line"].tolist()) == [2, 4], errs
+    assert _import_button(at).disabled
+    at.checkbox[0].check().run()  # skip invalid rows
+    assert not _import_button(at).disabled
+    _import_button(at).click().run()
+    assert not at.exception
+    assert _count(sqlite_db, Label) == 2
+    assert any("2 invalid rows were skipped" in w.value for w in at.warning)
+
+
+def test_mapped_format_with_winner_values(app_env, sqlite_db: Database) -> None:
+    csv = (
+        "question,answer_a,answer_b,overall_preference,justification\n"
+        "What is 2+2?,4,5,-1,a is right\n"
+        "Capital of Italy?,Milan,Rome,1,b is right\n"
+        "Colour of sky?,blue,also blue,0,same\n"
+    ).encode()
+    at = _page()
+    at.file_uploader(key="data_upload").upload("lfqa.csv", csv, "text/csv").run()
+    at.selectbox[0].set_value("mapped").run()
+    assert not at.exception
+    for target, col in {"prompt": "question", "a": "answer_a", "b": "answer_b", "winner": "overall_preference"}.items():
+        at.selectbox(key=f"map_{target}").set_value(col)
+    at.text_input[2].input("-1:a,1:b,0:tie")  # default annotator, category, then winner values
+    at.selectbox[1].set_value("expert")
+    at.run()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["Detected format"] == "mapped" and m["Valid records"] == "3", (m, [e.value for e in at.dataframe])
+    _import_button(at).click().run()
+    assert not at.exception
+    with sqlite_db.read() as s:
+        winners = {}
+        for lab in s.scalars(select(Label)):
+            comp = lab.comparison
+            assert lab.source is Source.expert
+            winners[comp.prompt.text] = {Outcome.a: comp.response_a.text, Outcome.b: comp.response_b.text}.get(
+                lab.outcome, lab.outcome.value)
+    assert winners == {"What is 2+2?": "4", "Capital of Italy?": "Rome", "Colour of sky?": "tie"}
+
+
+def test_upload_cap(app_env, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "1")
+    big = _jsonl(TRL_ROWS) + b" " * (1024 * 1024 + 10)
+    at = _page()
+    assert at.file_uploader(key="data_upload").proto.max_upload_size_mb == 1  # the browser refuses bigger files
+    at.file_uploader(key="data_upload").upload("huge.jsonl", big).run()
+    assert any("limited to 1 MB" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == "data_import"]
+    assert _count(sqlite_db, Label) == 0
+
+
+def test_file_name_is_shown_as_text(app_env, sqlite_db: Database) -> None:
+    at = _page()
+    at.file_uploader(key="data_upload").upload("<img src=x onerror=alert(1)>[x](javascript:1).jsonl", _jsonl(TRL_ROWS)).run()
+    assert not at.exception
+    shown = [m for m in at.markdown if "onerror" in m.value]
+    assert shown and all(not m.proto.allow_html for m in shown)
+    assert all("[x](javascript" not in m.value for m in at.markdown)
+
+
+def test_queue_policy_form_saves(app_env, sqlite_db: Database) -> None:
+    at = _page()
+    at.number_input[0].set_value(2)
+    at.slider[0].set_value(0.25)
+    at.number_input[1].set_value(4)
+    at.toggle[0].set_value(True)
+    at.button(key="FormSubmitter:queue_policy-Save queue policy").click().run()
+    assert not at.exception
+    with sqlite_db.read() as s:
+        assert load_queue_policy(s) == QueuePolicy(target_overlap=2, agreement_share=0.25, agreement_overlap=4,
+                                                   active_learning=True)
