@@ -1,10 +1,145 @@
-"""Dashboard page (placeholder: owned by RESEARCH, to be replaced)."""
+"""Dashboard (researchers): model accuracy, data growth, score distributions, calibration, agreement and prompt
+coverage. The top panel refreshes itself (``st.fragment(run_every=...)``) while labels and versions arrive."""
 from __future__ import annotations
 
 import streamlit as st
 
+from app import charts
 from app.auth import require_researcher
+from app.resources import database, empty_state_hint, settings
+from db import analytics, versions
+from rm_engine import agreement, coverage, metrics, normalize
 
 require_researcher()
 st.title("Dashboard")
-st.info("This page is being built.")
+db = database()
+REFRESH_S = 5
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.1%}"
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_overview() -> None:
+    """Accuracy per version with bands and the overfitting warning; dataset size; labels over time; throughput."""
+    with db.read() as s:
+        vers = [(v.id, v.metrics or {}) for v in versions.list_versions(s)]
+        n_labels = analytics.label_count(s)
+        over_time = analytics.labels_over_time(s)
+        throughput = analytics.annotator_throughput(s)
+    if not vers and not n_labels:
+        empty_state_hint()
+        return
+    acc = analytics.version_accuracy(vers)
+    by_source = over_time.groupby("source")["labels"].sum().to_dict() if len(over_time) else {}
+    c = st.columns(4)
+    c[0].metric("Labels", f"{n_labels:,}")
+    c[1].metric("Model versions", len(vers))
+    if vers:
+        vid, m = max(vers)
+        train_acc = analytics.split_metrics(m, "train").get("accuracy")
+        val_acc = analytics.split_metrics(m, "val").get("accuracy")
+        c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc))
+        c[3].metric("Training accuracy", _pct(train_acc))
+        band = metrics.accuracy_band(val_acc)
+        st.caption(f"Band: **{band['band']}**: {band['message']}")
+        flag = metrics.overfitting_flag(train_acc, val_acc)
+        if flag["overfitting"]:
+            st.warning(f"Overfitting: {flag['message']}", icon=":material/warning:")
+    else:
+        st.info("No model version yet: start a training on the **Train** page (or `rmstudio train`).")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.accuracy_by_version(acc), key="acc_versions")
+    right.plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
+    if vers:
+        vid, m = max(vers)
+        g1, g2 = st.columns(2)
+        g1.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_source"), f"v{vid} accuracy per source"), key="acc_src")
+        g2.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_category"), f"v{vid} accuracy per category"), key="acc_cat")
+    t1, t2 = st.columns(2)
+    t1.plotly_chart(charts.labels_over_time(over_time), key="over_time")
+    t2.plotly_chart(charts.annotator_throughput(throughput), key="throughput")
+
+
+live_overview()
+
+tab_scores, tab_agree, tab_cover = st.tabs(["Scores", "Agreement", "Coverage"])
+
+with tab_scores:
+    with db.read() as s:
+        choices = {v.id: (v.norm_stats or {}, v.metrics or {}) for v in versions.list_versions(s)}
+    if not choices:
+        st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
+    else:
+        vid = st.selectbox("Model version", list(choices), format_func=lambda v: f"version {v}", key="score_version")
+        stats, vmetrics = choices[vid]
+        with db.read() as s:
+            frame = analytics.label_scores(s, vid)
+            table = analytics.scored_responses(s, vid)
+            spear = metrics.spearman_per_prompt(analytics.spearman_inputs(analytics.ranking_score_items(s, vid)))
+        if table.empty:
+            st.info(f"No cached scores for version {vid} yet: its rescore job may still be running.")
+        prefs = frame.dropna(subset=["margin"])
+        a, b = st.columns(2)
+        a.plotly_chart(charts.score_histograms(analytics.chosen_rejected_long(frame)), key="score_hist")
+        b.plotly_chart(charts.margin_histogram(prefs["margin"]), key="margins")
+        table = table.rename(columns={"score": "raw"})
+        table = table.assign(**normalize.normalize(table["raw"], stats)) if len(table) else table
+        st.plotly_chart(charts.normalized_scores(table), key="normalized")
+        st.dataframe(table[[c for c in ("raw", "z", "sigmoid", "percentile", "std", "prompt", "response", "model")
+                            if c in table]], hide_index=True, key="score_table")
+        c1, c2 = st.columns(2)
+        val = analytics.split_metrics(vmetrics, "val")
+        if val.get("reliability"):
+            cal = {"bins": val["reliability"], "ece": val.get("ece")}
+            title = "Calibration on validation pairs"
+        else:
+            cal = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
+            title = "Calibration on all labelled pairs"
+        c1.plotly_chart(charts.reliability_diagram(cal["bins"], cal.get("ece"), title), key="calibration")
+        c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
+        if spear["mean"] is not None:
+            c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
+
+with tab_agree:
+    with db.read() as s:
+        records = analytics.agreement_records(analytics.multi_rated_labels(s))
+        conflicts = analytics.conflicting_labels(s)
+    tables = agreement.summary_tables([agreement.summarize(records, ties=t) for t in (True, False)])
+    st.plotly_chart(charts.agreement_bars(tables["overall"]), key="agreement")
+    st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped.")
+    st.dataframe(tables["overall"], hide_index=True)
+    st.markdown("**Cohen's kappa per annotator pair**")
+    st.dataframe(tables["annotators"], hide_index=True)
+    st.markdown("**Agreement between sources** (each source's majority verdict per pair)")
+    st.dataframe(tables["sources"], hide_index=True)
+    st.markdown(f"**Conflicting labels** ({len(conflicts)} pairs with both an `a` and a `b` verdict)")
+    st.dataframe(conflicts, hide_index=True)
+
+with tab_cover:
+    with db.read() as s:
+        per_cat = analytics.labels_per_category(s)
+        labelled = analytics.labelled_prompts(s)
+    st.plotly_chart(charts.labels_per_category(per_cat), key="categories")
+    cfg = settings()
+    up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
+                          type=["txt", "jsonl", "json", "csv"], key="coverage_upload")
+    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True,
+                      help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
+    if up is not None:
+        if up.size > cfg.max_upload_mb * 1024 * 1024:
+            st.error(f"The file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB (RMSTUDIO_MAX_UPLOAD_MB).")
+        else:
+            try:
+                prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
+            except ValueError as exc:
+                st.error(str(exc))
+                prompts = []
+            if prompts:
+                with st.spinner("Comparing with the labelled prompts..."):
+                    res, note = coverage.check_coverage(prompts, list(labelled["text"]), method=method, settings=cfg)
+                st.metric("Covered", _pct(res.share_covered), help=note)
+                st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
+                st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
+                st.dataframe(coverage.result_frame(res, list(labelled["text"])), hide_index=True)

@@ -1,0 +1,172 @@
+"""The Dashboard under AppTest against a real SQLite database: zero, one and many versions (rows inserted with
+``db.versions.insert_version``, metrics in the engine's own format), labels from several annotators and sources,
+cached scores, a ranking; researcher token."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from db import versions
+from db.session import Database
+from db.store import add_label, add_ranking
+from rm_engine import metrics
+from tests.app.conftest import PAGES, XSS_SCRIPT, Seeded
+
+DASH = str(PAGES / "dashboard.py")
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(DASH, default_timeout=60).run()
+
+
+def _charts(at: AppTest) -> dict[str, dict]:
+    """Plotly figures on the page by title."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        fig = json.loads(el.proto.spec)
+        title = fig.get("layout", {}).get("title", {}).get("text", "")
+        out[title] = fig
+    return out
+
+
+def _arr(v) -> list:
+    """A plotly data array: plain lists stay, numpy arrays come encoded as ``{"dtype", "bdata"}``."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def _label_everything(db: Database, seeded: Seeded) -> None:
+    """Three annotators (two crowd, one ai) label every pair; they disagree on the XSS pair; one ranking."""
+    verdicts = {"ann": "a", "bob": "a", "gpt": "b"}
+    with db.write() as s:
+        for cid in seeded.comparison_ids:
+            for name, outcome in verdicts.items():
+                if cid != seeded.xss_comparison_ids[0] and name == "gpt":
+                    outcome = "a" if cid % 2 else "tie"
+                add_label(s, comparison_id=cid, outcome=outcome, source="ai" if name == "gpt" else "crowd",
+                          annotator=name, idempotency_key=f"{name}-{cid}", time_spent_ms=2000)
+        from db.models import Response
+        from sqlalchemy import select
+
+        rids = list(s.scalars(select(Response.id).where(Response.prompt_id == seeded.ranking_prompt_id).order_by(Response.id)))
+        add_ranking(s, prompt_id=seeded.ranking_prompt_id, response_ids=rids, source="expert", annotator="eve", idempotency_key="rank-1")
+
+
+def _engine_metrics(train_acc_target: float, val_acc_target: float, seed: int) -> dict:
+    """Metrics in the trainer's format (``rm_engine.metrics.split_metrics`` per split), near the targets."""
+    rng = random.Random(seed)
+
+    def split(acc: float, n: int) -> dict:
+        rc = [rng.gauss(1.0, 1.0) for _ in range(n)]
+        rr = [x - (1 if i < acc * n else -1) * abs(rng.gauss(1.0, 0.3)) for i, x in enumerate(rc)]
+        return metrics.split_metrics(rc, rr, sources=["crowd", "ai"] * (n // 2), categories=["code", "geo"] * (n // 2))
+
+    m = {"train": split(train_acc_target, 40), "val": split(val_acc_target, 20), "test": {}}
+    m["overfitting"] = metrics.overfitting_flag(m["train"]["accuracy"], m["val"]["accuracy"])
+    return m
+
+
+def _insert_version(db: Database, m: dict, scores: dict[int, float] | None = None) -> int:
+    with db.write() as s:
+        v = versions.insert_version(s, mode="head", backbone="minilm", path=f"models/v-{random.random()}", config={},
+                                    metrics=m, norm_stats={"mean": 1.0, "std": 2.0, "quantiles": []})
+        if scores:
+            versions.store_response_scores(s, v.id, {rid: (sc, 0.1) for rid, sc in scores.items()})
+        return v.id
+
+
+def _all_response_ids(db: Database) -> list[int]:
+    from sqlalchemy import select
+
+    from db.models import Response
+
+    with db.read() as s:
+        return list(s.scalars(select(Response.id).order_by(Response.id)))
+
+
+def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
+    at = _page()
+    assert not at.exception
+    assert any("rmstudio seed-demo" in i.value for i in at.info)
+    assert any("Scores appear once a model version exists" in i.value for i in at.info)
+
+
+def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    at = _page()
+    assert not at.exception
+    assert any("No model version yet" in i.value for i in at.info)
+    assert [m.value for m in at.metric][:2] == ["18", "0"]
+    charts = _charts(at)
+    assert "Labels over time" in charts and "Annotator throughput" in charts
+    by_source = {t["name"]: _arr(t["x"])[0] for t in charts["Dataset size"]["data"]}
+    assert by_source == {"crowd (12)": 12, "ai (6)": 6}
+    # Agreement: every pair is multi-rated; with ties differs from without ties.
+    overall = at.dataframe[0].value
+    assert set(overall["ties"]) == {"with ties", "without ties"}
+    assert (overall["items"] == 6).all()
+    # Conflicting labels: the XSS pair (crowd a vs ai b) is listed with its text as plain data.
+    conflicts = at.dataframe[3].value
+    assert list(conflicts["comparison_id"]) == [seeded.xss_comparison_ids[0]]
+    assert XSS_SCRIPT in set(conflicts["response_a"]) | set(conflicts["response_b"])
+    assert all(not m.proto.allow_html for m in at.markdown)
+
+
+def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    rids = _all_response_ids(sqlite_db)
+    m = _engine_metrics(0.8, 0.65, seed=1)
+    vid = _insert_version(sqlite_db, m, {r: float(i % 5) for i, r in enumerate(rids)})
+    at = _page()
+    assert not at.exception
+    vals = {x.label: x.value for x in at.metric}
+    assert vals[f"Validation accuracy (v{vid})"] == f"{m['val']['accuracy']:.1%}"
+    assert vals["Training accuracy"] == f"{m['train']['accuracy']:.1%}"
+    band = metrics.accuracy_band(m["val"]["accuracy"])["band"]
+    assert any(f"Band: **{band}**" in c.value for c in at.caption)
+    charts = _charts(at)
+    acc = {t["name"]: _arr(t["y"]) for t in charts["Accuracy per model version"]["data"]}
+    assert acc["val"] == [pytest.approx(m["val"]["accuracy"])] and acc["train"] == [pytest.approx(m["train"]["accuracy"])]
+    per_source = charts[f"v{vid} accuracy per source"]["data"]
+    assert {t["name"] for t in per_source} == {"train", "val"}
+    # Scores: the sortable table has raw, z and sigmoid from the version's stored statistics (mean 1, std 2).
+    table = next(d.value for d in at.dataframe if "raw" in d.value.columns)
+    assert len(table) == len(rids)
+    assert (table["z"] - (table["raw"] - 1.0) / 2.0).abs().max() < 1e-9
+    assert table["sigmoid"].between(0, 1).all()
+    assert "Normalized scores" in charts and "Margin distribution" in charts
+    assert any(t.startswith("Calibration") for t in charts)
+    # A ranking of 4 responses with cached scores gives one Spearman value.
+    assert len(_arr(charts["Spearman per ranked prompt"]["data"][0]["x"])) == 1
+
+
+def test_many_versions_with_old_and_missing_metrics(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    _insert_version(sqlite_db, {})  # an old version without metrics
+    _insert_version(sqlite_db, {"train_accuracy": 0.7, "val_accuracy": 0.6})  # an older flat format
+    _insert_version(sqlite_db, _engine_metrics(0.75, 0.7, seed=2))
+    last = _insert_version(sqlite_db, _engine_metrics(1.0, 0.55, seed=3))  # overfits
+    at = _page()
+    assert not at.exception
+    assert [m.value for m in at.metric][1] == "4"
+    assert any("Overfitting" in w.value for w in at.warning)
+    acc = {t["name"]: _arr(t["x"]) for t in _charts(at)["Accuracy per model version"]["data"]}
+    assert acc["val"] == ["2", "3", str(last)]  # the version without metrics is left out, not a crash
+    assert any("No cached scores" in i.value for i in at.info)
+
+
+def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    _label_everything(sqlite_db, seeded)
+    monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "tok")
+    at = _page()
+    assert not at.exception
+    assert any("for researchers" in w.value for w in at.warning)
+    assert not at.get("plotly_chart") and not at.dataframe and not at.metric
