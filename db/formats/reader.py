@@ -51,7 +51,9 @@ def shape_of(obj: Mapping[str, Any]) -> str | None:
         return hh_rlhf.NAME if hh_rlhf.looks_like(obj) else trl.NAME
     if obj.get("ranking") not in (None, "") and "responses" in keys:
         return rankings.NAME
-    if "response_a" in keys or "response_b" in keys or ("winner" in keys and obj.get("winner") not in (None, "")):
+    if obj.get("responses") not in (None, "") and obj.get("winner") in (None, ""):
+        return unlabeled.NAME
+    if keys & {"response_a", "response_b", "winner"}:
         return comparisons.NAME
     if "responses" in keys:
         return unlabeled.NAME
@@ -198,6 +200,9 @@ def _records(inp: Input, det: Detected, opts: Options, *, mixed: bool) -> Iterat
             fmt = (shape_of(rec) or det.format) if mixed else det.format
             if mixed and fmt not in NATIVE:
                 fmt = det.format
+            if table and fmt in (rankings.NAME, unlabeled.NAME):
+                # the blank comparison cells of a ranking / unlabeled row in a mixed table are not data
+                rec = {k: v for k, v in rec.items() if not (v == "" and k in _TEXT_COLUMNS and k != "prompt")}
             yield PARSERS[fmt](rec, line, opts)
         except RowProblem as p:
             yield RowError(inp.name, line, p.field, p.message)

@@ -1,0 +1,292 @@
+"""Import a preference file into the database: all or nothing, idempotent, with progress.
+
+Two steps: every row is parsed and validated first (nothing is written if one is bad, unless
+``skip_invalid``); then everything is written in ONE write transaction, in batches with a progress callback.
+A failure half-way rolls the whole transaction back, so the database is left exactly as it was.
+
+Each label / ranking carries the idempotency key of its source record, so importing the same file again adds
+nothing (the report counts those rows as ``duplicates``), while distinct judgments of one pair are all kept.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db import store
+from db.formats import FormatError, ImportRecord, RowError, parse_file
+from db.formats.base import MAX_ORIGIN
+from db.formats.containers import Input, iter_raw, sniff_container
+from db.formats.reader import detect
+from db.models import Annotator, Comparison, Prompt, Response
+from db.session import Database
+
+Progress = Callable[[int, int], None]  # (records written so far, records in total)
+BATCH = 200
+_KEEP_IN_MEMORY = 20_000  # up to this many validated records are kept between the two steps, not parsed twice
+
+
+@dataclass
+class ImportReport:
+    """What an import did. ``skipped`` lists the rows left out under ``skip_invalid``."""
+
+    format: str
+    container: str
+    filename: str
+    records: int = 0
+    labels_added: int = 0
+    rankings_added: int = 0
+    comparisons_added: int = 0
+    prompts_added: int = 0
+    responses_added: int = 0
+    duplicates: int = 0
+    skipped: list[RowError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with skipped rows as their one-line messages."""
+        d = asdict(self)
+        d["skipped"] = [str(e) for e in self.skipped]
+        return d
+
+    def summary(self) -> str:
+        """One line for people."""
+        parts = [
+            f"{self.records} records ({self.format}, {self.container})",
+            f"{self.labels_added} labels", f"{self.rankings_added} rankings", f"{self.comparisons_added} comparisons",
+            f"{self.prompts_added} prompts", f"{self.responses_added} responses added",
+        ]
+        if self.duplicates:
+            parts.append(f"{self.duplicates} already present")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} invalid rows skipped")
+        return ", ".join(parts)
+
+
+_PARSE_KW = ("format", "mapping", "winner_values", "source", "annotator", "category", "split")
+
+
+def import_file(
+    db: Database,
+    path_or_bytes: Any,
+    *,
+    format: str | None = None,
+    mapping: Any = None,
+    winner_values: Any = None,
+    source: str | None = None,
+    annotator: str | None = None,
+    category: str | None = None,
+    split: str = "train",
+    skip_invalid: bool = False,
+    filename: str | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import one file (path, bytes or binary file object); see ``db.formats.parse_file`` for the options.
+
+    Raises ``FormatError`` ("FILE:LINE: field 'X': message") for the first bad row unless ``skip_invalid``,
+    and for problems with the whole file in any case; the database is then unchanged. ``progress(done, total)``
+    is called after each batch of records written.
+    """
+    t0 = time.monotonic()
+    inp = Input.of(path_or_bytes, filename)
+    kw = dict(format=format, mapping=mapping, winner_values=winner_values, source=source, annotator=annotator,
+              category=category, split=split)
+    records: list[ImportRecord] | None = []
+    errors: list[RowError] = []
+    n = 0
+    for item in parse_file(inp, **kw):
+        if isinstance(item, RowError):
+            errors.append(item)
+            continue
+        n += 1
+        if records is not None:
+            records.append(item)
+            if len(records) > _KEEP_IN_MEMORY:
+                records = None  # a large file: parse it again while writing instead of holding it all
+    if errors and not skip_invalid:
+        more = f" ({len(errors) - 1} more invalid rows; --skip-invalid imports the valid ones)" if len(errors) > 1 else ""
+        raise FormatError.from_row(errors[0], more)
+    det = detect(inp, format=format, mapping=mapping)
+    report = ImportReport(format=det.format, container=det.container, filename=inp.name, records=n, skipped=errors)
+    if n == 0:
+        report.seconds = time.monotonic() - t0
+        return report
+    source_records: Iterable[ImportRecord] = records if records is not None else (
+        r for r in parse_file(inp, **kw) if not isinstance(r, RowError)
+    )
+    origin = f"import:{inp.name}"[:MAX_ORIGIN]
+    with db.write() as s:
+        before = _counts(s)
+        writer = _Writer(s, origin)
+        done = 0
+        for rec in source_records:
+            writer.add(rec)
+            done += 1
+            if done % BATCH == 0:
+                writer.end_batch()
+                if progress:
+                    progress(done, n)
+        s.flush()
+        after = _counts(s)
+    if progress:
+        progress(n, n)
+    report.labels_added, report.rankings_added = writer.labels_added, writer.rankings_added
+    report.duplicates = writer.duplicates
+    report.prompts_added = after["prompts"] - before["prompts"]
+    report.responses_added = after["responses"] - before["responses"]
+    report.comparisons_added = after["comparisons"] - before["comparisons"]
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _counts(s: Session) -> dict[str, int]:
+    return {
+        "prompts": s.scalar(select(func.count()).select_from(Prompt)) or 0,
+        "responses": s.scalar(select(func.count()).select_from(Response)) or 0,
+        "comparisons": s.scalar(select(func.count()).select_from(Comparison)) or 0,
+    }
+
+
+class _Writer:
+    """Writes records through ``db.store`` inside one transaction, remembering what it already looked up."""
+
+    def __init__(self, session: Session, origin: str) -> None:
+        self.s = session
+        self.origin = origin
+        self.prompts: dict[str, Prompt] = {}
+        self.responses: dict[tuple[int, str], Response] = {}
+        self.annotators: dict[str, Annotator] = {}
+        self.labels_added = self.rankings_added = self.duplicates = 0
+
+    def end_batch(self) -> None:
+        """Flush, then forget the batch's objects: the session's identity map stays small (label_count updates
+        scan it), so large imports stay linear."""
+        self.s.flush()
+        self.s.expunge_all()
+        self.prompts.clear()
+        self.responses.clear()
+        self.annotators.clear()
+
+    def _prompt(self, rec: ImportRecord) -> Prompt:
+        h = store.prompt_hash(rec.prompt, rec.history)
+        p = self.prompts.get(h)
+        if p is None:
+            p = self.prompts[h] = store.get_or_create_prompt(self.s, rec.prompt, history=rec.history, category=rec.category)
+        elif rec.category and not p.category:
+            p.category = rec.category
+        return p
+
+    def _response(self, prompt: Prompt, text: str, model: str | None) -> Response:
+        k = (prompt.id, store.sha256(text))
+        r = self.responses.get(k)
+        if r is None:
+            r = self.responses[k] = store.get_or_create_response(self.s, prompt, text, model)
+        elif model and not r.model:
+            r.model = model
+        return r
+
+    def _annotator(self, name: str, source: str) -> Annotator:
+        a = self.annotators.get(name)
+        if a is None:
+            a = self.annotators[name] = store.get_or_create_annotator(self.s, name, source)
+        return a
+
+    def add(self, rec: ImportRecord) -> None:
+        prompt = self._prompt(rec)
+        resps = [self._response(prompt, t, m) for t, m in zip(rec.responses, rec.models)]
+        if rec.kind == "comparison":
+            oc = store.get_or_create_comparison(self.s, resps[0], resps[1])
+            _, created = store.add_label(
+                self.s, comparison_id=oc.comparison.id, outcome=oc.outcome_to_stored(rec.winner or ""),
+                source=rec.source, annotator=self._annotator(rec.annotator, rec.source), idempotency_key=rec.key,
+                left=oc.to_stored("a"), strength=rec.strength, time_spent_ms=rec.time_spent_ms, split=rec.split,
+                origin=rec.origin or self.origin, extra=rec.extra or None,
+            )
+            self.labels_added += created
+            self.duplicates += not created
+        elif rec.kind == "ranking":
+            _, created = store.add_ranking(
+                self.s, prompt_id=prompt.id, response_ids=[r.id for r in resps], ranks=rec.ranks, source=rec.source,
+                annotator=self._annotator(rec.annotator, rec.source), idempotency_key=rec.key, split=rec.split,
+                time_spent_ms=rec.time_spent_ms, origin=rec.origin or self.origin, extra=rec.extra or None,
+            )
+            self.rankings_added += created
+            self.duplicates += not created
+        else:
+            for first, second in store.all_pairs(range(len(resps))):
+                store.get_or_create_comparison(self.s, resps[first], resps[second])
+
+
+@dataclass(frozen=True)
+class Preview:
+    """An upload preview: the detected format, the file's own field names, the first rows, the errors."""
+
+    format: str | None
+    container: str | None
+    filename: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    errors: list[RowError]
+    n_records: int
+    n_errors: int
+
+
+def record_row(rec: ImportRecord) -> dict[str, Any]:
+    """An ``ImportRecord`` as a flat dict for display (``key`` left out)."""
+    d = asdict(rec)
+    d.pop("key", None)
+    return d
+
+
+def preview(
+    path_or_bytes: Any,
+    format: str | None = None,
+    mapping: Any = None,
+    *,
+    winner_values: Any = None,
+    source: str | None = None,
+    annotator: str | None = None,
+    category: str | None = None,
+    split: str = "train",
+    n: int = 20,
+    max_errors: int = 50,
+    filename: str | None = None,
+) -> Preview:
+    """Read a whole file without writing anything: format, columns, the first ``n`` rows, up to ``max_errors``.
+
+    Never raises for bad content: a file-level problem comes back as the only error (``format`` None), so an
+    upload form can show it next to the file's columns and let the user pick ``--map`` targets.
+    """
+    inp = Input.of(path_or_bytes, filename)
+    columns = _columns(inp)
+    rows: list[dict[str, Any]] = []
+    errors: list[RowError] = []
+    n_records = n_errors = 0
+    try:
+        det = detect(inp, format=format, mapping=mapping)
+        for item in parse_file(inp, format=format, mapping=mapping, winner_values=winner_values, source=source,
+                               annotator=annotator, category=category, split=split):
+            if isinstance(item, RowError):
+                n_errors += 1
+                if len(errors) < max_errors:
+                    errors.append(item)
+            else:
+                n_records += 1
+                if len(rows) < n:
+                    rows.append(record_row(item))
+    except FormatError as exc:
+        return Preview(None, None, inp.name, columns, rows, [exc.row_error], n_records, n_errors + 1)
+    return Preview(det.format, det.container, inp.name, columns, rows, errors, n_records, n_errors)
+
+
+def _columns(inp: Input) -> list[str]:
+    try:
+        for _, obj in iter_raw(inp, sniff_container(inp)):
+            if isinstance(obj, dict):
+                return [str(k) for k in obj]
+    except FormatError:
+        pass
+    return []
