@@ -148,6 +148,28 @@ def get_scores(session: Session, version_id: int, response_ids: Iterable[int] | 
     return {int(r): (float(s), None if d is None else float(d)) for r, s, d in session.execute(q)}
 
 
+def responses_for_scoring(session: Session, after_id: int = 0, limit: int = 2000) -> list[tuple[int, str, Any, str]]:
+    """Stored responses with their prompt, ``(response_id, prompt_text, prompt_history, response_text)``, by id,
+    ``limit`` at a time after ``after_id`` (for rescoring in chunks)."""
+    from db.models import Prompt, Response
+
+    q = (
+        select(Response.id, Prompt.text, Prompt.history, Response.text)
+        .join(Prompt, Prompt.id == Response.prompt_id)
+        .where(Response.id > after_id)
+        .order_by(Response.id)
+        .limit(limit)
+    )
+    return [(int(r), p, h, t) for r, p, h, t in session.execute(q)]
+
+
+def count_responses(session: Session) -> int:
+    """How many responses are stored."""
+    from db.models import Response
+
+    return int(session.scalar(select(func.count()).select_from(Response)) or 0)
+
+
 def count_scores(session: Session, version_id: int) -> int:
     """How many responses have a cached score under this version."""
     return int(session.scalar(select(func.count()).select_from(ResponseScore).where(ResponseScore.model_version_id == version_id)) or 0)

@@ -259,8 +259,14 @@ class FeatureExtractor:
                     progress({"phase": "features", "step": done, "total": n})
         return out
 
-    def embed(self, items: Sequence[TextItem], *, progress: Progress = None, should_stop: StopCheck = None) -> np.ndarray:
-        """Embeddings of ``items`` (row-aligned), computing and caching only the missing ones."""
+    def embed(self, items: Sequence[TextItem], *, progress: Progress = None, should_stop: StopCheck = None,
+              use_cache: bool = True) -> np.ndarray:
+        """Embeddings of ``items`` (row-aligned), computing and caching only the missing ones (``use_cache=False``:
+        compute everything, read and write nothing)."""
+        if not use_cache:
+            if not items:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            return self.embed_ids([self.token_ids(it) for it in items], progress=progress, should_stop=should_stop)
         keys = [it.key for it in items]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
         missing: dict[str, TextItem] = {}
@@ -298,12 +304,18 @@ class FeatureExtractor:
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
     def features_for(self, rows: Sequence[tuple[str, History, str]], features: str = "rich", *,
-                     progress: Progress = None, should_stop: StopCheck = None) -> np.ndarray:
+                     progress: Progress = None, should_stop: StopCheck = None, use_cache: bool = True) -> np.ndarray:
         """Feature matrix for (prompt, history, response) rows under a recipe (see the module docstring)."""
         per_row = [items_for(p, h, r, features) for p, h, r in rows]
         k = 1 if features == "pair" else 3
         flat = [it for its in per_row for it in its]
-        emb = self.embed(flat, progress=progress, should_stop=should_stop)
+        if not use_cache:  # the context embedding is shared by all responses to one prompt: compute it once
+            uniq = list({it.key: it for it in flat}.values())
+            pos = {it.key: i for i, it in enumerate(uniq)}
+            u = self.embed(uniq, progress=progress, should_stop=should_stop, use_cache=False)
+            emb = u[[pos[it.key] for it in flat]] if flat else u
+        else:
+            emb = self.embed(flat, progress=progress, should_stop=should_stop)
         if not rows:
             return np.zeros((0, self.dim * (1 if features == "pair" else 4)), dtype=np.float32)
         emb = emb.reshape(len(rows), k, -1)

@@ -1,0 +1,264 @@
+"""Loaded reward models: scores with normalization and ensemble std, fallback on damaged files, an RL reward
+function, and cached scores of stored responses.
+
+``RewardModel.load(db, settings, "latest" | id).score(prompt, responses)`` returns one :class:`Score` per
+response: the raw score (ensemble mean), its z-score / sigmoid / percentile against the statistics stored with
+the version (see ``rm_engine/normalize.py``) and the ensemble members' std (0 for a single model). Batches are
+grouped by length (the feature extractor sorts by tokens; fine-tuned models use token-budget batches).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from db.config import Settings
+from db.session import Database
+from db.versions import VersionNotFound, get_version, parse_version_ref, versions_before
+from rm_engine.backbone import BackboneError, History, resolve_backbone
+from rm_engine.config import Cancelled
+from rm_engine.normalize import normalize
+from rm_engine.registry import ModelFilesError, load_head_files, resolve_version_dir, verify_version_dir
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None] | None
+
+
+@dataclass(frozen=True)
+class Score:
+    """One response's score: ``raw`` (ensemble mean), ``z``, ``sigmoid``, ``percentile`` (0..100), ``std``."""
+
+    raw: float
+    z: float
+    sigmoid: float
+    percentile: float
+    std: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"raw": self.raw, "z": self.z, "sigmoid": self.sigmoid, "percentile": self.percentile, "std": self.std}
+
+
+class RewardModel:
+    """A loaded model version. Thread-safe for scoring (one lock around the forward passes)."""
+
+    def __init__(self, version_id: int, mode: str, norm_stats: dict[str, Any], file_config: dict[str, Any],
+                 scorer: Callable[[Sequence[tuple[str, History, str]], bool], np.ndarray], *, path: str = "",
+                 metrics: dict[str, Any] | None = None) -> None:
+        self.version_id = version_id
+        self.mode = mode
+        self.norm_stats = norm_stats
+        self.file_config = file_config
+        self.path = path
+        self.metrics = metrics or {}
+        self._scorer = scorer
+        self._lock = threading.Lock()
+        self.fallback_message: str | None = None
+
+    @classmethod
+    def load(cls, db: Database, settings: Settings, version: str | int | None = "latest", *, device: str = "cpu") -> "RewardModel":
+        """Load a version's files (verified against their manifest; safetensors only). Raises
+        :class:`VersionNotFound` or :class:`ModelFilesError` naming the version."""
+        with db.read() as s:
+            v = get_version(s, version)
+            vid, mode, path, norm, metrics = v.id, v.mode, v.path, dict(v.norm_stats or {}), dict(v.metrics or {})
+        return cls._from_files(settings, vid, mode, path, norm, metrics, device)
+
+    @classmethod
+    def _from_files(cls, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
+                    metrics: dict[str, Any], device: str) -> "RewardModel":
+        if mode == "head":
+            tensors, fcfg = load_head_files(settings, path, vid)
+            scorer = _head_scorer(settings, vid, tensors, fcfg, device)
+        elif mode == "finetune":
+            fcfg = _finetune_config(settings, path, vid)
+            scorer = _finetune_scorer(settings, vid, path, fcfg, device)
+        else:
+            raise ModelFilesError(f"model version {vid}: unknown mode {mode!r}")
+        return cls(vid, mode, norm, fcfg, scorer, path=path, metrics=metrics)
+
+    @property
+    def members(self) -> int:
+        fc = self.file_config
+        return int(fc.get("head", {}).get("members", fc.get("members", 1)))
+
+    def score_matrix(self, rows: Sequence[tuple[str, History, str]], *, cache: bool = False) -> np.ndarray:
+        """``(n, K)`` raw member scores of (prompt, history, response) rows."""
+        if not rows:
+            return np.zeros((0, self.members), dtype=np.float32)
+        with self._lock:
+            return np.asarray(self._scorer(rows, cache), dtype=np.float64)
+
+    def _scores(self, S: np.ndarray) -> list[Score]:
+        raw = S.mean(axis=1)
+        std = S.std(axis=1) if S.shape[1] > 1 else np.zeros(len(S))
+        n = normalize(raw, self.norm_stats)
+        return [Score(float(raw[i]), n["z"][i], n["sigmoid"][i], n["percentile"][i], float(std[i])) for i in range(len(raw))]
+
+    def score(self, prompt: str, responses: Sequence[str], history: History = None) -> list[Score]:
+        """Scores of several responses to one prompt (with optional earlier chat turns)."""
+        return self._scores(self.score_matrix([(prompt, history, r) for r in responses]))
+
+    def score_rows(self, rows: Sequence[tuple[str, History, str]], *, cache: bool = False) -> list[Score]:
+        """Scores of (prompt, history, response) rows with different prompts."""
+        return self._scores(self.score_matrix(rows, cache=cache))
+
+
+def _check_backbone(settings: Settings, vid: int, recorded: dict[str, Any]) -> Any:
+    """Re-resolve the recorded backbone (paths stay confined) and check it is the one trained with."""
+    spec = recorded.get("name") or "minilm"
+    if spec != "minilm":
+        spec = recorded.get("path") or spec
+    try:
+        ref = resolve_backbone(spec, settings)
+    except BackboneError as exc:
+        raise ModelFilesError(f"model version {vid}: its backbone is unusable ({exc})") from None
+    if recorded.get("fingerprint") and ref.fingerprint != recorded["fingerprint"]:
+        raise ModelFilesError(f"model version {vid}: backbone {ref.path} changed since training (fingerprint differs)")
+    return ref
+
+
+def _head_scorer(settings: Settings, vid: int, tensors: dict[str, Any], fcfg: dict[str, Any], device: str) -> Callable:
+    from rm_engine.features import FeatureExtractor
+    from rm_engine.heads import EnsembleHead
+
+    try:
+        head = EnsembleHead.from_state(fcfg["head"], tensors)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ModelFilesError(f"model version {vid}: head weights do not match its config ({exc})") from None
+    ref = _check_backbone(settings, vid, fcfg.get("backbone", {}))
+    fx = FeatureExtractor(settings, ref, max_length=int(fcfg.get("max_length", 256)), pooling=fcfg.get("pooling", "mean"),
+                          quantize=bool(fcfg.get("quantize", False)), device=device)
+    features = fcfg.get("features", "rich")
+
+    def scorer(rows: Sequence[tuple[str, History, str]], cache: bool) -> np.ndarray:
+        X = fx.features_for(rows, features, use_cache=cache)
+        return head.score(X)
+
+    return scorer
+
+
+def _finetune_config(settings: Settings, path: str, vid: int) -> dict[str, Any]:
+    import json
+
+    verify_version_dir(settings, path, vid)
+    d = resolve_version_dir(settings, path, f"model version {vid}")
+    try:
+        return json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"model version {vid}: config.json is unreadable in {d} ({exc})") from None
+
+
+def _finetune_scorer(settings: Settings, vid: int, path: str, fcfg: dict[str, Any], device: str) -> Callable:
+    from rm_engine.finetune_model import FinetunedModel
+
+    d = resolve_version_dir(settings, path, f"model version {vid}")
+    models = []
+    for k in range(int(fcfg.get("members", 1))):
+        try:
+            models.append(FinetunedModel.load(d / f"member-{k}", device=device))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelFilesError(f"model version {vid}: member {k} cannot be loaded ({exc})") from None
+
+    def scorer(rows: Sequence[tuple[str, History, str]], cache: bool) -> np.ndarray:
+        ps, hs, rs = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        return np.stack([m.score(ps, hs, rs) for m in models], axis=1)
+
+    return scorer
+
+
+def load_usable(db: Database, settings: Settings, version: str | int | None = "latest", *, device: str = "cpu") -> RewardModel:
+    """Like :meth:`RewardModel.load`, but when the version's files are missing or damaged, fall back to the
+    newest older version that loads; ``model.fallback_message`` then says which version failed and why.
+    Raises the original :class:`ModelFilesError` when no older version loads either."""
+    with db.read() as s:
+        v = get_version(s, version)
+        first = (v.id, v.mode, v.path, dict(v.norm_stats or {}), dict(v.metrics or {}))
+        older = [(o.id, o.mode, o.path, dict(o.norm_stats or {}), dict(o.metrics or {})) for o in versions_before(s, v.id)]
+    try:
+        return RewardModel._from_files(settings, *first, device)
+    except ModelFilesError as exc:
+        original = exc
+    log.warning("%s", original)
+    for cand in older:
+        try:
+            m = RewardModel._from_files(settings, *cand, device)
+        except ModelFilesError as exc:
+            log.warning("%s", exc)
+            continue
+        m.fallback_message = f"{original}; using model version {m.version_id} instead"
+        return m
+    raise original
+
+
+def _split_messages(prompt: Any, completion: Any) -> tuple[str, list[dict[str, str]], str]:
+    """(prompt text, history, response text) from TRL-style strings or chat-message lists."""
+    def content(m: Any) -> str:
+        c = m.get("content", "") if isinstance(m, dict) else str(m)
+        if isinstance(c, list):  # multimodal-style [{"type": "text", "text": ...}]
+            c = " ".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in c)
+        return str(c)
+
+    if isinstance(completion, list):
+        response = "\n".join(content(m) for m in completion if not isinstance(m, dict) or m.get("role", "assistant") == "assistant")
+    else:
+        response = str(completion)
+    if isinstance(prompt, list):
+        msgs = [m for m in prompt if isinstance(m, dict)]
+        last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            return "\n".join(content(m) for m in msgs), [], response
+        history = [{"role": str(m.get("role")), "content": content(m)} for m in msgs[:last_user]]
+        return content(msgs[last_user]), history, response
+    return str(prompt), [], response
+
+
+def reward_function(model: RewardModel, *, kind: str = "raw") -> Callable[..., list[float]]:
+    """A reward function as TRL's GRPO ``reward_funcs`` expects: ``f(prompts, completions, **kwargs) -> list[float]``;
+    prompts and completions are strings or chat-message lists. ``kind``: ``"raw"``, ``"z"`` or ``"sigmoid"``."""
+    if kind not in ("raw", "z", "sigmoid"):
+        raise ValueError(f"reward kind must be raw, z or sigmoid, got {kind!r}")
+
+    def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"reward function: {len(prompts)} prompts for {len(completions)} completions")
+        rows = [_split_messages(p, c) for p, c in zip(prompts, completions)]
+        scores = model.score_rows([(p, h or None, r) for p, h, r in rows])
+        return [float(getattr(s, kind)) for s in scores]
+
+    reward.__name__ = f"rmstudio_v{model.version_id}_{kind}"
+    return reward
+
+
+def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, progress: Progress = None,
+                   should_stop: Callable[[], bool] | None = None, chunk: int = 512) -> int:
+    """Score every stored response with one version and cache the scores (``response_scores``); returns the
+    number of rows written. Each chunk is written in its own short transaction; :class:`Cancelled` stops it."""
+    from db.versions import count_responses, responses_for_scoring, store_response_scores
+
+    model = RewardModel.load(db, settings, parse_version_ref(version_id))
+    with db.read() as s:
+        total = count_responses(s)
+    done = written = 0
+    after = 0
+    while True:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"rescoring of model version {model.version_id} cancelled")
+        with db.read() as s:
+            batch = responses_for_scoring(s, after_id=after, limit=chunk)
+        if not batch:
+            break
+        after = batch[-1][0]
+        S = model.score_matrix([(p, h, t) for _, p, h, t in batch], cache=True)
+        raw, std = S.mean(axis=1), S.std(axis=1)
+        rows = {rid: (float(raw[i]), float(std[i])) for i, (rid, _, _, _) in enumerate(batch)}
+        written += db.run_write(lambda s, rows=rows: store_response_scores(s, model.version_id, rows))
+        done += len(batch)
+        if progress is not None:
+            progress({"phase": "rescore", "step": done, "total": total, "loss": None, "val_accuracy": None, "eta_s": None})
+    return written
+
+
+__all__ = ["Score", "RewardModel", "load_usable", "reward_function", "rescore_stored", "ModelFilesError", "VersionNotFound"]

@@ -1,0 +1,375 @@
+"""``train_and_publish``: stored pairs -> split -> train -> metrics -> registry files -> version row.
+
+* Pairs come from ``db.pairs.training_pairs`` (``cfg.sources`` filters; ``both_bad`` excluded and counted; ties
+  kept for the tie model or excluded, by ``cfg.ties``).
+* Labels stored as ``split="test"`` are never trained on; they are reported as the ``test`` split.
+* The rest is split by prompt (no prompt on both sides): a prompt is in validation when
+  ``sha256(seed:prompt_id)`` falls below ``val_fraction``, so the split is deterministic for a seed and a prompt
+  never moves from validation into training as labels accumulate.
+* Per-pair weight = ``pair.weight * cfg.source_weights[source]``; margin = ``margin_from_strength * strength``.
+* Metrics (train / val / test; overall, per source, annotator and category), the overfitting flag, Spearman over
+  rankings, calibration and score histograms are stored with the version, together with the normalization
+  statistics: the scores of every response in the pair set at training time (mean, std, quantiles).
+* ``should_stop()`` is checked between steps: :class:`Cancelled` is raised and nothing is published.
+  ``publish_guard(session)`` runs inside the publishing transaction; False -> no row, files removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from db.config import Settings
+from db.models import ModelVersion
+from db.pairs import PairSet, TrainingPair, training_pairs
+from db.session import Database
+from db.versions import insert_version, store_response_scores
+from rm_engine import metrics as M
+from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
+from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.normalize import compute_norm_stats
+
+__all__ = ["Cancelled", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
+
+Progress = Callable[[dict[str, Any]], None] | None
+StopCheck = Callable[[], bool] | None
+
+
+def resolve_device(spec: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; refuses ``"cuda"`` without a GPU."""
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu or auto)")
+    return spec
+
+
+def _in_val(prompt_id: int, seed: int, val_fraction: float) -> bool:
+    h = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < val_fraction
+
+
+def split_pairs(pairs: Sequence[TrainingPair], val_fraction: float, seed: int) -> dict[str, list[TrainingPair]]:
+    """``{"train", "val", "test"}``: test = stored test labels; val = whole prompts chosen by a seeded hash.
+    With at least two training prompts and ``val_fraction > 0`` validation gets at least one prompt."""
+    out: dict[str, list[TrainingPair]] = {"train": [], "val": [], "test": []}
+    rest = []
+    for p in pairs:
+        (out["test"] if p.split == "test" else rest).append(p)
+    prompts = sorted({p.prompt_id for p in rest})
+    val_ids = {pid for pid in prompts if _in_val(pid, seed, val_fraction)} if val_fraction > 0 else set()
+    if val_fraction > 0 and len(prompts) >= 2:
+        if not val_ids:  # tiny data: the prompt with the smallest hash
+            val_ids = {min(prompts, key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).digest())}
+        if len(val_ids) == len(prompts):
+            val_ids.discard(max(prompts, key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).digest()))
+    for p in rest:
+        (out["val"] if p.prompt_id in val_ids else out["train"]).append(p)
+    return out
+
+
+def pair_weight(cfg: TrainConfig, p: TrainingPair) -> float:
+    """The loss weight of a pair: its own weight times its source's weight."""
+    return float(p.weight) * float(cfg.source_weights.get(p.source, 1.0))
+
+
+def pair_margin(cfg: TrainConfig, p: TrainingPair) -> float:
+    """The margin of a decided pair from its label strength (0 for ties or when off)."""
+    return 0.0 if p.tie or not p.strength else float(cfg.margin_from_strength) * float(p.strength)
+
+
+@dataclass
+class Fitted:
+    """A trained model before publishing: ``write(settings) -> relative path`` writes its files; ``scores`` maps
+    response id -> (mean, std) over ensemble members."""
+
+    mode: str
+    backbone: dict[str, Any]
+    write: Callable[[Settings], str]
+    scores: dict[int, tuple[float, float]]
+    info: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tuple[str, Any, str]]]:
+    """Unique responses of the pairs: ids and (prompt, history, text) rows."""
+    ids: list[int] = []
+    rows: list[tuple[str, Any, str]] = []
+    seen: set[int] = set()
+    for p in pairs:
+        for rid, text in ((p.chosen_id, p.chosen), (p.rejected_id, p.rejected)):
+            if rid not in seen:
+                seen.add(rid)
+                ids.append(rid)
+                rows.append((p.prompt, p.history, text))
+    return ids, rows
+
+
+def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
+              progress: Progress, should_stop: StopCheck) -> Fitted:
+    from rm_engine.features import FeatureExtractor
+    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.registry import write_head_version
+
+    ref = resolve_backbone(cfg.backbone, settings)
+    quantize = bool(cfg.quantize and device == "cpu")
+    fx = FeatureExtractor(settings, ref, max_length=cfg.max_length, quantize=quantize, device=device)
+    everything = splits["train"] + splits["val"] + splits["test"]
+    ids, rows = _response_table(everything)
+    t0 = time.time()
+    X = fx.features_for(rows, cfg.features, progress=progress, should_stop=should_stop)
+    t_feat = time.time() - t0
+    row_of = {rid: i for i, rid in enumerate(ids)}
+
+    def arrays(ps: list[TrainingPair]) -> PairArrays:
+        return PairArrays.build(
+            [row_of[p.chosen_id] for p in ps], [row_of[p.rejected_id] for p in ps], [p.tie for p in ps],
+            [pair_weight(cfg, p) for p in ps], [pair_margin(cfg, p) for p in ps],
+        )
+
+    has_ties = any(p.tie for p in splits["train"])
+    spec = HeadTrainSpec(
+        kind=cfg.head, members=cfg.ensemble, epochs=int(cfg.epochs or 300), lr=float(cfg.lr or 3e-3),
+        weight_decay=float(cfg.weight_decay or 0.0), tie_model=cfg.tie_model if (has_ties and cfg.ties == "model") else None,
+        center_coef=cfg.center_coef, seed=cfg.seed, patience=cfg.patience,
+    )
+    res = train_heads(X, arrays(splits["train"]), spec, val=arrays(splits["val"]) if splits["val"] else None,
+                      progress=progress, should_stop=should_stop)
+    S = res.head.score(X)
+    scores = {rid: (float(S[i].mean()), float(S[i].std())) for i, rid in enumerate(ids)}
+    tie_param = None if res.tie_param is None else [float(t) for t in res.tie_param]
+    file_config = {
+        "kind": "head",
+        "head": res.head.meta(),
+        "backbone": ref.to_dict(),
+        "features": cfg.features,
+        "pooling": "mean",
+        "max_length": cfg.max_length,
+        "quantize": quantize,
+        "truncation": TRUNCATION_POLICY,
+        "tie_model": spec.tie_model,
+        "tie_param": tie_param,
+        "train_config": cfg.to_dict(),
+    }
+    tensors = dict(res.head.state_dict())
+
+    def write(s: Settings) -> str:
+        return write_head_version(s, tensors, file_config)
+
+    info = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
+            "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
+            "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids)}
+    return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
+
+
+def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
+                  progress: Progress, should_stop: StopCheck) -> Fitted:
+    try:
+        from rm_engine.finetune import train_finetune
+    except ImportError as exc:  # pragma: no cover - depends on the finetune module being present
+        raise RuntimeError(f"finetune mode is unavailable: rm_engine.finetune cannot be imported ({exc})") from exc
+    from rm_engine.registry import commit_dir, stage_dir, write_json
+
+    ref = resolve_backbone(cfg.backbone, settings)
+    train = splits["train"]
+    rng = np.random.default_rng(cfg.seed + 7919)
+    models, histories = [], []
+    for k in range(cfg.ensemble):
+        w = np.array([pair_weight(cfg, p) for p in train], dtype=np.float64)
+        if cfg.ensemble > 1:
+            w = w * rng.multinomial(len(train), np.full(len(train), 1.0 / len(train)))
+        res = train_finetune(cfg.replace(seed=cfg.seed + k), train, splits["val"], weights=w.tolist(), device=device,
+                             progress=progress, should_stop=should_stop, settings=settings)
+        models.append(res.model)
+        histories.append(res.history)
+    ids, rows = _response_table(train + splits["val"] + splits["test"])
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled before scoring")
+    S = np.stack([m.score([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]) for m in models], axis=1) \
+        if rows else np.zeros((0, len(models)))
+    scores = {rid: (float(S[i].mean()), float(S[i].std())) for i, rid in enumerate(ids)}
+    meta = models[0].meta
+    file_config = {"kind": "finetune", "members": len(models), "backbone": ref.to_dict(), "max_length": cfg.max_length,
+                   "truncation": TRUNCATION_POLICY, "train_config": cfg.to_dict(),
+                   "tie_model": getattr(meta, "tie_model", None), "tie_param": getattr(meta, "tie_param", None)}
+
+    def write(s: Settings) -> str:
+        import shutil
+
+        tmp = stage_dir(s)
+        try:
+            for k, m in enumerate(models):
+                m.save(tmp / f"member-{k}")
+            write_json(tmp / "config.json", file_config)
+            return commit_dir(s, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    last = histories[0][-1] if histories and histories[0] else {}
+    info = {"history": histories, "pairs_per_s": last.get("pairs_per_s"), "tokens_per_s": last.get("tokens_per_s"),
+            "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"]}
+    return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
+
+
+def ranking_spearman(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:
+    """Spearman per ranking (>= 3 responses): human rank = 1 + number of responses that beat it in the ranking's
+    pairs (ties beat no one)."""
+    by_rank: dict[int, list[TrainingPair]] = defaultdict(list)
+    for p in pairs:
+        if p.ranking_id is not None:
+            by_rank[p.ranking_id].append(p)
+    items = []
+    for rid, ps in sorted(by_rank.items()):
+        beaten: dict[int, int] = defaultdict(int)
+        for p in ps:
+            beaten.setdefault(p.chosen_id, 0)
+            beaten.setdefault(p.rejected_id, 0)
+            if not p.tie:
+                beaten[p.rejected_id] += 1
+        resp = sorted(beaten)
+        items.append((rid, [score_of(r) for r in resp], [1 + beaten[r] for r in resp]))
+    return M.spearman_per_prompt(items)
+
+
+def evaluate_pairs(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:
+    """Metrics of one split: decided pairs through :func:`metrics.split_metrics`, tie pairs counted apart
+    (``tie_pairs`` and their mean absolute score difference), Spearman when rankings are present."""
+    decided = [p for p in pairs if not p.tie]
+    rc = [score_of(p.chosen_id) for p in decided]
+    rr = [score_of(p.rejected_id) for p in decided]
+    out = M.split_metrics(rc, rr, sources=[p.source for p in decided], annotators=[p.annotator for p in decided],
+                          categories=[p.category for p in decided])
+    ties = [p for p in pairs if p.tie]
+    out["tie_pairs"] = len(ties)
+    if ties:
+        out["tie_abs_diff"] = float(np.mean([abs(score_of(p.chosen_id) - score_of(p.rejected_id)) for p in ties]))
+    if any(p.ranking_id is not None for p in pairs):
+        out["spearman"] = ranking_spearman(pairs, score_of)
+    return out
+
+
+def _snapshot(ps: PairSet, splits: dict[str, list[TrainingPair]], cfg: TrainConfig) -> dict[str, Any]:
+    label_ids = sorted({p.label_id for p in ps.pairs if p.label_id is not None})
+    ranking_ids = sorted({p.ranking_id for p in ps.pairs if p.ranking_id is not None})
+    return {
+        "n_pairs": len(ps.pairs),
+        "n_train": len(splits["train"]),
+        "n_val": len(splits["val"]),
+        "n_test": len(splits["test"]),
+        "n_labels": ps.n_labels,
+        "n_rankings": ps.n_rankings,
+        "excluded": dict(ps.excluded),
+        "label_ids_sha256": hashlib.sha256(",".join(map(str, label_ids)).encode()).hexdigest(),
+        "max_label_id": label_ids[-1] if label_ids else None,
+        "ranking_ids_sha256": hashlib.sha256(",".join(map(str, ranking_ids)).encode()).hexdigest(),
+        "val_prompts": len({p.prompt_id for p in splits["val"]}),
+        "train_prompts": len({p.prompt_id for p in splits["train"]}),
+        "split": {"method": "prompt-hash", "seed": cfg.seed, "val_fraction": cfg.val_fraction},
+        "sources": sorted({p.source for p in ps.pairs}),
+    }
+
+
+def fit_pairs(settings: Settings, cfg: TrainConfig, ps: PairSet, *, progress: Progress = None,
+              should_stop: StopCheck = None) -> tuple[Fitted, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Train on a :class:`PairSet` without touching the database: ``(fitted, metrics, norm_stats, snapshot)``."""
+    cfg = cfg.resolved()
+    pairs = [p for p in ps.pairs if cfg.ties == "model" or not p.tie]
+    if cfg.sources is not None:
+        pairs = [p for p in pairs if p.source in cfg.sources]
+    splits = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    if not [p for p in splits["train"] if not p.tie]:
+        raise ValueError(
+            f"nothing to train on: {len(ps.pairs)} pairs, {len(splits['test'])} of them test-only, "
+            f"excluded {dict(ps.excluded) or 'none'}; label some comparisons first"
+        )
+    device = resolve_device(cfg.device)
+    fit = _fit_head if cfg.mode == "head" else _fit_finetune
+    fitted = fit(settings, cfg, splits, device, progress, should_stop)
+    if progress is not None:
+        progress({"phase": "evaluate", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
+
+    def score_of(rid: int) -> float:
+        return fitted.scores[rid][0]
+
+    metrics: dict[str, Any] = {name: evaluate_pairs(splits[name], score_of) for name in ("train", "val", "test")}
+    metrics["overfitting"] = M.overfitting_flag(metrics["train"].get("accuracy"), metrics["val"].get("accuracy"))
+    metrics["ensemble_std_mean"] = float(np.mean([s[1] for s in fitted.scores.values()])) if fitted.scores else None
+    metrics["excluded"] = dict(ps.excluded)
+    metrics["training"] = fitted.info
+    metrics["truncation"] = TRUNCATION_POLICY
+    norm = compute_norm_stats([s[0] for s in fitted.scores.values()])
+    norm["reference"] = "responses of the training pair set (all splits)"
+    snap = _snapshot(ps, splits, cfg)
+    return fitted, metrics, norm, snap
+
+
+def fault_point(name: str) -> None:
+    """Fault-injection hook for the kill -9 tests (``tests/integration/test_faults.py``): when the environment
+    variable ``RMSTUDIO_FAULT_PAUSE`` equals ``name``, append ``"<name> <pid>"`` to the file named by
+    ``RMSTUDIO_FAULT_MARKER`` and sleep, so that the test can kill the process exactly here. A no-op otherwise."""
+    if os.environ.get("RMSTUDIO_FAULT_PAUSE") != name:
+        return
+    marker = os.environ.get("RMSTUDIO_FAULT_MARKER")
+    if marker:
+        with open(marker, "a", encoding="utf-8") as f:
+            f.write(f"{name} {os.getpid()}\n")
+    time.sleep(float(os.environ.get("RMSTUDIO_FAULT_SECONDS", "3600")))
+
+
+def train_and_publish(
+    db: Database,
+    settings: Settings,
+    cfg: TrainConfig,
+    *,
+    progress: Progress = None,
+    should_stop: StopCheck = None,
+    publish_guard: Callable[[Session], bool] | None = None,
+    job_id: int | None = None,
+) -> ModelVersion | None:
+    """Train on the stored pairs and publish a version (files first, then the row); see the module docstring.
+
+    Returns the new :class:`ModelVersion`, or None when ``publish_guard`` refused (files removed). Raises
+    :class:`Cancelled` when ``should_stop()`` turned true (nothing published)."""
+    from rm_engine.registry import remove_version_files
+
+    cfg = cfg.resolved()
+    if progress is not None:
+        progress({"phase": "load", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
+    with db.read() as s:
+        ps = training_pairs(s, sources=cfg.sources, include_ties=cfg.ties == "model")
+    fitted, metrics, norm, snap = fit_pairs(settings, cfg, ps, progress=progress, should_stop=should_stop)
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled before publishing")
+    if progress is not None:
+        progress({"phase": "publish", "step": 0, "total": 1, "loss": None, "val_accuracy": metrics["val"].get("accuracy"), "eta_s": None})
+    rel = fitted.write(settings)
+    fault_point("publish:files-moved")
+    accepted = True
+    try:
+        with db.write() as s:
+            if publish_guard is not None and not publish_guard(s):
+                accepted = False
+                version = None
+            else:
+                version = insert_version(
+                    s, mode=fitted.mode, backbone=cfg.backbone, path=rel, config=cfg.to_dict(), metrics=metrics,
+                    norm_stats=norm, data_snapshot={**snap, "backbone": fitted.backbone}, n_pairs=snap["n_pairs"],
+                    n_labels=snap["n_labels"], ensemble_size=cfg.ensemble, job_id=job_id, device=fitted.device,
+                )
+                store_response_scores(s, version.id, fitted.scores)
+    except BaseException:
+        remove_version_files(settings, rel)
+        raise
+    if not accepted:
+        remove_version_files(settings, rel)
+        return None
+    return version
