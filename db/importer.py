@@ -122,6 +122,8 @@ def import_file(
         before = _counts(s)
         writer = _Writer(s, origin)
         done = 0
+        if progress:
+            progress(0, n)
         for rec in source_records:
             writer.add(rec)
             done += 1

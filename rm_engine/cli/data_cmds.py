@@ -1,8 +1,135 @@
-"""Placeholder: subcommands are registered here."""
+"""``rmstudio import``, ``rmstudio export`` and ``rmstudio stats``: the data layer on the command line."""
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+from rm_engine.cli.common import CLIError, open_db, print_json, progress
+
+IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "mapped")
+EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    pass
+    """Add the ``import``, ``export`` and ``stats`` subcommands."""
+    p = sub.add_parser(
+        "import",
+        help="import preference data (HH-RLHF, TRL, comparisons, rankings, unlabeled, mapped CSV/JSONL/Parquet)",
+        description=(
+            "Import a file into the database, all or nothing: a bad row rejects the whole file (naming file, line "
+            "and field) unless --skip-invalid. Importing the same file twice adds nothing."
+        ),
+    )
+    p.add_argument("file", help="path to the file (plain or .gz); '-' reads standard input")
+    p.add_argument("--format", choices=IMPORT_FORMATS, help="force the format (default: detect it)")
+    p.add_argument("--map", dest="mapping", metavar="TARGET=COLUMN,...",
+                   help="field mapping for other layouts, e.g. prompt=question,a=answer_a,b=answer_b,winner=overall_preference")
+    p.add_argument("--winner-values", metavar="VALUE:OUTCOME,...",
+                   help="the winner column's values, e.g. --winner-values=-1:a,1:b,0:tie (outcomes a, b, tie, both_bad)")
+    p.add_argument("--source", choices=("expert", "crowd", "ai"), help="label source for records that name none (default crowd)")
+    p.add_argument("--annotator", help="annotator for records that name none (default 'unknown')")
+    p.add_argument("--category", help="prompt category for records that name none")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="split for records that name none")
+    p.add_argument("--skip-invalid", action="store_true", help="import the valid rows and report each skipped one")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export labels and rankings (trl, comparisons, csv, parquet)",
+                       description="Write the database's preference data to a file. TRL leaves out ties and both-bad verdicts and says how many.")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="output format")
+    p.add_argument("-o", "--out", default="-", help="output path ('.gz' compresses JSONL/CSV); default standard output")
+    p.add_argument("--split", choices=("train", "test"), help="only labels and rankings of this split")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (on stderr when writing to stdout)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("stats", help="dataset statistics and size tier")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stats)
+
+
+def _mapping_error(exc: Exception) -> CLIError:
+    return CLIError(str(exc))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import one file and print what was added."""
+    from db.formats import FormatError
+    from db.importer import import_file
+
+    src: Any = args.file
+    filename = None
+    if args.file == "-":
+        src, filename = sys.stdin.buffer.read(), "<stdin>"
+    db = open_db()
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.no_progress or args.json:
+            return
+        if bar is None:
+            bar = progress(total=total, desc="importing", unit="rec")
+        bar.update(done - bar.n)
+
+    try:
+        report = import_file(
+            db, src, format=args.format, mapping=args.mapping, winner_values=args.winner_values, source=args.source,
+            annotator=args.annotator, category=args.category, split=args.split, skip_invalid=args.skip_invalid,
+            filename=filename, progress=on_progress,
+        )
+    except FormatError as exc:
+        raise CLIError(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+        db.dispose()
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for err in report.skipped:
+            print(f"skipped {err}", file=sys.stderr)
+        print(f"imported {report.filename}: {report.summary()}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export to a file or standard output; the summary goes to stderr when the data goes to stdout."""
+    from db.exporter import export
+
+    if args.out == "-" and args.format == "parquet":
+        raise CLIError("parquet needs an output file: --out data.parquet")
+    db = open_db()
+    try:
+        out: Any = sys.stdout.buffer if args.out == "-" else args.out
+        if args.out == "-":
+            sys.stdout.flush()
+        report = export(db, args.format, out, split=args.split)
+    finally:
+        db.dispose()
+    stream = sys.stderr if args.out == "-" else sys.stdout
+    if args.json:
+        import json
+
+        print(json.dumps({"format": report.format, "n_written": report.n_written, "excluded": report.excluded, "path": report.path}), file=stream)
+    else:
+        print(report.summary(), file=stream)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the dataset statistics (``--json`` for machines)."""
+    from db.stats import dataset_stats, format_stats
+
+    db = open_db()
+    try:
+        with db.read() as s:
+            stats = dataset_stats(s)
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(stats)
+    else:
+        print(format_stats(stats))
+    return 0
