@@ -1,0 +1,285 @@
+"""db.formats: every format's parsing, detection, containers and the errors that name file, line and field."""
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from db.formats import (
+    FormatError,
+    ImportRecord,
+    RowError,
+    detect_format,
+    parse_file,
+    parse_mapping,
+    parse_winner_values,
+)
+from db.formats.hh_rlhf import split_transcripts
+
+
+def jsonl(*objs: object) -> bytes:
+    return "".join(json.dumps(o) + "\n" for o in objs).encode()
+
+
+def parse(data: bytes, **kw: object) -> list[ImportRecord | RowError]:
+    kw.setdefault("filename", "f.jsonl")
+    return list(parse_file(data, **kw))
+
+
+def ok(data: bytes, **kw: object) -> list[ImportRecord]:
+    out = parse(data, **kw)
+    errs = [r for r in out if isinstance(r, RowError)]
+    assert not errs, errs
+    return out  # type: ignore[return-value]
+
+
+def one_error(data: bytes, **kw: object) -> RowError:
+    errs = [r for r in parse(data, **kw) if isinstance(r, RowError)]
+    assert len(errs) == 1, errs
+    return errs[0]
+
+
+CMP = {"prompt": "2+2?", "response_a": "4", "response_b": "5", "winner": "a"}
+
+
+# ---------------------------------------------------------------- hh-rlhf
+
+def test_hh_splits_shared_dialogue_and_keeps_history():
+    c = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is 2+2?\n\nAssistant: 4"
+    r = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is 2+2?\n\nAssistant: 5, obviously"
+    [rec] = ok(jsonl({"chosen": c, "rejected": r}), filename="hh.jsonl")
+    assert detect_format(jsonl({"chosen": c, "rejected": r})) == "hh-rlhf"
+    assert rec.prompt == "what is 2+2?"
+    assert rec.history == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert rec.responses == ["4", "5, obviously"] and rec.winner == "a" and rec.kind == "comparison"
+    assert rec.source == "crowd" and rec.annotator == "unknown" and rec.split == "train"
+
+
+def test_hh_cut_inside_common_prefix_when_a_reply_contains_assistant_text():
+    # as in one published record: the chosen reply itself contains "\n\nAssistant:"
+    c = "\n\nHuman: q\n\nAssistant: No. Human: why?\n\nAssistant: because"
+    r = "\n\nHuman: q\n\nAssistant: Yes."
+    prompt, history, a, b = split_transcripts(c, r)
+    assert prompt == "q" and history is None
+    assert a == "No. Human: why?\n\nAssistant: because" and b == "Yes."
+
+
+def test_hh_empty_final_turn_is_a_response_but_identical_turns_are_not():
+    [rec] = ok(jsonl({"chosen": "\n\nHuman: steal?\n\nAssistant:", "rejected": "\n\nHuman: steal?\n\nAssistant: Ok"}))
+    assert rec.responses == ["", "Ok"]
+    err = one_error(jsonl({"chosen": "\n\nHuman: x\n\nAssistant: same", "rejected": "\n\nHuman: x\n\nAssistant: same "}), format="hh-rlhf")
+    assert (err.line, err.field) == (1, "rejected") and "identical" in err.message
+
+
+def test_hh_without_human_turn_is_an_error():
+    err = one_error(jsonl({"chosen": "\n\nAssistant: a", "rejected": "\n\nAssistant: b"}), format="hh-rlhf")
+    assert err.field == "chosen" and "Human" in err.message
+
+
+# ---------------------------------------------------------------- trl
+
+def test_trl_standard_conversational_and_implicit_prompt():
+    std = {"prompt": "p", "chosen": "good", "rejected": "bad", "score_chosen": 9}
+    conv = {
+        "prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "p2"}],
+        "chosen": [{"role": "assistant", "content": "good2"}],
+        "rejected": [{"role": "assistant", "content": "bad2"}],
+    }
+    implicit = {
+        "chosen": [{"role": "user", "content": "p3"}, {"role": "assistant", "content": "good3"}],
+        "rejected": [{"role": "user", "content": "p3"}, {"role": "assistant", "content": "bad3"}],
+    }
+    a, b, c = ok(jsonl(std, conv, implicit), format="trl")
+    assert (a.prompt, a.responses, a.winner, a.extra) == ("p", ["good", "bad"], "a", {"score_chosen": 9})
+    assert (b.prompt, b.history, b.responses) == ("p2", [{"role": "system", "content": "be nice"}], ["good2", "bad2"])
+    assert (c.prompt, c.history, c.responses) == ("p3", None, ["good3", "bad3"])
+    assert detect_format(jsonl(std)) == "trl" and detect_format(jsonl(implicit)) == "trl"
+
+
+def test_trl_errors_name_the_field():
+    e = one_error(jsonl({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}],
+                         "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]}), format="trl")
+    assert e.field == "rejected" and "share" in e.message
+    e = one_error(jsonl({"prompt": "p", "chosen": "same", "rejected": "same"}))
+    assert e.field == "rejected"
+
+
+# ---------------------------------------------------------------- comparisons
+
+def test_comparisons_fields_provenance_and_extra():
+    line = dict(CMP, model_a="m1", model_b="m2", source="ai", annotator="gpt-4", category="math", strength=2,
+                split="test", question_id=7, history=[{"role": "user", "content": "earlier"}])
+    [rec] = ok(jsonl(line), source="expert", annotator="amy", category="other")
+    assert rec.models == ["m1", "m2"] and rec.source == "ai" and rec.annotator == "gpt-4"
+    assert rec.category == "math" and rec.strength == 2 and rec.split == "test"
+    assert rec.extra == {"question_id": 7} and rec.history == [{"role": "user", "content": "earlier"}]
+    [dflt] = ok(jsonl(CMP), source="expert", annotator="amy", category="other", split="test")
+    assert (dflt.source, dflt.annotator, dflt.category, dflt.split) == ("expert", "amy", "other", "test")
+
+
+def test_keys_follow_content_not_layout():
+    a = ok(b'{"prompt":"2+2?","response_a":"4","response_b":"5","winner":"a"}\n')[0]
+    b = ok(b'{"winner": "a", "response_b": "5", "response_a": "4", "prompt": "2+2?"}\n')[0]
+    swapped = ok(jsonl({"prompt": "2+2?", "response_a": "5", "response_b": "4", "winner": "b"}))[0]
+    other = ok(jsonl(dict(CMP, annotator="bob")))[0]
+    assert a.key == b.key and len({a.key, swapped.key, other.key}) == 3
+    own = ok(jsonl(dict(CMP, key="ui-123")))[0]
+    assert own.key == "ui-123"
+
+
+@pytest.mark.parametrize(
+    "line, field, words",
+    [
+        ({"response_a": "4", "response_b": "5", "winner": "a"}, "prompt", "missing"),
+        (dict(CMP, prompt="   "), "prompt", "empty"),
+        (dict(CMP, winner="c"), "winner", "unknown winner"),
+        (dict(CMP, response_b="4"), "response_b", "identical"),
+        (dict(CMP, source="robot"), "source", "unknown source"),
+        (dict(CMP, split="dev"), "split", "unknown split"),
+        (dict(CMP, strength=3), "strength", "1 (slightly"),
+        (dict(CMP, prompt=5), "prompt", "string"),
+        (dict(CMP, prompt="a\u0000b"), "prompt", "NUL"),
+        (dict(CMP, annotator="x" * 201), "annotator", "at most 200"),
+        (dict(CMP, history="nope"), "history", "list"),
+        (dict(CMP, extra=[1]), "extra", "object"),
+    ],
+)
+def test_comparison_errors(line, field, words):
+    err = one_error(jsonl(CMP, line), filename="data.jsonl")
+    assert (err.file, err.line, err.field) == ("data.jsonl", 2, field)
+    assert words in err.message
+    assert str(err).startswith(f"data.jsonl:2: field '{field}': ")
+
+
+def test_winner_aliases():
+    outs = [r.winner for r in ok(jsonl(*(dict(CMP, winner=w) for w in ["A", "model_b", "tie", "tie (bothbad)", "both_bad"])))]
+    assert outs == ["a", "b", "tie", "both_bad", "both_bad"]
+
+
+# ---------------------------------------------------------------- rankings / unlabeled
+
+def test_rankings_by_ranks_and_by_model_names():
+    by_ranks = {"prompt": "p", "responses": ["x", "y", "z"], "ranking": [2, 1, 2]}
+    by_names = {"prompt": "p", "responses": {"m1": "x", "m2": "y", "m3": "z"}, "ranking": ["m2", "m3", "m1"]}
+    a, b = ok(jsonl(by_ranks, by_names))
+    assert detect_format(jsonl(by_ranks)) == "rankings"
+    assert (a.kind, a.ranks, a.models) == ("ranking", [2, 1, 2], [None, None, None])
+    assert (b.ranks, b.models) == ([3, 1, 2], ["m1", "m2", "m3"])
+    for bad, field in [
+        ({"prompt": "p", "responses": ["x", "y"], "ranking": [1]}, "ranking"),
+        ({"prompt": "p", "responses": ["x", "y"], "ranking": [1, 3]}, "ranking"),
+        ({"prompt": "p", "responses": ["x"], "ranking": [1]}, "responses"),
+        ({"prompt": "p", "responses": ["x", "x"], "ranking": [1, 2]}, "responses[1]"),
+        ({"prompt": "p", "responses": {"m": "x", "n": "y"}, "ranking": ["m", "q"]}, "ranking[1]"),
+    ]:
+        assert one_error(jsonl(bad), format="rankings").field == field
+
+
+def test_unlabeled_responses_in_every_shape():
+    objs = [
+        {"question_id": 1, "category": "generic", "prompt": "p", "responses": {"bard": "x", "gpt4": "y"}},
+        {"prompt": "q", "responses": [{"text": "a", "model": "m"}, "b"]},
+    ]
+    a, b = ok(jsonl(*objs))
+    assert detect_format(jsonl(*objs)) == "unlabeled"
+    assert (a.kind, a.responses, a.models, a.category, a.extra) == ("unlabeled", ["x", "y"], ["bard", "gpt4"], "generic", {"question_id": 1})
+    assert (b.responses, b.models, b.winner) == (["a", "b"], ["m", None], None)
+
+
+def test_native_file_may_mix_kinds_unless_forced():
+    data = jsonl({"prompt": "p", "responses": ["x", "y"], "ranking": [1, 2]}, CMP, {"prompt": "u", "responses": ["z"]})
+    assert [r.kind for r in ok(data)] == ["ranking", "comparison", "unlabeled"]
+    forced = parse(data, format="rankings")
+    assert [type(r).__name__ for r in forced] == ["ImportRecord", "RowError", "RowError"]
+
+
+# ---------------------------------------------------------------- mapped
+
+LFQA = {"question": "q?", "answer_a": "A", "answer_b": "B", "overall_preference": -1, "justification": "A cites", "doc": None}
+
+
+def test_mapped_with_winner_values_keeps_unmapped_fields():
+    m = "prompt=question,a=answer_a,b=answer_b,winner=overall_preference"
+    rows = [LFQA, dict(LFQA, overall_preference=1), dict(LFQA, overall_preference=0.0)]
+    recs = ok(jsonl(*rows), mapping=m, winner_values="-1:a,1:b,0:tie", source="expert")
+    assert [r.winner for r in recs] == ["a", "b", "tie"]
+    assert recs[0].extra == {"justification": "A cites"} and recs[0].source == "expert"
+    assert detect_format(jsonl(LFQA), mapping=m) == "mapped"
+    err = one_error(jsonl(dict(LFQA, overall_preference=2)), mapping=m, winner_values="-1:a,1:b,0:tie")
+    assert err.field == "overall_preference" and "-1, 1, 0" in err.message
+
+
+def test_mapped_csv_chosen_rejected():
+    csv_data = b"q,good,bad,who\nwhat?,yes,no,amy\n\"multi\nline\",y2,n2,\n"
+    recs = ok(csv_data, mapping="prompt=q,chosen=good,rejected=bad,annotator=who", filename="t.csv")
+    assert [(r.prompt, r.responses, r.annotator, r.line) for r in recs] == [
+        ("what?", ["yes", "no"], "amy", 2), ("multi\nline", ["y2", "n2"], "unknown", 3)
+    ]
+
+
+def test_mapping_syntax_errors():
+    assert parse_mapping("prompt=q, a=x ,b=y,winner=w") == {"prompt": "q", "a": "x", "b": "y", "winner": "w"}
+    assert parse_winner_values("-1:a,1:b,0:tie") == {"-1": "a", "1": "b", "0": "tie"}
+    for bad in ["prompt=q", "prompt=q,a=x,b=y", "prompt=q,a=x,b=y,winner=w,chosen=c,rejected=r", "prompt", "nope=q,a=x,b=y,winner=w"]:
+        with pytest.raises(ValueError):
+            parse_mapping(bad)
+    with pytest.raises(ValueError, match="outcomes"):
+        parse_winner_values("-1:first")
+    with pytest.raises(FormatError, match=r"f.jsonl:0: field '--map'"):
+        parse(jsonl(LFQA), mapping="prompt=question")
+    with pytest.raises(FormatError, match="which the file lacks"):
+        parse(jsonl(LFQA), mapping="prompt=query,a=answer_a,b=answer_b,winner=overall_preference")
+
+
+# ---------------------------------------------------------------- containers, encodings, file-level errors
+
+def test_gzip_json_array_tsv_parquet_and_bom():
+    assert len(ok(gzip.compress(jsonl(CMP, CMP)), filename="x.jsonl.gz")) == 2
+    assert len(ok(json.dumps([CMP, CMP]).encode(), filename="x.json")) == 2
+    tsv = b"prompt\tresponse_a\tresponse_b\twinner\n2+2?\t4\t5\tb\n"
+    assert ok(tsv, filename="x.tsv")[0].winner == "b"
+    buf = io.BytesIO()
+    pq.write_table(pa.table({k: [v] for k, v in CMP.items()}), buf)
+    [rec] = ok(buf.getvalue(), filename="x.parquet")
+    assert rec.responses == ["4", "5"]
+    assert ok(codecs.BOM_UTF8 + jsonl(CMP))[0].prompt == "2+2?"
+    assert ok(json.dumps(CMP).encode("utf-16"))[0].prompt == "2+2?"
+
+
+def test_bad_lines_are_row_errors_with_line_numbers():
+    data = jsonl(CMP) + b"{not json\n" + b"\n" + b'"just a string"\n' + b'{"prompt": "\xff\xfe"}\n' + b'{"x": NaN}\n'
+    out = parse(data, format="comparisons", filename="m.jsonl")
+    errs = [(e.line, e.field) for e in out if isinstance(e, RowError)]
+    assert errs == [(2, "json"), (4, "json"), (5, "encoding"), (6, "json")]
+    assert "UTF-8" in [e for e in out if isinstance(e, RowError)][2].message
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        (b"", "file"),
+        (b"   \n\n", "file"),
+        (gzip.compress(jsonl(CMP))[:-12], "gzip"),
+        (b"PAR1 not really parquet", "parquet"),
+        (jsonl({"foo": 1}), "format"),
+        (b"a,a\n1,2\n", "header"),
+        (b"\x00\x01\x02", "file"),
+    ],
+)
+def test_file_level_errors(data, field):
+    with pytest.raises(FormatError) as ei:
+        list(parse_file(data, filename="bad.jsonl"))
+    assert ei.value.field == field and str(ei.value).startswith("bad.jsonl:")
+
+
+def test_bad_options_are_format_errors():
+    for kw, field in [({"format": "xml"}, "--format"), ({"source": "robot"}, "--source"), ({"split": "dev"}, "--split"),
+                      ({"winner_values": "1:a"}, "--winner-values"), ({"format": "trl", "mapping": "prompt=q,a=x,b=y,winner=w"}, "--map")]:
+        with pytest.raises(FormatError) as ei:
+            parse(jsonl(CMP), **kw)
+        assert ei.value.field == field
