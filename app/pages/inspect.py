@@ -1,10 +1,102 @@
-"""Inspect page (placeholder: owned by RESEARCH, to be replaced)."""
+"""Inspect (researchers): score a prompt and any number of responses with a model version (raw, z, sigmoid,
+percentile, ensemble std), compare two versions on the same inputs, and browse the stored pairs where the model
+most disagrees with the human label."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app.auth import require_researcher
+from app.render import escape_md, safe_markdown
+from app.resources import database, empty_state_hint, settings
+from db import analytics, versions
+from rm_engine.scoring import RewardModel, load_usable
 
 require_researcher()
 st.title("Inspect")
-st.info("This page is being built.")
+db = database()
+MAX_RESPONSES = 20
+
+with db.read() as s:
+    ids = [v.id for v in versions.list_versions(s)]
+    empty = analytics.label_count(s) == 0
+if not ids:
+    if empty:
+        empty_state_hint()
+    st.info("No model version yet: train one on the **Train** page (or `rmstudio train`), then come back.")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the reward model...", max_entries=4)
+def load_model(version_id: int, db_url: str) -> RewardModel:
+    """The reward model of a version (or the newest usable one before it, when its files are damaged)."""
+    return load_usable(database(), settings(), version_id)
+
+
+def score_frame(version_id: int, prompt: str, texts: list[str]) -> tuple[pd.DataFrame, str | None]:
+    """Scores of ``texts`` as a table, best first, and a warning when another version had to be used."""
+    model = load_model(version_id, db.url)
+    scores = model.score(prompt, texts)
+    df = pd.DataFrame({
+        "response": texts, "raw": [sc.raw for sc in scores], "z": [sc.z for sc in scores],
+        "sigmoid": [sc.sigmoid for sc in scores], "percentile": [sc.percentile for sc in scores],
+        "std": [sc.std for sc in scores],
+    }).sort_values("raw", ascending=False, kind="stable")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    note = model.fallback_message or (None if model.version_id == version_id else f"scored with version {model.version_id}")
+    return df.reset_index(drop=True), note
+
+
+tab_score, tab_disagree = st.tabs(["Score responses", "Model vs human labels"])
+
+with tab_score:
+    c1, c2 = st.columns(2)
+    va = c1.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="inspect_version")
+    vb = c2.selectbox("Compare with", [None] + [i for i in ids if i != va], key="inspect_compare",
+                      format_func=lambda v: "(no comparison)" if v is None else f"version {v}")
+    prompt = st.text_area("Prompt", key="inspect_prompt", height=100)
+    n = int(st.number_input("Number of responses", min_value=1, max_value=MAX_RESPONSES, value=2, key="inspect_n"))
+    rcols = st.columns(min(n, 3))
+    responses = [rcols[i % len(rcols)].text_area(f"Response {i + 1}", key=f"inspect_resp_{i}", height=120) for i in range(n)]
+    if st.button("Score", type="primary", key="inspect_score"):
+        texts = [r for r in responses if r.strip()]
+        if not prompt.strip() or not texts:
+            st.error("Enter a prompt and at least one response.")
+        else:
+            shown = [v for v in (va, vb) if v is not None]
+            for col, vid in zip(st.columns(len(shown)), shown):
+                with col:
+                    st.subheader(f"Version {vid}")
+                    try:
+                        df, note = score_frame(vid, prompt, texts)
+                    except Exception as exc:  # noqa: BLE001  (a broken model must not take the page down)
+                        st.error(f"Version {vid} cannot score: {exc}")
+                        continue
+                    if note:
+                        st.warning(note)
+                    st.dataframe(df, hide_index=True, key=f"scores_{vid}")
+                    for row in df.itertuples():
+                        with st.container(border=True):
+                            std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
+                            st.caption(f"#{row.rank}: raw {row.raw:.3f}, z {row.z:.2f}, sigmoid {row.sigmoid:.2f}{std}")
+                            safe_markdown(row.response)
+
+with tab_disagree:
+    vd = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="disagree_version")
+    limit = st.slider("Pairs to show", 5, 100, 20, key="disagree_limit")
+    with db.read() as s:
+        worst = analytics.model_disagreements(s, vd, limit=limit)
+    if worst.empty:
+        st.info(f"No stored label disagrees with version {vd}'s cached scores (or they are not cached yet).")
+    st.caption("Most negative margin first: the model prefers the response the human rejected. These are often "
+               "label errors, or blind spots of the model.")
+    for row in worst.itertuples():
+        with st.expander(f"margin {row.margin:.3f} · label {row.label_id} by {escape_md(str(row.annotator))} ({row.source})"):
+            safe_markdown(row.prompt)
+            left, right = st.columns(2)
+            left.markdown(f"**Human chose** (score {row.chosen_score:.3f})")
+            with left:
+                safe_markdown(row.chosen)
+            right.markdown(f"**Human rejected** (score {row.rejected_score:.3f})")
+            with right:
+                safe_markdown(row.rejected)

@@ -1,0 +1,137 @@
+"""The Inspect page under AppTest with real model versions: a tiny random encoder (MiniLM tokenizer) trained in
+head mode by the engine on labels in a real SQLite database, then scored through ``load_usable``."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from app.render import defang_links
+from db.config import Settings
+from db.session import Database
+from db.store import add_label
+from rm_engine import normalize
+from rm_engine.config import TrainConfig
+from rm_engine.scoring import rescore_stored
+from rm_engine.training import train_and_publish
+from tests.app.conftest import PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
+from tests.tiny_models import build_tiny_encoder
+
+INSPECT = str(PAGES / "inspect.py")
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(INSPECT, default_timeout=60).run()
+
+
+def _train(db: Database, seeded: Seeded, home, seed: int) -> int:
+    """Label every seeded pair ('a' wins) and train a tiny head-mode version; returns its id."""
+    torch.set_num_threads(1)
+    backbone = home / "tiny"
+    if not (backbone / "config.json").exists():
+        build_tiny_encoder(backbone, hidden=32, layers=1)
+    with db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+    cfg = TrainConfig(backbone=str(backbone), epochs=20, seed=seed, val_fraction=0.0, device="cpu", max_length=64)
+    v = train_and_publish(db, Settings.from_env(), cfg)
+    assert v is not None
+    return v.id
+
+
+@pytest.fixture
+def version(app_env, sqlite_db: Database, seeded: Seeded, home) -> int:
+    return _train(sqlite_db, seeded, home, seed=0)
+
+
+def _score(at: AppTest, prompt: str, responses: list[str]) -> AppTest:
+    at.text_area(key="inspect_prompt").input(prompt)
+    at.number_input(key="inspect_n").set_value(len(responses)).run()
+    for i, r in enumerate(responses):
+        at.text_area(key=f"inspect_resp_{i}").input(r)
+    return at.button(key="inspect_score").click().run()
+
+
+def _score_tables(at: AppTest) -> list:
+    """The score tables on the page, in order (one per version shown)."""
+    return [d.value for d in at.dataframe if "rank" in d.value.columns]
+
+
+def test_no_version_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    assert not at.exception
+    assert any("No model version yet" in i.value for i in at.info)
+
+
+def test_scores_rank_responses_and_show_untrusted_text_as_text(version: int, sqlite_db: Database) -> None:
+    at = _page()
+    assert not at.exception
+    responses = [XSS_SCRIPT, XSS_IMG, XSS_LINK, "Paris."]
+    at = _score(at, "What is the capital of France?", responses)
+    assert not at.exception
+    [df] = _score_tables(at)
+    assert list(df["rank"]) == [1, 2, 3, 4]
+    assert list(df["raw"]) == sorted(df["raw"], reverse=True)
+    assert sorted(df["response"]) == sorted(responses)
+    with sqlite_db.read() as s:
+        from db.versions import get_version
+
+        stats = dict(get_version(s, version).norm_stats)
+    assert (df["z"] - (df["raw"] - stats["mean"]) / stats["std"]).abs().max() < 1e-5
+    assert (df["sigmoid"] - [float(normalize.to_sigmoid(r, stats)) for r in df["raw"]]).abs().max() < 1e-6
+    # Each response is rendered as Markdown without HTML, script links defanged.
+    bodies = [m.value for m in at.markdown]
+    for r in responses:
+        assert defang_links(r) in bodies
+    assert "\\[click me\\]\\(javascript:alert(1))" in bodies
+    assert all(not m.proto.allow_html for m in at.markdown)
+
+
+def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sqlite_db: Database, seeded: Seeded, home) -> None:
+    second = _train(sqlite_db, seeded, home, seed=1)
+    at = _page()
+    at.selectbox(key="inspect_version").set_value(second)
+    at.selectbox(key="inspect_compare").set_value(version)
+    at = _score(at, "Name a colour", ["Red.", "no."])
+    assert not at.exception
+    assert [h.value for h in at.subheader] == [f"Version {second}", f"Version {version}"]
+    a, b = _score_tables(at)
+    assert len(a) == len(b) == 2 and not a["raw"].equals(b["raw"])  # different seeds, different scores
+    # The newer version's files disappear: a fresh server falls back to the older version and says so.
+    with sqlite_db.read() as s:
+        from db.versions import get_version
+
+        path = get_version(s, second).path
+    shutil.rmtree(Settings.from_env().home / path)
+    import streamlit as st
+
+    st.cache_resource.clear()
+    at = _page()
+    at.selectbox(key="inspect_version").set_value(second)
+    at = _score(at, "Name a colour", ["Red.", "no."])
+    assert not at.exception
+    assert any(f"using model version {version} instead" in w.value for w in at.warning)
+
+
+def test_disagreements_show_stored_text_as_text(version: int, sqlite_db: Database, seeded: Seeded) -> None:
+    # Human labels that contradict each other on every pair guarantee that the model disagrees with some.
+    with sqlite_db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="b", source="expert", annotator="eve", idempotency_key=f"rev-{cid}")
+    assert rescore_stored(sqlite_db, Settings.from_env(), version) > 0
+    at = _page()
+    assert not at.exception
+    at.slider(key="disagree_limit").set_value(100).run()
+    assert len(at.expander) == len(seeded.comparison_ids)  # one of each contradicting pair of labels
+    bodies = [m.value for m in at.markdown]
+    assert XSS_SCRIPT in bodies or XSS_IMG in bodies
+    assert all(not m.proto.allow_html for m in at.markdown)
+
+
+def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "tok")
+    at = _page()
+    assert any("for researchers" in w.value for w in at.warning)
+    assert not at.text_area and not at.dataframe
