@@ -124,8 +124,8 @@ with tab_cover:
     st.plotly_chart(charts.labels_per_category(per_cat), key="categories")
     cfg = settings()
     up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
-                          type=["txt", "jsonl", "json", "csv"], key="coverage_upload")
-    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True,
+                          type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
+    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
                       help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
     if up is not None:
         if up.size > cfg.max_upload_mb * 1024 * 1024:

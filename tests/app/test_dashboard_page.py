@@ -170,3 +170,29 @@ def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, mon
     assert not at.exception
     assert any("for researchers" in w.value for w in at.warning)
     assert not at.get("plotly_chart") and not at.dataframe and not at.metric
+
+
+def test_coverage_of_uploaded_prompts(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    at = _page()
+    assert at.file_uploader(key="coverage_upload").proto.max_upload_size_mb == 200
+    at.radio(key="coverage_method").set_value("tfidf")
+    at.file_uploader(key="coverage_upload").upload(
+        "downstream.txt", b"what is the capital of France\nexplain quantum chromodynamics\n<script>x</script> boil an egg\n"
+    ).run()
+    assert not at.exception
+    covered = next(m for m in at.metric if m.label == "Covered")
+    assert covered.value == "66.7%"
+    table = next(d.value for d in at.dataframe if "nearest_labelled" in d.value.columns)
+    assert table.iloc[0]["prompt"] == "explain quantum chromodynamics" and not table.iloc[0]["covered"]
+    assert "What is the capital of France?" in set(table["nearest_labelled"])
+    cats = _charts(at)["Labels per category"]["data"][0]
+    assert dict(zip(cats["x"], _arr(cats["y"]))) == {"geography": 6, "code": 3, "security": 6, "cooking": 3}
+
+
+def test_coverage_upload_errors_name_the_line(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    at = _page()
+    at.file_uploader(key="coverage_upload").upload("p.jsonl", b'{"prompt": "ok"}\n{broken\n').run()
+    assert not at.exception
+    assert any("p.jsonl, line 2: invalid JSON" in e.value for e in at.error)
