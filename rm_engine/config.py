@@ -18,7 +18,7 @@ class Cancelled(Exception):
 
 # Mode defaults, applied by ``TrainConfig.resolved()`` to fields left at None.
 _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-2},
+    "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-1},  # mlp heads: 1e-2 (see resolved())
     "finetune": {"epochs": 2, "lr": 2e-5, "weight_decay": 0.0},
 }
 
@@ -79,7 +79,8 @@ class TrainConfig:
         val_fraction: share of prompts held out for validation (grouped by prompt, deterministic by seed).
         seed: seeds the split, initialisation and bootstrap.
         head: ``"linear"`` or ``"mlp"`` (head mode).
-        weight_decay: L2 / AdamW decay (None: 1e-2 heads, 0 finetune).
+        weight_decay: head mode: L2 penalty ``wd * ||W||^2`` (None: 0.1 linear, 0.01 MLP); finetune: AdamW
+            decay (None: 0).
         lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         grad_checkpointing: trade speed for memory in finetune mode.
@@ -156,7 +157,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
-        d = _MODE_DEFAULTS[self.mode]
+        d = dict(_MODE_DEFAULTS[self.mode])
+        if self.mode == "head" and self.head == "mlp":
+            d["weight_decay"] = 1e-2  # HH-harmless grid (BENCHMARKS.md): linear best at 0.1-1, MLP at 0.01
         return dataclasses.replace(
             self,
             epochs=self.epochs if self.epochs is not None else d["epochs"],

@@ -261,4 +261,63 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
     return written
 
 
-__all__ = ["Score", "RewardModel", "load_usable", "reward_function", "rescore_stored", "ModelFilesError", "VersionNotFound"]
+def evaluate_records(model: RewardModel, records: Sequence[Any]) -> dict[str, Any]:
+    """Metrics of a model on labelled records (``db.formats.ImportRecord``: comparisons and rankings), without
+    storing anything: ``accuracy`` (strict >), ``n``, ``tie_rate`` (equal scores), ``per_source``, ``tie_pairs``,
+    ``both_bad``, calibration, and ``spearman`` when rankings are present."""
+    from rm_engine import metrics as M
+
+    rows: list[tuple[str, Any, str]] = []
+    index: dict[tuple[str, str, str], int] = {}
+
+    def row(rec: Any, text: str) -> int:
+        import json as _json
+
+        key = (rec.prompt, _json.dumps(rec.history or [], sort_keys=True), text)
+        if key not in index:
+            index[key] = len(rows)
+            rows.append((rec.prompt, rec.history or None, text))
+        return index[key]
+
+    decided: list[tuple[int, int, str]] = []
+    ties: list[tuple[int, int]] = []
+    ranked: list[tuple[int, list[int], list[int]]] = []
+    both_bad = unlabeled = 0
+    for n, rec in enumerate(records):
+        if rec.kind == "comparison":
+            a, b = row(rec, rec.responses[0]), row(rec, rec.responses[1])
+            if rec.winner == "a":
+                decided.append((a, b, rec.source))
+            elif rec.winner == "b":
+                decided.append((b, a, rec.source))
+            elif rec.winner == "tie":
+                ties.append((a, b))
+            else:
+                both_bad += 1
+        elif rec.kind == "ranking" and rec.ranks:
+            idx = [row(rec, t) for t in rec.responses]
+            ranked.append((n, idx, list(rec.ranks)))
+            for i in range(len(idx)):
+                for j in range(i + 1, len(idx)):
+                    if rec.ranks[i] < rec.ranks[j]:
+                        decided.append((idx[i], idx[j], rec.source))
+                    elif rec.ranks[i] > rec.ranks[j]:
+                        decided.append((idx[j], idx[i], rec.source))
+                    else:
+                        ties.append((idx[i], idx[j]))
+        else:
+            unlabeled += 1
+    raw = model.score_matrix(rows).mean(axis=1) if rows else np.zeros(0)
+    rc = [raw[c] for c, _, _ in decided]
+    rr = [raw[r] for _, r, _ in decided]
+    out = M.split_metrics(rc, rr, sources=[src for _, _, src in decided], with_distributions=False)
+    out.update({"tie_pairs": len(ties), "both_bad": both_bad, "unlabeled": unlabeled, "n_responses": len(rows),
+                "model_version": model.version_id})
+    if ties:
+        out["tie_abs_diff"] = float(np.mean([abs(raw[a] - raw[b]) for a, b in ties]))
+    if ranked:
+        out["spearman"] = M.spearman_per_prompt((k, [raw[i] for i in idx], rk) for k, idx, rk in ranked)
+    return out
+
+
+__all__ = ["Score", "evaluate_records", "RewardModel", "load_usable", "reward_function", "rescore_stored", "ModelFilesError", "VersionNotFound"]

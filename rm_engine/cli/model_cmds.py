@@ -1,8 +1,305 @@
-"""Placeholder: subcommands are registered here."""
+"""``rmstudio train``, ``eval``, ``score`` and ``models``: the engine on the command line."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rm_engine.cli.common import CLIError, open_db, print_json, progress, settings
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    pass
+    """Add the ``train``, ``eval``, ``score`` and ``models`` subcommands."""
+    p = sub.add_parser("train", help="train a reward model (queued for the worker, or --inline here)",
+                       description="Train on the stored labels. Without --inline the run is queued for `rmstudio worker`; "
+                                   "with --inline it trains in this process with a progress bar.")
+    p.add_argument("--mode", choices=("head", "finetune"), help="head: frozen backbone + cached features (CPU default); finetune: whole model")
+    p.add_argument("--backbone", help="minilm (default) or a local Hugging Face folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, help="finetune token budget per batch")
+    p.add_argument("--max-length", dest="max_length", type=int)
+    p.add_argument("--ensemble", type=int, metavar="K", help="K members; scores carry their mean and std")
+    p.add_argument("--source-weights", dest="source_weights", metavar="expert=1,crowd=0.8,ai=0.5")
+    p.add_argument("--sources", help="train only on these sources, e.g. expert,crowd")
+    p.add_argument("--ties", choices=("model", "exclude"))
+    p.add_argument("--tie-model", dest="tie_model", choices=("davidson", "rao_kupper"))
+    p.add_argument("--margin-from-strength", dest="margin_from_strength", type=float)
+    p.add_argument("--center-coef", dest="center_coef", type=float)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--head", choices=("linear", "mlp"))
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--lora", action="store_true", default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--inline", action="store_true", help="train in this process instead of queueing a job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="measure a model on a labelled file (nothing is stored)")
+    p.add_argument("file", help="any importable file (comparisons, rankings, HH-RLHF, TRL, mapped)")
+    p.add_argument("--format", help="force the file format (default: detect)")
+    p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
+    p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
+    p.add_argument("--model", default="latest", help="latest (default) or a version id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="score responses to a prompt")
+    p.add_argument("--model", default="latest", help="latest (default) or a version id")
+    p.add_argument("--prompt", help="the prompt")
+    p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
+    p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("models", help="list model versions (or: models delete ID)")
+    p.add_argument("action", nargs="?", choices=("list", "delete"), default="list")
+    p.add_argument("version", nargs="?", help="version id (for delete)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from rm_engine.config import TrainConfig
+
+    try:
+        return TrainConfig.from_args(args)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Queue a training job, or train here with ``--inline``."""
+    cfg = _config(args)
+    db = open_db()
+    try:
+        if not args.inline:
+            from db.jobs import enqueue
+            from db.models import JobKind
+
+            with db.write() as s:
+                job = enqueue(s, JobKind.train, params=cfg.to_dict(), created_by="cli")
+                job_id = job.id if job is not None else None
+            if args.json:
+                print_json({"job_id": job_id, "queued": job_id is not None})
+            elif job_id is None:
+                print("a training job is already queued; not adding another")
+            else:
+                print(f"queued training job {job_id}; run `rmstudio worker` to process it (or use --inline)")
+            return 0
+        return _train_inline(db, cfg, args.json)
+    finally:
+        db.dispose()
+
+
+def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
+    from rm_engine.training import train_and_publish
+
+    bars: dict[str, Any] = {}
+
+    def on_progress(ev: dict[str, Any]) -> None:
+        phase = ev.get("phase", "")
+        total = ev.get("total") or 0
+        if phase not in ("features", "train", "finetune", "rescore") or not total:
+            return
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = progress(total=total, desc=phase, unit="text" if phase == "features" else "step")
+        bar.total = total
+        bar.update(max(0, int(ev.get("step", 0)) - bar.n))
+        post = {}
+        if ev.get("loss") is not None:
+            post["loss"] = f"{ev['loss']:.4f}"
+        if ev.get("val_accuracy") is not None and ev["val_accuracy"] == ev["val_accuracy"]:
+            post["val_acc"] = f"{ev['val_accuracy']:.3f}"
+        if post:
+            bar.set_postfix(post, refresh=False)
+
+    try:
+        version = train_and_publish(db, settings(), cfg, progress=on_progress)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    assert version is not None  # no publish guard here
+    m = version.metrics
+    if as_json:
+        print_json({"model_version": version.id, "path": version.path, "metrics": _headline(m), "config": version.config})
+    else:
+        val, train = m.get("val", {}), m.get("train", {})
+        print(f"model version {version.id}: train accuracy {_pct(train.get('accuracy'))}, validation accuracy "
+              f"{_pct(val.get('accuracy'))} on {val.get('n', 0)} pairs ({(val.get('band') or {}).get('message', '')})")
+        if m.get("test", {}).get("n"):
+            print(f"  test split: accuracy {_pct(m['test'].get('accuracy'))} on {m['test']['n']} pairs")
+        if (m.get("overfitting") or {}).get("overfitting"):
+            print(f"  warning: {m['overfitting']['message']}")
+        if m.get("excluded"):
+            print(f"  excluded: {', '.join(f'{k} {v}' for k, v in m['excluded'].items())}")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.1f}%"
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without the bulky histograms (for --json output)."""
+    drop = {"score_hist", "margins", "reliability"}
+    out: dict[str, Any] = {}
+    for k, v in m.items():
+        if isinstance(v, dict) and k in ("train", "val", "test"):
+            out[k] = {kk: vv for kk, vv in v.items() if kk not in drop}
+        elif k == "training":
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "history"}
+        else:
+            out[k] = v
+    return out
+
+
+def _load_model(db: Any, ref: str) -> Any:
+    from db.versions import VersionNotFound
+    from rm_engine.registry import ModelFilesError
+    from rm_engine.scoring import load_usable
+
+    try:
+        model = load_usable(db, settings(), ref)
+    except (VersionNotFound, ModelFilesError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if model.fallback_message:
+        print(f"warning: {model.fallback_message}", file=sys.stderr)
+    return model
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a labelled file and print accuracy, tie rate, per-source accuracy and Spearman."""
+    from db.formats import FormatError, parse_file
+    from db.formats.base import RowError
+    from rm_engine.scoring import evaluate_records
+
+    if not Path(args.file).is_file():
+        raise CLIError(f"{args.file}: no such file")
+    try:
+        items = list(parse_file(args.file, format=args.format, mapping=args.mapping, winner_values=args.winner_values))
+    except FormatError as exc:
+        raise CLIError(str(exc)) from None
+    errors = [r for r in items if isinstance(r, RowError)]
+    records = [r for r in items if not isinstance(r, RowError)]
+    if not records:
+        raise CLIError(f"{args.file}: no usable records" + (f" (first problem: {errors[0]})" if errors else ""))
+    db = open_db()
+    try:
+        model = _load_model(db, args.model)
+        out = evaluate_records(model, records)
+    finally:
+        db.dispose()
+    out["invalid_rows"] = len(errors)
+    out["file"] = args.file
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{args.file} with model version {out['model_version']}: accuracy {_pct(out['accuracy'])} on {out['n']} pairs, "
+          f"equal scores {_pct(out['tie_rate'])}")
+    for src, v in (out.get("per_source") or {}).items():
+        print(f"  {src}: {_pct(v['accuracy'])} on {v['n']} pairs")
+    if out.get("spearman", {}).get("mean") is not None:
+        print(f"  Spearman over {out['spearman']['n_prompts']} rankings: {out['spearman']['mean']:.3f}")
+    if errors:
+        print(f"  {len(errors)} invalid rows skipped (first: {errors[0]})", file=sys.stderr)
+    return 0
+
+
+def _score_inputs(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+    rows: list[tuple[str, Any, str]] = []
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CLIError(f"{args.file}: no such file")
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise CLIError(f"{args.file}:{n}: not JSON ({exc})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                    raise CLIError(f"{args.file}:{n}: field 'prompt' is missing or not text")
+                resps = obj.get("responses", [obj["response"]] if "response" in obj else None)
+                if not isinstance(resps, list) or not resps or not all(isinstance(r, str) for r in resps):
+                    raise CLIError(f"{args.file}:{n}: field 'response' / 'responses' is missing or not text")
+                rows += [(obj["prompt"], obj.get("history"), r) for r in resps]
+    if args.prompt is not None or args.response:
+        if args.prompt is None or not args.response:
+            raise CLIError("give --prompt and at least one --response (or --file)")
+        rows += [(args.prompt, None, r) for r in args.response]
+    if not rows:
+        raise CLIError("nothing to score: give --prompt and --response, or --file")
+    return rows
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print raw, z, sigmoid, percentile and ensemble std per response."""
+    rows = _score_inputs(args)
+    db = open_db()
+    try:
+        model = _load_model(db, args.model)
+        scores = model.score_rows(rows)
+    finally:
+        db.dispose()
+    out = [{"prompt": p, "response": r, **s.to_dict()} for (p, _, r), s in zip(rows, scores)]
+    if args.json:
+        print_json({"model_version": model.version_id, "scores": out})
+        return 0
+    for o in out:
+        resp = o["response"].replace("\n", " ")
+        print(f"{o['raw']:+.4f}  z {o['z']:+.2f}  p {o['sigmoid']:.3f}  pct {o['percentile']:5.1f}  std {o['std']:.3f}  "
+              f"{resp[:70]}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List versions (newest first), or delete one (row, cached scores, then files)."""
+    from db.versions import VersionNotFound, delete_version, list_versions, parse_version_ref, version_summary
+    from rm_engine.registry import remove_version_files
+
+    db = open_db()
+    try:
+        if args.action == "delete":
+            if not args.version:
+                raise CLIError("models delete needs a version id")
+            try:
+                vid = parse_version_ref(args.version)
+                if vid == "latest":
+                    raise CLIError("models delete needs an explicit version id, not 'latest'")
+                with db.write() as s:
+                    path = delete_version(s, int(vid)).path
+            except (VersionNotFound, ValueError) as exc:
+                raise CLIError(str(exc)) from None
+            removed = remove_version_files(settings(), path)
+            if args.json:
+                print_json({"deleted": vid, "files_removed": removed})
+            else:
+                print(f"deleted model version {vid}" + ("" if removed else " (its files were already gone)"))
+            return 0
+        with db.read() as s:
+            rows = [version_summary(v) for v in list_versions(s)]
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no model versions yet: run `rmstudio train --inline` (or queue one for the worker)")
+        return 0
+    for r in rows:
+        m = r["metrics"]
+        print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
+              f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}")
+    return 0

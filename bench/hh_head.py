@@ -1,0 +1,65 @@
+"""Head mode on HH-harmless: validation accuracy on held-out prompts (the features come from the cache that
+``bench/hh_features.py`` filled; nothing is recomputed).
+
+    python bench/hh_head.py --home /tmp/rmstudio-bench [--seeds 0,1,2,3,4] [--grid]
+
+Uses the engine's own split (``training.split_pairs``: whole prompts, seeded hash, 20% validation) and head
+trainer; prints one line per setting with the mean and per-seed validation accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    """Train heads on cached HH features and print validation accuracies."""
+    import numpy as np
+    import torch
+
+    from bench.hh_data import load_hh
+    from db.config import Settings
+    from db.pairs import TrainingPair
+    from rm_engine.backbone import resolve_backbone
+    from rm_engine.features import FeatureExtractor
+    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.training import split_pairs
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--home", default="/tmp/rmstudio-bench")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--grid", action="store_true", help="try several recipes, heads and weight decays")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    s = Settings.from_env({"RMSTUDIO_HOME": a.home})
+    hh = load_hh()
+    pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
+                          rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
+             for i, p in enumerate(hh)]
+    rows = [(p.prompt, p.history, t) for p in hh for t in (p.chosen, p.rejected)]
+    fx = FeatureExtractor(s, resolve_backbone("minilm", s), max_length=256)
+    feats = {r: fx.features_for(rows, r) for r in ("pair", "rich")}
+    settings = [("pair", "linear", 1e-2), ("rich", "linear", 1e-2)]
+    if a.grid:
+        settings = [(r, h, wd) for r in ("pair", "rich") for h in ("linear", "mlp") for wd in (1e-3, 1e-2, 1e-1, 1.0)]
+    for recipe, head, wd in settings:
+        accs, secs = [], []
+        for seed in [int(x) for x in a.seeds.split(",")]:
+            sp = split_pairs(pairs, 0.2, seed)
+            tr = PairArrays.build([p.chosen_id for p in sp["train"]], [p.rejected_id for p in sp["train"]])
+            va = PairArrays.build([p.chosen_id for p in sp["val"]], [p.rejected_id for p in sp["val"]])
+            t0 = time.time()
+            res = train_heads(feats[recipe], tr, HeadTrainSpec(kind=head, weight_decay=wd, seed=seed), val=va)
+            secs.append(time.time() - t0)
+            sc = res.head.score(feats[recipe]).mean(1)
+            accs.append(float(np.mean(sc[va.ci] > sc[va.ri])))
+        print(f"{recipe:5s} {head:6s} wd={wd:<6g} val acc {np.mean(accs):.3f} (seeds: {' '.join(f'{x:.3f}' for x in accs)}; "
+              f"n_val~{len(va)}; {np.mean(secs):.1f} s/train)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
