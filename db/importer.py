@@ -21,7 +21,7 @@ from db.formats import FormatError, ImportRecord, RowError, parse_file
 from db.formats.base import MAX_ORIGIN
 from db.formats.containers import Input, iter_raw, sniff_container
 from db.formats.reader import detect
-from db.models import Annotator, Comparison, Prompt, Response
+from db.models import Annotator, Comparison, Label, Prompt, Ranking, Response
 from db.session import Database
 
 Progress = Callable[[int, int], None]  # (records written so far, records in total)
@@ -124,14 +124,16 @@ def import_file(
         done = 0
         if progress:
             progress(0, n)
+        batch: list[ImportRecord] = []
         for rec in source_records:
-            writer.add(rec)
-            done += 1
-            if done % BATCH == 0:
-                writer.end_batch()
+            batch.append(rec)
+            if len(batch) >= BATCH:
+                writer.write_batch(batch)
+                done += len(batch)
+                batch = []
                 if progress:
                     progress(done, n)
-        s.flush()
+        writer.write_batch(batch)
         after = _counts(s)
     if progress:
         progress(n, n)
@@ -153,24 +155,48 @@ def _counts(s: Session) -> dict[str, int]:
 
 
 class _Writer:
-    """Writes records through ``db.store`` inside one transaction, remembering what it already looked up."""
+    """Writes records through ``db.store`` inside one transaction, in batches.
+
+    Per batch, one query finds the labels / rankings already present (re-imports and repeated lines are
+    skipped without touching anything else). Prompts, responses, comparisons and annotators already looked up
+    are remembered (detached after each batch, so the session's identity map, which every ``label_count``
+    update scans, stays small and large imports stay linear).
+    """
 
     def __init__(self, session: Session, origin: str) -> None:
         self.s = session
         self.origin = origin
         self.prompts: dict[str, Prompt] = {}
         self.responses: dict[tuple[int, str], Response] = {}
+        self.comparisons: dict[tuple[int, int], Comparison] = {}
         self.annotators: dict[str, Annotator] = {}
+        self.seen: set[tuple[str, str]] = set()  # (kind, key) written or found by this import
         self.labels_added = self.rankings_added = self.duplicates = 0
 
-    def end_batch(self) -> None:
-        """Flush, then forget the batch's objects: the session's identity map stays small (label_count updates
-        scan it), so large imports stay linear."""
+    def write_batch(self, batch: list[ImportRecord]) -> None:
+        """Write a batch of records, then flush and detach the session's objects."""
+        self._mark_existing(batch)
+        for rec in batch:
+            if rec.kind != "unlabeled":
+                if (rec.kind, rec.key) in self.seen:
+                    self.duplicates += 1
+                    continue
+                self.seen.add((rec.kind, rec.key))
+            self.add(rec)
         self.s.flush()
         self.s.expunge_all()
-        self.prompts.clear()
-        self.responses.clear()
-        self.annotators.clear()
+        if len(self.responses) > _KEEP_IN_MEMORY * 4:  # bound memory on huge files
+            self.prompts.clear()
+            self.responses.clear()
+            self.comparisons.clear()
+
+    def _mark_existing(self, batch: list[ImportRecord]) -> None:
+        for kind, model in (("comparison", Label), ("ranking", Ranking)):
+            keys = list({r.key for r in batch if r.kind == kind and (kind, r.key) not in self.seen})
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                for (k,) in self.s.execute(select(model.idempotency_key).where(model.idempotency_key.in_(chunk))):
+                    self.seen.add((kind, k))
 
     def _prompt(self, rec: ImportRecord) -> Prompt:
         h = store.prompt_hash(rec.prompt, rec.history)
@@ -179,16 +205,31 @@ class _Writer:
             p = self.prompts[h] = store.get_or_create_prompt(self.s, rec.prompt, history=rec.history, category=rec.category)
         elif rec.category and not p.category:
             p.category = rec.category
+            attached = self.s.get(Prompt, p.id)
+            if attached is not None and attached is not p:
+                attached.category = rec.category
         return p
 
     def _response(self, prompt: Prompt, text: str, model: str | None) -> Response:
         k = (prompt.id, store.sha256(text))
         r = self.responses.get(k)
         if r is None:
-            r = self.responses[k] = store.get_or_create_response(self.s, prompt, text, model)
+            r = self.responses[k] = store.get_or_create_response(self.s, prompt.id, text, model)
         elif model and not r.model:
             r.model = model
+            attached = self.s.get(Response, r.id)
+            if attached is not None and attached is not r:
+                attached.model = model
         return r
+
+    def _comparison(self, first: Response, second: Response) -> store.OrientedComparison:
+        k = (min(first.id, second.id), max(first.id, second.id))
+        c = self.comparisons.get(k)
+        if c is None:
+            oc = store.get_or_create_comparison(self.s, first, second)
+            self.comparisons[k] = oc.comparison
+            return oc
+        return store.OrientedComparison(c, swapped=first.id != k[0])
 
     def _annotator(self, name: str, source: str) -> Annotator:
         a = self.annotators.get(name)
@@ -200,12 +241,12 @@ class _Writer:
         prompt = self._prompt(rec)
         resps = [self._response(prompt, t, m) for t, m in zip(rec.responses, rec.models)]
         if rec.kind == "comparison":
-            oc = store.get_or_create_comparison(self.s, resps[0], resps[1])
+            oc = self._comparison(resps[0], resps[1])
             _, created = store.add_label(
                 self.s, comparison_id=oc.comparison.id, outcome=oc.outcome_to_stored(rec.winner or ""),
                 source=rec.source, annotator=self._annotator(rec.annotator, rec.source), idempotency_key=rec.key,
                 left=oc.to_stored("a"), strength=rec.strength, time_spent_ms=rec.time_spent_ms, split=rec.split,
-                origin=rec.origin or self.origin, extra=rec.extra or None,
+                origin=rec.origin if rec.origin_given else self.origin, extra=rec.extra or None,
             )
             self.labels_added += created
             self.duplicates += not created
@@ -213,13 +254,14 @@ class _Writer:
             _, created = store.add_ranking(
                 self.s, prompt_id=prompt.id, response_ids=[r.id for r in resps], ranks=rec.ranks, source=rec.source,
                 annotator=self._annotator(rec.annotator, rec.source), idempotency_key=rec.key, split=rec.split,
-                time_spent_ms=rec.time_spent_ms, origin=rec.origin or self.origin, extra=rec.extra or None,
+                time_spent_ms=rec.time_spent_ms, origin=rec.origin if rec.origin_given else self.origin,
+                extra=rec.extra or None,
             )
             self.rankings_added += created
             self.duplicates += not created
         else:
             for first, second in store.all_pairs(range(len(resps))):
-                store.get_or_create_comparison(self.s, resps[first], resps[second])
+                self._comparison(resps[first], resps[second])
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class ImportRecord:
     # Beyond the pinned contract: provenance carried by native exports so that round trips are exact.
     origin: str | None = None
     time_spent_ms: int | None = None
+    origin_given: bool = False  # the record has an "origin" field (even null): keep it instead of "import:<file>"
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ def provenance(obj: Mapping[str, Any], defaults: Options) -> dict[str, Any]:
         "strength": parse_strength(obj.get("strength")),
         "split": split,
         "origin": optional_str(obj, "origin", MAX_ORIGIN),
+        "origin_given": "origin" in obj,
         "time_spent_ms": parse_int(obj.get("time_spent_ms"), "time_spent_ms"),
     }
 

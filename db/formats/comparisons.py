@@ -44,7 +44,7 @@ def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
         category=prov["category"], responses=[a, b], models=[model_field(obj, "model_a"), model_field(obj, "model_b")],
         winner=winner, ranks=None, source=prov["source"], annotator=prov["annotator"], strength=prov["strength"],
         split=prov["split"], extra=parse_extra(obj, KNOWN), key=record_key(NAME, obj),
-        origin=prov["origin"], time_spent_ms=prov["time_spent_ms"],
+        origin=prov["origin"], time_spent_ms=prov["time_spent_ms"], origin_given=prov["origin_given"],
     )
 
 
@@ -60,4 +60,4 @@ def to_obj(
         "winner": winner, "source": source, "annotator": annotator, "strength": strength, "split": split,
         "time_spent_ms": time_spent_ms, "origin": origin, "key": key, "extra": extra or None,
     }
-    return {k: v for k, v in obj.items() if v is not None}
+    return {k: v for k, v in obj.items() if v is not None or k == "origin"}  # origin null: keep it null

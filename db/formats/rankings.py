@@ -62,7 +62,7 @@ def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
         line=line, kind="ranking", prompt=prompt, history=parse_history(obj.get("history")), category=prov["category"],
         responses=texts, models=models, winner=None, ranks=ranks, source=prov["source"], annotator=prov["annotator"],
         strength=None, split=prov["split"], extra=parse_extra(obj, KNOWN), key=record_key(NAME, obj),
-        origin=prov["origin"], time_spent_ms=prov["time_spent_ms"],
+        origin=prov["origin"], time_spent_ms=prov["time_spent_ms"], origin_given=prov["origin_given"],
     )
 
 
@@ -78,4 +78,4 @@ def to_obj(
         "source": source, "annotator": annotator, "split": split, "time_spent_ms": time_spent_ms, "origin": origin,
         "key": key, "extra": extra or None,
     }
-    return {k: v for k, v in obj.items() if v is not None}
+    return {k: v for k, v in obj.items() if v is not None or k == "origin"}  # origin null: keep it null

@@ -72,6 +72,8 @@ def _table_row(obj: dict[str, Any], fmt: str) -> dict[str, Any]:
             except ValueError:
                 pass  # left as text: the format's own check reports it
         if (v is None or v == "") and k not in _TEXT_COLUMNS:
+            if k == "origin":  # an exported record's empty origin means "none", not "this import"
+                out[k] = None
             continue
         out[k] = v
     return out

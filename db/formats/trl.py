@@ -100,7 +100,7 @@ def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
         line=line, kind="comparison", prompt=prompt, history=history, category=prov["category"],
         responses=[chosen, rejected], models=[None, None], winner="a", ranks=None, source=prov["source"],
         annotator=prov["annotator"], strength=prov["strength"], split=prov["split"], extra=parse_extra(obj, KNOWN),
-        key=record_key(NAME, obj), origin=prov["origin"], time_spent_ms=prov["time_spent_ms"],
+        key=record_key(NAME, obj), origin=prov["origin"], time_spent_ms=prov["time_spent_ms"], origin_given=prov["origin_given"],
     )
 
 
