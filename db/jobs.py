@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import and_, select, update
@@ -373,13 +374,22 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def append_log(db: Database, job_id: int, line: str) -> None:
-    """Add one line to a job's log (its own short transaction)."""
+def _log_line(line: str) -> str:
     text = str(line).rstrip("\n")
-    if len(text) > MAX_LOG_LINE:
-        text = text[:MAX_LOG_LINE] + " ...[cut]"
+    return text[:MAX_LOG_LINE] + " ...[cut]" if len(text) > MAX_LOG_LINE else text
+
+
+def append_log(db: Database, job_id: int, line: str, *, at: datetime | None = None) -> None:
+    """Add one line to a job's log (its own short transaction); ``at`` is when it happened (default now)."""
+    append_logs(db, job_id, [(at or utcnow(), line)])
+
+
+def append_logs(db: Database, job_id: int, entries: Sequence[tuple[datetime, str]]) -> None:
+    """Add several ``(time, line)`` entries to a job's log in one transaction."""
+    if not entries:
+        return
     with db.write() as s:
-        s.add(JobLog(job_id=job_id, line=text, created_at=utcnow()))
+        s.add_all([JobLog(job_id=job_id, line=_log_line(line), created_at=at) for at, line in entries])
 
 
 def job_logs(session: Session, job_id: int, limit: int | None = None) -> list[JobLog]:

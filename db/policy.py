@@ -6,10 +6,9 @@ is queued or running, and ``min_interval_s`` seconds passed since the newest ver
 retrain). The worker then enqueues one ``train`` job with ``dedupe_key="auto-retrain"`` (the partial unique
 index keeps it to one queued job, whatever the number of workers).
 
-"New labels" are counted against a *watermark*: the highest label and ranking ids the newest version saw.
-It comes from the version's ``data_snapshot`` (``max_label_id`` / ``max_ranking_id``) when the trainer
-records it, else from the ``label_watermark`` the worker stores in the training job's ``result``, else the
-version's creation time. After a failed automatic retrain, labels are counted from that job's watermark, so
+"New labels" are counted against a *watermark*: the highest label and ranking ids that existed when the
+newest version's training started (the ``label_watermark`` the worker stores in the training job's
+``result``), or, for versions trained outside the worker, the version's creation time. After a failed automatic retrain, labels are counted from that job's watermark, so
 a retrain that cannot succeed (too few usable pairs) is not retried until more labels arrive.
 """
 from __future__ import annotations
@@ -172,17 +171,19 @@ def latest_version(session: Session) -> ModelVersion | None:
 
 
 def version_watermark(session: Session, version: ModelVersion) -> Watermark | None:
-    """What ``version`` was trained on, when known (see the module docstring)."""
-    wm = Watermark.from_any(version.data_snapshot or {})
-    if wm is not None:
-        return wm
-    if version.job_id is not None:
-        job = session.get(Job, version.job_id)
-        if job is not None:
-            wm = Watermark.from_any((job.result or {}).get("label_watermark"))
-            if wm is None:
-                wm = Watermark.from_any((job.params or {}).get("label_watermark"))
-    return wm
+    """The newest label and ranking ids that existed when ``version``'s training started, when known.
+
+    Read from the training job (``result`` then ``params``, key ``label_watermark``, written by the worker).
+    The version's ``data_snapshot`` is not used: its ids cover only the labels that became pairs (``both_bad``
+    and source-filtered labels are left out), so such labels would count as new forever.
+    """
+    if version.job_id is None:
+        return None
+    job = session.get(Job, version.job_id)
+    if job is None:
+        return None
+    wm = Watermark.from_any((job.result or {}).get("label_watermark"))
+    return wm if wm is not None else Watermark.from_any((job.params or {}).get("label_watermark"))
 
 
 def _count_since(session: Session, wm: Watermark | None, since: datetime | None) -> int:

@@ -2,8 +2,9 @@
 
 One loop, one job at a time:
 
-1. housekeeping: re-queue jobs whose lease expired (their worker died) and, when the retrain policy is met,
+1. housekeeping: re-queue jobs whose lease expired (their worker died); when the retrain policy is met,
    enqueue one automatic retrain (``dedupe_key="auto-retrain"``; the partial unique index keeps it single);
+   every ``SWEEP_EVERY_S``, remove orphaned model folders (files whose version row never appeared);
 2. claim the oldest queued job under a lease (``db.jobs.claim``);
 3. run it while a heartbeat thread renews the lease about every ``lease_s / 3`` seconds, writes progress at
    most once per ``progress_interval_s`` (step, total, loss, validation accuracy, ETA, phase and
@@ -42,6 +43,9 @@ from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
 
 LOSS_HISTORY_POINTS = 200
+#: Seconds between sweeps of orphaned model folders (``registry.sweep_orphans``); folders younger than
+#: this are kept, since a publisher may sit between its ``os.replace`` and its row insert.
+SWEEP_EVERY_S = 600.0
 _PG_AUTO_RETRAIN_LOCK = 727_004
 # Job parameters the worker adds for itself; not TrainConfig fields.
 _WORKER_PARAMS = ("auto", "label_watermark")
@@ -64,6 +68,9 @@ class WorkerConfig:
         device: ``auto`` (GPU for finetune jobs when available, else CPU), ``cpu`` or ``cuda``.
         kinds: job kinds this worker takes (None: all).
         once: run at most one job, then exit (exits at once when the queue is empty).
+        preload: import the training and scoring code in a background thread at start, so that the first
+            training job does not wait for torch and transformers to load (only when train or rescore jobs
+            are taken).
         auto_retrain: apply the retrain policy (enqueue automatic retrains).
         max_jobs: exit after this many jobs (None: run until stopped).
     """
@@ -76,6 +83,7 @@ class WorkerConfig:
     device: str = "auto"
     kinds: tuple[str, ...] | None = None
     once: bool = False
+    preload: bool = True
     auto_retrain: bool = True
     max_jobs: int | None = None
 
@@ -120,8 +128,9 @@ class JobContext:
         self._progress: dict[str, Any] = {}
         self._dirty = False
         self._history: deque[list[float]] = deque(maxlen=LOSS_HISTORY_POINTS)
-        self._logs: list[str] = []
+        self._logs: list[tuple[datetime, str]] = []
         self._phase: str | None = None
+        self._phase_started = self.started
 
     # ---- callbacks handed to the engine
     def should_stop(self) -> bool:
@@ -141,9 +150,17 @@ class JobContext:
         return "worker shutting down"
 
     def progress(self, update: dict[str, Any]) -> None:
-        """Record progress (any of step, total, loss, val_accuracy, eta_s, phase); written by the heartbeat."""
+        """Record progress (any of step, total, loss, val_accuracy, eta_s, phase); written by the heartbeat.
+
+        The ETA, when the engine gives none, is extrapolated from the current phase's own pace."""
         with self._lock:
             p = self._progress
+            now = time.monotonic()
+            phase = update.get("phase")
+            if phase and phase != self._phase:
+                self._phase, self._phase_started = phase, now
+                p.pop("eta_s", None)
+                self._logs.append((datetime.now(timezone.utc), f"phase: {phase}"))
             p.update({k: v for k, v in update.items() if v is not None})
             step, loss = update.get("step"), update.get("loss")
             if step is not None and loss is not None:
@@ -153,19 +170,15 @@ class JobContext:
                     self._history.append([step, float(loss)])
             total = p.get("total")
             if update.get("eta_s") is None and step and total:
-                elapsed = time.monotonic() - self.started
-                p["eta_s"] = round(elapsed / float(step) * max(0.0, float(total) - float(step)), 1)
-            phase = update.get("phase")
-            if phase and phase != self._phase:
-                self._phase = phase
-                self._logs.append(f"phase: {phase}")
-            p["elapsed_s"] = round(time.monotonic() - self.started, 1)
+                pace = (now - self._phase_started) / float(step)
+                p["eta_s"] = round(pace * max(0.0, float(total) - float(step)), 1)
+            p["elapsed_s"] = round(now - self.started, 1)
             self._dirty = True
 
     def log(self, line: str) -> None:
-        """Queue one line for the job's log."""
+        """Queue one line for the job's log (stamped now, written by the heartbeat thread)."""
         with self._lock:
-            self._logs.append(line)
+            self._logs.append((datetime.now(timezone.utc), line))
 
     # ---- used by the heartbeat thread
     def take_progress(self) -> dict[str, Any] | None:
@@ -185,7 +198,7 @@ class JobContext:
                 return None
             return {**self._progress, "loss_history": [list(x) for x in self._history], "updated_at": time.time()}
 
-    def take_logs(self) -> list[str]:
+    def take_logs(self) -> list[tuple[datetime, str]]:
         with self._lock:
             out, self._logs = self._logs, []
             return out
@@ -224,11 +237,10 @@ class Heartbeat(threading.Thread):
             self.flush_logs()
 
     def flush_logs(self) -> None:
-        for line in self.ctx.take_logs():
-            try:
-                jobq.append_log(self.worker.db, self.ctx.job_id, line)
-            except Exception:  # noqa: BLE001 - logs are best effort
-                pass
+        try:
+            jobq.append_logs(self.worker.db, self.ctx.job_id, self.ctx.take_logs())
+        except Exception:  # noqa: BLE001 - logs are best effort
+            pass
 
     def stop(self) -> None:
         self.done.set()
@@ -254,6 +266,7 @@ class Worker:
         self.stopping = threading.Event()
         self._signals = 0
         self.jobs_run = 0
+        self._next_sweep = 0.0
         self.handlers: dict[JobKind, Handler] = {
             JobKind.noop: run_noop,
             JobKind.train: run_train,
@@ -279,6 +292,8 @@ class Worker:
         """Claim and run jobs until stopped (or one job with ``once``). Returns the process exit code."""
         cfg = self.config
         log(f"{cfg.owner} started (lease {cfg.lease_s:g} s, device {cfg.device}, kinds {cfg.kinds or 'all'})")
+        if cfg.preload and not cfg.once and (cfg.kinds is None or {"train", "rescore"} & set(cfg.kinds)):
+            threading.Thread(target=_preload, name="preload", daemon=True).start()
         while not self.stopping.is_set():
             self.housekeeping()
             job = jobq.claim(self.db, cfg.owner, cfg.lease_s, kinds=cfg.kinds)
@@ -308,8 +323,22 @@ class Worker:
                     jobq.append_log(self.db, job_id, f"lease expired; {status} by {self.config.owner}")
             if self.config.auto_retrain:
                 self.maybe_enqueue_retrain()
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+                self.sweep_model_folders()
         except Exception as exc:  # noqa: BLE001
             log(f"housekeeping failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def sweep_model_folders(self) -> list[str]:
+        """Remove model folders older than ``SWEEP_EVERY_S`` that no version row points to."""
+        from rm_engine.registry import sweep_orphans
+
+        with self.db.read() as s:
+            known = set(s.scalars(select(ModelVersion.path)))
+        removed = sweep_orphans(self.settings, known, min_age_s=SWEEP_EVERY_S)
+        if removed:
+            log(f"removed {len(removed)} orphaned model folder(s): {', '.join(removed[:5])}")
+        return removed
 
     def maybe_enqueue_retrain(self) -> Job | None:
         """Enqueue one automatic retrain when the policy says so; returns the new job or None."""
@@ -405,8 +434,20 @@ class Worker:
             jobq.append_log(self.db, job.id, f"{status.value}" + (f": {error}" if error else ""))
 
 
+def _preload() -> None:
+    """Import the heavy modules (torch, transformers, the engine) ahead of the first job."""
+    try:
+        import rm_engine.scoring  # noqa: F401
+        import rm_engine.training  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - the job itself will report the real error
+        log(f"preload failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def _is_cancelled(exc: BaseException) -> bool:
-    return isinstance(exc, JobStopped) or type(exc).__name__ in ("Cancelled", "CancelledError", "TrainingCancelled")
+    from rm_engine.config import Cancelled
+
+    return isinstance(exc, (JobStopped, Cancelled))
 
 
 def _short(result: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     w.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
     w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     w.add_argument("--no-auto-retrain", action="store_true", help="do not apply the automatic retrain policy")
+    w.add_argument("--no-preload", action="store_true", help="do not import torch and the engine ahead of the first job")
     w.set_defaults(func=cmd_worker)
 
     j = sub.add_parser("jobs", help="list jobs; 'jobs cancel ID', 'jobs logs ID'")
@@ -79,7 +80,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         cfg = WorkerConfig(
             lease_s=args.lease, poll_interval_s=args.poll_interval, device=args.device, kinds=kinds,
-            once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs,
+            once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs, preload=not args.no_preload,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -29,7 +29,7 @@ from rm_engine.cli import main as cli_main
 from rm_engine.worker import LOSS_HISTORY_POINTS, Worker, WorkerConfig
 from tests.integration import procs
 
-FAST = ["--poll-interval", "0.2", "--no-auto-retrain"]
+FAST = ["--poll-interval", "0.2", "--no-auto-retrain", "--no-preload"]  # noop jobs need no torch
 
 
 def start_worker(out_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
