@@ -1,0 +1,97 @@
+"""Every metric against hand-computed numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rm_engine.metrics import (
+    accuracy_band,
+    calibration,
+    grouped_accuracy,
+    margin_distribution,
+    overfitting_flag,
+    pair_calibration,
+    pairwise_accuracy,
+    score_histograms,
+    spearman_per_prompt,
+    split_metrics,
+)
+
+
+def test_accuracy_is_strict_and_ties_reported_apart() -> None:
+    # 1>0 yes, 2>2 no (equal), 3>1 yes, 0>1 no
+    out = pairwise_accuracy([1, 2, 3, 0], [0, 2, 1, 1])
+    assert out == {"accuracy": 0.5, "tie_rate": 0.25, "n": 4}
+    # constant scores (the "stuck at 0.693" model) are 0% accurate, 100% tied, never 100% accurate
+    assert pairwise_accuracy([0.3] * 5, [0.3] * 5) == {"accuracy": 0.0, "tie_rate": 1.0, "n": 5}
+    assert pairwise_accuracy([], [])["accuracy"] is None
+    with pytest.raises(ValueError, match="differ in length"):
+        pairwise_accuracy([1, 2], [1])
+
+
+def test_grouped_accuracy() -> None:
+    out = grouped_accuracy([1, 2, 3, 0], [0, 2, 1, 1], ["expert", "expert", "crowd", None])
+    assert out["expert"] == {"accuracy": 0.5, "tie_rate": 0.5, "n": 2}
+    assert out["crowd"] == {"accuracy": 1.0, "tie_rate": 0.0, "n": 1}
+    assert out["(none)"]["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("acc,band", [(0.5, "random"), (0.65, "weak"), (0.7, "decent"), (0.85, "good"), (0.95, "suspicious")])
+def test_bands(acc: float, band: str) -> None:
+    out = accuracy_band(acc)
+    assert out["band"] == band and out["message"]
+
+
+def test_overfitting_flag() -> None:
+    assert overfitting_flag(0.9, 0.75)["overfitting"] is True
+    assert overfitting_flag(0.9, 0.75)["gap"] == pytest.approx(0.15)
+    assert overfitting_flag(0.8, 0.75)["overfitting"] is False
+    assert overfitting_flag(0.8, None)["overfitting"] is False
+
+
+def test_spearman_per_prompt() -> None:
+    out = spearman_per_prompt([
+        ("p1", [3.0, 2.0, 1.0], [1, 2, 3]),  # perfect: best rank gets the top score
+        ("p2", [1.0, 2.0, 3.0], [1, 2, 3]),  # reversed
+        ("p3", [2.0, 1.0, 3.0], [1, 2, 3]),  # d = ranks of scores (2,1,3) vs (1,2,3): rho = 1 - 6*(1+1+4)/24 = -0.5
+        ("p4", [1.0, 2.0], [1, 2]),  # fewer than 3 responses: not counted
+        ("p5", [1.0, 1.0, 1.0], [1, 2, 3]),  # constant scores: undefined, skipped
+    ])
+    assert out["per_prompt"] == pytest.approx({"p1": 1.0, "p2": -1.0, "p3": -0.5})
+    assert out["mean"] == pytest.approx(-0.5 / 3)
+    assert out["n_prompts"] == 3 and out["skipped"] == 1
+
+
+def test_calibration_hand_computed() -> None:
+    out = calibration([0.1, 0.9, 0.8, 0.3], [0, 1, 0, 1], n_bins=10)
+    # one item per bin: |0.1-0|, |0.9-1|, |0.8-0|, |0.3-1| -> (0.1+0.1+0.8+0.7)/4
+    assert out["ece"] == pytest.approx(0.425)
+    assert out["brier"] == pytest.approx((0.01 + 0.01 + 0.64 + 0.49) / 4)
+    assert sum(b["count"] for b in out["bins"]) == 4 and len(out["bins"]) == 10
+    with pytest.raises(ValueError):
+        calibration([1.5], [1])
+
+
+def test_pair_calibration_is_symmetric() -> None:
+    out = pair_calibration([0.0, 0.0], [0.0, 0.0])  # p = 0.5 everywhere, half of the (symmetrised) outcomes are 1
+    assert out["ece"] == pytest.approx(0.0) and out["brier"] == pytest.approx(0.25)
+    p = 1 / (1 + math.exp(-2.0))
+    out = pair_calibration([2.0], [0.0])
+    assert out["brier"] == pytest.approx((1 - p) ** 2)  # both symmetrised rows have error 1 - p
+
+
+def test_histograms_and_margins() -> None:
+    h = score_histograms([1.0, 2.0, 3.0], [0.0, 1.0], bins=3)
+    assert h["edges"][0] == 0.0 and h["edges"][-1] == 3.0
+    assert sum(h["chosen"]) == 3 and sum(h["rejected"]) == 2
+    m = margin_distribution([1.0, 2.0, 0.0, 5.0], [0.0, 3.0, 0.0, 1.0])  # margins 1, -1, 0, 4
+    assert m["mean"] == pytest.approx(1.0) and m["median"] == pytest.approx(0.5)
+    assert m["share_negative"] == pytest.approx(0.25) and sum(m["counts"]) == 4
+
+
+def test_split_metrics_bundle() -> None:
+    out = split_metrics([1, 2, 3, 0], [0, 2, 1, 1], sources=["a", "a", "b", "b"], annotators=["x"] * 4, categories=[None] * 4)
+    assert out["accuracy"] == 0.5 and out["band"]["band"] == "random"
+    assert set(out["per_source"]) == {"a", "b"} and out["per_annotator"]["x"]["n"] == 4
+    assert 0.0 <= out["ece"] <= 1.0 and "score_hist" in out and "margins" in out
