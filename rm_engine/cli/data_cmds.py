@@ -38,8 +38,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
     p = sub.add_parser("export", help="export labels and rankings (trl, comparisons, csv, parquet)",
                        description="Write the database's preference data to a file. TRL leaves out ties and both-bad verdicts and says how many.")
+    p.add_argument("out_pos", nargs="?", metavar="OUT", help="output path ('.gz' compresses JSONL/CSV); '-' or none: standard output")
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="output format")
-    p.add_argument("-o", "--out", default="-", help="output path ('.gz' compresses JSONL/CSV); default standard output")
+    p.add_argument("-o", "--out", default=None, help="output path (same as OUT)")
     p.add_argument("--split", choices=("train", "test"), help="only labels and rankings of this split")
     p.add_argument("--json", action="store_true", help="print the report as JSON (on stderr when writing to stdout)")
     p.set_defaults(func=cmd_export)
@@ -98,6 +99,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export to a file or standard output; the summary goes to stderr when the data goes to stdout."""
     from db.exporter import export
 
+    if args.out and args.out_pos and args.out != args.out_pos:
+        raise CLIError(f"two output paths given ({args.out_pos} and --out {args.out}); give one")
+    args.out = args.out or args.out_pos or "-"
     if args.out == "-" and args.format == "parquet":
         raise CLIError("parquet needs an output file: --out data.parquet")
     db = open_db()

@@ -47,12 +47,14 @@ def test_import_stats_export(home, tmp_path, capsys):
     rc, out, _ = run(capsys, "stats")
     assert rc == 0 and "under 1,000" in out and "expert 1" in out
 
-    rc, out, err = run(capsys, "export", "--format", "trl", "-o", str(tmp_path / "t.jsonl"))
+    rc, out, err = run(capsys, "export", str(tmp_path / "t.jsonl"), "--format", "trl")
     assert rc == 0 and "1 tie" in out and "1 both_bad" in out
     rows = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert rows == [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}] * 2
     rc, out, err = run(capsys, "export", "--format", "comparisons")  # to stdout, summary on stderr
     assert rc == 0 and len(out.splitlines()) == 4 and "wrote 4" in err
+    rc, out, _ = run(capsys, "export", "--format", "parquet", "--out", str(tmp_path / "x.parquet"), "--split", "test")
+    assert rc == 0 and "wrote 0" in out and "4 other_split" in out
 
 
 def test_lfqa_style_mapping_flags(home, tmp_path, capsys):
