@@ -61,3 +61,45 @@ def seed_labels(db: Database, n_prompts: int = 24, *, seed: int = 0, source: str
                                                             f"{BAD[j % 5]} {topic}")]
             add_ranking(s, prompt_id=p.id, response_ids=[r.id for r in rs], source="expert", annotator="ranker",
                         idempotency_key=f"rank-{seed}-{j}")
+
+
+# ---- fixtures (import them into a test module to use them) ----
+import pytest  # noqa: E402
+
+from db.config import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny random encoder per test session, in a folder the tests allow through RMSTUDIO_MODEL_DIRS."""
+    from tests.tiny_models import build_tiny_encoder
+
+    root = tmp_path_factory.mktemp("engine-backbones")
+    return build_tiny_encoder(root / "tiny-enc")
+
+
+@pytest.fixture
+def engine_settings(home: Path, tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the test's RMSTUDIO_HOME with the tiny encoder's folder allowed."""
+    monkeypatch.setenv("RMSTUDIO_MODEL_DIRS", str(tiny_encoder.parent))
+    return Settings.from_env()
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny models: one torch thread avoids oversubscribing shared cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(tiny_encoder: Path, **kw):
+    """A fast TrainConfig on the tiny encoder."""
+    from rm_engine.config import TrainConfig
+
+    base = {"backbone": str(tiny_encoder), "max_length": 64, "epochs": 150, "lr": 1e-2, "weight_decay": 1e-3}
+    base.update(kw)
+    return TrainConfig(**base)
