@@ -161,6 +161,14 @@ def claim(
         return s.get(Job, job_id)
 
 
+def has_queued(session: Session, kinds: Iterable[JobKind | str] | None = None) -> bool:
+    """Whether a claimable job is queued (a cheap read, so that idle workers poll without taking a write lock)."""
+    q = select(Job.id).where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+    if kinds is not None:
+        q = q.where(Job.kind.in_([_kind(k) for k in kinds]))
+    return session.scalar(q.limit(1)) is not None
+
+
 def heartbeat(
     db: Database, job_id: int, owner: str, lease_s: float, progress: dict[str, Any] | None = None
 ) -> HeartbeatResult:

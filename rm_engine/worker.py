@@ -78,7 +78,7 @@ class WorkerConfig:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     lease_s: float = 30.0
     heartbeat_s: float | None = None
-    poll_interval_s: float = 2.0
+    poll_interval_s: float = 1.0
     progress_interval_s: float = 1.0
     device: str = "auto"
     kinds: tuple[str, ...] | None = None
@@ -296,13 +296,25 @@ class Worker:
             threading.Thread(target=_preload, name="preload", daemon=True).start()
         while not self.stopping.is_set():
             self.housekeeping()
-            job = jobq.claim(self.db, cfg.owner, cfg.lease_s, kinds=cfg.kinds)
+            try:
+                with self.db.read() as s:  # idle polls only read; the claim takes the write lock
+                    work = jobq.has_queued(s, cfg.kinds)
+                job = jobq.claim(self.db, cfg.owner, cfg.lease_s, kinds=cfg.kinds) if work else None
+            except Exception as exc:  # noqa: BLE001 - database busy or unreachable: keep polling
+                log(f"cannot poll the queue: {type(exc).__name__}: {str(exc)[:300]}")
+                job = None
+                if cfg.once:
+                    return 1
             if job is None:
                 if cfg.once:
                     break
                 self.stopping.wait(cfg.poll_interval_s)
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception as exc:  # noqa: BLE001 - e.g. the database went away while finishing
+                log(f"job {job.id}: could not be concluded ({type(exc).__name__}: {str(exc)[:300]}); "
+                    "its lease will expire and it will be re-queued")
             self.jobs_run += 1
             if cfg.once or (cfg.max_jobs is not None and self.jobs_run >= cfg.max_jobs):
                 break
@@ -436,10 +448,13 @@ class Worker:
 
 def _preload() -> None:
     """Import the heavy modules (torch, transformers, the engine) ahead of the first job."""
+    t0 = time.monotonic()
     try:
         import rm_engine.scoring  # noqa: F401
         import rm_engine.training  # noqa: F401
         import transformers  # noqa: F401
+
+        log(f"engine preloaded in {time.monotonic() - t0:.1f} s")
     except Exception as exc:  # noqa: BLE001 - the job itself will report the real error
         log(f"preload failed: {type(exc).__name__}: {str(exc)[:200]}")
 

@@ -21,7 +21,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     w.add_argument("--once", action="store_true", help="run at most one job, then exit (at once if none is queued)")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPU for finetune jobs when available, else CPU (default auto)")
-    w.add_argument("--poll-interval", type=float, default=2.0, metavar="S", help="seconds between queue polls (2)")
+    w.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
+                   help="seconds between queue and policy checks when idle (1; idle checks only read)")
     w.add_argument("--lease", type=float, default=30.0, metavar="S",
                    help="lease length in seconds; a silent worker loses its job after this (30)")
     w.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
