@@ -125,3 +125,68 @@ def test_app_server_killed_while_labelers_write(sqlite_db: Database, tmp_path: P
     assert audit.ok, audit.summary()
     assert len(audit.acked) == 40
     _check_db(sqlite_db)
+
+
+def _job(db: Database, job_id: int) -> dict:
+    from db import jobs as jobq
+    from db.models import Job
+
+    with db.read() as s:
+        return jobq.job_to_dict(s.get(Job, job_id))
+
+
+def test_worker_killed_mid_publish(any_db: Database, home: Path, tmp_path: Path) -> None:
+    """kill -9 of the worker after its version files were moved into ``models/`` and before the version row:
+    no version row without files and no row for the orphan folder; the lease expires, another worker
+    retrains and publishes exactly one version, and a labeler writing meanwhile loses nothing."""
+    import sys
+
+    from db import jobs as jobq
+    from db.config import Settings
+    from db.models import ModelVersion
+    from rm_engine.registry import sweep_orphans, verify_version_dir
+    from rm_engine.worker import Worker, WorkerConfig
+    from tests.integration.rm_seed import seed_labels, tiny_backbone
+
+    seed_labels(any_db, 16)
+    procs.seed_comparisons(any_db, 25)
+    backbone = tiny_backbone(home)
+    with any_db.write() as s:
+        jid = jobq.enqueue(s, "train", {"mode": "head", "backbone": str(backbone), "epochs": 5, "max_length": 32}).id
+    marker = tmp_path / "fault.txt"
+    worker_args = [sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.2", "--no-auto-retrain",
+                   "--lease", "2", "--device", "cpu"]
+    first = procs.spawn(worker_args, out_dir=tmp_path, name="worker1", env={
+        "RMSTUDIO_FAULT_PAUSE": "publish:files-moved", "RMSTUDIO_FAULT_MARKER": str(marker)})
+    lab, llog = _labeler(any_db, tmp_path, "during", 20, "--think-ms", "30")
+    try:
+        procs.wait_for(lambda: marker.exists() and marker.read_text().strip(), 120,
+                       f"the worker to pause after moving its files ({tmp_path / 'worker1.out'})", interval=0.1)
+        models = Settings.from_env().models_dir
+        orphans = sorted(p.name for p in models.iterdir() if p.name.startswith("v-"))
+        assert len(orphans) == 1  # the files are in place ...
+        with any_db.read() as s:
+            assert s.query(ModelVersion).count() == 0  # ... and no row points to them yet
+        procs.kill9(first)
+        # Another worker (in this process: same code, no second start-up) re-queues the job once its lease ran
+        # out, retrains and publishes.
+        procs.wait_for(lambda: _job(any_db, jid)["lease_expires_at"] < time.time(), 30, "the dead worker's lease to expire")
+        assert Worker(any_db, Settings.from_env(), WorkerConfig(
+            lease_s=30.0, poll_interval_s=0.1, once=True, auto_retrain=False, device="cpu")).run() == 0
+        row = _job(any_db, jid)
+        assert procs.wait_all([lab], timeout=120) == [0]
+    finally:
+        procs.kill9(first)
+        procs.kill9(lab)
+    assert row["status"] == "succeeded" and row["attempts"] == 2, row
+    settings = Settings.from_env()
+    with any_db.read() as s:
+        versions = s.query(ModelVersion).all()
+        assert len(versions) == 1 and versions[0].job_id == jid
+        path = versions[0].path
+        verify_version_dir(settings, path, versions[0].id)  # complete, checksums match its manifest
+    assert Path(path).name not in orphans
+    assert sweep_orphans(settings, {path}, min_age_s=0) == orphans  # the killed publisher's folder is garbage
+    audit = procs.audit_labels(any_db, {"during": (llog, "crowd")})
+    assert audit.ok and len(audit.acked) == 20, audit.summary()
+    _check_db(any_db)

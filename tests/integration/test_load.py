@@ -3,10 +3,12 @@ reader polls and a worker retrains, on SQLite and PostgreSQL. Every acknowledged
 once with its source and annotator, and no error may reach a labeler. The long run is ``bench/load.py``."""
 from __future__ import annotations
 
+import signal
+import sys
+import time
 from pathlib import Path
 
-import pytest
-
+from db.models import Job, JobKind, JobStatus
 from db.session import Database
 from tests.integration import procs
 
@@ -14,8 +16,29 @@ N_LABELERS = 4
 N_LABELS = 30
 
 
-def test_concurrent_labelers_and_reader_lose_nothing(any_db: Database, tmp_path: Path) -> None:
+def _busy_jobs(db: Database) -> int:
+    with db.read() as s:
+        return s.query(Job).filter(Job.status.in_([JobStatus.queued, JobStatus.running])).count()
+
+
+def test_concurrent_labelers_reader_and_retraining_worker_lose_nothing(any_db: Database, home: Path, tmp_path: Path) -> None:
+    from db import policy
+    from db.models import ModelVersion
+    from tests.integration.rm_seed import tiny_backbone
+
     procs.seed_comparisons(any_db, N_LABELS + 5)
+    with any_db.write() as s:  # retrain every 50 new labels, on a tiny backbone
+        policy.set_policy(s, enabled=True, mode="head", min_new_labels=50, min_interval_s=0.0, rescore=False,
+                          train_params={"backbone": str(tiny_backbone(home)), "epochs": 5, "max_length": 32})
+    worker = procs.spawn([sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.2", "--device", "cpu"],
+                         out_dir=tmp_path, name="worker")
+    procs.wait_for(lambda: " started (lease" in (tmp_path / "worker.out").read_text(), 90, "the worker to start")
+    stop = tmp_path / "stop"
+    rlog = tmp_path / "reader.jsonl"
+    reader = procs.spawn_role(
+        "reader", "--seconds", "120", "--interval-ms", "20", "--log", str(rlog), "--stop-file", str(stop),
+        "--url", any_db.url, out_dir=tmp_path, name="reader",
+    )
     logs: dict[str, tuple[Path, str]] = {}
     children = []
     for i in range(N_LABELERS):
@@ -24,17 +47,14 @@ def test_concurrent_labelers_and_reader_lose_nothing(any_db: Database, tmp_path:
         logs[name] = (log, source)
         children.append(procs.spawn_role(
             "labeler", "--name", name, "--n", str(N_LABELS), "--log", str(log), "--source", source,
-            "--url", any_db.url, out_dir=tmp_path, name=f"lab{i}",
+            "--think-ms", "100", "--url", any_db.url, out_dir=tmp_path, name=f"lab{i}",
         ))
-    stop = tmp_path / "stop"
-    rlog = tmp_path / "reader.jsonl"
-    reader = procs.spawn_role(
-        "reader", "--seconds", "60", "--interval-ms", "20", "--log", str(rlog), "--stop-file", str(stop),
-        "--url", any_db.url, out_dir=tmp_path, name="reader",
-    )
     codes = procs.wait_all(children, timeout=120)
+    labels_done = time.time()
     stop.touch()
-    assert procs.wait_all([reader], timeout=30) == [0], (tmp_path / "reader.out").read_text()[-2000:]
+    procs.wait_for(lambda: not _busy_jobs(any_db), 120, "the worker to finish its retrain and rescore jobs")
+    worker.send_signal(signal.SIGTERM)
+    assert procs.wait_all([reader, worker], timeout=60) == [0, 0], (tmp_path / "worker.out").read_text()[-3000:]
     assert codes == [0] * N_LABELERS, [(tmp_path / f"lab{i}.out").read_text()[-2000:] for i in range(N_LABELERS)]
 
     audit = procs.audit_labels(any_db, logs)
@@ -43,6 +63,13 @@ def test_concurrent_labelers_and_reader_lose_nothing(any_db: Database, tmp_path:
     done = [e for e in procs.read_log(rlog) if e["ev"] == "done"][0]
     assert done["n_errors"] == 0, done["errors"]
     assert done["reads"] > 10
+    with any_db.read() as s:  # the worker retrained while the labelers were at work, and published
+        trains = [(j.status, j.error, j.started_at) for j in s.query(Job).filter(Job.kind == JobKind.train)]
+        done_ = [t.timestamp() for st, _, t in trains if st is JobStatus.succeeded]
+        assert s.query(ModelVersion).count() == len(done_) >= 1
+    # none failed (a retrain the policy enqueued after the last label may be released back on SIGTERM)
+    assert all(st in (JobStatus.succeeded, JobStatus.queued) for st, _, _ in trains), trains
+    assert min(done_) < labels_done, (tmp_path / "worker.out").read_text()[-3000:]
     if any_db.is_sqlite:
         assert procs.sqlite_integrity(procs.sqlite_path(any_db.url)) == "ok"
 
