@@ -107,6 +107,8 @@ def test_trl_errors_name_the_field():
     assert e.field == "rejected" and "share" in e.message
     e = one_error(jsonl({"prompt": "p", "chosen": "same", "rejected": "same"}))
     assert e.field == "rejected"
+    e = one_error(jsonl({"chosen": "good", "rejected": "bad"}), format="trl")
+    assert e.field == "prompt" and "missing" in e.message
 
 
 # ---------------------------------------------------------------- comparisons

@@ -153,6 +153,13 @@ def test_fuzz_each_importer(sqlite_db, fmt):
     run()
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(st.one_of(RECORDS["comparisons"], RECORDS["rankings"]), max_size=4), skip_invalid=st.booleans())
+def test_fuzz_postgres(pg_db, rows, skip_invalid):
+    """PostgreSQL is stricter than SQLite (NUL bytes, column lengths): still never a partial write."""
+    check(pg_db, to_jsonl(rows, True), filename="f.jsonl", skip_invalid=skip_invalid)
+
+
 @FUZZ
 @given(data=st.binary(max_size=300), name=st.sampled_from(["x.jsonl", "x.csv", "x.parquet", "x.json", "x.gz", "upload"]),
        skip_invalid=st.booleans())
