@@ -1,0 +1,104 @@
+"""``rmstudio train / eval / score / models`` in-process (same code path as the console script)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from db.session import Database
+from rm_engine.cli import main
+from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def train_inline(capsys, tiny_encoder: Path, *extra: str) -> dict:
+    rc, out, err = run(capsys, "train", "--inline", "--json", "--backbone", str(tiny_encoder), "--max-length", "64",
+                       "--epochs", "40", "--lr", "0.01", *extra)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_train_inline_models_score_delete(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+    seed_labels(sqlite_db, 16)
+    res = train_inline(capsys, tiny_encoder, "--ensemble", "2", "--source-weights", "crowd=0.5")
+    vid = res["model_version"]
+    assert res["metrics"]["train"]["accuracy"] is not None and "val" in res["metrics"]
+    assert "score_hist" not in res["metrics"]["train"]  # bulky histograms stay in the database
+    assert res["config"]["source_weights"]["crowd"] == 0.5 and res["config"]["ensemble"] == 2
+
+    rc, out, _ = run(capsys, "models", "--json")
+    rows = json.loads(out)
+    assert rc == 0 and rows[0]["id"] == vid
+    assert {"id", "created_at", "mode", "backbone", "metrics"} <= set(rows[0])
+
+    rc, out, _ = run(capsys, "score", "--model", str(vid), "--prompt", "how do I bake bread?", "--response",
+                     "happy to help, step by step", "--response", "ugh, not answering that", "--json")
+    scored = json.loads(out)
+    assert rc == 0 and scored["model_version"] == vid and len(scored["scores"]) == 2
+    assert {"raw", "z", "sigmoid", "percentile", "std"} <= set(scored["scores"][0])
+
+    rc, out, _ = run(capsys, "models", "delete", str(vid), "--json")
+    assert rc == 0 and json.loads(out) == {"deleted": vid, "files_removed": True}
+    rc, _, err = run(capsys, "score", "--prompt", "p", "--response", "r")
+    assert rc == 1 and "no model version exists yet" in err
+
+
+def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys, tmp_path: Path) -> None:
+    seed_labels(sqlite_db, 16)
+    train_inline(capsys, tiny_encoder)
+    f = tmp_path / "eval.jsonl"
+    lines = [
+        {"prompt": "how to bake bread", "response_a": "a clear, kind and correct reply", "response_b": "whatever, that is dumb",
+         "winner": "a", "source": "expert"},
+        {"prompt": "how to fix a bike", "response_a": "ugh, not answering that", "response_b": "happy to help, step by step",
+         "winner": "b"},
+        {"prompt": "how to run", "response_a": "glad you asked, the answer is", "response_b": "a safe and useful explanation",
+         "winner": "tie"},
+        {"prompt": "tips for tea", "responses": ["happy to help", "ok fine", "you are an idiot for asking"], "ranking": [1, 2, 3]},
+    ]
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    from db.versions import count_responses
+
+    with sqlite_db.read() as s:
+        before = count_responses(s)
+    rc, out, err = run(capsys, "eval", str(f), "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["n"] == 5  # 2 comparisons + 3 ranking pairs; the tie is counted apart
+    assert res["tie_pairs"] == 1 and 0.0 <= res["accuracy"] <= 1.0 and res["tie_rate"] is not None
+    assert set(res["per_source"]) == {"crowd", "expert"} and res["spearman"]["n_prompts"] == 1
+    with sqlite_db.read() as s:
+        assert count_responses(s) == before
+
+
+def test_train_queues_a_job_without_inline(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+    rc, out, err = run(capsys, "train", "--json", "--backbone", str(tiny_encoder), "--ensemble", "3")
+    assert rc == 0, err
+    job = json.loads(out)
+    assert job["job_id"] is not None
+    from db.models import Job
+
+    with sqlite_db.read() as s:
+        row = s.get(Job, job["job_id"])
+        assert row.kind.value == "train" and row.params["ensemble"] == 3 and row.created_by == "cli"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (("train", "--inline", "--source-weights", "robots=1"), "unknown source"),
+    (("train", "--inline", "--backbone", "/etc"), "outside the allowed model folders"),
+    (("train", "--inline", "--ensemble", "0"), "TrainConfig.ensemble"),
+    (("score", "--prompt", "p"), "--response"),
+    (("models", "delete"), "needs a version id"),
+])
+def test_clear_errors(sqlite_db: Database, engine_settings, capsys, argv, needle: str) -> None:
+    seed_labels(sqlite_db, 4)
+    rc, _, err = run(capsys, *argv)
+    assert rc == 1 and needle in err and "Traceback" not in err
