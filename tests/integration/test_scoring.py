@@ -140,3 +140,20 @@ def test_real_minilm_head(sqlite_db: Database, home: Path) -> None:
         rows = responses_for_scoring(s)
     got = model.score_rows([(p, h, t) for _, p, h, t in rows])
     np.testing.assert_allclose([g.raw for g in got], [cached[r[0]][0] for r in rows], atol=1e-4)
+
+
+def test_finetune_version_round_trip(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:
+    """Finetune mode through the same publish/load path: identical scores after loading, fallback-ready files."""
+    seed_labels(sqlite_db, 12)
+    cfg = tiny_config(tiny_encoder, mode="finetune", epochs=1, lr=1e-3, weight_decay=0.0, device="cpu", batch_tokens=2048)
+    v = train_and_publish(sqlite_db, engine_settings, cfg)
+    assert v.mode == "finetune" and (Path(engine_settings.home) / v.path / "member-0").is_dir()
+    model = RewardModel.load(sqlite_db, engine_settings, v.id)
+    with sqlite_db.read() as s:
+        cached = get_scores(s, v.id)
+        from db.versions import responses_for_scoring
+
+        rows = responses_for_scoring(s)
+    got = model.score_rows([(p, h, t) for _, p, h, t in rows])
+    np.testing.assert_allclose([g.raw for g in got], [cached[r[0]][0] for r in rows], atol=1e-4)
+    assert len({round(g.raw, 6) for g in got}) > 1  # not one constant score
