@@ -197,3 +197,93 @@ def test_hostile_annotator_name_is_shown_as_text_on_the_label_page(label_app_env
     assert len(shown) == 1 and not shown[0].proto.allow_html
     assert "](javascript:" not in shown[0].value  # the link syntax is escaped, so it is not a link
     assert not at.get("html")
+
+
+# ------------------------------------------------------------------------------------------ version folders
+
+
+def _head_versions(db: Database, home: Path, n: int) -> list[Any]:
+    """Train and publish ``n`` tiny head versions in this process; returns the version rows."""
+    from rm_engine.config import TrainConfig
+    from rm_engine.training import train_and_publish
+    from tests.integration.rm_seed import seed_labels, tiny_backbone
+
+    seed_labels(db, 12)
+    settings = Settings.from_env()
+    cfg = TrainConfig(mode="head", backbone=str(tiny_backbone(home)), epochs=3, max_length=32, device="cpu")
+    return [train_and_publish(db, settings, cfg) for _ in range(n)]
+
+
+def test_pickles_planted_in_a_version_folder_are_never_loaded(sqlite_db: Database, home: Path, tmp_path: Path) -> None:
+    """Extra pickles beside a version's safetensors are ignored; a pickle in place of its weights is refused
+    with an error naming the version, and the previous version is used instead; nothing is unpickled."""
+    from rm_engine.registry import HEAD_WEIGHTS, ModelFilesError
+    from rm_engine.scoring import RewardModel, load_usable
+
+    old, new = _head_versions(sqlite_db, home, 2)
+    settings = Settings.from_env()
+    marker = tmp_path / "pwned"
+    new_dir = settings.home / new.path
+    for name in ("pytorch_model.bin", "model.pt", "head.pkl", "adapter_model.bin", "training_args.bin"):
+        plant_pickle(new_dir, name, marker)
+    scores = RewardModel.load(sqlite_db, settings, new.id).score("p", ["a kind answer", "go away"])
+    assert len(scores) == 2 and not marker.exists()
+    plant_pickle(new_dir, HEAD_WEIGHTS, marker)  # the weights file itself replaced by a pickle
+    with pytest.raises(ModelFilesError, match=f"model version {new.id}"):
+        RewardModel.load(sqlite_db, settings, new.id)
+    model = load_usable(sqlite_db, settings, "latest")
+    assert model.version_id == old.id and f"model version {new.id}" in (model.fallback_message or "")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ every page
+
+
+XSS = ("<script>window.__pwned=1</script>", '<img src=x onerror="window.__pwned=2">', "[x](javascript:alert(3))",
+       "<a href=javascript:alert(4)>a</a>", "<svg onload=alert(5)>")
+
+
+def _hostile_world(db: Database) -> None:
+    """Prompts, responses, categories, annotator names, job errors and a version all carrying hostile text."""
+    from db import jobs as jobq
+    from db import store, versions
+    from db.models import JobStatus
+
+    with db.write() as s:
+        for i, bad in enumerate(XSS):
+            p = store.get_or_create_prompt(s, f"Prompt {bad}", category=f"cat {bad}"[:90])
+            a = store.get_or_create_response(s, p, f"Answer {bad}", model=bad[:150])
+            b = store.get_or_create_response(s, p, f"Other {i}")
+            c = store.get_or_create_comparison(s, a, b).comparison
+            for j, who in enumerate((f"name {bad}", f"second {bad}")):
+                store.add_label(s, comparison_id=c.id, outcome="a" if j == 0 else "b", source=("crowd", "ai")[j],
+                                annotator=who, idempotency_key=f"x{i}-{j}")
+        v = versions.insert_version(s, mode="head", backbone=XSS[1], path="models/v-missing",
+                                    config={"mode": "head"}, metrics={"val": {"accuracy": 0.6}})
+        job = jobq.enqueue(s, "train", {"mode": "head", "backbone": XSS[2]}, created_by=XSS[0])
+        job.status, job.error = JobStatus.failed, f"BackboneError: backbone {XSS[2]} {XSS[1]} is outside"
+        assert v.id
+
+
+@pytest.mark.parametrize("page", ["label", "dashboard", "inspect", "train", "data"])
+def test_every_page_shows_hostile_stored_text_as_text(label_app_env: Database, page: str) -> None:
+    """Complements the per-page tests in ``tests/app``: with hostile text in every stored field, no page emits
+    HTML, allows HTML in Markdown, or renders a ``javascript:`` Markdown link."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.conftest import MAIN, PAGES
+
+    _hostile_world(label_app_env)
+    at = AppTest.from_file(MAIN if page == "label" else str(PAGES / f"{page}.py"), default_timeout=60)
+    at.query_params["annotator"] = XSS[1]
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.get("html")
+    rendered = 0
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader", "toast"):
+        for el in at.get(kind):
+            body = getattr(el, "value", "") or ""
+            assert not getattr(el.proto, "allow_html", False), (kind, body[:200])
+            assert "](javascript:" not in body, (kind, body[:200])
+            rendered += any(x[:8] in body for x in XSS)
+    assert page != "label" or rendered  # the label page shows hostile text (escaped) rather than hiding it
