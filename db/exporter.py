@@ -28,7 +28,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased
 
 from db.formats import comparisons, rankings, trl, unlabeled
-from db.models import Annotator, Comparison, Label, Outcome, Prompt, Ranking, RankingItem, Response, Side, Split
+from db.models import Annotator, Comparison, Label, Prompt, Ranking, RankingItem, Response, Side, Split
 from db.pairs import training_pairs
 from db.session import Database
 

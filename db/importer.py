@@ -66,9 +66,6 @@ class ImportReport:
         return ", ".join(parts)
 
 
-_PARSE_KW = ("format", "mapping", "winner_values", "source", "annotator", "category", "split")
-
-
 def import_file(
     db: Database,
     path_or_bytes: Any,

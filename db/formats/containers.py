@@ -126,7 +126,6 @@ def _decode_head(data: bytes) -> str:
 def _text_lines(inp: Input, f: BinaryIO) -> Iterator[tuple[int, str | RowProblem]]:
     """Decoded lines (UTF-8, UTF-8 with BOM, or UTF-16 with BOM); a line that is not UTF-8 becomes a problem."""
     first = f.read(2)
-    rest: BinaryIO
     if first in (b"\xff\xfe", b"\xfe\xff"):
         try:
             text = (first + f.read()).decode("utf-16")
