@@ -1,20 +1,24 @@
 """Parts of the Data page: the upload form (format, field mapping, options), the import with a progress bar,
-and the labeling-queue policy form. Streamlit glue only; the work is ``db.importer`` and ``db.labeling``."""
+exports for download, dataset statistics, and the labeling-queue policy form. Streamlit glue only; the work is ``db.importer`` and ``db.labeling``."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from app.render import escape_md
 from app.resources import database
 from db.formats import FORMATS, FormatError, RowError
 from db.formats.mapped import TARGETS
+from db.exporter import EXPORT_FORMATS, export
 from db.importer import Preview, import_file, preview
 from db.labeling import QueuePolicy, load_queue_policy, save_queue_policy
 from db.models import Source
+from db.stats import dataset_stats
 
 AUTO = "auto-detect"
 NONE = "(not in file)"
@@ -139,10 +143,48 @@ def queue_policy_form() -> None:
 
 
 def export_section() -> None:
-    """Download exports (filled in once ``db.exporter`` lands)."""
-    st.info("Exports arrive with `db/exporter.py`; meanwhile use `rmstudio export`.")
+    """Build an export on request and offer it for download."""
+    c = st.columns(3)
+    fmt = c[0].selectbox("Export format", EXPORT_FORMATS, key="export_format",
+                         help="trl: prompt/chosen/rejected for training; comparisons/csv/parquet: everything, "
+                              "re-importable")
+    split = c[1].selectbox("Labels", ["all", "train", "test"], key="export_split")
+    if c[2].button("Prepare export", key="export_go"):
+        buf = io.BytesIO()
+        with st.spinner("Exporting..."):
+            report = export(database(), fmt, buf, split=None if split == "all" else split)
+        ext = {"trl": "jsonl", "comparisons": "jsonl", "csv": "csv", "parquet": "parquet"}[fmt]
+        st.session_state["export_ready"] = (f"rmstudio-{fmt}-{split}.{ext}", buf.getvalue(), report.summary())
+    ready = st.session_state.get("export_ready")
+    if ready:
+        name, data, summary = ready
+        st.caption(escape_md(summary))
+        st.download_button(f"Download {name}", data, file_name=name, key="export_download", type="primary")
+
+
+def _counts_frame(counts: dict[str, int], what: str) -> pd.DataFrame:
+    return pd.DataFrame({what: list(counts), "labels": list(counts.values())})
 
 
 def stats_section() -> None:
-    """Dataset statistics (filled in once ``db.stats`` lands)."""
-    st.info("Statistics arrive with `db/stats.py`; meanwhile use `rmstudio stats`.")
+    """Dataset statistics with the size tier and its advice, and labels by source, outcome, category, annotator."""
+    with database().read() as s:
+        st_ = dataset_stats(s)
+    m = st.columns(6)
+    m[0].metric("Training pairs", f"{st_['pairs']:,}")
+    m[1].metric("Held-out pairs", f"{st_['test_pairs']:,}")
+    m[2].metric("Labels", f"{st_['labels']:,}")
+    m[3].metric("Rankings", f"{st_['rankings']:,}")
+    m[4].metric("Prompts", f"{st_['prompts']:,}")
+    m[5].metric("Unlabelled pairs", f"{st_['unlabeled_comparisons']:,}")
+    st.info(f"**Size tier: {st_['tier']}.** {st_['advice']}", icon=":material/straighten:")
+    c = st.columns(2)
+    src = _counts_frame(st_["by_source"], "source")
+    c[0].plotly_chart(px.bar(src, x="source", y="labels", title="Labels by source"), key="stats_source")
+    out = _counts_frame(st_["by_outcome"], "outcome")
+    c[1].plotly_chart(px.bar(out, x="outcome", y="labels", title="Labels by outcome"), key="stats_outcome")
+    c2 = st.columns(2)
+    c2[0].markdown("**By category**")
+    c2[0].dataframe(_counts_frame(st_["by_category"], "category"), hide_index=True)
+    c2[1].markdown("**By annotator**")
+    c2[1].dataframe(_counts_frame(st_["by_annotator"], "annotator"), hide_index=True)

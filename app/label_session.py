@@ -16,6 +16,7 @@ from app.resources import database
 from db.labeling import (
     QueueItem,
     RankingTask,
+    count_rankable_prompts,
     item_for_comparison,
     load_queue_policy,
     next_pair,
@@ -141,6 +142,17 @@ def reset() -> None:
     """Forget the items on screen (after switching annotator)."""
     for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR):
         st.session_state.pop(k, None)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _rankable(url: str) -> bool:
+    with database().read() as s:
+        return count_rankable_prompts(s) > 0
+
+
+def has_rankable_prompts() -> bool:
+    """Whether ranking mode has anything to show (cached for 30 s: a GROUP BY over all responses)."""
+    return _rankable(database().url)
 
 
 def queue_policy_summary() -> str:

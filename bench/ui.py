@@ -202,7 +202,10 @@ def bench_dashboard(repeats: int = 3) -> tuple[dict[str, float] | None, str]:
     for _ in range(repeats + 1):
         at = AppTest.from_file(str(page), default_timeout=120)
         t0 = time.perf_counter()
-        at.run()
+        try:
+            at.run()
+        except RuntimeError as exc:  # AppTest's own timeout
+            return None, f"dashboard did not finish: {exc}"
         times.append((time.perf_counter() - t0) * 1000)
         if at.exception:
             return None, f"dashboard raised: {at.exception[0].message[:200]}"

@@ -10,7 +10,7 @@ from app import label_session as ls
 from app.identity import clear_identity, identity_form
 from app.render import escape_md, safe_markdown, show_conversation
 from app.resources import database, empty_state_hint
-from db.labeling import annotator_progress, count_rankable_prompts, dataset_is_empty
+from db.labeling import annotator_progress, dataset_is_empty
 
 st.title("Label")
 ident = identity_form()
@@ -20,7 +20,6 @@ if ident is None:
 db = database()
 with db.read() as s:
     empty = dataset_is_empty(s)
-    rankable = count_rankable_prompts(s) > 0
     prog = annotator_progress(s, ident.name)
 
 top = st.columns([3, 1])
@@ -47,6 +46,7 @@ if note := st.session_state.pop(ls.NOTICE, None):
     st.toast(note)
 
 mode = "pairs"
+rankable = ls.has_rankable_prompts()
 if rankable:
     mode = st.segmented_control(
         "Mode", ["pairs", "rank"], default="pairs", key="lbl_mode",

@@ -63,7 +63,7 @@ def test_errors_shown_by_line_and_skip_invalid(app_env, sqlite_db: Database) -> 
     at.file_uploader(key="data_upload").upload("bad.jsonl", _jsonl(rows)).run()
     assert not at.exception
     assert _metrics(at)["Invalid rows"] == "2"
-    errs = at.dataframe[-1].value
+    errs = next(d.value for d in at.dataframe if "problem" in d.value.columns)
     assert sorted(errs["line"].tolist()) == [2, 4], errs
     assert _import_button(at).disabled
     at.checkbox[0].check().run()  # skip invalid rows
@@ -136,3 +136,35 @@ def test_queue_policy_form_saves(app_env, sqlite_db: Database) -> None:
     with sqlite_db.read() as s:
         assert load_queue_policy(s) == QueuePolicy(target_overlap=2, agreement_share=0.25, agreement_overlap=4,
                                                    active_learning=True)
+
+
+def test_export_download_roundtrip(app_env, sqlite_db: Database, seeded) -> None:  # noqa: ANN001
+    from db.store import add_label
+
+    with sqlite_db.write() as s:
+        add_label(s, comparison_id=seeded.comparison_ids[0], outcome="a", source="expert", annotator="eve",
+                  idempotency_key="k1")
+    at = _page()
+    at.selectbox(key="export_format").set_value("trl")
+    at.button(key="export_go").click().run()
+    assert not at.exception
+    dl = at.get("download_button")
+    assert dl and "rmstudio-trl-all.jsonl" in dl[0].proto.label
+    assert any("wrote 1 trl records" in c.value for c in at.caption)
+
+
+def test_statistics_show_tier_advice(app_env, sqlite_db: Database, seeded) -> None:  # noqa: ANN001
+    from db.store import add_label
+
+    with sqlite_db.write() as s:
+        for i, cid in enumerate(seeded.comparison_ids[:3]):
+            add_label(s, comparison_id=cid, outcome="b", source="crowd", annotator=f"<b>ann{i}</b>",
+                      idempotency_key=f"s{i}")
+    at = _page()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["Labels"] == "3" and m["Training pairs"] == "3" and m["Unlabelled pairs"] == "3"
+    assert any("Size tier: under 1,000" in i.value and "too few" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 2
+    annotators = next(d.value for d in at.dataframe if "annotator" in d.value.columns)
+    assert sorted(annotators["annotator"]) == ["<b>ann0</b>", "<b>ann1</b>", "<b>ann2</b>"]  # as text, in a table
