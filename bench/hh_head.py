@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--home", default="/tmp/rmstudio-bench")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--grid", action="store_true", help="try several recipes, heads and weight decays")
+    ap.add_argument("--honest", action="store_true",
+                    help="report accuracy on 20%% held-out prompts that early stopping never sees (it uses 15%% of the rest)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     s = Settings.from_env({"RMSTUDIO_HOME": a.home})
@@ -50,15 +52,18 @@ def main() -> None:
         accs, secs = [], []
         for seed in [int(x) for x in a.seeds.split(",")]:
             sp = split_pairs(pairs, 0.2, seed)
-            tr = PairArrays.build([p.chosen_id for p in sp["train"]], [p.rejected_id for p in sp["train"]])
-            va = PairArrays.build([p.chosen_id for p in sp["val"]], [p.rejected_id for p in sp["val"]])
+            held = sp["val"]
+            fit = split_pairs(sp["train"], 0.15, seed + 1000) if a.honest else {"train": sp["train"], "val": sp["val"]}
+            tr = PairArrays.build([p.chosen_id for p in fit["train"]], [p.rejected_id for p in fit["train"]])
+            va = PairArrays.build([p.chosen_id for p in fit["val"]], [p.rejected_id for p in fit["val"]])
+            ho = PairArrays.build([p.chosen_id for p in held], [p.rejected_id for p in held])
             t0 = time.time()
             res = train_heads(feats[recipe], tr, HeadTrainSpec(kind=head, weight_decay=wd, seed=seed), val=va)
             secs.append(time.time() - t0)
             sc = res.head.score(feats[recipe]).mean(1)
-            accs.append(float(np.mean(sc[va.ci] > sc[va.ri])))
-        print(f"{recipe:5s} {head:6s} wd={wd:<6g} val acc {np.mean(accs):.3f} (seeds: {' '.join(f'{x:.3f}' for x in accs)}; "
-              f"n_val~{len(va)}; {np.mean(secs):.1f} s/train)", flush=True)
+            accs.append(float(np.mean(sc[ho.ci] > sc[ho.ri])))
+        print(f"{recipe:5s} {head:6s} wd={wd:<6g} {'held-out' if a.honest else 'val'} acc {np.mean(accs):.3f} (seeds: {' '.join(f'{x:.3f}' for x in accs)}; "
+              f"n={len(ho)}; {np.mean(secs):.1f} s/train)", flush=True)
 
 
 if __name__ == "__main__":

@@ -325,6 +325,29 @@ def fault_point(name: str) -> None:
     time.sleep(float(os.environ.get("RMSTUDIO_FAULT_SECONDS", "3600")))
 
 
+PROGRESS_KEYS = ("step", "total", "loss", "val_accuracy", "eta_s", "phase")
+
+
+def progress_adapter(progress: Progress) -> Progress:
+    """Wrap a progress callback so every event carries the contract's keys (``step, total, loss, val_accuracy,
+    eta_s, phase``; missing ones are None) and an ``eta_s`` estimated from the phase's own rate."""
+    if progress is None:
+        return None
+    started: dict[str, tuple[float, int]] = {}
+
+    def emit(ev: dict[str, Any]) -> None:
+        out = {k: ev.get(k) for k in PROGRESS_KEYS}
+        out.update({k: v for k, v in ev.items() if k not in out})
+        phase, step, total = out["phase"], out["step"] or 0, out["total"] or 0
+        now = time.monotonic()
+        t0, s0 = started.setdefault(str(phase), (now, int(step)))
+        if out["eta_s"] is None and total and step > s0 and now > t0:
+            out["eta_s"] = (now - t0) / (step - s0) * max(total - step, 0)
+        progress(out)
+
+    return emit
+
+
 def train_and_publish(
     db: Database,
     settings: Settings,
@@ -342,6 +365,7 @@ def train_and_publish(
     from rm_engine.registry import remove_version_files
 
     cfg = cfg.resolved()
+    progress = progress_adapter(progress)
     if progress is not None:
         progress({"phase": "load", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
     with db.read() as s:

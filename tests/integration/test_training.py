@@ -45,6 +45,8 @@ def test_trained_head_separates_chosen_from_rejected(sqlite_db: Database, engine
     ns = v.norm_stats
     assert ns["n"] > 0 and ns["std"] > 0 and len(ns["quantiles"]) == 101
     assert {e["phase"] for e in events} >= {"load", "features", "train", "evaluate", "publish"}
+    assert all(set(e) >= {"step", "total", "loss", "val_accuracy", "eta_s", "phase"} for e in events)
+    assert any(e["eta_s"] is not None for e in events if e["phase"] == "train")
     # files in place, row points at them, scores of the training responses cached
     assert (Path(engine_settings.home) / v.path / "head.safetensors").is_file()
     with sqlite_db.read() as s:
