@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, select
+from sqlalchemy import String, and_, case, func, literal_column, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -37,25 +37,44 @@ def _val(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
+def _text(col: Any) -> Any:
+    """An enum column read as its plain string (skips per-row enum conversion on large result sets)."""
+    return type_coerce(col, String).label(col.key)
+
+
 def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
     df = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     for c in columns:
-        if df[c].dtype == object and len(df):
+        if df[c].dtype == object and len(df) and type(df[c].iloc[0]) is not str:
             df[c] = df[c].map(_val)
     return df
 
 
+def _bucket(session: Session, freq: str) -> Any:
+    """SQL expression: a label's UTC day (``YYYY-MM-DD``) or hour (``YYYY-MM-DD HH``) as text."""
+    hourly = freq == "h"
+    if session.get_bind().dialect.name == "postgresql":
+        fmt = literal_column("'YYYY-MM-DD HH24'" if hourly else "'YYYY-MM-DD'")
+        return func.to_char(func.timezone(literal_column("'UTC'"), Label.created_at), fmt, type_=String)
+    return func.substr(Label.created_at, literal_column("1"), literal_column("13" if hourly else "10"), type_=String)  # stored as naive UTC text
+
+
 def labels_over_time(session: Session, freq: str = "D") -> pd.DataFrame:
     """Labels per period and source: columns ``period`` (start of period, UTC), ``source``, ``labels``,
-    ``cumulative`` (running total per source). ``freq`` is a pandas offset alias (``"h"``, ``"D"``, ``"W"``)."""
-    rows = session.execute(select(Label.created_at, Label.source)).all()
-    df = _frame(rows, ["created_at", "source"])
+    ``cumulative`` (running total per source). ``freq``: ``"h"`` (hours), ``"D"`` (days) or ``"W"`` (weeks).
+
+    Counted in SQL per day (or hour), so 100k labels cost one small result set."""
+    if freq not in ("h", "D", "W"):
+        raise ValueError(f"labels_over_time: freq must be 'h', 'D' or 'W', got {freq!r}")
+    bucket = _bucket(session, freq).label("bucket")
+    rows = session.execute(select(bucket, Label.source, func.count()).group_by(bucket, Label.source)).all()
+    df = _frame(rows, ["bucket", "source", "labels"])
     if df.empty:
         return pd.DataFrame(columns=["period", "source", "labels", "cumulative"])
-    df["period"] = pd.to_datetime(df["created_at"], utc=True).dt.floor(freq) if freq in ("h", "D") else (
-        pd.to_datetime(df["created_at"], utc=True).dt.tz_localize(None).dt.to_period(freq).dt.start_time
-    )
-    out = df.groupby(["period", "source"]).size().rename("labels").reset_index().sort_values(["source", "period"])
+    df["period"] = pd.to_datetime(df["bucket"], format="%Y-%m-%d %H" if freq == "h" else "%Y-%m-%d", utc=True)
+    if freq == "W":
+        df["period"] = df["period"].dt.tz_localize(None).dt.to_period("W").dt.start_time.dt.tz_localize("UTC")
+    out = df.groupby(["period", "source"])["labels"].sum().reset_index().sort_values(["source", "period"])
     out["cumulative"] = out.groupby("source")["labels"].cumsum()
     return out.sort_values(["period", "source"]).reset_index(drop=True)
 
@@ -64,32 +83,38 @@ def annotator_throughput(session: Session, now: datetime | None = None) -> pd.Da
     """Per annotator: ``annotator``, ``source`` (their most used), ``labels``, ``labels_24h``,
     ``median_seconds`` (time spent per label, where recorded), ``first``, ``last``, ``labels_per_hour``
     (over the span between their first and last label; ``NaN`` with fewer than two labels)."""
-    rows = session.execute(
-        select(Annotator.name, Label.source, Label.created_at, Label.time_spent_ms).join(
-            Annotator, Label.annotator_id == Annotator.id
-        )
-    ).all()
     cols = ["annotator", "source", "labels", "labels_24h", "median_seconds", "first", "last", "labels_per_hour"]
-    df = _frame(rows, ["annotator", "source", "created_at", "time_spent_ms"])
-    if df.empty:
-        return pd.DataFrame(columns=cols)
     now = now or datetime.now(timezone.utc)
-    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
-    recent = df["created_at"] >= pd.Timestamp(now - timedelta(days=1))
-    g = df.assign(recent=recent, secs=df["time_spent_ms"].astype(float) / 1000.0).groupby("annotator")
+    recent = func.sum(case((Label.created_at >= now - timedelta(days=1), 1), else_=0))
+    rows = session.execute(
+        select(Annotator.name, Label.source, func.count(), recent, func.min(Label.created_at), func.max(Label.created_at))
+        .join(Annotator, Label.annotator_id == Annotator.id)
+        .group_by(Annotator.name, Label.source)
+    ).all()
+    per = _frame(rows, ["annotator", "source", "labels", "labels_24h", "first", "last"])
+    if per.empty:
+        return pd.DataFrame(columns=cols)
+    secs = _frame(
+        session.execute(
+            select(Annotator.name, Label.time_spent_ms).join(Annotator, Label.annotator_id == Annotator.id)
+            .where(Label.time_spent_ms.is_not(None))
+        ).all(),
+        ["annotator", "ms"],
+    )
+    g = per.groupby("annotator")
     out = pd.DataFrame(
         {
-            "source": g["source"].agg(lambda s: s.value_counts().index[0]),
-            "labels": g.size(),
-            "labels_24h": g["recent"].sum().astype(int),
-            "median_seconds": g["secs"].median(),
-            "first": g["created_at"].min(),
-            "last": g["created_at"].max(),
+            "source": per.sort_values("labels", ascending=False, kind="stable").groupby("annotator")["source"].first(),
+            "labels": g["labels"].sum(),
+            "labels_24h": g["labels_24h"].sum().astype(int),
+            "median_seconds": secs.groupby("annotator")["ms"].median() / 1000.0 if len(secs) else np.nan,
+            "first": pd.to_datetime(g["first"].min(), utc=True),
+            "last": pd.to_datetime(g["last"].max(), utc=True),
         }
     )
     hours = (out["last"] - out["first"]).dt.total_seconds() / 3600.0
     out["labels_per_hour"] = np.where((out["labels"] > 1) & (hours > 0), out["labels"] / hours.where(hours > 0, 1), np.nan)
-    return out.reset_index().sort_values("labels", ascending=False).reset_index(drop=True)[cols]
+    return out.reset_index(names="annotator").sort_values("labels", ascending=False).reset_index(drop=True)[cols]
 
 
 def labels_per_category(session: Session) -> pd.DataFrame:
@@ -106,25 +131,43 @@ def labels_per_category(session: Session) -> pd.DataFrame:
     return df.sort_values("labels", ascending=False).reset_index(drop=True)
 
 
+def _score_table(session: Session, version_id: int) -> pd.DataFrame:
+    """Cached scores of one version indexed by ``response_id``: columns ``score``, ``std``."""
+    rows = session.execute(
+        select(ResponseScore.response_id, ResponseScore.score, ResponseScore.std).where(ResponseScore.model_version_id == version_id)
+    ).all()
+    return pd.DataFrame([tuple(r) for r in rows], columns=["response_id", "score", "std"]).set_index("response_id")
+
+
 def label_scores(session: Session, version_id: int) -> pd.DataFrame:
     """Every label whose two responses have cached scores under ``version_id``.
 
     Columns: ``label_id``, ``comparison_id``, ``source``, ``outcome``, ``split``, ``score_a``, ``score_b``,
     ``std_a``, ``std_b`` and, for outcomes ``a``/``b`` (``NaN`` otherwise): ``chosen_score``,
     ``rejected_score``, ``margin`` (chosen - rejected; negative means the model disagrees with the label).
+
+    Labels and scores are read by two plain queries and joined in pandas (a four-way SQL join leaves SQLite's
+    planner, without statistics, scanning the score table once per score).
     """
-    sa, sb = aliased(ResponseScore), aliased(ResponseScore)
-    rows = session.execute(
-        select(Label.id, Label.comparison_id, Label.source, Label.outcome, Label.split, sa.score, sb.score, sa.std, sb.std)
-        .join(Comparison, Label.comparison_id == Comparison.id)
-        .join(sa, and_(sa.response_id == Comparison.response_a_id, sa.model_version_id == version_id))
-        .join(sb, and_(sb.response_id == Comparison.response_b_id, sb.model_version_id == version_id))
-        .order_by(Label.id)
-    ).all()
-    df = _frame(rows, ["label_id", "comparison_id", "source", "outcome", "split", "score_a", "score_b", "std_a", "std_b"])
+    cols = ["label_id", "comparison_id", "source", "outcome", "split", "score_a", "score_b", "std_a", "std_b"]
+    scores = _score_table(session, version_id)
+    if scores.empty:
+        df = pd.DataFrame(columns=cols)
+    else:
+        rows = session.execute(
+            select(Label.id, Label.comparison_id, _text(Label.source), _text(Label.outcome), _text(Label.split),
+                   Comparison.response_a_id, Comparison.response_b_id)
+            .join(Comparison, Label.comparison_id == Comparison.id)
+            .order_by(Label.id)
+        ).all()
+        df = _frame(rows, ["label_id", "comparison_id", "source", "outcome", "split", "ra", "rb"])
+        df = df[df["ra"].isin(scores.index) & df["rb"].isin(scores.index)]
+        sa, sb = scores.reindex(df["ra"]), scores.reindex(df["rb"])
+        df = df.assign(score_a=sa["score"].to_numpy(), score_b=sb["score"].to_numpy(),
+                       std_a=sa["std"].to_numpy(), std_b=sb["std"].to_numpy())[cols].reset_index(drop=True)
     is_a, is_b = df["outcome"] == "a", df["outcome"] == "b"
-    df["chosen_score"] = np.where(is_a, df["score_a"], np.where(is_b, df["score_b"], np.nan))
-    df["rejected_score"] = np.where(is_a, df["score_b"], np.where(is_b, df["score_a"], np.nan))
+    df["chosen_score"] = np.where(is_a, df["score_a"], np.where(is_b, df["score_b"], np.nan)).astype(float)
+    df["rejected_score"] = np.where(is_a, df["score_b"], np.where(is_b, df["score_a"], np.nan)).astype(float)
     df["margin"] = df["chosen_score"] - df["rejected_score"]
     return df
 
@@ -141,15 +184,15 @@ def chosen_rejected_long(label_frame: pd.DataFrame) -> pd.DataFrame:
 
 def multi_rated_labels(session: Session, min_labels: int = 2) -> pd.DataFrame:
     """Labels of comparisons labelled at least ``min_labels`` times: ``comparison_id``, ``label_id``,
-    ``annotator``, ``source``, ``outcome``, ``created_at`` (uses the denormalized ``label_count``)."""
+    ``annotator``, ``source``, ``outcome`` (uses the denormalized ``label_count``)."""
     rows = session.execute(
-        select(Label.comparison_id, Label.id, Annotator.name, Label.source, Label.outcome, Label.created_at)
+        select(Label.comparison_id, Label.id, Annotator.name, _text(Label.source), _text(Label.outcome))
         .join(Comparison, Label.comparison_id == Comparison.id)
         .join(Annotator, Label.annotator_id == Annotator.id)
         .where(Comparison.label_count >= min_labels)
         .order_by(Label.comparison_id, Label.id)
     ).all()
-    return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome", "created_at"])
+    return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome"])
 
 
 def agreement_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -160,13 +203,14 @@ def agreement_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def conflicting_labels(session: Session, limit: int = 200) -> pd.DataFrame:
+def conflicting_labels(session: Session, limit: int = 200, multi: pd.DataFrame | None = None) -> pd.DataFrame:
     """Comparisons where at least one label says ``a`` and another says ``b``, most contested first.
 
     Columns: ``comparison_id``, ``prompt``, ``response_a``, ``response_b``, ``n_a``, ``n_b``, ``n_tie``,
-    ``n_both_bad``, ``annotators`` (comma-separated names).
+    ``n_both_bad``, ``annotators`` (comma-separated names). ``multi``: an already loaded
+    ``multi_rated_labels`` frame (saves the query).
     """
-    multi = multi_rated_labels(session)
+    multi = multi_rated_labels(session) if multi is None else multi
     cols = ["comparison_id", "prompt", "response_a", "response_b", "n_a", "n_b", "n_tie", "n_both_bad", "annotators"]
     if multi.empty:
         return pd.DataFrame(columns=cols)
@@ -243,16 +287,22 @@ def model_disagreements(session: Session, version_id: int, limit: int = 50) -> p
 def ranking_score_items(session: Session, version_id: int) -> pd.DataFrame:
     """Items of stored rankings with their cached scores under ``version_id``: ``ranking_id``, ``prompt_id``,
     ``source``, ``rank`` (1 = best), ``score``. Items without a cached score are left out."""
+    cols = ["ranking_id", "prompt_id", "source", "rank", "score"]
     rows = session.execute(
-        select(Ranking.id, Ranking.prompt_id, Ranking.source, RankingItem.rank, ResponseScore.score)
+        select(Ranking.id, Ranking.prompt_id, Ranking.source, RankingItem.rank, RankingItem.response_id)
         .join(RankingItem, RankingItem.ranking_id == Ranking.id)
-        .join(
-            ResponseScore,
-            and_(ResponseScore.response_id == RankingItem.response_id, ResponseScore.model_version_id == version_id),
-        )
         .order_by(Ranking.id, RankingItem.position)
     ).all()
-    return _frame(rows, ["ranking_id", "prompt_id", "source", "rank", "score"])
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = _frame(rows, ["ranking_id", "prompt_id", "source", "rank", "response_id"])
+    ids = [int(x) for x in df["response_id"].unique()]
+    got = {int(r): float(sc) for r, sc in session.execute(
+        select(ResponseScore.response_id, ResponseScore.score)
+        .where(ResponseScore.model_version_id == version_id, ResponseScore.response_id.in_(ids))
+    )} if len(ids) <= 30000 else _score_table(session, version_id)["score"].to_dict()
+    df["score"] = df["response_id"].map(got)
+    return df.dropna(subset=["score"])[cols].reset_index(drop=True)
 
 
 def spearman_inputs(items: pd.DataFrame) -> list[tuple[int, list[float], list[float]]]:

@@ -85,6 +85,11 @@ def test_labels_over_time_and_throughput(data) -> None:
     crowd = daily[daily["source"] == "crowd"]
     assert list(crowd["labels"]) == [2, 1, 1] and list(crowd["cumulative"]) == [2, 3, 4]
     assert list(daily[daily["source"] == "ai"]["cumulative"]) == [1, 2]
+    with db.read() as s:
+        hourly = analytics.labels_over_time(s, "h")
+        weekly = analytics.labels_over_time(s, "W")
+    assert len(hourly) == 6 and set(hourly["period"].dt.hour) == {9, 21}
+    assert weekly["labels"].sum() == 6 and set(weekly["period"].dt.dayofweek) == {0}  # weeks start on Monday
     row = tp.set_index("annotator").loc["ann"]
     assert row["labels"] == 2 and row["source"] == "crowd"
     assert row["median_seconds"] == pytest.approx(2.5)  # 1 s and 4 s
