@@ -42,11 +42,12 @@ class BenchConfig:
 
     labelers: int = 20
     labels: int = 50
-    think_ms: float = 0.0
+    think_ms: float = 100.0
     reader_interval_ms: float = 100.0
     worker: bool = True
     min_new_labels: int = 200
     train_params: dict[str, Any] = field(default_factory=dict)
+    drain_s: float = 600.0
 
 
 @dataclass
@@ -66,6 +67,8 @@ class BenchResult:
     read_ms: dict[str, float]
     jobs: dict[str, int]
     versions: int
+    train_seconds: list[float]
+    trains_started_during_labeling: int
     integrity: str
     audit_ok: bool
     audit: str
@@ -87,6 +90,28 @@ def _pg_database() -> tuple[str, Any]:
         admin.dispose()
 
     return make_url(PG_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+def _busy(db: Any) -> bool:
+    from sqlalchemy import func, select
+
+    from db.models import Job, JobStatus
+
+    with db.read() as s:
+        return bool(s.scalar(select(func.count()).select_from(Job).where(Job.status.in_([JobStatus.queued, JobStatus.running]))))
+
+
+def _train_runs(db: Any, before: float) -> tuple[list[float], int]:
+    """Seconds each succeeded train job ran, and how many of them started before ``before``."""
+    from sqlalchemy import select
+
+    from db.models import Job, JobKind, JobStatus
+
+    with db.read() as s:
+        rows = s.execute(select(Job.started_at, Job.finished_at).where(
+            Job.kind == JobKind.train, Job.status == JobStatus.succeeded)).all()
+    return ([round((f - st).total_seconds(), 1) for st, f in rows if st and f],
+            sum(1 for st, _ in rows if st and st.timestamp() < before))
 
 
 def _job_counts(db: Any) -> tuple[dict[str, int], int]:
@@ -137,6 +162,9 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
                         jobs.enqueue(s, "noop", {"steps": 20, "sleep": 0.05})
             worker = procs.spawn([sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.5"],
                                  out_dir=home, name="worker", env=env)
+            # labelers start once the worker is up, so that it retrains while they work
+            procs.wait_for(lambda: " started (lease" in (home / "worker.out").read_text(errors="replace"), 300,
+                           "the worker to start")
         stop = home / "stop"
         rlog = home / "reader.jsonl"
         reader = procs.spawn_role("reader", "--seconds", "3600", "--interval-ms", str(cfg.reader_interval_ms),
@@ -153,9 +181,14 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
                 "--url", url, "--think-ms", str(cfg.think_ms), out_dir=home, name=name, env=env,
             ))
         codes = procs.wait_all(kids, timeout=3600)
+        labels_done = time.time()
         stop.touch()
         procs.wait_all([reader], timeout=60)
         if worker is not None:
+            try:  # let the worker finish the retrains the labels triggered
+                procs.wait_for(lambda: not _busy(db), cfg.drain_s, "the worker to drain its queue", interval=1.0)
+            except TimeoutError:
+                pass
             worker.send_signal(signal.SIGTERM)
             procs.wait_all([worker], timeout=120)
         audit = procs.audit_labels(db, logs)
@@ -166,6 +199,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
         rdone = [e for e in procs.read_log(rlog) if e["ev"] == "done"]
         rd = rdone[0] if rdone else {"reads": 0, "n_errors": -1, "ms": procs.percentiles([])}
         jobs_, versions = _job_counts(db)
+        train_s, trained_during = _train_runs(db, labels_done)
         integrity = procs.sqlite_integrity(home / "rmstudio.db") if backend == "sqlite" else "n/a (PostgreSQL)"
         bad_exit = [c for c in codes if c != 0]
         return BenchResult(
@@ -175,6 +209,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
             page_step_ms={k: round(v, 1) for k, v in procs.percentiles([e["page_ms"] for e in oks]).items()},
             labeler_errors=len(audit.errors) + len(bad_exit), reads=int(rd["reads"]), read_errors=int(rd["n_errors"]),
             read_ms={k: round(v, 1) for k, v in rd["ms"].items()}, jobs=jobs_, versions=versions,
+            train_seconds=train_s, trains_started_during_labeling=trained_during,
             integrity=integrity, audit_ok=audit.ok and not bad_exit and len(audit.acked) == cfg.labelers * cfg.labels,
             audit=audit.summary(),
         )
@@ -191,6 +226,8 @@ def _print(r: BenchResult) -> None:
     print(f"page step (ms)        p50 {r.page_step_ms['p50']}  p95 {r.page_step_ms['p95']}  p99 {r.page_step_ms['p99']}")
     print(f"dashboard reads       {r.reads} ({r.read_errors} errors), p50 {r.read_ms['p50']} ms, p99 {r.read_ms['p99']} ms")
     print(f"jobs                  {r.jobs}; model versions published: {r.versions}")
+    print(f"retrains              {len(r.train_seconds)} ran ({r.trains_started_during_labeling} started while labelers "
+          f"worked), seconds each: {r.train_seconds}")
     print(f"labeler errors        {r.labeler_errors}")
     print(f"integrity_check       {r.integrity}")
     print(f"exactly once          {'OK' if r.audit_ok else 'FAILED: ' + r.audit}")
@@ -201,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--labelers", type=int, default=20)
     ap.add_argument("--labels", type=int, default=50, help="labels per labeler")
-    ap.add_argument("--think-ms", type=float, default=0.0, help="mean pause between a labeler's labels")
+    ap.add_argument("--think-ms", type=float, default=100.0, help="mean pause between a labeler's labels (100)")
+    ap.add_argument("--drain", type=float, default=600.0, help="seconds to wait for the worker's jobs at the end")
     ap.add_argument("--no-worker", action="store_true")
     ap.add_argument("--min-new-labels", type=int, default=200, help="automatic retrain every N new labels")
     ap.add_argument("--train-params", default="{}", help="JSON TrainConfig fields for the automatic retrains")
@@ -209,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
     cfg = BenchConfig(labelers=args.labelers, labels=args.labels, think_ms=args.think_ms, worker=not args.no_worker,
-                      min_new_labels=args.min_new_labels, train_params=json.loads(args.train_params))
+                      min_new_labels=args.min_new_labels, train_params=json.loads(args.train_params),
+                      drain_s=args.drain)
     work = Path(tempfile.mkdtemp(prefix="rmstudio-load-"))
     results = []
     try:

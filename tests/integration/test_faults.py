@@ -3,8 +3,10 @@
 ok, every acknowledged label is stored exactly once, and the killed role resumes."""
 from __future__ import annotations
 
+import os
 import random
 import socket
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -92,14 +94,13 @@ def _get(url: str) -> int:
         return 0
 
 
-def _start_app(tmp: Path, port: int, tag: str) -> object:
-    import sys
+def _app_cmd(port: int) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
 
-    return procs.spawn(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        out_dir=tmp, name=f"app{tag}",
-    )
+
+def _start_app(tmp: Path, port: int, tag: str) -> object:
+    return procs.spawn(_app_cmd(port), out_dir=tmp, name=f"app{tag}")
 
 
 @pytest.mark.slow
@@ -124,6 +125,82 @@ def test_app_server_killed_while_labelers_write(sqlite_db: Database, tmp_path: P
     audit = procs.audit_labels(sqlite_db, {f"l{i}": (tmp_path / f"l{i}.jsonl", "crowd") for i in range(2)})
     assert audit.ok, audit.summary()
     assert len(audit.acked) == 40
+    _check_db(sqlite_db)
+
+
+_PAUSE_COMMIT = """
+import os, time
+if os.environ.get("RMSTUDIO_TEST_PAUSE_COMMIT_MARKER"):
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "commit")
+    def _pause_in_commit(conn):
+        with open(os.environ["RMSTUDIO_TEST_PAUSE_COMMIT_MARKER"], "a") as f:
+            f.write(str(os.getpid()) + "\\n")
+        time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_app_server_killed_inside_a_label_write(sqlite_db: Database, tmp_path: Path) -> None:
+    """A browser clicks 'A better'; the Streamlit server is killed -9 inside that label's write transaction
+    (holding SQLite's write lock) while labeler processes write. The half-done label is absent, the labelers
+    lose nothing, and the restarted server stores the retried click once."""
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+    from sqlalchemy import func, select
+
+    from db.models import Annotator, Label
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    procs.seed_comparisons(sqlite_db, 30)
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_PAUSE_COMMIT)
+    marker = tmp_path / "commit-paused"
+    port = _free_port()
+    app = procs.spawn(_app_cmd(port), out_dir=tmp_path, name="app1", env={
+        "RMSTUDIO_TEST_PAUSE_COMMIT_MARKER": str(marker), "PYTHONPATH": f"{inject}{os.pathsep}{procs.REPO}"})
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    url = f"http://127.0.0.1:{port}/?annotator=web&source=expert"
+
+    def web_labels() -> int:
+        with sqlite_db.read() as s:
+            return int(s.scalar(select(func.count()).select_from(Label).join(Annotator).where(Annotator.name == "web")) or 0)
+
+    labelers: list = []
+    try:
+        procs.wait_for(lambda: _get(health) == 200, 90, "the app server", interval=0.3)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_role("button", name="A better").wait_for(timeout=60_000)
+            labelers = [_labeler(sqlite_db, tmp_path, f"l{i}", 20, "--think-ms", "50")[0] for i in range(2)]
+            page.get_by_role("button", name="A better").click()
+            procs.wait_for(lambda: marker.exists() and marker.read_text().strip(), 60, "the server to pause in its commit")
+            procs.kill9(app)
+            assert web_labels() == 0  # the killed transaction left nothing
+            _check_db(sqlite_db)
+            app = procs.spawn(_app_cmd(port), out_dir=tmp_path, name="app2")
+            procs.wait_for(lambda: _get(health) == 200, 90, "the restarted app server", interval=0.3)
+            page.goto(url)  # the labeler reloads and clicks again
+            page.get_by_role("button", name="A better").wait_for(timeout=60_000)
+            page.get_by_role("button", name="A better").click()
+            procs.wait_for(web_labels, 60, "the retried label to be stored")
+            browser.close()
+        assert procs.wait_all(labelers, timeout=120) == [0, 0]
+    finally:
+        procs.kill9(app)
+        for p in labelers:
+            procs.kill9(p)
+    assert web_labels() == 1
+    audit = procs.audit_labels(sqlite_db, {f"l{i}": (tmp_path / f"l{i}.jsonl", "crowd") for i in range(2)})
+    assert audit.ok and len(audit.acked) == 40, audit.summary()
     _check_db(sqlite_db)
 
 
