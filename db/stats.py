@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Annotator, Comparison, Label, Outcome, Prompt, Ranking, RankingItem, Response, Source, Split
+from db.models import Annotator, Comparison, Label, Outcome, Prompt, Ranking, RankingItem, Response, Side, Source, Split
 
 TIERS = ((100_000, "100,000+"), (10_000, "10,000+"), (1_000, "1,000+"), (0, "under 1,000"))
 QUALITY = (
@@ -52,6 +52,9 @@ def advice_for(tier: str) -> str:
 def dataset_stats(session: Session) -> dict[str, Any]:
     """Counts of labels (by source, outcome, annotator, category, split), rankings, training pairs and the tier.
 
+    ``by_outcome`` counts ``a`` / ``b`` as "the response shown first / second won" (so that a position bias
+    shows, and the numbers do not depend on storage order), ``tie`` and ``both_bad``.
+
     ``pairs`` counts the training pairs available for training (``train`` split): every label except
     ``both_bad`` (ties included, for tie-aware losses) plus K(K-1)/2 per K-way ranking. ``test_pairs`` counts
     the held-out ones. The tier and advice follow ``pairs``.
@@ -70,9 +73,13 @@ def dataset_stats(session: Session) -> dict[str, Any]:
     by_source = {s.value: 0 for s in Source}
     for src, n in grouped(Label.source):
         by_source[Source(src).value] = n
+    # a / b: the response shown first / second won (position bias shows here); stored order when unknown
     by_outcome = {o.value: 0 for o in Outcome}
-    for o, n in grouped(Label.outcome):
-        by_outcome[Outcome(o).value] = n
+    for o, left, n in grouped(Label.outcome, Label.left):
+        o = Outcome(o).value
+        if left is not None and Side(left) is Side.b and o in ("a", "b"):
+            o = "b" if o == "a" else "a"
+        by_outcome[o] += n
     by_split = {s.value: 0 for s in Split}
     for sp, n in grouped(Label.split):
         by_split[Split(sp).value] = n

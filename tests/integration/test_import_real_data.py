@@ -110,6 +110,8 @@ def test_vicuna80_responses_then_comparisons(sqlite_db, shared_data):
     assert st["by_source"] == {"expert": 0, "crowd": 1760, "ai": 1600}
     assert st["by_annotator"] == dict(collections.Counter(r["annotator"] for r in cmp_rows))
     assert st["ties"] == sum(r["winner"] == "tie" for r in cmp_rows)
+    # outcomes count what was shown first (the file's response_a) winning, as in the file
+    assert st["by_outcome"] == {**{w: 0 for w in ("a", "b", "tie", "both_bad")}, **collections.Counter(r["winner"] for r in cmp_rows)}
     assert st["comparisons"] == 800 and st["unlabeled_comparisons"] == 0 and st["tier"] == "1,000+"
     # the same annotator judging one pair in both orders gives two labels
     assert st["labels"] == 3360
