@@ -17,7 +17,9 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Hashable, Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,21 +62,49 @@ def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float:
     ``sum n_ij (n_ij - 1) / (n_i (n_i - 1))`` and category shares are pooled over all ratings); items with
     fewer than two ratings are ignored. ``nan`` when nothing is left or chance agreement is 1.
     """
-    rows = [list(map(int, r)) for r in counts if sum(r) >= 2]
-    if not rows:
-        return math.nan
-    width = len(rows[0])
+    rows = [list(r) for r in counts]
+    width = len(rows[0]) if rows else 0
     if any(len(r) != width for r in rows):
         raise ValueError("fleiss_kappa: every row must have one count per category")
-    if any(x < 0 for r in rows for x in r):
+    arr = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+    if (arr < 0).any():
         raise ValueError("fleiss_kappa: counts must be non-negative")
-    total = sum(sum(r) for r in rows)
-    p_j = [sum(r[j] for r in rows) / total for j in range(width)]
-    p_bar = sum(sum(x * (x - 1) for x in r) / (sum(r) * (sum(r) - 1)) for r in rows) / len(rows)
-    p_e = sum(p * p for p in p_j)
+    arr = arr[arr.sum(axis=1) >= 2]
+    if not len(arr):
+        return math.nan
+    n_i = arr.sum(axis=1)
+    p_j = arr.sum(axis=0) / n_i.sum()
+    p_bar = float(np.mean((arr * (arr - 1)).sum(axis=1) / (n_i * (n_i - 1))))
+    p_e = float((p_j * p_j).sum())
     if p_e >= 1.0:
         return math.nan
     return (p_bar - p_e) / (1.0 - p_e)
+
+
+def krippendorff_alpha_counts(counts: Sequence[Sequence[int]] | np.ndarray) -> float:
+    """Krippendorff's nominal alpha from an items x values matrix of counts (vectorised).
+
+    Coincidences ``o_ck = sum_u n_uc (n_uk - [c = k]) / (m_u - 1)`` over units with ``m_u >= 2`` values;
+    ``alpha = 1 - (n - 1) sum_{c != k} o_ck / sum_{c != k} n_c n_k``.
+    """
+    arr = np.asarray(counts, dtype=np.float64)
+    if arr.ndim != 2 or not arr.size:
+        return math.nan
+    m = arr.sum(axis=1)
+    arr, m = arr[m >= 2], m[m >= 2]
+    if not len(arr):
+        return math.nan
+    w = arr / (m - 1)[:, None]
+    o = arr.T @ w - np.diag(w.sum(axis=0))
+    n_c = o.sum(axis=1)
+    n = n_c.sum()
+    if n < 2 or (n_c > 0).sum() < 2:
+        return math.nan
+    d_o = (o.sum() - np.trace(o)) / n
+    d_e = (n_c.sum() ** 2 - (n_c ** 2).sum()) / (n * (n - 1))
+    if d_e == 0:
+        return math.nan
+    return float(1.0 - d_o / d_e)
 
 
 def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable | None]]) -> float:
@@ -84,31 +114,17 @@ def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable | None]]) -> fl
     Units with fewer than two values are not pairable and are ignored. ``alpha = 1 - D_o / D_e`` from the
     coincidence matrix; ``nan`` when fewer than two pairable values exist or only one value was ever used.
     """
-    coincid: dict[tuple[Hashable, Hashable], float] = defaultdict(float)
-    for unit in units:
-        vals = [v for v in unit if v is not None]
-        m = len(vals)
-        if m < 2:
-            continue
-        for i, c in enumerate(vals):
-            for j, k in enumerate(vals):
-                if i != j:
-                    coincid[(c, k)] += 1.0 / (m - 1)
-    n_c: dict[Hashable, float] = defaultdict(float)
-    for (c, _k), w in coincid.items():
-        n_c[c] += w
-    n = sum(n_c.values())
-    if n < 2 or len(n_c) < 2:
-        return math.nan
-    d_o = sum(w for (c, k), w in coincid.items() if c != k) / n
-    d_e = sum(n_c[c] * n_c[k] for c in n_c for k in n_c if c != k) / (n * (n - 1))
-    if d_e == 0:
-        return math.nan
-    return 1.0 - d_o / d_e
+    rows = [[v for v in unit if v is not None] for unit in units]
+    values = sorted({v for r in rows for v in r}, key=repr)
+    index = {v: i for i, v in enumerate(values)}
+    counts = np.zeros((len(rows), len(values)))
+    for u, r in enumerate(rows):
+        for v in r:
+            counts[u, index[v]] += 1
+    return krippendorff_alpha_counts(counts)
 
 
-@dataclass(frozen=True)
-class Rating:
+class Rating(NamedTuple):
     """One nominal judgment of one item by one rater (an annotator) with the rater's source."""
 
     item: Hashable
@@ -133,25 +149,31 @@ def ratings_from_outcomes(records: Iterable[Mapping[str, object]], *, ties: bool
     return list(latest.values())
 
 
-def _by_item(ratings: Iterable[Rating]) -> dict[Hashable, list[Rating]]:
-    out: dict[Hashable, list[Rating]] = defaultdict(list)
+def item_counts(ratings: Iterable[Rating]) -> tuple[np.ndarray, list[str]]:
+    """Items with at least two ratings as an items x categories count matrix, and the category names."""
+    by_item: dict[Hashable, Counter[str]] = defaultdict(Counter)
     for r in ratings:
-        out[r.item].append(r)
-    return out
+        by_item[r.item][r.value] += 1
+    rows = [c for c in by_item.values() if sum(c.values()) >= 2]
+    cats = sorted({v for c in rows for v in c})
+    index = {c: i for i, c in enumerate(cats)}
+    counts = np.zeros((len(rows), len(cats)))
+    for u, c in enumerate(rows):
+        for v, k in c.items():
+            counts[u, index[v]] = k
+    return counts, cats
 
 
 def multi_rated_fleiss(ratings: Iterable[Rating]) -> tuple[float, int]:
     """Fleiss' kappa over items with at least two ratings; returns ``(kappa, n_items)``."""
-    items = {k: v for k, v in _by_item(ratings).items() if len(v) >= 2}
-    cats = sorted({r.value for v in items.values() for r in v})
-    counts = [[sum(1 for r in v if r.value == c) for c in cats] for v in items.values()]
-    return fleiss_kappa(counts), len(counts)
+    counts, _ = item_counts(ratings)
+    return (fleiss_kappa(counts) if len(counts) else math.nan), len(counts)
 
 
 def multi_rated_alpha(ratings: Iterable[Rating]) -> tuple[float, int]:
     """Krippendorff's nominal alpha over items with at least two ratings; returns ``(alpha, n_items)``."""
-    units = [[r.value for r in v] for v in _by_item(ratings).values() if len(v) >= 2]
-    return krippendorff_alpha_nominal(units), len(units)
+    counts, _ = item_counts(ratings)
+    return krippendorff_alpha_counts(counts), len(counts)
 
 
 @dataclass(frozen=True)
@@ -171,16 +193,47 @@ def _pair_stats(first: str, second: str, x: list[str], y: list[str]) -> PairAgre
     return PairAgreement(first, second, n, pct, cohen_kappa(x, y))
 
 
+def _kappa_from_confusion(conf: Mapping[tuple[str, str], int]) -> tuple[int, float, float]:
+    """``(n, percent agreement, Cohen's kappa)`` from a confusion table ``{(value1, value2): count}``."""
+    n = sum(conf.values())
+    if n == 0:
+        return 0, math.nan, math.nan
+    m1: Counter[str] = Counter()
+    m2: Counter[str] = Counter()
+    agree = 0
+    for (x, y), c in conf.items():
+        m1[x] += c
+        m2[y] += c
+        if x == y:
+            agree += c
+    p_o = agree / n
+    p_e = sum(m1[k] * m2.get(k, 0) for k in m1) / (n * n)
+    return n, p_o, (math.nan if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e))
+
+
 def annotator_pair_kappas(ratings: Iterable[Rating], *, min_common: int = 2) -> list[PairAgreement]:
-    """Cohen's kappa for every pair of raters who judged at least ``min_common`` items in common."""
-    per_rater: dict[str, dict[Hashable, str]] = defaultdict(dict)
+    """Cohen's kappa for every pair of raters who judged at least ``min_common`` items in common.
+
+    Built from the items' co-ratings (cost grows with the ratings per item, not with the number of rater
+    pairs), so hundreds of annotators over 100k labels stay fast.
+    """
+    by_item: dict[Hashable, list[tuple[str, str]]] = defaultdict(list)
     for r in ratings:
-        per_rater[r.rater][r.item] = r.value
+        by_item[r.item].append((r.rater, r.value))
+    conf: dict[tuple[str, str], Counter[tuple[str, str]]] = defaultdict(Counter)
+    for votes in by_item.values():
+        if len(votes) < 2:
+            continue
+        votes.sort()
+        for i in range(len(votes) - 1):
+            ra, va = votes[i]
+            for rb, vb in votes[i + 1:]:
+                conf[(ra, rb)][(va, vb)] += 1
     out = []
-    for a, b in combinations(sorted(per_rater), 2):
-        common = [i for i in per_rater[a] if i in per_rater[b]]
-        if len(common) >= min_common:
-            out.append(_pair_stats(a, b, [per_rater[a][i] for i in common], [per_rater[b][i] for i in common]))
+    for (a, b) in sorted(conf):
+        n, pct, kappa = _kappa_from_confusion(conf[(a, b)])
+        if n >= min_common:
+            out.append(PairAgreement(a, b, n, pct, kappa))
     return out
 
 
@@ -225,8 +278,10 @@ class AgreementSummary:
 def summarize(records: Sequence[Mapping[str, object]], *, ties: bool, min_common: int = 2) -> AgreementSummary:
     """All agreement statistics of label records (``item``, ``rater``, ``outcome``, ``source``)."""
     ratings = ratings_from_outcomes(records, ties=ties)
-    fk, n_items = multi_rated_fleiss(ratings)
-    alpha, _ = multi_rated_alpha(ratings)
+    counts, _ = item_counts(ratings)
+    n_items = len(counts)
+    fk = fleiss_kappa(counts) if n_items else math.nan
+    alpha = krippendorff_alpha_counts(counts)
     return AgreementSummary(
         ties=ties,
         n_ratings=len(ratings),

@@ -163,3 +163,18 @@ def test_summary_tables() -> None:
     assert set(t["sources"]["first"]) == {"ai"} and set(t["sources"]["second"]) == {"crowd"}
     # with ties all 3 pairs share >= 2 items; without ties bob and gpt share only item 1 (bob's tie is dropped)
     assert len(t["annotators"]) == 5
+
+
+def test_pair_kappas_match_cohen_on_random_data() -> None:
+    import random
+
+    rng = random.Random(7)
+    recs = [{"item": i, "rater": r, "outcome": rng.choice("aab") if r != "z" else rng.choice("ab")}
+            for i in range(300) for r in ("x", "y", "z") if rng.random() < 0.8]
+    ratings = ratings_from_outcomes(recs, ties=True)
+    got = {(p.first, p.second): p for p in annotator_pair_kappas(ratings)}
+    per = {r: {x.item: x.value for x in ratings if x.rater == r} for r in ("x", "y", "z")}
+    for a, b in (("x", "y"), ("x", "z"), ("y", "z")):
+        common = sorted(set(per[a]) & set(per[b]))
+        assert got[(a, b)].n_items == len(common)
+        assert got[(a, b)].kappa == pytest.approx(cohen_kappa([per[a][i] for i in common], [per[b][i] for i in common]))
