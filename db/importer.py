@@ -273,6 +273,7 @@ class Preview:
     errors: list[RowError]
     n_records: int
     n_errors: int
+    complete: bool = True  # False when the scan stopped at ``scan_limit`` rows (counts are then lower bounds)
 
 
 def record_row(rec: ImportRecord) -> dict[str, Any]:
@@ -294,9 +295,13 @@ def preview(
     split: str = "train",
     n: int = 20,
     max_errors: int = 50,
+    scan_limit: int | None = 20_000,
     filename: str | None = None,
 ) -> Preview:
-    """Read a whole file without writing anything: format, columns, the first ``n`` rows, up to ``max_errors``.
+    """Read a file without writing anything: format, columns, the first ``n`` rows, up to ``max_errors``.
+
+    At most ``scan_limit`` rows are checked (``None``: all), so a preview of a large upload stays quick;
+    ``complete`` says whether the whole file was read.
 
     Never raises for bad content: a file-level problem comes back as the only error (``format`` None), so an
     upload form can show it next to the file's columns and let the user pick ``--map`` targets.
@@ -306,10 +311,14 @@ def preview(
     rows: list[dict[str, Any]] = []
     errors: list[RowError] = []
     n_records = n_errors = 0
+    complete = True
     try:
         det = detect(inp, format=format, mapping=mapping)
         for item in parse_file(inp, format=format, mapping=mapping, winner_values=winner_values, source=source,
                                annotator=annotator, category=category, split=split):
+            if scan_limit is not None and n_records + n_errors >= scan_limit:
+                complete = False
+                break
             if isinstance(item, RowError):
                 n_errors += 1
                 if len(errors) < max_errors:
@@ -320,7 +329,7 @@ def preview(
                     rows.append(record_row(item))
     except FormatError as exc:
         return Preview(None, None, inp.name, columns, rows, [exc.row_error], n_records, n_errors + 1)
-    return Preview(det.format, det.container, inp.name, columns, rows, errors, n_records, n_errors)
+    return Preview(det.format, det.container, inp.name, columns, rows, errors, n_records, n_errors, complete)
 
 
 def _columns(inp: Input) -> list[str]:

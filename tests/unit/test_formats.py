@@ -285,3 +285,22 @@ def test_bad_options_are_format_errors():
         with pytest.raises(FormatError) as ei:
             parse(jsonl(CMP), **kw)
         assert ei.value.field == field
+
+
+# ---------------------------------------------------------------- upload preview
+
+def test_preview_reports_format_columns_rows_and_errors():
+    from db.importer import preview
+
+    data = jsonl(*[dict(CMP, prompt=f"q{i}") for i in range(30)], dict(CMP, winner="?"))
+    pv = preview(data, filename="up.jsonl", n=5)
+    assert (pv.format, pv.container, pv.n_records, pv.n_errors, pv.complete) == ("comparisons", "jsonl", 30, 1, True)
+    assert pv.columns == ["prompt", "response_a", "response_b", "winner"]
+    assert [r["prompt"] for r in pv.rows] == [f"q{i}" for i in range(5)] and pv.rows[0]["responses"] == ["4", "5"]
+    assert [(e.line, e.field) for e in pv.errors] == [(31, "winner")]
+    assert not preview(data, filename="up.jsonl", scan_limit=10).complete
+    bad = preview(jsonl(LFQA), filename="lfqa.jsonl")  # unknown layout: the error, plus the columns to map
+    assert bad.format is None and bad.errors[0].field == "format" and "overall_preference" in bad.columns
+    mapped = preview(jsonl(LFQA), mapping={"prompt": "question", "a": "answer_a", "b": "answer_b", "winner": "overall_preference"},
+                     winner_values="-1:a,1:b,0:tie", filename="lfqa.jsonl")
+    assert mapped.format == "mapped" and mapped.rows[0]["winner"] == "a"
