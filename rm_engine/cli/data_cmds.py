@@ -50,10 +50,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=cmd_stats)
 
 
-def _mapping_error(exc: Exception) -> CLIError:
-    return CLIError(str(exc))
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     """Import one file and print what was added."""
     from db.formats import FormatError
