@@ -122,6 +122,7 @@ class JobContext:
         self.job_id = job.id
         self.params: dict[str, Any] = dict(job.params or {})
         self.lost = False
+        self.published = False  # set once the job was marked succeeded with its version (lease released)
         self.cancel_requested = bool(job.cancel_requested)
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -228,6 +229,8 @@ class Heartbeat(threading.Thread):
                 log(f"job {self.ctx.job_id}: heartbeat failed ({type(exc).__name__}: {str(exc)[:200]}); retrying")
                 continue
             if hb.lost:
+                if self.ctx.published:  # the publishing transaction finished the job: nothing is lost
+                    return
                 self.ctx.lost = True
                 log(f"job {self.ctx.job_id}: lease lost; stopping it without publishing")
                 return
@@ -424,11 +427,11 @@ class Worker:
 
     def _conclude(self, job: Job, ctx: JobContext, status: JobStatus | None, result: Any, error: str | None) -> None:
         owner = self.config.owner
-        if ctx.lost:
-            log(f"job {job.id}: lease lost; nothing published")
-            return
         if status is JobStatus.succeeded and isinstance(result, dict) and result.get("_published"):
             log(f"job {job.id}: succeeded ({_short(result)})")
+            return
+        if ctx.lost:
+            log(f"job {job.id}: lease lost; nothing published")
             return
         if status is None:
             if ctx.cancel_requested:
@@ -518,15 +521,20 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
             return False
         if not jobq.finish(session, job.id, owner, JobStatus.succeeded, result=outcome, progress=ctx.peek_progress()):
             return False
+        ctx.published = True  # provisional: undone below if the transaction does not commit
         if rescore:
             jobq.enqueue(session, JobKind.rescore, {"after_job": job.id}, dedupe_key=f"rescore-after-{job.id}",
                          created_by=f"job {job.id}")
         return True
 
-    version = train_and_publish(
-        worker.db, worker.settings, cfg, progress=ctx.progress, should_stop=ctx.should_stop,
-        publish_guard=publish_guard, job_id=job.id,
-    )
+    try:
+        version = train_and_publish(
+            worker.db, worker.settings, cfg, progress=ctx.progress, should_stop=ctx.should_stop,
+            publish_guard=publish_guard, job_id=job.id,
+        )
+    except BaseException:
+        ctx.published = False  # the publishing transaction rolled back
+        raise
     if version is None:
         if ctx.should_stop():
             raise JobStopped(ctx.stop_reason())
@@ -542,7 +550,10 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
 
 
 def run_rescore(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
-    """Cache scores of stored responses under a version (``version_id``, or the version of ``after_job``)."""
+    """Cache scores of stored responses under a version (``version_id``, or the version of ``after_job``).
+
+    Skipped when every stored response already has a score under that version (training caches the scores of
+    the responses in its pair set when it publishes; the rescore covers the others, e.g. unlabelled ones)."""
     from rm_engine.scoring import rescore_stored
 
     p = job.params or {}
@@ -558,6 +569,14 @@ def run_rescore(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
         if v is None:
             raise RuntimeError("rescore job: there is no model version to score with")
         vid = v.id
+    from db.versions import count_responses, count_scores
+
+    with worker.db.read() as s:
+        stored, scored = count_responses(s), count_scores(s, int(vid))
+    if scored >= stored:  # training already cached a score for every stored response when it published
+        ctx.progress({"phase": "rescore", "step": stored, "total": stored})
+        ctx.log(f"all {stored} stored responses already scored under version {vid}")
+        return {"version_id": int(vid), "rows": 0, "already_scored": stored}
     rows = rescore_stored(worker.db, worker.settings, int(vid), progress=ctx.progress, should_stop=ctx.should_stop)
     if ctx.should_stop():
         raise JobStopped(ctx.stop_reason())

@@ -205,6 +205,9 @@ def test_n_new_labels_enqueue_one_retrain_and_a_new_version(any_db: Database, tm
         # the next N labels: exactly one more retrain
         label(any_db, pairs, range(n, 2 * n), annotator="bob")
         procs.wait_for(lambda: count(any_db, select(func.count()).select_from(ModelVersion)) >= 2, 120, "a second version")
+        rescores = procs.wait_for(
+            lambda: (lambda r: r if len(r) == 2 and r[1]["status"] in ("succeeded", "failed") else None)(
+                _jobs(any_db, JobKind.rescore)), 60, "the second rescore")
         time.sleep(0.6)
         jobs2 = train_jobs(any_db)
     finally:
@@ -223,7 +226,10 @@ def test_n_new_labels_enqueue_one_retrain_and_a_new_version(any_db: Database, tm
     assert rescore[0]["status"] == "succeeded", rescore[0]
     assert rescore[0]["params"] == {"after_job": auto["id"]} and rescore[0]["result"]["version_id"] == v1
     assert n_scores == 24  # every stored response scored under the new version
+    assert rescore[0]["result"]["rows"] >= 12  # at least the 12 responses no label had reached yet
     assert len(jobs2) == 2 and jobs2[1]["status"] == "succeeded" and jobs2[1]["dedupe_key"] == pol.AUTO_RETRAIN_KEY
+    # every comparison is labelled now: training cached all 24 scores, so the rescore had nothing left to do
+    assert rescores[1]["status"] == "succeeded" and rescores[1]["result"]["already_scored"] == 24
     print(f"N-th label -> version: {t_version - t_label:.2f} s")
 
 
