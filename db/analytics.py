@@ -426,3 +426,13 @@ def version_groups(metrics: dict[str, Any] | None, key: str = "per_source") -> p
             if acc is not None:
                 rows.append((split, str(g), acc, n))
     return pd.DataFrame(rows, columns=["split", "group", "accuracy", "n"])
+
+
+def data_fingerprint(session: Session) -> tuple[int, ...]:
+    """A cheap summary that changes whenever labels, rankings, versions or cached scores change: the
+    dashboard's cache key (counts and max ids, a handful of index lookups)."""
+    out: list[int] = []
+    for model in (Label, Ranking, ModelVersion, ResponseScore):
+        n, top = session.execute(select(func.count(), func.max(model.id)).select_from(model)).one()
+        out += [int(n or 0), int(top or 0)]
+    return tuple(out)

@@ -1,18 +1,20 @@
 """Dashboard (researchers): model accuracy, data growth, score distributions, calibration, agreement and prompt
-coverage. The top panel refreshes itself (``st.fragment(run_every=...)``) while labels and versions arrive."""
+coverage. The top panel refreshes itself (``st.fragment(run_every=...)``) while labels and versions arrive; data
+comes from ``app.dashboard_data`` (cached until the data changes)."""
 from __future__ import annotations
 
 import streamlit as st
 
 from app import charts
+from app import dashboard_data as data
 from app.auth import require_researcher
 from app.resources import database, empty_state_hint, settings
-from db import analytics, versions
-from rm_engine import agreement, coverage, metrics, normalize
+from db import analytics
+from rm_engine import coverage, metrics, normalize
 
 require_researcher()
 st.title("Dashboard")
-db = database()
+url = database().url
 REFRESH_S = 5
 
 
@@ -23,21 +25,17 @@ def _pct(x: float | None) -> str:
 @st.fragment(run_every=REFRESH_S)
 def live_overview() -> None:
     """Accuracy per version with bands and the overfitting warning; dataset size; labels over time; throughput."""
-    with db.read() as s:
-        vers = [(v.id, v.metrics or {}) for v in versions.list_versions(s)]
-        n_labels = analytics.label_count(s)
-        over_time = analytics.labels_over_time(s)
-        throughput = analytics.annotator_throughput(s)
+    d = data.overview(url, data.fingerprint())
+    vers, n_labels, over_time = d["versions"], d["n_labels"], d["over_time"]
     if not vers and not n_labels:
         empty_state_hint()
         return
-    acc = analytics.version_accuracy(vers)
     by_source = over_time.groupby("source")["labels"].sum().to_dict() if len(over_time) else {}
     c = st.columns(4)
     c[0].metric("Labels", f"{n_labels:,}")
     c[1].metric("Model versions", len(vers))
     if vers:
-        vid, m = max(vers)
+        vid, m = vers[0]
         train_acc = analytics.split_metrics(m, "train").get("accuracy")
         val_acc = analytics.split_metrics(m, "val").get("accuracy")
         c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc))
@@ -50,34 +48,31 @@ def live_overview() -> None:
     else:
         st.info("No model version yet: start a training on the **Train** page (or `rmstudio train`).")
     left, right = st.columns(2)
-    left.plotly_chart(charts.accuracy_by_version(acc), key="acc_versions")
+    left.plotly_chart(charts.accuracy_by_version(analytics.version_accuracy(vers)), key="acc_versions")
     right.plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
     if vers:
-        vid, m = max(vers)
+        vid, m = vers[0]
         g1, g2 = st.columns(2)
         g1.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_source"), f"v{vid} accuracy per source"), key="acc_src")
         g2.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_category"), f"v{vid} accuracy per category"), key="acc_cat")
     t1, t2 = st.columns(2)
     t1.plotly_chart(charts.labels_over_time(over_time), key="over_time")
-    t2.plotly_chart(charts.annotator_throughput(throughput), key="throughput")
+    t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")
 
 
 live_overview()
-
+fp = data.fingerprint()
 tab_scores, tab_agree, tab_cover = st.tabs(["Scores", "Agreement", "Coverage"])
 
 with tab_scores:
-    with db.read() as s:
-        choices = {v.id: (v.norm_stats or {}, v.metrics or {}) for v in versions.list_versions(s)}
+    choices = data.version_choices(url, fp)
     if not choices:
         st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
     else:
         vid = st.selectbox("Model version", list(choices), format_func=lambda v: f"version {v}", key="score_version")
         stats, vmetrics = choices[vid]
-        with db.read() as s:
-            frame = analytics.label_scores(s, vid)
-            table = analytics.scored_responses(s, vid)
-            spear = metrics.spearman_per_prompt(analytics.spearman_inputs(analytics.ranking_score_items(s, vid)))
+        sc = data.scores(url, fp, vid)
+        frame, table, spear = sc["labels"], sc["table"], sc["spearman"]
         if table.empty:
             st.info(f"No cached scores for version {vid} yet: its rescore job may still be running.")
         prefs = frame.dropna(subset=["margin"])
@@ -92,8 +87,7 @@ with tab_scores:
         c1, c2 = st.columns(2)
         val = analytics.split_metrics(vmetrics, "val")
         if val.get("reliability"):
-            cal = {"bins": val["reliability"], "ece": val.get("ece")}
-            title = "Calibration on validation pairs"
+            cal, title = {"bins": val["reliability"], "ece": val.get("ece")}, "Calibration on validation pairs"
         else:
             cal = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
             title = "Calibration on all labelled pairs"
@@ -103,43 +97,38 @@ with tab_scores:
             c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
 
 with tab_agree:
-    with db.read() as s:
-        records = analytics.agreement_records(analytics.multi_rated_labels(s))
-        conflicts = analytics.conflicting_labels(s)
-    tables = agreement.summary_tables([agreement.summarize(records, ties=t) for t in (True, False)])
-    st.plotly_chart(charts.agreement_bars(tables["overall"]), key="agreement")
+    ag = data.agreement_data(url, fp)
+    st.plotly_chart(charts.agreement_bars(ag["overall"]), key="agreement")
     st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped.")
-    st.dataframe(tables["overall"], hide_index=True)
+    st.dataframe(ag["overall"], hide_index=True)
     st.markdown("**Cohen's kappa per annotator pair**")
-    st.dataframe(tables["annotators"], hide_index=True)
+    st.dataframe(ag["annotators"], hide_index=True)
     st.markdown("**Agreement between sources** (each source's majority verdict per pair)")
-    st.dataframe(tables["sources"], hide_index=True)
-    st.markdown(f"**Conflicting labels** ({len(conflicts)} pairs with both an `a` and a `b` verdict)")
-    st.dataframe(conflicts, hide_index=True)
+    st.dataframe(ag["sources"], hide_index=True)
+    st.markdown(f"**Conflicting labels** ({len(ag['conflicts'])} pairs with both an `a` and a `b` verdict)")
+    st.dataframe(ag["conflicts"], hide_index=True)
 
 with tab_cover:
-    with db.read() as s:
-        per_cat = analytics.labels_per_category(s)
-        labelled = analytics.labelled_prompts(s)
-    st.plotly_chart(charts.labels_per_category(per_cat), key="categories")
+    base = data.coverage_base(url, fp)
+    st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
     cfg = settings()
     up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
                           type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
     method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
                       help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
     if up is not None:
-        if up.size > cfg.max_upload_mb * 1024 * 1024:
-            st.error(f"The file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB (RMSTUDIO_MAX_UPLOAD_MB).")
-        else:
-            try:
-                prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
-            except ValueError as exc:
-                st.error(str(exc))
-                prompts = []
-            if prompts:
-                with st.spinner("Comparing with the labelled prompts..."):
-                    res, note = coverage.check_coverage(prompts, list(labelled["text"]), method=method, settings=cfg)
-                st.metric("Covered", _pct(res.share_covered), help=note)
-                st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
-                st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
-                st.dataframe(coverage.result_frame(res, list(labelled["text"])), hide_index=True)
+        labelled = list(base["labelled"]["text"])
+        try:
+            if up.size > cfg.max_upload_mb * 1024 * 1024:  # the browser enforces it too; never trust the client
+                raise ValueError(f"the file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB")
+            prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
+        except ValueError as exc:
+            st.error(str(exc))
+            prompts = []
+        if prompts:
+            with st.spinner("Comparing with the labelled prompts..."):
+                res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg)
+            st.metric("Covered", _pct(res.share_covered), help=note)
+            st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
+            st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
+            st.dataframe(coverage.result_frame(res, labelled), hide_index=True)

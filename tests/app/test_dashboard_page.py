@@ -196,3 +196,25 @@ def test_coverage_upload_errors_name_the_line(app_env, sqlite_db: Database, seed
     at.file_uploader(key="coverage_upload").upload("p.jsonl", b'{"prompt": "ok"}\n{broken\n').run()
     assert not at.exception
     assert any("p.jsonl, line 2: invalid JSON" in e.value for e in at.error)
+
+
+def test_coverage_upload_over_the_cap_is_refused(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "1")
+    at = _page()
+    at.file_uploader(key="coverage_upload").upload("big.txt", b"x" * (1024 * 1024 + 10)).run()
+    assert not at.exception
+    assert any("the limit is 1 MB" in e.value for e in at.error)
+    assert not any(m.label == "Covered" for m in at.metric)
+
+
+def test_new_labels_and_versions_appear_on_the_next_refresh(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """The cached loaders are keyed by the data fingerprint: new data shows on the next run, not stale numbers."""
+    at = _page()
+    assert any("rmstudio seed-demo" in i.value for i in at.info)
+    _label_everything(sqlite_db, seeded)
+    at.run()
+    assert [m.value for m in at.metric][:2] == ["18", "0"]
+    vid = _insert_version(sqlite_db, _engine_metrics(0.8, 0.7, seed=4))
+    at.run()
+    assert [m.value for m in at.metric][1] == "1"
+    assert any(m.label == f"Validation accuracy (v{vid})" for m in at.metric)

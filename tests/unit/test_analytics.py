@@ -181,3 +181,19 @@ def test_version_metric_formats() -> None:
     groups = analytics.version_groups(nested, "per_source")
     assert sorted(zip(groups["split"], groups["group"], groups["accuracy"])) == [("train", "crowd", 0.85), ("val", "crowd", 0.5)]
     assert analytics.version_groups(flat, "per_category").empty
+
+
+def test_data_fingerprint_changes_with_labels_and_scores(data) -> None:
+    db, ids = data
+    with db.read() as s:
+        before = analytics.data_fingerprint(s)
+    assert before[:2] == (6, max(before[1], 6))
+    with db.write() as s:
+        add_label(s, comparison_id=ids["cm"], outcome="tie", source="expert", annotator="zed", idempotency_key="new")
+    with db.read() as s:
+        after_label = analytics.data_fingerprint(s)
+    assert after_label != before and after_label[0] == 7
+    with db.write() as s:
+        s.query(ResponseScore).filter(ResponseScore.response_id == ids["good"]).delete()
+    with db.read() as s:
+        assert analytics.data_fingerprint(s)[6] == after_label[6] - 1
