@@ -85,6 +85,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda: torch sees no CUDA device here (use --device auto or cpu)")
     return main(cfg, settings())
 
 

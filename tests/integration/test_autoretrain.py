@@ -109,6 +109,28 @@ def test_policy_defaults_validation_and_settings(sqlite_db: Database) -> None:
     assert params["label_watermark"] == {"max_label_id": 0, "max_ranking_id": 0}
 
 
+def test_policy_cli(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from rm_engine.cli import main as cli_main
+
+    assert cli_main(["policy", "--disable", "--min-new-labels", "7", "--min-interval", "5", "--mode", "head",
+                     "--train-param", "epochs=40", "--train-param", "head=mlp", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["enabled"] is False and out["min_new_labels"] == 7 and out["min_interval_s"] == 5.0
+    assert out["train_params"] == {"epochs": 40, "head": "mlp"} and out["retrain_due"] is False
+    assert out["reason"] == "automatic retraining is off"
+    assert cli_main(["policy", "--enable", "--train-param", "head="]) == 0
+    text = capsys.readouterr().out
+    assert "automatic retraining: on" in text and "after 7 new labels" in text and '"epochs": 40' in text
+    with sqlite_db.read() as s:
+        assert pol.get_policy(s).train_params == {"epochs": 40}
+    assert cli_main(["policy", "--train-param", "epoch=3"]) == 1
+    assert "unknown TrainConfig field(s) epoch" in capsys.readouterr().err
+    assert cli_main(["policy", "--min-new-labels", "0"]) == 1
+    assert "'min_new_labels' must be a whole number >= 1" in capsys.readouterr().err
+
+
 def test_new_labels_are_counted_from_the_training_watermark(sqlite_db: Database) -> None:
     pairs = seed(sqlite_db, 3)
     label(sqlite_db, pairs, range(4))
