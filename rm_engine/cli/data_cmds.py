@@ -32,6 +32,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--category", help="prompt category for records that name none")
     p.add_argument("--split", choices=("train", "test"), default="train", help="split for records that name none")
     p.add_argument("--skip-invalid", action="store_true", help="import the valid rows and report each skipped one")
+    p.add_argument("--dry-run", action="store_true", help="only validate: report the format, valid rows and errors; write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
@@ -59,6 +60,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     filename = None
     if args.file == "-":
         src, filename = sys.stdin.buffer.read(), "<stdin>"
+    if args.dry_run:
+        return _dry_run(args, src, filename)
     db = open_db()
     bar = None
 
@@ -89,6 +92,30 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"skipped {err}", file=sys.stderr)
         print(f"imported {report.filename}: {report.summary()}")
     return 0
+
+
+def _dry_run(args: argparse.Namespace, src: Any, filename: str | None) -> int:
+    """Validate the whole file without opening the database; exit 1 when a row is invalid."""
+    from db.formats import FormatError
+    from db.importer import preview
+
+    try:
+        pv = preview(src, format=args.format, mapping=args.mapping, winner_values=args.winner_values, source=args.source,
+                     annotator=args.annotator, category=args.category, split=args.split, n=3, max_errors=1000,
+                     scan_limit=None, filename=filename)
+    except FormatError as exc:
+        raise CLIError(str(exc)) from exc
+    if pv.format is None:
+        raise CLIError(str(pv.errors[0]))
+    if args.json:
+        print_json({"format": pv.format, "container": pv.container, "filename": pv.filename, "records": pv.n_records,
+                    "invalid": pv.n_errors, "errors": [str(e) for e in pv.errors], "columns": pv.columns})
+    else:
+        for err in pv.errors:
+            print(str(err), file=sys.stderr)
+        more = f" (first {len(pv.errors)} listed)" if pv.n_errors > len(pv.errors) else ""
+        print(f"{pv.filename}: {pv.format} ({pv.container}), {pv.n_records} valid records, {pv.n_errors} invalid{more}; nothing written")
+    return 1 if pv.n_errors else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

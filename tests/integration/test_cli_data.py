@@ -80,6 +80,13 @@ def test_errors_are_one_line_and_leave_the_database_alone(home, tmp_path, capsys
     rc, out, _ = run(capsys, "stats", "--json")
     assert json.loads(out)["labels"] == 1  # nothing of bad.jsonl was written
 
+    rc, out, err = run(capsys, "import", str(bad), "--dry-run")
+    assert rc == 1 and "3 valid records, 1 invalid; nothing written" in out and "bad.jsonl:4: field 'winner'" in err
+    rc, out, _ = run(capsys, "import", str(good), "--dry-run", "--json")
+    assert rc == 0 and json.loads(out)["records"] == 1 and json.loads(out)["format"] == "comparisons"
+    rc, out, _ = run(capsys, "stats", "--json")
+    assert json.loads(out)["labels"] == 1  # a dry run writes nothing
+
     rc, out, err = run(capsys, "import", str(bad), "--skip-invalid", "--no-progress")
     assert rc == 0 and "3 labels" in out and "1 invalid rows skipped" in out and "bad.jsonl:4" in err
 
