@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app.resources import database
-from db import analytics, versions
+from db import analytics, stats, versions
 from rm_engine import agreement, metrics
 
 Fingerprint = tuple[int, ...]
@@ -27,7 +27,8 @@ def fingerprint() -> Fingerprint:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
-    """Versions ``[(id, metrics)]`` newest first, label count, labels over time, annotator throughput."""
+    """Versions ``[(id, metrics)]`` newest first, label count, labels over time, annotator throughput, and the
+    dataset statistics (``db.stats.dataset_stats``: training pairs, size tier, advice)."""
     with database().read() as s:
         vers = [(v.id, dict(v.metrics or {})) for v in versions.list_versions(s)]
         return {
@@ -35,6 +36,7 @@ def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
             "n_labels": analytics.label_count(s),
             "over_time": analytics.labels_over_time(s),
             "throughput": analytics.annotator_throughput(s),
+            "stats": stats.dataset_stats(s),
         }
 
 

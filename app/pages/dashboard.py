@@ -50,6 +50,7 @@ def live_overview() -> None:
     left, right = st.columns(2)
     left.plotly_chart(charts.accuracy_by_version(analytics.version_accuracy(vers)), key="acc_versions")
     right.plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
+    right.caption(f"{d['stats']['pairs']:,} training pairs: size tier **{d['stats']['tier']}**. {d['stats']['advice']}")
     if vers:
         vid, m = vers[0]
         g1, g2 = st.columns(2)

@@ -109,6 +109,8 @@ def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded)
     assert "Labels over time" in charts and "Annotator throughput" in charts
     by_source = {t["name"]: _arr(t["x"])[0] for t in charts["Dataset size"]["data"]}
     assert by_source == {"crowd (12)": 12, "ai (6)": 6}
+    # 18 labels (no both_bad; ties count for tie-aware losses) plus a 4-way ranking: 18 + 6 = 24 training pairs
+    assert any("24 training pairs: size tier **under 1,000**" in c.value for c in at.caption)
     # Agreement: every pair is multi-rated; with ties differs from without ties.
     overall = at.dataframe[0].value
     assert set(overall["ties"]) == {"with ties", "without ties"}
