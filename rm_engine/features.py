@@ -148,12 +148,16 @@ class FeatureCache:
 
 def quantize_int8(model: Any) -> Any:
     """int8 dynamic quantization of the linear layers (CPU inference); the model unchanged where unsupported."""
+    import warnings
+
     import torch
 
     try:
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch 2.13 deprecates torch.ao quantization in favour of torchao
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     except Exception:  # noqa: BLE001  (a build without quantized kernels)
         return model
 
