@@ -85,9 +85,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """A daemon thread that ends this rank when its parent dies (a killed worker must not leave ranks blocked
+    in a collective)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="rmstudio-ddp-parent-watch").start()
+
+
 def _rank_main(rank: int, world: int, port: int, backend: str, args: dict[str, Any], q: Any, stop: Any, out_dir: str) -> None:
     """One spawned rank: join the group, train, rank 0 saves the model and reports its history."""
     os.environ.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": str(world)})
+    _exit_with_parent()
     threads = args.pop("threads_per_rank", None)
     if threads:
         torch.set_num_threads(int(threads))

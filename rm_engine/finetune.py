@@ -233,11 +233,11 @@ def train_finetune(
 
     history: list[dict[str, Any]] = []
     step, t_start, last_val = 0, time.perf_counter(), float("nan")
+    log_acc = torch.zeros(1, device=dev, dtype=torch.float64)  # loss sum since the last log
     for epoch, plan in enumerate(plans):
         net.train()
         t0 = time.perf_counter()
-        acc = torch.zeros(4, device=dev, dtype=torch.float64)  # loss sum over steps, correct, decided, steps
-        log_acc = torch.zeros(2, device=dev, dtype=torch.float64)  # loss sum, steps since the last log
+        acc = torch.zeros(3, device=dev, dtype=torch.float64)  # loss sum over steps, correct, decided
         real_tok = pad_tok = 0
         for gbatch in plan:
             if should_stop is not None:  # ranks agree at log intervals only (one collective, no per-step sync)
@@ -274,22 +274,23 @@ def train_finetune(
             with torch.no_grad():
                 decided = ~tie_t
                 acc += torch.stack([loss.detach().double(), ((rc > rr) & decided).sum().double(),
-                                    decided.sum().double(), torch.ones((), device=dev, dtype=torch.float64)])
-                log_acc += torch.stack([loss.detach().double(), torch.ones((), device=dev, dtype=torch.float64)])
+                                    decided.sum().double()])
+                log_acc += loss.detach().double()
             step += 1
-            if progress is not None and step % log_every == 0 and step < total:
-                la = _sync_sum(log_acc.tolist(), dev)  # the one host sync, every log_every steps
+            if (progress is not None or world > 1) and step % log_every == 0 and step < total:
+                la = _sync_sum(log_acc.tolist(), dev)  # the one host sync, every log_every steps (all ranks)
                 log_acc.zero_()
                 el = time.perf_counter() - t_start
-                progress({"step": step, "total": total, "loss": la[0] / max(la[1], 1.0), "val_accuracy": last_val,
-                          "eta_s": el / step * (total - step), "phase": "finetune", "epoch": epoch})
+                if progress is not None:
+                        progress({"step": step, "total": total, "loss": la[0] / log_every, "val_accuracy": last_val,
+                              "eta_s": el / step * (total - step), "phase": "finetune", "epoch": epoch})
         a = _sync_sum(acc.tolist(), dev)
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
         val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
         last_val = val.get("val_accuracy", float("nan"))
         secs = time.perf_counter() - t0
         n_pairs = sum(len(b) for b in plan)
-        row = {"epoch": epoch + 1, "train_loss": a[0] / max(a[3], 1.0), "train_accuracy": a[1] / max(a[2], 1.0),
+        row = {"epoch": epoch + 1, "train_loss": a[0] / max(len(plan), 1), "train_accuracy": a[1] / max(a[2], 1.0),
                **val, "steps": len(plan), "pairs": n_pairs, "tokens": int(toks[0]), "padded_tokens": int(toks[1]),
                "seconds": secs, "pairs_per_s": n_pairs / secs, "tokens_per_s": toks[0] / secs}
         if tie_param is not None:
