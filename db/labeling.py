@@ -47,7 +47,13 @@ from db.policy import get_setting, set_setting
 from db.store import add_label, add_ranking, undo_last_label
 
 QUEUE_POLICY_KEY = "queue_policy"
-_HASH_MUL = 7919  # a prime: (id * 7919) % 100 spreads consecutive ids over the 100 buckets
+# Bucket of a comparison (0..99) = ((id % 100) * 19) % 100: a permutation of the last two digits (19 is coprime
+# with 100), so consecutive ids land 19 buckets apart. Reduced before multiplying: no integer overflow in SQL.
+_HASH_MUL = 19
+
+
+def _bucket_sql() -> Any:
+    return ((Comparison.id % 100) * _HASH_MUL) % 100
 CHOICES = ("left", "right", "tie", "both_bad")
 
 
@@ -119,7 +125,7 @@ class QueuePolicy:
 
 def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:
     """Whether a comparison belongs to the share labelled by ``agreement_overlap`` annotators (same rule as SQL)."""
-    return (comparison_id * _HASH_MUL) % 100 < policy.agreement_percent
+    return ((comparison_id % 100) * _HASH_MUL) % 100 < policy.agreement_percent
 
 
 def load_queue_policy(session: Session) -> QueuePolicy:
@@ -179,7 +185,7 @@ def _phases(policy: QueuePolicy) -> list[list[Any]]:
         phases.append(
             [
                 Comparison.label_count < policy.agreement_overlap,
-                (Comparison.id * _HASH_MUL) % 100 < policy.agreement_percent,
+                _bucket_sql() < policy.agreement_percent,
             ]
         )
     return phases
@@ -482,7 +488,7 @@ def pairs_left(session: Session, policy: QueuePolicy) -> int:
                 and_(
                     Comparison.label_count >= policy.target_overlap,
                     Comparison.label_count < policy.agreement_overlap,
-                    (Comparison.id * _HASH_MUL) % 100 < policy.agreement_percent,
+                    _bucket_sql() < policy.agreement_percent,
                 )
             )
         )
