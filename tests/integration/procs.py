@@ -5,16 +5,18 @@ The parent side (tests, ``bench/load.py``) imports this module; the child side r
     python tests/integration/procs.py labeler --name amy --n 50 --log amy.jsonl [--source crowd]
     python tests/integration/procs.py reader --seconds 5 --log reader.jsonl
 
-A labeler submits labels through the Label page's code path (:func:`submit_label`) and appends one JSON line
-per event to its log with ``os.write`` on an ``O_APPEND`` descriptor, so a line written before a ``kill -9``
-is never lost: ``try`` before a submission, ``ok`` (with the latency) once it returned, ``err`` when it raised.
-Every key's comparison and outcome derive from ``(seed, key)``, so a labeler restarted with the same log
-re-submits exactly what it tried before (as a browser retrying with the same idempotency key would) and skips
-what was acknowledged.
+A labeler takes pairs from the labeling queue and submits verdicts through the Label page's code path
+(:func:`show_item`, :func:`submit_label`), appending one JSON line per event to its log with ``os.write`` on an
+``O_APPEND`` descriptor, so a line written before a ``kill -9`` is never lost: ``try`` (comparison, side shown
+left, choice, stored outcome) before a submission, ``ok`` (with the latency) once it returned, ``err`` when it
+raised. A labeler restarted with the same log skips what was acknowledged and re-submits what it tried before
+with the same item and key (as a browser retrying a click would). The parent side audits the logs against the
+database (:func:`audit_labels`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,10 +33,9 @@ if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
 from sqlalchemy import func, select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
 
-from db import store  # noqa: E402
-from db.models import Annotator, Comparison, Label  # noqa: E402
+from db import labeling, store  # noqa: E402
+from db.models import Annotator, Comparison, Label, Side  # noqa: E402
 from db.session import Database  # noqa: E402
 
 SOURCES = ("expert", "crowd", "ai")
@@ -57,11 +58,6 @@ def show_item(db: Database, annotator: str, seed: int, key: str, comparison_id: 
               left: str | None = None) -> Any:
     """What the Label page shows: ``labeling.next_pair`` for the annotator (or a given comparison, for a
     replay), with a deterministic left/right draw and the idempotency key ``key``. None when nothing is left."""
-    import dataclasses
-
-    from db import labeling
-    from db.models import Side
-
     rng = random.Random(f"{seed}:{key}")
     with db.read() as s:
         if comparison_id is None:
@@ -78,13 +74,9 @@ def show_item(db: Database, annotator: str, seed: int, key: str, comparison_id: 
 
 def submit_label(db: Database, item: Any, choice: str, *, annotator: str, source: str) -> bool:
     """Store one verdict exactly as the Label page does (``labeling.submit_label`` in one write transaction,
-    retried on a lock timeout); returns whether the label was new."""
-    from db import labeling
-
-    def _write(s: Session) -> bool:
+    no retry: an error here is an error the labeler would see); returns whether the label was new."""
+    with db.write() as s:
         return labeling.submit_label(s, item, choice, annotator=annotator, source=source)[1]
-
-    return db.run_write(_write)
 
 
 class EventLog:
@@ -135,8 +127,6 @@ def run_labeler(args: argparse.Namespace) -> int:
         _install_commit_pause(db, log, state, args.pause_seconds)
     log.emit("start", pid=os.getpid())
     errors = 0
-    from db.labeling import choice_to_outcome
-
     fixed: list[int] = []
     if args.fixed:  # every key names one comparison, whoever submits it (replays from several processes)
         with db.read() as s:
@@ -158,7 +148,7 @@ def run_labeler(args: argparse.Namespace) -> int:
             if args.pause_every and (i + 1) % args.pause_every == 0:
                 state["pause_key"] = key
             log.emit("try", key=key, comparison=item.comparison_id, left=item.left.value, choice=choice,
-                     outcome=choice_to_outcome(item, choice).value)
+                     outcome=labeling.choice_to_outcome(item, choice).value)
             t1 = time.perf_counter()
             created = submit_label(db, item, choice, annotator=args.name, source=args.source)
         except Exception as exc:  # noqa: BLE001 - an error a labeler would see: recorded, counted
@@ -333,8 +323,6 @@ def seed_comparisons(db: Database, n: int, hostile: bool = True, overlap: int = 
     """Store ``n`` prompts with two responses each (some carrying hostile markup); returns comparison ids.
 
     The queue policy lets every pair take ``overlap`` labels, so each labeler can label every pair once."""
-    from db import labeling
-
     ids = []
     with db.write() as s:
         labeling.save_queue_policy(s, labeling.QueuePolicy(target_overlap=overlap))
