@@ -38,7 +38,8 @@ def empty_figure(title: str, message: str = "nothing to show yet") -> go.Figure:
 
 def _bands(fig: go.Figure) -> None:
     for y, name in BANDS:
-        fig.add_hline(y=y, line_dash="dot", line_color="#bdbdbd", annotation_text=name, annotation_position="right")
+        fig.add_hline(y=y, line_dash="dot", line_color="#bdbdbd", annotation_text=name, annotation_position="top left",
+                      annotation_font=dict(size=10, color="#757575"))
 
 
 def accuracy_by_version(acc: pd.DataFrame) -> go.Figure:
@@ -72,25 +73,27 @@ def group_accuracy(groups: pd.DataFrame, title: str) -> go.Figure:
 
 
 def dataset_size(n_labels: int, by_source: Mapping[str, int] | None = None) -> go.Figure:
-    """Labels stored, per source, on a log axis with the 1k / 10k / 100k tiers."""
-    fig = _fig("Dataset size", barmode="stack", height=220, xaxis=dict(type="log", range=[0, 5.3], title="labels"))
-    parts = {k: v for k, v in (by_source or {"all": n_labels}).items() if v}
-    for src, n in parts.items():
-        fig.add_trace(go.Bar(x=[n], y=["labels"], orientation="h", name=f"{src} ({n:,})", marker_color=SOURCE_COLORS.get(src)))
+    """Labels stored, in total and per source, on a log axis with the 1k / 10k / 100k tiers."""
+    rows = [("all", n_labels)] + [(k, v) for k, v in (by_source or {}).items() if v]
+    fig = _fig("Dataset size", height=120 + 40 * len(rows), showlegend=False,
+               xaxis=dict(type="log", range=[0, 5.3], title="labels"), yaxis=dict(autorange="reversed"))
+    fig.add_trace(go.Bar(x=[max(n, 1) for _, n in rows], y=[k for k, _ in rows], orientation="h",
+                         text=[f"{n:,}" for _, n in rows], textposition="outside",
+                         marker_color=[SOURCE_COLORS.get(k, "#455a64") for k, _ in rows]))
     for n, name in TIERS:
         fig.add_vline(x=n, line_dash="dot", line_color="#757575", annotation_text=name)
     return fig
 
 
-def labels_over_time(df: pd.DataFrame) -> go.Figure:
-    """Cumulative labels per source over time (``period``, ``source``, ``cumulative``)."""
-    title = "Labels over time"
+def labels_over_time(df: pd.DataFrame, unit: str = "day") -> go.Figure:
+    """Labels per period, stacked by source (``period``, ``source``, ``labels``)."""
+    title = f"Labels per {unit} by source"
     if not len(df):
         return empty_figure(title, "no labels yet")
-    fig = _fig(title, yaxis=dict(title="labels (cumulative)"))
+    fig = _fig(title, barmode="stack", yaxis=dict(title="labels"), xaxis=dict(type="date"))
     for src, g in df.groupby("source"):
-        fig.add_trace(go.Scatter(x=g["period"], y=g["cumulative"], mode="lines+markers", name=str(src), stackgroup="one",
-                                 line=dict(color=SOURCE_COLORS.get(str(src)))))
+        fig.add_trace(go.Bar(x=g["period"], y=g["labels"], name=str(src), marker_color=SOURCE_COLORS.get(str(src)),
+                             customdata=g["cumulative"], hovertemplate="%{x}: %{y} labels (%{customdata} in total)"))
     return fig
 
 

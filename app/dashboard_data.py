@@ -31,10 +31,14 @@ def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
     dataset statistics (``db.stats.dataset_stats``: training pairs, size tier, advice)."""
     with database().read() as s:
         vers = [(v.id, dict(v.metrics or {})) for v in versions.list_versions(s)]
+        over_time, unit = analytics.labels_over_time(s, "D"), "day"
+        if over_time["period"].nunique() <= 2:  # a young dataset: hours say more than one or two bars
+            over_time, unit = analytics.labels_over_time(s, "h"), "hour"
         return {
             "versions": vers,
             "n_labels": analytics.label_count(s),
-            "over_time": analytics.labels_over_time(s),
+            "over_time": over_time,
+            "time_unit": unit,
             "throughput": analytics.annotator_throughput(s),
             "stats": stats.dataset_stats(s),
         }

@@ -41,7 +41,7 @@ def live_overview() -> None:
         c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc))
         c[3].metric("Training accuracy", _pct(train_acc))
         band = metrics.accuracy_band(val_acc)
-        st.caption(f"Band: **{band['band']}**: {band['message']}")
+        st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}.")
         flag = metrics.overfitting_flag(train_acc, val_acc)
         if flag["overfitting"]:
             st.warning(f"Overfitting: {flag['message']}", icon=":material/warning:")
@@ -57,7 +57,7 @@ def live_overview() -> None:
         g1.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_source"), f"v{vid} accuracy per source"), key="acc_src")
         g2.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_category"), f"v{vid} accuracy per category"), key="acc_cat")
     t1, t2 = st.columns(2)
-    t1.plotly_chart(charts.labels_over_time(over_time), key="over_time")
+    t1.plotly_chart(charts.labels_over_time(over_time, d["time_unit"]), key="over_time")
     t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")
 
 

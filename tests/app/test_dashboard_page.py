@@ -106,9 +106,9 @@ def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded)
     assert any("No model version yet" in i.value for i in at.info)
     assert [m.value for m in at.metric][:2] == ["18", "0"]
     charts = _charts(at)
-    assert "Labels over time" in charts and "Annotator throughput" in charts
-    by_source = {t["name"]: _arr(t["x"])[0] for t in charts["Dataset size"]["data"]}
-    assert by_source == {"crowd (12)": 12, "ai (6)": 6}
+    assert "Labels per hour by source" in charts and "Annotator throughput" in charts  # all labelled just now
+    [bars] = charts["Dataset size"]["data"]
+    assert dict(zip(bars["y"], _arr(bars["x"]))) == {"all": 18, "crowd": 12, "ai": 6}
     # 18 labels (no both_bad; ties count for tie-aware losses) plus a 4-way ranking: 18 + 6 = 24 training pairs
     assert any("24 training pairs: size tier **under 1,000**" in c.value for c in at.caption)
     # Agreement: every pair is multi-rated; with ties differs from without ties.
@@ -133,7 +133,7 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     assert vals[f"Validation accuracy (v{vid})"] == f"{m['val']['accuracy']:.1%}"
     assert vals["Training accuracy"] == f"{m['train']['accuracy']:.1%}"
     band = metrics.accuracy_band(m["val"]["accuracy"])["band"]
-    assert any(f"Band: **{band}**" in c.value for c in at.caption)
+    assert any(f"Validation accuracy band **{band}**" in c.value for c in at.caption)
     charts = _charts(at)
     acc = {t["name"]: _arr(t["y"]) for t in charts["Accuracy per model version"]["data"]}
     assert acc["val"] == [pytest.approx(m["val"]["accuracy"])] and acc["train"] == [pytest.approx(m["train"]["accuracy"])]
