@@ -74,7 +74,9 @@ with tab_score:
                         continue
                     if note:
                         st.warning(note)
-                    st.dataframe(df, hide_index=True, key=f"scores_{vid}")
+                    st.dataframe(df, hide_index=True, key=f"scores_{vid}", column_config={
+                        c: st.column_config.NumberColumn(format="%.3f") for c in ("raw", "z", "sigmoid", "std")
+                    } | {"percentile": st.column_config.NumberColumn(format="%.1f")})
                     for row in df.itertuples():
                         with st.container(border=True):
                             std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
