@@ -195,13 +195,19 @@ def train_heads(
     head = EnsembleHead(spec.kind, Xt.shape[1], spec.members, spec.hidden, spec.seed, spec.dropout)
     head.mu.copy_(mu)
     head.sigma.copy_(sigma)
-    Xt = head.standardize(Xt)  # once; the loop below calls forward_standardized
 
-    def tens(p: PairArrays) -> dict[str, torch.Tensor]:
-        return {"ci": torch.as_tensor(p.ci), "ri": torch.as_tensor(p.ri), "tie": torch.as_tensor(p.tie),
-                "margin": torch.as_tensor(p.margin)}
+    def tens(p: PairArrays) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The standardised rows this split uses (once; the loop calls forward_standardized) and its pairs with
+        indices remapped into those rows: training never touches the rows of other splits."""
+        rows, inv = np.unique(np.concatenate([p.ci, p.ri]), return_inverse=True)
+        n = len(p)
+        Z = head.standardize(Xt[torch.as_tensor(rows)])
+        return Z, {"ci": torch.as_tensor(inv[:n]), "ri": torch.as_tensor(inv[n:]), "tie": torch.as_tensor(p.tie),
+                   "margin": torch.as_tensor(p.margin)}
 
-    tp, vp = tens(train), (tens(val) if val is not None and len(val) else None)
+    Xtr, tp = tens(train)
+    Xva, vp = tens(val) if val is not None and len(val) else (None, None)
+    del Xt
     w_train = torch.as_tensor(_member_weights(train, spec.members, spec.seed))
     w_val = torch.as_tensor(val.weight)[None, :].expand(spec.members, -1) if vp is not None else None
     tie_param: nn.Parameter | None = None
@@ -226,12 +232,12 @@ def train_heads(
         order = torch.randperm(n, generator=gen) if mb < n else None
         for start in range(0, n, mb):
             if order is None:
-                r = head.forward_standardized(Xt)
+                r = head.forward_standardized(Xtr)
                 rc, rr, tie, mg, w = r[tp["ci"]], r[tp["ri"]], tp["tie"], tp["margin"], w_train
             else:  # only the rows of this minibatch go through the head
                 idx = order[start:start + mb]
                 m = idx.numel()
-                r = head.forward_standardized(torch.cat([Xt[tp["ci"][idx]], Xt[tp["ri"][idx]]]))
+                r = head.forward_standardized(torch.cat([Xtr[tp["ci"][idx]], Xtr[tp["ri"][idx]]]))
                 rc, rr, tie, mg, w = r[:m], r[m:], tp["tie"][idx], tp["margin"][idx], w_train[:, idx]
             loss_k = _per_member_loss(rc, rr, tie, mg, w, spec, tie_param)
             loss = loss_k.sum() + spec.weight_decay * head.l2()
@@ -244,7 +250,7 @@ def train_heads(
             continue
         head.eval()
         with torch.no_grad():
-            r = head.forward_standardized(Xt)
+            r = head.forward_standardized(Xva)
             vl = _per_member_loss(r[vp["ci"]], r[vp["ri"]], vp["tie"], vp["margin"], w_val, spec, tie_param)
             d = (r[vp["ci"]] - r[vp["ri"]]).mean(1)
             decided = ~vp["tie"]
