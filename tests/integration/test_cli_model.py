@@ -45,6 +45,14 @@ def test_train_inline_models_score_delete(sqlite_db: Database, engine_settings, 
     assert rc == 0 and scored["model_version"] == vid and len(scored["scores"]) == 2
     assert {"raw", "z", "sigmoid", "percentile", "std"} <= set(scored["scores"][0])
 
+    batch = Path(engine_settings.home) / "batch.jsonl"
+    batch.write_text(json.dumps({"prompt": "p1", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "p2", "response": "c"}) + "\n")
+    rc, out, _ = run(capsys, "score", "--file", str(batch), "--json")
+    assert rc == 0 and [s["response"] for s in json.loads(out)["scores"]] == ["a", "b", "c"]
+    batch.write_text('{"prompt": 3}\n')
+    rc, _, err = run(capsys, "score", "--file", str(batch))
+    assert rc == 1 and "batch.jsonl:1: field 'prompt'" in err
+
     rc, out, _ = run(capsys, "models", "delete", str(vid), "--json")
     assert rc == 0 and json.loads(out) == {"deleted": vid, "files_removed": True}
     rc, _, err = run(capsys, "score", "--prompt", "p", "--response", "r")
