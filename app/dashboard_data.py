@@ -1,12 +1,21 @@
 """Cached data for the Dashboard.
 
 Each loader is an ``st.cache_data`` function keyed by the database URL and a *fingerprint*
-(``db.analytics.data_fingerprint``: counts and max ids of labels, rankings, versions and cached scores). The live
-panel reruns every few seconds, but the heavy queries (100k labels) and the agreement statistics run again only
-when the data actually changed. Values are plain dataframes and dicts (no ORM objects), safe to pickle.
+(``db.analytics.data_fingerprint``: counts and max ids of labels, rankings, versions and cached scores).
+
+* The live overview (accuracy per version, dataset size, labels over time, throughput) keys on the exact
+  fingerprint: it is built from SQL aggregates and stays cheap when cold, so new labels and versions show at once.
+* The heavy panels (score distributions over labels, agreement, conflicts) key on :func:`coarse`: the same
+  versions and cached scores, but label counts bucketed in steps of about 5%, plus a time-to-live. While
+  labelers work, they are recomputed every few percent of new labels (or every ``HEAVY_TTL_S``), not on every
+  refresh. They also read bounded samples (the newest ``LABEL_SAMPLE`` labels, the newest
+  ``AGREEMENT_SAMPLE`` multi-rated pairs), which the page says.
+
+Values are plain dataframes and dicts (no ORM objects), safe to pickle.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -14,9 +23,23 @@ import streamlit as st
 
 from app.resources import database
 from db import analytics, stats, versions
-from rm_engine import agreement, metrics
+from rm_engine import agreement, metrics, normalize
 
 Fingerprint = tuple[int, ...]
+HEAVY_TTL_S = 120
+LABEL_SAMPLE = 20_000
+AGREEMENT_SAMPLE = 20_000
+
+
+def _bucket(n: int) -> int:
+    """``n`` itself when small, else the index of its ~5% growth step (log base 1.05)."""
+    return n if n < 200 else 200 + int(math.log(n / 200) / math.log(1.05))
+
+
+def coarse(fp: Fingerprint) -> Fingerprint:
+    """The fingerprint with label and ranking counts bucketed (versions and cached scores stay exact)."""
+    n_labels, _, n_rankings, _, *rest = fp
+    return (_bucket(n_labels), _bucket(n_rankings), *rest)
 
 
 def fingerprint() -> Fingerprint:
@@ -45,34 +68,59 @@ def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def version_choices(url: str, fp: Fingerprint) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
-    """``{version id: (norm_stats, metrics)}``, newest first."""
+def version_ids(url: str, fp: Fingerprint) -> list[int]:
+    """Version ids, newest first."""
     with database().read() as s:
-        return {v.id: (dict(v.norm_stats or {}), dict(v.metrics or {})) for v in versions.list_versions(s)}
+        return [v.id for v in versions.list_versions(s)]
 
 
-@st.cache_data(max_entries=16, show_spinner="Reading cached scores...")
+@st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner="Reading cached scores...")
 def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dict[str, Any]:
-    """Label scores, the response table and Spearman per ranked prompt for one version."""
+    """Everything the Scores panel shows for one version (pass ``coarse(fingerprint())``):
+
+    ``long`` (chosen/rejected scores per source) and ``margins`` over the newest ``LABEL_SAMPLE`` labels;
+    ``table``: the best ``limit`` stored responses with ``raw``, ``z``, ``sigmoid``, ``percentile`` (from the
+    version's stored statistics) and ``std``; ``calibration`` (``bins``, ``ece``, ``title``): the trainer's
+    validation reliability when recorded, else computed on the labelled pairs; ``spearman`` per ranked prompt.
+    """
     with database().read() as s:
-        frame = analytics.label_scores(s, version_id)
-        table = analytics.scored_responses(s, version_id, limit=limit)
+        v = versions.get_version(s, version_id)
+        stats, vmetrics = dict(v.norm_stats or {}), dict(v.metrics or {})
+        frame = analytics.label_scores(s, version_id, limit=LABEL_SAMPLE)
+        table = analytics.scored_responses(s, version_id, limit=limit).rename(columns={"score": "raw"})
         items = analytics.ranking_score_items(s, version_id)
-    return {"labels": frame, "table": table, "spearman": metrics.spearman_per_prompt(analytics.spearman_inputs(items))}
+    prefs = frame.dropna(subset=["margin"])
+    if len(table):
+        table = table.assign(**normalize.normalize(table["raw"], stats))
+    val = analytics.split_metrics(vmetrics, "val")
+    if val.get("reliability"):
+        cal = {"bins": val["reliability"], "ece": val.get("ece"), "title": "Calibration on validation pairs"}
+    else:
+        c = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
+        cal = {"bins": c["bins"], "ece": c["ece"], "title": "Calibration on labelled pairs"}
+    cols = [c for c in ("raw", "z", "sigmoid", "percentile", "std", "prompt", "response", "model") if c in table]
+    return {
+        "long": analytics.chosen_rejected_long(frame),
+        "margins": prefs["margin"],
+        "table": table[cols],
+        "calibration": cal,
+        "spearman": metrics.spearman_per_prompt(analytics.spearman_inputs(items)),
+    }
 
 
-@st.cache_data(max_entries=16, show_spinner="Computing agreement...")
+@st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner="Computing agreement...")
 def agreement_data(url: str, fp: Fingerprint) -> dict[str, pd.DataFrame]:
-    """Agreement tables (``overall``, ``annotators``, ``sources``) with and without ties, and ``conflicts``."""
+    """Agreement tables (``overall``, ``annotators``, ``sources``) with and without ties, and ``conflicts``,
+    over the newest ``AGREEMENT_SAMPLE`` multi-rated pairs. Pass ``coarse(fingerprint())``."""
     with database().read() as s:
-        multi = analytics.multi_rated_labels(s)
+        multi = analytics.multi_rated_labels(s, max_comparisons=AGREEMENT_SAMPLE)
         conflicts = analytics.conflicting_labels(s, multi=multi)
     records = analytics.agreement_records(multi)
     tables = agreement.summary_tables([agreement.summarize(records, ties=t) for t in (True, False)])
     return {**tables, "conflicts": conflicts}
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner=False)
 def coverage_base(url: str, fp: Fingerprint) -> dict[str, pd.DataFrame]:
     """Labels per category and the labelled prompts (``prompt_id``, ``text``, ``category``)."""
     with database().read() as s:

@@ -79,10 +79,11 @@ def labels_over_time(session: Session, freq: str = "D") -> pd.DataFrame:
     return out.sort_values(["period", "source"]).reset_index(drop=True)
 
 
-def annotator_throughput(session: Session, now: datetime | None = None) -> pd.DataFrame:
+def annotator_throughput(session: Session, now: datetime | None = None, median_sample: int = 20_000) -> pd.DataFrame:
     """Per annotator: ``annotator``, ``source`` (their most used), ``labels``, ``labels_24h``,
-    ``median_seconds`` (time spent per label, where recorded), ``first``, ``last``, ``labels_per_hour``
-    (over the span between their first and last label; ``NaN`` with fewer than two labels)."""
+    ``median_seconds`` (time spent per label over the most recent ``median_sample`` labels that record it),
+    ``first``, ``last``, ``labels_per_hour`` (over the span between their first and last label; ``NaN`` with
+    fewer than two labels). Counts come from SQL aggregates."""
     cols = ["annotator", "source", "labels", "labels_24h", "median_seconds", "first", "last", "labels_per_hour"]
     now = now or datetime.now(timezone.utc)
     recent = func.sum(case((Label.created_at >= now - timedelta(days=1), 1), else_=0))
@@ -97,7 +98,7 @@ def annotator_throughput(session: Session, now: datetime | None = None) -> pd.Da
     secs = _frame(
         session.execute(
             select(Annotator.name, Label.time_spent_ms).join(Annotator, Label.annotator_id == Annotator.id)
-            .where(Label.time_spent_ms.is_not(None))
+            .where(Label.time_spent_ms.is_not(None)).order_by(Label.id.desc()).limit(median_sample)
         ).all(),
         ["annotator", "ms"],
     )
@@ -139,8 +140,9 @@ def _score_table(session: Session, version_id: int) -> pd.DataFrame:
     return pd.DataFrame([tuple(r) for r in rows], columns=["response_id", "score", "std"]).set_index("response_id")
 
 
-def label_scores(session: Session, version_id: int) -> pd.DataFrame:
-    """Every label whose two responses have cached scores under ``version_id``.
+def label_scores(session: Session, version_id: int, limit: int | None = None) -> pd.DataFrame:
+    """Every label (the most recent ``limit`` when given) whose two responses have cached scores under
+    ``version_id``.
 
     Columns: ``label_id``, ``comparison_id``, ``source``, ``outcome``, ``split``, ``score_a``, ``score_b``,
     ``std_a``, ``std_b`` and, for outcomes ``a``/``b`` (``NaN`` otherwise): ``chosen_score``,
@@ -158,8 +160,9 @@ def label_scores(session: Session, version_id: int) -> pd.DataFrame:
             select(Label.id, Label.comparison_id, _text(Label.source), _text(Label.outcome), _text(Label.split),
                    Comparison.response_a_id, Comparison.response_b_id)
             .join(Comparison, Label.comparison_id == Comparison.id)
-            .order_by(Label.id)
-        ).all()
+            .order_by(Label.id.desc())
+            .limit(limit)
+        ).all()[::-1]
         df = _frame(rows, ["label_id", "comparison_id", "source", "outcome", "split", "ra", "rb"])
         df = df[df["ra"].isin(scores.index) & df["rb"].isin(scores.index)]
         sa, sb = scores.reindex(df["ra"]), scores.reindex(df["rb"])
@@ -182,14 +185,17 @@ def chosen_rejected_long(label_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["source", "role", "score"])
 
 
-def multi_rated_labels(session: Session, min_labels: int = 2) -> pd.DataFrame:
-    """Labels of comparisons labelled at least ``min_labels`` times: ``comparison_id``, ``label_id``,
-    ``annotator``, ``source``, ``outcome`` (uses the denormalized ``label_count``)."""
+def multi_rated_labels(session: Session, min_labels: int = 2, max_comparisons: int | None = None) -> pd.DataFrame:
+    """Labels of comparisons labelled at least ``min_labels`` times (the newest ``max_comparisons`` such
+    comparisons when given): ``comparison_id``, ``label_id``, ``annotator``, ``source``, ``outcome``. Uses the
+    denormalized ``label_count``."""
+    multi = select(Comparison.id).where(Comparison.label_count >= min_labels)
+    if max_comparisons is not None:
+        multi = multi.order_by(Comparison.id.desc()).limit(max_comparisons)
     rows = session.execute(
         select(Label.comparison_id, Label.id, Annotator.name, _text(Label.source), _text(Label.outcome))
-        .join(Comparison, Label.comparison_id == Comparison.id)
         .join(Annotator, Label.annotator_id == Annotator.id)
-        .where(Comparison.label_count >= min_labels)
+        .where(Label.comparison_id.in_(multi.scalar_subquery()))
         .order_by(Label.comparison_id, Label.id)
     ).all()
     return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome"])

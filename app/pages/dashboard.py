@@ -10,7 +10,7 @@ from app import dashboard_data as data
 from app.auth import require_researcher
 from app.resources import database, empty_state_hint, settings
 from db import analytics
-from rm_engine import coverage, metrics, normalize
+from rm_engine import coverage, metrics
 
 require_researcher()
 st.title("Dashboard")
@@ -61,46 +61,37 @@ def live_overview() -> None:
     t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")
 
 
-live_overview()
-fp = data.fingerprint()
-tab_scores, tab_agree, tab_cover = st.tabs(["Scores", "Agreement", "Coverage"])
-
-with tab_scores:
-    choices = data.version_choices(url, fp)
-    if not choices:
+def scores_panel() -> None:
+    """Chosen vs rejected scores, margins, normalized scores and their table, calibration, Spearman."""
+    ids = data.version_ids(url, fp)
+    if not ids:
         st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
-    else:
-        vid = st.selectbox("Model version", list(choices), format_func=lambda v: f"version {v}", key="score_version")
-        stats, vmetrics = choices[vid]
-        sc = data.scores(url, fp, vid)
-        frame, table, spear = sc["labels"], sc["table"], sc["spearman"]
-        if table.empty:
-            st.info(f"No cached scores for version {vid} yet: its rescore job may still be running.")
-        prefs = frame.dropna(subset=["margin"])
-        a, b = st.columns(2)
-        a.plotly_chart(charts.score_histograms(analytics.chosen_rejected_long(frame)), key="score_hist")
-        b.plotly_chart(charts.margin_histogram(prefs["margin"]), key="margins")
-        table = table.rename(columns={"score": "raw"})
-        table = table.assign(**normalize.normalize(table["raw"], stats)) if len(table) else table
-        st.plotly_chart(charts.normalized_scores(table), key="normalized")
-        st.dataframe(table[[c for c in ("raw", "z", "sigmoid", "percentile", "std", "prompt", "response", "model")
-                            if c in table]], hide_index=True, key="score_table")
-        c1, c2 = st.columns(2)
-        val = analytics.split_metrics(vmetrics, "val")
-        if val.get("reliability"):
-            cal, title = {"bins": val["reliability"], "ece": val.get("ece")}, "Calibration on validation pairs"
-        else:
-            cal = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
-            title = "Calibration on all labelled pairs"
-        c1.plotly_chart(charts.reliability_diagram(cal["bins"], cal.get("ece"), title), key="calibration")
-        c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
-        if spear["mean"] is not None:
-            c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
+        return
+    vid = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="score_version")
+    sc = data.scores(url, fp, vid)
+    st.caption(f"Distributions over the newest {data.LABEL_SAMPLE:,} labels at most; refreshed every few percent "
+               f"of new labels or {data.HEAVY_TTL_S} s.")
+    if sc["table"].empty:
+        st.info(f"No cached scores for version {vid} yet: its rescore job may still be running.")
+    a, b = st.columns(2)
+    a.plotly_chart(charts.score_histograms(sc["long"]), key="score_hist")
+    b.plotly_chart(charts.margin_histogram(sc["margins"]), key="margins")
+    st.plotly_chart(charts.normalized_scores(sc["table"]), key="normalized")
+    st.dataframe(sc["table"], hide_index=True, key="score_table")
+    c1, c2 = st.columns(2)
+    cal, spear = sc["calibration"], sc["spearman"]
+    c1.plotly_chart(charts.reliability_diagram(cal["bins"], cal["ece"], cal["title"]), key="calibration")
+    c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
+    if spear["mean"] is not None:
+        c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
 
-with tab_agree:
+
+def agreement_panel() -> None:
+    """Fleiss / Krippendorff with and without ties, Cohen per annotator pair, sources, conflicting labels."""
     ag = data.agreement_data(url, fp)
     st.plotly_chart(charts.agreement_bars(ag["overall"]), key="agreement")
-    st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped.")
+    st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped. "
+               f"Over the newest {data.AGREEMENT_SAMPLE:,} pairs labelled more than once.")
     st.dataframe(ag["overall"], hide_index=True)
     st.markdown("**Cohen's kappa per annotator pair**")
     st.dataframe(ag["annotators"], hide_index=True)
@@ -109,7 +100,9 @@ with tab_agree:
     st.markdown(f"**Conflicting labels** ({len(ag['conflicts'])} pairs with both an `a` and a `b` verdict)")
     st.dataframe(ag["conflicts"], hide_index=True)
 
-with tab_cover:
+
+def coverage_panel() -> None:
+    """Labels per category; uploaded downstream prompts checked against the labelled ones."""
     base = data.coverage_base(url, fp)
     st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
     cfg = settings()
@@ -117,19 +110,29 @@ with tab_cover:
                           type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
     method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
                       help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
-    if up is not None:
-        labelled = list(base["labelled"]["text"])
-        try:
-            if up.size > cfg.max_upload_mb * 1024 * 1024:  # the browser enforces it too; never trust the client
-                raise ValueError(f"the file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB")
-            prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
-        except ValueError as exc:
-            st.error(str(exc))
-            prompts = []
-        if prompts:
-            with st.spinner("Comparing with the labelled prompts..."):
-                res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg)
-            st.metric("Covered", _pct(res.share_covered), help=note)
-            st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
-            st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
-            st.dataframe(coverage.result_frame(res, labelled), hide_index=True)
+    if up is None:
+        return
+    labelled = list(base["labelled"]["text"])
+    try:
+        if up.size > cfg.max_upload_mb * 1024 * 1024:  # the browser enforces it too; never trust the client
+            raise ValueError(f"the file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB")
+        prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    with st.spinner("Comparing with the labelled prompts..."):
+        res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg)
+    st.metric("Covered", _pct(res.share_covered), help=note)
+    st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
+    st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
+    st.dataframe(coverage.result_frame(res, labelled), hide_index=True)
+
+
+live_overview()
+fp = data.coarse(data.fingerprint())
+# Lazy tabs: only the open tab's panel runs.
+tabs = st.tabs(["Scores", "Agreement", "Coverage"], key="dash_tab", on_change="rerun")
+for tab, panel in zip(tabs, (scores_panel, agreement_panel, coverage_panel)):
+    if tab.open:
+        with tab:
+            panel()

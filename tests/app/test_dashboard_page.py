@@ -18,8 +18,12 @@ from tests.app.conftest import PAGES, XSS_SCRIPT, Seeded
 DASH = str(PAGES / "dashboard.py")
 
 
-def _page() -> AppTest:
-    return AppTest.from_file(DASH, default_timeout=60).run()
+def _page(tab: str | None = None) -> AppTest:
+    """The dashboard, with one of its lazy tabs (Scores, Agreement, Coverage) open."""
+    at = AppTest.from_file(DASH, default_timeout=60)
+    if tab is not None:
+        at.session_state["dash_tab"] = tab
+    return at.run()
 
 
 def _charts(at: AppTest) -> dict[str, dict]:
@@ -101,7 +105,7 @@ def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
 
 def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     _label_everything(sqlite_db, seeded)
-    at = _page()
+    at = _page("Agreement")
     assert not at.exception
     assert any("No model version yet" in i.value for i in at.info)
     assert [m.value for m in at.metric][:2] == ["18", "0"]
@@ -163,6 +167,16 @@ def test_many_versions_with_old_and_missing_metrics(app_env, sqlite_db: Database
     acc = {t["name"]: _arr(t["x"]) for t in _charts(at)["Accuracy per model version"]["data"]}
     assert acc["val"] == ["2", "3", str(last)]  # the version without metrics is left out, not a crash
     assert any("No cached scores" in i.value for i in at.info)
+    assert not at.file_uploader  # lazy tabs: the closed Coverage panel did not run
+
+
+def test_only_the_open_tab_runs(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    at = _page("Agreement")
+    assert any("Cohen's kappa" in m.value for m in at.markdown) and not at.file_uploader
+    at.session_state["dash_tab"] = "Coverage"
+    at.run()
+    assert at.file_uploader and not any("Cohen's kappa" in m.value for m in at.markdown)
 
 
 def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
@@ -176,7 +190,7 @@ def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, mon
 
 def test_coverage_of_uploaded_prompts(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     _label_everything(sqlite_db, seeded)
-    at = _page()
+    at = _page("Coverage")
     assert at.file_uploader(key="coverage_upload").proto.max_upload_size_mb == 200
     at.radio(key="coverage_method").set_value("tfidf")
     at.file_uploader(key="coverage_upload").upload(
@@ -194,7 +208,7 @@ def test_coverage_of_uploaded_prompts(app_env, sqlite_db: Database, seeded: Seed
 
 def test_coverage_upload_errors_name_the_line(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     _label_everything(sqlite_db, seeded)
-    at = _page()
+    at = _page("Coverage")
     at.file_uploader(key="coverage_upload").upload("p.jsonl", b'{"prompt": "ok"}\n{broken\n').run()
     assert not at.exception
     assert any("p.jsonl, line 2: invalid JSON" in e.value for e in at.error)
@@ -202,7 +216,7 @@ def test_coverage_upload_errors_name_the_line(app_env, sqlite_db: Database, seed
 
 def test_coverage_upload_over_the_cap_is_refused(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
     monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "1")
-    at = _page()
+    at = _page("Coverage")
     at.file_uploader(key="coverage_upload").upload("big.txt", b"x" * (1024 * 1024 + 10)).run()
     assert not at.exception
     assert any("the limit is 1 MB" in e.value for e in at.error)

@@ -197,3 +197,15 @@ def test_data_fingerprint_changes_with_labels_and_scores(data) -> None:
         s.query(ResponseScore).filter(ResponseScore.response_id == ids["good"]).delete()
     with db.read() as s:
         assert analytics.data_fingerprint(s)[6] == after_label[6] - 1
+
+
+def test_samples_keep_the_newest(data) -> None:
+    db, ids = data
+    with db.read() as s:
+        full = analytics.label_scores(s, ids["version"])
+        newest = analytics.label_scores(s, ids["version"], limit=2)
+        multi = analytics.multi_rated_labels(s, max_comparisons=1)
+        tp = analytics.annotator_throughput(s, median_sample=1)
+    assert list(newest["label_id"]) == list(full["label_id"])[-2:]
+    assert set(multi["comparison_id"]) == {max(ids["cm"], ids["cc"])} and len(multi) == 3
+    assert tp["median_seconds"].notna().sum() == 1  # only the newest label's annotator has a sampled time
