@@ -86,6 +86,9 @@ def pair_margin(cfg: TrainConfig, p: TrainingPair) -> float:
     return 0.0 if p.tie or not p.strength else float(cfg.margin_from_strength) * float(p.strength)
 
 
+INNER_SPLIT_MIN_PAIRS = 200  # below this, early stopping watches the validation split itself
+
+
 @dataclass
 class Fitted:
     """A trained model before publishing: ``write(settings) -> relative path`` writes its files; ``scores`` maps
@@ -141,7 +144,15 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         weight_decay=float(cfg.weight_decay or 0.0), tie_model=cfg.tie_model if (has_ties and cfg.ties == "model") else None,
         center_coef=cfg.center_coef, seed=cfg.seed, patience=cfg.patience,
     )
-    res = train_heads(X, arrays(splits["train"]), spec, val=arrays(splits["val"]) if splits["val"] else None,
+    # Early stopping must not look at the validation pairs it is reported on: with enough data it uses an inner
+    # split of the training prompts (15%); with little data it falls back to the validation split (then the
+    # reported validation accuracy is slightly optimistic, and the metrics say so).
+    fit_train, stop_on, es = splits["train"], splits["val"], "val" if splits["val"] else "none"
+    if len(splits["train"]) >= INNER_SPLIT_MIN_PAIRS:
+        inner = split_pairs(splits["train"], 0.15, cfg.seed + 1000)
+        if inner["val"] and inner["train"]:
+            fit_train, stop_on, es = inner["train"], inner["val"], "inner-train-split"
+    res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None,
                       progress=progress, should_stop=should_stop)
     S = res.head.score(X)
     scores = {rid: (float(S[i].mean()), float(S[i].std())) for i, rid in enumerate(ids)}
@@ -164,7 +175,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     def write(s: Settings) -> str:
         return write_head_version(s, tensors, file_config)
 
-    info = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
+    info = {"early_stopping": es, "n_fit_pairs": len(fit_train), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
             "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
             "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids)}
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)

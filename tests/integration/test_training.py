@@ -158,3 +158,17 @@ def test_publish_on_both_backends(any_db: Database, engine_settings, tiny_encode
     with any_db.read() as s:
         row = get_version(s, v.id)
         assert row.metrics["train"]["n"] > 0 and row.norm_stats["n"] == count_scores(s, v.id)
+
+
+def test_early_stopping_never_watches_reported_validation(sqlite_db: Database, engine_settings, tiny_encoder: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import rm_engine.training as training
+
+    seed_labels(sqlite_db, 30)
+    small = train_and_publish(sqlite_db, engine_settings, tiny_config(tiny_encoder, epochs=20))
+    assert small.metrics["training"]["early_stopping"] == "val"  # little data: said out loud
+    monkeypatch.setattr(training, "INNER_SPLIT_MIN_PAIRS", 10)
+    v = train_and_publish(sqlite_db, engine_settings, tiny_config(tiny_encoder, epochs=20))
+    t = v.metrics["training"]
+    assert t["early_stopping"] == "inner-train-split"
+    assert 0 < t["n_fit_pairs"] < v.data_snapshot["n_train"] and v.metrics["val"]["n"] == small.metrics["val"]["n"]
