@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, and_, case, func, literal_column, select, type_coerce
+from sqlalchemy import String, case, func, literal_column, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (

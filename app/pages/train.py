@@ -62,6 +62,7 @@ def live_queue() -> None:
     with db.read() as s:
         active = [jobs.job_to_dict(j) for j in jobs.active_jobs(s)]
         recent = [jobs.job_to_dict(j) for j in jobs.list_jobs(s, 8)]
+        logs = {j["id"]: [ln.line for ln in jobs.job_logs(s, j["id"], limit=6)] for j in active if j["status"] == "running"}
     st.subheader("Queue")
     if not active:
         st.caption("No job is queued or running.")
@@ -81,6 +82,8 @@ def live_queue() -> None:
                 st.caption(" · ".join(f"{k} {v:.4f}" for k, v in stats.items()))
             if p.get("loss_history"):
                 st.plotly_chart(charts.loss_curve(p["loss_history"]), key=f"loss_{j['id']}")
+            if logs.get(j["id"]):
+                st.code("\n".join(logs[j["id"]]), language=None)
     with st.expander("Recent jobs"):
         st.dataframe([{k: j[k] for k in ("id", "kind", "status", "attempts", "error", "created_by", "created_at",
                                          "finished_at")} for j in recent], hide_index=True)

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 from sqlalchemy import select
 
 from db import jobs, policy, versions
-from db.models import Job, JobKind, JobStatus, ModelVersion
+from db.models import Job, JobKind, ModelVersion
 from db.session import Database
 from tests.app.conftest import PAGES, Seeded
 
@@ -69,6 +69,7 @@ def test_running_job_shows_progress_loss_curve_and_cancels(app_env, sqlite_db: D
     progress = {"step": 30, "total": 120, "loss": 0.61, "val_accuracy": 0.58, "eta_s": 12.0, "phase": "train",
                 "loss_history": [[i, 0.69 - i / 500] for i in range(0, 31, 5)]}
     assert jobs.heartbeat(sqlite_db, jid, "test-worker", 60, progress=progress).ok
+    jobs.append_log(sqlite_db, jid, "features: 120/120 <script>alert(1)</script>")
     at = _page()
     assert not at.exception
     [bar] = at.get("progress")
@@ -76,6 +77,7 @@ def test_running_job_shows_progress_loss_curve_and_cancels(app_env, sqlite_db: D
     assert "about 12 s left" in bar.proto.text
     assert any("loss 0.6100" in c.value and "val_accuracy 0.5800" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) >= 1  # the loss curve
+    assert at.code[0].value == "features: 120/120 <script>alert(1)</script>"  # the log tail, as plain text
     _button(at, "Cancel").click().run()
     assert not at.exception
     [job] = _jobs(sqlite_db)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from db import analytics
-from db.models import Label, ModelVersion, ResponseScore
+from db.models import ModelVersion, ResponseScore
 from db.session import Database
 from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
 from rm_engine import metrics
