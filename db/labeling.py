@@ -1,6 +1,7 @@
 """The labeling queue: which pair (or ranking task) an annotator sees next, and their progress.
 
-Queue policy (:class:`QueuePolicy`, stored as the ``queue_policy`` app setting, set by researchers):
+Queue policy (:class:`~db.queue_policy.QueuePolicy`, stored as the ``queue_policy`` app setting, set by
+researchers; re-exported here):
 
 1. **Fewest labels first, up to a target overlap**: comparisons with ``label_count < target_overlap`` come
    first (ordered by ``label_count``); once every pair has reached it, a deterministic share of the pairs
@@ -23,7 +24,7 @@ import random
 import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, time as dtime, timezone
 from typing import Any, Sequence
 
@@ -41,101 +42,26 @@ from db.models import (
     ResponseScore,
     Side,
     Source,
-    utcnow,
 )
-from db.policy import get_setting, set_setting
+from db.queue_policy import (  # re-exported: the queue's public API lives here
+    QUEUE_POLICY_KEY,
+    QueuePolicy,
+    bucket_sql,
+    in_agreement_share,
+    load_queue_policy,
+    phase_conditions,
+    save_queue_policy,
+)
 from db.store import add_label, add_ranking, undo_last_label
 
-QUEUE_POLICY_KEY = "queue_policy"
-# Bucket of a comparison (0..99) = ((id % 100) * 19) % 100: a permutation of the last two digits (19 is coprime
-# with 100), so consecutive ids land 19 buckets apart. Reduced before multiplying: no integer overflow in SQL.
-_HASH_MUL = 19
-
-
-def _bucket_sql() -> Any:
-    return ((Comparison.id % 100) * _HASH_MUL) % 100
 CHOICES = ("left", "right", "tie", "both_bad")
 
-
-# ----------------------------------------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    """How the labeling queue picks the next pair.
-
-    Attributes:
-        target_overlap: labels every pair gets before any pair gets more (1 = every pair labelled once).
-        agreement_share: share of pairs (0..1) that get ``agreement_overlap`` labels, for agreement statistics.
-        agreement_overlap: annotators per pair in the agreement share (Potato and OpenAssistant use 3).
-        active_learning: prefer pairs the newest scored model version is least sure about.
-        pool_size: how many best candidates one pair is drawn from (spreads concurrent annotators).
-        ranking_max_responses: at most this many responses are shown in one ranking task.
-    """
-
-    target_overlap: int = 1
-    agreement_share: float = 0.1
-    agreement_overlap: int = 3
-    active_learning: bool = False
-    pool_size: int = 20
-    ranking_max_responses: int = 6
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.target_overlap <= 100:
-            raise ValueError(f"queue_policy.target_overlap must be 1..100, got {self.target_overlap!r}")
-        if not 0.0 <= self.agreement_share <= 1.0:
-            raise ValueError(f"queue_policy.agreement_share must be within 0..1, got {self.agreement_share!r}")
-        if not 1 <= self.agreement_overlap <= 100:
-            raise ValueError(f"queue_policy.agreement_overlap must be 1..100, got {self.agreement_overlap!r}")
-        if not 1 <= self.pool_size <= 1000:
-            raise ValueError(f"queue_policy.pool_size must be 1..1000, got {self.pool_size!r}")
-        if not 3 <= self.ranking_max_responses <= 20:
-            raise ValueError(f"queue_policy.ranking_max_responses must be 3..20, got {self.ranking_max_responses!r}")
-
-    @property
-    def agreement_percent(self) -> int:
-        """The agreement share as whole hash buckets out of 100."""
-        return int(round(self.agreement_share * 100))
-
-    @property
-    def has_agreement_phase(self) -> bool:
-        return self.agreement_overlap > self.target_overlap and self.agreement_percent > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "QueuePolicy":
-        """Build from a stored dict; unknown keys are an error naming them, missing keys take defaults."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"queue_policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in data:
-                default = getattr(cls, f.name)
-                try:
-                    kw[f.name] = bool(data[f.name]) if isinstance(default, bool) else type(default)(data[f.name])
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"queue_policy.{f.name}: cannot read {data[f.name]!r} ({exc})") from None
-        return cls(**kw)
-
-
-def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:
-    """Whether a comparison belongs to the share labelled by ``agreement_overlap`` annotators (same rule as SQL)."""
-    return ((comparison_id % 100) * _HASH_MUL) % 100 < policy.agreement_percent
-
-
-def load_queue_policy(session: Session) -> QueuePolicy:
-    """The stored queue policy (defaults when none was saved)."""
-    return QueuePolicy.from_dict(get_setting(session, QUEUE_POLICY_KEY))
-
-
-def save_queue_policy(session: Session, policy: QueuePolicy) -> None:
-    """Store the queue policy (in the caller's write transaction)."""
-    set_setting(session, QUEUE_POLICY_KEY, policy.to_dict())
+__all__ = [
+    "CHOICES", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "RankingTask", "annotator_progress",
+    "bucket_sql", "choice_to_outcome", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
+    "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "next_ranking", "pairs_left",
+    "phase_conditions", "save_queue_policy", "submit_label", "submit_ranking", "uncertainty", "undo_last",
+]
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -176,19 +102,6 @@ def _not_labelled_by(ann_id: int | None) -> list[Any]:
     if ann_id is None:
         return []
     return [~exists().where(Label.comparison_id == Comparison.id, Label.annotator_id == ann_id)]
-
-
-def _phases(policy: QueuePolicy) -> list[list[Any]]:
-    """The WHERE clauses of the queue's phases, in order (first phase that has candidates wins)."""
-    phases: list[list[Any]] = [[Comparison.label_count < policy.target_overlap]]
-    if policy.has_agreement_phase:
-        phases.append(
-            [
-                Comparison.label_count < policy.agreement_overlap,
-                _bucket_sql() < policy.agreement_percent,
-            ]
-        )
-    return phases
 
 
 def _candidates(
@@ -256,7 +169,7 @@ def next_pair(
     rng = rng or random.SystemRandom()
     ann_id = _annotator_id(session, annotator)
     limit = max(policy.pool_size, 200 if policy.active_learning else 0)
-    for where in _phases(policy):
+    for where in phase_conditions(policy):
         cands = _candidates(session, where, ann_id, exclude, limit)
         if not cands:
             continue
@@ -488,7 +401,7 @@ def pairs_left(session: Session, policy: QueuePolicy) -> int:
                 and_(
                     Comparison.label_count >= policy.target_overlap,
                     Comparison.label_count < policy.agreement_overlap,
-                    _bucket_sql() < policy.agreement_percent,
+                    bucket_sql() < policy.agreement_percent,
                 )
             )
         )

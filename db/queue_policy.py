@@ -1,0 +1,116 @@
+"""The labeling-queue policy: how many annotators label each pair, the agreement share, active learning.
+
+Stored as the ``queue_policy`` app setting (``db.policy.get_setting``/``set_setting``) and set by researchers on
+the Data page. :func:`phase_conditions` turns it into the SQL conditions of the queue's phases
+(used by :mod:`db.labeling`). No torch, no streamlit.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.models import Comparison
+from db.policy import get_setting, set_setting
+
+QUEUE_POLICY_KEY = "queue_policy"
+# Bucket of a comparison (0..99) = ((id % 100) * 19) % 100: a permutation of the last two digits (19 is coprime
+# with 100), so consecutive ids land 19 buckets apart. Reduced before multiplying: no integer overflow in SQL.
+_HASH_MUL = 19
+
+
+def bucket_sql() -> Any:
+    """The comparison's agreement bucket (0..99) as a SQL expression; see :func:`in_agreement_share`."""
+    return ((Comparison.id % 100) * _HASH_MUL) % 100
+
+
+# ----------------------------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How the labeling queue picks the next pair.
+
+    Attributes:
+        target_overlap: labels every pair gets before any pair gets more (1 = every pair labelled once).
+        agreement_share: share of pairs (0..1) that get ``agreement_overlap`` labels, for agreement statistics.
+        agreement_overlap: annotators per pair in the agreement share (Potato and OpenAssistant use 3).
+        active_learning: prefer pairs the newest scored model version is least sure about.
+        pool_size: how many best candidates one pair is drawn from (spreads concurrent annotators).
+        ranking_max_responses: at most this many responses are shown in one ranking task.
+    """
+
+    target_overlap: int = 1
+    agreement_share: float = 0.1
+    agreement_overlap: int = 3
+    active_learning: bool = False
+    pool_size: int = 20
+    ranking_max_responses: int = 6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_overlap <= 100:
+            raise ValueError(f"queue_policy.target_overlap must be 1..100, got {self.target_overlap!r}")
+        if not 0.0 <= self.agreement_share <= 1.0:
+            raise ValueError(f"queue_policy.agreement_share must be within 0..1, got {self.agreement_share!r}")
+        if not 1 <= self.agreement_overlap <= 100:
+            raise ValueError(f"queue_policy.agreement_overlap must be 1..100, got {self.agreement_overlap!r}")
+        if not 1 <= self.pool_size <= 1000:
+            raise ValueError(f"queue_policy.pool_size must be 1..1000, got {self.pool_size!r}")
+        if not 3 <= self.ranking_max_responses <= 20:
+            raise ValueError(f"queue_policy.ranking_max_responses must be 3..20, got {self.ranking_max_responses!r}")
+
+    @property
+    def agreement_percent(self) -> int:
+        """The agreement share as whole hash buckets out of 100."""
+        return int(round(self.agreement_share * 100))
+
+    @property
+    def has_agreement_phase(self) -> bool:
+        return self.agreement_overlap > self.target_overlap and self.agreement_percent > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "QueuePolicy":
+        """Build from a stored dict; unknown keys are an error naming them, missing keys take defaults."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"queue_policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in data:
+                default = getattr(cls, f.name)
+                try:
+                    kw[f.name] = bool(data[f.name]) if isinstance(default, bool) else type(default)(data[f.name])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"queue_policy.{f.name}: cannot read {data[f.name]!r} ({exc})") from None
+        return cls(**kw)
+
+
+def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:
+    """Whether a comparison belongs to the share labelled by ``agreement_overlap`` annotators (same rule as SQL)."""
+    return ((comparison_id % 100) * _HASH_MUL) % 100 < policy.agreement_percent
+
+
+def load_queue_policy(session: Session) -> QueuePolicy:
+    """The stored queue policy (defaults when none was saved)."""
+    return QueuePolicy.from_dict(get_setting(session, QUEUE_POLICY_KEY))
+
+
+def save_queue_policy(session: Session, policy: QueuePolicy) -> None:
+    """Store the queue policy (in the caller's write transaction)."""
+    set_setting(session, QUEUE_POLICY_KEY, policy.to_dict())
+
+
+def phase_conditions(policy: QueuePolicy) -> list[list[Any]]:
+    """The WHERE clauses of the queue's phases, in order (the first phase that has candidates wins):
+    every pair up to ``target_overlap`` labels, then the agreement share up to ``agreement_overlap``."""
+    phases: list[list[Any]] = [[Comparison.label_count < policy.target_overlap]]
+    if policy.has_agreement_phase:
+        phases.append([Comparison.label_count < policy.agreement_overlap, bucket_sql() < policy.agreement_percent])
+    return phases
+
