@@ -154,10 +154,11 @@ def normalized_scores(df: pd.DataFrame) -> go.Figure:
 
 def reliability_diagram(bins: Iterable[Mapping[str, Any]], ece: float | None, title: str = "Calibration") -> go.Figure:
     """Observed win rate against predicted probability per bin (``rm_engine.metrics.calibration`` bins)."""
-    rows = [b for b in bins if b.get("count")]
+    rows = [b for b in bins if isinstance(b, Mapping) and b.get("count")
+            and isinstance(b.get("mean_pred"), (int, float)) and isinstance(b.get("frac_pos"), (int, float))]
     if not rows:
         return empty_figure(title, "no calibration data yet")
-    t = f"{title} (ECE {ece:.3f})" if ece is not None else title
+    t = f"{title} (ECE {ece:.3f})" if isinstance(ece, (int, float)) else title
     fig = _fig(t, xaxis=dict(range=[0, 1], title="predicted P(chosen wins)"), yaxis=dict(range=[0, 1], title="observed"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#9e9e9e"), name="perfect"))
     fig.add_trace(go.Scatter(x=[b["mean_pred"] for b in rows], y=[b["frac_pos"] for b in rows], mode="lines+markers",

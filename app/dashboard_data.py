@@ -93,7 +93,7 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
     if len(table):
         table = table.assign(**normalize.normalize(table["raw"], stats))
     val = analytics.split_metrics(vmetrics, "val")
-    if val.get("reliability"):
+    if isinstance(val.get("reliability"), list) and val["reliability"]:
         cal = {"bins": val["reliability"], "ece": val.get("ece"), "title": "Calibration on validation pairs"}
     else:
         c = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
