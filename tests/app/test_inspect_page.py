@@ -113,6 +113,15 @@ def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sq
     at = _score(at, "Name a colour", ["Red.", "no."])
     assert not at.exception
     assert any(f"using model version {version} instead" in w.value for w in at.warning)
+    # With no usable version left, the page says so instead of failing.
+    with sqlite_db.read() as s:
+        first_path = get_version(s, version).path
+    shutil.rmtree(Settings.from_env().home / first_path)
+    st.cache_resource.clear()
+    at = _page()
+    at = _score(at, "Name a colour", ["Red."])
+    assert not at.exception
+    assert any(f"Version {second} cannot score" in e.value for e in at.error)
 
 
 def test_disagreements_show_stored_text_as_text(version: int, sqlite_db: Database, seeded: Seeded) -> None:
