@@ -68,6 +68,8 @@ class TrainConfig:
         lr: learning rate (None: 3e-3 for heads, 2e-5 for finetune).
         batch_size: pairs per step (finetune without a token budget; heads train full-batch when 0).
         batch_tokens: finetune token budget per batch (chosen + rejected, similar lengths); 0 = use batch_size.
+        max_batch_pairs: finetune cap on pairs per token-budget batch (0 = the budget alone). Small datasets need
+            enough optimizer steps: TRL uses 8 pairs per step; a 16k budget alone packs ~50 short pairs.
         max_length: tokens per (prompt, response) sequence; truncation keeps the response, cuts the prompt left.
         ensemble: K members (different seeds and bootstrap resamples); scores carry their mean and std.
         source_weights: per-source loss weight (default expert=1.0, crowd=0.8, ai=0.5).
@@ -97,6 +99,7 @@ class TrainConfig:
     lr: float | None = None
     batch_size: int = 16
     batch_tokens: int = 16384
+    max_batch_pairs: int = 32
     max_length: int = 256
     ensemble: int = 1
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
@@ -141,6 +144,8 @@ class TrainConfig:
             raise bad("lr", "must be > 0")
         if self.batch_tokens < 0:
             raise bad("batch_tokens", "must be >= 0")
+        if self.max_batch_pairs < 0:
+            raise bad("max_batch_pairs", "must be >= 0")
         if not 0.0 <= self.val_fraction < 0.9:
             raise bad("val_fraction", "must be in [0, 0.9)")
         if self.center_coef < 0 or self.margin_from_strength < 0:
@@ -229,7 +234,7 @@ class TrainConfig:
 
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_INT = {"epochs", "batch_size", "batch_tokens", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience"}
+_INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience"}
 _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
 _BOOLS = {"lora", "grad_checkpointing", "compile", "quantize"}
 
