@@ -205,14 +205,15 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
-             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None) -> tuple[dict[str, Any], Any]:
+             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0) -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
-                      batch_size=batch_size, max_length=max_length, compile=compile_, seed=0)
+                      batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
+                      seed=0)
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-lr", type=float, default=2e-5)
     ap.add_argument("--acc-batch", type=int, default=8, help="TRL batch for the accuracy run")
     ap.add_argument("--acc-batch-tokens", type=int, default=4096, help="RM Studio budget for the accuracy run")
+    ap.add_argument("--acc-max-pairs", type=int, default=16, help="RM Studio pairs cap for the accuracy run")
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
     args = ap.parse_args(argv)
@@ -343,13 +345,15 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
     trl_acc = accuracy_of(trl_scores(trl_model, ho_ids[0], etok.pad_token_id), trl_scores(trl_model, ho_ids[1], etok.pad_token_id))
     t0 = time.perf_counter()
     ours, fm = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
-                        epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held)
+                        epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held,
+                        max_pairs=args.acc_max_pairs)
     ours_s = time.perf_counter() - t0
     ours_acc = accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1]))
     return {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "train_pairs": len(train),
             "held_out_pairs": len(held), "epochs": args.acc_epochs, "lr": args.acc_lr, "max_length": max_len,
             "trl": {"accuracy": trl_acc, "seconds": trl_s, "batch": args.acc_batch},
             "rmstudio": {"accuracy": ours_acc, "seconds": ours_s, "batch_tokens": args.acc_batch_tokens,
+                         "max_batch_pairs": args.acc_max_pairs,
                          "history_val_accuracy": ours["val_accuracy"]},
             "delta_points": 100 * (ours_acc - trl_acc)}
 

@@ -84,8 +84,7 @@ def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size:
     """The global batches of one epoch (identical on every rank).
 
     With ``cfg.batch_tokens > 0``: token-budget batches of similar length, ``batch_tokens`` padded tokens per
-    device (``x world_size`` per global batch), at most ``max_batch_pairs`` pairs per device when the config has
-    that field. With ``batch_tokens == 0``: random batches of ``batch_size`` pairs per device.
+    device (``x world_size`` per global batch), at most ``cfg.max_batch_pairs`` pairs per device (0: no cap). With ``batch_tokens == 0``: random batches of ``batch_size`` pairs per device.
     """
     seed = cfg.seed * 1000 + epoch
     if cfg.batch_tokens <= 0:
@@ -96,7 +95,7 @@ def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size:
         if len(plan) > 1 and len(plan[-1]) < world_size:
             plan[-2].extend(plan.pop())
         return plan
-    cap = int(getattr(cfg, "max_batch_pairs", 0) or 0)
+    cap = cfg.max_batch_pairs
     pcfg = BatchPlanConfig(
         batch_tokens=cfg.batch_tokens * world_size,
         max_items=cap * world_size if cap > 0 else None,
