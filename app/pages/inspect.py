@@ -47,43 +47,47 @@ def score_frame(version_id: int, prompt: str, texts: list[str]) -> tuple[pd.Data
     return df.reset_index(drop=True), note
 
 
-tab_score, tab_disagree = st.tabs(["Score responses", "Model vs human labels"])
-
-with tab_score:
+def score_panel() -> None:
+    """Score a prompt and its responses with one version, or two side by side (inputs kept for the session)."""
+    keep = {"persist_state": "session"}
     c1, c2 = st.columns(2)
-    va = c1.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="inspect_version")
-    vb = c2.selectbox("Compare with", [None] + [i for i in ids if i != va], key="inspect_compare",
+    va = c1.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="inspect_version", **keep)
+    vb = c2.selectbox("Compare with", [None] + [i for i in ids if i != va], key="inspect_compare", **keep,
                       format_func=lambda v: "(no comparison)" if v is None else f"version {v}")
-    prompt = st.text_area("Prompt", key="inspect_prompt", height=100)
-    n = int(st.number_input("Number of responses", min_value=1, max_value=MAX_RESPONSES, value=2, key="inspect_n"))
+    prompt = st.text_area("Prompt", key="inspect_prompt", height=100, **keep)
+    n = int(st.number_input("Number of responses", min_value=1, max_value=MAX_RESPONSES, value=2, key="inspect_n", **keep))
     rcols = st.columns(min(n, 3))
-    responses = [rcols[i % len(rcols)].text_area(f"Response {i + 1}", key=f"inspect_resp_{i}", height=120) for i in range(n)]
-    if st.button("Score", type="primary", key="inspect_score"):
-        texts = [r for r in responses if r.strip()]
-        if not prompt.strip() or not texts:
-            st.error("Enter a prompt and at least one response.")
-        else:
-            shown = [v for v in (va, vb) if v is not None]
-            for col, vid in zip(st.columns(len(shown)), shown):
-                with col:
-                    st.subheader(f"Version {vid}")
-                    try:
-                        df, note = score_frame(vid, prompt, texts)
-                    except Exception as exc:  # noqa: BLE001  (a broken model must not take the page down)
-                        st.error(f"Version {vid} cannot score: {exc}")
-                        continue
-                    if note:
-                        st.warning(note)
-                    st.dataframe(df, hide_index=True, key=f"scores_{vid}", column_config={
-                        c: st.column_config.NumberColumn(format="%.3f") for c in ("raw", "z", "sigmoid", "std")
-                    } | {"percentile": st.column_config.NumberColumn(format="%.1f")})
-                    for row in df.itertuples():
-                        with st.container(border=True):
-                            std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
-                            st.caption(f"#{row.rank}: raw {row.raw:.3f}, z {row.z:.2f}, sigmoid {row.sigmoid:.2f}{std}")
-                            safe_markdown(row.response)
+    responses = [rcols[i % len(rcols)].text_area(f"Response {i + 1}", key=f"inspect_resp_{i}", height=120, **keep)
+                 for i in range(n)]
+    if not st.button("Score", type="primary", key="inspect_score"):
+        return
+    texts = [r for r in responses if r and r.strip()]
+    if not prompt or not prompt.strip() or not texts:
+        st.error("Enter a prompt and at least one response.")
+        return
+    shown = [v for v in (va, vb) if v is not None]
+    for col, vid in zip(st.columns(len(shown)), shown):
+        with col:
+            st.subheader(f"Version {vid}")
+            try:
+                df, note = score_frame(vid, prompt, texts)
+            except Exception as exc:  # noqa: BLE001  (a broken model must not take the page down)
+                st.error(f"Version {vid} cannot score: {exc}")
+                continue
+            if note:
+                st.warning(note)
+            st.dataframe(df, hide_index=True, key=f"scores_{vid}", column_config={
+                c: st.column_config.NumberColumn(format="%.3f") for c in ("raw", "z", "sigmoid", "std")
+            } | {"percentile": st.column_config.NumberColumn(format="%.1f")})
+            for row in df.itertuples():
+                with st.container(border=True):
+                    std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
+                    st.caption(f"#{row.rank}: raw {row.raw:.3f}, z {row.z:.2f}, sigmoid {row.sigmoid:.2f}{std}")
+                    safe_markdown(row.response)
 
-with tab_disagree:
+
+def disagreement_panel() -> None:
+    """Stored labels whose human choice the model most strongly rejects (cached scores)."""
     vd = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="disagree_version")
     limit = st.slider("Pairs to show", 5, 100, 20, key="disagree_limit")
     with db.read() as s:
@@ -102,3 +106,11 @@ with tab_disagree:
             right.markdown(f"**Human rejected** (score {row.rejected_score:.3f})")
             with right:
                 safe_markdown(row.rejected)
+
+
+# Lazy tabs: only the open tab's panel runs (the disagreement query reads every label).
+tabs = st.tabs(["Score responses", "Model vs human labels"], key="inspect_tab", on_change="rerun")
+for tab, panel in zip(tabs, (score_panel, disagreement_panel)):
+    if tab.open:
+        with tab:
+            panel()

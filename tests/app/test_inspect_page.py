@@ -22,8 +22,12 @@ from tests.tiny_models import build_tiny_encoder
 INSPECT = str(PAGES / "inspect.py")
 
 
-def _page() -> AppTest:
-    return AppTest.from_file(INSPECT, default_timeout=60).run()
+def _page(tab: str | None = None) -> AppTest:
+    """The Inspect page with one of its lazy tabs open ("Score responses" by default)."""
+    at = AppTest.from_file(INSPECT, default_timeout=60)
+    if tab is not None:
+        at.session_state["inspect_tab"] = tab
+    return at.run()
 
 
 def _train(db: Database, seeded: Seeded, home, seed: int) -> int:
@@ -131,12 +135,19 @@ def test_disagreements_show_stored_text_as_text(version: int, sqlite_db: Databas
             add_label(s, comparison_id=cid, outcome="b", source="expert", annotator="eve", idempotency_key=f"rev-{cid}")
     assert rescore_stored(sqlite_db, Settings.from_env(), version) > 0
     at = _page()
-    assert not at.exception
+    at.text_area(key="inspect_prompt").input("kept across tabs").run()
+    assert not at.expander  # the closed tab did not run
+    at.session_state["inspect_tab"] = "Model vs human labels"
+    at.run()
+    assert not at.exception and not at.text_area
     at.slider(key="disagree_limit").set_value(100).run()
     assert len(at.expander) == len(seeded.comparison_ids)  # one of each contradicting pair of labels
     bodies = [m.value for m in at.markdown]
     assert XSS_SCRIPT in bodies or XSS_IMG in bodies
     assert all(not m.proto.allow_html for m in at.markdown)
+    at.session_state["inspect_tab"] = "Score responses"
+    at.run()
+    assert at.text_area(key="inspect_prompt").value == "kept across tabs"
 
 
 def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
