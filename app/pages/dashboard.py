@@ -67,7 +67,8 @@ def scores_panel() -> None:
     if not ids:
         st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
         return
-    vid = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="score_version", persist_state="session")
+    vid = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="score_version",
+                       persist_state="session")
     sc = data.scores(url, fp, vid)
     st.caption(f"Distributions over the newest {data.LABEL_SAMPLE:,} labels at most; refreshed every few percent "
                f"of new labels or {data.HEAVY_TTL_S} s.")
@@ -108,7 +109,8 @@ def coverage_panel() -> None:
     cfg = settings()
     up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
                           type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
-    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method", persist_state="session",
+    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
+                      persist_state="session",
                       help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
     if up is None:
         return
