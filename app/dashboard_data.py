@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from app.resources import database
-from db import analytics, stats, versions
+from db import analytics, stats, version_metrics, versions
 from rm_engine import agreement, metrics, normalize
 
 Fingerprint = tuple[int, ...]
@@ -92,7 +92,7 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
     prefs = frame.dropna(subset=["margin"])
     if len(table):
         table = table.assign(**normalize.normalize(table["raw"], stats))
-    val = analytics.split_metrics(vmetrics, "val")
+    val = version_metrics.split_metrics(vmetrics, "val")
     if isinstance(val.get("reliability"), list) and val["reliability"]:
         cal = {"bins": val["reliability"], "ece": val.get("ece"), "title": "Calibration on validation pairs"}
     else:

@@ -9,7 +9,7 @@ from app import charts
 from app import dashboard_data as data
 from app.auth import require_researcher
 from app.resources import database, empty_state_hint, settings
-from db import analytics
+from db import version_metrics as vm
 from rm_engine import coverage, metrics
 
 require_researcher()
@@ -36,8 +36,8 @@ def live_overview() -> None:
     c[1].metric("Model versions", len(vers))
     if vers:
         vid, m = vers[0]
-        train_acc = analytics.split_metrics(m, "train").get("accuracy")
-        val_acc = analytics.split_metrics(m, "val").get("accuracy")
+        train_acc = vm.split_metrics(m, "train").get("accuracy")
+        val_acc = vm.split_metrics(m, "val").get("accuracy")
         c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc))
         c[3].metric("Training accuracy", _pct(train_acc))
         band = metrics.accuracy_band(val_acc)
@@ -48,14 +48,14 @@ def live_overview() -> None:
     else:
         st.info("No model version yet: start a training on the **Train** page (or `rmstudio train`).")
     left, right = st.columns(2)
-    left.plotly_chart(charts.accuracy_by_version(analytics.version_accuracy(vers)), key="acc_versions")
+    left.plotly_chart(charts.accuracy_by_version(vm.version_accuracy(vers)), key="acc_versions")
     right.plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
     right.caption(f"{d['stats']['pairs']:,} training pairs: size tier **{d['stats']['tier']}**. {d['stats']['advice']}")
     if vers:
         vid, m = vers[0]
         g1, g2 = st.columns(2)
-        g1.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_source"), f"v{vid} accuracy per source"), key="acc_src")
-        g2.plotly_chart(charts.group_accuracy(analytics.version_groups(m, "per_category"), f"v{vid} accuracy per category"), key="acc_cat")
+        g1.plotly_chart(charts.group_accuracy(vm.version_groups(m, "per_source"), f"v{vid} accuracy per source"), key="acc_src")
+        g2.plotly_chart(charts.group_accuracy(vm.version_groups(m, "per_category"), f"v{vid} accuracy per category"), key="acc_cat")
     t1, t2 = st.columns(2)
     t1.plotly_chart(charts.labels_over_time(over_time, d["time_unit"]), key="over_time")
     t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")

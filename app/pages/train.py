@@ -10,7 +10,7 @@ import streamlit as st
 from app import charts
 from app.auth import require_researcher
 from app.resources import current_identity, database, settings
-from db import analytics, jobs, policy, versions
+from db import jobs, policy, version_metrics, versions
 from db.models import JobKind
 from rm_engine import registry
 from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, TrainConfig
@@ -115,7 +115,7 @@ with st.form("policy_form"):
 st.subheader("Model versions")
 with db.read() as s:
     rows = versions.list_versions(s)
-    table = analytics.versions_frame(rows)
+    table = version_metrics.versions_frame(rows)
     ids = [v.id for v in rows]
 if table.empty:
     st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from db import analytics
+from db import analytics, version_metrics
 from db.models import ModelVersion, ResponseScore
 from db.session import Database
 from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
@@ -164,7 +164,7 @@ def test_versions_frame_tolerates_missing_metrics(data) -> None:
 
         vs = list(s.scalars(select(ModelVersion).order_by(ModelVersion.id)))
         ids = [v.id for v in vs]
-        f = analytics.versions_frame(vs)
+        f = version_metrics.versions_frame(vs)
     assert list(f["version"]) == ids
     assert f.loc[0, "val_accuracy"] == pytest.approx(0.6) and math.isnan(f.loc[1, "val_accuracy"])
     assert "per_source" not in f.columns  # nested metrics are not flattened into columns
@@ -175,12 +175,12 @@ def test_version_metric_formats() -> None:
               "val": {"accuracy": 0.6, "n": 20, "tie_rate": 0.0, "per_source": {"crowd": {"accuracy": 0.5, "n": 10}}}}
     flat = {"train_accuracy": 0.7, "val_accuracy": 0.65}
     aliased = {"splits": {"validation": {"accuracy": 0.55}}}
-    acc = analytics.version_accuracy([(1, nested), (2, flat), (3, aliased), (4, {}), (5, None)])
+    acc = version_metrics.version_accuracy([(1, nested), (2, flat), (3, aliased), (4, {}), (5, None)])
     got = {(v, s): a for v, s, a in zip(acc["version"], acc["split"], acc["accuracy"])}
     assert got == {(1, "train"): 0.9, (1, "val"): 0.6, (2, "train"): 0.7, (2, "val"): 0.65, (3, "val"): 0.55}
-    groups = analytics.version_groups(nested, "per_source")
+    groups = version_metrics.version_groups(nested, "per_source")
     assert sorted(zip(groups["split"], groups["group"], groups["accuracy"])) == [("train", "crowd", 0.85), ("val", "crowd", 0.5)]
-    assert analytics.version_groups(flat, "per_category").empty
+    assert version_metrics.version_groups(flat, "per_category").empty
 
 
 def test_data_fingerprint_changes_with_labels_and_scores(data) -> None:

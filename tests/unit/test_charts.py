@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from app import charts
-from db import analytics
+from db import version_metrics
 
 
 def _message(fig) -> str:
@@ -43,7 +43,7 @@ def test_reliability_diagram_skips_malformed_bins() -> None:
 
 
 def test_accuracy_chart_has_one_line_per_split_and_the_bands() -> None:
-    acc = analytics.version_accuracy([(1, {"train": {"accuracy": 0.9}, "val": {"accuracy": 0.6}}), (2, {"val_accuracy": 0.7})])
+    acc = version_metrics.version_accuracy([(1, {"train": {"accuracy": 0.9}, "val": {"accuracy": 0.6}}), (2, {"val_accuracy": 0.7})])
     fig = charts.accuracy_by_version(acc)
     assert {t.name: list(t.y) for t in fig.data} == {"train": [0.9], "val": [0.6, 0.7]}
     assert sorted(s.y0 for s in fig.layout.shapes) == [0.5, 0.7, 0.8, 0.9]
