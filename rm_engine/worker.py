@@ -70,7 +70,8 @@ class WorkerConfig:
         once: run at most one job, then exit (exits at once when the queue is empty).
         preload: import the training and scoring code in a background thread at start, so that the first
             training job does not wait for torch and transformers to load (only when train or rescore jobs
-            are taken).
+            are taken; such a job waits for the preload to finish, since transformers' lazy imports are
+            not thread-safe).
         auto_retrain: apply the retrain policy (enqueue automatic retrains).
         max_jobs: exit after this many jobs (None: run until stopped).
     """
@@ -270,6 +271,7 @@ class Worker:
         self._signals = 0
         self.jobs_run = 0
         self._next_sweep = 0.0
+        self._preloading: threading.Thread | None = None
         self.handlers: dict[JobKind, Handler] = {
             JobKind.noop: run_noop,
             JobKind.train: run_train,
@@ -296,7 +298,8 @@ class Worker:
         cfg = self.config
         log(f"{cfg.owner} started (lease {cfg.lease_s:g} s, device {cfg.device}, kinds {cfg.kinds or 'all'})")
         if cfg.preload and not cfg.once and (cfg.kinds is None or {"train", "rescore"} & set(cfg.kinds)):
-            threading.Thread(target=_preload, name="preload", daemon=True).start()
+            self._preloading = threading.Thread(target=_preload, name="preload", daemon=True)
+            self._preloading.start()
         while not self.stopping.is_set():
             self.housekeeping()
             try:
@@ -409,6 +412,10 @@ class Worker:
             handler = self.handlers.get(job.kind)
             if handler is None:
                 raise RuntimeError(f"this worker cannot run {job.kind.value!r} jobs")
+            if self._preloading is not None and job.kind is not JobKind.noop:
+                # transformers' lazy imports are not thread-safe: never import beside the preload
+                self._preloading.join()
+                self._preloading = None
             device = self.resolve_device(job)
             ctx.params["device"] = device
             jobq.set_device(self.db, job.id, owner, device)
@@ -451,12 +458,19 @@ class Worker:
 
 def _preload() -> None:
     """Import the heavy modules (torch, transformers, the engine) ahead of the first job."""
+    import importlib
+
     t0 = time.monotonic()
     try:
-        import rm_engine.scoring  # noqa: F401
-        import rm_engine.training  # noqa: F401
-        import transformers  # noqa: F401
+        for name in ("rm_engine.training", "rm_engine.scoring", "rm_engine.features", "rm_engine.heads",
+                     "rm_engine.registry"):
+            importlib.import_module(name)
+        import transformers
 
+        # transformers loads its model classes lazily, on first use: touch the ones a head retrain on the
+        # default backbone (MiniLM, a BERT) needs, so the first job does not pay for them.
+        _ = (transformers.AutoConfig, transformers.AutoModel, transformers.AutoTokenizer)
+        importlib.import_module("transformers.models.bert.modeling_bert")
         log(f"engine preloaded in {time.monotonic() - t0:.1f} s")
     except Exception as exc:  # noqa: BLE001 - the job itself will report the real error
         log(f"preload failed: {type(exc).__name__}: {str(exc)[:200]}")
