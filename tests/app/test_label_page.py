@@ -177,3 +177,19 @@ def test_labeler_sees_only_label_page_with_token(app_env, sqlite_db: Database, s
     assert not at.exception and any(b.label == "A better" for b in at.button)
     with sqlite_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Label)) == 0
+
+
+def test_label_page_on_postgres(app_env, pg_db: Database) -> None:
+    """The same page against PostgreSQL: a label with the right source, position and annotator; undo."""
+    from tests.app.conftest import seed_small
+
+    seed_small(pg_db)
+    at = _app("pat", "ai")
+    assert not at.exception
+    item = at.session_state[ls.ITEM]
+    _button(at, "A better").click().run()
+    [lab] = _labels(pg_db)
+    assert (lab.annotator.name, lab.source, lab.left) == ("pat", Source.ai, item.left)
+    assert lab.outcome is Outcome(item.left.value)
+    _button(at, "Undo").click().run()
+    assert _labels(pg_db) == []
