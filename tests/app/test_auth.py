@@ -53,3 +53,26 @@ def test_open_mode_without_token_shows_every_page(app_env, sqlite_db: Database, 
         assert not at.exception, (page, at.exception)
         assert not any("for researchers" in w.value for w in at.warning)
         assert _titles(at), page
+
+
+def test_oidc_configured_requires_login(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """With an [auth] section in secrets, researcher pages ask for st.login, even without a token."""
+    at = AppTest.from_file(str(PAGES / "data.py"), default_timeout=30)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x",
+                          "client_id": "id", "client_secret": "s",
+                          "server_metadata_url": "https://example.invalid/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception
+    assert any("for researchers" in w.value for w in at.warning)
+    assert [b.label for b in at.button] == ["Log in (researchers)"] and _titles(at) == []
+    main = AppTest.from_file(MAIN, default_timeout=30)
+    main.secrets["auth"] = at.secrets["auth"]
+    main.query_params["annotator"] = "alice"
+    main.run()
+    assert _titles(main) == ["Label"]
+    with pytest.raises(ValueError, match="Known pages"):
+        main.switch_page("pages/train.py")
+    # Once logged in through the provider, the page opens.
+    at.user = {"is_logged_in": True, "email": "researcher@example.org"}
+    at.run()
+    assert not at.exception and _titles(at) == ["Data"]
