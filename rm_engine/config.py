@@ -10,6 +10,8 @@ from typing import Any, Mapping
 SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
+# Keys a model version's stored config carries besides the fields (``from_dict`` accepts and ignores them).
+VERSION_KEYS = frozenset({"truncation"})
 
 
 class Cancelled(Exception):
@@ -192,7 +194,7 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> "TrainConfig":
         """Build from ``to_dict()`` output (job params, stored versions). Unknown keys raise when ``strict``."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - VERSION_KEYS)
         if unknown and strict:
             raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
         kw = {k: v for k, v in data.items() if k in names}

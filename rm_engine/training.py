@@ -396,7 +396,8 @@ def train_and_publish(
                 version = None
             else:
                 version = insert_version(
-                    s, mode=fitted.mode, backbone=cfg.backbone, path=rel, config=cfg.to_dict(), metrics=metrics,
+                    s, mode=fitted.mode, backbone=cfg.backbone, path=rel, config={**cfg.to_dict(), "truncation": TRUNCATION_POLICY},
+                    metrics=metrics,
                     norm_stats=norm, data_snapshot={**snap, "backbone": fitted.backbone}, n_pairs=snap["n_pairs"],
                     n_labels=snap["n_labels"], ensemble_size=cfg.ensemble, job_id=job_id, device=fitted.device,
                 )

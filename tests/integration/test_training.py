@@ -53,6 +53,10 @@ def test_trained_head_separates_chosen_from_rejected(sqlite_db: Database, engine
         assert get_version(s, "latest").id == v.id
         assert count_scores(s, v.id) == ns["n"]
     assert v.config["backbone"] == str(tiny_encoder) and v.data_snapshot["n_test"] == 6
+    assert v.config["truncation"].startswith("keep-response")
+    from rm_engine.config import TrainConfig
+
+    assert TrainConfig.from_dict(v.config).ensemble == 2  # a version's config rebuilds its TrainConfig
 
 
 def test_split_is_grouped_by_prompt_and_deterministic(sqlite_db: Database) -> None:
