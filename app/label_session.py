@@ -27,8 +27,8 @@ from db.labeling import (
 )
 from db.session import explain_db_error
 
-ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR = (
-    "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error"
+ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
+    "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error", "lbl_stack"
 )
 STRENGTHS = {"slightly": 1, "clearly": 2}
 
@@ -71,6 +71,7 @@ def on_choice(choice: str, item: QueueItem, ident: Identity) -> None:
         _fail(exc)
         return
     done.add(item.key)
+    _state(STACK, []).append(item.key)
     st.session_state.pop(ERROR, None)
     st.session_state[NOTICE] = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}[choice]
     if st.session_state.get(ITEM) is None or st.session_state[ITEM].key == item.key:
@@ -87,10 +88,16 @@ def on_skip(item: QueueItem, ident: Identity) -> None:
 
 
 def on_undo(ident: Identity) -> None:
-    """Delete my last label and show that pair again."""
+    """Delete my last label (the newest one this session stored, else my newest one made in the app) and show
+    that pair again."""
+    stack: list[str] = _state(STACK, [])
     try:
         with database().write() as s:
-            cid = undo_last(s, ident.name)
+            cid = None
+            while cid is None and stack:
+                cid = undo_last(s, ident.name, stack.pop())
+            if cid is None:
+                cid = undo_last(s, ident.name)
         if cid is None:
             st.session_state[NOTICE] = "Nothing to undo"
             return
@@ -140,7 +147,7 @@ def on_rank_skip(task: RankingTask, ident: Identity) -> None:
 
 def reset() -> None:
     """Forget the items on screen (after switching annotator)."""
-    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR):
+    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK):
         st.session_state.pop(k, None)
 
 

@@ -52,12 +52,13 @@ from db.queue_policy import (  # re-exported: the queue's public API lives here
     phase_conditions,
     save_queue_policy,
 )
-from db.store import add_label, add_ranking, undo_last_label
+from db.store import add_label, add_ranking, delete_label
 
 CHOICES = ("left", "right", "tie", "both_bad")
+APP_ORIGIN = "app"  # ``origin`` of labels and rankings made on the Label page
 
 __all__ = [
-    "CHOICES", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "RankingTask", "annotator_progress",
+    "APP_ORIGIN", "CHOICES", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "RankingTask", "annotator_progress",
     "bucket_sql", "choice_to_outcome", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
     "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "next_ranking", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "submit_ranking", "uncertainty", "undo_last",
@@ -271,15 +272,33 @@ def submit_label(
         left=item.left,
         strength=strength if outcome in (Outcome.a, Outcome.b) else None,
         time_spent_ms=spent,
-        origin="app",
+        origin=APP_ORIGIN,
         extra={"queue": item.reason},
     )
 
 
-def undo_last(session: Session, annotator: str) -> int | None:
-    """Delete the annotator's own most recent label; returns its comparison id (to show it again) or None."""
-    label = undo_last_label(session, annotator)
-    return label.comparison_id if label is not None else None
+def undo_last(session: Session, annotator: str, key: str | None = None) -> int | None:
+    """Delete one of the annotator's own labels made in the app; returns its comparison id (to show it again).
+
+    With ``key``: the label stored under that idempotency key, if it is this annotator's (the page passes the
+    keys its session stored, newest first). Without: the annotator's most recent label made in the app.
+    Labels that came from an import (``origin`` other than ``app``) are never undone from the Label page, so a
+    labeler who types an imported annotator's name cannot delete that annotator's work.
+    """
+    ann_id = _annotator_id(session, annotator)
+    if ann_id is None:
+        return None
+    q = select(Label).where(Label.annotator_id == ann_id, Label.origin == APP_ORIGIN)
+    if key is not None:
+        q = q.where(Label.idempotency_key == key)
+    else:
+        q = q.order_by(Label.created_at.desc(), Label.id.desc()).limit(1)
+    label = session.scalar(q)
+    if label is None:
+        return None
+    cid = label.comparison_id
+    delete_label(session, label)
+    return cid
 
 
 # ----------------------------------------------------------------------------------------------- rankings
@@ -369,7 +388,7 @@ def submit_ranking(
         annotator=annotator,
         idempotency_key=task.key,
         time_spent_ms=spent,
-        origin="app",
+        origin=APP_ORIGIN,
         extra={"shown_order": list(task.response_ids)},
     )
 

@@ -267,3 +267,29 @@ def test_agreement_share_matches_sql_for_large_ids(any_db: Database) -> None:
             assert (sql < pol.agreement_percent) == in_agreement_share(cid, pol)
         assert pairs_left(s, pol) == int(in_agreement_share(big[0], pol))
     assert 0.2 < sum(in_agreement_share(c, pol) for c in range(1000)) / 1000 < 0.4
+
+
+def test_undo_by_key_and_never_imported_labels(sqlite_db: Database) -> None:
+    from db.store import add_label
+
+    seeded = seed_small(sqlite_db)
+    with sqlite_db.write() as s:  # an imported label of "human-1"
+        add_label(s, comparison_id=seeded.comparison_ids[0], outcome="a", source="crowd", annotator="human-1",
+                  idempotency_key="import-1", origin="import:file.jsonl")
+    with sqlite_db.write() as s:
+        assert undo_last(s, "human-1") is None  # someone typing that name cannot delete imported work
+    items = []
+    for _ in range(2):
+        with sqlite_db.read() as s:
+            item = next_pair(s, "human-1", QueuePolicy(target_overlap=2, agreement_share=0.0))
+        with sqlite_db.write() as s:
+            submit_label(s, item, "left", annotator="human-1", source="crowd")
+        items.append(item)
+    with sqlite_db.write() as s:
+        assert undo_last(s, "human-1", items[0].key) == items[0].comparison_id  # the older one, by key
+        assert undo_last(s, "human-1", items[0].key) is None  # already gone
+        assert undo_last(s, "someone-else", items[1].key) is None  # not theirs
+        assert undo_last(s, "human-1") == items[1].comparison_id
+        assert undo_last(s, "human-1") is None
+    with sqlite_db.read() as s:
+        assert [l.idempotency_key for l in s.scalars(select(Label))] == ["import-1"]
