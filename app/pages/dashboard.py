@@ -37,11 +37,12 @@ def live_overview() -> None:
     if vers:
         vid, m = vers[0]
         train_acc = vm.split_metrics(m, "train").get("accuracy")
-        val_acc = vm.split_metrics(m, "val").get("accuracy")
-        c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc))
+        val_acc, n_val = vm.split_metrics(m, "val").get("accuracy"), vm.split_metrics(m, "val").get("n")
+        c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc), help=f"on {n_val} held-out pairs")
         c[3].metric("Training accuracy", _pct(train_acc))
         band = metrics.accuracy_band(val_acc)
-        st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}.")
+        few = f" Only {n_val} validation pairs: these numbers are noisy." if isinstance(n_val, int) and n_val < 30 else ""
+        st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}.{few}")
         flag = metrics.overfitting_flag(train_acc, val_acc)
         if flag["overfitting"]:
             st.warning(f"Overfitting: {flag['message']}", icon=":material/warning:")
