@@ -19,6 +19,7 @@ import os
 import queue as queue_mod
 import socket
 import tempfile
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -89,7 +90,6 @@ def _exit_with_parent(poll_s: float = 1.0) -> None:
     """A daemon thread that ends this rank when its parent dies (a killed worker must not leave ranks blocked
     in a collective)."""
     import threading
-    import time
 
     parent = os.getppid()
 
@@ -180,8 +180,6 @@ def train_finetune_ddp(
         for p in procs:
             p.start()
         history, error = None, None
-        import time
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while history is None and error is None:

@@ -10,6 +10,7 @@ import torch
 
 from db.config import Settings
 from rm_engine.backbone import build_inputs, load_tokenizer, resolve_backbone
+from rm_engine.config import TrainConfig
 from rm_engine.ddp import train_finetune_ddp
 from rm_engine.finetune import plan_epoch, train_finetune
 from tests.integration.test_finetune import make_pairs
@@ -23,8 +24,6 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path, home: Path) -> None:
     build_tiny_encoder(tmp_path / "enc", seed=7)
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'rmstudio.db'}", model_dirs=(tmp_path,))
     pairs = make_pairs(40, seed=11, ties=4)  # ties exercise the tie parameter's gradient all-reduce
-    from rm_engine.config import TrainConfig
-
     base = dict(mode="finetune", backbone=str(tmp_path / "enc"), epochs=2, lr=2e-3, max_length=48, seed=3,
                 center_coef=0.01, margin_from_strength=0.0)
     per_device = TrainConfig(**base, batch_tokens=400)

@@ -192,16 +192,21 @@ def test_fixed_size_batches_when_no_token_budget() -> None:
     assert plan != plan_epoch([10] * 18, cfg, epoch=1)  # reshuffled every epoch
 
 
-def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
-    """bench/gpu_train.py --smoke: TRL (defaults, no checkpointing) vs ours, speed and accuracy, one JSON."""
-    import subprocess
+def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu_train.py --smoke: TRL (defaults, no checkpointing) vs ours, speed and accuracy, one JSON.
+    Run in this process (torch and transformers are already imported) with sys.path restored afterwards."""
+    import importlib.util
     import sys
 
     repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("rmstudio_bench_gpu_train", repo / "bench" / "gpu_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     out = tmp_path / "gpu_train.json"
-    proc = subprocess.run([sys.executable, str(repo / "bench" / "gpu_train.py"), "--smoke", "--limit", "32", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=repo)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench.main(["--smoke", "--limit", "32", "--out", str(out)])
+    stdout = capsys.readouterr().out
     rep = json.loads(out.read_text())
     row = rep["speed"]["smoke"]
     for k in ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "d_rmstudio_random16"):
@@ -217,4 +222,4 @@ def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert acc["train_pairs"] + acc["held_out_pairs"] == rep["n_pairs"] == 32
     assert 0 <= acc["trl"]["accuracy"] <= 1 and 0 <= acc["rmstudio"]["accuracy"] <= 1
     assert acc["rmstudio"]["accuracy"] == pytest.approx(acc["rmstudio"]["history_val_accuracy"])
-    assert "RM Studio" in proc.stdout and "c/b" in proc.stdout
+    assert "RM Studio" in stdout and "c/b" in stdout
