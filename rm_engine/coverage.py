@@ -142,11 +142,13 @@ class FeatureEmbedder:
     """Prompt embeddings through the engine's feature cache (``rm_engine.features``): the context-alone ("p")
     vectors that head-mode training already cached, so labelled prompts usually cost nothing."""
 
-    def __init__(self, settings: "Settings", backbone: str = "minilm", max_length: int = 256) -> None:
+    def __init__(self, settings: "Settings", backbone: str = "minilm", max_length: int = 256,
+                 progress: Callable[[float, str], None] | None = None) -> None:
         from rm_engine.backbone import resolve_backbone
         from rm_engine.features import FeatureExtractor
 
         self.extractor = FeatureExtractor(settings, resolve_backbone(backbone, settings), max_length=max_length)
+        self.progress = progress  # (fraction done, message) while texts are embedded
 
     def _items(self, texts: Sequence[str]) -> list["TextItem"]:
         from rm_engine.features import TextItem
@@ -161,7 +163,10 @@ class FeatureEmbedder:
         return len(self.extractor.cache.get_many(keys)) / len(keys)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return self.extractor.embed(self._items(texts))
+        report = self.progress
+        cb = None if report is None else (
+            lambda d: report(min(1.0, d["step"] / max(1, d["total"])), f"embedding {d['step']}/{d['total']} prompts"))
+        return self.extractor.embed(self._items(texts), progress=cb)
 
 
 def check_coverage(
@@ -172,18 +177,20 @@ def check_coverage(
     settings: "Settings | None" = None,
     backbone: str = "minilm",
     threshold: float | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> tuple[CoverageResult, str]:
     """Coverage of ``downstream`` prompts by ``labelled`` ones, and a one-line note on the method used.
 
     ``method``: ``"tfidf"``, ``"embedding"`` or ``"auto"`` (embeddings when at least half of the labelled
     prompts already have cached features, else TF-IDF). An embedding failure (backbone missing or unloadable)
-    falls back to TF-IDF and says why.
+    falls back to TF-IDF and says why. ``progress(fraction, message)`` reports embedding work (can be minutes for
+    thousands of new prompts on a CPU).
     """
     if method not in ("auto", "tfidf", "embedding"):
         raise ValueError(f"coverage method must be auto, tfidf or embedding, got {method!r}")
     if method != "tfidf" and settings is not None and labelled:
         try:
-            emb = FeatureEmbedder(settings, backbone)
+            emb = FeatureEmbedder(settings, backbone, progress=progress)
             share = emb.cached_share(labelled)
             if method == "embedding" or share >= 0.5:
                 res = embedding_coverage(downstream, labelled, emb, threshold)

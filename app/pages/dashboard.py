@@ -123,8 +123,10 @@ def coverage_panel() -> None:
     except ValueError as exc:
         st.error(str(exc))
         return
-    with st.spinner("Comparing with the labelled prompts..."):
-        res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg)
+    bar = st.progress(0.0, text="Comparing with the labelled prompts...")
+    res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg,
+                                        progress=lambda f, msg: bar.progress(f, text=msg))
+    bar.empty()
     st.metric("Covered", _pct(res.share_covered), help=note)
     st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
     st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")

@@ -95,8 +95,11 @@ def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
     assert emb.cached_share(LABELLED) == 0.0
     emb(LABELLED)
     assert FeatureEmbedder(settings, str(d)).cached_share(LABELLED) == 1.0
-    res, note = check_coverage([LABELLED[2], "boil"], LABELLED, settings=settings, backbone=str(d))
+    seen: list[tuple[float, str]] = []
+    res, note = check_coverage([LABELLED[2], "boil"], LABELLED, settings=settings, backbone=str(d),
+                               progress=lambda f, msg: seen.append((f, msg)))
     assert res.method == "embedding" and "100%" in note
+    assert seen and seen[-1][0] == 1.0 and "prompts" in seen[-1][1]  # the new prompt "boil" was embedded
     assert res.nearest_index[0] == 2 and res.similarity[0] == pytest.approx(1.0, abs=1e-5)
 
 
