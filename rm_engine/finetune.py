@@ -231,7 +231,8 @@ def train_finetune(
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
 
     history: list[dict[str, Any]] = []
-    step, t_start, last_val = 0, time.perf_counter(), float("nan")
+    step, t_start = 0, time.perf_counter()
+    last_val: float | None = None  # until the first validation (JSON-safe, unlike NaN)
     log_acc = torch.zeros(1, device=dev, dtype=torch.float64)  # loss sum since the last log
     for epoch, plan in enumerate(plans):
         net.train()
@@ -287,7 +288,7 @@ def train_finetune(
         secs = time.perf_counter() - t0
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
         val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
-        last_val = val.get("val_accuracy", float("nan"))
+        last_val = val.get("val_accuracy")
         n_pairs = sum(len(b) for b in plan)
         row = {"epoch": epoch + 1, "train_loss": a[0] / max(len(plan), 1), "train_accuracy": a[1] / max(a[2], 1.0),
                **val, "steps": len(plan), "pairs": n_pairs, "tokens": int(toks[0]), "padded_tokens": int(toks[1]),
