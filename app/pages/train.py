@@ -1,64 +1,40 @@
 """Train (researchers): start a retrain, watch the queue live, cancel, edit the automatic-retrain policy, and
-manage model versions."""
+manage model versions. The actions are callbacks in ``app.train_actions``."""
 from __future__ import annotations
-
-import hashlib
-import json
 
 import streamlit as st
 
 from app import charts
+from app import train_actions as act
 from app.auth import require_researcher
-from app.resources import current_identity, database, settings
+from app.resources import database
 from db import jobs, policy, version_metrics, versions
-from db.models import JobKind
-from rm_engine import registry
-from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, TrainConfig
+from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES
 
 require_researcher()
 st.title("Train")
 db = database()
+K = act.FORM_KEYS
+act.show_messages()
 
 with st.expander("Start a retrain", expanded=True), st.form("train_form"):
     c1, c2, c3, c4 = st.columns(4)
-    mode = c1.selectbox("Mode", ["head", "finetune"], help="head: frozen backbone, cached features (fast on CPU); "
-                        "finetune: the whole backbone (GPU).")
-    backbone = c2.text_input("Backbone", "minilm", help="`minilm` or a model folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
-    epochs = c3.number_input("Epochs (0 = mode default)", min_value=0, max_value=10_000, value=0)
-    ensemble = c4.number_input("Ensemble size", min_value=1, max_value=16, value=1)
+    c1.selectbox("Mode", ["head", "finetune"], key=K["mode"],
+                 help="head: frozen backbone, cached features (fast on CPU); finetune: the whole backbone (GPU).")
+    c2.text_input("Backbone", "minilm", key=K["backbone"],
+                  help="`minilm` or a model folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
+    c3.number_input("Epochs (0 = mode default)", min_value=0, max_value=10_000, value=0, key=K["epochs"])
+    c4.number_input("Ensemble size", min_value=1, max_value=16, value=1, key=K["ensemble"])
     wcols = st.columns(3)
-    weights = {s: wcols[i].slider(f"Weight of {s} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[s], 0.05) for i, s in enumerate(SOURCES)}
-    sources = st.multiselect("Train on sources", list(SOURCES), default=list(SOURCES))
-    submitted = st.form_submit_button("Enqueue training", type="primary")
-if submitted:
-    try:
-        cfg = TrainConfig(mode=mode, backbone=backbone.strip() or "minilm", epochs=int(epochs) or None,
-                          ensemble=int(ensemble), source_weights=weights,
-                          sources=None if set(sources) == set(SOURCES) else tuple(sources))
-    except ValueError as exc:
-        st.error(f"Invalid training settings: {exc}")
-    else:
-        params = cfg.to_dict()
-        key = "train-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
-        ident = current_identity()
-        with db.write() as s:
-            job = jobs.enqueue(s, JobKind.train, params, dedupe_key=key, created_by=ident.name if ident else "researcher")
-            job_id = job.id if job is not None else None
-        if job_id is None:
-            st.info("The same training run is already queued.")
-        else:
-            st.success(f"Queued training job #{job_id}. A worker (`rmstudio worker`) picks it up.")
-
-
-def cancel(job_id: int) -> None:
-    """Button callback (runs before the rerun, so the queue below already shows the new state)."""
-    status = jobs.request_cancel(db, job_id)
-    st.toast(f"Job #{job_id}: {getattr(status, 'value', status)}")
+    for i, src in enumerate(SOURCES):
+        wcols[i].slider(f"Weight of {src} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[src], 0.05, key=K[f"w_{src}"])
+    st.multiselect("Train on sources", list(SOURCES), default=list(SOURCES), key=K["sources"])
+    st.form_submit_button("Enqueue training", type="primary", on_click=act.enqueue_training)
 
 
 @st.fragment(run_every=2)
 def live_queue() -> None:
-    """Queued and running jobs with live progress, loss curve and a cancel button."""
+    """Queued and running jobs with live progress, loss curve, log tail and a cancel button."""
     with db.read() as s:
         active = [jobs.job_to_dict(j) for j in jobs.active_jobs(s)]
         recent = [jobs.job_to_dict(j) for j in jobs.list_jobs(s, 8)]
@@ -72,7 +48,8 @@ def live_queue() -> None:
             head = st.columns([5, 1])
             head[0].markdown(f"**#{j['id']} {j['kind']}**: {j['status']}"
                              + (" (cancel requested)" if j["cancel_requested"] else ""))
-            head[1].button("Cancel", key=f"cancel_{j['id']}", disabled=j["cancel_requested"], on_click=cancel, args=(j["id"],))
+            head[1].button("Cancel", key=f"cancel_{j['id']}", disabled=j["cancel_requested"], on_click=act.cancel,
+                           args=(j["id"],))
             step, total = p.get("step"), p.get("total")
             if step is not None and total:
                 eta = f", about {p['eta_s']:.0f} s left" if isinstance(p.get("eta_s"), (int, float)) else ""
@@ -104,13 +81,9 @@ with st.form("policy_form"):
     interval = p4.number_input("Minimum seconds between retrains", min_value=0.0, value=float(pol.min_interval_s))
     rescore = st.checkbox("Rescore stored responses after each new version", value=pol.rescore)
     if st.form_submit_button("Save policy"):
-        try:
-            with db.write() as s:
-                policy.set_policy(s, enabled=enabled, mode=pmode, min_new_labels=int(min_new),
-                                  min_interval_s=float(interval), rescore=rescore)
-            st.success("Policy saved.")
-        except ValueError as exc:
-            st.error(str(exc))
+        act.save_policy(enabled=enabled, mode=pmode, min_new_labels=int(min_new), min_interval_s=float(interval),
+                        rescore=rescore)
+        act.show_messages()
 
 st.subheader("Model versions")
 with db.read() as s:
@@ -123,12 +96,5 @@ else:
     st.dataframe(table, hide_index=True)
     d1, d2 = st.columns([3, 1])
     victim = d1.selectbox("Version to delete", ids, format_func=lambda v: f"version {v}")
-    confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)")
-    if d2.button("Delete version", disabled=not confirm, type="secondary"):
-        try:
-            with db.write() as s:
-                path = versions.delete_version(s, int(victim)).path
-            registry.remove_version_files(settings(), path)
-            st.success(f"Deleted version {victim}.")
-        except (versions.VersionNotFound, registry.ModelFilesError, OSError) as exc:
-            st.error(f"Could not delete version {victim}: {exc}")
+    confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")
+    d2.button("Delete version", disabled=not confirm, on_click=act.delete_version, args=(victim,))

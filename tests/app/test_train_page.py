@@ -135,6 +135,8 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     with sqlite_db.read() as s:
         left = [v.id for v in s.scalars(select(ModelVersion))]
     assert left == [ids[1]]
+    assert any(f"Deleted version {ids[0]}" in m.value for m in at.success)
+    assert list(at.dataframe[-1].value["version"]) == [ids[1]]  # the list drawn after the delete is current
 
 
 def test_no_versions_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -149,4 +151,18 @@ def test_refuses_without_token(app_env, sqlite_db: Database, seeded: Seeded, mon
     assert not at.exception
     assert not [b for b in at.button if b.label in ("Enqueue training", "Save policy", "Delete version")]
     assert any("for researchers" in w.value for w in at.warning)
+    assert _jobs(sqlite_db) == []
+
+
+def test_database_errors_are_explained(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def readonly(*_a, **_k):
+        raise OperationalError("INSERT INTO jobs", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(jobs, "enqueue", readonly)
+    at = _page()
+    _button(at, "Enqueue training").click().run()
+    assert not at.exception
+    assert any("Could not enqueue the training: the database is read-only" in e.value for e in at.error)
     assert _jobs(sqlite_db) == []

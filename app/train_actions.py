@@ -1,0 +1,121 @@
+"""Actions of the Train page, as Streamlit callbacks.
+
+Each callback runs before the page's rerun (so the queue, the policy and the versions list drawn afterwards
+already show its effect), writes in one short transaction, and leaves one-line messages (success, info or
+error) that the page shows with :func:`show_messages`. Database problems (read-only file, full disk, locked)
+become a clear error instead of a traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.resources import current_identity, database, settings
+from db import jobs, policy, versions
+from db.models import JobKind
+from db.session import explain_db_error
+from rm_engine import registry
+from rm_engine.config import SOURCES, TrainConfig
+
+T = TypeVar("T")
+_MSG = "train_messages"
+#: Session-state keys of the training form's widgets.
+FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
+             "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+
+
+def _say(kind: str, text: str) -> None:
+    st.session_state.setdefault(_MSG, []).append((kind, text))
+
+
+def show_messages() -> None:
+    """Show (once) what the last actions reported."""
+    for kind, text in st.session_state.pop(_MSG, []):
+        getattr(st, kind)(text)
+
+
+def _write(what: str, fn: Callable[[Session], T]) -> T | None:
+    """``fn`` in a write transaction; a database problem is reported as "Could not <what>: ..." and gives None."""
+    try:
+        return database().run_write(fn)
+    except SQLAlchemyError as exc:
+        _say("error", f"Could not {what}: {explain_db_error(exc)}")
+        return None
+
+
+def config_from_form(state: Any) -> TrainConfig:
+    """The ``TrainConfig`` the form describes (raises ``ValueError`` naming the bad field)."""
+    k = FORM_KEYS
+    chosen = tuple(state[k["sources"]])
+    return TrainConfig(
+        mode=state[k["mode"]],
+        backbone=(state[k["backbone"]] or "").strip() or "minilm",
+        epochs=int(state[k["epochs"]]) or None,
+        ensemble=int(state[k["ensemble"]]),
+        source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
+        sources=None if set(chosen) == set(SOURCES) else chosen,
+    )
+
+
+def enqueue_training() -> None:
+    """Form callback: validate the settings and enqueue one ``train`` job (the same settings twice while the
+    first is still queued are deduplicated)."""
+    try:
+        cfg = config_from_form(st.session_state)
+    except ValueError as exc:
+        _say("error", f"Invalid training settings: {exc}")
+        return
+    params = cfg.to_dict()
+    key = "train-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
+    ident = current_identity()
+    who = ident.name if ident else "researcher"
+
+    def add(s: Session) -> int | None:
+        job = jobs.enqueue(s, JobKind.train, params, dedupe_key=key, created_by=who)
+        return job.id if job is not None else None
+
+    job_id = _write("enqueue the training", add)
+    if job_id is not None:
+        _say("success", f"Queued training job #{job_id}. A worker (`rmstudio worker`) picks it up.")
+    elif not st.session_state.get(_MSG):
+        _say("info", "The same training run is already queued.")
+
+
+def cancel(job_id: int) -> None:
+    """Button callback: cancel a queued job at once, or ask a running one to stop."""
+    try:
+        status = jobs.request_cancel(database(), job_id)
+        st.toast(f"Job #{job_id}: {getattr(status, 'value', status)}")
+    except SQLAlchemyError as exc:
+        _say("error", f"Could not cancel job #{job_id}: {explain_db_error(exc)}")
+
+
+def save_policy(**changes: Any) -> None:
+    """Store the automatic-retrain policy (validated: a bad value is named in the error)."""
+    try:
+        if _write("save the policy", lambda s: policy.set_policy(s, **changes)) is not None:
+            _say("success", "Policy saved.")
+    except ValueError as exc:
+        _say("error", str(exc))
+
+
+def delete_version(version_id: int) -> None:
+    """Button callback: delete a version's row and cached scores, then its files."""
+    try:
+        path = _write(f"delete version {version_id}", lambda s: versions.delete_version(s, int(version_id)).path)
+    except versions.VersionNotFound as exc:
+        _say("error", str(exc))
+        return
+    if path is None:
+        return
+    try:
+        registry.remove_version_files(settings(), path)
+        _say("success", f"Deleted version {version_id}.")
+    except (registry.ModelFilesError, OSError) as exc:
+        _say("warning", f"Deleted version {version_id}; its files could not be removed ({exc}): the worker's "
+                        "orphan sweep removes them later.")
