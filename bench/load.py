@@ -5,7 +5,8 @@ and a dashboard reader polls, against SQLite and PostgreSQL.
     python bench/load.py --backend sqlite --labelers 8 --labels 30 --no-worker
     python bench/load.py --json results.json
 
-Reports labels/s, submit latency p50/p95/p99 (the write transaction alone, and the whole page step: next pair
+``--threads`` runs the labelers as threads of one process sharing one ``Database`` (as the app server's
+sessions do) instead of as processes. Reports labels/s, submit latency p50/p95/p99 (the write transaction alone, and the whole page step: next pair
 plus submit), dashboard reads and their latency, and verifies that every acknowledged label is in the
 database exactly once with its source and annotator, that ``comparisons.label_count`` matches, and that no
 error reached a labeler. Exit code 1 when any check fails.
@@ -22,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -48,6 +50,7 @@ class BenchConfig:
     min_new_labels: int = 200
     train_params: dict[str, Any] = field(default_factory=dict)
     drain_s: float = 600.0
+    threads: bool = False
 
 
 @dataclass
@@ -55,6 +58,7 @@ class BenchResult:
     """What one backend did under load."""
 
     backend: str
+    mode: str
     labelers: int
     acked: int
     seconds: float
@@ -171,16 +175,26 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
                                   "--log", str(rlog), "--stop-file", str(stop), "--url", url,
                                   out_dir=home, name="reader", env=env)
         logs: dict[str, tuple[Path, str]] = {}
-        kids = []
+        argvs = []
         t0 = time.time()
         for i in range(cfg.labelers):
             name, source = f"bench{i}", procs.SOURCES[i % 3]
             logs[name] = (home / f"{name}.jsonl", source)
-            kids.append(procs.spawn_role(
-                "labeler", "--name", name, "--n", str(cfg.labels), "--log", str(logs[name][0]), "--source", source,
-                "--url", url, "--think-ms", str(cfg.think_ms), out_dir=home, name=name, env=env,
-            ))
-        codes = procs.wait_all(kids, timeout=3600)
+            argvs.append(["labeler", "--name", name, "--n", str(cfg.labels), "--log", str(logs[name][0]),
+                          "--source", source, "--url", url, "--think-ms", str(cfg.think_ms)])
+        if cfg.threads:  # one process, one shared Database: the app server's sessions
+            shared = Database(url, migrate=False)
+            codes = []
+            threads = [threading.Thread(target=lambda a=a: codes.append(procs.run_labeler(
+                procs.build_parser().parse_args(a), shared))) for a in argvs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            shared.dispose()
+        else:
+            kids = [procs.spawn_role(*a, out_dir=home, name=a[2], env=env) for a in argvs]
+            codes = procs.wait_all(kids, timeout=3600)
         labels_done = time.time()
         stop.touch()
         procs.wait_all([reader], timeout=60)
@@ -203,7 +217,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
         integrity = procs.sqlite_integrity(home / "rmstudio.db") if backend == "sqlite" else "n/a (PostgreSQL)"
         bad_exit = [c for c in codes if c != 0]
         return BenchResult(
-            backend=backend, labelers=cfg.labelers, acked=len(audit.acked), seconds=round(seconds, 2),
+            backend=backend, mode="threads of one process" if cfg.threads else "processes", labelers=cfg.labelers, acked=len(audit.acked), seconds=round(seconds, 2),
             labels_per_s=round(len(audit.acked) / max(seconds, 1e-9), 1),
             submit_ms={k: round(v, 1) for k, v in procs.percentiles(audit.latencies_ms).items()},
             page_step_ms={k: round(v, 1) for k, v in procs.percentiles([e["page_ms"] for e in oks]).items()},
@@ -220,7 +234,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
 
 
 def _print(r: BenchResult) -> None:
-    print(f"\n== {r.backend}: {r.labelers} labelers ==")
+    print(f"\n== {r.backend}: {r.labelers} labelers ({r.mode}) ==")
     print(f"labels acknowledged   {r.acked} in {r.seconds:.1f} s = {r.labels_per_s:.1f} labels/s")
     print(f"submit latency (ms)   p50 {r.submit_ms['p50']}  p95 {r.submit_ms['p95']}  p99 {r.submit_ms['p99']}  max {r.submit_ms['max']}")
     print(f"page step (ms)        p50 {r.page_step_ms['p50']}  p95 {r.page_step_ms['p95']}  p99 {r.page_step_ms['p99']}")
@@ -241,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think-ms", type=float, default=100.0, help="mean pause between a labeler's labels (100)")
     ap.add_argument("--drain", type=float, default=600.0, help="seconds to wait for the worker's jobs at the end")
     ap.add_argument("--no-worker", action="store_true")
+    ap.add_argument("--threads", action="store_true",
+                    help="labelers as threads of one process sharing one Database (as in the app server)")
     ap.add_argument("--min-new-labels", type=int, default=200, help="automatic retrain every N new labels")
     ap.add_argument("--train-params", default="{}", help="JSON TrainConfig fields for the automatic retrains")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs) and print its path")
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = BenchConfig(labelers=args.labelers, labels=args.labels, think_ms=args.think_ms, worker=not args.no_worker,
                       min_new_labels=args.min_new_labels, train_params=json.loads(args.train_params),
-                      drain_s=args.drain)
+                      drain_s=args.drain, threads=args.threads)
     work = Path(tempfile.mkdtemp(prefix="rmstudio-load-"))
     results = []
     try:

@@ -116,8 +116,10 @@ def _install_commit_pause(db: Database, log: EventLog, state: dict[str, Any], se
             time.sleep(seconds)
 
 
-def run_labeler(args: argparse.Namespace) -> int:
-    db = Database(args.url or _env_url(), migrate=False)
+def run_labeler(args: argparse.Namespace, shared: Database | None = None) -> int:
+    """One labeler's loop (see the module docstring). ``shared``: use this database (a thread of a process that
+    serves many labelers, like the app server's sessions) instead of opening one."""
+    db = shared or Database(args.url or _env_url(), migrate=False)
     log = EventLog(Path(args.log))
     events = read_log(Path(args.log))
     acked = {e["key"] for e in events if e["ev"] == "ok"}
@@ -160,7 +162,8 @@ def run_labeler(args: argparse.Namespace) -> int:
         if args.think_ms:
             time.sleep(random.uniform(0, 2 * args.think_ms) / 1000)
     log.emit("done", errors=errors)
-    db.dispose()
+    if shared is None:
+        db.dispose()
     return 0
 
 
@@ -208,7 +211,8 @@ def _env_url() -> str:
     return Settings.from_env().db_url
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The child side's command line (``labeler`` and ``reader``)."""
     p = argparse.ArgumentParser(prog="procs.py")
     sub = p.add_subparsers(dest="role", required=True)
     lab = sub.add_parser("labeler")
@@ -230,7 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rd.add_argument("--stop-file", default=None)
     rd.add_argument("--url", default=None)
     rd.set_defaults(func=run_reader)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 
