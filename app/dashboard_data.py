@@ -3,13 +3,12 @@
 Each loader is an ``st.cache_data`` function keyed by the database URL and a *fingerprint*
 (``db.analytics.data_fingerprint``: counts and max ids of labels, rankings, versions and cached scores).
 
-* The live overview (accuracy per version, dataset size, labels over time, throughput) keys on the exact
-  fingerprint: it is built from SQL aggregates and stays cheap when cold, so new labels and versions show at once.
-* The heavy panels (score distributions over labels, agreement, conflicts) key on :func:`coarse`: the same
-  versions and cached scores, but label counts bucketed in steps of about 5%, plus a time-to-live. While
-  labelers work, they are recomputed every few percent of new labels (or every ``HEAVY_TTL_S``), not on every
-  refresh. They also read bounded samples (the newest ``LABEL_SAMPLE`` labels, the newest
-  ``AGREEMENT_SAMPLE`` multi-rated pairs), which the page says.
+* Every loader keys on :func:`coarse`: versions and cached scores exactly (a new version shows at the next
+  refresh), label and ranking counts bucketed in steps of about 5%, plus a time-to-live (``HEAVY_TTL_S``). While
+  labelers work, panels are recomputed every few percent of new labels or every ``HEAVY_TTL_S``, not on every
+  refresh; the label count itself comes from the exact fingerprint. The heavy panels also read bounded
+  samples (the newest ``LABEL_SAMPLE`` labels, the newest ``AGREEMENT_SAMPLE`` multi-rated pairs), which the
+  page says.
 
 Values are plain dataframes and dicts (no ORM objects), safe to pickle.
 """
@@ -48,10 +47,11 @@ def fingerprint() -> Fingerprint:
         return analytics.data_fingerprint(s)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner=False)
 def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
     """Versions ``[(id, metrics)]`` newest first, label count, labels over time, annotator throughput, and the
-    dataset statistics (``db.stats.dataset_stats``: training pairs, size tier, advice)."""
+    dataset statistics (``db.stats.dataset_stats``: training pairs, size tier, advice). Pass
+    ``coarse(fingerprint())``."""
     with database().read() as s:
         vers = [(v.id, dict(v.metrics or {})) for v in versions.list_versions(s)]
         over_time, unit = analytics.labels_over_time(s, "D"), "day"

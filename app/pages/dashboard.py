@@ -25,8 +25,9 @@ def _pct(x: float | None) -> str:
 @st.fragment(run_every=REFRESH_S)
 def live_overview() -> None:
     """Accuracy per version with bands and the overfitting warning; dataset size; labels over time; throughput."""
-    d = data.overview(url, data.fingerprint())
-    vers, n_labels, over_time = d["versions"], d["n_labels"], d["over_time"]
+    exact = data.fingerprint()
+    d = data.overview(url, data.coarse(exact))
+    vers, n_labels, over_time = d["versions"], exact[0], d["over_time"]
     if not vers and not n_labels:
         empty_state_hint()
         return
