@@ -134,6 +134,8 @@ def test_read_only_database_reads_work_writes_say_so(sqlite_db: Database, home: 
                                             out_dir=tmp_path, name="amy")], 60) == [0]
     before = _label_count(sqlite_db)
     assert before == 5
+    trl = tmp_path / "more.jsonl"
+    trl.write_text('{"prompt": "p?", "chosen": "good", "rejected": "bad"}\n')
     sqlite_db.dispose()  # every process starts afresh on the read-only folder
     with read_only(home):
         db = Database(sqlite_db.url)  # opens (and checks the schema) without writing
@@ -153,6 +155,9 @@ def test_read_only_database_reads_work_writes_say_so(sqlite_db: Database, home: 
         errs = [e["error"] for e in procs.read_log(blog) if e["ev"] == "err"]
         assert len(errs) == 3 and all("readonly" in e for e in errs), errs
         _assert_clear_cli_error(_cli("seed-demo"), "read-only")
+        _assert_clear_cli_error(_cli("import", "--format", "trl", "--no-progress", str(trl)), "read-only")
+        stats = _cli("stats", "--json")  # the CLI's reads work too
+        assert stats.returncode == 0, stats.stderr[-2000:]
         _label_page_shows("the database is read-only")
     # Writable again: work resumes where it stopped; nothing was corrupted or lost.
     assert procs.sqlite_integrity(home / "rmstudio.db") == "ok"
@@ -185,15 +190,20 @@ def test_disk_full_then_space_back(home: Path, tmp_path: Path, monkeypatch: pyte
                 from db import labeling
 
                 assert labeling.next_pair(s, "cat") is not None
+            trl = tmp_path / "more.jsonl"
+            trl.write_text('{"prompt": "p?", "chosen": "good", "rejected": "bad"}\n')
             _assert_clear_cli_error(_cli("seed-demo"), "full")
+            _assert_clear_cli_error(_cli("import", "--format", "trl", "--no-progress", str(trl)), "full")
             _label_page_shows("the disk holding the database is full")
             assert procs.sqlite_integrity(disk / "rmstudio.db") == "ok"
             filler.unlink()  # space is back: the labeler re-submits what failed, once
             assert procs.wait_all([procs.spawn_role("labeler", "--name", "cat", "--n", "20", "--log", str(log),
                                                     out_dir=tmp_path, name="cat2")], 90) == [0]
+            r = _cli("import", "--format", "trl", "--no-progress", str(trl))  # the CLI's import works again
+            assert r.returncode == 0, r.stderr[-2000:]
             audit = procs.audit_labels(db, {"early": (ok_log, "crowd"), "cat": (log, "crowd")})
             assert audit.missing == [] and audit.duplicated == [] and audit.count_mismatch == [], audit.summary()
-            assert len(audit.acked) == 25 and _label_count(db) == 25
+            assert len(audit.acked) == 25 and _label_count(db) == 25 + 1  # + the imported one
             assert procs.sqlite_integrity(disk / "rmstudio.db") == "ok"
         finally:
             db.dispose()
