@@ -20,6 +20,9 @@ Prints one JSON document (also written to ``--out``) and a table. Needs nothing 
 
     python bench/gpu_train.py                      # on the GPU machine, about 3-5 minutes
     python bench/gpu_train.py --smoke --out x.json # tiny shapes, a few steps, any CPU (tested in make test)
+
+Memory: RM Studio's 0.5B run with the default 32k-token budget needs about 60 GB (fp32 weights and AdamW states
+~8 GB, bf16 activations ~50 GB without checkpointing); on an 80 GB H100 use ``--batch-tokens 16384`` if it runs out.
 """
 from __future__ import annotations
 
@@ -183,7 +186,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
             self.t[state.global_step] = time.perf_counter()
 
     _reset_memory()
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1).float()  # fp32 master
     model.config.pad_token_id = tok.pad_token_id
     ds = Dataset.from_dict({"chosen_ids": ids[0], "rejected_ids": ids[1]})
     cuda = torch.cuda.is_available()
