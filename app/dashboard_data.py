@@ -84,8 +84,11 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
     validation reliability when recorded, else computed on the labelled pairs; ``spearman`` per ranked prompt.
     """
     with database().read() as s:
-        v = versions.get_version(s, version_id)
-        stats, vmetrics = dict(v.norm_stats or {}), dict(v.metrics or {})
+        try:
+            v = versions.get_version(s, version_id)
+            stats, vmetrics = dict(v.norm_stats or {}), dict(v.metrics or {})
+        except versions.VersionNotFound:  # deleted since the list was drawn: its scores are gone too
+            stats, vmetrics = {}, {}
         frame = analytics.label_scores(s, version_id, limit=LABEL_SAMPLE)
         table = analytics.scored_responses(s, version_id, limit=limit).rename(columns={"score": "raw"})
         items = analytics.ranking_score_items(s, version_id)

@@ -234,3 +234,14 @@ def test_new_labels_and_versions_appear_on_the_next_refresh(app_env, sqlite_db: 
     at.run()
     assert [m.value for m in at.metric][1] == "1"
     assert any(m.label == f"Validation accuracy (v{vid})" for m in at.metric)
+
+
+def test_scores_of_a_deleted_version_render_empty(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    from app import dashboard_data
+
+    _label_everything(sqlite_db, seeded)
+    vid = _insert_version(sqlite_db, _engine_metrics(0.8, 0.7, seed=5), {r: 1.0 for r in _all_response_ids(sqlite_db)})
+    with sqlite_db.write() as s:
+        versions.delete_version(s, vid)
+    got = dashboard_data.scores.__wrapped__(sqlite_db.url, (0,), vid)
+    assert got["table"].empty and got["margins"].empty and got["calibration"]["ece"] is None
