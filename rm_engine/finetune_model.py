@@ -164,10 +164,14 @@ def _from_pretrained(path: Path, config: Any) -> tuple[nn.Module, set[str]]:
             **{dtype_kw: torch.float32})
     finally:
         transformers.logging.set_verbosity(prev)
-    prefix = model.base_model_prefix
-    new = {k.split(".")[0] for k in info.get("missing_keys", ())}
-    new |= {k.split(".")[1] for k in info.get("missing_keys", ()) if k.startswith(prefix + ".") and k.count(".") > 1 and k.split(".")[1] == "pooler"}
-    return model, {n for n in new if n != prefix}
+    new: set[str] = set()
+    for key in info.get("missing_keys", ()):
+        parts = key.split(".")
+        if parts[0] != model.base_model_prefix:
+            new.add(parts[0])  # the head: "score", "classifier"
+        elif len(parts) > 2 and parts[1] == "pooler":
+            new.add("pooler")  # an encoder saved without its pooler: trained from scratch, so it must be saved
+    return model, new
 
 
 def load_backbone_model(path: Path, tokenizer: Any, cfg: Any, *, decoder: bool) -> nn.Module:
