@@ -136,17 +136,15 @@ class Rating(NamedTuple):
 def ratings_from_outcomes(records: Iterable[Mapping[str, object]], *, ties: bool) -> list[Rating]:
     """Turn label records (``item``, ``rater``, ``outcome``, optional ``source``) into ratings.
 
-    With ``ties=False`` no-preference labels are dropped. A rater who judged an item twice counts once
-    (their latest judgment, i.e. the last record).
+    A rater who judged an item twice counts once: their latest judgment (the last record). With
+    ``ties=False`` that judgment is then dropped when it is a no-preference one.
     """
     latest: dict[tuple[Hashable, str], Rating] = {}
     for r in records:
-        cat = outcome_category(str(r["outcome"]), ties=ties)
-        if cat is None:
-            continue
+        cat = outcome_category(str(r["outcome"]), ties=True)
         key = (r["item"], str(r["rater"]))
         latest[key] = Rating(item=r["item"], rater=str(r["rater"]), value=cat, source=str(r.get("source", "")))  # type: ignore[arg-type]
-    return list(latest.values())
+    return [r for r in latest.values() if ties or r.value != "tie"]
 
 
 def item_counts(ratings: Iterable[Rating]) -> tuple[np.ndarray, list[str]]:

@@ -152,6 +152,8 @@ def test_majority_and_repeated_rater() -> None:
     assert majority(["a", "b", "a"]) == "a"
     recs = [{"item": 1, "rater": "ann", "outcome": "a"}, {"item": 1, "rater": "ann", "outcome": "b"}]
     assert [r.value for r in ratings_from_outcomes(recs, ties=True)] == ["b"]
+    changed_to_tie = recs + [{"item": 1, "rater": "ann", "outcome": "tie"}]
+    assert ratings_from_outcomes(changed_to_tie, ties=False) == []  # the latest judgment is a tie: dropped
 
 
 def test_summary_tables() -> None:
