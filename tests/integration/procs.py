@@ -269,11 +269,13 @@ def spawn_role(role: str, *args: str, out_dir: Path, name: str, env: dict[str, s
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
-    """``kill -9`` a child's whole process group and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """``kill -9`` a child's whole process group and reap it; a child already reaped is left alone (its id may
+    belong to someone else's process by now)."""
+    if proc.poll() is None:  # not reaped yet, so its process group id is still ours even if it just exited
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait(timeout=30)
 
 

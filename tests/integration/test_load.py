@@ -32,29 +32,34 @@ def test_concurrent_labelers_reader_and_retraining_worker_lose_nothing(any_db: D
                           train_params={"backbone": str(tiny_backbone(home)), "epochs": 5, "max_length": 32})
     worker = procs.spawn([sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.2", "--device", "cpu"],
                          out_dir=tmp_path, name="worker")
-    procs.wait_for(lambda: " started (lease" in (tmp_path / "worker.out").read_text(), 90, "the worker to start")
-    stop = tmp_path / "stop"
-    rlog = tmp_path / "reader.jsonl"
-    reader = procs.spawn_role(
-        "reader", "--seconds", "120", "--interval-ms", "20", "--log", str(rlog), "--stop-file", str(stop),
-        "--url", any_db.url, out_dir=tmp_path, name="reader",
-    )
-    logs: dict[str, tuple[Path, str]] = {}
-    children = []
-    for i in range(N_LABELERS):
-        name, source = f"lab{i}<b>", procs.SOURCES[i % 3]
-        log = tmp_path / f"lab{i}.jsonl"
-        logs[name] = (log, source)
-        children.append(procs.spawn_role(
-            "labeler", "--name", name, "--n", str(N_LABELS), "--log", str(log), "--source", source,
-            "--think-ms", "100", "--url", any_db.url, out_dir=tmp_path, name=f"lab{i}",
-        ))
-    codes = procs.wait_all(children, timeout=120)
-    labels_done = time.time()
-    stop.touch()
-    procs.wait_for(lambda: not _busy_jobs(any_db), 120, "the worker to finish its retrain and rescore jobs")
-    worker.send_signal(signal.SIGTERM)
-    assert procs.wait_all([reader, worker], timeout=60) == [0, 0], (tmp_path / "worker.out").read_text()[-3000:]
+    reader = None
+    children: list = []
+    try:
+        procs.wait_for(lambda: " started (lease" in (tmp_path / "worker.out").read_text(), 90, "the worker to start")
+        stop = tmp_path / "stop"
+        rlog = tmp_path / "reader.jsonl"
+        reader = procs.spawn_role(
+            "reader", "--seconds", "120", "--interval-ms", "20", "--log", str(rlog), "--stop-file", str(stop),
+            "--url", any_db.url, out_dir=tmp_path, name="reader",
+        )
+        logs: dict[str, tuple[Path, str]] = {}
+        for i in range(N_LABELERS):
+            name, source = f"lab{i}<b>", procs.SOURCES[i % 3]
+            log = tmp_path / f"lab{i}.jsonl"
+            logs[name] = (log, source)
+            children.append(procs.spawn_role(
+                "labeler", "--name", name, "--n", str(N_LABELS), "--log", str(log), "--source", source,
+                "--think-ms", "100", "--url", any_db.url, out_dir=tmp_path, name=f"lab{i}",
+            ))
+        codes = procs.wait_all(children, timeout=120)
+        labels_done = time.time()
+        stop.touch()
+        procs.wait_for(lambda: not _busy_jobs(any_db), 120, "the worker to finish its retrain and rescore jobs")
+        worker.send_signal(signal.SIGTERM)
+        assert procs.wait_all([reader, worker], timeout=60) == [0, 0], (tmp_path / "worker.out").read_text()[-3000:]
+    finally:
+        for p in [worker, *([reader] if reader else []), *children]:
+            procs.kill9(p)
     assert codes == [0] * N_LABELERS, [(tmp_path / f"lab{i}.out").read_text()[-2000:] for i in range(N_LABELERS)]
 
     audit = procs.audit_labels(any_db, logs)
