@@ -245,7 +245,8 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     def publish_guard(session: Session) -> bool:
         if ctx.should_stop():
             return False
-        if not jobq.finish(session, job.id, owner, JobStatus.succeeded, result=outcome, progress=ctx.peek_progress()):
+        final = {**(ctx.peek_progress() or {}), "phase": "done", "step": 1, "total": 1, "eta_s": 0.0}
+        if not jobq.finish(session, job.id, owner, JobStatus.succeeded, result=outcome, progress=final):
             return False
         ctx.published = True  # provisional: undone below if the transaction does not commit
         if rescore:

@@ -242,7 +242,8 @@ def test_n_new_labels_enqueue_one_retrain_and_a_new_version(any_db: Database, tm
     assert auto["dedupe_key"] == pol.AUTO_RETRAIN_KEY and auto["status"] == "succeeded" and auto["attempts"] == 1
     assert auto["created_by"].startswith("retrain policy") and auto["device"] == "cpu"
     assert auto["result"]["version_id"] == v1
-    assert auto["progress"]["phase"] and auto["progress"]["loss_history"], auto["progress"]
+    assert auto["progress"]["phase"] == "done" and auto["progress"]["loss_history"], auto["progress"]
+    assert auto["progress"]["val_accuracy"] is not None
     with any_db.read() as s:
         v = s.get(ModelVersion, v1)
         assert v.job_id == auto["id"] and v.n_labels == n
