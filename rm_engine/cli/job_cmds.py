@@ -338,8 +338,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _on_signal(signum: int, _frame: Any) -> None:
         stop["signal"] = signum
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     children: dict[str, subprocess.Popen[bytes]] = {}
     rc = 0
     try:
@@ -358,6 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             time.sleep(0.3)
     finally:
         stop_children(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if stop["signal"]:
         print(f"rmstudio serve: stopped by signal {stop['signal']}", file=sys.stderr)
     return rc
