@@ -118,7 +118,8 @@ def set_setting(session: Session, key: str, value: Any) -> None:
     stmt = insert(AppSetting).values(key=key, value=value, updated_at=now)
     stmt = stmt.on_conflict_do_update(index_elements=[AppSetting.key], set_={"value": value, "updated_at": now})
     session.execute(stmt)
-    session.expire_all()
+    if (AppSetting, (key,), None) in session.identity_map:  # refresh a copy this session already holds
+        session.get(AppSetting, key, populate_existing=True)
 
 
 # ---------------------------------------------------------------- retrain policy

@@ -102,7 +102,8 @@ def test_policy_defaults_validation_and_settings(sqlite_db: Database) -> None:
         assert pol.get_policy(s) == p2  # refused changes left the stored policy alone
         assert pol.get_setting(s, "queue_policy", {"overlap": 1}) == {"overlap": 1}
         pol.set_setting(s, "queue_policy", {"overlap": 3})
-        pol.set_setting(s, "queue_policy", {"overlap": 2})
+        assert pol.get_setting(s, "queue_policy") == {"overlap": 3}
+        pol.set_setting(s, "queue_policy", {"overlap": 2})  # replaces the copy the session already holds
         assert pol.get_setting(s, "queue_policy") == {"overlap": 2}
         params = pol.auto_retrain_params(s)
     assert params["mode"] == "head" and params["epochs"] == 10 and params["auto"] is True
