@@ -18,7 +18,7 @@ from app import auth  # noqa: E402
 
 st.set_page_config(page_title="RM Studio", page_icon=":material/balance:", layout="wide")
 
-_PAGES = Path(__file__).resolve().parent / "pages"
+_PAGES = Path(__file__).resolve().parent / "views"
 
 label = st.Page(_PAGES / "label.py", title="Label", icon=":material/thumbs_up_down:", default=True)
 pages = [label]

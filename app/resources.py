@@ -15,29 +15,6 @@ from db.session import Database
 __all__ = ["Identity", "current_identity", "database", "settings", "empty_state_hint"]
 
 
-def _leave_pages_directory_mode() -> None:
-    """Make sure ``app/main.py`` (navigation, researcher gate in the sidebar) runs, even on a deep link.
-
-    ``app/pages/`` is the folder of the ``st.navigation`` pages, but a folder named ``pages`` beside the main
-    script is also Streamlit's older multipage convention: until ``st.navigation`` has run once in the server
-    process, a first request for ``/dashboard`` would run that page file alone, with an automatic sidebar
-    listing every file. Every page imports this module, so the first such run switches the mode off and
-    reruns, which now goes through ``main.py``. (Each page still checks researcher rights itself.)
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-    except ImportError:  # a Streamlit without these internals: nothing to fix
-        return
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        if get_script_run_ctx() is not None:
-            st.rerun()
-
-
-_leave_pages_directory_mode()
-
-
 def settings() -> Settings:
     """The process settings (``RMSTUDIO_HOME``, ``RMSTUDIO_DB``, token, upload cap)."""
     return Settings.from_env()

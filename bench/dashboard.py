@@ -1,4 +1,4 @@
-"""Dashboard bench: render times of ``app/pages/dashboard.py`` (AppTest, server side) on a large database,
+"""Dashboard bench: render times of ``app/views/dashboard.py`` (AppTest, server side) on a large database,
 cold, warm, and while labels keep arriving.
 
     python bench/dashboard.py                          # 10k prompts, 30k pairs, 100k labels, 60 annotators
@@ -29,7 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-PAGE = str(REPO / "app" / "pages" / "dashboard.py")
+PAGE = str(REPO / "app" / "views" / "dashboard.py")
 
 
 def build(url: str, prompts: int, labels: int, seed: int = 0) -> dict[str, int]:

@@ -7,14 +7,14 @@ with 100,000 labels and 10,000 prompts in the database.
 
 What is timed:
 
-* ``page``: one AppTest step of the real Label page (``app/pages/label.py``): the click's callback stores the
+* ``page``: one AppTest step of the real Label page (``app/views/label.py``): the click's callback stores the
   label (``db.labeling.submit_label`` in one write transaction) and computes the next pair, then the whole page
   script renders it (identity, progress metrics, queue summary, prompt, both responses, buttons). This is the
   server's share of "click -> next pair on screen"; the browser adds one websocket round trip.
 * ``queue``: ``submit_label`` + ``next_pair`` alone, for three queue policies: every pair once (fewest labels
   first), an agreement phase (overlap 3 for half the pairs: the NOT EXISTS check does real work), and active
   learning over cached scores of all 30k responses.
-* ``dashboard``: AppTest runs of ``app/pages/dashboard.py`` against the same database (two model versions
+* ``dashboard``: AppTest runs of ``app/views/dashboard.py`` against the same database (two model versions
   with cached scores): the first render with empty caches (``cold``: what a researcher waits for after each
   data change) and reruns with unchanged data (``warm``).
 
@@ -177,7 +177,7 @@ def bench_page(annotator: str, submits: int) -> dict[str, float]:
     """AppTest steps of the real Label page: click "A better", the page reruns with the next pair."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(REPO / "app" / "pages" / "label.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app" / "views" / "label.py"), default_timeout=60)
     at.query_params["annotator"] = annotator
     at.query_params["source"] = "crowd"
     at.run()
@@ -195,9 +195,9 @@ def bench_page(annotator: str, submits: int) -> dict[str, float]:
 def bench_dashboard(repeats: int = 3) -> tuple[dict[str, Any] | None, str]:
     """The dashboard page: ``cold`` = a fresh session's first render (caches empty, as after every data change),
     ``warm`` = reruns of the same session with unchanged data."""
-    page = REPO / "app" / "pages" / "dashboard.py"
+    page = REPO / "app" / "views" / "dashboard.py"
     if not page.exists():
-        return None, "app/pages/dashboard.py absent"
+        return None, "app/views/dashboard.py absent"
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(page), default_timeout=300)

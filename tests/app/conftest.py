@@ -17,7 +17,7 @@ from db.store import get_or_create_comparison, get_or_create_prompt, get_or_crea
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = str(REPO / "app" / "main.py")
-PAGES = REPO / "app" / "pages"
+PAGES = REPO / "app" / "views"
 
 XSS_SCRIPT = "<script>window.__pwned = 1</script>Totally safe answer"
 XSS_IMG = '<img src=x onerror="window.__pwned=2"> look at this'
@@ -70,26 +70,6 @@ def seed_small(db: Database) -> Seeded:
 def seeded(sqlite_db: Database) -> Seeded:
     """The small dataset in the test's SQLite database (``RMSTUDIO_DB`` points at it)."""
     return seed_small(sqlite_db)
-
-
-@pytest.fixture(autouse=True)
-def _navigation_not_pages_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make AppTest rerun ``app/main.py`` like the real server does.
-
-    ``app/`` has a ``pages/`` folder (the page files of ``st.navigation``). The real runtime stops treating it
-    as a v1 pages directory once ``st.navigation`` runs, but AppTest (Streamlit 1.67) resets that flag before
-    every run, so from the second run on it executes the page file alone and skips ``main.py`` (navigation,
-    sidebar). Keep the flag False, as ``st.navigation`` sets it in the real server.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    orig = PagesManager.__init__
-
-    def init(self: PagesManager, *a: object, **kw: object) -> None:
-        orig(self, *a, **kw)  # type: ignore[arg-type]
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 @pytest.fixture

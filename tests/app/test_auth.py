@@ -38,12 +38,12 @@ def test_navigation_hides_research_pages_from_labelers(app_env, sqlite_db: Datab
     at.run()
     assert _titles(at) == ["Label"]
     with pytest.raises(ValueError, match="Known pages: .*label.py"):
-        at.switch_page("pages/data.py")  # not even registered for a labeler
+        at.switch_page("views/data.py")  # not even registered for a labeler
     assert "Data" not in _titles(at)
     # The sidebar sign-in unlocks the researcher pages for this session only.
     at.sidebar.text_input[0].input("s3cret-token")
     at.sidebar.button[0].click().run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert "Data" in _titles(at)
 
 
@@ -71,7 +71,7 @@ def test_oidc_configured_requires_login(app_env, sqlite_db: Database, seeded: Se
     main.run()
     assert _titles(main) == ["Label"]
     with pytest.raises(ValueError, match="Known pages"):
-        main.switch_page("pages/train.py")
+        main.switch_page("views/train.py")
     # Once logged in through the provider, the page opens.
     at.user = {"is_logged_in": True, "email": "researcher@example.org"}
     at.run()

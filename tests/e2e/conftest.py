@@ -48,9 +48,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator["object"]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module.
+
+    Module scope, not session: Playwright's sync API keeps its event loop "running" while the context is open,
+    and any later test that opens its own ``sync_playwright()`` (tests/integration/test_faults.py) would fail."""
     reason = _browser_missing()
     if reason:
         pytest.fail(f"RMSTUDIO_REQUIRE_BROWSER is set but {reason}")
