@@ -71,6 +71,7 @@ def enqueue_training() -> None:
         _say("error", f"Invalid training settings: {exc}")
         return
     params = cfg.to_dict()
+    params.pop("gpus", None)  # the form has no such field: the worker's --gpus decides
     key = "train-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
     ident = current_identity()
     who = ident.name if ident else "researcher"

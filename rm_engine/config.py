@@ -87,6 +87,10 @@ class TrainConfig:
             decay (None: 0).
         lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        gpus: data-parallel processes for finetune mode (default 1). >1 trains with DDP through
+            ``rm_engine.ddp.train_finetune_ddp`` (one process per GPU, NCCL; ``batch_tokens`` is per device). On a
+            machine without CUDA (or with ``device="cpu"``) gpus > 1 runs gloo CPU processes, useful for tests only.
+            Head mode refuses gpus > 1.
         grad_checkpointing: trade speed for memory in finetune mode.
         compile: ``torch.compile`` the finetune model.
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
@@ -118,6 +122,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     device: str = "auto"
+    gpus: int = 1
     grad_checkpointing: bool = False
     compile: bool = False
     features: str = "rich"
@@ -135,9 +140,11 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
-        for name in ("batch_size", "max_length", "ensemble", "lora_r", "lora_alpha", "patience"):
+        for name in ("batch_size", "max_length", "ensemble", "lora_r", "lora_alpha", "patience", "gpus"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")
+        if self.gpus > 1 and self.mode != "finetune":
+            raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
         if self.max_length < 8:
             raise bad("max_length", "must be >= 8")
         if self.epochs is not None and self.epochs < 1:
@@ -236,7 +243,7 @@ class TrainConfig:
 
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience"}
+_INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience", "gpus"}
 _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
 _BOOLS = {"lora", "grad_checkpointing", "compile", "quantize"}
 

@@ -222,12 +222,22 @@ def run_noop(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     return {"steps": steps, "owner": worker.config.owner}
 
 
-def train_config_from_params(params: dict[str, Any], device: str) -> Any:
-    """A ``TrainConfig`` from a train job's parameters (worker-added keys removed; unknown fields named)."""
+def job_gpus(params: dict[str, Any], default_gpus: int = 1) -> int:
+    """Data-parallel processes of a train job: its ``gpus`` parameter, else the worker's ``default_gpus`` for
+    finetune jobs (head-mode jobs train in one process)."""
+    if params.get("gpus") is not None:
+        return int(params["gpus"])
+    return default_gpus if params.get("mode") == "finetune" else 1
+
+
+def train_config_from_params(params: dict[str, Any], device: str, default_gpus: int = 1) -> Any:
+    """A ``TrainConfig`` from a train job's parameters (worker-added keys removed; unknown fields named);
+    ``default_gpus`` (the worker's ``--gpus``) applies to finetune jobs whose parameters do not set ``gpus``."""
     from rm_engine.config import TrainConfig
 
     clean = {k: v for k, v in params.items() if k not in _WORKER_PARAMS}
     clean["device"] = device
+    clean["gpus"] = job_gpus(clean, default_gpus)
     return TrainConfig.from_dict(clean)
 
 
@@ -236,11 +246,12 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     from rm_engine.training import train_and_publish
 
     owner = worker.config.owner
-    cfg = train_config_from_params(ctx.params, ctx.params["device"])
+    cfg = train_config_from_params(ctx.params, ctx.params["device"], worker.config.gpus)
     with worker.db.read() as s:
         watermark = pol.current_watermark(s).to_dict()
         rescore = pol.get_policy(s).rescore
-    outcome: dict[str, Any] = {"label_watermark": watermark, "mode": cfg.mode, "device": cfg.device}
+    outcome: dict[str, Any] = {"label_watermark": watermark, "mode": cfg.mode,
+                               "device": f"{cfg.device} x{cfg.gpus}" if cfg.gpus > 1 else cfg.device}
 
     def publish_guard(session: Session) -> bool:
         if ctx.should_stop():

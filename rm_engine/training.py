@@ -52,6 +52,11 @@ def resolve_device(spec: str) -> str:
     return spec
 
 
+def device_label(device: str, gpus: int = 1) -> str:
+    """The device as recorded on jobs and versions: ``"cuda"``, or ``"cuda x2"`` for 2 data-parallel processes."""
+    return f"{device} x{gpus}" if gpus > 1 else device
+
+
 def _in_val(prompt_id: int, seed: int, val_fraction: float) -> bool:
     h = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < val_fraction
@@ -197,8 +202,20 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
         w = np.array([pair_weight(cfg, p) for p in train], dtype=np.float64)
         if cfg.ensemble > 1:
             w = w * rng.multinomial(len(train), np.full(len(train), 1.0 / len(train)))
-        res = train_finetune(cfg.replace(seed=cfg.seed + k), train, splits["val"], weights=w.tolist(), device=device,
-                             progress=progress, should_stop=should_stop, settings=settings)
+        member_cfg = cfg.replace(seed=cfg.seed + k)
+        if cfg.gpus > 1:
+            import torch
+
+            from rm_engine.ddp import train_finetune_ddp
+
+            # CPU ranks (gloo) share this machine's cores: split the threads between them
+            threads = max(1, torch.get_num_threads() // cfg.gpus) if device == "cpu" else None
+            res = train_finetune_ddp(member_cfg, train, splits["val"], gpus=cfg.gpus, weights=w.tolist(), device=device,
+                                     progress=progress, should_stop=should_stop, settings=settings,
+                                     threads_per_rank=threads)
+        else:
+            res = train_finetune(member_cfg, train, splits["val"], weights=w.tolist(), device=device,
+                                 progress=progress, should_stop=should_stop, settings=settings)
         models.append(res.model)
         histories.append(res.history)
     ids, rows = _response_table(train + splits["val"] + splits["test"])
@@ -228,7 +245,9 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
     last = histories[0][-1] if histories and histories[0] else {}
     info = {"history": histories, "pairs_per_s": last.get("pairs_per_s"), "tokens_per_s": last.get("tokens_per_s"),
             "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"]}
-    return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
+    info["gpus"] = cfg.gpus
+    return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info,
+                  device=device_label(device, cfg.gpus))
 
 
 def ranking_spearman(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:

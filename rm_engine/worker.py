@@ -41,7 +41,7 @@ from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
 from rm_engine.job_run import (
-    HANDLERS, LOSS_HISTORY_POINTS, Handler, Heartbeat, JobContext, JobStopped, is_cancelled, log,
+    HANDLERS, LOSS_HISTORY_POINTS, Handler, Heartbeat, JobContext, JobStopped, is_cancelled, job_gpus, log,
 )
 
 __all__ = ["Worker", "WorkerConfig", "main", "JobStopped", "JobContext", "LOSS_HISTORY_POINTS"]
@@ -63,6 +63,8 @@ class WorkerConfig:
         poll_interval_s: sleep when the queue is empty.
         progress_interval_s: progress is written at most this often.
         device: ``auto`` (GPU for finetune jobs when available, else CPU), ``cpu`` or ``cuda``.
+        gpus: data-parallel processes for finetune jobs whose parameters do not set ``gpus`` (DDP through
+            ``rm_engine.ddp``; without CUDA, gloo CPU processes). Head-mode jobs always train in one process.
         kinds: job kinds this worker takes (None: all).
         once: run at most one job, then exit (exits at once when the queue is empty).
         preload: import the training and scoring code in a background thread at start, so that the first
@@ -79,6 +81,7 @@ class WorkerConfig:
     poll_interval_s: float = 1.0
     progress_interval_s: float = 1.0
     device: str = "auto"
+    gpus: int = 1
     kinds: tuple[str, ...] | None = None
     once: bool = False
     preload: bool = True
@@ -94,6 +97,8 @@ class WorkerConfig:
             raise ValueError(f"WorkerConfig.poll_interval_s must be > 0, got {self.poll_interval_s}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.gpus < 1:
+            raise ValueError(f"WorkerConfig.gpus must be >= 1, got {self.gpus}")
         if self.kinds is not None:
             for k in self.kinds:
                 JobKind(k)
@@ -256,8 +261,10 @@ class Worker:
                 self._preloading = None
             device = self.resolve_device(job)
             ctx.params["device"] = device
-            jobq.set_device(self.db, job.id, owner, device)
-            ctx.log(f"device: {device}")
+            gpus = job_gpus(job.params or {}, self.config.gpus) if job.kind is JobKind.train else 1
+            shown = f"{device} x{gpus}" if gpus > 1 else device
+            jobq.set_device(self.db, job.id, owner, shown)
+            ctx.log(f"device: {shown}")
             result = handler(self, job, ctx)
             status = JobStatus.succeeded
         except Exception as exc:  # noqa: BLE001 - every failure ends up in the job row

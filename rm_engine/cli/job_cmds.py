@@ -21,6 +21,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     w.add_argument("--once", action="store_true", help="run at most one job, then exit (at once if none is queued)")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPU for finetune jobs when available, else CPU (default auto)")
+    w.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="data-parallel processes for finetune jobs that do not set gpus (DDP; default 1)")
     w.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
                    help="seconds between queue and policy checks when idle (1; idle checks only read)")
     w.add_argument("--lease", type=float, default=30.0, metavar="S",
@@ -80,7 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     try:
         cfg = WorkerConfig(
-            lease_s=args.lease, poll_interval_s=args.poll_interval, device=args.device, kinds=kinds,
+            lease_s=args.lease, poll_interval_s=args.poll_interval, device=args.device, gpus=args.gpus, kinds=kinds,
             once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs, preload=not args.no_preload,
         )
     except ValueError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, help="finetune token budget per batch")
+    p.add_argument("--max-batch-pairs", dest="max_batch_pairs", type=int, metavar="N",
+                   help="finetune: at most N pairs per token-budget batch (0 = the budget alone)")
     p.add_argument("--max-length", dest="max_length", type=int)
     p.add_argument("--ensemble", type=int, metavar="K", help="K members; scores carry their mean and std")
     p.add_argument("--source-weights", dest="source_weights", metavar="expert=1,crowd=0.8,ai=0.5")
@@ -33,6 +36,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--head", choices=("linear", "mlp"))
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="finetune: N data-parallel processes (DDP, one per GPU; gloo CPU processes without CUDA). "
+                        "Queued jobs without it take the worker's --gpus")
     p.add_argument("--lora", action="store_true", default=None)
     p.add_argument("--features", choices=("rich", "pair"), help="head-mode features (default rich)")
     p.add_argument("--quantize", action="store_true", default=None, help="int8 backbone for head-mode feature extraction (CPU)")
@@ -84,8 +90,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             from db.jobs import enqueue
             from db.models import JobKind
 
+            params = cfg.to_dict()
+            if getattr(args, "gpus", None) is None and cfg.gpus == 1 and not os.environ.get("RMSTUDIO_TRAIN_GPUS"):
+                del params["gpus"]  # not asked for: the worker's --gpus decides
             with db.write() as s:
-                job = enqueue(s, JobKind.train, params=cfg.to_dict(), created_by="cli")
+                job = enqueue(s, JobKind.train, params=params, created_by="cli")
                 job_id = job.id if job is not None else None
             if args.json:
                 print_json({"job_id": job_id, "queued": job_id is not None})

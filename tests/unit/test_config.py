@@ -58,3 +58,24 @@ def test_from_env_and_args() -> None:
     args = argparse.Namespace(mode=None, epochs=5, sources="ai", batch_tokens=4096, source_weights="expert=2", inline=True)
     a = TrainConfig.from_args(args, base=TrainConfig(seed=7))
     assert a.epochs == 5 and a.sources == ("ai",) and a.batch_tokens == 4096 and a.seed == 7 and a.source_weights["expert"] == 2.0
+
+
+def test_gpus_field() -> None:
+    assert TrainConfig().gpus == 1
+    c = TrainConfig(mode="finetune", gpus=4, max_batch_pairs=8)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["gpus"] == 4 and TrainConfig.from_dict(d) == c
+    assert TrainConfig.from_dict({k: v for k, v in d.items() if k != "gpus"}).gpus == 1  # versions stored before the field
+    with pytest.raises(ValueError, match="TrainConfig.gpus: must be >= 1"):
+        TrainConfig(mode="finetune", gpus=0)
+    with pytest.raises(ValueError, match="TrainConfig.gpus: .*mode='finetune'"):
+        TrainConfig(gpus=2)  # head mode
+    assert TrainConfig(gpus=1).gpus == 1  # head mode with one process is fine
+    e = TrainConfig.from_env({"RMSTUDIO_TRAIN_MODE": "finetune", "RMSTUDIO_TRAIN_GPUS": "2"})
+    assert e.gpus == 2
+    with pytest.raises(ValueError, match="RMSTUDIO_TRAIN_GPUS"):
+        TrainConfig.from_env({"RMSTUDIO_TRAIN_GPUS": "two"})
+    with pytest.raises(ValueError, match="TrainConfig.gpus"):
+        TrainConfig.from_env({"RMSTUDIO_TRAIN_GPUS": "2"})  # head mode
+    a = TrainConfig.from_args(argparse.Namespace(mode="finetune", gpus=3, max_batch_pairs=4))
+    assert a.gpus == 3 and a.max_batch_pairs == 4

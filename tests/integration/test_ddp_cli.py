@@ -1,0 +1,68 @@
+"""``--gpus N`` end to end: ``rmstudio train --mode finetune --gpus 2 --inline`` runs two gloo CPU ranks
+(``rm_engine.ddp``) and publishes a version; queued jobs carry ``gpus`` only when asked, else the worker's
+``--gpus`` decides."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from db.models import Job, ModelVersion
+from db.session import Database
+from rm_engine.cli import main
+from rm_engine.job_run import train_config_from_params
+from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(240)]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_train_inline_with_two_gloo_ranks(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+    seed_labels(sqlite_db, 12)
+    rc, out, err = run(capsys, "train", "--mode", "finetune", "--gpus", "2", "--device", "cpu", "--inline", "--json",
+                       "--backbone", str(tiny_encoder), "--max-length", "48", "--epochs", "3", "--lr", "2e-3",
+                       "--batch-tokens", "400", "--max-batch-pairs", "4")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["config"]["gpus"] == 2 and res["config"]["max_batch_pairs"] == 4 and res["config"]["mode"] == "finetune"
+    with sqlite_db.read() as s:
+        v = s.get(ModelVersion, res["model_version"])
+        assert v.device == "cpu x2" and v.config["gpus"] == 2
+    rc, out, err = run(capsys, "score", "--model", str(res["model_version"]), "--prompt", "how do I bake bread?",
+                       "--response", "happy to help, step by step", "--response", "ugh, not answering that", "--json")
+    assert rc == 0, err
+    chosen, rejected = (s["raw"] for s in json.loads(out)["scores"])
+    assert chosen != rejected
+
+
+def test_queued_jobs_take_the_workers_gpus_unless_set(sqlite_db: Database, engine_settings, capsys) -> None:
+    rc, out, err = run(capsys, "train", "--json", "--mode", "finetune")
+    assert rc == 0, err
+    rc, out2, err = run(capsys, "train", "--json", "--mode", "finetune", "--gpus", "3", "--max-batch-pairs", "8")
+    assert rc == 0, err
+    with sqlite_db.read() as s:
+        plain = s.get(Job, json.loads(out)["job_id"]).params
+        asked = s.get(Job, json.loads(out2)["job_id"]).params
+    assert "gpus" not in plain and asked["gpus"] == 3 and asked["max_batch_pairs"] == 8
+    assert train_config_from_params(plain, "cpu", 2).gpus == 2  # the worker's --gpus 2
+    assert train_config_from_params(asked, "cpu", 2).gpus == 3
+    assert train_config_from_params({"mode": "head"}, "cpu", 2).gpus == 1  # head jobs: one process
+    rc, _, err = run(capsys, "train", "--gpus", "2")  # head mode (the default)
+    assert rc != 0 and "gpus" in err
+
+    # a worker started with --gpus 2 records "cpu x2" on the plain finetune job (which then fails: no labels)
+    from db.config import Settings
+    from rm_engine.worker import Worker, WorkerConfig
+
+    cfg = WorkerConfig(lease_s=30.0, poll_interval_s=0.1, once=True, auto_retrain=False, preload=False, device="cpu",
+                       gpus=2, kinds=("train",))
+    Worker(sqlite_db, Settings.from_env(), cfg).run()
+    with sqlite_db.read() as s:
+        job = s.get(Job, json.loads(out)["job_id"])
+        assert job.device == "cpu x2" and job.status.value == "failed" and "nothing to train on" in (job.error or "")
