@@ -300,7 +300,8 @@ def test_training_survives_kill9_and_cancel_publishes_nothing(any_db: Database, 
     with any_db.write() as s:
         pol.set_policy(s, enabled=False)
         long = {"backbone": tiny_backbone, "patience": 1_000_000, "mode": "head"}
-        killed = jobq.enqueue(s, "train", {**long, "epochs": 800}).id
+        # long enough to be seen mid-training whatever the machine's speed, short enough to finish on worker b
+        killed = jobq.enqueue(s, "train", {**long, "epochs": 20_000}).id
     watcher = VersionWatcher(any_db, settings)
     watcher.start()
     a = start_worker(tmp_path, "a", *WORKER[:2], "--lease", "2")
