@@ -69,6 +69,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     s.add_argument("--address", default=None, help="address the app listens on (Streamlit's default if unset)")
     s.add_argument("--no-worker", action="store_true", help="run the app only")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the worker's --device")
+    s.add_argument("--gpus", type=int, default=1, metavar="N", help="the worker's --gpus (finetune jobs)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -345,7 +346,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rc = 0
     try:
         if not args.no_worker:
-            children["worker"] = _spawn([sys.executable, "-m", "rm_engine", "worker", "--device", args.device])
+            children["worker"] = _spawn([sys.executable, "-m", "rm_engine", "worker", "--device", args.device,
+                                          "--gpus", str(args.gpus)])
         children["app"] = _spawn(app_cmd)
         pids = ", ".join(f"{n} pid {p.pid}" for n, p in children.items())
         print(f"RM Studio on http://localhost:{args.port} ({pids}); Ctrl-C stops everything", file=sys.stderr, flush=True)
