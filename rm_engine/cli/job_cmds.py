@@ -333,7 +333,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app_cmd = [sys.executable, "-m", "streamlit", "run", str(main_py), "--server.headless", "true",
                "--server.port", str(args.port),
                # the server itself refuses bigger uploads (before holding them in memory), not only the pages
-               "--server.maxUploadSize", str(settings().max_upload_mb)]
+               "--server.maxUploadSize", str(settings().max_upload_mb),
+               # no "Deploy" button for labelers; no usage statistics leave the machine
+               "--client.toolbarMode", "minimal", "--browser.gatherUsageStats", "false"]
     if args.address:
         app_cmd += ["--server.address", args.address]
     stop = {"signal": 0}
