@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import store
+from db.bulk import BulkWriter, prepare
 from db.formats import FormatError, ImportRecord, RowError, parse_file
 from db.formats.base import MAX_ORIGIN
 from db.formats.containers import Input, iter_raw, sniff_container
@@ -80,12 +81,17 @@ def import_file(
     skip_invalid: bool = False,
     filename: str | None = None,
     progress: Progress | None = None,
+    bulk: bool = True,
 ) -> ImportReport:
     """Import one file (path, bytes or binary file object); see ``db.formats.parse_file`` for the options.
 
     Raises ``FormatError`` ("FILE:LINE: field 'X': message") for the first bad row unless ``skip_invalid``,
     and for problems with the whole file in any case; the database is then unchanged. ``progress(done, total)``
     is called after each batch of records written.
+
+    ``bulk`` (the default) hashes and checks every record before the write transaction opens and then writes
+    each batch in a few set-based statements (``db.bulk``), so SQLite's write lock is held only for the inserts;
+    ``bulk=False`` is the older per-record path through ``db.store`` (same result, kept for comparison).
     """
     t0 = time.monotonic()
     inp = Input.of(path_or_bytes, filename)
@@ -115,25 +121,44 @@ def import_file(
         r for r in parse_file(inp, **kw) if not isinstance(r, RowError)
     )
     origin = f"import:{inp.name}"[:MAX_ORIGIN]
-    with db.write() as s:
-        before = _counts(s)
-        writer = _Writer(s, origin)
-        done = 0
-        if progress:
-            progress(0, n)
-        batch: list[ImportRecord] = []
-        for rec in source_records:
-            batch.append(rec)
-            if len(batch) >= BATCH:
-                writer.write_batch(batch)
-                done += len(batch)
-                batch = []
+    if bulk:
+        # Everything but the inserts happens here, before the write lock is taken.
+        plan = prepare(source_records, origin, chunk_size=BATCH, keep_in_memory=_KEEP_IN_MEMORY)
+        records = source_records = None  # type: ignore[assignment]
+        try:
+            with db.write() as s:
+                before = _counts(s)
+                writer: _Writer | BulkWriter = BulkWriter(s)
+                done = 0
                 if progress:
-                    progress(done, n)
-        writer.write_batch(batch)
-        after = _counts(s)
-    if progress:
-        progress(n, n)
+                    progress(0, n)
+                for chunk in plan.chunks:
+                    writer.write_chunk(chunk)
+                    done += len(chunk)
+                    if progress and done < plan.records:
+                        progress(done, n)
+                after = _counts(s)
+        finally:
+            plan.chunks.close()
+        writer.duplicates += plan.in_file_duplicates
+    else:
+        with db.write() as s:
+            before = _counts(s)
+            writer = _Writer(s, origin)
+            done = 0
+            if progress:
+                progress(0, n)
+            batch: list[ImportRecord] = []
+            for rec in source_records:
+                batch.append(rec)
+                if len(batch) >= BATCH:
+                    writer.write_batch(batch)
+                    done += len(batch)
+                    batch = []
+                    if progress:
+                        progress(done, n)
+            writer.write_batch(batch)
+            after = _counts(s)
     report.labels_added, report.rankings_added = writer.labels_added, writer.rankings_added
     report.duplicates = writer.duplicates
     report.prompts_added = after["prompts"] - before["prompts"]
@@ -152,7 +177,8 @@ def _counts(s: Session) -> dict[str, int]:
 
 
 class _Writer:
-    """Writes records through ``db.store`` inside one transaction, in batches.
+    """The per-record path (``bulk=False``): writes records through ``db.store`` inside one transaction, in
+    batches.
 
     Per batch, one query finds the labels / rankings already present (re-imports and repeated lines are
     skipped without touching anything else). Prompts, responses, comparisons and annotators already looked up
