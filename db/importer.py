@@ -159,6 +159,8 @@ def import_file(
                         progress(done, n)
             writer.write_batch(batch)
             after = _counts(s)
+    if progress:
+        progress(n, n)
     report.labels_added, report.rankings_added = writer.labels_added, writer.rankings_added
     report.duplicates = writer.duplicates
     report.prompts_added = after["prompts"] - before["prompts"]
