@@ -92,7 +92,10 @@ class TrainConfig:
             machine without CUDA (or with ``device="cpu"``) gpus > 1 runs gloo CPU processes, useful for tests only.
             Head mode refuses gpus > 1.
         grad_checkpointing: trade speed for memory in finetune mode.
-        compile: ``torch.compile`` the finetune model.
+        compile: ``torch.compile`` the finetune model (with ``packing``: the backbone once, ``dynamic=False``).
+        packing: pack each batch into one row without padding, decoders only; static shape for torch.compile
+            (finetune mode; ``rm_engine.packing``). The row is ``batch_tokens`` long, so a token budget is
+            required. With an encoder backbone training falls back to padded batches and logs a warning.
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
@@ -125,6 +128,7 @@ class TrainConfig:
     gpus: int = 1
     grad_checkpointing: bool = False
     compile: bool = False
+    packing: bool = False
     features: str = "rich"
     quantize: bool = False
     patience: int = 30
@@ -153,6 +157,8 @@ class TrainConfig:
             raise bad("lr", "must be > 0")
         if self.batch_tokens < 0:
             raise bad("batch_tokens", "must be >= 0")
+        if self.packing and self.batch_tokens == 0:
+            raise bad("packing", "needs a token budget: batch_tokens > 0 is the packed row length")
         if self.max_batch_pairs < 0:
             raise bad("max_batch_pairs", "must be >= 0")
         if not 0.0 <= self.val_fraction < 0.9:
@@ -245,7 +251,7 @@ class TrainConfig:
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience", "gpus"}
 _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
-_BOOLS = {"lora", "grad_checkpointing", "compile", "quantize"}
+_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize"}
 
 
 def _parse_field(name: str, raw: str) -> Any:

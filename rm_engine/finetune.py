@@ -17,11 +17,18 @@ Design (issue 6), and why:
   :mod:`rm_engine.ddp`): every rank builds the same global batch plan and takes its shard; losses are
   normalised by the *global* weight sum so N ranks compute the same update as one process on the whole batch.
 
-Padding-free packing (varlen attention) is deliberately not used: with length-grouped batches the padding left
-is a few percent, and the packed path needs flash-attention kernels this project cannot test on CPU.
+Padding-free packing is optional (``cfg.packing``, decoders only; :mod:`rm_engine.packing`): each batch of the
+same plan becomes ONE row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, attention
+confined to each sequence, a dummy tail segment), so every step has the same shape and ``torch.compile`` compiles
+once (``dynamic=False``) instead of once per padded shape. Same plan, loss, weights, accumulation and DDP logic;
+validation and scoring stay padded. Tested on CPU (sdpa; flex_attention in eager mode): packed scores and
+gradients equal padded ones, and a packed run trains to the same weights as a padded one. Not measured on GPU:
+its speed (flex_attention there) and the MFU target of issue 6. Encoders fall back to padded batches (logged).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,10 +46,12 @@ from rm_engine.batching import BatchPlanConfig, plan_batches, shard
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, RewardNet, collate, load_backbone_model, resolve_device
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
+from rm_engine.packing import PackedTrainer
 
 __all__ = ["FinetuneResult", "FinetunedModel", "train_finetune", "pair_nll", "plan_epoch"]
 
 Progress = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -216,8 +225,16 @@ def train_finetune(
     if tie_model is not None:
         tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, n_ties / len(tr.tie)), device=dev))
 
-    train_net: nn.Module = ddp.wrap(net, dev) if world > 1 else net
-    if cfg.compile:
+    packer: PackedTrainer | None = None
+    if cfg.packing and not decoder:
+        log.warning("TrainConfig.packing ignored: %s is an encoder (score read at [CLS] of padded rows); "
+                    "training on padded batches", ref.path)
+    elif cfg.packing:
+        # Static shape [1, batch_tokens]: torch.compile(dynamic=False) on the backbone inside, compiled once.
+        packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=fm.pad_id, compile=cfg.compile,
+                               wrap=(lambda m: ddp.wrap(m, dev)) if world > 1 else None)
+    train_net: nn.Module = ddp.wrap(net, dev) if world > 1 and packer is None else net
+    if cfg.compile and packer is None:
         train_net = torch.compile(train_net, dynamic=True)
     params = [p for p in net.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
@@ -246,17 +263,19 @@ def train_finetune(
             local = shard(gbatch, rank, world)
             k = len(local)
             seqs = [tr.chosen[i] for i in local] + [tr.rejected[i] for i in local]
-            ids, mask = collate(seqs, fm.pad_id, dev)
+            if packer is None:
+                ids, mask = collate(seqs, fm.pad_id, dev)
+                pad_tok += ids.numel()
             real_tok += sum(len(s) for s in seqs)
-            pad_tok += ids.numel()
             host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i])] for i in local], dtype=torch.float32)
             host = host.pin_memory().to(dev, non_blocking=True) if cuda else host
             w_t, margin_t, tie_t = host[:, 0], host[:, 1], host[:, 2].bool()
-            if amp is not None:
-                with amp:
+            with amp if amp is not None else contextlib.nullcontext():
+                if packer is not None:
+                    r, row_len = packer(seqs)
+                    pad_tok += row_len
+                else:
                     r = train_net(ids, mask)
-            else:
-                r = train_net(ids, mask)
             r = r.float()
             rc, rr = r[:k], r[k:]
             gw = sum(w_host[i] for i in gbatch) or 1.0
@@ -287,7 +306,8 @@ def train_finetune(
         a = _sync_sum(acc.tolist(), dev)  # waits for the device: the epoch's time is complete here
         secs = time.perf_counter() - t0
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
-        val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
+        with packer.padded() if packer is not None else contextlib.nullcontext():
+            val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
         last_val = val.get("val_accuracy")
         n_pairs = sum(len(b) for b in plan)
         row = {"epoch": epoch + 1, "train_loss": a[0] / max(len(plan), 1), "train_accuracy": a[1] / max(a[2], 1.0),
@@ -301,6 +321,8 @@ def train_finetune(
                       "eta_s": (time.perf_counter() - t_start) / step * (total - step), "phase": "finetune",
                       "epoch": epoch + 1, "pairs_per_s": row["pairs_per_s"], "tokens_per_s": row["tokens_per_s"]})
     net.eval()
+    if packer is not None:
+        packer.close()
     if tie_param is not None:
         fm.meta = fm.meta.with_tie(tie_model, float(tie_param.detach()))
     return FinetuneResult(model=fm, history=history)

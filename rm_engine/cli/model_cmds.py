@@ -40,6 +40,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="finetune: N data-parallel processes (DDP, one per GPU; gloo CPU processes without CUDA). "
                         "Queued jobs without it take the worker's --gpus")
     p.add_argument("--lora", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="finetune: torch.compile the model")
+    p.add_argument("--packing", action="store_true", default=None,
+                   help="finetune, decoders only: pack each batch into one row of --batch-tokens without padding "
+                        "(static shape for torch.compile); encoders fall back to padded batches")
     p.add_argument("--features", choices=("rich", "pair"), help="head-mode features (default rich)")
     p.add_argument("--quantize", action="store_true", default=None, help="int8 backbone for head-mode feature extraction (CPU)")
     p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")

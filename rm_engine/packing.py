@@ -1,0 +1,235 @@
+"""Padding-free packing for decoder reward models: a batch of sequences as ONE row ``[1, L]`` of static length.
+
+A token-budget batch of the existing plan (:mod:`rm_engine.batching`: rows ``[c_1..c_k, r_1..r_k]``) is laid end
+to end in one row of ``L`` tokens (``L = cfg.batch_tokens``); what is left is *one* dummy tail segment whose
+output is never read. ``position_ids`` restart at 0 for every sequence (and for the tail), and attention is
+confined to each sequence: causal inside a segment, nothing across segments. Every batch then has the same
+shape, so ``torch.compile(dynamic=False)`` compiles the backbone once instead of once per padded shape.
+
+How the attention is confined (read from transformers 5.17 and 5.24 ``masking_utils``; same code in both): with
+``attention_mask=None``, ``use_cache=False`` and ``position_ids`` given, ``create_causal_mask`` calls
+``find_packed_sequence_indices`` (a new segment wherever the position does not go up by 1) and ANDs the causal
+mask with "same segment". The mask then depends on the attention implementation:
+
+* ``flex_attention``: a ``BlockMask`` (``create_block_mask(..., _compile=True)``): sparse, no dense ``L x L``
+  mask, blocks across segments are skipped. The choice on CUDA. Works on CPU too (torch compiles the kernel:
+  ~10-30 s the first time).
+* ``sdpa`` / ``eager``: a dense ``[1, 1, L, L]`` mask and full ``L x L`` attention compute. Used for small ``L``
+  only (:data:`DENSE_MAX_TOKENS`, the CPU tests).
+* ``flash_attention_2``/``_3`` (only when the model already uses it; needs the ``flash_attn`` package, absent
+  from the project's GPU machines): the segment boundaries are passed as ``cu_seq_lens_q/k`` and
+  ``max_length_q/k`` and transformers calls ``flash_attn_varlen_func``. Not tested here (no kernel on CPU).
+
+Scores are read at each sequence's last token and only those hidden states go through the ``score`` head.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from rm_engine.finetune_model import RewardNet, _hf
+
+log = logging.getLogger(__name__)
+
+DENSE_MAX_TOKENS = 4096  # sdpa/eager materialise an L x L mask: 16 M entries here, 268 M at 16k (use flex there)
+OVERFLOW_MULTIPLE = 1024  # a batch over the budget (rare, see packed_length) is rounded to this: few extra shapes
+FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """One packed row.
+
+    Attributes:
+        input_ids: ``[1, L]`` token ids, sequences end to end, then the tail (``pad_id``).
+        position_ids: ``[1, L]``, ``0..len-1`` for every sequence and ``0..tail-1`` for the tail.
+        cu_seqlens: ``[segments + 1]`` int32 boundaries ``0, len_1, len_1+len_2, ..., L``; the tail, when
+            ``L`` exceeds the tokens, is the last segment.
+        last_index: ``[n]`` position of each sequence's last token in the row (where its score is read).
+        n_tokens: real tokens (``L - n_tokens`` is the tail).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    last_index: torch.Tensor
+    n_tokens: int
+
+    @property
+    def length(self) -> int:
+        """``L``, the row length."""
+        return int(self.input_ids.shape[1])
+
+    def to(self, device: torch.device) -> "PackedBatch":
+        """A copy on ``device`` (pinned, non-blocking copies on CUDA)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+        return PackedBatch(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens),
+                           move(self.last_index), self.n_tokens)
+
+
+def packed_length(n_tokens: int, budget: int) -> int:
+    """The row length for ``n_tokens`` real tokens: ``budget`` whenever they fit (the static shape). Batches of
+    the plan fit except an over-budget batch (one pair longer than the budget, or a DDP shard with one extra
+    pair): those get ``n_tokens`` rounded up to :data:`OVERFLOW_MULTIPLE` (a separate compiled shape)."""
+    if budget <= 0:
+        raise ValueError(f"packed_length: the token budget must be positive, got {budget}")
+    return budget if n_tokens <= budget else -(-n_tokens // OVERFLOW_MULTIPLE) * OVERFLOW_MULTIPLE
+
+
+def pack_sequences(seqs: Sequence[Sequence[int]], *, length: int | None = None, pad_id: int = 0) -> PackedBatch:
+    """Lay ``seqs`` end to end in one row of ``length`` tokens (default: exactly their total), on the CPU.
+
+    Raises ``ValueError`` for no sequence, an empty sequence, or a total longer than ``length``.
+    """
+    if not seqs:
+        raise ValueError("pack_sequences: no sequences")
+    lens = [len(s) for s in seqs]
+    if min(lens) < 1:
+        raise ValueError(f"pack_sequences: sequence {lens.index(min(lens))} is empty")
+    total = sum(lens)
+    length = total if length is None else int(length)
+    if total > length:
+        raise ValueError(f"pack_sequences: {total} tokens do not fit in a row of {length}")
+    tail = length - total
+    seg_lens = lens + ([tail] if tail else [])
+    ids = torch.full((1, length), int(pad_id), dtype=torch.long)
+    ids[0, :total] = torch.as_tensor([t for s in seqs for t in s], dtype=torch.long)
+    pos = torch.cat([torch.arange(n, dtype=torch.long) for n in seg_lens])[None]
+    cu = torch.zeros(len(seg_lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.as_tensor(seg_lens, dtype=torch.int32).cumsum(0)
+    last = cu[1 : len(lens) + 1].long() - 1
+    return PackedBatch(ids, pos, cu, last, total)
+
+
+def attn_implementation(model: nn.Module) -> str:
+    """The attention implementation the (possibly peft-wrapped) model runs with."""
+    return str(_hf(model).config._attn_implementation)
+
+
+def choose_attn_implementation(model: nn.Module, device: torch.device, length: int) -> str:
+    """Which attention the packed row runs with: a flash-attention model keeps it; on CPU with ``length <=``
+    :data:`DENSE_MAX_TOKENS`: ``sdpa`` (a dense mask, compiles nothing); otherwise ``flex_attention`` when the
+    model and torch support it, else ``sdpa`` up to the dense limit. Raises ``ValueError`` when nothing fits."""
+    current = attn_implementation(model)
+    if current in FLASH:
+        return current
+    if device.type == "cpu" and length <= DENSE_MAX_TOKENS:
+        return "sdpa"
+    from transformers.utils import is_torch_flex_attn_available
+
+    if is_torch_flex_attn_available() and getattr(_hf(model), "_supports_flex_attn", False):
+        return "flex_attention"
+    if length <= DENSE_MAX_TOKENS:
+        return "sdpa"
+    raise ValueError(f"TrainConfig.packing: {type(_hf(model)).__name__} does not support flex_attention here, and a "
+                     f"dense {length} x {length} mask is too large (batch_tokens <= {DENSE_MAX_TOKENS}, or packing=False)")
+
+
+def set_attn_implementation(model: nn.Module, impl: str) -> None:
+    """Switch the model (inside a possible peft wrapper) to ``impl`` (transformers' ``set_attn_implementation``)."""
+    hf = _hf(model)
+    if str(hf.config._attn_implementation) != impl:
+        hf.set_attn_implementation(impl)
+
+
+def packed_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                  flash_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """Last hidden states ``[1, L, H]`` of the decoder body of ``model`` on a packed row.
+
+    ``attention_mask`` must stay None and ``use_cache`` False: transformers detects packed sequences from
+    ``position_ids`` only then (a cache disables the detection silently and sequences would see each other).
+    """
+    hf = _hf(model)
+    body = getattr(hf, hf.base_model_prefix)
+    out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False,
+               **(flash_kwargs or {}))
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """fp32 score of every sequence of ``batch`` (on the model's device): the ``score`` head of a decoder
+    ``...ForSequenceClassification`` (or its peft wrapper) applied to each sequence's last hidden state."""
+    b = batch
+    return PackedRewardNet(RewardNet(model, decoder=True))(b.input_ids, b.position_ids, b.last_index, b.cu_seqlens)
+
+
+class PackedRewardNet(nn.Module):
+    """A :class:`RewardNet` (decoder) run on packed rows: ``forward(batch) -> [n]`` fp32 scores.
+
+    With ``compile=True`` the body is ``torch.compile(dynamic=False)``: every row has the budget's shape, so it
+    compiles once (an over-budget row adds one shape). Only the body: the number of sequences per row varies,
+    so gathering the last tokens and the tiny ``score`` head stay eager (compiling them statically would
+    recompile for every count). Wrap THIS module in DDP (it owns the same parameters as ``net``).
+    """
+
+    def __init__(self, net: RewardNet, *, compile: bool = False) -> None:
+        super().__init__()
+        if not net.decoder:
+            raise ValueError("PackedRewardNet: packing needs a decoder (encoders read [CLS] of padded rows)")
+        self.net = net
+        self._body = torch.compile(self._hidden, dynamic=False) if compile else self._hidden
+
+    def _hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return packed_hidden(self.net.model, input_ids, position_ids)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, last_index: torch.Tensor,
+                cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Scores ``[n]`` of a packed row (the fields of a :class:`PackedBatch`, as tensors for DDP)."""
+        if attn_implementation(self.net.model) in FLASH:  # varlen kernel: boundaries given, no mask (untested)
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            fk = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest,
+                  "max_length_k": longest}
+            hidden = packed_hidden(self.net.model, input_ids, position_ids, fk)
+        else:
+            hidden = self._body(input_ids, position_ids)
+        return _hf(self.net.model).score(hidden[0, last_index])[:, 0].float()
+
+
+class PackedTrainer:
+    """The packed forward of :func:`rm_engine.finetune.train_finetune` (``cfg.packing``): picks the attention
+    implementation, packs each step's rows into ``[1, budget]`` and returns their scores.
+
+    The implementation is switched for training only: :meth:`padded` (evaluation) and :meth:`close` (end of
+    training, before saving) restore the model's own, so saved models and scoring are unchanged.
+    """
+
+    def __init__(self, net: RewardNet, *, budget: int, device: torch.device, pad_id: int, compile: bool = False,
+                 wrap: Any = None) -> None:
+        self.budget, self.device, self.pad_id = int(budget), device, int(pad_id)
+        self.original = attn_implementation(net.model)
+        self.impl = choose_attn_implementation(net.model, device, self.budget)
+        set_attn_implementation(net.model, self.impl)
+        self.module = PackedRewardNet(net, compile=compile)
+        self.train_module: nn.Module = wrap(self.module) if wrap is not None else self.module
+        log.info("finetune: packing into rows of %d tokens, attention %s%s", self.budget, self.impl,
+                 ", compiled (static shape)" if compile else "")
+
+    def pack(self, seqs: Sequence[Sequence[int]]) -> PackedBatch:
+        """The packed row of ``seqs`` on the device."""
+        n = sum(len(s) for s in seqs)
+        return pack_sequences(seqs, length=packed_length(n, self.budget), pad_id=self.pad_id).to(self.device)
+
+    def __call__(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+        """Scores ``[len(seqs)]`` (through the DDP wrapper when there is one) and the row length."""
+        b = self.pack(seqs)
+        return self.train_module(b.input_ids, b.position_ids, b.last_index, b.cu_seqlens), b.length
+
+    @contextlib.contextmanager
+    def padded(self) -> Iterator[None]:
+        """The model's own attention implementation inside the block (padded evaluation)."""
+        set_attn_implementation(self.module.net.model, self.original)
+        try:
+            yield
+        finally:
+            set_attn_implementation(self.module.net.model, self.impl)
+
+    def close(self) -> None:
+        """Restore the model's own attention implementation."""
+        set_attn_implementation(self.module.net.model, self.original)
