@@ -12,10 +12,11 @@ How the attention is confined (read from transformers 5.17 and 5.24 ``masking_ut
 mask with "same segment". The mask then depends on the attention implementation:
 
 * ``flex_attention``: a ``BlockMask`` (``create_block_mask(..., _compile=True)``): sparse, no dense ``L x L``
-  mask, blocks across segments are skipped. The choice on CUDA. Works on CPU too (torch compiles the kernel:
-  ~10-30 s the first time).
+  mask, blocks across segments are skipped. The choice on CUDA (not measured here: no GPU in the tests). On CPU
+  the forward works (tested; torch compiles the kernel, ~10-45 s the first time) but torch 2.13 has no
+  FlexAttention backward on CPU, so CPU training uses sdpa.
 * ``sdpa`` / ``eager``: a dense ``[1, 1, L, L]`` mask and full ``L x L`` attention compute. Used for small ``L``
-  only (:data:`DENSE_MAX_TOKENS`, the CPU tests).
+  only (:data:`DENSE_MAX_TOKENS`: the CPU tests, CPU training).
 * ``flash_attention_2``/``_3`` (only when the model already uses it; needs the ``flash_attn`` package, absent
   from the project's GPU machines): the segment boundaries are passed as ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` and transformers calls ``flash_attn_varlen_func``. Not tested here (no kernel on CPU).
@@ -114,22 +115,23 @@ def attn_implementation(model: nn.Module) -> str:
 
 
 def choose_attn_implementation(model: nn.Module, device: torch.device, length: int) -> str:
-    """Which attention the packed row runs with: a flash-attention model keeps it; on CPU with ``length <=``
-    :data:`DENSE_MAX_TOKENS`: ``sdpa`` (a dense mask, compiles nothing); otherwise ``flex_attention`` when the
-    model and torch support it, else ``sdpa`` up to the dense limit. Raises ``ValueError`` when nothing fits."""
+    """Which attention a packed *training* row runs with: a flash-attention model keeps it; on CPU ``sdpa`` up to
+    :data:`DENSE_MAX_TOKENS` (FlexAttention has no backward on CPU in torch 2.13); elsewhere ``flex_attention``
+    when the model and torch support it, else ``sdpa`` up to the dense limit. ``ValueError`` when nothing fits."""
     current = attn_implementation(model)
     if current in FLASH:
         return current
-    if device.type == "cpu" and length <= DENSE_MAX_TOKENS:
-        return "sdpa"
-    from transformers.utils import is_torch_flex_attn_available
+    if device.type != "cpu":
+        from transformers.utils import is_torch_flex_attn_available
 
-    if is_torch_flex_attn_available() and getattr(_hf(model), "_supports_flex_attn", False):
-        return "flex_attention"
+        if is_torch_flex_attn_available() and getattr(_hf(model), "_supports_flex_attn", False):
+            return "flex_attention"
     if length <= DENSE_MAX_TOKENS:
         return "sdpa"
-    raise ValueError(f"TrainConfig.packing: {type(_hf(model)).__name__} does not support flex_attention here, and a "
-                     f"dense {length} x {length} mask is too large (batch_tokens <= {DENSE_MAX_TOKENS}, or packing=False)")
+    why = "FlexAttention has no backward on CPU" if device.type == "cpu" else \
+        f"{type(_hf(model)).__name__} does not support flex_attention here"
+    raise ValueError(f"TrainConfig.packing: {why}, and a dense {length} x {length} mask is too large: "
+                     f"use batch_tokens <= {DENSE_MAX_TOKENS} or packing=False")
 
 
 def set_attn_implementation(model: nn.Module, impl: str) -> None:
