@@ -1,8 +1,11 @@
 """Import a preference file into the database: all or nothing, idempotent, with progress.
 
 Two steps: every row is parsed and validated first (nothing is written if one is bad, unless
-``skip_invalid``); then everything is written in ONE write transaction, in batches with a progress callback.
-A failure half-way rolls the whole transaction back, so the database is left exactly as it was.
+``skip_invalid``), and hashed and checked for storage (``db.bulk.prepare``); then everything is written in ONE
+write transaction, in batches of a few set-based statements each (``db.bulk.BulkWriter``), with a progress
+callback, so SQLite's write lock is held for the inserts only. A failure half-way rolls the whole transaction
+back, so the database is left exactly as it was. ``bulk=False`` writes record by record through ``db.store``
+instead (the path of earlier releases: the same rows, a write lock held about 20-40x longer).
 
 Each label / ranking carries the idempotency key of its source record, so importing the same file again adds
 nothing (the report counts those rows as ``duplicates``), while distinct judgments of one pair are all kept.
@@ -27,7 +30,9 @@ from db.session import Database
 
 Progress = Callable[[int, int], None]  # (records written so far, records in total)
 BATCH = 200
-_KEEP_IN_MEMORY = 20_000  # up to this many validated records are kept between the two steps, not parsed twice
+# Up to this many validated records are kept between the two steps, not parsed twice; beyond, the bulk path
+# spools its prepared batches to a temporary file before the write transaction opens.
+_KEEP_IN_MEMORY = 20_000
 
 
 @dataclass
