@@ -1,5 +1,5 @@
 """Data-parallel fine-tuning: two CPU processes (gloo) reach the same weights as one process on the same
-global batches."""
+global batches (padded encoder; packed decoder ranks against a padded single process)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,23 +14,25 @@ from rm_engine.config import TrainConfig
 from rm_engine.ddp import train_finetune_ddp
 from rm_engine.finetune import plan_epoch, train_finetune
 from tests.integration.test_finetune import make_pairs
-from tests.tiny_models import build_tiny_encoder
+from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize("kind", ["enc", "dec-packed"])
+def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path) -> None:
     torch.set_num_threads(1)
-    build_tiny_encoder(tmp_path / "enc", seed=7)
+    decoder = kind == "dec-packed"
+    (build_tiny_decoder if decoder else build_tiny_encoder)(tmp_path / kind, seed=7)
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'rmstudio.db'}", model_dirs=(tmp_path,))
     pairs = make_pairs(40, seed=11, ties=4)  # ties exercise the tie parameter's gradient all-reduce
-    base = dict(mode="finetune", backbone=str(tmp_path / "enc"), epochs=2, lr=2e-3, max_length=48, seed=3,
+    base = dict(mode="finetune", backbone=str(tmp_path / kind), epochs=2, lr=2e-3, max_length=48, seed=3,
                 center_coef=0.01, margin_from_strength=0.0)
-    per_device = TrainConfig(**base, batch_tokens=400)
+    per_device = TrainConfig(**base, batch_tokens=400, packing=decoder)  # packed ranks vs a padded process
     single = TrainConfig(**base, batch_tokens=800)
     # the same global batches: one process with twice the per-device budget sees what two ranks see together
-    tok = load_tokenizer(resolve_backbone(single.backbone, settings), decoder=False)
-    lengths = [max(len(build_inputs(tok, p.prompt, p.history, s, 48, decoder=False)) for s in (p.chosen, p.rejected))
+    tok = load_tokenizer(resolve_backbone(single.backbone, settings), decoder=decoder)
+    lengths = [max(len(build_inputs(tok, p.prompt, p.history, s, 48, decoder=decoder)) for s in (p.chosen, p.rejected))
                for p in pairs[:32]]
     for e in range(2):
         plan = plan_epoch(lengths, single, e, world_size=1)
@@ -53,6 +55,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path, home: Path) -> None:
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
         assert h2["tie_param"] == pytest.approx(h1["tie_param"], rel=1e-4, abs=1e-6)
         assert h2["pairs"] == h1["pairs"] == 32
+        if decoder:  # each rank ran one packed row of >= its 400-token budget per step
+            assert h2["padded_tokens"] >= 800 * h2["steps"] > h1["padded_tokens"]
     assert one.history[0]["tie_param"] != one.history[1]["tie_param"]
     val = pairs[32:]
     s1 = one.model.score([p.prompt for p in val], None, [p.chosen for p in val])
