@@ -9,9 +9,10 @@ Here the work is split in two:
   ``db.store`` would refuse, drop records whose idempotency key already appeared earlier in the file;
 * :class:`BulkWriter` (inside the caller's one write transaction): per chunk, one ``SELECT`` of the label /
   ranking keys already stored, then for annotators, prompts, responses and comparisons one multi-row
-  ``INSERT ... ON CONFLICT DO NOTHING`` (executemany of the rows not known yet) followed by one
-  ``SELECT id, key ... WHERE key IN (...)``; labels and rankings are inserted the same way with ``RETURNING``
-  (so only rows really inserted bump ``comparisons.label_count``, even beside a concurrent writer).
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING id, key`` (executemany of the rows not known yet, which
+  SQLAlchemy sends as multi-row ``VALUES`` statements) and, for the rows that were already stored (no row
+  returned), one ``SELECT id, key ... WHERE key IN (...)``; labels and rankings are inserted the same way (so
+  only labels really inserted bump ``comparisons.label_count``, even beside a concurrent writer).
 
 The result is what the per-record path stores: same rows, same hashes, the comparison stored once per unordered
 pair (``response_a_id < response_b_id``) with each label's outcome and displayed side relative to it, a
@@ -245,9 +246,10 @@ class BulkWriter:
             now = utcnow()
             t = Annotator.__table__
             rows = [{"name": n, "default_source": Source(src), "created_at": now} for n, src in want.items()]
-            self.s.execute(self._insert(t).on_conflict_do_nothing(index_elements=["name"]), rows)
-            names = list(want)
-            for piece in _pieces(names):
+            stmt = self._insert(t).on_conflict_do_nothing(index_elements=["name"])
+            for i, n in self.s.execute(stmt.returning(t.c.id, t.c.name), rows):
+                self.annotators[n] = i
+            for piece in _pieces([n for n in want if n not in self.annotators]):  # already stored: look them up
                 for i, n in self.s.execute(select(t.c.id, t.c.name).where(t.c.name.in_(piece))):
                     self.annotators[n] = i
         return self.annotators
@@ -270,8 +272,10 @@ class BulkWriter:
                 if not row["category"] and h in wanted_category:
                     row["category"] = wanted_category[h]
                 rows.append({**row, "created_at": now})
-            self.s.execute(self._insert(t).on_conflict_do_nothing(index_elements=["content_hash"]), rows)
-            for piece in _pieces(list(new)):
+            stmt = self._insert(t).on_conflict_do_nothing(index_elements=["content_hash"])
+            for i, h, cat in self.s.execute(stmt.returning(t.c.id, t.c.content_hash, t.c.category), rows):
+                self.prompts[h] = [i, cat]
+            for piece in _pieces([h for h in new if h not in self.prompts]):  # already stored: look them up
                 for i, h, cat in self.s.execute(select(t.c.id, t.c.content_hash, t.c.category).where(t.c.content_hash.in_(piece))):
                     self.prompts[h] = [i, cat]
         fill = [{"pid": self.prompts[h][0], "cat": c} for h, c in wanted_category.items() if not self.prompts[h][1]]
@@ -301,8 +305,10 @@ class BulkWriter:
                 if not row["model"] and k in wanted_model:
                     row["model"] = wanted_model[k]
                 rows.append({**row, "created_at": now})
-            self.s.execute(self._insert(t).on_conflict_do_nothing(index_elements=["prompt_id", "content_hash"]), rows)
-            for piece in _pieces(list(new)):
+            stmt = self._insert(t).on_conflict_do_nothing(index_elements=["prompt_id", "content_hash"])
+            for i, pid, h, m in self.s.execute(stmt.returning(t.c.id, t.c.prompt_id, t.c.content_hash, t.c.model), rows):
+                self.responses[(pid, h)] = [i, m]
+            for piece in _pieces([k for k in new if k not in self.responses]):  # already stored: look them up
                 q = select(t.c.id, t.c.prompt_id, t.c.content_hash, t.c.model).where(tuple_(t.c.prompt_id, t.c.content_hash).in_(piece))
                 for i, pid, h, m in self.s.execute(q):
                     self.responses[(pid, h)] = [i, m]
@@ -335,8 +341,10 @@ class BulkWriter:
             t = Comparison.__table__
             now = utcnow()
             rows = [{"prompt_id": pid, "response_a_id": a, "response_b_id": b, "label_count": 0, "created_at": now} for (a, b), pid in new.items()]
-            self.s.execute(self._insert(t).on_conflict_do_nothing(index_elements=["response_a_id", "response_b_id"]), rows)
-            for piece in _pieces(list(new)):
+            stmt = self._insert(t).on_conflict_do_nothing(index_elements=["response_a_id", "response_b_id"])
+            for i, a, b in self.s.execute(stmt.returning(t.c.id, t.c.response_a_id, t.c.response_b_id), rows):
+                self.comparisons[(a, b)] = i
+            for piece in _pieces([k for k in new if k not in self.comparisons]):  # already stored: look them up
                 q = select(t.c.id, t.c.response_a_id, t.c.response_b_id).where(tuple_(t.c.response_a_id, t.c.response_b_id).in_(piece))
                 for i, a, b in self.s.execute(q):
                     self.comparisons[(a, b)] = i
