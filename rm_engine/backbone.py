@@ -64,8 +64,13 @@ def minilm_dir() -> Path:
 
 
 def allowed_roots(settings: Settings) -> list[Path]:
-    """Folders a backbone may be loaded from: ``home``, ``model_dirs`` and the MiniLM package folder."""
-    roots = [Path(settings.home), *[Path(p) for p in settings.model_dirs], minilm_dir().parent]
+    """Folders a backbone may be loaded from: ``home``, ``model_dirs`` and the MiniLM package folder (when the
+    package is installed: a GPU box training only local backbones may lack it)."""
+    roots = [Path(settings.home), *[Path(p) for p in settings.model_dirs]]
+    try:
+        roots.append(minilm_dir().parent)
+    except ImportError:
+        pass
     return [r.expanduser().resolve() for r in roots]
 
 
