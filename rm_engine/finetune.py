@@ -44,7 +44,7 @@ from rm_engine import ddp
 from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.batching import BatchPlanConfig, plan_batches, shard
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, RewardNet, collate, load_backbone_model, resolve_device
+from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, RewardNet, backbone_pooling, collate, load_backbone_model, resolve_device
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
 from rm_engine.packing import PackedTrainer
 
@@ -213,9 +213,10 @@ def train_finetune(
     tok = load_tokenizer(ref, decoder=decoder)
     torch.manual_seed(cfg.seed)
     hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
-    net = RewardNet(hf, decoder).to(dev)
+    pooling = backbone_pooling(ref.path, hf, decoder)
+    net = RewardNet(hf, decoder, pooling).to(dev)
     meta = FinetuneMeta(decoder=decoder, max_length=cfg.max_length, lora=cfg.lora, backbone=ref.to_dict(),
-                        truncation=TRUNCATION_POLICY)
+                        truncation=TRUNCATION_POLICY, pooling=pooling)
     fm = FinetunedModel(net, tok, meta, dev)
 
     tr, va = _Encoded(tok, train_pairs, cfg, decoder), _Encoded(tok, val_pairs, cfg, decoder)

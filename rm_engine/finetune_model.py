@@ -2,7 +2,10 @@
 
 The score of a row is one fp32 number:
 
-* encoders: the sequence-classification head on the first token (``[CLS]``, through the model's own pooler);
+* encoders: the sequence-classification head on the first token (``[CLS]``, through the model's own pooler), or,
+  for sentence-transformers backbones trained with mean pooling (their ``1_Pooling/config.json`` says so, as the
+  bundled MiniLM's does), the head's linear layer on the mean of the last hidden states over real tokens: the
+  representation the backbone was trained to produce (HH-harmless, MiniLM, same split: 0.626 vs 0.611, BENCHMARKS.md);
 * decoders: the ``score`` head applied to the hidden state of the *last non-pad token*, whose position is
   ``attention_mask.sum(-1) - 1`` with right padding. ``pad_token_id`` is never searched for, so a tokenizer whose
   pad token equals eos (most decoders) is safe.
@@ -45,6 +48,7 @@ class FinetuneMeta:
     truncation: str
     tie_model: str | None = None
     tie_param: float | None = None
+    pooling: str | None = None  # "cls", "mean" or "last"; None (files written before it existed) = the default
     format: str = FORMAT
 
     def with_tie(self, tie_model: str | None, tie_param: float | None) -> "FinetuneMeta":
@@ -90,22 +94,64 @@ def _hf(model: nn.Module) -> nn.Module:
     return model.base_model.model if isinstance(model, PeftModel) else model
 
 
+POOLINGS = ("cls", "mean", "last")
+
+
+def _linear_head(hf: nn.Module) -> bool:
+    """Whether the encoder's ``classifier`` is one linear layer (also inside peft's ``modules_to_save`` wrapper)."""
+    head = getattr(hf, "classifier", None)
+    return isinstance(getattr(head, "original_module", head), nn.Linear)
+
+
+def backbone_pooling(path: Path, model: nn.Module, decoder: bool) -> str:
+    """The pooling a backbone was trained with: ``last`` for decoders; ``mean`` for a sentence-transformers encoder
+    whose pooling config asks for mean pooling and whose head is a plain linear layer; else ``cls``."""
+    if decoder:
+        return "last"
+    if not _linear_head(_hf(model)):
+        return "cls"  # e.g. RoBERTa's classification head reads [CLS] itself
+    try:
+        modules = json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
+        pool_dir = next(m["path"] for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        pool = json.loads((Path(path) / pool_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, KeyError, TypeError):
+        return "cls"
+    return "mean" if pool.get("pooling_mode_mean_tokens") and not pool.get("pooling_mode_cls_token") else "cls"
+
+
 class RewardNet(nn.Module):
     """A sequence-classification model as a function ``(input_ids, attention_mask) -> reward per row`` (fp32).
 
-    Right padding is assumed (``collate`` produces it).
+    Right padding is assumed (``collate`` produces it). ``pooling``: ``cls`` (encoders' default), ``mean``
+    (encoders: masked mean of the last hidden states, then the head's linear layer) or ``last`` (decoders).
     """
 
-    def __init__(self, model: nn.Module, decoder: bool) -> None:
+    def __init__(self, model: nn.Module, decoder: bool, pooling: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.decoder = decoder
-        if decoder and not isinstance(getattr(_hf(model), "score", None), nn.Module):
-            raise ValueError(f"{type(_hf(model)).__name__}: decoder without a 'score' head is not supported")
+        self.pooling = pooling or ("last" if decoder else "cls")
+        hf = _hf(model)
+        if self.pooling not in POOLINGS or (self.pooling == "last") != decoder:
+            raise ValueError(f"pooling {self.pooling!r} does not fit a{' decoder' if decoder else 'n encoder'}")
+        if decoder and not isinstance(getattr(hf, "score", None), nn.Module):
+            raise ValueError(f"{type(hf).__name__}: decoder without a 'score' head is not supported")
+        if self.pooling == "mean":
+            if not _linear_head(hf):
+                raise ValueError(f"{type(hf).__name__}: mean pooling needs a linear 'classifier' head")
+            pooler = getattr(getattr(hf, hf.base_model_prefix), "pooler", None)
+            for prm in pooler.parameters() if isinstance(pooler, nn.Module) else ():
+                prm.requires_grad_(False)  # unused: DDP would wait for its gradients forever
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if not self.decoder:
+        if self.pooling == "cls":
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        if self.pooling == "mean":
+            hf = _hf(self.model)
+            hidden = getattr(hf, hf.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask)[0]
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            return hf.classifier(pooled)[:, 0].float()
         hf = _hf(self.model)
         body = getattr(hf, hf.base_model_prefix)
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -295,5 +341,5 @@ class FinetunedModel:
             if new:
                 raise ValueError(f"{d}: weights for {', '.join(sorted(new))} are missing from the saved model")
         disable_dropout(model)
-        net = RewardNet(model, meta.decoder).to(dev).eval()
+        net = RewardNet(model, meta.decoder, meta.pooling).to(dev).eval()
         return cls(net, tok, meta, dev)

@@ -1,0 +1,114 @@
+"""Finetune pooling: sentence-transformers encoders trained with mean pooling (the bundled MiniLM) are scored from
+the mean of their last hidden states; other encoders from [CLS]; decoders from the last real token. The choice is
+recorded with the model and survives save/load (full and LoRA)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from db.config import Settings
+from db.pairs import TrainingPair
+from rm_engine.config import TrainConfig
+from rm_engine.finetune import train_finetune
+from rm_engine.finetune_model import FinetunedModel, RewardNet, _from_pretrained, _no_dropout_config, backbone_pooling, collate
+from tests.tiny_models import build_tiny_decoder, build_tiny_encoder, minilm_dir
+
+torch.set_num_threads(1)
+
+
+def _sentence_transformers_files(folder: Path, *, mean: bool) -> Path:
+    """The two files sentence-transformers writes to declare its pooling."""
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pooling_models")
+    build_tiny_encoder(root / "plain")
+    _sentence_transformers_files(build_tiny_encoder(root / "st-mean"), mean=True)
+    _sentence_transformers_files(build_tiny_encoder(root / "st-cls"), mean=False)
+    build_tiny_decoder(root / "dec")
+    return root
+
+
+def _load(path: Path) -> torch.nn.Module:
+    return _from_pretrained(path, _no_dropout_config(path))[0].eval()
+
+
+@pytest.mark.parametrize(("name", "decoder", "expected"), [
+    ("plain", False, "cls"), ("st-mean", False, "mean"), ("st-cls", False, "cls"), ("dec", True, "last")])
+def test_pooling_follows_what_the_backbone_was_trained_with(models: Path, name: str, decoder: bool, expected: str) -> None:
+    assert backbone_pooling(models / name, _load(models / name), decoder) == expected
+
+
+def test_the_bundled_minilm_is_a_mean_pooling_backbone() -> None:
+    assert backbone_pooling(minilm_dir(), _load(minilm_dir()), False) == "mean"
+
+
+def test_mean_pooling_is_the_masked_mean_through_the_linear_head(models: Path) -> None:
+    model = _load(models / "st-mean")
+    net = RewardNet(model, decoder=False, pooling="mean").eval()
+    short, long_ = [101, 2023, 2003, 102], [101, 2023, 2003, 1037, 3231, 102]
+    ids, mask = collate([short, long_], 0, torch.device("cpu"))
+    with torch.no_grad():
+        got = net(ids, mask)
+        hidden = model.bert(input_ids=torch.tensor([short])).last_hidden_state  # no padding at all
+        want = model.classifier(hidden.mean(1))[0, 0]
+        alone = net(*collate([short], 0, torch.device("cpu")))
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[0], alone[0], atol=1e-5, rtol=0)  # padding does not move the score
+    assert all(not p.requires_grad for p in model.bert.pooler.parameters())  # unused, frozen (DDP needs it)
+
+
+def test_pooling_must_fit_the_model(models: Path) -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        RewardNet(_load(models / "st-mean"), decoder=False, pooling="last")
+
+
+def _pairs(n: int) -> list[TrainingPair]:
+    rng = random.Random(0)
+    words = "apple river stone cloud music table green orange".split()
+    out = []
+    for i in range(n):
+        base = " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))
+        out.append(TrainingPair(prompt_id=i, prompt=f"question {i}", history=(), category=None, chosen_id=2 * i,
+                                rejected_id=2 * i + 1, chosen=base + " excellent helpful", rejected=base + " terrible rude",
+                                source="crowd", annotator="a"))
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_mean_pooled_model_learns_and_round_trips(models: Path, tmp_path: Path, lora: bool) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    pairs = _pairs(90)
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "st-mean"), epochs=2, lr=5e-3 if lora else 1e-3,
+                      batch_tokens=2048, max_length=64, seed=0, lora=lora, lora_r=4, lora_alpha=8)
+    res = train_finetune(cfg, pairs[:70], pairs[70:], device="cpu", settings=settings)
+    assert res.model.meta.pooling == "mean" and res.history[-1]["val_accuracy"] >= 0.8
+    val = pairs[70:]
+    before = res.model.score([p.prompt for p in val], None, [p.chosen for p in val])
+    back = FinetunedModel.load(res.model.save(tmp_path / "saved"), device="cpu")
+    assert back.meta.pooling == "mean" and back.net.pooling == "mean"
+    np.testing.assert_allclose(back.score([p.prompt for p in val], None, [p.chosen for p in val]), before, atol=1e-6, rtol=0)
+
+
+def test_models_saved_before_pooling_was_recorded_load_with_cls(models: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "plain"), epochs=1, lr=1e-3, batch_tokens=2048,
+                      max_length=64, seed=0)
+    out = train_finetune(cfg, _pairs(20), [], device="cpu", settings=settings).model.save(tmp_path / "old")
+    meta = json.loads((out / "finetune.json").read_text())
+    assert meta.pop("pooling") == "cls"
+    (out / "finetune.json").write_text(json.dumps(meta))
+    assert FinetunedModel.load(out, device="cpu").net.pooling == "cls"
