@@ -9,12 +9,15 @@ shape, so ``torch.compile(dynamic=False)`` compiles the backbone once instead of
 How the attention is confined (read from transformers 5.17 and 5.24 ``masking_utils``; same code in both): with
 ``attention_mask=None``, ``use_cache=False`` and ``position_ids`` given, ``create_causal_mask`` calls
 ``find_packed_sequence_indices`` (a new segment wherever the position does not go up by 1) and ANDs the causal
-mask with "same segment". The mask then depends on the attention implementation:
+mask with "same segment"; a 4D mask (or a flex ``BlockMask``) passed as ``attention_mask`` is used as is. Per
+attention implementation:
 
-* ``flex_attention``: a ``BlockMask`` (``create_block_mask(..., _compile=True)``): sparse, no dense ``L x L``
-  mask, blocks across segments are skipped. The choice on CUDA (not measured here: no GPU in the tests). On CPU
-  the forward works (tested; torch compiles the kernel, ~10-45 s the first time) but torch 2.13 has no
-  FlexAttention backward on CPU, so CPU training uses sdpa.
+* ``flex_attention``: our own ``BlockMask`` (:func:`flex_block_mask`, same segments): sparse, no dense ``L x L``
+  mask, blocks across segments are skipped. Not transformers' (``create_block_mask(..., _compile=True)``, which
+  torch >= 2.10 answers with a deprecation warning: a graph break inside a compiled body). The choice on CUDA
+  (not measured here: no GPU in the tests). On CPU the forward works, eager or compiled in one graph (tested;
+  inductor compiles the kernel, ~20-40 s the first time), but torch 2.13 has no FlexAttention backward on CPU,
+  so CPU training uses sdpa.
 * ``sdpa`` / ``eager``: a dense ``[1, 1, L, L]`` mask and full ``L x L`` attention compute. Used for small ``L``
   only (:data:`DENSE_MAX_TOKENS`: the CPU tests, CPU training).
 * ``flash_attention_2``/``_3`` (only when the model already uses it; needs the ``flash_attn`` package, absent
@@ -26,6 +29,7 @@ Scores are read at each sequence's last token and only those hidden states go th
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -141,16 +145,50 @@ def set_attn_implementation(model: nn.Module, impl: str) -> None:
         hf.set_attn_implementation(impl)
 
 
+def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """``[1, L]`` index of the segment of every token: a new segment wherever the position does not go up by 1
+    (transformers' ``find_packed_sequence_indices``, without its data-dependent early exit)."""
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+
+@functools.cache
+def _compiled_create_block_mask() -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
+
+
+def flex_block_mask(position_ids: torch.Tensor) -> Any:
+    """The ``BlockMask`` of a packed row: causal and same segment. Built by ``create_block_mask`` traced into the
+    caller's graph under ``torch.compile``, else by a compiled ``create_block_mask`` (no dense ``L x L`` mask
+    either way). transformers builds the same mask itself with ``create_block_mask(_compile=True)``, but torch
+    >= 2.10 warns there (a deprecation), which is a graph break inside a compiled body: hence our own."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = segment_ids(position_ids)
+    n = int(position_ids.shape[-1])
+
+    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:  # noqa: ARG001 - flex's signature
+        return (seg[b, q] == seg[b, kv]) & (kv <= q)
+
+    make = create_block_mask if torch.compiler.is_compiling() else _compiled_create_block_mask()
+    return make(mask_mod, 1, None, n, n, device=position_ids.device)
+
+
 def packed_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
                   flash_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """Last hidden states ``[1, L, H]`` of the decoder body of ``model`` on a packed row.
 
-    ``attention_mask`` must stay None and ``use_cache`` False: transformers detects packed sequences from
-    ``position_ids`` only then (a cache disables the detection silently and sequences would see each other).
+    flex_attention gets its ``BlockMask`` from :func:`flex_block_mask` (a 4D mask transformers passes through
+    as is). Otherwise ``attention_mask`` stays None and ``use_cache`` False: transformers detects packed
+    sequences from ``position_ids`` only then (a cache disables the detection silently: sequences would see
+    each other).
     """
     hf = _hf(model)
     body = getattr(hf, hf.base_model_prefix)
-    out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False,
+    mask = flex_block_mask(position_ids) if attn_implementation(model) == "flex_attention" else None
+    out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                **(flash_kwargs or {}))
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 

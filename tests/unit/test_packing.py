@@ -22,6 +22,7 @@ from rm_engine.packing import (
     pack_sequences,
     packed_length,
     packed_scores,
+    segment_ids,
     set_attn_implementation,
 )
 from tests.integration.test_finetune import make_pairs
@@ -70,12 +71,14 @@ def test_packed_length_is_the_budget_unless_over_it() -> None:
 
 
 def test_transformers_finds_our_segments_from_position_ids() -> None:
-    """The attention mask is built by transformers from the position ids alone: its segments must be ours."""
+    """The attention mask is built from the position ids alone (by transformers for sdpa/eager, by
+    ``segment_ids`` for flex): the segments must be ours."""
     from transformers.masking_utils import find_packed_sequence_indices
 
     b = pack_sequences([[1] * n for n in LENS], length=ROW)
     seg = torch.repeat_interleave(torch.arange(len(b.cu_seqlens) - 1), (b.cu_seqlens[1:] - b.cu_seqlens[:-1]).long())
     assert find_packed_sequence_indices(b.position_ids)[0].tolist() == seg.tolist()
+    assert segment_ids(b.position_ids)[0].tolist() == seg.tolist()  # ours, for the flex BlockMask
     assert seg[-1] == len(LENS)  # the tail: one dummy segment after the real ones
 
 
@@ -147,6 +150,29 @@ def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
     assert max((got[n] - ref[n]).abs().max().item() for n in ref) < 1e-5
 
 
+@pytest.mark.slow
+def test_compiled_flex_forward_is_one_static_graph() -> None:
+    """torch.compile(dynamic=False) of the packed body with flex_attention (forward only: no FlexAttention
+    backward on CPU): no graph break, no recompilation for other batches of the same row length, padded scores.
+    ~30 s on a CPU (inductor compiles the flex kernel). The GPU benchmark's configuration."""
+    from torch._dynamo.utils import counters
+
+    model = _tiny_decoder("qwen2")
+    set_attn_implementation(model, "flex_attention")
+    torch._dynamo.reset()  # other tests compiled the same functions: count this model's graphs only
+    packed = PackedRewardNet(RewardNet(model, decoder=True), compile=True)
+    counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(3):
+            seqs = _seqs(seed)
+            b = pack_sequences(seqs, length=128)
+            got = packed(b.input_ids, b.position_ids, b.last_index, b.cu_seqlens)
+            ref = _padded(model, seqs)
+            set_attn_implementation(model, "flex_attention")
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_choose_attn_implementation() -> None:
     model, cpu = _tiny_decoder("llama"), torch.device("cpu")
     assert choose_attn_implementation(model, cpu, DENSE_MAX_TOKENS) == "sdpa"
@@ -193,14 +219,20 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("extra", [{}, {"lora": True}, {"compile": True}], ids=["full", "lora", "compile"])
+@pytest.mark.parametrize("extra", [{}, {"lora": True}, {"grad_checkpointing": True}, {"compile": True}],
+                         ids=["full", "lora", "checkpointing", "compile"])
 def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, settings: Settings) -> None:
     """Same plan (packing does not change batch composition), same loss: the same trained weights up to float
     rounding, the same validation numbers. With compile=True (the GPU benchmark's configuration) the packed
     backbone is compiled once (static shape) and must not recompile."""
+    from torch._dynamo.utils import counters
+
     pad, pad_state, _ = _train(tiny_root, settings, "dec", **{k: v for k, v in extra.items() if k != "compile"})
+    torch._dynamo.reset()  # other tests compiled the same functions: count this run's graphs only
+    counters.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
         pk, pk_state, secs = _train(tiny_root, settings, "dec", packing=True, **extra)
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one graph for the whole backbone
     assert _max_diff(pad_state, pk_state) < 1e-4
     for a, b in zip(pad.history, pk.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
