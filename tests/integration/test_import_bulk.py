@@ -227,3 +227,63 @@ def test_bulk_spills_large_files_to_disk(sqlite_db, tmp_path, monkeypatch):
         assert snapshot(other) == snapshot(sqlite_db)
     finally:
         other.dispose()
+
+
+def test_bulk_hashing_happens_before_the_write_transaction(sqlite_db, monkeypatch):
+    """Parsing, hashing and checks run before the write lock is taken; under it, only the batches are written."""
+    from contextlib import contextmanager
+
+    from db import bulk, importer
+
+    state = {"in_write": False, "prepared": 0, "parsed_in_write": 0}
+    real_write, real_prepare, real_parse = sqlite_db.write, bulk.prepare_record, importer.parse_file
+
+    @contextmanager
+    def write():
+        with real_write() as s:
+            state["in_write"] = True
+            try:
+                yield s
+            finally:
+                state["in_write"] = False
+
+    def prepare_record(rec, origin):
+        assert not state["in_write"], "a record was hashed inside the write transaction"
+        state["prepared"] += 1
+        return real_prepare(rec, origin)
+
+    def parse_file(*a, **k):
+        for item in real_parse(*a, **k):
+            state["parsed_in_write"] += state["in_write"]
+            yield item
+
+    monkeypatch.setattr(sqlite_db, "write", write)
+    monkeypatch.setattr(bulk, "prepare_record", prepare_record)
+    monkeypatch.setattr(importer, "parse_file", parse_file)
+    monkeypatch.setattr(importer, "_KEEP_IN_MEMORY", 100)  # the large-file path parses twice: both before the lock
+    rep = import_file(sqlite_db, _synthetic(), filename="mix.jsonl")
+    assert rep.labels_added == 456 and state["prepared"] == 460 and state["parsed_in_write"] == 0
+
+
+def test_bulk_concurrent_imports_of_one_file(any_db, shared_data):
+    """Two imports of the same file at once: every label once, label_count exact, the reports add up."""
+    import threading
+
+    data = _jsonl(_lines(shared_data / "hh_harmless_1300.jsonl.gz", 300))
+    reports, errors = [], []
+
+    def run():
+        try:
+            reports.append(import_file(any_db, data, filename="same.jsonl"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert sorted(r.labels_added for r in reports) == [0, 300] and sorted(r.duplicates for r in reports) == [0, 300]
+    snap = snapshot(any_db)  # checks label_count against the real counts
+    assert snap["counts"]["labels"] == 300 and snap["counts"]["comparisons"] == 300 and snap["counts"]["prompts"] == 300
