@@ -214,6 +214,7 @@ class PackedRewardNet(nn.Module):
         if not net.decoder:
             raise ValueError("PackedRewardNet: packing needs a decoder (encoders read [CLS] of padded rows)")
         self.net = net
+        # dynamic=False: one static shape, so no symbolic shapes and kernels specialised to [1, L]
         self._body = torch.compile(self._hidden, dynamic=False) if compile else self._hidden
 
     def _hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from rm_engine.packing import (
     DENSE_MAX_TOKENS,
     OVERFLOW_MULTIPLE,
     PackedRewardNet,
+    attn_implementation,
     choose_attn_implementation,
     pack_sequences,
     packed_length,
@@ -123,6 +124,25 @@ def test_packed_scores_equal_padded_scores(arch: str, impl: str) -> None:
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(exact, ref, atol=1e-5, rtol=1e-5)
     assert ref.std() > 1e-3  # the scores differ between sequences: a mix-up would show
+
+
+def test_lora_wrapped_model_switches_to_flex_and_back() -> None:
+    """What training does on a GPU: a peft-wrapped model is switched to flex_attention for the packed rows
+    (forward checked here; no flex backward on CPU), then back to its own implementation."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model = get_peft_model(_tiny_decoder("llama"), LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
+                                                              target_modules="all-linear", modules_to_save=["score"]))
+    seqs = _seqs(2)
+    with torch.no_grad():
+        ref = _padded(model, seqs)
+        set_attn_implementation(model, "flex_attention")
+        assert attn_implementation(model) == "flex_attention"
+        got = packed_scores(model, pack_sequences(seqs, length=ROW))
+        set_attn_implementation(model, "sdpa")
+        again = _padded(model, seqs)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, ref, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("impl", ["sdpa", pytest.param("flex_attention", marks=pytest.mark.skipif(
@@ -241,8 +261,6 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
         assert b["padded_tokens"] == 512 * b["steps"]  # every step is one row of the budget
     assert pk.history[-1]["tie_param"] == pytest.approx(pad.history[-1]["tie_param"], abs=1e-5)
     # training switched the attention for itself only: the saved model and scoring use the model's own
-    from rm_engine.packing import attn_implementation
-
     assert attn_implementation(pk.model.model) == attn_implementation(pad.model.model)
     if extra.get("compile"):
         assert secs < 120, f"compile=True packed run took {secs:.0f} s"
