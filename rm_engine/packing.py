@@ -201,7 +201,7 @@ def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
 
 
 class PackedRewardNet(nn.Module):
-    """A :class:`RewardNet` (decoder) run on packed rows: ``forward(batch) -> [n]`` fp32 scores.
+    """A :class:`RewardNet` (decoder) run on packed rows: ``forward(*tensors of a PackedBatch) -> [n]`` fp32.
 
     With ``compile=True`` the body is ``torch.compile(dynamic=False)``: every row has the budget's shape, so it
     compiles once (an over-budget row adds one shape). Only the body: the number of sequences per row varies,
