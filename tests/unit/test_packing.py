@@ -127,6 +127,7 @@ def test_packed_scores_equal_padded_scores(arch: str, impl: str) -> None:
     assert ref.std() > 1e-3  # the scores differ between sequences: a mix-up would show
 
 
+@pytest.mark.slow  # compiles the flex kernel unless an earlier flex test did
 def test_lora_wrapped_model_switches_to_flex_and_back() -> None:
     """What training does on a GPU: a peft-wrapped model is switched to flex_attention for the packed rows
     (forward checked here; no flex backward on CPU), then back to its own implementation."""
