@@ -1,0 +1,256 @@
+"""The Label page's ranking mode in a real browser: a named annotator switches to "Rank 3+ responses", orders
+the responses by clicking them in the multiselect (and, for the last prompt, by typing), submits; the database
+holds exactly the order clicked, with the annotator, source and the server-drawn display order; a double click
+on "Submit ranking" stores one ranking; the K(K-1)/2 training pairs follow the order; untrusted response text
+(``<script>``, Markdown) renders as text/Markdown, never as a script. A full-page screenshot goes to tmp_path.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from db.exporter import native_records
+from db.importer import import_file
+from db.pairs import training_pairs
+from db.session import Database
+from tests.e2e.conftest import app_env, streamlit_server
+
+# A line starting with <script> opens a CommonMark HTML block up to </script>: shown as literal text (HTML is
+# never allowed); the Markdown paragraph after it renders as Markdown.
+HOSTILE = "<script>alert(1)</script>\n\nEcho says: **bold** move."
+# Each response carries one unique code word, so the test can tell which stored response a column shows.
+PROMPTS: list[tuple[str, list[str]]] = [
+    ("Name a primary colour.", ["Alpha: red.", "Bravo: blue is one.", "Charlie: yellow (RYB).", HOSTILE]),
+    ("Suggest a name for a cat.", ["Delta: Whiskers.", "Foxtrot: Mittens.", "Golf: Sir Purrington."]),
+    ("What is 2 + 2?", ["Hotel: 4.", "India: four, in base ten.", "Juliet: 22 if concatenated."]),
+]
+WORDS = {t: t.split(":")[0] if t != HOSTILE else "Echo" for _, rs in PROMPTS for t in rs}
+NAME = "e2e-ranker"
+DONE_TEXT = "No prompt left for you to rank"
+
+
+def _seed(home: Path) -> str:
+    """The prompts through the importer (``unlabeled`` JSONL: prompts, responses and their comparisons)."""
+    url = f"sqlite:///{home / 'rmstudio.db'}"
+    f = home / "rank.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p, "responses": rs, "category": "rank-e2e"}) + "\n" for p, rs in PROMPTS))
+    db = Database(url)
+    rep = import_file(db, f, format="unlabeled")
+    assert rep.records == len(PROMPTS)
+    db.dispose()
+    return url
+
+
+def _wait_idle(page: Any, timeout: float = 20.0) -> None:
+    """Until the app's script run is over (no "running" status widget for 0.4 s)."""
+    end, quiet = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+            quiet = quiet or time.monotonic()
+            if time.monotonic() - quiet > 0.4:
+                return
+        else:
+            quiet = None
+        time.sleep(0.05)
+    raise AssertionError("the app kept running")
+
+
+def _prompt(page: Any, timeout: float = 20_000) -> str:
+    msg = page.locator('[data-testid="stChatMessage"]').last
+    return msg.locator('[data-testid="stMarkdownContainer"]').inner_text(timeout=timeout).strip()
+
+
+def _wait_prompt_change(page: Any, old: str, timeout: float = 20.0) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if page.get_by_text(DONE_TEXT).count():
+                return ""
+            new = _prompt(page, timeout=500)
+            if new and new != old:
+                _wait_idle(page)
+                return new
+        except Exception:  # noqa: BLE001 - the element is being replaced
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the next prompt did not replace {old!r} within {timeout} s")
+
+
+def _displayed(page: Any) -> list[str]:
+    """The stored text shown under "Response 1", "Response 2", ... (in display order), by code word."""
+    shown: list[str] = []
+    for i in range(1, 10):
+        head = page.locator(f'[data-testid="stMarkdownContainer"] strong:text-is("Response {i}")')
+        if head.count() == 0:
+            break
+        body = page.locator(
+            f'xpath=//div[@data-testid="stElementContainer"][.//strong[normalize-space()="Response {i}"]]'
+            '/following-sibling::div[@data-testid="stElementContainer"][1]'
+        ).inner_text()
+        hits = [t for t, w in WORDS.items() if body.strip().startswith(w) or (w == "Echo" and "Echo says" in body)]
+        assert len(hits) == 1, f"Response {i} shows {body!r}"
+        shown.append(hits[0])
+    return shown
+
+
+def _multiselect(page: Any) -> Any:
+    return page.locator('[data-testid="stMultiSelect"]').filter(has_text="Click the responses from best to worst")
+
+
+def _submit(page: Any) -> Any:
+    return page.locator('[data-testid="stButton"] button', has_text="Submit ranking")
+
+
+def _close_and_wait_enabled(page: Any) -> None:
+    """Close the dropdown (it stays open on "No results" after the last pick, and would swallow the next
+    click), then wait for the rerun that enables "Submit ranking"."""
+    page.keyboard.press("Escape")
+    expect(page.locator('[role="listbox"]')).to_have_count(0, timeout=5_000)
+    expect(_submit(page)).to_be_enabled(timeout=10_000)
+    _wait_idle(page)
+
+
+def _pick_by_clicks(page: Any, names: list[str]) -> None:
+    box = _multiselect(page)
+    for name in names:
+        box.locator("input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+        box.get_by_text(name, exact=True).wait_for(timeout=10_000)  # the tag appears
+    _close_and_wait_enabled(page)
+
+
+def _pick_by_keys(page: Any, names: list[str]) -> None:
+    box = _multiselect(page)
+    for name in names:
+        box.locator("input").click()
+        page.keyboard.type(name)
+        page.keyboard.press("Enter")
+        box.get_by_text(name, exact=True).wait_for(timeout=10_000)
+    _close_and_wait_enabled(page)
+
+
+def _rankings(url: str) -> list[dict[str, Any]]:
+    db = Database(url)
+    try:
+        with db.read() as s:
+            return [r for r in native_records(s, None) if "ranking" in r]
+    finally:
+        db.dispose()
+
+
+def _check_xss(page: Any, dialogs: list[str]) -> bool:
+    """No script ran; True when the hostile response is on screen, shown as text with its Markdown rendered."""
+    assert not dialogs, f"a response's script opened a dialog: {dialogs}"
+    assert page.evaluate("() => [...document.scripts].some(s => s.textContent.includes('alert(1)'))") is False
+    if not page.get_by_text("Echo says").count():
+        return False
+    page.get_by_text("<script>alert(1)</script>", exact=False).first.wait_for(timeout=5_000)  # literal text
+    strong = page.locator('[data-testid="stMarkdownContainer"] strong', has_text="bold")
+    assert strong.count() == 1 and strong.inner_text() == "bold", "the Markdown **bold** was not rendered"
+    assert page.get_by_text("**bold**").count() == 0
+    return True
+
+
+@pytest.mark.timeout(150)
+def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
+    url_db = _seed(home)
+    env = app_env(home)
+    server, url = streamlit_server(home, env)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
+    dialogs: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.get_by_label("Your name").fill(NAME)
+        page.get_by_text("expert", exact=True).click()
+        page.get_by_role("button", name="Start labeling").click()
+        page.get_by_role("button", name="A better").wait_for(timeout=30_000)  # pairs mode first
+        _wait_idle(page)
+        page.locator('[data-testid="stButtonGroup"]').get_by_text("Rank 3+ responses", exact=True).click()
+        submit = _submit(page)
+        submit.wait_for(timeout=20_000)
+        _wait_idle(page)
+        assert page.get_by_role("button", name="A better").count() == 0
+
+        seen_hostile = False
+        shown_ids: list[list[int]] = []
+        shown_texts: list[list[str]] = []
+        chosen_texts: list[list[str]] = []
+        prompt = _prompt(page)
+        for step in range(len(PROMPTS)):
+            seen_hostile = _check_xss(page, dialogs) or seen_hostile
+            shown = _displayed(page)
+            assert sorted(shown) == sorted(dict(PROMPTS)[prompt]), (prompt, shown)
+            k = len(shown)
+            perm = [1, 2, 0] if k == 3 else [2, 0, 3, 1]  # neither the display order nor its reverse
+            order = [shown[i] for i in perm]
+            names = [f"Response {i + 1}" for i in perm]
+            assert submit.is_disabled(), "Submit must wait for a complete order"
+            (_pick_by_keys if step == 2 else _pick_by_clicks)(page, names)
+            assert submit.is_enabled()
+            if step == 0:
+                assert page.locator('[data-testid="stException"]').count() == 0
+                assert _multiselect(page).is_visible() and submit.is_visible()
+                assert page.get_by_role("button", name="Skip").is_visible()
+                path = tmp_path / "ranking.png"
+                page.screenshot(path=str(path), full_page=True)
+                assert path.stat().st_size > 10_000
+            if step == 1:
+                submit.dblclick()
+            else:
+                submit.click()
+            prompt = _wait_prompt_change(page, prompt)
+            chosen_texts.append(order)
+            stored = _rankings(url_db)
+            assert len(stored) == step + 1, f"{len(stored)} rankings stored after {step + 1} submits"
+            r = stored[-1]
+            assert [x["text"] for x in r["responses"]] == order, "stored order differs from the clicked order"
+            assert r["ranking"] == list(range(1, k + 1))
+            assert (r["annotator"], r["source"], r["origin"]) == (NAME, "expert", "app")
+            shown_ids.append(r["extra"]["shown_order"])  # the display order, as response ids
+            shown_texts.append(shown)
+            if step < len(PROMPTS) - 1:
+                assert prompt, "the next prompt did not appear"
+        assert prompt == "" and page.get_by_text(DONE_TEXT).count() == 1
+        assert seen_hostile, "the response with <script> and **bold** was never shown"
+        _check_xss(page, dialogs)
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+        db = Database(url_db)
+        try:
+            with db.read() as s:
+                ps = training_pairs(s)
+        finally:
+            db.dispose()
+        assert ps.n_rankings == len(PROMPTS) and ps.n_labels == 0
+        by_ranking: dict[int, list[Any]] = {}
+        for p in ps.pairs:
+            by_ranking.setdefault(p.ranking_id, []).append(p)
+        assert len(by_ranking) == len(PROMPTS)
+        text_id = {t: i for p in ps.pairs for t, i in ((p.chosen, p.chosen_id), (p.rejected, p.rejected_id))}
+        for order, pairs in zip(chosen_texts, (by_ranking[i] for i in sorted(by_ranking))):
+            k = len(order)
+            assert len(pairs) == k * (k - 1) // 2
+            want = {(order[i], order[j]) for i in range(k) for j in range(i + 1, k)}
+            assert {(p.chosen, p.rejected) for p in pairs} == want
+            assert all(not p.tie and p.annotator == NAME and p.source == "expert" for p in pairs)
+        for ids, texts in zip(shown_ids, shown_texts):
+            assert ids == [text_id[t] for t in texts], "the stored display order is not what was shown"
+    except BaseException:
+        for i, pg in enumerate(ctx.pages):
+            try:
+                pg.screenshot(path=str(tmp_path / f"failure-{i}.png"), full_page=True)
+            except Exception:  # noqa: BLE001
+                pass
+        print("streamlit log:", server.log.read_text()[-3000:])
+        raise
+    finally:
+        ctx.close()
+        server.stop()
