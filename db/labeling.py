@@ -399,13 +399,15 @@ def submit_ranking(
 @dataclass(frozen=True)
 class Progress:
     """An annotator's progress: labels (and rankings) since UTC midnight, pairs still needing labels under the
-    policy (for everyone), and the median seconds per label over the annotator's last ``window`` labels."""
+    policy (for everyone), the median seconds per label over the annotator's last ``window`` labels, and their
+    labels (and rankings) of all time."""
 
     labels_today: int
     rankings_today: int
     pairs_left: int
     median_seconds: float | None
     total_labels: int
+    total_rankings: int = 0
 
 
 def pairs_left(session: Session, policy: QueuePolicy) -> int:
@@ -443,6 +445,7 @@ def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | N
         select(func.count()).select_from(Ranking).where(Ranking.annotator_id == ann_id, Ranking.created_at >= midnight)
     )
     total = session.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == ann_id))
+    rtotal = session.scalar(select(func.count()).select_from(Ranking).where(Ranking.annotator_id == ann_id))
     times = [
         t
         for t in session.scalars(
@@ -454,7 +457,7 @@ def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | N
         if t is not None
     ]
     med = statistics.median(times) / 1000.0 if times else None
-    return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0))
+    return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0), int(rtotal or 0))
 
 
 def dataset_is_empty(session: Session) -> bool:

@@ -33,7 +33,7 @@ m = st.columns(4)
 m[0].metric("My labels today", prog.labels_today + prog.rankings_today)
 m[1].metric("Pairs left", prog.pairs_left)
 m[2].metric("My median s / label", "-" if prog.median_seconds is None else f"{prog.median_seconds:.1f}")
-m[3].metric("My labels, all time", prog.total_labels)
+m[3].metric("My labels, all time", prog.total_labels + prog.total_rankings)  # rankings count, as today
 st.caption(ls.queue_policy_summary())
 
 if empty:

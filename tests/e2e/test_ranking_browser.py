@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
 
 from db.exporter import native_records
 from db.importer import import_file
@@ -103,6 +102,11 @@ def _multiselect(page: Any) -> Any:
     return page.locator('[data-testid="stMultiSelect"]').filter(has_text="Click the responses from best to worst")
 
 
+def _metric(page: Any, label: str) -> str:
+    m = page.locator('[data-testid="stMetric"]').filter(has_text=label)
+    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
 def _submit(page: Any) -> Any:
     return page.locator('[data-testid="stButton"] button', has_text="Submit ranking")
 
@@ -110,6 +114,8 @@ def _submit(page: Any) -> Any:
 def _close_and_wait_enabled(page: Any) -> None:
     """Close the dropdown (it stays open on "No results" after the last pick, and would swallow the next
     click), then wait for the rerun that enables "Submit ranking"."""
+    from playwright.sync_api import expect  # imported here: without playwright the module still collects (skip)
+
     page.keyboard.press("Escape")
     expect(page.locator('[role="listbox"]')).to_have_count(0, timeout=5_000)
     expect(_submit(page)).to_be_enabled(timeout=10_000)
@@ -184,8 +190,10 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
         shown_texts: list[list[str]] = []
         chosen_texts: list[list[str]] = []
         prompt = _prompt(page)
+        ranked_prompts: list[str] = []
         for step in range(len(PROMPTS)):
-            seen_hostile = _check_xss(page, dialogs) or seen_hostile
+            hostile_here = _check_xss(page, dialogs)
+            seen_hostile = seen_hostile or hostile_here
             shown = _displayed(page)
             assert sorted(shown) == sorted(dict(PROMPTS)[prompt]), (prompt, shown)
             k = len(shown)
@@ -195,10 +203,13 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
             assert submit.is_disabled(), "Submit must wait for a complete order"
             (_pick_by_keys if step == 2 else _pick_by_clicks)(page, names)
             assert submit.is_enabled()
-            if step == 0:
-                assert page.locator('[data-testid="stException"]').count() == 0
-                assert _multiselect(page).is_visible() and submit.is_visible()
-                assert page.get_by_role("button", name="Skip").is_visible()
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.get_by_text("Could not save").count() == 0
+            assert _multiselect(page).is_visible() and submit.is_visible()
+            assert page.get_by_role("button", name="Skip").is_visible()
+            for i in range(k):
+                assert _multiselect(page).get_by_text(f"Response {i + 1}", exact=True).is_visible()
+            if hostile_here:  # the screenshot shows the hostile response, the widgets and the picked order
                 path = tmp_path / "ranking.png"
                 page.screenshot(path=str(path), full_page=True)
                 assert path.stat().st_size > 10_000
@@ -206,7 +217,9 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
                 submit.dblclick()
             else:
                 submit.click()
+            ranked_prompts.append(prompt)
             prompt = _wait_prompt_change(page, prompt)
+            assert prompt not in ranked_prompts, f"{prompt!r} was shown again after being ranked"
             chosen_texts.append(order)
             stored = _rankings(url_db)
             assert len(stored) == step + 1, f"{len(stored)} rankings stored after {step + 1} submits"
@@ -222,6 +235,8 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
         assert seen_hostile, "the response with <script> and **bold** was never shown"
         _check_xss(page, dialogs)
         assert page.locator('[data-testid="stException"]').count() == 0
+        # Rankings count in both of the labeler's counters (all time used to leave them out).
+        assert _metric(page, "My labels today") == _metric(page, "My labels, all time") == str(len(PROMPTS))
 
         db = Database(url_db)
         try:

@@ -216,7 +216,8 @@ def test_ranking_queue_and_submit(sqlite_db: Database) -> None:
         assert rk.extra == {"shown_order": list(task.response_ids)} and rk.source is Source.expert
         assert next_ranking(s, "alice", QueuePolicy()) is None
         assert next_ranking(s, "bob", QueuePolicy()) is not None
-        assert annotator_progress(s, "alice").rankings_today == 1
+        p = annotator_progress(s, "alice")
+        assert p.rankings_today == 1 and p.total_rankings == 1 and p.total_labels == 0
 
 
 def test_progress(sqlite_db: Database) -> None:
