@@ -2,12 +2,12 @@
 the responses by clicking them in the multiselect (and, for the last prompt, by typing), submits; the database
 holds exactly the order clicked, with the annotator, source and the server-drawn display order; a double click
 on "Submit ranking" stores one ranking; the K(K-1)/2 training pairs follow the order; untrusted response text
-(``<script>``, Markdown) renders as text/Markdown, never as a script. A full-page screenshot goes to tmp_path.
+(``<script>``, Markdown) renders as text/Markdown, never as a script; rankings count in the labeler's
+counters. A full-page screenshot of the hostile response with the picked order goes to tmp_path.
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
