@@ -119,13 +119,65 @@ def current_task(ident: Identity) -> RankingTask | None:
     return task
 
 
+def rank_options(k: int) -> list[int]:
+    """The choices of each response's "Rank" control: 1 (best) .. k (worst)."""
+    return list(range(1, k + 1))
+
+
+def rank_key(task: RankingTask, i: int) -> str:
+    """Widget key of the rank given to the ``i``-th displayed response (new for every task: a fresh task starts
+    with no rank chosen)."""
+    return f"rank_{task.key}_{i}"
+
+
+def chosen_ranks(task: RankingTask) -> list[int | None]:
+    """The rank chosen for each displayed response, in display order (None: not chosen yet)."""
+    return [st.session_state.get(rank_key(task, i)) for i in range(len(task.response_ids))]
+
+
+def _and(xs: list[int]) -> str:
+    return str(xs[0]) if len(xs) == 1 else f"{', '.join(map(str, xs[:-1]))} and {xs[-1]}"
+
+
+def rank_problem(ranks: list[int | None]) -> str | None:
+    """Why ``ranks`` (one per displayed response) is not yet a permutation of 1..K, as a short sentence naming
+    what is missing or duplicated; None when it is one."""
+    k = len(ranks)
+    given = [r for r in ranks if r is not None]
+    if sorted(given) == list(range(1, k + 1)):
+        return None
+    parts: list[str] = []
+    unranked = [i + 1 for i, r in enumerate(ranks) if r is None]
+    if unranked:
+        parts.append(f"Response {unranked[0]} has no rank yet" if len(unranked) == 1
+                     else f"Responses {_and(unranked)} have no rank yet")
+    for r in sorted({r for r in given if given.count(r) > 1}):
+        n = given.count(r)
+        parts.append(f"rank {r} is used {'twice' if n == 2 else f'{n} times'}")
+    lost = [r for r in range(1, k + 1) if r not in given]
+    if len(given) == k and lost:  # every response has a rank, some repeated: name the ranks nobody got
+        parts.append(f"rank {lost[0]} is missing" if len(lost) == 1 else f"ranks {_and(lost)} are missing")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def order_from_ranks(task: RankingTask, ranks: list[int | None]) -> list[int] | None:
+    """The task's response ids best first (rank 1 first), or None when ``ranks`` is not a permutation of 1..K."""
+    if rank_problem(ranks) is not None:
+        return None
+    return [rid for _, rid in sorted(zip(ranks, task.response_ids))]  # type: ignore[type-var]
+
+
 def on_rank(task: RankingTask, ident: Identity) -> None:
-    """Save the ranking picked in the multiselect (display numbers, best first), then load the next task."""
+    """Save the ranking given by the rank controls (1 = best), then load the next task."""
     done: set[str] = _state(DONE, set())
     if task.key in done:
         return
-    picked = st.session_state.get(f"rank_{task.key}") or []
-    order = [task.response_ids[int(p.split()[-1]) - 1] for p in picked]
+    ranks = chosen_ranks(task)
+    order = order_from_ranks(task, ranks)
+    if order is None:  # the button is disabled until the ranks are complete; only a stale click gets here
+        st.session_state[ERROR] = f"Ranking not saved. {rank_problem(ranks)}"
+        return
     try:
         with database().write() as s:
             submit_ranking(s, task, order, annotator=ident.name, source=ident.source)
@@ -133,6 +185,7 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
         _fail(exc)
         return
     done.add(task.key)
+    st.session_state.pop(ERROR, None)
     st.session_state[NOTICE] = "Ranking saved"
     with database().read() as s:
         st.session_state[TASK] = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))

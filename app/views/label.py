@@ -85,24 +85,27 @@ def pair_view() -> None:
 
 
 def rank_view() -> None:
-    """All responses of a prompt, ordered by clicking them best first."""
+    """All responses of a prompt, each given a rank (one click per response, 1 = best), then one submit."""
     task = ls.current_task(ident)
     if task is None:
         st.success("No prompt left for you to rank. Thank you!")
         return
     show_conversation(task.history, task.prompt)
-    names = [f"Response {i + 1}" for i in range(len(task.texts))]
-    cols = st.columns(min(3, len(names)), border=True)
-    for i, (name, text) in enumerate(zip(names, task.texts)):
+    k = len(task.texts)
+    st.caption(f"Give each response a rank from 1 (best) to {k} (worst), then submit.")
+    cols = st.columns(min(3, k), border=True)
+    for i, text in enumerate(task.texts):
         with cols[i % len(cols)]:
-            st.markdown(f"**{name}**")
+            st.markdown(f"**Response {i + 1}**")
             safe_markdown(text)
-    picked = st.multiselect("Click the responses from best to worst", names, key=f"rank_{task.key}")
-    c = st.columns(4)
+            st.segmented_control(f"Rank of Response {i + 1}", ls.rank_options(k), key=ls.rank_key(task, i))
+    missing = ls.rank_problem(ls.chosen_ranks(task))
+    c = st.columns([1, 1, 2], vertical_alignment="center")
     c[0].button("Submit ranking", on_click=ls.on_rank, args=(task, ident), type="primary",
-                disabled=len(picked) != len(names), key=f"ranksubmit_{task.key}", width="stretch")
+                disabled=missing is not None, key=f"ranksubmit_{task.key}", width="stretch")
     c[1].button("Skip", on_click=ls.on_rank_skip, args=(task, ident), key=f"rankskip_{task.key}", width="stretch")
-
+    if missing:
+        c[2].caption(missing)
 
 if mode == "pairs":
     pair_view()

@@ -147,22 +147,106 @@ def test_untrusted_html_and_script_links_are_shown_as_text(app_env, sqlite_db: D
     assert all(not m.proto.allow_html for m in at.markdown)
 
 
-def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: Seeded) -> None:
-    at = _app("dana", "crowd")
+def _rank_mode(at: AppTest):
     at.segmented_control(key="lbl_mode").set_value("rank").run()
     assert not at.exception
-    task = at.session_state[ls.TASK]
+    return at.session_state[ls.TASK]
+
+
+def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("dana", "crowd")
+    task = _rank_mode(at)
     assert task.prompt_id == seeded.ranking_prompt_id
-    names = [f"Response {i + 1}" for i in range(len(task.response_ids))]
-    best_first = list(reversed(names))
-    at.multiselect(key=f"rank_{task.key}").set_value(best_first).run()
+    k = len(task.response_ids)
+    assert not at.multiselect  # no dropdown to close before submitting
+    # One "Rank" control per displayed response, each offering 1..K, none chosen yet; Submit waits for all.
+    for i in range(k):
+        ctl = at.segmented_control(key=ls.rank_key(task, i))
+        assert ctl.label == f"Rank of Response {i + 1}" and ctl.options == [str(r) for r in range(1, k + 1)]
+        assert ctl.value is None
+    assert _button(at, "Submit ranking").disabled
+    ranks = [3, 1, 4, 2]  # Response 2 best, then 4, 1, 3: neither the display order nor its reverse
+    for i, r in enumerate(ranks):
+        at.segmented_control(key=ls.rank_key(task, i)).set_value(r).run()
+        assert not at.exception
+        assert _button(at, "Submit ranking").disabled is (i < k - 1)
     _button(at, "Submit ranking").click().run()
     assert not at.exception
+    want = [task.response_ids[i] for i in (1, 3, 0, 2)]
     with sqlite_db.read() as s:
         rk = s.scalars(select(Ranking)).one()
-        assert [i.response_id for i in rk.items] == list(reversed(task.response_ids))
+        assert [i.response_id for i in rk.items] == want and [i.rank for i in rk.items] == [1, 2, 3, 4]
         assert rk.source is Source.crowd and rk.annotator.name == "dana"  # read inside the session
+        assert rk.idempotency_key == task.key and rk.extra == {"shown_order": list(task.response_ids)}
     assert at.session_state[ls.TASK] is None  # only one rankable prompt
+    assert any("No prompt left for you to rank" in m.value for m in at.success)
+    assert [m.value for m in at.metric][0] == "1"
+
+
+def test_ranking_hint_names_what_is_missing_or_duplicated(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("dana", "crowd")
+    task = _rank_mode(at)
+
+    def hint() -> list[str]:
+        return [c.value for c in at.caption if "rank" in c.value.lower() and "Give each" not in c.value]
+
+    assert hint() == ["Responses 1, 2, 3 and 4 have no rank yet."]
+    for i, r in enumerate([1, 2, 2]):
+        at.segmented_control(key=ls.rank_key(task, i)).set_value(r).run()
+    assert hint() == ["Response 4 has no rank yet; rank 2 is used twice."]
+    at.segmented_control(key=ls.rank_key(task, 3)).set_value(4).run()
+    assert hint() == ["Rank 2 is used twice; rank 3 is missing."]
+    assert _button(at, "Submit ranking").disabled
+    at.segmented_control(key=ls.rank_key(task, 2)).set_value(3).run()  # fixed: a permutation of 1..4
+    assert hint() == [] and not _button(at, "Submit ranking").disabled
+    at.segmented_control(key=ls.rank_key(task, 0)).set_value(None).run()  # a rank can be taken back
+    assert hint() == ["Response 1 has no rank yet."] and _button(at, "Submit ranking").disabled
+    with sqlite_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Ranking)) == 0
+
+
+def test_ranking_double_submit_and_stale_incomplete_click(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """A second click with the old task stores nothing more (page guard, then the store's key); a click that
+    reaches the callback with incomplete ranks (a race with the rerun that disables the button) stores nothing
+    and says why."""
+    at = _app("dana", "crowd")
+    task = _rank_mode(at)
+    for i, r in enumerate([1, 2, 3, 4]):
+        at.segmented_control(key=ls.rank_key(task, i)).set_value(r)
+    at.run()
+    # Rank 2 changed to 1 and Submit clicked before the rerun disabled it: both reach the server together.
+    at.segmented_control(key=ls.rank_key(task, 1)).set_value(1)
+    _button(at, "Submit ranking").click().run()
+    assert not at.exception
+    assert any(e.value == "Ranking not saved. Rank 1 is used twice; rank 2 is missing." for e in at.error)
+    assert at.session_state[ls.TASK].key == task.key
+    at.segmented_control(key=ls.rank_key(task, 1)).set_value(2).run()
+    _button(at, "Submit ranking").click().run()
+    assert not at.exception and not at.error  # the saved ranking clears the earlier error
+    for clear_guard in (False, True):
+        at.session_state[ls.TASK] = task
+        if clear_guard:
+            at.session_state[ls.DONE] = set()
+        at.run()
+        for i, r in enumerate([1, 2, 3, 4]):
+            at.segmented_control(key=ls.rank_key(task, i)).set_value(r)
+        at.run()
+        _button(at, "Submit ranking").click().run()
+        assert not at.exception
+    with sqlite_db.read() as s:
+        rk = s.scalars(select(Ranking)).one()
+        assert rk.idempotency_key == task.key and [i.response_id for i in rk.items] == list(task.response_ids)
+
+
+def test_ranking_skip_moves_on_without_a_ranking(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("dana", "crowd")
+    task = _rank_mode(at)
+    at.segmented_control(key=ls.rank_key(task, 0)).set_value(1).run()
+    _button(at, "Skip").click().run()
+    assert not at.exception
+    assert at.session_state[ls.TASK] is None and at.session_state[ls.RSKIPPED] == [task.prompt_id]
+    with sqlite_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Ranking)) == 0
 
 
 def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
