@@ -529,7 +529,8 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
                         max_pairs=args.acc_max_pairs)
     out["rmstudio"] = {"accuracy": accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1])),
                        "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
-                       "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"]}
+                       "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"],
+                       "pooling": fm.meta.pooling}
     if "trl" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
     return out

@@ -33,11 +33,14 @@ def test_minilm_pack_round_trip_is_exact_on_kept_tokens(tmp_path: Path, bench) -
     from transformers import AutoModel
 
     src = build_tiny_encoder(tmp_path / "enc")
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')  # decides the pooling
     keep = set(range(1000)) | {2023, 2003, 1037, 3231}  # "this is a test"
     gpu_pack.pack_minilm(src, tmp_path / "pack", keep)
     assert not (tmp_path / "pack" / "model.safetensors").exists()
     out, kept = gpu_pack.unpack_minilm(tmp_path / "pack", tmp_path / "unpacked")
     assert kept == frozenset(keep)
+    assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
     a, b = AutoModel.from_pretrained(str(src)).eval(), AutoModel.from_pretrained(str(out)).eval()
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
     with torch.no_grad():
