@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
     ap.add_argument("--trainer", choices=("rmstudio", "trl"), default="rmstudio")
     ap.add_argument("--trl-batch", type=int, default=8)
+    ap.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto", help="TrainConfig.pooling")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
     args = ap.parse_args(argv)
 
@@ -54,13 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'x.db'}", model_dirs=(backbone.parent,))
     cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
                       batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
-                      max_length=args.max_length, seed=0)
+                      max_length=args.max_length, seed=0, pooling=args.pooling)
     if args.trainer == "trl":
         return _trl(args, backbone, train, held)
     t0 = time.perf_counter()
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
-    out = {"split_seed": args.split_seed, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
+    out = {"split_seed": args.split_seed, "pooling": res.model.meta.pooling, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
            "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}

@@ -238,7 +238,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
-             packing: bool = False) -> tuple[dict[str, Any], Any]:
+             packing: bool = False, pooling: str = "auto") -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -246,7 +246,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, **({"packing": True} if packing else {}))
+                      seed=0, pooling=pooling, **({"packing": True} if packing else {}))
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-batch", type=int, default=8, help="TRL batch for the accuracy run")
     ap.add_argument("--acc-batch-tokens", type=int, default=4096, help="RM Studio budget for the accuracy run")
     ap.add_argument("--acc-max-pairs", type=int, default=8, help="RM Studio pairs cap for the accuracy run")
+    ap.add_argument("--acc-pooling", choices=("auto", "cls", "mean"), default="auto",
+                    help="RM Studio's pooling in the accuracy run (auto: mean for MiniLM; cls: TRL's)")
     ap.add_argument("--acc-seeds", default="0", help="comma list of prompt-split seeds for the accuracy section")
     ap.add_argument("--deadline-s", type=float, default=480, help="start no section after this many seconds")
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
@@ -526,7 +528,7 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
     t0 = time.perf_counter()
     ours, fm = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
                         epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held,
-                        max_pairs=args.acc_max_pairs)
+                        max_pairs=args.acc_max_pairs, pooling=args.acc_pooling)
     out["rmstudio"] = {"accuracy": accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1])),
                        "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
                        "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"],

@@ -96,6 +96,11 @@ class TrainConfig:
         packing: pack each batch into one row without padding, decoders only; static shape for torch.compile
             (finetune mode; ``rm_engine.packing``). The row is ``batch_tokens`` long, so a token budget is
             required. With an encoder backbone training falls back to padded batches and logs a warning.
+        pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was
+            trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
+            does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's
+            choice); ``"mean"`` forces the masked mean of the last hidden states. Decoders always read the last
+            real token. The pooling used is saved with the model.
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
@@ -129,6 +134,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     packing: bool = False
+    pooling: str = "auto"
     features: str = "rich"
     quantize: bool = False
     patience: int = 30
@@ -140,6 +146,7 @@ class TrainConfig:
         choices = {
             "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
             "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
+            "pooling": ("auto", "cls", "mean"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -215,7 +215,7 @@ def train_finetune(
     tok = load_tokenizer(ref, decoder=decoder)
     torch.manual_seed(cfg.seed)
     hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
-    pooling = backbone_pooling(ref.path, hf, decoder)
+    pooling = backbone_pooling(ref.path, hf, decoder) if cfg.pooling == "auto" or decoder else cfg.pooling
     net = RewardNet(hf, decoder, pooling).to(dev)
     meta = FinetuneMeta(decoder=decoder, max_length=cfg.max_length, lora=cfg.lora, backbone=ref.to_dict(),
                         truncation=TRUNCATION_POLICY, pooling=pooling)

@@ -112,3 +112,13 @@ def test_models_saved_before_pooling_was_recorded_load_with_cls(models: Path, tm
     assert meta.pop("pooling") == "cls"
     (out / "finetune.json").write_text(json.dumps(meta))
     assert FinetunedModel.load(out, device="cpu").net.pooling == "cls"
+
+
+def test_config_can_force_cls_pooling_and_rejects_unknown_ones(models: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "st-mean"), epochs=1, lr=1e-3, batch_tokens=2048,
+                      max_length=64, seed=0, pooling="cls")
+    assert train_finetune(cfg, _pairs(20), [], device="cpu", settings=settings).model.meta.pooling == "cls"
+    assert TrainConfig.from_env({"RMSTUDIO_TRAIN_POOLING": "mean"}).pooling == "mean"
+    with pytest.raises(ValueError, match="TrainConfig.pooling"):
+        TrainConfig(pooling="max")
