@@ -93,9 +93,10 @@ def rank_view() -> None:
     show_conversation(task.history, task.prompt)
     k = len(task.texts)
     st.caption(f"Give each response a rank from 1 (best) to {k} (worst), then submit.")
-    cols = st.columns(min(3, k), border=True)
     for i, text in enumerate(task.texts):
-        with cols[i % len(cols)]:
+        if i % 3 == 0:  # rows of up to three: reading order is Tab order
+            cols = st.columns(min(3, k))
+        with cols[i % 3].container(border=True):
             st.markdown(f"**Response {i + 1}**")
             safe_markdown(text)
             st.segmented_control(f"Rank of Response {i + 1}", ls.rank_options(k), key=ls.rank_key(task, i))

@@ -1,9 +1,12 @@
-"""The Label page's ranking mode in a real browser: a named annotator switches to "Rank 3+ responses", orders
-the responses by clicking them in the multiselect (and, for the last prompt, by typing), submits; the database
-holds exactly the order clicked, with the annotator, source and the server-drawn display order; a double click
-on "Submit ranking" stores one ranking; the K(K-1)/2 training pairs follow the order; untrusted response text
-(``<script>``, Markdown) renders as text/Markdown, never as a script; rankings count in the labeler's
-counters. A full-page screenshot of the hostile response with the picked order goes to tmp_path.
+"""The Label page's ranking mode in a real browser: a named annotator switches to "Rank 3+ responses", gives each
+response a rank with the one-click "Rank" control under it (for the four-response prompt, laid out in two rows, with
+the keyboard only: Tab, arrows, Enter), and submits with a single click right after the last rank choice (no
+dropdown to close first: the multiselect this replaced swallowed that click). A duplicated rank shows a hint naming
+it and keeps Submit disabled until fixed. The database holds exactly the order given, with the annotator, source and
+the server-drawn display order; a double click on "Submit ranking" stores one ranking; the K(K-1)/2 training pairs
+follow the order; untrusted response text (``<script>``, Markdown) renders as text/Markdown, never as a script;
+rankings count in the labeler's counters. A full-page screenshot of the hostile response with the chosen ranks goes
+to tmp_path.
 """
 from __future__ import annotations
 
@@ -98,8 +101,9 @@ def _displayed(page: Any) -> list[str]:
     return shown
 
 
-def _multiselect(page: Any) -> Any:
-    return page.locator('[data-testid="stMultiSelect"]').filter(has_text="Click the responses from best to worst")
+def _rank_group(page: Any, i: int) -> Any:
+    """The "Rank" control under "Response i" (a radiogroup of buttons 1..K)."""
+    return page.get_by_role("radiogroup", name=f"Rank of Response {i}", exact=True)
 
 
 def _metric(page: Any, label: str) -> str:
@@ -111,34 +115,63 @@ def _submit(page: Any) -> Any:
     return page.locator('[data-testid="stButton"] button', has_text="Submit ranking")
 
 
-def _close_and_wait_enabled(page: Any) -> None:
-    """Close the dropdown (it stays open on "No results" after the last pick, and would swallow the next
-    click), then wait for the rerun that enables "Submit ranking"."""
+def _rank_by_click(page: Any, i: int, rank: int) -> None:
+    _rank_group(page, i).get_by_role("radio", name=str(rank), exact=True).click()
+
+
+def _focused(page: Any) -> list[str]:
+    return page.evaluate("() => [document.activeElement.getAttribute('role'), document.activeElement.innerText,"
+                         " document.activeElement.closest('[role=radiogroup]')?.getAttribute('aria-label')]")
+
+
+def _rank_by_keys(page: Any, i: int, rank: int) -> None:
+    """Keyboard only: Tab into the group (from the previous one; its first option gets the focus), arrow to option
+    ``rank``, Enter (reading order is Tab order)."""
+    group = f"Rank of Response {i}"
+    if i == 1:  # focus() stands for the Tabs from the top of the page
+        _rank_group(page, 1).get_by_role("radio", name="1", exact=True).focus()
+    else:  # at a person's pace: a Tab within the rerun that follows a choice can skip the group still re-rendering
+        _wait_idle(page)
+        page.keyboard.press("Tab")
+    assert _focused(page) == ["radio", "1", group], f"focus is on {_focused(page)}, not on {group}"
+    for _ in range(rank - 1):
+        page.keyboard.press("ArrowRight")
+    assert _focused(page) == ["radio", str(rank), group], f"the arrows reached {_focused(page)}"
+    page.keyboard.press("Enter")
+    _checked(page, i, rank)
+
+
+def _checked(page: Any, i: int, rank: int, timeout: float = 10_000) -> None:
     from playwright.sync_api import expect  # imported here: without playwright the module still collects (skip)
 
-    page.keyboard.press("Escape")
-    expect(page.locator('[role="listbox"]')).to_have_count(0, timeout=5_000)
+    expect(_rank_group(page, i).get_by_role("radio", name=str(rank), exact=True)).to_have_attribute(
+        "aria-checked", "true", timeout=timeout)
+
+
+def _give_ranks(page: Any, ranks: list[int], by_keys: bool, *, detour: bool) -> None:
+    """Rank each displayed response (``ranks[i]`` for "Response i+1"), one click or key press each. ``detour``:
+    first give the last response a rank already used, check the hint and the disabled Submit, then fix it."""
+    from playwright.sync_api import expect
+
+    pick = _rank_by_keys if by_keys else _rank_by_click
+    k = len(ranks)
+    for i, r in enumerate(ranks[:-1], start=1):
+        pick(page, i, r)
+    if detour:
+        dup, lost = ranks[0], ranks[-1]
+        pick(page, k, dup)
+        expect(page.get_by_text(f"Rank {dup} is used twice; rank {lost} is missing.", exact=True)).to_be_visible(
+            timeout=10_000)
+        expect(_submit(page)).to_be_disabled()
+    pick(page, k, ranks[-1])
+    for i, r in enumerate(ranks, start=1):
+        _checked(page, i, r)
+    # The rerun after the last choice enables Submit: nothing else (no dropdown to close) stands in the way.
     expect(_submit(page)).to_be_enabled(timeout=10_000)
-    _wait_idle(page)
-
-
-def _pick_by_clicks(page: Any, names: list[str]) -> None:
-    box = _multiselect(page)
-    for name in names:
-        box.locator("input").click()
-        page.get_by_role("option", name=name, exact=True).click()
-        box.get_by_text(name, exact=True).wait_for(timeout=10_000)  # the tag appears
-    _close_and_wait_enabled(page)
-
-
-def _pick_by_keys(page: Any, names: list[str]) -> None:
-    box = _multiselect(page)
-    for name in names:
-        box.locator("input").click()
-        page.keyboard.type(name)
-        page.keyboard.press("Enter")
-        box.get_by_text(name, exact=True).wait_for(timeout=10_000)
-    _close_and_wait_enabled(page)
+    assert page.locator('[role="listbox"]').count() == 0
+    if by_keys:  # the next Tab reaches the enabled Submit
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.innerText.trim()") == "Submit ranking"
 
 
 def _rankings(url: str) -> list[dict[str, Any]]:
@@ -199,24 +232,23 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
             k = len(shown)
             perm = [1, 2, 0] if k == 3 else [2, 0, 3, 1]  # neither the display order nor its reverse
             order = [shown[i] for i in perm]
-            names = [f"Response {i + 1}" for i in perm]
             assert submit.is_disabled(), "Submit must wait for a complete order"
-            (_pick_by_keys if step == 2 else _pick_by_clicks)(page, names)
+            assert page.get_by_text("have no rank yet").count() == 1  # the hint names the unranked responses
+            ranks = [perm.index(i) + 1 for i in range(k)]  # the rank of "Response i+1"
+            _give_ranks(page, ranks, by_keys=k == 4, detour=step == 0)  # keys: two rows of groups
             assert submit.is_enabled()
             assert page.locator('[data-testid="stException"]').count() == 0
             assert page.get_by_text("Could not save").count() == 0
-            assert _multiselect(page).is_visible() and submit.is_visible()
-            assert page.get_by_role("button", name="Skip").is_visible()
-            for i in range(k):
-                assert _multiselect(page).get_by_text(f"Response {i + 1}", exact=True).is_visible()
-            if hostile_here:  # the screenshot shows the hostile response, the widgets and the picked order
+            assert page.get_by_text("no rank yet").count() == 0 and page.get_by_text("is used").count() == 0
+            assert submit.is_visible() and page.get_by_role("button", name="Skip").is_visible()
+            if hostile_here:  # the screenshot shows the hostile response, the rank controls with the chosen ranks
                 path = tmp_path / "ranking.png"
                 page.screenshot(path=str(path), full_page=True)
                 assert path.stat().st_size > 10_000
             if step == 1:
-                submit.dblclick()
+                submit.dblclick()  # a double click stores one ranking
             else:
-                submit.click()
+                submit.click()  # one click, right after the last rank choice, is enough
             ranked_prompts.append(prompt)
             prompt = _wait_prompt_change(page, prompt)
             assert prompt not in ranked_prompts, f"{prompt!r} was shown again after being ranked"
