@@ -12,7 +12,9 @@ Design (issue 6), and why:
   ``log_every`` steps; ``should_stop`` is a host-side call checked between steps.
 * Dropout is disabled (config fields and modules), as TRL does: with dropout the two passes of a pair see
   different networks and accuracy drops (NOTES.md §4: 0.60 vs 0.64).
-* Gradient checkpointing only when ``cfg.grad_checkpointing``; ``torch.compile`` only when ``cfg.compile``.
+* Gradient checkpointing only when ``cfg.grad_checkpointing`` or when memory demands it: on one GPU a probe step
+  on the heaviest batch turns it on, then halves the token budget, only if needed (:mod:`rm_engine.memory_fit`);
+  ``torch.compile`` only when ``cfg.compile``.
 * Distributed data parallel when a ``torch.distributed`` process group is initialised (see
   :mod:`rm_engine.ddp`): every rank builds the same global batch plan and takes its shard; losses are
   normalised by the *global* weight sum so N ranks compute the same update as one process on the whole batch.
@@ -46,7 +48,9 @@ from rm_engine import ddp
 from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.batching import BatchPlanConfig, plan_batches, shard
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, RewardNet, backbone_pooling, collate, load_backbone_model, resolve_device
+from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, _hf, backbone_pooling, collate,
+                                      load_backbone_model, resolve_device)
+from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
 from rm_engine.packing import PackedTrainer
 
@@ -175,6 +179,27 @@ def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: 
             "val_pairs": int(sums[1])}
 
 
+def _probe_memory(dev: torch.device, world: int, cfg: TrainConfig, decoder: bool) -> bool:
+    """Whether to probe GPU memory before training (:mod:`rm_engine.memory_fit`): one CUDA process, padded
+    batches (a packed row is sized by ``batch_tokens`` up front)."""
+    return dev.type == "cuda" and world == 1 and not (cfg.packing and decoder)
+
+
+def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_Encoded", cfg: TrainConfig) -> bool:
+    """One forward and backward pass on the heaviest batch ``cfg`` would plan; ``False`` on out-of-memory."""
+    batch = heaviest(plan_epoch(tr.lengths, cfg, 0, 1), tr.lengths)
+    seqs = [tr.chosen[i] for i in batch] + [tr.rejected[i] for i in batch]
+
+    def step() -> None:
+        net.train()  # Hugging Face models checkpoint only in training mode
+        ids, mask = collate(seqs, pad_id, dev)
+        with amp if amp is not None else contextlib.nullcontext():
+            r = net(ids, mask)
+        r.float().square().mean().backward()
+
+    return fits(step, lambda: net.zero_grad(set_to_none=True))
+
+
 def train_finetune(
     cfg: TrainConfig,
     train_pairs: Sequence[TrainingPair],
@@ -228,6 +253,14 @@ def train_finetune(
     if tie_model is not None:
         tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, n_ties / len(tr.tie)), device=dev))
 
+    cuda = dev.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
+    fit_actions: tuple[str, ...] = ()
+    if _probe_memory(dev, world, cfg, decoder):
+        fit = fit_to_memory(cfg, lambda c: _probe_step(net, fm.pad_id, dev, amp, tr, c),
+                            lambda: _hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
+        cfg, fit_actions = fit.cfg, fit.actions
+
     packer: PackedTrainer | None = None
     if cfg.packing and not decoder:
         log.warning("TrainConfig.packing ignored: %s is an encoder (score read at [CLS] of padded rows); "
@@ -244,12 +277,10 @@ def train_finetune(
     groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     if tie_param is not None:
         groups.append({"params": [tie_param], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
-    cuda = dev.type == "cuda"
     opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda)
     plans = [plan_epoch(tr.lengths, cfg, e, world) for e in range(cfg.epochs)]
     total = sum(len(p) for p in plans)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
 
     history: list[dict[str, Any]] = []
     step, t_start = 0, time.perf_counter()
@@ -319,6 +350,8 @@ def train_finetune(
                "seconds": secs, "pairs_per_s": n_pairs / secs, "tokens_per_s": toks[0] / secs}
         if tie_param is not None:
             row["tie_param"] = float(tie_param.detach())
+        if fit_actions:
+            row["memory_fit"] = list(fit_actions)
         history.append(row)
         if progress is not None:
             progress({"step": step, "total": total, "loss": row["train_loss"], "val_accuracy": last_val,
