@@ -108,6 +108,7 @@ def rank_view() -> None:
     if missing:
         c[2].caption(missing)
 
+
 if mode == "pairs":
     pair_view()
 else:
