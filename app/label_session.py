@@ -31,6 +31,7 @@ ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
     "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error", "lbl_stack"
 )
 STRENGTHS = {"slightly": 1, "clearly": 2}
+RANK_REFUSED = "Ranking not saved."
 
 
 def _state(key: str, default: Any) -> Any:
@@ -175,8 +176,8 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
         return
     ranks = chosen_ranks(task)
     order = order_from_ranks(task, ranks)
-    if order is None:  # the button is disabled until the ranks are complete; only a stale click gets here
-        st.session_state[ERROR] = f"Ranking not saved. {rank_problem(ranks)}"
+    if order is None:  # an early click: nothing is stored, the message says what is missing
+        st.session_state[ERROR] = f"{RANK_REFUSED} {rank_problem(ranks)}"
         return
     try:
         with database().write() as s:
@@ -189,6 +190,12 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
     st.session_state[NOTICE] = "Ranking saved"
     with database().read() as s:
         st.session_state[TASK] = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
+
+
+def forget_rank_refusal() -> None:
+    """A rank changed: an earlier "Ranking not saved" message no longer describes the controls (the hint does)."""
+    if str(st.session_state.get(ERROR, "")).startswith(RANK_REFUSED):
+        st.session_state.pop(ERROR, None)
 
 
 def on_rank_skip(task: RankingTask, ident: Identity) -> None:

@@ -99,11 +99,14 @@ def rank_view() -> None:
         with cols[i % 3].container(border=True):
             st.markdown(f"**Response {i + 1}**")
             safe_markdown(text)
-            st.segmented_control(f"Rank of Response {i + 1}", ls.rank_options(k), key=ls.rank_key(task, i))
+            st.segmented_control(f"Rank of Response {i + 1}", ls.rank_options(k), key=ls.rank_key(task, i),
+                                 on_change=ls.forget_rank_refusal)
     missing = ls.rank_problem(ls.chosen_ranks(task))
     c = st.columns([1, 1, 2], vertical_alignment="center")
+    # Never disabled: a click right after the last rank choice arrives while that choice's rerun runs, and a button
+    # disabled in the render being replaced would swallow it. on_rank checks the ranks and names what is missing.
     c[0].button("Submit ranking", on_click=ls.on_rank, args=(task, ident), type="primary",
-                disabled=missing is not None, key=f"ranksubmit_{task.key}", width="stretch")
+                key=f"ranksubmit_{task.key}", width="stretch")
     c[1].button("Skip", on_click=ls.on_rank_skip, args=(task, ident), key=f"rankskip_{task.key}", width="stretch")
     if missing:
         c[2].caption(missing)

@@ -159,17 +159,22 @@ def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: See
     assert task.prompt_id == seeded.ranking_prompt_id
     k = len(task.response_ids)
     assert not at.multiselect  # no dropdown to close before submitting
-    # One "Rank" control per displayed response, each offering 1..K, none chosen yet; Submit waits for all.
+    # One "Rank" control per displayed response, each offering 1..K, none chosen yet. Submit is never disabled (a
+    # click during the rerun of the last rank choice must not be swallowed): an early click stores nothing.
     for i in range(k):
         ctl = at.segmented_control(key=ls.rank_key(task, i))
         assert ctl.label == f"Rank of Response {i + 1}" and ctl.options == [str(r) for r in range(1, k + 1)]
         assert ctl.value is None
-    assert _button(at, "Submit ranking").disabled
+    assert not _button(at, "Submit ranking").disabled
     ranks = [3, 1, 4, 2]  # Response 2 best, then 4, 1, 3: neither the display order nor its reverse
     for i, r in enumerate(ranks):
         at.segmented_control(key=ls.rank_key(task, i)).set_value(r).run()
         assert not at.exception
-        assert _button(at, "Submit ranking").disabled is (i < k - 1)
+        if i == k - 2:  # one rank missing: a click now is refused with the reason, nothing stored
+            _button(at, "Submit ranking").click().run()
+            assert [e.value for e in at.error] == ["Ranking not saved. Response 4 has no rank yet."]
+            with sqlite_db.read() as s:
+                assert s.scalar(select(func.count()).select_from(Ranking)) == 0
     _button(at, "Submit ranking").click().run()
     assert not at.exception
     want = [task.response_ids[i] for i in (1, 3, 0, 2)]
@@ -196,25 +201,23 @@ def test_ranking_hint_names_what_is_missing_or_duplicated(app_env, sqlite_db: Da
     assert hint() == ["Response 4 has no rank yet; rank 2 is used twice."]
     at.segmented_control(key=ls.rank_key(task, 3)).set_value(4).run()
     assert hint() == ["Rank 2 is used twice; rank 3 is missing."]
-    assert _button(at, "Submit ranking").disabled
     at.segmented_control(key=ls.rank_key(task, 2)).set_value(3).run()  # fixed: a permutation of 1..4
-    assert hint() == [] and not _button(at, "Submit ranking").disabled
+    assert hint() == []
     at.segmented_control(key=ls.rank_key(task, 0)).set_value(None).run()  # a rank can be taken back
-    assert hint() == ["Response 1 has no rank yet."] and _button(at, "Submit ranking").disabled
+    assert hint() == ["Response 1 has no rank yet."]
     with sqlite_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Ranking)) == 0
 
 
 def test_ranking_double_submit_and_stale_incomplete_click(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     """A second click with the old task stores nothing more (page guard, then the store's key); a click that
-    reaches the callback with incomplete ranks (a race with the rerun that disables the button) stores nothing
-    and says why."""
+    reaches the callback with incomplete ranks stores nothing and says why."""
     at = _app("dana", "crowd")
     task = _rank_mode(at)
     for i, r in enumerate([1, 2, 3, 4]):
         at.segmented_control(key=ls.rank_key(task, i)).set_value(r)
     at.run()
-    # Rank 2 changed to 1 and Submit clicked before the rerun disabled it: both reach the server together.
+    # Rank 2 changed to 1 and Submit clicked in the same rerun: both reach the server together.
     at.segmented_control(key=ls.rank_key(task, 1)).set_value(1)
     _button(at, "Submit ranking").click().run()
     assert not at.exception
