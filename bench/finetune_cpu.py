@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trainer", choices=("rmstudio", "trl"), default="rmstudio")
     ap.add_argument("--trl-batch", type=int, default=8)
     ap.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto", help="TrainConfig.pooling")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    ap.add_argument("--batch-size", type=int, default=8, help="pairs per random batch when --batch-tokens 0")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
     args = ap.parse_args(argv)
 
@@ -55,13 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'x.db'}", model_dirs=(backbone.parent,))
     cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
                       batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
-                      max_length=args.max_length, seed=0, pooling=args.pooling)
+                      max_length=args.max_length, seed=args.seed, pooling=args.pooling,
+                      batch_size=args.batch_size)
     if args.trainer == "trl":
         return _trl(args, backbone, train, held)
     t0 = time.perf_counter()
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
-    out = {"split_seed": args.split_seed, "pooling": res.model.meta.pooling, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
+    out = {"split_seed": args.split_seed, "seed": args.seed, "batch_tokens": args.batch_tokens, "pooling": res.model.meta.pooling, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
            "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}
@@ -77,9 +80,9 @@ def _trl(args: argparse.Namespace, backbone: Path, train: list, held: list) -> d
     tr_ids, ho_ids = encode(tok, train, args.max_length, decoder=False), encode(tok, held, args.max_length, decoder=False)
     t0 = time.perf_counter()
     _, model = run_trl(backbone, tok, tr_ids, grad_ckpt=False, batch=args.trl_batch, steps=0, warmup=0, lr=args.lr,
-                       epochs=args.epochs)
+                       epochs=args.epochs, seed=args.seed)
     acc = accuracy_of(trl_scores(model, ho_ids[0], tok.pad_token_id), trl_scores(model, ho_ids[1], tok.pad_token_id))
-    out = {"trainer": "trl", "split_seed": args.split_seed, "lr": args.lr, "epochs": args.epochs, "batch": args.trl_batch, "train_pairs": len(train),
+    out = {"trainer": "trl", "split_seed": args.split_seed, "seed": args.seed, "lr": args.lr, "epochs": args.epochs, "batch": args.trl_batch, "train_pairs": len(train),
            "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1), "val_accuracy": acc}
     print(json.dumps(out))
     return out

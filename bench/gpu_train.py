@@ -198,7 +198,7 @@ def _peak_gb() -> float | None:
 
 
 def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: bool, batch: int, steps: int,
-            warmup: int, lr: float, epochs: float | None = None) -> tuple[dict[str, Any], Any]:
+            warmup: int, lr: float, epochs: float | None = None, seed: int = 0) -> tuple[dict[str, Any], Any]:
     """TRL RewardTrainer on pre-tokenised pairs; timing skips the first ``warmup`` steps."""
     import torch
     from datasets import Dataset
@@ -215,6 +215,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
             self.t[state.global_step] = time.perf_counter()
 
     _reset_memory()
+    torch.manual_seed(seed)  # the new head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1).float()  # fp32 master
     model.config.pad_token_id = tok.pad_token_id
     ds = Dataset.from_dict({"chosen_ids": ids[0], "rejected_ids": ids[1]})
@@ -223,7 +224,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
         cfg = RewardConfig(output_dir=tmp, per_device_train_batch_size=batch, gradient_checkpointing=grad_ckpt,
                            bf16=cuda, learning_rate=lr, max_steps=-1 if epochs else steps,
                            num_train_epochs=epochs or 1, logging_steps=10**6, save_strategy="no", report_to=[],
-                           dataloader_num_workers=0, seed=0, use_cpu=not cuda, max_length=None)
+                           dataloader_num_workers=0, seed=seed, use_cpu=not cuda, max_length=None)
         clock = Clock()
         trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
         trainer.train()
