@@ -51,7 +51,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm .gpu/minilm \\
+# one device call may run 10 minutes: take 7 for sections (the script's own default stops starting them at 4)
+python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm .gpu/minilm --deadline-s 420 \\
     --out "$OUT/gpu_train.json" "$@" 2>&1 | tee "$OUT/gpu_train.log"
 """
 

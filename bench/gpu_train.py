@@ -423,7 +423,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-pooling", choices=("auto", "cls", "mean"), default="auto",
                     help="RM Studio's pooling in the accuracy run (auto: mean for MiniLM; cls: TRL's)")
     ap.add_argument("--acc-seeds", default="0", help="comma list of prompt-split seeds for the accuracy section")
-    ap.add_argument("--deadline-s", type=float, default=480, help="start no section after this many seconds")
+    ap.add_argument("--deadline-s", type=float, default=240,
+                    help="start no section after this many seconds (the default keeps a run under ~5 minutes; "
+                         "the required rows a, b, c and the accuracy run come first)")
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
     args = ap.parse_args(argv)
