@@ -5,7 +5,8 @@ The score of a row is one fp32 number:
 * encoders: the sequence-classification head on the first token (``[CLS]``, through the model's own pooler), or,
   for sentence-transformers backbones trained with mean pooling (their ``1_Pooling/config.json`` says so, as the
   bundled MiniLM's does), the head's linear layer on the mean of the last hidden states over real tokens: the
-  representation the backbone was trained to produce (HH-harmless, MiniLM, same split: 0.626 vs 0.611, BENCHMARKS.md);
+  representation the backbone was trained to produce. On HH-harmless it measures the same as [CLS] within seed
+  noise (BENCHMARKS.md); ``TrainConfig.pooling`` can force either;
 * decoders: the ``score`` head applied to the hidden state of the *last non-pad token*, whose position is
   ``attention_mask.sum(-1) - 1`` with right padding. ``pad_token_id`` is never searched for, so a tokenizer whose
   pad token equals eos (most decoders) is safe.
