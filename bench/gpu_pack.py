@@ -37,7 +37,8 @@ PLATFORM_ARGS = ("--only-binary=:all:", "--implementation", "cp", "--platform", 
                  "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--platform", "any")
 PACKED_WEIGHTS = "weights.f32planes.gz"
 PACK_MANIFEST = "weights.json"
-PACK_OTHER = "weights.other.safetensors"  # the few non-fp32 tensors, as they are
+PACK_OTHER = "weights.other.safetensors"
+KEPT_IDS = "rmstudio_kept_token_ids.json"  # the few non-fp32 tensors, as they are
 EMBED = "embeddings.word_embeddings.weight"
 KEEP_BELOW = 1000  # [PAD], [UNK], [CLS], [SEP], [MASK] and the [unused*] ids of BERT vocabularies
 LIMIT_BYTES = 64 * 2**20
@@ -51,8 +52,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-# one device call may run 10 minutes: take 7 for sections (the script's own default stops starting them at 4)
-python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm .gpu/minilm --deadline-s 420 \\
+python3 -c "import sys; sys.path[:0] = ['bench', '.']; from pathlib import Path; from gpu_pack import unpack_minilm; \\
+unpack_minilm(Path('.gpu/minilm'), Path('/tmp/minilm'))" || exit 1
+# the tests CUDA changes (flex attention: backward on CUDA only, packed = padded), first: about a minute
+RMSTUDIO_TEST_MINILM=/tmp/minilm timeout 180 python3 -m pytest -q -p no:cacheprovider tests/unit/test_packing.py \\
+    -k "gradients or flex" 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+# one device call may run 10 minutes: the bench starts no section after 6 (its own default: 4)
+python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm /tmp/minilm --deadline-s 360 \\
     --out "$OUT/gpu_train.json" "$@" 2>&1 | tee "$OUT/gpu_train.log"
 """
 
@@ -129,7 +135,14 @@ def unpack_minilm(packed: Path, out: Path) -> tuple[Path, frozenset[int]]:
     emb[idx] = rows
     sd[EMBED] = emb
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / KEPT_IDS).write_text(json.dumps(idx), encoding="utf-8")
     return out, frozenset(idx)
+
+
+def read_kept(folder: Path) -> frozenset[int] | None:
+    """The token ids whose embedding rows are real in a folder :func:`unpack_minilm` wrote (None: a full model)."""
+    f = folder / KEPT_IDS
+    return frozenset(json.loads(f.read_text(encoding="utf-8"))) if f.is_file() else None
 
 
 def check_ids(seqs: Iterable[Iterable[int]], kept: frozenset[int]) -> None:

