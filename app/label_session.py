@@ -21,9 +21,11 @@ from db.labeling import (
     load_queue_policy,
     next_pair,
     next_ranking,
+    ranking_task_for_prompt,
     submit_label,
     submit_ranking,
     undo_last,
+    undo_last_ranking,
 )
 from db.session import explain_db_error
 
@@ -32,6 +34,7 @@ ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
 )
 STRENGTHS = {"slightly": 1, "clearly": 2}
 RANK_REFUSED = "Ranking not saved."
+RSTACK = "lbl_rstack"  # the keys of the rankings this session stored, newest last (what Undo takes back)
 
 
 def _state(key: str, default: Any) -> Any:
@@ -186,10 +189,34 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
         _fail(exc)
         return
     done.add(task.key)
+    _state(RSTACK, []).append(task.key)
     st.session_state.pop(ERROR, None)
     st.session_state[NOTICE] = "Ranking saved"
     with database().read() as s:
         st.session_state[TASK] = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
+
+
+def on_rank_undo(ident: Identity) -> None:
+    """Delete my last ranking (the newest this session stored, else my newest made in the app) and show that
+    prompt again, in a new display order."""
+    stack: list[str] = _state(RSTACK, [])
+    try:
+        with database().write() as s:
+            pid = None
+            while pid is None and stack:
+                pid = undo_last_ranking(s, ident.name, stack.pop())
+            if pid is None:
+                pid = undo_last_ranking(s, ident.name)
+        if pid is None:
+            st.session_state[NOTICE] = "Nothing to undo"
+            return
+        with database().read() as s:
+            st.session_state[TASK] = ranking_task_for_prompt(s, pid)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    st.session_state.pop(ERROR, None)
+    st.session_state[NOTICE] = "Undone: the prompt is back"
 
 
 def forget_rank_refusal() -> None:
@@ -207,7 +234,7 @@ def on_rank_skip(task: RankingTask, ident: Identity) -> None:
 
 def reset() -> None:
     """Forget the items on screen (after switching annotator)."""
-    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK):
+    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK):
         st.session_state.pop(k, None)
 
 

@@ -304,6 +304,27 @@ def undo_last(session: Session, annotator: str, key: str | None = None) -> int |
 # ----------------------------------------------------------------------------------------------- rankings
 
 
+def undo_last_ranking(session: Session, annotator: str, key: str | None = None) -> int | None:
+    """Delete one of the annotator's own rankings made in the app; returns its prompt id (to show it again).
+    Same rules as :func:`undo_last`: with ``key`` the ranking stored under it, else the newest; imported rankings
+    (``origin`` other than ``app``) are never undone from the Label page."""
+    ann_id = _annotator_id(session, annotator)
+    if ann_id is None:
+        return None
+    q = select(Ranking).where(Ranking.annotator_id == ann_id, Ranking.origin == APP_ORIGIN)
+    if key is not None:
+        q = q.where(Ranking.idempotency_key == key)
+    else:
+        q = q.order_by(Ranking.created_at.desc(), Ranking.id.desc()).limit(1)
+    ranking = session.scalar(q)
+    if ranking is None:
+        return None
+    pid = ranking.prompt_id
+    session.delete(ranking)  # its items go with it (cascade)
+    session.flush()
+    return pid
+
+
 @dataclass(frozen=True)
 class RankingTask:
     """A prompt with three or more responses to put in order, in a server-drawn display order."""
@@ -348,9 +369,17 @@ def next_ranking(
     if not rows:
         return None
     fewest = rows[0][1]
-    pid = rng.choice([r[0] for r in rows if r[1] == fewest])
+    return ranking_task_for_prompt(session, rng.choice([r[0] for r in rows if r[1] == fewest]), policy, rng=rng)
+
+
+def ranking_task_for_prompt(session: Session, pid: int, policy: QueuePolicy | None = None, *,
+                            rng: random.Random | None = None) -> RankingTask:
+    """A fresh ranking task (new key, new server-drawn display order) for prompt ``pid``."""
+    policy = policy or load_queue_policy(session)
+    rng = rng or random.SystemRandom()
     prompt = session.get(Prompt, pid)
-    assert prompt is not None
+    if prompt is None:
+        raise ValueError(f"prompt {pid} does not exist")
     resp = list(session.execute(select(Response.id, Response.text).where(Response.prompt_id == pid)).all())
     rng.shuffle(resp)
     resp = resp[: policy.ranking_max_responses]

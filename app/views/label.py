@@ -1,6 +1,6 @@
 """Label page: identity, then pairs (or rankings) with buttons and keyboard shortcuts.
 
-Shortcuts: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, 5 = skip, u = undo my last label.
+Shortcuts: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, 5 = skip, u = undo my last label (ranking mode: my last ranking).
 """
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def rank_view() -> None:
     task = ls.current_task(ident)
     if task is None:
         st.success("No prompt left for you to rank. Thank you!")
+        st.button("Undo my last ranking", on_click=ls.on_rank_undo, args=(ident,), shortcut="u", key="rundo_empty")
         return
     show_conversation(task.history, task.prompt)
     k = len(task.texts)
@@ -102,14 +103,16 @@ def rank_view() -> None:
             st.segmented_control(f"Rank of Response {i + 1}", ls.rank_options(k), key=ls.rank_key(task, i),
                                  on_change=ls.forget_rank_refusal)
     missing = ls.rank_problem(ls.chosen_ranks(task))
-    c = st.columns([1, 1, 2], vertical_alignment="center")
+    c = st.columns([1, 1, 1, 2], vertical_alignment="center")
     # Never disabled: a click right after the last rank choice arrives while that choice's rerun runs, and a button
     # disabled in the render being replaced would swallow it. on_rank checks the ranks and names what is missing.
     c[0].button("Submit ranking", on_click=ls.on_rank, args=(task, ident), type="primary",
                 key=f"ranksubmit_{task.key}", width="stretch")
     c[1].button("Skip", on_click=ls.on_rank_skip, args=(task, ident), key=f"rankskip_{task.key}", width="stretch")
+    c[2].button("Undo", on_click=ls.on_rank_undo, args=(ident,), shortcut="u", key=f"rankundo_{task.key}",
+                icon=":material/undo:", width="stretch", help="Delete my last ranking and show it again (u)")
     if missing:
-        c[2].caption(missing)
+        c[3].caption(missing)
 
 
 if mode == "pairs":

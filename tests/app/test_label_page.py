@@ -280,3 +280,33 @@ def test_label_page_on_postgres(app_env, pg_db: Database) -> None:
     assert lab.outcome is Outcome(item.left.value)
     _button(at, "Undo").click().run()
     assert _labels(pg_db) == []
+
+
+def test_ranking_undo_brings_the_prompt_back(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("dana", "crowd")
+    task = _rank_mode(at)
+
+    def rank_all(t) -> None:  # noqa: ANN001
+        for i, r in enumerate(range(1, len(t.response_ids) + 1)):
+            at.segmented_control(key=ls.rank_key(t, i)).set_value(r)
+        at.run()
+        _button(at, "Submit ranking").click().run()
+        assert not at.exception
+
+    def n_rankings() -> int:
+        with sqlite_db.read() as s:
+            return s.scalar(select(func.count()).select_from(Ranking))
+
+    rank_all(task)
+    assert n_rankings() == 1 and at.session_state[ls.TASK] is None  # the done screen offers the undo
+    _button(at, "Undo my last ranking").click().run()
+    back = at.session_state[ls.TASK]
+    assert n_rankings() == 0 and back.prompt_id == task.prompt_id and back.key != task.key
+    assert sorted(back.response_ids) == sorted(task.response_ids)
+    assert all(at.segmented_control(key=ls.rank_key(back, i)).value is None for i in range(len(back.response_ids)))
+    rank_all(back)  # ranked again: stored again
+    assert n_rankings() == 1
+    _button(at, "Undo my last ranking").click().run()
+    _button(at, "Undo").click().run()  # the in-task Undo: nothing of mine is left to take back
+    assert n_rankings() == 0 and at.session_state[ls.TASK].prompt_id == task.prompt_id
+    assert not at.exception

@@ -18,13 +18,16 @@ from db.labeling import (
     load_queue_policy,
     next_pair,
     next_ranking,
+    ranking_task_for_prompt,
     save_queue_policy,
     submit_label,
     submit_ranking,
     uncertainty,
     undo_last,
+    undo_last_ranking,
 )
-from db.models import Comparison, Label, ModelVersion, Outcome, Ranking, ResponseScore, Side, Source
+from db.models import Comparison, Label, ModelVersion, Outcome, Ranking, RankingItem, ResponseScore, Side, Source
+from db.store import add_ranking
 from db.session import Database
 from tests.app.conftest import seed_small
 
@@ -218,6 +221,36 @@ def test_ranking_queue_and_submit(sqlite_db: Database) -> None:
         assert next_ranking(s, "bob", QueuePolicy()) is not None
         p = annotator_progress(s, "alice")
         assert p.rankings_today == 1 and p.total_rankings == 1 and p.total_labels == 0
+
+
+def test_undo_last_ranking_takes_back_only_my_app_rankings(sqlite_db: Database) -> None:
+    seeded = seed_small(sqlite_db)
+    tasks = {}
+    for name in ("alice", "bob"):
+        with sqlite_db.read() as s:
+            tasks[name] = next_ranking(s, name, QueuePolicy())
+        with sqlite_db.write() as s:
+            submit_ranking(s, tasks[name], list(tasks[name].response_ids), annotator=name, source="crowd")
+    with sqlite_db.write() as s:  # a ranking imported under alice's name is not hers to undo from the page
+        add_ranking(s, prompt_id=seeded.ranking_prompt_id, response_ids=list(tasks["alice"].response_ids),
+                    source="expert", annotator="alice", idempotency_key="imported-1", origin="import")
+    with sqlite_db.write() as s:
+        assert undo_last_ranking(s, "alice", key=tasks["bob"].key) is None  # bob's key: not alice's ranking
+        assert undo_last_ranking(s, "nobody") is None
+        assert undo_last_ranking(s, "alice", key=tasks["alice"].key) == seeded.ranking_prompt_id
+        assert undo_last_ranking(s, "alice") is None  # only the imported one is left
+    with sqlite_db.read() as s:
+        left = {(r.annotator.name, r.origin) for r in s.scalars(select(Ranking))}
+        assert left == {("bob", "app"), ("alice", "import")}
+        assert s.scalar(select(func.count()).select_from(RankingItem)) == 2 * len(tasks["bob"].response_ids)
+        again = ranking_task_for_prompt(s, seeded.ranking_prompt_id, QueuePolicy())
+    assert again.key != tasks["alice"].key and sorted(again.response_ids) == sorted(tasks["alice"].response_ids)
+    with sqlite_db.write() as s:  # ranked again under the new key: stored
+        submit_ranking(s, again, list(again.response_ids), annotator="alice", source="crowd")
+        assert undo_last_ranking(s, "bob") == seeded.ranking_prompt_id  # without a key: the newest
+    with pytest.raises(ValueError, match="prompt 999999 does not exist"):
+        with sqlite_db.read() as s:
+            ranking_task_for_prompt(s, 999999)
 
 
 def test_progress(sqlite_db: Database) -> None:
