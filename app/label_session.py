@@ -7,7 +7,7 @@ the callback, right after the save, so the rerun renders it at once.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -94,23 +94,34 @@ def on_skip(item: QueueItem, ident: Identity) -> None:
 def on_undo(ident: Identity) -> None:
     """Delete my last label (the newest one this session stored, else my newest one made in the app) and show
     that pair again."""
-    stack: list[str] = _state(STACK, [])
+    def show(s: Any, cid: int) -> None:
+        st.session_state[ITEM] = item_for_comparison(s, cid)
+
+    _undo(ident, STACK, undo_last, show, "Undone: the pair is back")
+
+
+def _undo(ident: Identity, stack_key: str, undo: Callable[..., int | None], show: Callable[[Any, int], None],
+          notice: str) -> None:
+    """Undo through ``undo(session, name, key)`` (the keys this session stored, newest first, then my newest
+    made in the app), then ``show(read_session, id)`` what came back."""
+    stack: list[str] = _state(stack_key, [])
     try:
         with database().write() as s:
-            cid = None
-            while cid is None and stack:
-                cid = undo_last(s, ident.name, stack.pop())
-            if cid is None:
-                cid = undo_last(s, ident.name)
-        if cid is None:
+            got = None
+            while got is None and stack:
+                got = undo(s, ident.name, stack.pop())
+            if got is None:
+                got = undo(s, ident.name)
+        if got is None:
             st.session_state[NOTICE] = "Nothing to undo"
             return
         with database().read() as s:
-            st.session_state[ITEM] = item_for_comparison(s, cid)
+            show(s, got)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
-    st.session_state[NOTICE] = "Undone: the pair is back"
+    st.session_state.pop(ERROR, None)
+    st.session_state[NOTICE] = notice
 
 
 def current_task(ident: Identity) -> RankingTask | None:
@@ -199,24 +210,10 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
 def on_rank_undo(ident: Identity) -> None:
     """Delete my last ranking (the newest this session stored, else my newest made in the app) and show that
     prompt again, in a new display order."""
-    stack: list[str] = _state(RSTACK, [])
-    try:
-        with database().write() as s:
-            pid = None
-            while pid is None and stack:
-                pid = undo_last_ranking(s, ident.name, stack.pop())
-            if pid is None:
-                pid = undo_last_ranking(s, ident.name)
-        if pid is None:
-            st.session_state[NOTICE] = "Nothing to undo"
-            return
-        with database().read() as s:
-            st.session_state[TASK] = ranking_task_for_prompt(s, pid)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-        return
-    st.session_state.pop(ERROR, None)
-    st.session_state[NOTICE] = "Undone: the prompt is back"
+    def show(s: Any, pid: int) -> None:
+        st.session_state[TASK] = ranking_task_for_prompt(s, pid)
+
+    _undo(ident, RSTACK, undo_last_ranking, show, "Undone: the prompt is back")
 
 
 def forget_rank_refusal() -> None:

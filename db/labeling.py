@@ -285,20 +285,23 @@ def undo_last(session: Session, annotator: str, key: str | None = None) -> int |
     Labels that came from an import (``origin`` other than ``app``) are never undone from the Label page, so a
     labeler who types an imported annotator's name cannot delete that annotator's work.
     """
-    ann_id = _annotator_id(session, annotator)
-    if ann_id is None:
-        return None
-    q = select(Label).where(Label.annotator_id == ann_id, Label.origin == APP_ORIGIN)
-    if key is not None:
-        q = q.where(Label.idempotency_key == key)
-    else:
-        q = q.order_by(Label.created_at.desc(), Label.id.desc()).limit(1)
-    label = session.scalar(q)
+    label = _own_app_row(session, Label, annotator, key)
     if label is None:
         return None
     cid = label.comparison_id
     delete_label(session, label)
     return cid
+
+
+def _own_app_row(session: Session, model: type[Label] | type[Ranking], annotator: str, key: str | None) -> Any:
+    """The annotator's label/ranking made in the app under ``key``, or their newest one; None if there is none."""
+    ann_id = _annotator_id(session, annotator)
+    if ann_id is None:
+        return None
+    q = select(model).where(model.annotator_id == ann_id, model.origin == APP_ORIGIN)
+    if key is not None:
+        return session.scalar(q.where(model.idempotency_key == key))
+    return session.scalar(q.order_by(model.created_at.desc(), model.id.desc()).limit(1))
 
 
 # ----------------------------------------------------------------------------------------------- rankings
@@ -308,15 +311,7 @@ def undo_last_ranking(session: Session, annotator: str, key: str | None = None) 
     """Delete one of the annotator's own rankings made in the app; returns its prompt id (to show it again).
     Same rules as :func:`undo_last`: with ``key`` the ranking stored under it, else the newest; imported rankings
     (``origin`` other than ``app``) are never undone from the Label page."""
-    ann_id = _annotator_id(session, annotator)
-    if ann_id is None:
-        return None
-    q = select(Ranking).where(Ranking.annotator_id == ann_id, Ranking.origin == APP_ORIGIN)
-    if key is not None:
-        q = q.where(Ranking.idempotency_key == key)
-    else:
-        q = q.order_by(Ranking.created_at.desc(), Ranking.id.desc()).limit(1)
-    ranking = session.scalar(q)
+    ranking = _own_app_row(session, Ranking, annotator, key)
     if ranking is None:
         return None
     pid = ranking.prompt_id
