@@ -249,7 +249,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, **({"packing": True} if packing else {}))
+                      seed=0, pooling=pooling, packing=packing)
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -338,12 +338,6 @@ def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def has_packing() -> bool:
-    from rm_engine.config import TrainConfig
-
-    return "packing" in {f.name for f in __import__("dataclasses").fields(TrainConfig)}
-
-
 def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any], ids: Any, settings: Any,
                args: argparse.Namespace, which: tuple[str, ...]) -> None:
     """The requested speed variants for one model shape, each guarded."""
@@ -364,9 +358,6 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
                                                 epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)[0],
     }
     for key in which:
-        if key == "c3_rmstudio_packed_compile" and not has_packing():
-            row[key] = {"skipped": "this checkout's TrainConfig has no packing option"}
-            continue
         if key in ("a_trl_default", "b_trl_no_ckpt") and run.report["trl_install"].startswith("unavailable"):
             row[key] = {"skipped": run.report["trl_install"]}
             continue
@@ -440,7 +431,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trl_status = ensure_trl(args.wheels)
     except (SystemExit, subprocess.CalledProcessError) as exc:
         trl_status = f"unavailable: {exc}"
-    args._trl_status = trl_status
     import torch
     import transformers
 
@@ -481,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_accuracy:
             for seed in [int(x) for x in args.acc_seeds.split(",")]:
                 key = "accuracy" if seed == 0 else f"accuracy_seed{seed}"
-                run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed))
+                run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed,
+                                                                  trl_ok=trl_version is not None))
         for shape in shapes[:1]:
             if shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, extras)
@@ -496,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0) -> dict[str, Any]:
+def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0,
+                     trl_ok: bool = True) -> dict[str, Any]:
     """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio on the
     same prompt split (20% of prompts held out, ``seed``), same epochs and learning rate."""
     train, held = split_by_prompt(pairs, 0.2, seed=seed)
@@ -522,7 +514,7 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
     out: dict[str, Any] = {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "split_seed": seed,
                            "train_pairs": len(train), "held_out_pairs": len(held), "epochs": args.acc_epochs,
                            "lr": args.acc_lr, "max_length": max_len}
-    if not str(getattr(args, "_trl_status", "")).startswith("unavailable"):
+    if trl_ok:
         t0 = time.perf_counter()
         _, trl_model = run_trl(backbone, etok, tr_ids, grad_ckpt=False, batch=args.acc_batch, steps=0, warmup=0,
                                lr=args.acc_lr, epochs=args.acc_epochs)

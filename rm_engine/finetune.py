@@ -48,7 +48,7 @@ from rm_engine import ddp
 from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.batching import BatchPlanConfig, plan_batches, shard
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, _hf, backbone_pooling, collate,
+from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling, collate,
                                       load_backbone_model, resolve_device)
 from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
@@ -258,7 +258,7 @@ def train_finetune(
     fit_actions: tuple[str, ...] = ()
     if _probe_memory(dev, world, cfg, decoder):
         fit = fit_to_memory(cfg, lambda c: _probe_step(net, fm.pad_id, dev, amp, tr, c),
-                            lambda: _hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
+                            lambda: unwrap_hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
         cfg, fit_actions = fit.cfg, fit.actions
 
     packer: PackedTrainer | None = None

@@ -86,7 +86,7 @@ def resolve_device(spec: str | torch.device | None, *, local_rank: int = 0) -> t
     return torch.device(spec)
 
 
-def _hf(model: nn.Module) -> nn.Module:
+def unwrap_hf(model: nn.Module) -> nn.Module:
     """The Hugging Face ``...ForSequenceClassification`` module inside a possible peft wrapper."""
     try:
         from peft import PeftModel
@@ -109,7 +109,7 @@ def backbone_pooling(path: Path, model: nn.Module, decoder: bool) -> str:
     whose pooling config asks for mean pooling and whose head is a plain linear layer; else ``cls``."""
     if decoder:
         return "last"
-    if not _linear_head(_hf(model)):
+    if not _linear_head(unwrap_hf(model)):
         return "cls"  # e.g. RoBERTa's classification head reads [CLS] itself
     try:
         modules = json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
@@ -132,7 +132,7 @@ class RewardNet(nn.Module):
         self.model = model
         self.decoder = decoder
         self.pooling = pooling or ("last" if decoder else "cls")
-        hf = _hf(model)
+        hf = unwrap_hf(model)
         if self.pooling not in POOLINGS or (self.pooling == "last") != decoder:
             raise ValueError(f"pooling {self.pooling!r} does not fit a{' decoder' if decoder else 'n encoder'}")
         if decoder and not isinstance(getattr(hf, "score", None), nn.Module):
@@ -148,12 +148,12 @@ class RewardNet(nn.Module):
         if self.pooling == "cls":
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         if self.pooling == "mean":
-            hf = _hf(self.model)
+            hf = unwrap_hf(self.model)
             hidden = getattr(hf, hf.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask)[0]
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
             return hf.classifier(pooled)[:, 0].float()
-        hf = _hf(self.model)
+        hf = unwrap_hf(self.model)
         body = getattr(hf, hf.base_model_prefix)
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from rm_engine.finetune_model import RewardNet, _hf
+from rm_engine.finetune_model import RewardNet, unwrap_hf
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def pack_sequences(seqs: Sequence[Sequence[int]], *, length: int | None = None, 
 
 def attn_implementation(model: nn.Module) -> str:
     """The attention implementation the (possibly peft-wrapped) model runs with."""
-    return str(_hf(model).config._attn_implementation)
+    return str(unwrap_hf(model).config._attn_implementation)
 
 
 def choose_attn_implementation(model: nn.Module, device: torch.device, length: int) -> str:
@@ -128,19 +128,19 @@ def choose_attn_implementation(model: nn.Module, device: torch.device, length: i
     if device.type != "cpu":
         from transformers.utils import is_torch_flex_attn_available
 
-        if is_torch_flex_attn_available() and getattr(_hf(model), "_supports_flex_attn", False):
+        if is_torch_flex_attn_available() and getattr(unwrap_hf(model), "_supports_flex_attn", False):
             return "flex_attention"
     if length <= DENSE_MAX_TOKENS:
         return "sdpa"
     why = "FlexAttention has no backward on CPU" if device.type == "cpu" else \
-        f"{type(_hf(model)).__name__} does not support flex_attention here"
+        f"{type(unwrap_hf(model)).__name__} does not support flex_attention here"
     raise ValueError(f"TrainConfig.packing: {why}, and a dense {length} x {length} mask is too large: "
                      f"use batch_tokens <= {DENSE_MAX_TOKENS} or packing=False")
 
 
 def set_attn_implementation(model: nn.Module, impl: str) -> None:
     """Switch the model (inside a possible peft wrapper) to ``impl`` (transformers' ``set_attn_implementation``)."""
-    hf = _hf(model)
+    hf = unwrap_hf(model)
     if str(hf.config._attn_implementation) != impl:
         hf.set_attn_implementation(impl)
 
@@ -185,7 +185,7 @@ def packed_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
     sequences from ``position_ids`` only then (a cache disables the detection silently: sequences would see
     each other).
     """
-    hf = _hf(model)
+    hf = unwrap_hf(model)
     body = getattr(hf, hf.base_model_prefix)
     mask = flex_block_mask(position_ids) if attn_implementation(model) == "flex_attention" else None
     out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
@@ -230,7 +230,7 @@ class PackedRewardNet(nn.Module):
             hidden = packed_hidden(self.net.model, input_ids, position_ids, fk)
         else:
             hidden = self._body(input_ids, position_ids)
-        return _hf(self.net.model).score(hidden[0, last_index])[:, 0].float()
+        return unwrap_hf(self.net.model).score(hidden[0, last_index])[:, 0].float()
 
 
 class PackedTrainer:

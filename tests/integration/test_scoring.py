@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from db.session import Database
-from db.versions import count_responses, get_scores
+from db.versions import count_responses, get_scores, responses_for_scoring
 from rm_engine.config import Cancelled
 from rm_engine.registry import ModelFilesError, commit_dir, stage_dir
 from rm_engine.scoring import RewardModel, load_usable, rescore_stored, reward_function
@@ -26,14 +26,22 @@ def two_versions(sqlite_db: Database, engine_settings, tiny_encoder: Path):
     return v1, v2
 
 
+def _reloaded_scores_match_cache(db: Database, model: RewardModel, version_id: int) -> list:
+    """Scores of every stored response from the loaded model equal those cached at training time."""
+    with db.read() as s:
+        cached = get_scores(s, version_id)
+        rows = responses_for_scoring(s)
+    got = model.score_rows([(p, h, t) for _, p, h, t in rows])
+    np.testing.assert_allclose([g.raw for g in got], [cached[r[0]][0] for r in rows], atol=1e-4)
+    return got
+
+
 def test_round_trip_scores_are_identical(sqlite_db: Database, engine_settings, two_versions) -> None:
     _, v2 = two_versions
     model = RewardModel.load(sqlite_db, engine_settings, "latest")
     assert model.version_id == v2.id and model.members == 3
     with sqlite_db.read() as s:
         cached = get_scores(s, v2.id)
-        from db.versions import responses_for_scoring
-
         rows = responses_for_scoring(s)
     scores = model.score_rows([(p, h, t) for _, p, h, t in rows])
     got = {rid: (sc.raw, sc.std) for (rid, _, _, _), sc in zip(rows, scores)}
@@ -132,14 +140,7 @@ def test_real_minilm_head(sqlite_db: Database, home: Path) -> None:
     seed_labels(sqlite_db, 8)
     v = train_and_publish(sqlite_db, settings, tiny_config(Path("minilm"), backbone="minilm", max_length=48, epochs=40))
     assert v.backbone == "minilm" and v.metrics["train"]["accuracy"] >= 0.8
-    model = RewardModel.load(sqlite_db, settings, v.id)
-    with sqlite_db.read() as s:
-        cached = get_scores(s, v.id)
-        from db.versions import responses_for_scoring
-
-        rows = responses_for_scoring(s)
-    got = model.score_rows([(p, h, t) for _, p, h, t in rows])
-    np.testing.assert_allclose([g.raw for g in got], [cached[r[0]][0] for r in rows], atol=1e-4)
+    _reloaded_scores_match_cache(sqlite_db, RewardModel.load(sqlite_db, settings, v.id), v.id)
 
 
 def test_finetune_version_round_trip(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:
@@ -148,12 +149,5 @@ def test_finetune_version_round_trip(sqlite_db: Database, engine_settings, tiny_
     cfg = tiny_config(tiny_encoder, mode="finetune", epochs=1, lr=1e-3, weight_decay=0.0, device="cpu", batch_tokens=2048)
     v = train_and_publish(sqlite_db, engine_settings, cfg)
     assert v.mode == "finetune" and (Path(engine_settings.home) / v.path / "member-0").is_dir()
-    model = RewardModel.load(sqlite_db, engine_settings, v.id)
-    with sqlite_db.read() as s:
-        cached = get_scores(s, v.id)
-        from db.versions import responses_for_scoring
-
-        rows = responses_for_scoring(s)
-    got = model.score_rows([(p, h, t) for _, p, h, t in rows])
-    np.testing.assert_allclose([g.raw for g in got], [cached[r[0]][0] for r in rows], atol=1e-4)
+    got = _reloaded_scores_match_cache(sqlite_db, RewardModel.load(sqlite_db, engine_settings, v.id), v.id)
     assert len({round(g.raw, 6) for g in got}) > 1  # not one constant score
