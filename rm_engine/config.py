@@ -95,7 +95,9 @@ class TrainConfig:
         compile: ``torch.compile`` the finetune model (with ``packing``: the backbone once, ``dynamic=False``).
         packing: pack each batch into one row without padding, decoders only; static shape for torch.compile
             (finetune mode; ``rm_engine.packing``). The row is ``batch_tokens`` long, so a token budget is
-            required. With an encoder backbone training falls back to padded batches and logs a warning.
+            required; in one process batches are random pairs filling it with real tokens (up to
+            ``max_batch_pairs``). With an encoder backbone training falls back to padded batches and logs a
+            warning.
         pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was
             trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
             does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's

@@ -12,6 +12,7 @@ import torch
 
 from db.config import Settings
 from rm_engine.config import TrainConfig
+from rm_engine.batching import plan_packed
 from rm_engine.finetune import pair_nll, train_finetune
 from rm_engine.finetune_model import RewardNet, collate
 from rm_engine.packing import (
@@ -245,18 +246,33 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("extra", [{}, {"lora": True}, {"grad_checkpointing": True}, {"compile": True}],
                          ids=["full", "lora", "checkpointing", "compile"])
-def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, settings: Settings) -> None:
-    """Same plan (packing does not change batch composition), same loss: the same trained weights up to float
-    rounding, the same validation numbers. With compile=True (the GPU benchmark's configuration) the packed
-    backbone is compiled once (static shape) and must not recompile."""
+def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packed training fills rows with random pairs (``plan_packed``); replayed on those same batches, padded
+    training gives the same trained weights up to float rounding and the same validation numbers. With
+    compile=True (the GPU benchmark's configuration) the packed backbone is compiled once (static shape) and must
+    not recompile."""
     from torch._dynamo.utils import counters
 
-    pad, pad_state, _ = _train(tiny_root, settings, "dec", **{k: v for k, v in extra.items() if k != "compile"})
+    import rm_engine.finetune as ft
+
+    plans: list[list[list[int]]] = []
+    real_plan_epoch = ft.plan_epoch
+
+    def recording(lengths, cfg, epoch, world_size=1, *, packed_sizes=None):  # noqa: ANN001, ANN202
+        assert packed_sizes is not None and [len(x) for x in (lengths, packed_sizes)] == [40, 40]
+        plans.append(real_plan_epoch(lengths, cfg, epoch, world_size, packed_sizes=packed_sizes))
+        assert plans[-1] == plan_packed(packed_sizes, 512, max_items=6, seed=epoch)  # TrainConfig seed 0
+        return plans[-1]
+
+    monkeypatch.setattr(ft, "plan_epoch", recording)
     torch._dynamo.reset()  # other tests compiled the same functions: count this run's graphs only
     counters.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
         pk, pk_state, secs = _train(tiny_root, settings, "dec", packing=True, **extra)
     assert not counters["graph_break"], dict(counters["graph_break"])  # one graph for the whole backbone
+    monkeypatch.setattr(ft, "plan_epoch", lambda lengths, cfg, epoch, world_size=1, **kw: plans[epoch])
+    pad, pad_state, _ = _train(tiny_root, settings, "dec", **{k: v for k, v in extra.items() if k != "compile"})
     assert _max_diff(pad_state, pk_state) < 1e-4
     for a, b in zip(pad.history, pk.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
