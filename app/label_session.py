@@ -15,16 +15,18 @@ from app.identity import Identity
 from app.resources import database
 from db.labeling import (
     QueueItem,
-    RankingTask,
-    count_rankable_prompts,
     item_for_comparison,
     load_queue_policy,
     next_pair,
+    submit_label,
+    undo_last,
+)
+from db.ranking_queue import (
+    RankingTask,
+    count_rankable_prompts,
     next_ranking,
     ranking_task_for_prompt,
-    submit_label,
     submit_ranking,
-    undo_last,
     undo_last_ranking,
 )
 from db.session import explain_db_error

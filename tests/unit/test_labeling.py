@@ -12,18 +12,20 @@ from db.labeling import (
     QueuePolicy,
     annotator_progress,
     choice_to_outcome,
-    count_rankable_prompts,
     in_agreement_share,
     item_for_comparison,
     load_queue_policy,
     next_pair,
-    next_ranking,
-    ranking_task_for_prompt,
     save_queue_policy,
     submit_label,
-    submit_ranking,
     uncertainty,
     undo_last,
+)
+from db.ranking_queue import (
+    count_rankable_prompts,
+    next_ranking,
+    ranking_task_for_prompt,
+    submit_ranking,
     undo_last_ranking,
 )
 from db.models import Comparison, Label, ModelVersion, Outcome, Ranking, RankingItem, ResponseScore, Side, Source
