@@ -3,8 +3,9 @@
 Cache layout: ``settings.cache_dir/features/<fingerprint>-<pooling>-L<max_length>[-q8]-<policy hash>/`` holds
 shard files ``s-<uuid>.npz`` (arrays ``keys`` and ``vecs``). Each writer writes its own new shard to a temp name
 and ``os.replace``\\ s it into place, so several processes and threads can extract at once without ever leaving a
-half-written shard; a duplicate key in two shards is harmless. The key of a text is the sha256 of what was
-embedded (the input kind, history, prompt and response), so every retrain reuses earlier work.
+half-written shard; a duplicate key in two shards is harmless. Beyond ``AUTO_COMPACT_SHARDS`` shards a write
+merges them into one (``rm_engine/cache_admin.py`` also reports, compacts and prunes caches). The key of a text is
+the sha256 of what was embedded (the input kind, history, prompt and response), so every retrain reuses earlier work.
 
 Extraction sorts texts by token length and pads each batch only to its own longest text (NOTES.md §4: 2.5x
 faster than random batches on CPU), runs under ``torch.inference_mode`` and can quantize the linear layers to int8
@@ -41,10 +42,13 @@ from rm_engine.backbone import (
     normalize_history,
     render_context,
 )
+from rm_engine.cache_admin import compact
 from rm_engine.config import Cancelled
 
 Progress = Callable[[dict[str, Any]], None] | None
 StopCheck = Callable[[], bool] | None
+
+AUTO_COMPACT_SHARDS = 64  # put_many merges a dir's shards into one beyond this many (rm_engine/cache_admin.py)
 
 
 @dataclass(frozen=True)
@@ -99,20 +103,33 @@ class FeatureCache:
         self._seen: set[str] = set()
 
     def _refresh(self) -> None:
+        # A shard that vanished between glob and load was merged by a compactor, which wrote the merged shard
+        # before deleting it: another pass finds its keys there.
+        for _ in range(3):
+            if not self._refresh_pass():
+                return
+
+    def _refresh_pass(self) -> bool:
+        """Load the shards not seen yet; True when one vanished before it could be read (it stays unseen)."""
         if not self.dir.is_dir():
-            return
+            return False
+        vanished = False
         for p in sorted(self.dir.glob("s-*.npz")):
             if p.name in self._seen:
                 continue
             try:
                 with np.load(p, allow_pickle=False) as z:
                     keys, vecs = z["keys"], z["vecs"]
+            except FileNotFoundError:
+                vanished = True
+                continue
             except (OSError, ValueError, KeyError):  # a damaged shard is ignored (and recomputed)
                 self._seen.add(p.name)
                 continue
             for k, v in zip(keys.tolist(), vecs):
                 self._mem.setdefault(str(k), v)
             self._seen.add(p.name)
+        return vanished
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors among ``keys``."""
@@ -122,7 +139,8 @@ class FeatureCache:
             return {k: self._mem[k] for k in keys if k in self._mem}
 
     def put_many(self, keys: Sequence[str], vecs: np.ndarray) -> Path | None:
-        """Write one new shard atomically (temp file, fsync, ``os.replace``)."""
+        """Write one new shard atomically (temp file, fsync, ``os.replace``); beyond ``AUTO_COMPACT_SHARDS``
+        shards, merge the dir's shards into one (the returned shard may then be merged away already)."""
         if not len(keys):
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +156,11 @@ class FeatureCache:
             for k, v in zip(keys, np.asarray(vecs, dtype=np.float32)):
                 self._mem.setdefault(k, v)
             self._seen.add(name)
+        if len(list(self.dir.glob("s-*.npz"))) > AUTO_COMPACT_SHARDS:
+            try:
+                compact(self.dir)
+            except OSError:  # maintenance only: the shard is written, the next put_many tries again
+                pass
         return self.dir / name
 
     def __len__(self) -> int:

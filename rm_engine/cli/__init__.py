@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "rm_engine.cli.model_cmds",  # train, eval, score, models
     "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
     "rm_engine.cli.demo_cmds",  # seed-demo
+    "rm_engine.cli.cache_cmds",  # cache, cache compact, cache prune
 )
 
 
