@@ -1,5 +1,7 @@
 """How long imports and publishing hold SQLite's write lock, and what a labeler clicking meanwhile waits.
 
+    python bench/import_lock.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test   # the same on PostgreSQL
+
     python bench/import_lock.py                      # HH 1,300 + a 10k synthetic file, both import paths, publish
     python bench/import_lock.py --synthetic 20000 --json out.json
     python bench/import_lock.py --only-bulk          # skip the slow per-record path
@@ -115,10 +117,32 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def run_case(name: str, op: Callable[[Database], Any], interval_ms: float, seed: Callable[[Database], int]) -> dict[str, Any]:
-    """A fresh SQLite file, a labeler process, then ``op(db)`` timed; the labeler's writes during ``op``."""
-    with tempfile.TemporaryDirectory(prefix="rm-import-lock-") as d:
-        url = f"sqlite:///{Path(d) / 'bench.db'}"
+@contextmanager
+def fresh_database(pg: str | None) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file in a temp dir, or (``pg``: a PostgreSQL server's URL) a new
+    database on that server, dropped afterwards."""
+    if pg is None:
+        with tempfile.TemporaryDirectory(prefix="rm-import-lock-") as d:
+            yield f"sqlite:///{Path(d) / 'bench.db'}"
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    admin = create_engine(pg, isolation_level="AUTOCOMMIT")
+    name = f"rm_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_case(name: str, op: Callable[[Database], Any], interval_ms: float, seed: Callable[[Database], int],
+             pg: str | None = None) -> dict[str, Any]:
+    """A fresh database, a labeler process, then ``op(db)`` timed; the labeler's writes during ``op``."""
+    with fresh_database(pg) as url:
         db = Database(url)
         cid = seed(db)
         ctx = mp.get_context("spawn")
@@ -228,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publish-responses", type=int, default=20_000)
     ap.add_argument("--only-bulk", action="store_true", help="skip the per-record path (and the old publish code)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--pg", metavar="URL", help="run on this PostgreSQL server (a fresh database per case) instead of "
+                    "SQLite files, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args(argv)
 
     hh = args.hh.read_bytes()
@@ -239,13 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for fname, data in files:
         for bulk in ([True] if args.only_bulk else [False, True]):
-            r = run_case(f"import {fname} ({'bulk' if bulk else 'per-record'})", import_op(data, fname, bulk), args.interval_ms, seed_comparison)
+            r = run_case(f"import {fname} ({'bulk' if bulk else 'per-record'})", import_op(data, fname, bulk), args.interval_ms, seed_comparison,
+                         args.pg)
             results.append(r)
             print(json.dumps(r), flush=True)
     if args.publish_responses:
-        for old in ([False] if args.only_bulk else [True, False]):
+        for old in ([False] if args.only_bulk or args.pg else [True, False]):  # the old code was SQLite-only
             r = run_case(f"publish {args.publish_responses} scores ({'VALUES per 1000 rows' if old else 'executemany'})",
-                         publish_op(old), args.interval_ms, publish_seed(args.publish_responses))
+                         publish_op(old), args.interval_ms, publish_seed(args.publish_responses), args.pg)
             results.append(r)
             print(json.dumps(r), flush=True)
     load_after = uptime()
