@@ -15,6 +15,7 @@ from app.identity import Identity
 from app.resources import database
 from db.labeling import (
     QueueItem,
+    count_rankable_prompts,
     item_for_comparison,
     load_queue_policy,
     next_pair,
@@ -23,7 +24,6 @@ from db.labeling import (
 )
 from db.ranking_queue import (
     RankingTask,
-    count_rankable_prompts,
     next_ranking,
     ranking_task_for_prompt,
     submit_ranking,

@@ -59,7 +59,7 @@ APP_ORIGIN = "app"  # ``origin`` of labels and rankings made on the Label page
 
 __all__ = [
     "APP_ORIGIN", "CHOICES", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
-    "bucket_sql", "choice_to_outcome", "dataset_is_empty", "in_agreement_share",
+    "bucket_sql", "choice_to_outcome", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
     "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "uncertainty", "undo_last",
 ]
@@ -369,6 +369,12 @@ def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | N
     ]
     med = statistics.median(times) / 1000.0 if times else None
     return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0), int(rtotal or 0))
+
+
+def count_rankable_prompts(session: Session) -> int:
+    """Prompts with at least three responses (the ones ranking mode can show)."""
+    sub = select(Response.prompt_id).group_by(Response.prompt_id).having(func.count() >= 3).subquery()
+    return int(session.scalar(select(func.count()).select_from(sub)) or 0)
 
 
 def dataset_is_empty(session: Session) -> bool:

@@ -19,7 +19,7 @@ from db.models import Prompt, Ranking, Response, Source
 from db.queue_policy import QueuePolicy, load_queue_policy
 from db.store import add_ranking
 
-__all__ = ["RankingTask", "count_rankable_prompts", "next_ranking", "ranking_task_for_prompt", "submit_ranking",
+__all__ = ["RankingTask", "next_ranking", "ranking_task_for_prompt", "submit_ranking",
            "undo_last_ranking"]
 
 
@@ -48,12 +48,6 @@ class RankingTask:
     texts: tuple[str, ...]
     key: str
     shown_at: float
-
-
-def count_rankable_prompts(session: Session) -> int:
-    """Prompts with at least three responses (the ones ranking mode can show)."""
-    sub = select(Response.prompt_id).group_by(Response.prompt_id).having(func.count() >= 3).subquery()
-    return int(session.scalar(select(func.count()).select_from(sub)) or 0)
 
 
 def next_ranking(

@@ -12,6 +12,7 @@ from db.labeling import (
     QueuePolicy,
     annotator_progress,
     choice_to_outcome,
+    count_rankable_prompts,
     in_agreement_share,
     item_for_comparison,
     load_queue_policy,
@@ -22,7 +23,6 @@ from db.labeling import (
     undo_last,
 )
 from db.ranking_queue import (
-    count_rankable_prompts,
     next_ranking,
     ranking_task_for_prompt,
     submit_ranking,
