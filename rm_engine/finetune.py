@@ -19,18 +19,17 @@ Design (issue 6), and why:
   :mod:`rm_engine.ddp`): every rank builds the same global batch plan and takes its shard; losses are
   normalised by the *global* weight sum so N ranks compute the same update as one process on the whole batch.
 
-Padding-free packing is optional (``cfg.packing``, decoders only; :mod:`rm_engine.packing`): each batch becomes
-ONE row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, attention confined to each
-sequence, one dummy tail segment), so every step has the same shape and ``torch.compile`` compiles the backbone
-once (``dynamic=False``) instead of once per padded shape. In one process the batches are random pairs filling
-the row with real tokens (:func:`rm_engine.batching.plan_packed`: on HH-harmless at 32k tokens the padded plan
-leaves 18% of the slots empty, the packed one 5%, nearly all in the epoch's last row); DDP ranks keep the
-padded plan. Same loss, weights,
-on-device accumulation and DDP logic; validation and scoring stay padded. Tested on CPU: packed scores and
-gradients equal padded ones (sdpa; flex_attention forward, eager and compiled in one graph), packed training on
-a given plan reaches the same weights as padded training on it (full, LoRA, checkpointing, compile; two gloo DDP
-ranks). CUDA uses flex_attention (a sparse BlockMask); its speed there, and the issue's 35% MFU target, are NOT
-measured yet. Encoders fall back to padded batches (logged); on CPU packing needs ``batch_tokens <= 4096``
+Padding-free packing is optional (``cfg.packing``, decoders only; :mod:`rm_engine.packing`): each batch becomes ONE
+row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, attention confined to each sequence,
+one dummy tail segment), so every step has the same shape and ``torch.compile`` compiles the backbone once
+(``dynamic=False``) instead of once per padded shape. In one process the batches are random pairs filling the row
+with real tokens (:func:`rm_engine.batching.plan_packed`: on HH-harmless at 32k tokens the padded plan leaves 18%
+of the slots empty, the packed one 5%, nearly all in the epoch's last row); DDP ranks keep the padded plan. Same
+loss, weights, on-device accumulation and DDP logic; validation and scoring stay padded. Tested on CPU: packed
+scores and gradients equal padded ones (sdpa; flex_attention forward, eager and compiled in one graph), packed
+training on a given plan reaches the same weights as padded training on it (full, LoRA, checkpointing, compile; two
+gloo DDP ranks). CUDA uses flex_attention (a sparse BlockMask); its speed there, and the issue's 35% MFU target,
+are NOT measured yet. Encoders fall back to padded batches (logged); on CPU packing needs ``batch_tokens <= 4096``
 (dense mask).
 """
 from __future__ import annotations

@@ -286,6 +286,16 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
         assert secs < 120, f"compile=True packed run took {secs:.0f} s"
 
 
+def test_packed_plans_are_for_one_process() -> None:
+    from rm_engine.finetune import plan_epoch
+
+    cfg = TrainConfig(mode="finetune", batch_tokens=512, max_batch_pairs=6, packing=True)
+    sizes = [100, 300, 200, 50, 400, 90]
+    assert plan_epoch([60] * 6, cfg, 1, packed_sizes=sizes) == plan_packed(sizes, 512, max_items=6, seed=1)
+    with pytest.raises(ValueError, match="one process"):
+        plan_epoch([60] * 6, cfg, 0, world_size=2, packed_sizes=sizes)
+
+
 def test_encoder_with_packing_falls_back_to_padded(tiny_root: Path, settings: Settings,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     _, pad_state, _ = _train(tiny_root, settings, "enc")
