@@ -338,6 +338,10 @@ def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
+        "d_rmstudio_random16")
+
+
 def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any], ids: Any, settings: Any,
                args: argparse.Namespace, which: tuple[str, ...]) -> None:
     """The requested speed variants for one model shape, each guarded."""
@@ -404,8 +408,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--trl-steps", type=int, default=40)
     ap.add_argument("--batch-tokens", type=int, default=32768, help="halved automatically on out-of-memory")
     ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model in row c too")
-    ap.add_argument("--extras", default="c3_rmstudio_packed_compile,c2_rmstudio_compile,d_rmstudio_random16",
-                    help="the 0.5B rows run after the accuracy section (--smoke: d only, compiling is slow on CPU)")
+    ap.add_argument("--first", default="b_trl_no_ckpt,c_rmstudio,c3_rmstudio_packed_compile,a_trl_default",
+                    help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
+                         "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
+    ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
+                    help="the 0.5B rows run after the accuracy section (--smoke: d only)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")
     ap.add_argument("--acc-epochs", type=int, default=2)
@@ -422,11 +429,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
     args = ap.parse_args(argv)
+    unknown = {x.strip() for x in f"{args.first},{args.extras}".split(",") if x.strip()} - set(ROWS)
+    if unknown:
+        ap.error(f"--first/--extras: unknown rows {sorted(unknown)} (known: {', '.join(ROWS)})")
     if args.smoke:
         args.sizes, args.limit = "smoke", args.limit or 48
         args.trl_steps, args.trl_batch, args.batch_tokens, args.max_length = 4, 4, 4096, 256
         args.acc_epochs, args.acc_lr, args.acc_batch, args.acc_batch_tokens = 1, 1e-3, 4, 1024
-        args.extras = "d_rmstudio_random16" if "--extras" not in " ".join(argv or sys.argv) else args.extras
+        given = " ".join(argv or sys.argv)
+        args.extras = "d_rmstudio_random16" if "--extras" not in given else args.extras
+        args.first = "b_trl_no_ckpt,c_rmstudio,a_trl_default" if "--first" not in given else args.first
     try:
         trl_status = ensure_trl(args.wheels)
     except (SystemExit, subprocess.CalledProcessError) as exc:
@@ -463,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "mean_tokens_per_sequence": sum(map(len, ids[0] + ids[1])) / (2 * len(pairs))}
 
         # Most important first: the 0.5B comparison the targets are about, then accuracy, then the extras.
-        first = ("b_trl_no_ckpt", "c_rmstudio", "a_trl_default")
+        first = tuple(x.strip() for x in args.first.split(",") if x.strip())
         extras = tuple(x.strip() for x in args.extras.split(",") if x.strip())
         for shape in shapes[:1]:
             if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
