@@ -73,7 +73,8 @@ class TrainConfig:
         max_batch_pairs: finetune cap on pairs per token-budget batch (0 = the budget alone). Small datasets need
             enough optimizer steps: TRL uses 8 pairs per step; a 16k budget alone packs ~50 short pairs.
         max_length: tokens per (prompt, response) sequence; truncation keeps the response, cuts the prompt left.
-        ensemble: K members (different seeds and bootstrap resamples); scores carry their mean and std.
+        ensemble: K members (different seeds and bootstrap resamples); scores carry the mean and std of the
+            members, each centred first (a member's offset is arbitrary).
         source_weights: per-source loss weight (default expert=1.0, crowd=0.8, ai=0.5).
         sources: train only on these sources (None: all).
         ties: ``"model"`` trains ties through a tie model with a learned tie parameter; ``"exclude"`` drops them.

@@ -7,6 +7,12 @@ At training time the trainer scores every stored response and keeps ``mean``, ``
 * ``sigmoid = 1 / (1 + exp(-(r - mean)))``: under Bradley-Terry, the probability that the response beats a
   typical (mean-scoring) stored response;
 * ``percentile``: the share (0..100) of stored responses scoring below ``r``, interpolated in the quantiles.
+
+An ensemble's raw score is the mean of its members' *centred* scores (:func:`combine_members`): each member's
+offset is arbitrary (Bradley-Terry sees only differences, so nothing pins it), and averaging uncentred members
+would make their std measure offsets instead of disagreement. The centres (each member's mean over the stored
+responses at training time) live with the version, like the statistics above. Scales are kept: a member's score
+differences are its log-odds, which calibration and ``sigmoid`` rely on.
 """
 from __future__ import annotations
 
@@ -31,6 +37,34 @@ def compute_norm_stats(scores: Sequence[float] | np.ndarray) -> dict[str, Any]:
         "quantiles": [float(q) for q in np.quantile(s, np.linspace(0, 1, N_QUANTILES))],
         "n": int(s.size),
     }
+
+
+def member_centers(S: np.ndarray) -> list[float]:
+    """Each member's mean score (column means of an ``(n, K)`` matrix, non-finite values ignored; 0 for none)."""
+    M = np.asarray(S, dtype=np.float64)
+    if M.ndim != 2:
+        raise ValueError(f"member_centers: expected an (n, K) matrix of member scores, got shape {M.shape}")
+    out = []
+    for k in range(M.shape[1]):
+        col = M[:, k][np.isfinite(M[:, k])]
+        out.append(float(col.mean()) if col.size else 0.0)
+    return out
+
+
+def combine_members(S: np.ndarray, centers: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, std)`` per row of an ``(n, K)`` matrix of member scores: the mean and std over members after
+    subtracting each member's centre (K > 1 with ``centers``); one member, or a version saved without centres,
+    gives the plain mean (std 0 for one member)."""
+    M = np.asarray(S, dtype=np.float64)
+    if M.ndim != 2:
+        raise ValueError(f"combine_members: expected an (n, K) matrix of member scores, got shape {M.shape}")
+    k = M.shape[1]
+    if k > 1 and centers is not None:
+        c = np.asarray(centers, dtype=np.float64).reshape(-1)
+        if c.size != k:
+            raise ValueError(f"combine_members: {c.size} member centres for {k} members")
+        M = M - c
+    return M.mean(axis=1), (M.std(axis=1) if k > 1 else np.zeros(M.shape[0]))
 
 
 def zscore(raw: float | np.ndarray, stats: Mapping[str, Any]) -> float | np.ndarray:

@@ -2,9 +2,10 @@
 function, and cached scores of stored responses.
 
 ``RewardModel.load(db, settings, "latest" | id).score(prompt, responses)`` returns one :class:`Score` per
-response: the raw score (ensemble mean), its z-score / sigmoid / percentile against the statistics stored with
-the version (see ``rm_engine/normalize.py``) and the ensemble members' std (0 for a single model). Batches are
-grouped by length (the feature extractor sorts by tokens; fine-tuned models use token-budget batches).
+response: the raw score (for an ensemble, the mean of the members' centred scores), its z-score / sigmoid /
+percentile against the statistics stored with the version (see ``rm_engine/normalize.py``) and the std of the
+centred members (0 for a single model). Batches are grouped by length (the feature extractor sorts by tokens;
+fine-tuned models use token-budget batches).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from db.session import Database
 from db.versions import VersionNotFound, get_version, parse_version_ref, versions_before
 from rm_engine.backbone import BackboneError, History, resolve_backbone
 from rm_engine.config import Cancelled
-from rm_engine.normalize import normalize
+from rm_engine.normalize import combine_members, normalize
 from rm_engine.registry import ModelFilesError, load_head_files, resolve_version_dir, verify_version_dir
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ Progress = Callable[[dict[str, Any]], None] | None
 
 @dataclass(frozen=True)
 class Score:
-    """One response's score: ``raw`` (ensemble mean), ``z``, ``sigmoid``, ``percentile`` (0..100), ``std``."""
+    """One response's score: ``raw`` (ensemble: mean of the centred members), ``z``, ``sigmoid``, ``percentile`` (0..100), ``std``."""
 
     raw: float
     z: float
@@ -91,9 +92,13 @@ class RewardModel:
         with self._lock:
             return np.asarray(self._scorer(rows, cache), dtype=np.float64)
 
+    def combine(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, std)`` per row of :meth:`score_matrix`: the members' mean and std, each member centred by the
+        centre stored with the version (versions saved before centring: the plain mean)."""
+        return combine_members(S, self.file_config.get("member_centers"))
+
     def _scores(self, S: np.ndarray) -> list[Score]:
-        raw = S.mean(axis=1)
-        std = S.std(axis=1) if S.shape[1] > 1 else np.zeros(len(S))
+        raw, std = self.combine(S)
         n = normalize(raw, self.norm_stats)
         return [Score(float(raw[i]), n["z"][i], n["sigmoid"][i], n["percentile"][i], float(std[i])) for i in range(len(raw))]
 
@@ -252,7 +257,7 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
             break
         after = batch[-1][0]
         S = model.score_matrix([(p, h, t) for _, p, h, t in batch], cache=True)
-        raw, std = S.mean(axis=1), S.std(axis=1)
+        raw, std = model.combine(S)
         rows = {rid: (float(raw[i]), float(std[i])) for i, (rid, _, _, _) in enumerate(batch)}
         written += db.run_write(lambda s, rows=rows: store_response_scores(s, model.version_id, rows))
         done += len(batch)
@@ -307,7 +312,7 @@ def evaluate_records(model: RewardModel, records: Sequence[Any]) -> dict[str, An
                         ties.append((idx[i], idx[j]))
         else:
             unlabeled += 1
-    raw = model.score_matrix(rows).mean(axis=1) if rows else np.zeros(0)
+    raw = model.combine(model.score_matrix(rows))[0] if rows else np.zeros(0)
     rc = [raw[c] for c, _, _ in decided]
     rr = [raw[r] for _, r, _ in decided]
     out = M.split_metrics(rc, rr, sources=[src for _, _, src in decided], with_distributions=False)

@@ -33,7 +33,7 @@ from db.versions import insert_version, store_response_scores
 from rm_engine import metrics as M
 from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.normalize import compute_norm_stats
+from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
 
 __all__ = ["Cancelled", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
 
@@ -107,6 +107,12 @@ class Fitted:
     device: str = "cpu"
 
 
+def _ensemble_scores(ids: Sequence[int], S: np.ndarray, centers: Sequence[float] | None) -> dict[int, tuple[float, float]]:
+    """response id -> (raw, std) of the members' centred scores (``rm_engine.normalize.combine_members``)."""
+    raw, std = combine_members(S, centers)
+    return {rid: (float(raw[i]), float(std[i])) for i, rid in enumerate(ids)}
+
+
 def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tuple[str, Any, str]]]:
     """Unique responses of the pairs: ids and (prompt, history, text) rows."""
     ids: list[int] = []
@@ -160,7 +166,8 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None,
                       progress=progress, should_stop=should_stop)
     S = res.head.score(X)
-    scores = {rid: (float(S[i].mean()), float(S[i].std())) for i, rid in enumerate(ids)}
+    centers = member_centers(S) if S.shape[1] > 1 else None
+    scores = _ensemble_scores(ids, S, centers)
     tie_param = None if res.tie_param is None else [float(t) for t in res.tie_param]
     file_config = {
         "kind": "head",
@@ -174,6 +181,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         "tie_model": spec.tie_model,
         "tie_param": tie_param,
         "train_config": cfg.to_dict(),
+        "member_centers": centers,
     }
     tensors = dict(res.head.state_dict())
 
@@ -223,9 +231,11 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
         raise Cancelled("cancelled before scoring")
     S = np.stack([m.score([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]) for m in models], axis=1) \
         if rows else np.zeros((0, len(models)))
-    scores = {rid: (float(S[i].mean()), float(S[i].std())) for i, rid in enumerate(ids)}
+    centers = member_centers(S) if S.shape[1] > 1 else None
+    scores = _ensemble_scores(ids, S, centers)
     meta = models[0].meta
-    file_config = {"kind": "finetune", "members": len(models), "backbone": ref.to_dict(), "max_length": cfg.max_length,
+    file_config = {"kind": "finetune", "members": len(models), "member_centers": centers, "backbone": ref.to_dict(),
+                   "max_length": cfg.max_length,
                    "truncation": TRUNCATION_POLICY, "train_config": cfg.to_dict(),
                    "tie_model": getattr(meta, "tie_model", None), "tie_param": getattr(meta, "tie_param", None)}
 

@@ -151,3 +151,21 @@ def test_finetune_version_round_trip(sqlite_db: Database, engine_settings, tiny_
     assert v.mode == "finetune" and (Path(engine_settings.home) / v.path / "member-0").is_dir()
     got = _reloaded_scores_match_cache(sqlite_db, RewardModel.load(sqlite_db, engine_settings, v.id), v.id)
     assert len({round(g.raw, 6) for g in got}) > 1  # not one constant score
+
+
+def test_finetune_ensemble_centres_its_members(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:
+    """A fine-tuned ensemble stores its members' centres; loading it reproduces the cached (centred) scores."""
+    import json
+
+    seed_labels(sqlite_db, 12)
+    cfg = tiny_config(tiny_encoder, mode="finetune", ensemble=2, epochs=1, lr=1e-3, batch_tokens=1024)
+    v = train_and_publish(sqlite_db, engine_settings, cfg)
+    assert v is not None and v.ensemble_size == 2
+    fcfg = json.loads((Path(engine_settings.home) / v.path / "config.json").read_text())
+    assert fcfg["members"] == 2 and len(fcfg["member_centers"]) == 2
+    model = RewardModel.load(sqlite_db, engine_settings, v.id)
+    got = _reloaded_scores_match_cache(sqlite_db, model, v.id)
+    assert np.mean([g.raw for g in got]) == pytest.approx(0.0, abs=1e-4)  # centred members average to 0
+    with sqlite_db.read() as s:
+        S = model.score_matrix([(p, h, t) for _, p, h, t in responses_for_scoring(s)])
+    np.testing.assert_allclose(S.mean(axis=0), fcfg["member_centers"], atol=1e-4)

@@ -44,6 +44,13 @@ def test_trained_head_separates_chosen_from_rejected(sqlite_db: Database, engine
     assert "overfitting" in m and m["ensemble_std_mean"] > 0
     ns = v.norm_stats
     assert ns["n"] > 0 and ns["std"] > 0 and len(ns["quantiles"]) == 101
+    # each member is centred on the stored responses before the mean: the ensemble's mean over them is 0, and
+    # the centres (arbitrary offsets Bradley-Terry never pins) are saved with the version
+    assert ns["mean"] == pytest.approx(0.0, abs=1e-6)
+    import json
+
+    centers = json.loads((Path(engine_settings.home) / v.path / "config.json").read_text())["member_centers"]
+    assert len(centers) == 2 and centers[0] != centers[1]
     assert {e["phase"] for e in events} >= {"load", "features", "train", "evaluate", "publish"}
     assert all(set(e) >= {"step", "total", "loss", "val_accuracy", "eta_s", "phase"} for e in events)
     assert any(e["eta_s"] is not None for e in events if e["phase"] == "train")
