@@ -220,6 +220,14 @@ def _split_messages(prompt: Any, completion: Any) -> tuple[str, list[dict[str, s
     return str(prompt), [], response
 
 
+def completion_rows(prompts: Sequence[Any], completions: Sequence[Any]) -> list[tuple[str, History, str]]:
+    """(prompt, history, response) rows of an RL trainer's batch (strings or chat-message lists, as TRL's GRPO
+    passes them). Raises ``ValueError`` when the two lists differ in length."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"reward function: {len(prompts)} prompts for {len(completions)} completions")
+    return [(p, h or None, r) for p, h, r in (_split_messages(p, c) for p, c in zip(prompts, completions))]
+
+
 def reward_function(model: RewardModel, *, kind: str = "raw") -> Callable[..., list[float]]:
     """A reward function as TRL's GRPO ``reward_funcs`` expects: ``f(prompts, completions, **kwargs) -> list[float]``;
     prompts and completions are strings or chat-message lists. ``kind``: ``"raw"``, ``"z"`` or ``"sigmoid"``."""
@@ -227,11 +235,7 @@ def reward_function(model: RewardModel, *, kind: str = "raw") -> Callable[..., l
         raise ValueError(f"reward kind must be raw, z or sigmoid, got {kind!r}")
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"reward function: {len(prompts)} prompts for {len(completions)} completions")
-        rows = [_split_messages(p, c) for p, c in zip(prompts, completions)]
-        scores = model.score_rows([(p, h or None, r) for p, h, r in rows])
-        return [float(getattr(s, kind)) for s in scores]
+        return [float(getattr(s, kind)) for s in model.score_rows(completion_rows(prompts, completions))]
 
     reward.__name__ = f"rmstudio_v{model.version_id}_{kind}"
     return reward
@@ -325,4 +329,4 @@ def evaluate_records(model: RewardModel, records: Sequence[Any]) -> dict[str, An
     return out
 
 
-__all__ = ["Score", "evaluate_records", "RewardModel", "load_usable", "reward_function", "rescore_stored", "ModelFilesError", "VersionNotFound"]
+__all__ = ["Score", "completion_rows", "evaluate_records", "RewardModel", "load_usable", "reward_function", "rescore_stored", "ModelFilesError", "VersionNotFound"]

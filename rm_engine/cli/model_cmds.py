@@ -64,7 +64,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score responses to a prompt")
-    p.add_argument("--model", default="latest", help="latest (default) or a version id")
+    p.add_argument("--model", action="append", default=None,
+                   help="latest (default) or a version id; repeat to score with several versions as one ensemble")
+    p.add_argument("--combine", choices=("mean", "min", "uwo"), default="mean",
+                   help="several --model: mean z (default), min z (worst case) or uwo (mean z - penalty x std)")
+    p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
     p.add_argument("--prompt", help="the prompt")
     p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
     p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
@@ -263,8 +267,13 @@ def _score_inputs(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Print raw, z, sigmoid, percentile and ensemble std per response."""
+    """Print raw, z, sigmoid, percentile and ensemble std per response (several ``--model``: the combined
+    reward of their z-scores, see ``rm_engine.version_ensemble``)."""
     rows = _score_inputs(args)
+    refs = args.model or ["latest"]
+    if len(refs) > 1:
+        return _score_versions(args, refs, rows)
+    args.model = refs[0]
     db = open_db()
     try:
         model = _load_model(db, args.model)
@@ -320,4 +329,29 @@ def cmd_models(args: argparse.Namespace) -> int:
         m = r["metrics"]
         print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
               f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}")
+    return 0
+
+
+def _score_versions(args: argparse.Namespace, refs: list[str], rows: list[tuple[str, Any, str]]) -> int:
+    from db.versions import VersionNotFound, parse_version_ref
+    from rm_engine.registry import ModelFilesError
+    from rm_engine.version_ensemble import VersionEnsemble
+
+    db = open_db()
+    try:
+        ens = VersionEnsemble.load(db, settings(), [parse_version_ref(r) for r in refs], how=args.combine,
+                                   penalty=args.penalty)
+        scores = ens.score_rows(rows)
+    except (VersionNotFound, ModelFilesError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        db.dispose()
+    out = [{"prompt": p, "response": r, **s.to_dict()} for (p, _, r), s in zip(rows, scores)]
+    if args.json:
+        print_json({"model_versions": ens.version_ids, "combine": args.combine, "penalty": args.penalty, "scores": out})
+        return 0
+    print(f"versions {', '.join(map(str, ens.version_ids))}, combined by {args.combine} of their z-scores")
+    for o, s in zip(out, scores):
+        zs = " ".join(f"v{k} {v:+.2f}" for k, v in s.z.items())
+        print(f"{o['reward']:+.3f}  std {o['std']:.3f}  ({zs})  {o['response'].replace(chr(10), ' ')[:60]}")
     return 0
