@@ -1,5 +1,5 @@
 """Inspect (researchers): score a prompt and any number of responses with a model version (raw, z, sigmoid,
-percentile, ensemble std), compare two versions on the same inputs, and browse the stored pairs where the model
+percentile, ensemble std), compare two versions on the same inputs (and see them as one reward), and browse the stored pairs where the model
 most disagrees with the human label."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from app.render import escape_md, safe_markdown
 from app.resources import database, empty_state_hint, settings
 from db import analytics, versions
 from rm_engine.scoring import RewardModel, load_usable
+from rm_engine.version_ensemble import VersionEnsemble
 
 require_researcher()
 st.title("Inspect")
@@ -84,6 +85,28 @@ def score_panel() -> None:
                     std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
                     st.caption(f"#{row.rank}: raw {row.raw:.3f}, z {row.z:.2f}, sigmoid {row.sigmoid:.2f}{std}")
                     safe_markdown(row.response)
+    if vb is not None:
+        combined_panel([va, vb], prompt, texts)
+
+
+def combined_panel(vids: list[int], prompt: str, texts: list[str]) -> None:
+    """Two versions as one reward: their z-scores combined three ways (rm_engine.version_ensemble)."""
+    st.subheader(f"Versions {vids[0]} and {vids[1]} as one reward")
+    st.caption("Raw scores of two versions are on unrelated scales, so they are combined through their z-scores. "
+               "`min` and `mean - std` lower the reward where the versions disagree, where a policy could exploit "
+               "one model's mistakes.")
+    try:
+        scores = {how: VersionEnsemble([load_model(v, db.url) for v in vids], how=how).score(prompt, texts)
+                  for how in ("mean", "min", "uwo")}
+    except Exception as exc:  # noqa: BLE001  (e.g. both fell back to the same older version)
+        st.error(f"Cannot combine versions {vids[0]} and {vids[1]}: {exc}")
+        return
+    df = pd.DataFrame({"response": texts, "mean z": [s.reward for s in scores["mean"]],
+                       "min z": [s.reward for s in scores["min"]], "mean - std": [s.reward for s in scores["uwo"]],
+                       "std": [s.std for s in scores["mean"]]} |
+                      {f"z v{v}": [s.z[v] for s in scores["mean"]] for v in vids})
+    st.dataframe(df.sort_values("mean z", ascending=False, kind="stable"), hide_index=True, key="scores_combined",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if c != "response"})
 
 
 def disagreement_panel() -> None:

@@ -100,9 +100,18 @@ def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sq
     at.selectbox(key="inspect_compare").set_value(version)
     at = _score(at, "Name a colour", ["Red.", "no."])
     assert not at.exception
-    assert [h.value for h in at.subheader] == [f"Version {second}", f"Version {version}"]
+    assert [h.value for h in at.subheader] == [f"Version {second}", f"Version {version}",
+                                               f"Versions {second} and {version} as one reward"]
     a, b = _score_tables(at)
     assert len(a) == len(b) == 2 and not a["raw"].equals(b["raw"])  # different seeds, different scores
+    both = next(d.value for d in at.dataframe if "mean z" in d.value.columns).set_index("response")
+    za, zb = a.set_index("response")["z"], b.set_index("response")["z"]
+    for text in ("Red.", "no."):
+        row = both.loc[text]
+        assert row[f"z v{second}"] == pytest.approx(za[text]) and row[f"z v{version}"] == pytest.approx(zb[text])
+        assert row["mean z"] == pytest.approx((za[text] + zb[text]) / 2)
+        assert row["min z"] == pytest.approx(min(za[text], zb[text]))
+        assert row["mean - std"] == pytest.approx(row["mean z"] - abs(za[text] - zb[text]) / 2)
     # The newer version's files disappear: a fresh server falls back to the older version and says so.
     with sqlite_db.read() as s:
         from db.versions import get_version
