@@ -147,6 +147,45 @@ def plan_packed(
     return batches
 
 
+class RowBatch(list):
+    """A global batch already split into one packed row per rank: the list holds every index of the step (the
+    global weight sum and pair count use it); ``rows[r]`` is rank ``r``'s part (see :func:`shard`)."""
+
+    def __init__(self, rows: Sequence[Sequence[int]]) -> None:
+        super().__init__(i for row in rows for i in row)
+        self.rows = [list(row) for row in rows]
+
+
+def plan_packed_ranks(
+    sizes: Sequence[int], budget: int, world_size: int, *, max_items: int | None = None, seed: int | None = 0
+) -> list[RowBatch]:
+    """Global steps for packed training on ``world_size`` ranks: the rows of :func:`plan_packed`, dealt out
+    ``world_size`` per step, each rank filling its own row with real tokens.
+
+    Every rank needs a pair every step, so the epoch's last, incomplete group of rows is dealt out again over all
+    ranks, longest item first to the lightest row (or, with fewer items than ranks, added to the step before).
+    Those last rows can pass ``budget`` or ``max_items``; a row over the budget gets its own length
+    (:func:`rm_engine.packing.packed_length`). Deterministic for a seed; every index once.
+    """
+    if world_size < 1:
+        raise ValueError(f"plan_packed_ranks: world_size must be >= 1, got {world_size}")
+    if len(sizes) < world_size:
+        raise ValueError(f"plan_packed_ranks: {len(sizes)} pairs cannot give each of {world_size} ranks one")
+    rows = plan_packed(sizes, budget, max_items=max_items, seed=seed)
+    groups = [rows[k : k + world_size] for k in range(0, len(rows), world_size)]
+    if groups and len(groups[-1]) < world_size:
+        items = sorted((i for row in groups.pop() for i in row), key=lambda i: (-int(sizes[i]), i))
+        if len(items) >= world_size or not groups:
+            groups.append([[] for _ in range(world_size)])
+        target = groups[-1]
+        load = [sum(max(1, int(sizes[i])) for i in row) for row in target]
+        for i in items:
+            r = min(range(world_size), key=lambda k: (load[k], k))
+            target[r].append(i)
+            load[r] += max(1, int(sizes[i]))
+    return [RowBatch(g) for g in groups]
+
+
 def padded_tokens(batch: Sequence[int], lengths: Sequence[int], rows_per_item: int = 2) -> int:
     """Tokens a batch costs once padded to its longest item (``rows x longest``)."""
     if not batch:
@@ -166,7 +205,11 @@ def padding_ratio(batches: Sequence[Sequence[int]], lengths: Sequence[int], rows
 
 def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     """The part of a global batch that rank ``rank`` of ``world_size`` processes (interleaved, so ranks get
-    similar lengths); the shards partition the batch."""
+    similar lengths; a :class:`RowBatch` gives each rank its own row); the shards partition the batch."""
     if not 0 <= rank < world_size:
         raise ValueError(f"shard: rank {rank} outside world of {world_size}")
+    if isinstance(batch, RowBatch):
+        if len(batch.rows) != world_size:
+            raise ValueError(f"shard: a step of {len(batch.rows)} packed rows for a world of {world_size}")
+        return list(batch.rows[rank])
     return list(batch[rank::world_size])

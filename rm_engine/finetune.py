@@ -24,7 +24,7 @@ row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, a
 one dummy tail segment), so every step has the same shape and ``torch.compile`` compiles the backbone once
 (``dynamic=False``) instead of once per padded shape. In one process the batches are random pairs filling the row
 with real tokens (:func:`rm_engine.batching.plan_packed`: on HH-harmless at 32k tokens the padded plan leaves 18%
-of the slots empty, the packed one 5%, nearly all in the epoch's last row); DDP ranks keep the padded plan. Same
+of the slots empty, the packed one 5%, nearly all in the epoch's last row); DDP ranks fill one such row each. Same
 loss, weights, on-device accumulation and DDP logic; validation and scoring stay padded. Tested on CPU: packed
 scores and gradients equal padded ones (sdpa; flex_attention forward, eager and compiled in one graph), packed
 training on a given plan reaches the same weights as padded training on it (full, LoRA, checkpointing, compile; two
@@ -49,7 +49,7 @@ from db.config import Settings
 from db.pairs import TrainingPair
 from rm_engine import ddp
 from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
-from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, shard
+from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling, collate,
                                       load_backbone_model, resolve_device)
@@ -105,14 +105,16 @@ def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size:
     With ``cfg.batch_tokens > 0``: token-budget batches of similar length, ``batch_tokens`` padded tokens per
     device (``x world_size`` per global batch), at most ``cfg.max_batch_pairs`` pairs per device (0: no cap). With
     ``batch_tokens == 0``: random batches of ``batch_size`` pairs per device. With ``packed_sizes`` (each pair's
-    chosen + rejected tokens; packed training in one process): random batches filling ``batch_tokens`` real
-    tokens (:func:`rm_engine.batching.plan_packed`), since a packed row costs its full length anyway.
+    chosen + rejected tokens; packed training): random batches filling ``batch_tokens`` real tokens
+    (:func:`rm_engine.batching.plan_packed`), since a packed row costs its full length anyway; with several ranks,
+    one such row per rank per step (:func:`rm_engine.batching.plan_packed_ranks`).
     """
     seed = cfg.seed * 1000 + epoch
     if packed_sizes is not None and cfg.batch_tokens > 0:
+        cap = cfg.max_batch_pairs or None
         if world_size != 1:
-            raise ValueError("plan_epoch: real-token (packed) plans are for one process; DDP ranks shard padded plans")
-        return plan_packed(packed_sizes, cfg.batch_tokens, max_items=cfg.max_batch_pairs or None, seed=seed)
+            return list(plan_packed_ranks(packed_sizes, cfg.batch_tokens, world_size, max_items=cap, seed=seed))
+        return plan_packed(packed_sizes, cfg.batch_tokens, max_items=cap, seed=seed)
     if cfg.batch_tokens <= 0:
         rng = np.random.default_rng(seed)
         order = [int(i) for i in rng.permutation(len(lengths))]
@@ -290,9 +292,8 @@ def train_finetune(
     if tie_param is not None:
         groups.append({"params": [tie_param], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda)
-    # One packed process fills each row with real tokens; DDP ranks keep the padded plan, whose interleaved
-    # shards split a global batch evenly enough to fit each rank's row.
-    sizes = tr.sizes if packer is not None and world == 1 else None
+    # Packed rows are filled with real tokens, one row per rank per step.
+    sizes = tr.sizes if packer is not None else None
     plans = [plan_epoch(tr.lengths, cfg, e, world, packed_sizes=sizes) for e in range(cfg.epochs)]
     total = sum(len(p) for p in plans)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)))

@@ -1,5 +1,6 @@
 """Data-parallel fine-tuning: two CPU processes (gloo) reach the same weights as one process on the same
-global batches (padded encoder; packed decoder ranks against a padded single process)."""
+global batches (padded encoder; packed decoder ranks, one real-token row each, against a padded single process
+replaying their steps)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from db.config import Settings
 from rm_engine.backbone import build_inputs, load_tokenizer, resolve_backbone
 from rm_engine.config import TrainConfig
 from rm_engine.ddp import train_finetune_ddp
+import rm_engine.finetune as ft
 from rm_engine.finetune import plan_epoch, train_finetune
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.mark.parametrize("kind", ["enc", "dec-packed"])
-def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path) -> None:
+def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     decoder = kind == "dec-packed"
     (build_tiny_decoder if decoder else build_tiny_encoder)(tmp_path / kind, seed=7)
@@ -30,14 +32,20 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path)
                 center_coef=0.01, margin_from_strength=0.0)
     per_device = TrainConfig(**base, batch_tokens=400, packing=decoder)  # packed ranks vs a padded process
     single = TrainConfig(**base, batch_tokens=800)
-    # the same global batches: one process with twice the per-device budget sees what two ranks see together
     tok = load_tokenizer(resolve_backbone(single.backbone, settings), decoder=decoder)
     lengths = [max(len(build_inputs(tok, p.prompt, p.history, s, 48, decoder=decoder)) for s in (p.chosen, p.rejected))
                for p in pairs[:32]]
-    for e in range(2):
-        plan = plan_epoch(lengths, single, e, world_size=1)
-        assert plan == plan_epoch(lengths, per_device, e, world_size=2)
-        assert len(plan) >= 4 and all(len(b) >= 2 for b in plan)
+    if decoder:  # the ranks fill their rows with random pairs; the single process replays those global steps
+        sizes = [sum(len(build_inputs(tok, p.prompt, p.history, s, 48, decoder=True)) for s in (p.chosen, p.rejected))
+                 for p in pairs[:32]]
+        plans = [plan_epoch(lengths, per_device, e, world_size=2, packed_sizes=sizes) for e in range(2)]
+        assert all(len(plan) >= 3 and all(len(step.rows) == 2 for step in plan) for plan in plans)
+        monkeypatch.setattr(ft, "plan_epoch", lambda lengths, cfg, epoch, world_size=1, **kw: [list(b) for b in plans[epoch]])
+    else:  # padded: one process with twice the per-device budget plans what two ranks do together
+        for e in range(2):
+            plan = plan_epoch(lengths, single, e, world_size=1)
+            assert plan == plan_epoch(lengths, per_device, e, world_size=2)
+            assert len(plan) >= 4 and all(len(b) >= 2 for b in plan)
     weights = [1.0 + (i % 4) * 0.25 for i in range(32)]
 
     one = train_finetune(single, pairs[:32], pairs[32:], weights=weights, device="cpu", settings=settings)
@@ -55,8 +63,9 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path)
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
         assert h2["tie_param"] == pytest.approx(h1["tie_param"], rel=1e-4, abs=1e-6)
         assert h2["pairs"] == h1["pairs"] == 32
+        assert h2["tokens"] == h1["tokens"]
         if decoder:  # each rank ran one packed row of >= its 400-token budget per step
-            assert h2["padded_tokens"] >= 800 * h2["steps"] > h1["padded_tokens"]
+            assert h2["padded_tokens"] >= 800 * h2["steps"] and h2["steps"] == h1["steps"]
     assert one.history[0]["tie_param"] != one.history[1]["tie_param"]
     val = pairs[32:]
     s1 = one.model.score([p.prompt for p in val], None, [p.chosen for p in val])

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rm_engine.batching import BatchPlanConfig, padded_tokens, padding_ratio, plan_batches, plan_packed, shard
+from rm_engine.batching import (BatchPlanConfig, RowBatch, padded_tokens, padding_ratio, plan_batches, plan_packed,
+                                plan_packed_ranks, shard)
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -133,3 +134,44 @@ def test_packed_plan_refuses_bad_arguments() -> None:
         plan_packed([3, 4], 0)
     with pytest.raises(ValueError, match="max_items"):
         plan_packed([3, 4], 10, max_items=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 900), min_size=4, max_size=300),
+    budget=st.integers(64, 8192),
+    world=st.integers(1, 4),
+    max_items=st.one_of(st.none(), st.integers(1, 64)),
+    seed=st.integers(0, 10),
+)
+def test_packed_rank_plan_gives_every_rank_a_row_every_step(sizes, budget, world, max_items, seed) -> None:
+    plan = plan_packed_ranks(sizes, budget, world, max_items=max_items, seed=seed)
+    assert plan == plan_packed_ranks(sizes, budget, world, max_items=max_items, seed=seed)
+    assert sorted(i for step in plan for i in step) == list(range(len(sizes)))
+    rows = plan_packed(sizes, budget, max_items=max_items, seed=seed)
+    # every step but the last (which may be rebalanced) is a group of `world` rows of the one-process plan
+    assert [r for step in plan[:-1] for r in step.rows] == rows[: (len(plan) - 1) * world]
+    full, extra = divmod(len(rows), world)
+    tail_items = sum(len(r) for r in rows[full * world :])
+    assert len(plan) == full + (1 if extra and (tail_items >= world or full == 0) else 0)
+    for step in plan:
+        assert isinstance(step, RowBatch) and len(step.rows) == world and all(step.rows)
+        assert sorted(step) == sorted(i for r in range(world) for i in shard(step, r, world))
+
+
+def test_packed_rank_plan_rebalances_the_last_step() -> None:
+    # 5 rows of one 100-token pair each, 2 ranks, budget 100: steps (r0, r1), (r2, r3), then the odd row r4 joins
+    # the step before it (one item, two ranks), on its lightest row
+    plan = plan_packed_ranks([100] * 5, 100, 2, seed=0)
+    assert [len(step.rows) for step in plan] == [2, 2] and sorted(len(r) for r in plan[-1].rows) == [1, 2]
+    # 3 rows of 3 items for 2 ranks: the last row's items are dealt out over both ranks
+    plan = plan_packed_ranks([30] * 9, 90, 2, seed=0)
+    assert len(plan) == 2 and sorted(sum(30 for _ in r) for r in plan[-1].rows) == [30, 60]
+    # all pairs fit one row, 2 ranks: longest first, each to the lightest row (50 | 40 + 10)
+    sizes = [10, 50, 40]
+    plan = plan_packed_ranks(sizes, 100, 2, seed=0)
+    assert len(plan) == 1 and plan[0].rows == [[1], [2, 0]]
+    with pytest.raises(ValueError, match="3 pairs cannot give each of 4 ranks one"):
+        plan_packed_ranks([1, 2, 3], 10, 4)
+    with pytest.raises(ValueError, match="2 packed rows for a world of 3"):
+        shard(plan[0], 0, 3)

@@ -1,7 +1,6 @@
 """Ensemble heads on features: learning, ensembles, ties, early stopping, speed, round trip."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -108,10 +107,8 @@ def test_cancel_between_epochs() -> None:
         train_heads(X, tr, HeadTrainSpec(epochs=100), should_stop=stop)
 
 
-def test_ten_thousand_cached_pairs_retrain_in_seconds() -> None:
+def test_ten_thousand_cached_pairs_retrain_to_accuracy() -> None:
+    """The 10k-pair retrain of the issue; its time is measured by ``bench/cpu.py`` (BENCHMARKS.md), not here."""
     X, tr, va = synthetic(10_000, dim=384)
-    t0 = time.perf_counter()
     res = train_heads(X, tr, HeadTrainSpec(epochs=150, weight_decay=1e-3), val=va)
-    elapsed = time.perf_counter() - t0
     assert val_acc(res.head, X, va) > 0.9
-    assert elapsed < 30, f"10k pairs took {elapsed:.1f} s"

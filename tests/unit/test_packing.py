@@ -269,7 +269,7 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
     torch._dynamo.reset()  # other tests compiled the same functions: count this run's graphs only
     counters.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        pk, pk_state, secs = _train(tiny_root, settings, "dec", packing=True, **extra)
+        pk, pk_state, _ = _train(tiny_root, settings, "dec", packing=True, **extra)
     assert not counters["graph_break"], dict(counters["graph_break"])  # one graph for the whole backbone
     monkeypatch.setattr(ft, "plan_epoch", lambda lengths, cfg, epoch, world_size=1, **kw: plans[epoch])
     pad, pad_state, _ = _train(tiny_root, settings, "dec", **{k: v for k, v in extra.items() if k != "compile"})
@@ -282,18 +282,17 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
     assert pk.history[-1]["tie_param"] == pytest.approx(pad.history[-1]["tie_param"], abs=1e-5)
     # training switched the attention for itself only: the saved model and scoring use the model's own
     assert attn_implementation(pk.model.model) == attn_implementation(pad.model.model)
-    if extra.get("compile"):
-        assert secs < 120, f"compile=True packed run took {secs:.0f} s"
 
 
-def test_packed_plans_are_for_one_process() -> None:
+def test_packed_plans_fill_one_row_per_rank() -> None:
+    from rm_engine.batching import plan_packed_ranks
     from rm_engine.finetune import plan_epoch
 
     cfg = TrainConfig(mode="finetune", batch_tokens=512, max_batch_pairs=6, packing=True)
     sizes = [100, 300, 200, 50, 400, 90]
     assert plan_epoch([60] * 6, cfg, 1, packed_sizes=sizes) == plan_packed(sizes, 512, max_items=6, seed=1)
-    with pytest.raises(ValueError, match="one process"):
-        plan_epoch([60] * 6, cfg, 0, world_size=2, packed_sizes=sizes)
+    two = plan_epoch([60] * 6, cfg, 0, world_size=2, packed_sizes=sizes)
+    assert [s.rows for s in two] == [s.rows for s in plan_packed_ranks(sizes, 512, 2, max_items=6, seed=0)]
 
 
 def test_encoder_with_packing_falls_back_to_padded(tiny_root: Path, settings: Settings,
