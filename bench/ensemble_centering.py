@@ -4,9 +4,11 @@ cache; nothing is recomputed):
     python bench/ensemble_centering.py --home /tmp/rmstudio-bench [--members 5] [--seeds 0,1,2]
 
 For each seed: the engine's split (20% of prompts held out), a K-member head ensemble (own seeds, bootstrap
-resamples), scored on every stored response. Printed per seed and on average: held-out accuracy of the plain
-member mean and of the centred mean (``rm_engine.normalize.combine_members``), the mean ensemble std of each, and
-how far apart the members' centres are compared with a member's own spread of scores.
+resamples), scored on every stored response. Printed per seed and on average: held-out accuracy (the same for
+both combinations: centring shifts the member mean by one constant), the mean per-response ensemble std of the plain
+member mean and of the centred one (``rm_engine.normalize.combine_members``), how far apart the members' centres
+are compared with a member's own spread of scores, and how much the std varies from response to response
+(a std that is the same for every response tells nothing about any of them).
 """
 from __future__ import annotations
 
@@ -58,10 +60,14 @@ def main() -> None:
         centers = member_centers(S)
         row = {"seed": seed, "members": a.members, "held_out_pairs": len(ho),
                "center_spread": float(np.std(centers)), "member_score_std": float(np.mean(S.std(axis=0)))}
+        accs = []
         for name, c in (("plain", None), ("centred", centers)):
             raw, std = combine_members(S, c)
-            row[f"{name}_accuracy"] = float(np.mean(raw[ho.ci] > raw[ho.ri]))
+            accs.append(float(np.mean(raw[ho.ci] > raw[ho.ri])))
             row[f"{name}_std_mean"] = float(std.mean())
+            row[f"{name}_std_cv"] = float(std.std() / std.mean())  # relative variation over responses
+        assert accs[0] == accs[1], accs
+        row["held_out_accuracy"] = accs[0]
         out.append(row)
         print(json.dumps(row), flush=True)
     keys = [k for k in out[0] if k not in ("seed", "members", "held_out_pairs")]

@@ -89,7 +89,8 @@ def _ensemble(args: argparse.Namespace, cfg: object, settings: object, train: li
            "epochs": args.epochs, "train_pairs": len(train), "held_out_pairs": len(held),
            "seconds": round(time.perf_counter() - t0, 1),
            "member_val_accuracy": [h[-1].get("val_accuracy") for h in fitted.info["history"]],
-           "ensemble_val_accuracy": acc}
+           "ensemble_val_accuracy": acc, "member_centers": fitted.info["member_centers"],
+           "ensemble_std_mean": sum(v[1] for v in fitted.scores.values()) / len(fitted.scores)}
     print(json.dumps(out))
     return out
 

@@ -190,7 +190,8 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
 
     info = {"early_stopping": es, "n_fit_pairs": len(fit_train), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
             "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
-            "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids)}
+            "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids),
+            "member_centers": centers}
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
 
 
@@ -254,7 +255,8 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
 
     last = histories[0][-1] if histories and histories[0] else {}
     info = {"history": histories, "pairs_per_s": last.get("pairs_per_s"), "tokens_per_s": last.get("tokens_per_s"),
-            "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"]}
+            "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"],
+            "member_centers": centers}
     info["gpus"] = cfg.gpus
     return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info,
                   device=device_label(device, cfg.gpus))
