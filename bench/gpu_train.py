@@ -84,8 +84,7 @@ def device_info() -> dict[str, Any]:
 
 def load_data(args: argparse.Namespace) -> list[Any]:
     """HH pairs as ``TrainingPair``s (synthetic text when the data folder is absent and ``--smoke``)."""
-    from db.pairs import TrainingPair
-    from hh_data import DEFAULT, load_hh
+    from hh_data import DEFAULT, as_training_pairs, load_hh
 
     path = Path(args.data) if args.data else DEFAULT
     if path.is_file():
@@ -99,9 +98,7 @@ def load_data(args: argparse.Namespace) -> list[Any]:
         hh = [HHPair(txt(rng.randint(5, 60)), (), txt(rng.randint(3, 40)), txt(rng.randint(3, 40))) for _ in range(args.limit or 64)]
     else:
         raise SystemExit(f"data file {path} is absent (it lies beside the checkout as ../shared/data)")
-    return [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
-                         rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
-            for i, p in enumerate(hh)]
+    return as_training_pairs(hh)
 
 
 def split_by_prompt(pairs: list[Any], frac: float, seed: int) -> tuple[list[Any], list[Any]]:

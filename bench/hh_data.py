@@ -51,3 +51,30 @@ def load_hh(path: Path = DEFAULT, limit: int | None = None) -> list[HHPair]:
             if limit and len(out) >= limit:
                 break
     return out
+
+
+def as_training_pairs(hh: list[HHPair]) -> list:
+    """The pairs as the engine's ``TrainingPair``s: prompt ids 0..n-1, response ids ``2i`` (chosen) and ``2i + 1``
+    (rejected), crowd labels by one annotator ``hh``."""
+    from db.pairs import TrainingPair
+
+    return [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
+                         rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
+            for i, p in enumerate(hh)]
+
+
+def cached_features(home: str, recipes: tuple[str, ...] = ("rich",)) -> tuple[list, dict]:
+    """The HH pairs (as :func:`as_training_pairs`) and their head-mode features per recipe, rows indexed by response
+    id, read from the feature cache under ``home`` (``bench/hh_features.py`` fills it; missing texts are computed)."""
+    import torch
+
+    from db.config import Settings
+    from rm_engine.backbone import resolve_backbone
+    from rm_engine.features import FeatureExtractor
+
+    torch.set_num_threads(1)
+    s = Settings.from_env({"RMSTUDIO_HOME": home})
+    hh = load_hh()
+    rows = [(p.prompt, p.history, t) for p in hh for t in (p.chosen, p.rejected)]
+    fx = FeatureExtractor(s, resolve_backbone("minilm", s), max_length=256)
+    return as_training_pairs(hh), {r: fx.features_for(rows, r) for r in recipes}

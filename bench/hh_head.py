@@ -19,13 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     """Train heads on cached HH features and print validation accuracies."""
     import numpy as np
-    import torch
 
-    from bench.hh_data import load_hh
-    from db.config import Settings
-    from db.pairs import TrainingPair
-    from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
+    from bench.hh_data import cached_features
     from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.training import split_pairs
 
@@ -36,15 +31,7 @@ def main() -> None:
     ap.add_argument("--honest", action="store_true",
                     help="report accuracy on 20%% held-out prompts that early stopping never sees (it uses 15%% of the rest)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
-    s = Settings.from_env({"RMSTUDIO_HOME": a.home})
-    hh = load_hh()
-    pairs = [TrainingPair(prompt_id=i, prompt=p.prompt, history=p.history, category=None, chosen_id=2 * i,
-                          rejected_id=2 * i + 1, chosen=p.chosen, rejected=p.rejected, source="crowd", annotator="hh")
-             for i, p in enumerate(hh)]
-    rows = [(p.prompt, p.history, t) for p in hh for t in (p.chosen, p.rejected)]
-    fx = FeatureExtractor(s, resolve_backbone("minilm", s), max_length=256)
-    feats = {r: fx.features_for(rows, r) for r in ("pair", "rich")}
+    pairs, feats = cached_features(a.home, ("pair", "rich"))
     settings = [("pair", "linear", 1e-2), ("rich", "linear", 1e-2)]
     if a.grid:
         settings = [(r, h, wd) for r in ("pair", "rich") for h in ("linear", "mlp") for wd in (1e-3, 1e-2, 1e-1, 1.0)]
