@@ -30,7 +30,8 @@ Progress = Callable[[dict[str, Any]], None] | None
 
 @dataclass(frozen=True)
 class Score:
-    """One response's score: ``raw`` (ensemble: mean of the centred members), ``z``, ``sigmoid``, ``percentile`` (0..100), ``std``."""
+    """One response's score: ``raw`` (ensemble: mean of the centred members), ``z``, ``sigmoid``, ``percentile``
+    (0..100), ``std``."""
 
     raw: float
     z: float
