@@ -98,6 +98,10 @@ class RewardModel:
         centre stored with the version (versions saved before centring: the plain mean)."""
         return combine_members(S, self.file_config.get("member_centers"))
 
+    def rewards(self, rows: Sequence[tuple[str, History, str]]) -> np.ndarray:
+        """The raw score of each (prompt, history, response) row (for an ensemble, the centred members' mean)."""
+        return self.combine(self.score_matrix(rows))[0] if rows else np.zeros(0)
+
     def _scores(self, S: np.ndarray) -> list[Score]:
         raw, std = self.combine(S)
         n = normalize(raw, self.norm_stats)
@@ -271,10 +275,12 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
     return written
 
 
-def evaluate_records(model: RewardModel, records: Sequence[Any]) -> dict[str, Any]:
+def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     """Metrics of a model on labelled records (``db.formats.ImportRecord``: comparisons and rankings), without
     storing anything: ``accuracy`` (strict >), ``n``, ``tie_rate`` (equal scores), ``per_source``, ``tie_pairs``,
-    ``both_bad``, calibration, and ``spearman`` when rankings are present."""
+    ``both_bad``, calibration, and ``spearman`` when rankings are present. ``model`` is a :class:`RewardModel`
+    (``model_version`` in the result) or a ``rm_engine.version_ensemble.VersionEnsemble`` (``model_versions``,
+    ``combine``): anything with ``rewards(rows)``."""
     from rm_engine import metrics as M
 
     rows: list[tuple[str, Any, str]] = []
@@ -317,12 +323,13 @@ def evaluate_records(model: RewardModel, records: Sequence[Any]) -> dict[str, An
                         ties.append((idx[i], idx[j]))
         else:
             unlabeled += 1
-    raw = model.combine(model.score_matrix(rows))[0] if rows else np.zeros(0)
+    raw = model.rewards(rows)
     rc = [raw[c] for c, _, _ in decided]
     rr = [raw[r] for _, r, _ in decided]
     out = M.split_metrics(rc, rr, sources=[src for _, _, src in decided], with_distributions=False)
-    out.update({"tie_pairs": len(ties), "both_bad": both_bad, "unlabeled": unlabeled, "n_responses": len(rows),
-                "model_version": model.version_id})
+    out.update({"tie_pairs": len(ties), "both_bad": both_bad, "unlabeled": unlabeled, "n_responses": len(rows)})
+    ids = getattr(model, "version_ids", None)
+    out.update({"model_versions": ids, "combine": model.how} if ids is not None else {"model_version": model.version_id})
     if ties:
         out["tie_abs_diff"] = float(np.mean([abs(raw[a] - raw[b]) for a, b in ties]))
     if ranked:

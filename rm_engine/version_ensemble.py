@@ -89,6 +89,10 @@ class VersionEnsemble:
         return [EnsembleScore(float(reward[i]), float(std[i]), {ids[k]: float(Z[i, k]) for k in range(len(ids))})
                 for i in range(len(rows))]
 
+    def rewards(self, rows: Sequence[tuple[str, History, str]]) -> np.ndarray:
+        """The combined reward of each row (what :func:`rm_engine.scoring.evaluate_records` measures)."""
+        return np.array([s.reward for s in self.score_rows(rows)], dtype=np.float64)
+
     def score(self, prompt: str, responses: Sequence[str], history: History = None) -> list[EnsembleScore]:
         """Combined scores of several responses to one prompt."""
         return self.score_rows([(prompt, history, r) for r in responses])

@@ -59,16 +59,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--format", help="force the file format (default: detect)")
     p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
     p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
-    p.add_argument("--model", default="latest", help="latest (default) or a version id")
+    _model_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score responses to a prompt")
-    p.add_argument("--model", action="append", default=None,
-                   help="latest (default) or a version id; repeat to score with several versions as one ensemble")
-    p.add_argument("--combine", choices=("mean", "min", "uwo"), default="mean",
-                   help="several --model: mean z (default), min z (worst case) or uwo (mean z - penalty x std)")
-    p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
+    _model_args(p)
     p.add_argument("--prompt", help="the prompt")
     p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
     p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
@@ -80,6 +76,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("version", nargs="?", help="version id (for delete)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=None,
+                   help="latest (default) or a version id; repeat to use several versions as one ensemble reward")
+    p.add_argument("--combine", choices=("mean", "min", "uwo"), default="mean",
+                   help="several --model: mean z (default), min z (worst case) or uwo (mean z - penalty x std)")
+    p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -199,6 +203,23 @@ def _load_model(db: Any, ref: str) -> Any:
     return model
 
 
+def _load_scorer(db: Any, args: argparse.Namespace) -> Any:
+    """One ``--model``: that version (or the newest usable one before it, with a warning). Several: a
+    ``VersionEnsemble`` of exactly those versions."""
+    from db.versions import VersionNotFound, parse_version_ref
+    from rm_engine.registry import ModelFilesError
+    from rm_engine.version_ensemble import VersionEnsemble
+
+    refs = args.model or ["latest"]
+    if len(refs) == 1:
+        return _load_model(db, refs[0])
+    try:
+        return VersionEnsemble.load(db, settings(), [parse_version_ref(r) for r in refs], how=args.combine,
+                                    penalty=args.penalty)
+    except (VersionNotFound, ModelFilesError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a labelled file and print accuracy, tie rate, per-source accuracy and Spearman."""
     from db.formats import FormatError, parse_file
@@ -217,8 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.file}: no usable records" + (f" (first problem: {errors[0]})" if errors else ""))
     db = open_db()
     try:
-        model = _load_model(db, args.model)
-        out = evaluate_records(model, records)
+        out = evaluate_records(_load_scorer(db, args), records)
     finally:
         db.dispose()
     out["invalid_rows"] = len(errors)
@@ -226,7 +246,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"{args.file} with model version {out['model_version']}: accuracy {_pct(out['accuracy'])} on {out['n']} pairs, "
+    who = (f"model version {out['model_version']}" if "model_version" in out else
+           f"model versions {', '.join(map(str, out['model_versions']))} ({out['combine']} of z)")
+    print(f"{args.file} with {who}: accuracy {_pct(out['accuracy'])} on {out['n']} pairs, "
           f"equal scores {_pct(out['tie_rate'])}")
     for src, v in (out.get("per_source") or {}).items():
         print(f"  {src}: {_pct(v['accuracy'])} on {v['n']} pairs")
@@ -269,17 +291,17 @@ def _score_inputs(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Print raw, z, sigmoid, percentile and ensemble std per response (several ``--model``: the combined
     reward of their z-scores, see ``rm_engine.version_ensemble``)."""
+    from rm_engine.version_ensemble import VersionEnsemble
+
     rows = _score_inputs(args)
-    refs = args.model or ["latest"]
-    if len(refs) > 1:
-        return _score_versions(args, refs, rows)
-    args.model = refs[0]
     db = open_db()
     try:
-        model = _load_model(db, args.model)
+        model = _load_scorer(db, args)
         scores = model.score_rows(rows)
     finally:
         db.dispose()
+    if isinstance(model, VersionEnsemble):
+        return _print_ensemble_scores(args, model, rows, scores)
     out = [{"prompt": p, "response": r, **s.to_dict()} for (p, _, r), s in zip(rows, scores)]
     if args.json:
         print_json({"model_version": model.version_id, "scores": out})
@@ -332,20 +354,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_versions(args: argparse.Namespace, refs: list[str], rows: list[tuple[str, Any, str]]) -> int:
-    from db.versions import VersionNotFound, parse_version_ref
-    from rm_engine.registry import ModelFilesError
-    from rm_engine.version_ensemble import VersionEnsemble
-
-    db = open_db()
-    try:
-        ens = VersionEnsemble.load(db, settings(), [parse_version_ref(r) for r in refs], how=args.combine,
-                                   penalty=args.penalty)
-        scores = ens.score_rows(rows)
-    except (VersionNotFound, ModelFilesError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    finally:
-        db.dispose()
+def _print_ensemble_scores(args: argparse.Namespace, ens: Any, rows: list[tuple[str, Any, str]], scores: list) -> int:
     out = [{"prompt": p, "response": r, **s.to_dict()} for (p, _, r), s in zip(rows, scores)]
     if args.json:
         print_json({"model_versions": ens.version_ids, "combine": args.combine, "penalty": args.penalty, "scores": out})

@@ -63,3 +63,26 @@ def test_cli_scores_with_several_versions(sqlite_db: Database, engine_settings, 
     assert f"versions {versions[0]}, {versions[1]}, combined by mean" in text and f"v{versions[1]}" in text
     assert main(["score", "--model", str(versions[0]), "--model", "nope", "--prompt", "p", "--response", "r"]) == 1
     assert "model version 'nope'" in capsys.readouterr().err
+
+
+def test_cli_eval_measures_the_combined_reward(sqlite_db: Database, engine_settings, versions: list[int], capsys,
+                                               tmp_path: Path) -> None:
+    lines = [{"prompt": "how to bake bread", "response_a": RESPONSES[2], "response_b": RESPONSES[1], "winner": "a"},
+             {"prompt": "how to fix a bike", "response_a": RESPONSES[1], "response_b": RESPONSES[0], "winner": "b"},
+             {"prompt": "tips for tea", "responses": RESPONSES, "ranking": [2, 3, 1]}]
+    f = tmp_path / "eval.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert main(["eval", str(f), "--model", str(versions[0]), "--model", str(versions[1]), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model_versions"] == versions and res["combine"] == "mean" and "model_version" not in res
+    assert res["n"] == 5 and res["spearman"]["n_prompts"] == 1
+    # the accuracy is that of the mean z of the two versions, computed here from each version alone
+    ens = VersionEnsemble.load(sqlite_db, engine_settings, versions)
+    rc = ens.rewards([("how to bake bread", None, RESPONSES[2]), ("how to fix a bike", None, RESPONSES[0])])
+    rr = ens.rewards([("how to bake bread", None, RESPONSES[1]), ("how to fix a bike", None, RESPONSES[1])])
+    tea = ens.rewards([("tips for tea", None, r) for r in RESPONSES])
+    ranked = [(tea[2], tea[0]), (tea[2], tea[1]), (tea[0], tea[1])]  # ranks 1 > 2 > 3 as (better, worse)
+    wins = int((rc > rr).sum()) + sum(a > b for a, b in ranked)
+    assert res["accuracy"] == pytest.approx(wins / 5)
+    assert main(["eval", str(f), "--model", str(versions[0]), "--model", str(versions[1]), "--combine", "min"]) == 0
+    assert f"model versions {versions[0]}, {versions[1]} (min of z)" in capsys.readouterr().out
