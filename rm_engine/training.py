@@ -107,10 +107,12 @@ class Fitted:
     device: str = "cpu"
 
 
-def _ensemble_scores(ids: Sequence[int], S: np.ndarray, centers: Sequence[float] | None) -> dict[int, tuple[float, float]]:
-    """response id -> (raw, std) of the members' centred scores (``rm_engine.normalize.combine_members``)."""
+def _ensemble_scores(ids: Sequence[int], S: np.ndarray) -> tuple[list[float] | None, dict[int, tuple[float, float]]]:
+    """The members' centres (None for one member) and response id -> (raw, std) of their centred scores
+    (``rm_engine.normalize.combine_members``), from the ``(n, K)`` member scores of the responses ``ids``."""
+    centers = member_centers(S) if S.shape[1] > 1 else None
     raw, std = combine_members(S, centers)
-    return {rid: (float(raw[i]), float(std[i])) for i, rid in enumerate(ids)}
+    return centers, {rid: (float(raw[i]), float(std[i])) for i, rid in enumerate(ids)}
 
 
 def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tuple[str, Any, str]]]:
@@ -166,8 +168,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None,
                       progress=progress, should_stop=should_stop)
     S = res.head.score(X)
-    centers = member_centers(S) if S.shape[1] > 1 else None
-    scores = _ensemble_scores(ids, S, centers)
+    centers, scores = _ensemble_scores(ids, S)
     tie_param = None if res.tie_param is None else [float(t) for t in res.tie_param]
     file_config = {
         "kind": "head",
@@ -232,8 +233,7 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
         raise Cancelled("cancelled before scoring")
     S = np.stack([m.score([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]) for m in models], axis=1) \
         if rows else np.zeros((0, len(models)))
-    centers = member_centers(S) if S.shape[1] > 1 else None
-    scores = _ensemble_scores(ids, S, centers)
+    centers, scores = _ensemble_scores(ids, S)
     meta = models[0].meta
     file_config = {"kind": "finetune", "members": len(models), "member_centers": centers, "backbone": ref.to_dict(),
                    "max_length": cfg.max_length,

@@ -89,6 +89,13 @@ class VersionEnsemble:
         return [EnsembleScore(float(reward[i]), float(std[i]), {ids[k]: float(Z[i, k]) for k in range(len(ids))})
                 for i in range(len(rows))]
 
+    def by_combination(self, scores: Sequence[EnsembleScore]) -> dict[str, list[float]]:
+        """The reward of already computed ``scores`` under every combination of :data:`COMBINE` (with this
+        ensemble's ``penalty``), from their per-version z: no second forward pass."""
+        Z = np.array([[s.z[v] for v in self.version_ids] for s in scores], dtype=np.float64)
+        Z = Z.reshape(len(scores), len(self.models))
+        return {how: [float(x) for x in combine_z(Z, how, self.penalty)[0]] for how in COMBINE}
+
     def rewards(self, rows: Sequence[tuple[str, History, str]]) -> np.ndarray:
         """The combined reward of each row (what :func:`rm_engine.scoring.evaluate_records` measures)."""
         return np.array([s.reward for s in self.score_rows(rows)], dtype=np.float64)

@@ -1,6 +1,6 @@
 """Inspect (researchers): score a prompt and any number of responses with a model version (raw, z, sigmoid,
-percentile, ensemble std), compare two versions on the same inputs (and see them as one reward), and browse the stored pairs where the model
-most disagrees with the human label."""
+percentile, ensemble std), compare two versions on the same inputs (and see them as one reward), and browse the
+stored pairs where the model most disagrees with the human label."""
 from __future__ import annotations
 
 import pandas as pd
@@ -96,15 +96,14 @@ def combined_panel(vids: list[int], prompt: str, texts: list[str]) -> None:
                "`min` and `mean - std` lower the reward where the versions disagree, where a policy could exploit "
                "one model's mistakes.")
     try:
-        scores = {how: VersionEnsemble([load_model(v, db.url) for v in vids], how=how).score(prompt, texts)
-                  for how in ("mean", "min", "uwo")}
+        ens = VersionEnsemble([load_model(v, db.url) for v in vids])
+        scores = ens.score(prompt, texts)
     except Exception as exc:  # noqa: BLE001  (e.g. both fell back to the same older version)
         st.error(f"Cannot combine versions {vids[0]} and {vids[1]}: {exc}")
         return
-    df = pd.DataFrame({"response": texts, "mean z": [s.reward for s in scores["mean"]],
-                       "min z": [s.reward for s in scores["min"]], "mean - std": [s.reward for s in scores["uwo"]],
-                       "std": [s.std for s in scores["mean"]]} |
-                      {f"z v{v}": [s.z[v] for s in scores["mean"]] for v in vids})
+    way = ens.by_combination(scores)
+    df = pd.DataFrame({"response": texts, "mean z": way["mean"], "min z": way["min"], "mean - std": way["uwo"],
+                       "std": [s.std for s in scores]} | {f"z v{v}": [s.z[v] for s in scores] for v in vids})
     st.dataframe(df.sort_values("mean z", ascending=False, kind="stable"), hide_index=True, key="scores_combined",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if c != "response"})
 
