@@ -396,7 +396,7 @@ def _dtok() -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps (runs on CPU)")
-    ap.add_argument("--sizes", default="0.5b,1.5b", help="comma list of 0.5b,1.5b (1.5b runs after everything else)")
+    ap.add_argument("--sizes", default="0.5b,1.5b", help="comma list of 0.5b,1.5b (1.5b runs after the 0.5B rows and the first accuracy split)")
     ap.add_argument("--data", default=None, help="HH jsonl.gz (default ../shared/data/hh_harmless_1300.jsonl.gz)")
     ap.add_argument("--minilm", default=None, help="MiniLM folder or bench/gpu_pack.py pack (default: the package)")
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
     ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
-                    help="the 0.5B rows run after the accuracy section (--smoke: d only)")
+                    help="the 0.5B rows run after the first accuracy split and the 1.5B rows (--smoke: d only)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")
     ap.add_argument("--acc-epochs", type=int, default=2)
@@ -477,18 +477,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for shape in shapes[:1]:
             if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, first)
-        if not args.no_accuracy:
-            for seed in [int(x) for x in args.acc_seeds.split(",")]:
-                key = "accuracy" if seed == 0 else f"accuracy_seed{seed}"
-                run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed,
-                                                                  trl_ok=trl_version is not None))
-        for shape in shapes[:1]:
-            if shape in built:
-                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, extras)
+        seeds = [] if args.no_accuracy else [int(x) for x in args.acc_seeds.split(",") if x.strip()]
+
+        def accuracy(seed: int) -> None:
+            key = "accuracy" if seed == 0 else f"accuracy_seed{seed}"
+            run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed,
+                                                              trl_ok=trl_version is not None))
+
+        # The first split's accuracy, then the larger model (a required figure), then the optional rows and the
+        # further split seeds, so a deadline drops the least needed sections.
+        for seed in seeds[:1]:
+            accuracy(seed)
         for shape in shapes[1:]:
             if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args,
                            ("b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "a_trl_default"))
+        for shape in shapes[:1]:
+            if shape in built:
+                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, extras)
+        for seed in seeds[1:]:
+            accuracy(seed)
     report["total_s"] = round(run.elapsed(), 1)
     run.save()
     print(json.dumps(report, indent=2, default=float))
