@@ -335,6 +335,8 @@ def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+# The 1.5B rows, in running order: TRL without checkpointing (fails fast when out of memory) first, the compile last
+LARGE_ROWS = ("b_trl_no_ckpt", "c_rmstudio", "a_trl_default", "c3_rmstudio_packed_compile")
 ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
         "d_rmstudio_random16")
 
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
     ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
-                    help="the 0.5B rows run after the first accuracy split and the 1.5B rows (--smoke: d only)")
+                    help="the 0.5B rows run last (--smoke: d only)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")
     ap.add_argument("--acc-epochs", type=int, default=2)
@@ -419,7 +421,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-max-pairs", type=int, default=8, help="RM Studio pairs cap for the accuracy run")
     ap.add_argument("--acc-pooling", choices=("auto", "cls", "mean"), default="auto",
                     help="RM Studio's pooling in the accuracy run (auto: mean for MiniLM; cls: TRL's)")
-    ap.add_argument("--acc-seeds", default="0", help="comma list of prompt-split seeds for the accuracy section")
+    ap.add_argument("--acc-seeds", default="0,1,2",
+                    help="comma list of prompt-split seeds for the accuracy section (one split moves by +-3 points)")
     ap.add_argument("--deadline-s", type=float, default=240,
                     help="start no section after this many seconds (the default keeps a run under ~5 minutes; "
                          "the required rows a, b, c and the accuracy run come first)")
@@ -436,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         given = " ".join(argv or sys.argv)
         args.extras = "d_rmstudio_random16" if "--extras" not in given else args.extras
         args.first = "b_trl_no_ckpt,c_rmstudio,a_trl_default" if "--first" not in given else args.first
+        args.acc_seeds = "0" if "--acc-seeds" not in given else args.acc_seeds
     try:
         trl_status = ensure_trl(args.wheels)
     except (SystemExit, subprocess.CalledProcessError) as exc:
@@ -484,19 +488,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed,
                                                               trl_ok=trl_version is not None))
 
-        # The first split's accuracy, then the larger model (a required figure), then the optional rows and the
-        # further split seeds, so a deadline drops the least needed sections.
+        # Then the first split's accuracy, the larger model's plain rows (required), the further split seeds
+        # (~30 s each on an H100), the larger model's compiled row (its compile alone takes a minute or more),
+        # and the optional 0.5B rows: a deadline drops the least needed sections.
         for seed in seeds[:1]:
             accuracy(seed)
         for shape in shapes[1:]:
             if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args,
-                           ("b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "a_trl_default"))
+                           LARGE_ROWS[:3])
+        for seed in seeds[1:]:
+            accuracy(seed)
+        for shape in shapes[1:]:
+            if shape in built:
+                speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args,
+                           LARGE_ROWS[3:])
         for shape in shapes[:1]:
             if shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, extras)
-        for seed in seeds[1:]:
-            accuracy(seed)
     report["total_s"] = round(run.elapsed(), 1)
     run.save()
     print(json.dumps(report, indent=2, default=float))

@@ -13,7 +13,8 @@ Design (issue 6), and why:
 * Dropout is disabled (config fields and modules), as TRL does: with dropout the two passes of a pair see
   different networks and accuracy drops (NOTES.md §4: 0.60 vs 0.64).
 * Gradient checkpointing only when ``cfg.grad_checkpointing`` or when memory demands it: on one GPU a probe step
-  on the heaviest batch turns it on, then halves the token budget, only if needed (:mod:`rm_engine.memory_fit`);
+  on the heaviest batch (with packing, the fullest row, uncompiled) turns it on, then halves the token budget, only
+  if needed (:mod:`rm_engine.memory_fit`);
   ``torch.compile`` only when ``cfg.compile``.
 * Distributed data parallel when a ``torch.distributed`` process group is initialised (see
   :mod:`rm_engine.ddp`): every rank builds the same global batch plan and takes its shard; losses are
@@ -194,9 +195,8 @@ def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: 
 
 
 def _probe_memory(dev: torch.device, world: int, cfg: TrainConfig, decoder: bool) -> bool:
-    """Whether to probe GPU memory before training (:mod:`rm_engine.memory_fit`): one CUDA process, padded
-    batches (a packed row is sized by ``batch_tokens`` up front)."""
-    return dev.type == "cuda" and world == 1 and not (cfg.packing and decoder)
+    """Whether to probe GPU memory before training (:mod:`rm_engine.memory_fit`): one CUDA process."""
+    return dev.type == "cuda" and world == 1
 
 
 def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_Encoded", cfg: TrainConfig) -> bool:
@@ -212,6 +212,28 @@ def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_
         r.float().square().mean().backward()
 
     return fits(step, lambda: net.zero_grad(set_to_none=True))
+
+
+def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_Encoded",
+                       cfg: TrainConfig) -> bool:
+    """One forward and backward pass on the fullest packed row ``cfg`` would plan (every row is
+    ``cfg.batch_tokens`` long), uncompiled: a compiled body saves no more activations than the eager one, so a row
+    that fits here fits there, and the model is compiled once, at the budget that fits, instead of once per try."""
+    plan = plan_epoch(tr.lengths, cfg, 0, 1, packed_sizes=tr.sizes)
+    batch = max(plan, key=lambda b: sum(tr.sizes[i] for i in b), default=[])
+    seqs = [tr.chosen[i] for i in batch] + [tr.rejected[i] for i in batch]
+    packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=pad_id, compile=False)
+
+    def step() -> None:
+        net.train()
+        with amp if amp is not None else contextlib.nullcontext():
+            r, _ = packer(seqs)
+        r.float().square().mean().backward()
+
+    try:
+        return fits(step, lambda: net.zero_grad(set_to_none=True))
+    finally:
+        packer.close()
 
 
 def train_finetune(
@@ -271,7 +293,8 @@ def train_finetune(
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
     fit_actions: tuple[str, ...] = ()
     if _probe_memory(dev, world, cfg, decoder):
-        fit = fit_to_memory(cfg, lambda c: _probe_step(net, fm.pad_id, dev, amp, tr, c),
+        probe = _probe_packed_step if cfg.packing and decoder else _probe_step
+        fit = fit_to_memory(cfg, lambda c: probe(net, fm.pad_id, dev, amp, tr, c),
                             lambda: unwrap_hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
         cfg, fit_actions = fit.cfg, fit.actions
 

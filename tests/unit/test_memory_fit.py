@@ -66,10 +66,11 @@ def test_heaviest_batch_is_the_most_padded_tokens() -> None:
     assert heaviest([], lengths) == []
 
 
-def test_trainer_turns_checkpointing_on_when_the_probe_runs_out_of_memory(tmp_path: Path,
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_trainer_turns_checkpointing_on_when_the_probe_runs_out_of_memory(tmp_path: Path, packing: bool,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """On CPU nothing runs out of memory: the probe is forced on and the model raises the CUDA error whenever it
-    runs a training forward pass without gradient checkpointing."""
+    runs a training forward pass without gradient checkpointing. Packed rows are probed too (a full row)."""
     build_tiny_decoder(tmp_path / "dec")
     settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(tmp_path,))
     monkeypatch.setattr(finetune, "_probe_memory", lambda *a: True)
@@ -92,8 +93,13 @@ def test_trainer_turns_checkpointing_on_when_the_probe_runs_out_of_memory(tmp_pa
                           chosen=" ".join(rng.choice("a b c d".split()) for _ in range(5)) + " excellent helpful",
                           rejected="terrible rude", source="crowd", annotator="a") for i in range(60)]
     cfg = TrainConfig(mode="finetune", backbone=str(tmp_path / "dec"), epochs=2, lr=1e-3, batch_tokens=2048,
-                      max_length=64, seed=0)
+                      max_length=64, seed=0, packing=packing)
+    probes = []
+    for name in ("_probe_step", "_probe_packed_step"):
+        real = getattr(finetune, name)
+        monkeypatch.setattr(finetune, name, lambda *a, _r=real, _n=name: probes.append(_n) or _r(*a))
     res = finetune.train_finetune(cfg, pairs[:50], pairs[50:], device="cpu", settings=settings)
+    assert probes == ["_probe_packed_step" if packing else "_probe_step"] * 2  # refused, then fits with checkpointing
     assert forwards["refused"] == 1  # the probe, once; every training step then ran with checkpointing
     assert res.history[0]["memory_fit"] == ["gradient checkpointing on"]
     assert res.model.model.is_gradient_checkpointing

@@ -86,10 +86,10 @@ def test_transformers_finds_our_segments_from_position_ids() -> None:
 
 # --- (a), (b) packed vs padded on tiny random decoders ----------------------------------------------------------
 
-def _tiny_decoder(arch: str) -> torch.nn.Module:
+def _tiny_decoder(arch: str, hidden: int = 32) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
 
-    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    kw = dict(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, num_labels=1, use_cache=True)
     torch.manual_seed(0)
     if arch == "llama":
@@ -152,7 +152,9 @@ def test_lora_wrapped_model_switches_to_flex_and_back() -> None:
     not torch.cuda.is_available(), reason="FlexAttention has no backward on CPU (torch 2.13)"))])
 def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
     dev = torch.device("cuda" if impl == "flex_attention" else "cpu")  # FlexAttention's backward: CUDA only
-    model = _tiny_decoder("qwen2").to(dev).train()
+    # head dim 16 on CUDA: Triton's dot needs every dimension >= 16 (the first H100 run, 2026-11-27, failed with
+    # heads of 8; its message was not kept)
+    model = _tiny_decoder("qwen2", hidden=64 if dev.type == "cuda" else 32).to(dev).train()
     seqs = _seqs(1)  # 3 pairs: chosen rows then rejected rows, as the trainer lays them out
     k = len(seqs) // 2
     tie, margin, w = (torch.zeros(k, dtype=torch.bool, device=dev), torch.zeros(k, device=dev),
@@ -171,8 +173,17 @@ def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
              "model.layers.1.mlp.down_proj.weight"]
     for n in names:
         assert ref[n].abs().max() > 0, n
-        torch.testing.assert_close(got[n], ref[n], atol=1e-5, rtol=1e-4, msg=n)
-    assert max((got[n] - ref[n]).abs().max().item() for n in ref) < 1e-5
+    if dev.type == "cpu":
+        for n in names:
+            torch.testing.assert_close(got[n], ref[n], atol=1e-5, rtol=1e-4, msg=n)
+        assert max((got[n] - ref[n]).abs().max().item() for n in ref) < 1e-5
+    else:
+        # Two different CUDA kernels (SDPA's and Triton's flex) accumulate in other orders, and float32 matrix
+        # products may run as TF32 (~3e-4 relative): compare by relative norm; a masking or position error
+        # shows at 1e-2 and above.
+        rel = {n: float((got[n] - ref[n]).norm() / ref[n].norm().clamp_min(1e-30)) for n in ref}
+        worst = sorted(rel.items(), key=lambda kv: -kv[1])[:5]
+        assert max(rel.values()) < 2e-3, f"relative gradient error, worst parameters: {worst}"
 
 
 @pytest.mark.slow
