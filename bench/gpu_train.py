@@ -188,12 +188,21 @@ def _reset_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_accumulated_memory_stats()
 
 
 def _peak_gb() -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def _alloc_retries() -> int | None:
+    """How often the caching allocator had to free its cache and retry a cudaMalloc since the last reset: a
+    trainer near the memory limit with varying shapes pays a device synchronisation for each."""
+    import torch
+
+    return int(torch.cuda.memory_stats().get("num_alloc_retries", 0)) if torch.cuda.is_available() else None
 
 
 def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: bool, batch: int, steps: int,
@@ -233,7 +242,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
     mean_tok = (sum(map(len, ids[0])) + sum(map(len, ids[1]))) / len(ids[0])
     pairs = n_steps * batch
     return {"pairs_per_s": pairs / secs, "tokens_per_s": pairs * mean_tok / secs, "peak_mem_gb": _peak_gb(),
-            "steps_timed": n_steps, "batch": batch, "gradient_checkpointing": grad_ckpt}, trainer.model
+            "alloc_retries": _alloc_retries(), "steps_timed": n_steps, "batch": batch, "gradient_checkpointing": grad_ckpt}, trainer.model
 
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
@@ -250,7 +259,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
-            "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
+            "alloc_retries": _alloc_retries(), "memory_fit": last.get("memory_fit"), "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
             "padding_share": 1 - last["tokens"] / max(last["padded_tokens"], 1),
             "val_accuracy": last.get("val_accuracy")}, res.model
 
