@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trainer", choices=("rmstudio", "trl"), default="rmstudio")
     ap.add_argument("--trl-batch", type=int, default=8)
     ap.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto", help="TrainConfig.pooling")
+    ap.add_argument("--head-init", choices=("random", "probe"), default="random", help="TrainConfig.head_init")
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per random batch when --batch-tokens 0")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
                       batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
                       max_length=args.max_length, seed=args.seed, pooling=args.pooling,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, head_init=args.head_init)
     if args.trainer == "trl":
         return _trl(args, backbone, train, held)
     if args.ensemble > 1:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
     out = {"split_seed": args.split_seed, "seed": args.seed, "batch_tokens": args.batch_tokens, "pooling": res.model.meta.pooling, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
-           "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
+           "head_init": args.head_init, "head_probe": res.history[0].get("head_probe"), "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}
     print(json.dumps(out))

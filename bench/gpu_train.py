@@ -247,7 +247,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
-             packing: bool = False, pooling: str = "auto") -> tuple[dict[str, Any], Any]:
+             packing: bool = False, pooling: str = "auto", head_init: str = "random") -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -255,7 +255,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, packing=packing)
+                      seed=0, pooling=pooling, packing=packing, head_init=head_init)
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-max-pairs", type=int, default=8, help="RM Studio pairs cap for the accuracy run")
     ap.add_argument("--acc-pooling", choices=("auto", "cls", "mean"), default="auto",
                     help="RM Studio's pooling in the accuracy run (auto: mean for MiniLM; cls: TRL's)")
+    ap.add_argument("--acc-probe", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run RM Studio with its score head started from a linear probe (head_init=probe)")
     ap.add_argument("--acc-seeds", default="0,1,2",
                     help="comma list of prompt-split seeds for the accuracy section (one split moves by +-3 points)")
     ap.add_argument("--deadline-s", type=float, default=240,
@@ -565,6 +567,13 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
                        "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
                        "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"],
                        "pooling": fm.meta.pooling}
+    if args.acc_probe:
+        t0 = time.perf_counter()
+        _, fp = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
+                         epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False,
+                         max_pairs=args.acc_max_pairs, pooling=args.acc_pooling, head_init="probe")
+        out["rmstudio_probe"] = {"accuracy": accuracy_of(fp.score_ids(ho_ids[0]), fp.score_ids(ho_ids[1])),
+                                 "seconds": time.perf_counter() - t0}
     if "trl" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
     return out
@@ -604,7 +613,8 @@ def table(report: dict[str, Any]) -> str:
         delta = f" ({acc['delta_points']:+.1f} points)" if "delta_points" in acc else ""
         lines.append(f"\n{key} ({acc['backbone']}, split seed {acc['split_seed']}, {acc['train_pairs']} train / "
                      f"{acc['held_out_pairs']} held-out pairs, {acc['epochs']} epochs, lr {acc['lr']}): "
-                     f"{trl_txt}RM Studio {acc['rmstudio']['accuracy']:.3f}{delta}")
+                     f"{trl_txt}RM Studio {acc['rmstudio']['accuracy']:.3f}{delta}"
+                     + (f"; from a linear probe {acc['rmstudio_probe']['accuracy']:.3f}" if "rmstudio_probe" in acc else ""))
     return "\n".join(lines)
 
 

@@ -104,6 +104,9 @@ class TrainConfig:
             does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's
             choice); ``"mean"`` forces the masked mean of the last hidden states. Decoders always read the last
             real token. The pooling used is saved with the model.
+        head_init: finetune mode: the new score head's start. ``"random"``: the model's own initialisation
+            (TRL's); ``"probe"``: first fitted alone on the frozen backbone's features of the training pairs (a
+            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.linear_probe``).
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
@@ -138,6 +141,7 @@ class TrainConfig:
     compile: bool = False
     packing: bool = False
     pooling: str = "auto"
+    head_init: str = "random"
     features: str = "rich"
     quantize: bool = False
     patience: int = 30
@@ -149,7 +153,7 @@ class TrainConfig:
         choices = {
             "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
             "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
-            "pooling": ("auto", "cls", "mean"),
+            "pooling": ("auto", "cls", "mean"), "head_init": ("random", "probe"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

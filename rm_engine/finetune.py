@@ -54,6 +54,7 @@ from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, plan_
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling, collate,
                                       load_backbone_model, resolve_device)
+from rm_engine.linear_probe import init_head_by_probe
 from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
 from rm_engine.packing import PackedTrainer
@@ -291,6 +292,10 @@ def train_finetune(
 
     cuda = dev.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
+    probe_info = None
+    if cfg.head_init == "probe":  # before any DDP wrapper: every rank fits the same probe, rank 0's is broadcast
+        probe_info = init_head_by_probe(net, tr.chosen, tr.rejected, w_host, tr.tie, fm.pad_id, dev, amp)
+        log.info("finetune: score head initialised by a linear probe (train accuracy %.3f)", probe_info["train_accuracy"])
     fit_actions: tuple[str, ...] = ()
     if _probe_memory(dev, world, cfg, decoder):
         probe = _probe_packed_step if cfg.packing and decoder else _probe_step
@@ -391,6 +396,8 @@ def train_finetune(
             row["tie_param"] = float(tie_param.detach())
         if fit_actions:
             row["memory_fit"] = list(fit_actions)
+        if probe_info is not None and epoch == 0:
+            row["head_probe"] = probe_info
         history.append(row)
         if progress is not None:
             progress({"step": step, "total": total, "loss": row["train_loss"], "val_accuracy": last_val,

@@ -147,19 +147,31 @@ class RewardNet(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        if self.pooling == "mean":
-            hf = unwrap_hf(self.model)
-            hidden = getattr(hf, hf.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask)[0]
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            return hf.classifier(pooled)[:, 0].float()
+        return self.head(self.pooled(input_ids, attention_mask))[:, 0].float()
+
+    @property
+    def head(self) -> nn.Module:
+        """The final linear layer (``classifier`` for encoders, ``score`` for decoders; peft's wrapper when LoRA)."""
+        hf = unwrap_hf(self.model)
+        return hf.score if self.decoder else hf.classifier
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The vector :attr:`head` reads per row: the masked mean (``mean``), the last real token's hidden state
+        (``last``) or the pooler's output on [CLS] (``cls``, encoders whose head is one linear layer)."""
         hf = unwrap_hf(self.model)
         body = getattr(hf, hf.base_model_prefix)
+        if self.pooling == "cls":
+            if not _linear_head(hf) or not isinstance(getattr(body, "pooler", None), nn.Module):
+                raise ValueError(f"{type(hf).__name__}: [CLS] features need a pooler and a linear 'classifier'")
+            return body(input_ids=input_ids, attention_mask=attention_mask)[1]
+        if self.pooling == "mean":
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         last = attention_mask.sum(-1).long() - 1
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return hf.score(h)[:, 0].float()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device, multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

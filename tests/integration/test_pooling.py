@@ -122,3 +122,44 @@ def test_config_can_force_cls_pooling_and_rejects_unknown_ones(models: Path, tmp
     assert TrainConfig.from_env({"RMSTUDIO_TRAIN_POOLING": "mean"}).pooling == "mean"
     with pytest.raises(ValueError, match="TrainConfig.pooling"):
         TrainConfig(pooling="max")
+
+
+@pytest.mark.parametrize(("name", "pooling", "lora"), [
+    ("st-mean", "mean", False), ("plain", "cls", False), ("dec", "last", False), ("st-mean", "mean", True)])
+def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: str, lora: bool) -> None:
+    """head_init='probe': the fitted probe becomes the head the model scores with (LoRA: peft's trainable copy)."""
+    from rm_engine.finetune_model import load_backbone_model
+    from rm_engine.linear_probe import init_head_by_probe, pooled_features
+    from transformers import AutoTokenizer
+
+    decoder = name == "dec"
+    tok = AutoTokenizer.from_pretrained(str(models / name))
+    cfg = TrainConfig(mode="finetune", lora=lora, lora_r=4, lora_alpha=8)
+    net = RewardNet(load_backbone_model(models / name, tok, cfg, decoder=decoder), decoder, pooling)
+    pairs = _pairs(40)
+    enc = lambda t: tok(t)["input_ids"]  # noqa: E731
+    chosen, rejected = [enc(p.chosen) for p in pairs], [enc(p.rejected) for p in pairs]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    info = init_head_by_probe(net, chosen, rejected, [1.0] * 40, [False] * 40, pad, torch.device("cpu"))
+    assert info["pairs"] == 40 and info["train_accuracy"] >= 0.9  # "excellent helpful" vs "terrible rude"
+    cpu = torch.device("cpu")
+    feats = pooled_features(net, chosen + rejected, pad, cpu)
+    with torch.no_grad():
+        scores = torch.cat([net(*collate([s], pad, cpu)) for s in chosen + rejected])
+        head = net.head
+        direct = head(feats)[:, 0]
+    # one row alone vs rows padded together in batches: float noise only (a wrong head would differ by O(1))
+    torch.testing.assert_close(scores, direct, atol=1e-3, rtol=1e-3)
+    assert float((scores[:40] > scores[40:]).float().mean()) == pytest.approx(info["train_accuracy"])
+    if getattr(head, "bias", None) is not None:  # decoders' score heads have no bias: nothing to centre with
+        assert abs(float(scores.mean())) < 1e-3  # the bias centres the training rows
+
+
+def test_finetune_from_a_probe_records_it_and_learns(models: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    pairs = _pairs(90)
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "st-mean"), epochs=1, lr=1e-3, batch_tokens=2048,
+                      max_length=64, seed=0, head_init="probe")
+    res = train_finetune(cfg, pairs[:70], pairs[70:], device="cpu", settings=settings)
+    assert res.history[0]["head_probe"]["pairs"] == 70 and res.history[0]["head_probe"]["train_accuracy"] >= 0.9
+    assert res.history[-1]["val_accuracy"] >= 0.8
