@@ -286,6 +286,8 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
 
 
 SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
+        "c4_rmstudio_packed_compile_2x",
+              "c4_rmstudio_packed_compile_2x",
               "d_rmstudio_random16")
 
 
@@ -347,6 +349,7 @@ def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
 # The 1.5B rows, in running order: TRL without checkpointing (fails fast when out of memory) first, the compile last
 LARGE_ROWS = ("b_trl_no_ckpt", "c_rmstudio", "a_trl_default", "c3_rmstudio_packed_compile")
 ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
+        "c4_rmstudio_packed_compile_2x",
         "d_rmstudio_random16")
 
 
@@ -363,6 +366,10 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
                                                                  compile_=args.compile, **ours_kw)[0], args.batch_tokens),
         "c2_rmstudio_compile": lambda: halving_on_oom(lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt,
                                                                           compile_=True, **ours_kw)[0], args.batch_tokens),
+        # c3 at twice the token budget: the per-step costs (optimizer, clipping, the embedding's dense gradient)
+        # spread over twice the tokens; the memory probe turns checkpointing on if the row does not fit
+        "c4_rmstudio_packed_compile_2x": lambda: run_ours(model_dir, pairs, settings, batch_tokens=2 * args.batch_tokens,
+                                                          compile_=True, packing=True, **ours_kw)[0],
         "c3_rmstudio_packed_compile": lambda: halving_on_oom(
             lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True, **ours_kw)[0],
             args.batch_tokens),
@@ -385,7 +392,8 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
 def summarize(row: dict[str, Any]) -> None:
     """Ratios against TRL for the plain trainer (c) and for the fastest RM Studio variant that ran."""
     ok = lambda k: isinstance(row.get(k), dict) and "pairs_per_s" in row[k]  # noqa: E731
-    ours = [k for k in ("c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile") if ok(k)]
+    ours = [k for k in ("c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
+                        "c4_rmstudio_packed_compile_2x") if ok(k)]
     if ours:
         row["best_rmstudio"] = max(ours, key=lambda k: row[k]["pairs_per_s"])
     for base, tag in (("a_trl_default", "a"), ("b_trl_no_ckpt", "b")):
@@ -419,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--first", default="b_trl_no_ckpt,c_rmstudio,c3_rmstudio_packed_compile,a_trl_default",
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
-    ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
+    ap.add_argument("--extras", default="c4_rmstudio_packed_compile_2x,c2_rmstudio_compile,d_rmstudio_random16",
                     help="the 0.5B rows run last (--smoke: d only)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")
