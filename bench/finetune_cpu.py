@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trl-batch", type=int, default=8)
     ap.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto", help="TrainConfig.pooling")
     ap.add_argument("--head-init", choices=("random", "probe"), default="random", help="TrainConfig.head_init")
+    ap.add_argument("--probe-l2", type=float, default=None, help="the probe's L2 (rm_engine.linear_probe.DEFAULT_L2)")
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per random batch when --batch-tokens 0")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     from hh_data import DEFAULT, as_training_pairs, load_hh
 
     torch.set_num_threads(args.threads)
+    if args.probe_l2 is not None:
+        import rm_engine.linear_probe as lp
+
+        lp.DEFAULT_L2 = args.probe_l2
     hh = load_hh(DEFAULT, limit=args.limit)
     pairs = as_training_pairs(hh)
     train, held = split_by_prompt(pairs, 0.2, seed=args.split_seed)

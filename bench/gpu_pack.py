@@ -57,8 +57,8 @@ unpack_minilm(Path('.gpu/minilm'), Path('/tmp/minilm'))" || exit 1
 # is kept in $OUT (no captured logs: torch's compile tracing fills them)
 timeout 150 python3 -m pytest -q -rfE -p no:cacheprovider --show-capture=no tests/unit/test_packing.py \\
     -k "gradients and flex" > "$OUT/gpu_tests.log" 2>&1; tail -15 "$OUT/gpu_tests.log"
-# one device call may run 10 minutes: the bench starts no section after 6 (its own default: 4)
-python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm /tmp/minilm --deadline-s 360 \\
+# one device call may run 10 minutes: the bench starts no section after 380 s (its own default: 240 s)
+python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm /tmp/minilm --deadline-s 380 \\
     --out "$OUT/gpu_train.json" "$@" 2>&1 | tee "$OUT/gpu_train.log"
 """
 

@@ -424,10 +424,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--trl-steps", type=int, default=40)
     ap.add_argument("--batch-tokens", type=int, default=32768, help="halved automatically on out-of-memory")
     ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model in row c too")
-    ap.add_argument("--first", default="b_trl_no_ckpt,c_rmstudio,c3_rmstudio_packed_compile,a_trl_default",
+    ap.add_argument("--first", default="b_trl_no_ckpt,c_rmstudio,c3_rmstudio_packed_compile,"
+                                       "c4_rmstudio_packed_compile_2x,a_trl_default",
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
-    ap.add_argument("--extras", default="c4_rmstudio_packed_compile_2x,c2_rmstudio_compile,d_rmstudio_random16",
+    ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
                     help="the 0.5B rows run last (--smoke: d only)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")

@@ -83,9 +83,10 @@ def _active(module: nn.Module) -> nn.Module:
 
 def init_head_by_probe(net: RewardNet, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
                        weights: Sequence[float], ties: Sequence[bool], pad_id: int, device: torch.device,
-                       amp: Any = None, l2: float = DEFAULT_L2) -> dict[str, float]:
+                       amp: Any = None, l2: float | None = None) -> dict[str, float]:
     """Set ``net.head`` to the linear probe fitted on the frozen features of the training pairs. Returns what the
     history records: the probe's training accuracy (strict ``>``, ties excluded), pairs fitted and ``l2``."""
+    l2 = DEFAULT_L2 if l2 is None else l2
     keep = [i for i, t in enumerate(ties) if not t and weights[i] > 0]
     if not keep:
         raise ValueError("head_init='probe': no decided pair with a positive weight to fit the probe on")
