@@ -45,7 +45,8 @@ class CacheInfo:
 
 @dataclass(frozen=True)
 class CompactResult:
-    """What :func:`compact` did to one dir; ``shards_after`` counts shards written meanwhile by others too."""
+    """What :func:`compact` did to one dir; ``shards_after`` counts shards written meanwhile by others too;
+    ``vectors``: unique keys in the shards merged (all of the dir's unless tiered)."""
 
     path: Path
     shards_before: int
@@ -131,17 +132,39 @@ def cache_report(settings: Settings) -> list[CacheInfo]:
     return out
 
 
-def compact(target: "Path | str | FeatureCache") -> CompactResult:
+TIER_RATIO = 4.0  # tiered compaction leaves a shard alone while it is over 4x the smaller shards together
+
+
+def pick_tier(sizes: list[int], ratio: float = TIER_RATIO) -> list[int]:
+    """Indices of the shards a tiered compaction merges: the smallest two, then each next larger one while it is at
+    most ``ratio`` times the sizes taken so far. A large shard is rewritten only once the small ones add up to a
+    ``1/ratio`` share of it, so each vector is rewritten O(log n) times as a cache grows, not at every merge."""
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    taken, total = order[:2], sum(sizes[i] for i in order[:2])
+    for i in order[2:]:
+        if sizes[i] > ratio * total:
+            break
+        taken.append(i)
+        total += sizes[i]
+    return sorted(taken)
+
+
+def compact(target: "Path | str | FeatureCache", *, tiered: bool = False) -> CompactResult:
     """Merge the shards of one cache dir (a path, or a :class:`FeatureCache`) into one.
 
     The shards present at the start are read (one that vanishes meanwhile, merged by another compactor, or a
     damaged one is left alone), the merged shard is written atomically, then exactly the shards read are deleted.
     Keys and vectors are kept bit-identical; of a key in several shards the first in read order wins.
+    ``tiered`` (what a writer's automatic compaction does) merges only the small shards (:func:`pick_tier`).
     """
     directory = Path(target) if isinstance(target, (str, os.PathLike)) else target.dir
     paths = shard_paths(directory)
+    n_before = len(paths)
+    if tiered and len(paths) > 2:
+        sized = [(p, st[0]) for p in paths if (st := _size_and_mtime(p)) is not None]
+        paths = [sized[i][0] for i in pick_tier([size for _, size in sized])]
     if len(paths) <= 1:
-        return CompactResult(directory, len(paths), len(paths), _count_keys(paths))
+        return CompactResult(directory, n_before, n_before, _count_keys(paths))
     merged: list[Path] = []
     keys: list[np.ndarray] = []
     vecs: list[np.ndarray] = []
@@ -158,7 +181,7 @@ def compact(target: "Path | str | FeatureCache") -> CompactResult:
         vecs.append(v)
         newest = max(newest, mtime)
     if len(merged) <= 1:
-        return CompactResult(directory, len(paths), len(shard_paths(directory)), _count_keys(paths))
+        return CompactResult(directory, n_before, len(shard_paths(directory)), _count_keys(paths))
     all_keys = np.concatenate(keys)
     _, first = np.unique(all_keys, return_index=True)
     first.sort()
@@ -168,7 +191,7 @@ def compact(target: "Path | str | FeatureCache") -> CompactResult:
             p.unlink()
         except FileNotFoundError:  # another compactor merged it too
             pass
-    return CompactResult(directory, len(paths), len(shard_paths(directory)), len(first))
+    return CompactResult(directory, n_before, len(shard_paths(directory)), len(first))
 
 
 def _count_keys(paths: list[Path]) -> int:

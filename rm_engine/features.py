@@ -4,7 +4,7 @@ Cache layout: ``settings.cache_dir/features/<fingerprint>-<pooling>-L<max_length
 shard files ``s-<uuid>.npz`` (arrays ``keys`` and ``vecs``). Each writer writes its own new shard to a temp name
 and ``os.replace``\\ s it into place, so several processes and threads can extract at once without ever leaving a
 half-written shard; a duplicate key in two shards is harmless. Beyond ``AUTO_COMPACT_SHARDS`` shards a write
-merges them into one (``rm_engine/cache_admin.py`` also reports, compacts and prunes caches). The key of a text is
+merges the small ones into one, tiered (``rm_engine/cache_admin.py`` also reports, compacts and prunes caches). The key of a text is
 the sha256 of what was embedded (the input kind, history, prompt and response), so every retrain reuses earlier work.
 
 Extraction sorts texts by token length and pads each batch only to its own longest text (NOTES.md §4: 2.5x
@@ -140,7 +140,8 @@ class FeatureCache:
 
     def put_many(self, keys: Sequence[str], vecs: np.ndarray) -> Path | None:
         """Write one new shard atomically (temp file, fsync, ``os.replace``); beyond ``AUTO_COMPACT_SHARDS``
-        shards, merge the dir's shards into one (the returned shard may then be merged away already)."""
+        shards, merge the dir's small shards into one (tiered: large shards are left alone until the small ones
+        add up to a quarter of them; the returned shard may then be merged away already)."""
         if not len(keys):
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ class FeatureCache:
             self._seen.add(name)
         if len(list(self.dir.glob("s-*.npz"))) > AUTO_COMPACT_SHARDS:
             try:
-                compact(self.dir)
+                compact(self.dir, tiered=True)
             except OSError:  # maintenance only: the shard is written, the next put_many tries again
                 pass
         return self.dir / name

@@ -17,7 +17,7 @@ import pytest
 
 import rm_engine.features as features
 from db.config import Settings
-from rm_engine.cache_admin import cache_report, compact, prune
+from rm_engine.cache_admin import cache_report, compact, pick_tier, prune
 from rm_engine.cli import main
 from rm_engine.features import FeatureCache
 
@@ -154,6 +154,33 @@ def test_put_many_auto_compacts_past_the_threshold(tmp_path: Path, monkeypatch: 
         keys += _put(cache, [f"a{i}-{j}" for j in range(2)])
         counts.append(len(_shards(cache)))
     assert counts == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]
+    _assert_all(_cache(s), keys)
+
+
+@pytest.mark.parametrize(("sizes", "expected"), [
+    ([1, 1, 1, 1], [0, 1, 2, 3]),            # equal shards: all merge
+    ([100, 1, 1, 1], [1, 2, 3]),             # 100 > 4 x 3: the large shard stays
+    ([100, 10, 1, 1, 5], [1, 2, 3, 4]),      # 1+1 -> 5 <= 8 -> 10 <= 28; 100 > 4 x 17
+    ([20, 3, 2], [0, 1, 2]),                 # 20 <= 4 x 5: merged too
+    ([7, 7], [0, 1]),
+])
+def test_pick_tier_merges_the_small_shards(sizes: list[int], expected: list[int]) -> None:
+    assert pick_tier(sizes) == expected
+
+
+def test_auto_compaction_leaves_a_large_shard_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "AUTO_COMPACT_SHARDS", 3)
+    s = _settings(tmp_path)
+    cache = _cache(s)
+    keys = _put(cache, [f"big-{j}" for j in range(300)])
+    (big,) = _shards(cache)
+    for i in range(12):  # four automatic compactions of one-key shards
+        keys += _put(cache, [f"small-{i}"])
+        assert big in _shards(cache) and len(_shards(cache)) <= 4
+    assert len(_shards(cache)) < 12
+    _assert_all(_cache(s), keys)
+    compact(cache)  # the command merges everything
+    assert _shards(cache) != [big] and len(_shards(cache)) == 1
     _assert_all(_cache(s), keys)
 
 
