@@ -1,6 +1,6 @@
 """Inspect (researchers): score a prompt and any number of responses with a model version (raw, z, sigmoid,
-percentile, ensemble std), compare two versions on the same inputs (and see them as one reward), and browse the
-stored pairs where the model most disagrees with the human label."""
+percentile, ensemble std), compare it with up to three other versions on the same inputs (and see them as one
+reward), and browse the stored pairs where the model most disagrees with the human label."""
 from __future__ import annotations
 
 import pandas as pd
@@ -17,6 +17,7 @@ require_researcher()
 st.title("Inspect")
 db = database()
 MAX_RESPONSES = 20
+MAX_COMPARED = 3  # versions beside the first: four score tables side by side at most
 
 with db.read() as s:
     ids = [v.id for v in versions.list_versions(s)]
@@ -49,12 +50,14 @@ def score_frame(version_id: int, prompt: str, texts: list[str]) -> tuple[pd.Data
 
 
 def score_panel() -> None:
-    """Score a prompt and its responses with one version, or two side by side (inputs kept for the session)."""
+    """Score a prompt and its responses with one version, or several side by side (inputs kept for the session)."""
     keep = {"persist_state": "session"}
     c1, c2 = st.columns(2)
     va = c1.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="inspect_version", **keep)
-    vb = c2.selectbox("Compare with", [None] + [i for i in ids if i != va], key="inspect_compare", **keep,
-                      format_func=lambda v: "(no comparison)" if v is None else f"version {v}")
+    # every version stays an option (one equal to the first is skipped below): options that change with the first
+    # choice would invalidate a kept selection
+    others = c2.multiselect("Compare with", ids, key="inspect_compare", **keep,
+                            max_selections=MAX_COMPARED, format_func=lambda v: f"version {v}")
     prompt = st.text_area("Prompt", key="inspect_prompt", height=100, **keep)
     n = int(st.number_input("Number of responses", min_value=1, max_value=MAX_RESPONSES, value=2, key="inspect_n", **keep))
     rcols = st.columns(min(n, 3))
@@ -66,7 +69,7 @@ def score_panel() -> None:
     if not prompt or not prompt.strip() or not texts:
         st.error("Enter a prompt and at least one response.")
         return
-    shown = [v for v in (va, vb) if v is not None]
+    shown = [va, *[v for v in others if v != va]]
     for col, vid in zip(st.columns(len(shown)), shown):
         with col:
             st.subheader(f"Version {vid}")
@@ -85,21 +88,22 @@ def score_panel() -> None:
                     std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"
                     st.caption(f"#{row.rank}: raw {row.raw:.3f}, z {row.z:.2f}, sigmoid {row.sigmoid:.2f}{std}")
                     safe_markdown(row.response)
-    if vb is not None:
-        combined_panel([va, vb], prompt, texts)
+    if len(shown) > 1:
+        combined_panel(shown, prompt, texts)
 
 
 def combined_panel(vids: list[int], prompt: str, texts: list[str]) -> None:
-    """Two versions as one reward: their z-scores combined three ways (rm_engine.version_ensemble)."""
-    st.subheader(f"Versions {vids[0]} and {vids[1]} as one reward")
-    st.caption("Raw scores of two versions are on unrelated scales, so they are combined through their z-scores. "
+    """Several versions as one reward: their z-scores combined three ways (rm_engine.version_ensemble)."""
+    names = ", ".join(str(v) for v in vids[:-1]) + f" and {vids[-1]}"
+    st.subheader(f"Versions {names} as one reward")
+    st.caption("Raw scores of different versions are on unrelated scales, so they are combined through their z-scores. "
                "`min` and `mean - std` lower the reward where the versions disagree, where a policy could exploit "
                "one model's mistakes.")
     try:
         ens = VersionEnsemble([load_model(v, db.url) for v in vids])
         scores = ens.score(prompt, texts)
     except Exception as exc:  # noqa: BLE001  (e.g. both fell back to the same older version)
-        st.error(f"Cannot combine versions {vids[0]} and {vids[1]}: {exc}")
+        st.error(f"Cannot combine versions {names}: {exc}")
         return
     way = ens.by_combination(scores)
     df = pd.DataFrame({"response": texts, "mean z": way["mean"], "min z": way["min"], "mean - std": way["uwo"],

@@ -93,11 +93,29 @@ def test_scores_rank_responses_and_show_untrusted_text_as_text(version: int, sql
     assert all(not m.proto.allow_html for m in at.markdown)
 
 
+def test_three_versions_side_by_side_and_as_one_reward(version: int, sqlite_db: Database, seeded: Seeded, home) -> None:
+    second, third = (_train(sqlite_db, seeded, home, seed=k) for k in (1, 2))
+    at = _page()
+    at.selectbox(key="inspect_version").set_value(third)
+    at.multiselect(key="inspect_compare").set_value([third, version, second])  # the first version again: skipped
+    at = _score(at, "Name a colour", ["Red.", "no.", "Blue!"])
+    assert not at.exception
+    assert [h.value for h in at.subheader] == [f"Version {third}", f"Version {version}", f"Version {second}",
+                                               f"Versions {third}, {version} and {second} as one reward"]
+    tables = [t.set_index("response")["z"] for t in _score_tables(at)]
+    both = next(d.value for d in at.dataframe if "mean z" in d.value.columns).set_index("response")
+    for text in ("Red.", "no.", "Blue!"):
+        zs = [t[text] for t in tables]
+        assert both.loc[text, "mean z"] == pytest.approx(sum(zs) / 3)
+        assert both.loc[text, "min z"] == pytest.approx(min(zs))
+        assert [both.loc[text, f"z v{v}"] for v in (third, version, second)] == pytest.approx(zs)
+
+
 def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sqlite_db: Database, seeded: Seeded, home) -> None:
     second = _train(sqlite_db, seeded, home, seed=1)
     at = _page()
     at.selectbox(key="inspect_version").set_value(second)
-    at.selectbox(key="inspect_compare").set_value(version)
+    at.multiselect(key="inspect_compare").set_value([version])
     at = _score(at, "Name a colour", ["Red.", "no."])
     assert not at.exception
     assert [h.value for h in at.subheader] == [f"Version {second}", f"Version {version}",
