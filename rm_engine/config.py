@@ -10,6 +10,9 @@ from typing import Any, Mapping
 SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
+# How several versions combine into one reward (rm_engine.version_ensemble); here so that the CLI can offer the
+# choices without importing numpy.
+COMBINE = ("mean", "min", "uwo")
 # Keys a model version's stored config carries besides the fields (``from_dict`` accepts and ignores them).
 VERSION_KEYS = frozenset({"truncation"})
 

@@ -22,9 +22,8 @@ import numpy as np
 from db.config import Settings
 from db.session import Database
 from rm_engine.backbone import History
+from rm_engine.config import COMBINE
 from rm_engine.scoring import RewardModel, completion_rows
-
-COMBINE = ("mean", "min", "uwo")
 
 
 def combine_z(Z: np.ndarray, how: str = "mean", penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

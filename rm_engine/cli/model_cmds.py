@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rm_engine.cli.common import CLIError, open_db, print_json, progress, settings
+from rm_engine.config import COMBINE
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -84,7 +85,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="latest (default) or a version id; repeat to use several versions as one ensemble reward")
-    p.add_argument("--combine", choices=("mean", "min", "uwo"), default="mean",
+    p.add_argument("--combine", choices=COMBINE, default="mean",
                    help="several --model: mean z (default), min z (worst case) or uwo (mean z - penalty x std)")
     p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
 
