@@ -79,3 +79,31 @@ def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:  # noqa: ANN001
     assert row["best_rmstudio"] == "c3_rmstudio_packed_compile"
     assert row["ratio_c_over_b"] == pytest.approx(2.5) and row["ratio_best_over_b"] == pytest.approx(4.0)
     assert row["ratio_c_over_a"] == pytest.approx(6.25) and row["ratio_best_over_a"] == pytest.approx(10.0)
+
+
+def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The order a deadline cuts from the end of: the 0.5B rows, accuracy split 0, the 1.5B plain rows, the other
+    splits, the 1.5B compiled row, the optional 0.5B rows (no model is built or trained here)."""
+    _, gpu_train = bench
+    calls: list[tuple] = []
+    monkeypatch.setattr(gpu_train, "ensure_trl", lambda wheels: "present")
+    monkeypatch.setattr(gpu_train, "load_data", lambda args: [])
+    monkeypatch.setattr(gpu_train, "resolve_minilm", lambda arg, scratch: (tmp_path, None))
+    monkeypatch.setattr(gpu_train, "build_random_model", lambda root, shape, tok: (tmp_path / shape, 1))
+    monkeypatch.setattr(gpu_train, "encode", lambda tok, pairs, n, decoder: ([[1]], [[1]]))
+    monkeypatch.setattr(gpu_train, "_dtok", lambda: None)
+    monkeypatch.setattr(gpu_train, "speed_rows", lambda run, row, model_dir, pairs, ids, settings, args, which:
+                        calls.append((model_dir.name, *which)))
+    monkeypatch.setattr(gpu_train, "accuracy_section", lambda args, pairs, settings, home, seed, trl_ok:
+                        calls.append(("accuracy", seed)) or {"split_seed": seed})
+    report = gpu_train.main(["--sizes", "0.5b,1.5b", "--out", str(tmp_path / "r.json")])
+    assert calls == [
+        ("0.5b", "b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "c4_rmstudio_packed_compile_2x",
+         "a_trl_default"),
+        ("accuracy", 0),
+        ("1.5b", "b_trl_no_ckpt", "c_rmstudio", "a_trl_default"),
+        ("accuracy", 1), ("accuracy", 2),
+        ("1.5b", "c3_rmstudio_packed_compile"),
+        ("0.5b", "c2_rmstudio_compile", "d_rmstudio_random16"),
+    ]
+    assert [report[k]["split_seed"] for k in ("accuracy", "accuracy_seed1", "accuracy_seed2")] == [0, 1, 2]
