@@ -195,7 +195,7 @@ def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: 
             "val_pairs": int(sums[1])}
 
 
-def _probe_memory(dev: torch.device, world: int, cfg: TrainConfig, decoder: bool) -> bool:
+def _probe_memory(dev: torch.device, world: int) -> bool:
     """Whether to probe GPU memory before training (:mod:`rm_engine.memory_fit`): one CUDA process."""
     return dev.type == "cuda" and world == 1
 
@@ -294,10 +294,10 @@ def train_finetune(
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
     probe_info = None
     if cfg.head_init == "probe":  # before any DDP wrapper: every rank fits the same probe, rank 0's is broadcast
-        probe_info = init_head_by_probe(net, tr.chosen, tr.rejected, w_host, tr.tie, fm.pad_id, dev, amp)
+        probe_info = init_head_by_probe(net, tr.chosen, tr.rejected, w_host, tr.tie, fm.pad_id, dev)
         log.info("finetune: score head initialised by a linear probe (train accuracy %.3f)", probe_info["train_accuracy"])
     fit_actions: tuple[str, ...] = ()
-    if _probe_memory(dev, world, cfg, decoder):
+    if _probe_memory(dev, world):
         probe = _probe_packed_step if cfg.packing and decoder else _probe_step
         fit = fit_to_memory(cfg, lambda c: probe(net, fm.pad_id, dev, amp, tr, c),
                             lambda: unwrap_hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))

@@ -26,7 +26,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -174,6 +174,31 @@ class RewardNet(nn.Module):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+@torch.no_grad()
+def by_length(net: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seqs: Sequence[Sequence[int]],
+              pad_id: int, device: torch.device, *, batch_tokens: int = 16384) -> torch.Tensor:
+    """``fn(input_ids, attention_mask)`` over ``seqs`` (non-empty) in batches grouped by length under a token
+    budget, ``net`` in eval mode, bf16 autocast on CUDA; rows in input order, fp32 on the CPU."""
+    was_training = net.training
+    net.eval()
+    plan = plan_batches([len(s) for s in seqs], BatchPlanConfig(batch_tokens=batch_tokens, rows_per_item=1, window=0),
+                        shuffle=False)
+    use_amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    parts, order = [], []
+    try:
+        for batch in plan:
+            ids, mask = collate([seqs[i] for i in batch], pad_id, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                parts.append(fn(ids, mask).float().cpu())
+            order.extend(batch)
+    finally:
+        net.train(was_training)
+    got = torch.cat(parts)
+    out = torch.empty_like(got)
+    out[torch.as_tensor(order)] = got
+    return out
+
+
 def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device, multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask)`` on ``device`` (pinned, non-blocking copy on CUDA; padded to a
     multiple of 8 there, which tensor cores and ``torch.compile`` prefer)."""
@@ -285,26 +310,12 @@ class FinetunedModel:
         return [build_inputs(self.tokenizer, p, h, r, self.meta.max_length, decoder=self.meta.decoder)
                 for p, h, r in zip(prompts, hs, responses)]
 
-    @torch.no_grad()
     def score_ids(self, seqs: Sequence[Sequence[int]], *, batch_tokens: int = 16384) -> np.ndarray:
         """Scores of already-tokenised rows, in input order; batches are grouped by length under a token budget
         and run in bf16 autocast on CUDA."""
         if not seqs:
             return np.zeros(0, dtype=np.float32)
-        was_training = self.net.training
-        self.net.eval()
-        out = np.empty(len(seqs), dtype=np.float32)
-        plan = plan_batches([len(s) for s in seqs], BatchPlanConfig(batch_tokens=batch_tokens, rows_per_item=1, window=0), shuffle=False)
-        use_amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        try:
-            for batch in plan:
-                ids, mask = collate([seqs[i] for i in batch], self.pad_id, self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    r = self.net(ids, mask)
-                out[batch] = r.float().cpu().numpy()
-        finally:
-            self.net.train(was_training)
-        return out
+        return by_length(self.net, self.net, seqs, self.pad_id, self.device, batch_tokens=batch_tokens).numpy()
 
     def score(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str], *,
               batch_tokens: int = 16384) -> np.ndarray:

@@ -9,14 +9,13 @@ with L-BFGS in float64), mapped back to the raw features. Tie pairs are left out
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rm_engine.finetune_model import RewardNet, collate
+from rm_engine.finetune_model import RewardNet, by_length
 
 DEFAULT_L2 = 0.1  # head mode's default for a linear head on standardised features
 
@@ -50,27 +49,6 @@ def fit_probe(fc: torch.Tensor, fr: torch.Tensor, weight: torch.Tensor, l2: floa
     return w.float(), float(-(w * mu).sum())
 
 
-@torch.no_grad()
-def pooled_features(net: RewardNet, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,
-                    amp: Any = None, batch: int = 64) -> torch.Tensor:
-    """``net.pooled`` of every sequence (eval mode, batches of similar length), fp32 on the CPU, in input order."""
-    was_training = net.training
-    net.eval()
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
-    try:
-        for k in range(0, len(order), batch):
-            idx = order[k : k + batch]
-            ids, mask = collate([seqs[i] for i in idx], pad_id, device)
-            with amp if amp is not None else contextlib.nullcontext():
-                f = net.pooled(ids, mask).float().cpu()
-            for row, i in enumerate(idx):
-                out[i] = f[row]
-    finally:
-        net.train(was_training)
-    return torch.stack(out)
-
-
 def _active(module: nn.Module) -> nn.Module:
     """The layer that runs: peft's ``ModulesToSaveWrapper`` (LoRA) holds a trainable copy per adapter."""
     copies = getattr(module, "modules_to_save", None)
@@ -83,14 +61,14 @@ def _active(module: nn.Module) -> nn.Module:
 
 def init_head_by_probe(net: RewardNet, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
                        weights: Sequence[float], ties: Sequence[bool], pad_id: int, device: torch.device,
-                       amp: Any = None, l2: float | None = None) -> dict[str, float]:
+                       l2: float | None = None) -> dict[str, float]:
     """Set ``net.head`` to the linear probe fitted on the frozen features of the training pairs. Returns what the
     history records: the probe's training accuracy (strict ``>``, ties excluded), pairs fitted and ``l2``."""
     l2 = DEFAULT_L2 if l2 is None else l2
     keep = [i for i, t in enumerate(ties) if not t and weights[i] > 0]
     if not keep:
         raise ValueError("head_init='probe': no decided pair with a positive weight to fit the probe on")
-    feats = pooled_features(net, [chosen[i] for i in keep] + [rejected[i] for i in keep], pad_id, device, amp)
+    feats = by_length(net, net.pooled, [chosen[i] for i in keep] + [rejected[i] for i in keep], pad_id, device)
     fc, fr = feats[: len(keep)], feats[len(keep):]
     w, b = fit_probe(fc, fr, torch.tensor([float(weights[i]) for i in keep]), l2=l2)
     head = _active(net.head)

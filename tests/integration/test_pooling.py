@@ -129,7 +129,8 @@ def test_config_can_force_cls_pooling_and_rejects_unknown_ones(models: Path, tmp
 def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: str, lora: bool) -> None:
     """head_init='probe': the fitted probe becomes the head the model scores with (LoRA: peft's trainable copy)."""
     from rm_engine.finetune_model import load_backbone_model
-    from rm_engine.linear_probe import init_head_by_probe, pooled_features
+    from rm_engine.finetune_model import by_length
+    from rm_engine.linear_probe import init_head_by_probe
     from transformers import AutoTokenizer
 
     decoder = name == "dec"
@@ -143,7 +144,7 @@ def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: s
     info = init_head_by_probe(net, chosen, rejected, [1.0] * 40, [False] * 40, pad, torch.device("cpu"))
     assert info["pairs"] == 40 and info["train_accuracy"] >= 0.9  # "excellent helpful" vs "terrible rude"
     cpu = torch.device("cpu")
-    feats = pooled_features(net, chosen + rejected, pad, cpu)
+    feats = by_length(net, net.pooled, chosen + rejected, pad, cpu)
     with torch.no_grad():
         scores = torch.cat([net(*collate([s], pad, cpu)) for s in chosen + rejected])
         head = net.head
