@@ -106,10 +106,15 @@ class TrainConfig:
             trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
             does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's
             choice); ``"mean"`` forces the masked mean of the last hidden states. Decoders always read the last
-            real token. The pooling used is saved with the model.
+            real token. ``"rich"`` reads head mode's rich features (context + response, response and context
+            embeddings, their products) with a linear layer of its own: three sequences per response, about 2.5x
+            the compute, and on HH-harmless the best fine-tune measured on CPU (BENCHMARKS.md). The pooling used
+            is saved with the model.
         head_init: finetune mode: the new score head's start. ``"random"``: the model's own initialisation
             (TRL's); ``"probe"``: first fitted alone on the frozen backbone's features of the training pairs (a
-            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.linear_probe``).
+            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.linear_probe``); ``"auto"``
+            (default): ``probe`` with ``pooling="rich"`` (a 4 x hidden head from random is slow to find what the
+            probe finds at once), ``random`` otherwise.
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
@@ -144,7 +149,7 @@ class TrainConfig:
     compile: bool = False
     packing: bool = False
     pooling: str = "auto"
-    head_init: str = "random"
+    head_init: str = "auto"
     features: str = "rich"
     quantize: bool = False
     patience: int = 30
@@ -156,7 +161,7 @@ class TrainConfig:
         choices = {
             "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
             "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
-            "pooling": ("auto", "cls", "mean"), "head_init": ("random", "probe"),
+            "pooling": ("auto", "cls", "mean", "rich"), "head_init": ("auto", "random", "probe"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -202,6 +207,7 @@ class TrainConfig:
             epochs=self.epochs if self.epochs is not None else d["epochs"],
             lr=self.lr if self.lr is not None else d["lr"],
             weight_decay=self.weight_decay if self.weight_decay is not None else d["weight_decay"],
+            head_init=self.head_init if self.head_init != "auto" else ("probe" if self.pooling == "rich" else "random"),
         )
 
     def replace(self, **changes: Any) -> "TrainConfig":

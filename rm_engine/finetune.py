@@ -49,10 +49,10 @@ from torch import nn
 from db.config import Settings
 from db.pairs import TrainingPair
 from rm_engine import ddp
-from rm_engine.backbone import TRUNCATION_POLICY, build_inputs, is_decoder, load_config, load_tokenizer, resolve_backbone
+from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling, collate,
+from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling,
                                       load_backbone_model, resolve_device)
 from rm_engine.linear_probe import init_head_by_probe
 from rm_engine.memory_fit import fit_to_memory, fits, heaviest
@@ -148,14 +148,16 @@ def _pair_weights(cfg: TrainConfig, pairs: Sequence[TrainingPair], weights: Sequ
 
 
 class _Encoded:
-    """Token ids of the chosen and rejected sides, plus per-pair tensors-to-be (weights, ties, margins)."""
+    """The chosen and rejected rows (as :meth:`FinetunedModel.encode` makes them for scoring), plus per-pair
+    tensors-to-be (weights, ties, margins)."""
 
-    def __init__(self, model_tok: Any, pairs: Sequence[TrainingPair], cfg: TrainConfig, decoder: bool) -> None:
-        enc = lambda p, r: build_inputs(model_tok, p.prompt, p.history, r, cfg.max_length, decoder=decoder)  # noqa: E731
-        self.chosen = [enc(p, p.chosen) for p in pairs]
-        self.rejected = [enc(p, p.rejected) for p in pairs]
-        self.lengths = [max(len(c), len(r)) for c, r in zip(self.chosen, self.rejected)]
-        self.sizes = [len(c) + len(r) for c, r in zip(self.chosen, self.rejected)]
+    def __init__(self, fm: FinetunedModel, pairs: Sequence[TrainingPair], cfg: TrainConfig) -> None:
+        prompts, histories = [p.prompt for p in pairs], [p.history for p in pairs]
+        self.chosen = fm.encode(prompts, histories, [p.chosen for p in pairs])
+        self.rejected = fm.encode(prompts, histories, [p.rejected for p in pairs])
+        size = fm.net.row_length
+        self.lengths = [max(size(c), size(r)) for c, r in zip(self.chosen, self.rejected)]
+        self.sizes = [size(c) + size(r) for c, r in zip(self.chosen, self.rejected)]
         self.tie = [bool(p.tie) for p in pairs]
         self.margin = [0.0 if p.tie else cfg.margin_from_strength * float(p.strength or 0) for p in pairs]
 
@@ -207,9 +209,9 @@ def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_
 
     def step() -> None:
         net.train()  # Hugging Face models checkpoint only in training mode
-        ids, mask = collate(seqs, pad_id, dev)
+        args, _ = net.collate(seqs, pad_id, dev)
         with amp if amp is not None else contextlib.nullcontext():
-            r = net(ids, mask)
+            r = net(*args)
         r.float().square().mean().backward()
 
     return fits(step, lambda: net.zero_grad(set_to_none=True))
@@ -277,13 +279,16 @@ def train_finetune(
     tok = load_tokenizer(ref, decoder=decoder)
     torch.manual_seed(cfg.seed)
     hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
+    if decoder and cfg.pooling not in ("auto", "last"):
+        log.warning("TrainConfig.pooling=%r ignored: %s is a decoder (score read at its last real token)",
+                    cfg.pooling, ref.path)
     pooling = backbone_pooling(ref.path, hf, decoder) if cfg.pooling == "auto" or decoder else cfg.pooling
     net = RewardNet(hf, decoder, pooling).to(dev)
     meta = FinetuneMeta(decoder=decoder, max_length=cfg.max_length, lora=cfg.lora, backbone=ref.to_dict(),
                         truncation=TRUNCATION_POLICY, pooling=pooling)
     fm = FinetunedModel(net, tok, meta, dev)
 
-    tr, va = _Encoded(tok, train_pairs, cfg, decoder), _Encoded(tok, val_pairs, cfg, decoder)
+    tr, va = _Encoded(fm, train_pairs, cfg), _Encoded(fm, val_pairs, cfg)
     n_ties = sum(tr.tie)
     tie_model = cfg.tie_model if (n_ties and cfg.ties == "model") else None
     tie_param = None
@@ -343,9 +348,11 @@ def train_finetune(
             k = len(local)
             seqs = [tr.chosen[i] for i in local] + [tr.rejected[i] for i in local]
             if packer is None:
-                ids, mask = collate(seqs, fm.pad_id, dev)
-                pad_tok += ids.numel()
-            real_tok += sum(len(s) for s in seqs)
+                args, n_real = net.collate(seqs, fm.pad_id, dev)
+                pad_tok += sum(a.numel() for a in args[1:6:2])  # the attention masks
+                real_tok += n_real
+            else:
+                real_tok += sum(len(s) for s in seqs)
             host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i])] for i in local], dtype=torch.float32)
             host = host.pin_memory().to(dev, non_blocking=True) if cuda else host
             w_t, margin_t, tie_t = host[:, 0], host[:, 1], host[:, 2].bool()
@@ -354,7 +361,7 @@ def train_finetune(
                     r, row_len = packer(seqs)
                     pad_tok += row_len
                 else:
-                    r = train_net(ids, mask)
+                    r = train_net(*args)
             r = r.float()
             rc, rr = r[:k], r[k:]
             gw = sum(w_host[i] for i in gbatch) or 1.0

@@ -7,6 +7,9 @@ The score of a row is one fp32 number:
   bundled MiniLM's does), the head's linear layer on the mean of the last hidden states over real tokens: the
   representation the backbone was trained to produce. On HH-harmless it measures the same as [CLS] within seed
   noise (BENCHMARKS.md); ``TrainConfig.pooling`` can force either;
+* encoders with ``pooling="rich"``: a linear layer of its own on head mode's rich features of three sequences per
+  row (context + response, response alone, context alone; :meth:`RewardNet.pooled`), so a fine-tune starts from
+  the representation that head mode found strongest and trains it end to end;
 * decoders: the ``score`` head applied to the hidden state of the *last non-pad token*, whose position is
   ``attention_mask.sum(-1) - 1`` with right padding. ``pad_token_id`` is never searched for, so a tokenizer whose
   pad token equals eos (most decoders) is safe.
@@ -14,7 +17,8 @@ The score of a row is one fp32 number:
 Files (``save``/``load``), safetensors only, never pickles:
 
 * full fine-tune: the Hugging Face model folder (``config.json`` + ``model.safetensors``), the tokenizer, and
-  ``finetune.json`` (format, encoder/decoder, max length, truncation policy, backbone, tie parameter);
+  ``finetune.json`` (format, encoder/decoder, max length, truncation policy, backbone, tie parameter, pooling);
+  with ``pooling="rich"`` also ``rich_head.safetensors`` (the linear layer on the rich features);
 * LoRA: ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights *and* the fully trained head,
   peft's ``modules_to_save``: every module that was newly initialised on load, e.g. ``score``/``classifier``),
   the tokenizer and ``finetune.json``; the base weights are re-read from the backbone folder, whose fingerprint
@@ -49,7 +53,7 @@ class FinetuneMeta:
     truncation: str
     tie_model: str | None = None
     tie_param: float | None = None
-    pooling: str | None = None  # "cls", "mean" or "last"; None (files written before it existed) = the default
+    pooling: str | None = None  # "cls", "mean", "rich" or "last"; None (files written before it existed) = the default
     format: str = FORMAT
 
     def with_tie(self, tie_model: str | None, tie_param: float | None) -> "FinetuneMeta":
@@ -95,7 +99,12 @@ def unwrap_hf(model: nn.Module) -> nn.Module:
     return model.base_model.model if isinstance(model, PeftModel) else model
 
 
-POOLINGS = ("cls", "mean", "last")
+POOLINGS = ("cls", "mean", "rich", "last")
+RICH_HEAD_FILE = "rich_head.safetensors"
+
+# One scored row: token ids of (context + response); with ``pooling="rich"`` the triple (context + response,
+# response alone, context alone), see :meth:`RewardNet.collate`.
+Row = Sequence[int] | tuple[Sequence[int], Sequence[int], Sequence[int]]
 
 
 def _linear_head(hf: nn.Module) -> bool:
@@ -137,29 +146,74 @@ class RewardNet(nn.Module):
             raise ValueError(f"pooling {self.pooling!r} does not fit a{' decoder' if decoder else 'n encoder'}")
         if decoder and not isinstance(getattr(hf, "score", None), nn.Module):
             raise ValueError(f"{type(hf).__name__}: decoder without a 'score' head is not supported")
-        if self.pooling == "mean":
-            if not _linear_head(hf):
+        self.rich_head: nn.Linear | None = None
+        if self.pooling in ("mean", "rich"):
+            if self.pooling == "mean" and not _linear_head(hf):
                 raise ValueError(f"{type(hf).__name__}: mean pooling needs a linear 'classifier' head")
-            pooler = getattr(getattr(hf, hf.base_model_prefix), "pooler", None)
-            for prm in pooler.parameters() if isinstance(pooler, nn.Module) else ():
-                prm.requires_grad_(False)  # unused: DDP would wait for its gradients forever
+            unused = [getattr(getattr(hf, hf.base_model_prefix), "pooler", None)]
+            if self.pooling == "rich":
+                # Head mode's rich features [e_pr, e_r, e_p * e_r, e_p * e_pr] read by a linear layer of its own;
+                # the model's classifier stays in the files but unused.
+                self.rich_head = nn.Linear(4 * int(hf.config.hidden_size), 1)
+                unused.append(getattr(hf, "classifier", None))
+            for module in unused:
+                for prm in module.parameters() if isinstance(module, nn.Module) else ():
+                    prm.requires_grad_(False)  # unused: DDP would wait for its gradients forever
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rich: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        return self.head(self.pooled(input_ids, attention_mask))[:, 0].float()
+        return self.head(self.pooled(input_ids, attention_mask, *rich))[:, 0].float()
 
     @property
     def head(self) -> nn.Module:
-        """The final linear layer (``classifier`` for encoders, ``score`` for decoders; peft's wrapper when LoRA)."""
+        """The final linear layer (``classifier`` for encoders, ``score`` for decoders; peft's wrapper when LoRA;
+        ``rich_head`` with rich pooling)."""
+        if self.rich_head is not None:
+            return self.rich_head
         hf = unwrap_hf(self.model)
         return hf.score if self.decoder else hf.classifier
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def collate(self, rows: Sequence[Row], pad_id: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...], int]:
+        """The forward arguments for ``rows`` and their number of real tokens.
+
+        Plain rows: right-padded ``(input_ids, attention_mask)``. Rich rows ``(joint, response, context)``: three
+        padded groups, each padded to its own longest row, with contexts shared by several rows (the chosen and
+        rejected side of a pair, or many responses to one prompt) encoded once, plus each row's context index:
+        ``(ids, mask, r_ids, r_mask, c_ids, c_mask, c_index)``."""
+        if self.pooling != "rich":
+            return collate(rows, pad_id, device), sum(len(r) for r in rows)
+        slot: dict[tuple[int, ...], int] = {}
+        for row in rows:
+            slot.setdefault(tuple(row[2]), len(slot))
+        contexts = [list(k) for k in slot]
+        index = torch.tensor([slot[tuple(row[2])] for row in rows], dtype=torch.long).to(device)
+        real = sum(len(r[0]) + len(r[1]) for r in rows) + sum(len(c) for c in contexts)
+        return (*collate([r[0] for r in rows], pad_id, device), *collate([r[1] for r in rows], pad_id, device),
+                *collate(contexts, pad_id, device), index), real
+
+    def row_length(self, row: Row) -> int:
+        """The length batches are grouped by: the (context + response) sequence's."""
+        return len(row[0]) if self.pooling == "rich" else len(row)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rich: torch.Tensor) -> torch.Tensor:
         """The vector :attr:`head` reads per row: the masked mean (``mean``), the last real token's hidden state
-        (``last``) or the pooler's output on [CLS] (``cls``, encoders whose head is one linear layer)."""
+        (``last``), the pooler's output on [CLS] (``cls``, encoders whose head is one linear layer), or, for
+        ``rich`` (arguments from :meth:`collate`), ``[e_pr, e_r, e_p * e_r, e_p * e_pr]`` where ``e_*`` are the
+        L2-normalised masked means of context + response, response and context: head mode's features
+        (:mod:`rm_engine.features`), now trained end to end."""
         hf = unwrap_hf(self.model)
         body = getattr(hf, hf.base_model_prefix)
+        if self.pooling == "rich":
+            r_ids, r_mask, c_ids, c_mask, c_index = rich
+
+            def emb(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                hidden = body(input_ids=ids, attention_mask=mask)[0]
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                return nn.functional.normalize(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float(), dim=-1)
+
+            e_pr, e_r, e_p = emb(input_ids, attention_mask), emb(r_ids, r_mask), emb(c_ids, c_mask)[c_index]
+            return torch.cat([e_pr, e_r, e_p * e_r, e_p * e_pr], dim=-1)
         if self.pooling == "cls":
             if not _linear_head(hf) or not isinstance(getattr(body, "pooler", None), nn.Module):
                 raise ValueError(f"{type(hf).__name__}: [CLS] features need a pooler and a linear 'classifier'")
@@ -175,21 +229,21 @@ class RewardNet(nn.Module):
 
 
 @torch.no_grad()
-def by_length(net: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seqs: Sequence[Sequence[int]],
-              pad_id: int, device: torch.device, *, batch_tokens: int = 16384) -> torch.Tensor:
-    """``fn(input_ids, attention_mask)`` over ``seqs`` (non-empty) in batches grouped by length under a token
-    budget, ``net`` in eval mode, bf16 autocast on CUDA; rows in input order, fp32 on the CPU."""
+def by_length(net: RewardNet, fn: Callable[..., torch.Tensor], seqs: Sequence[Row], pad_id: int,
+              device: torch.device, *, batch_tokens: int = 16384) -> torch.Tensor:
+    """``fn(*net.collate(batch))`` over ``seqs`` (non-empty) in batches grouped by length under a token budget,
+    ``net`` in eval mode, bf16 autocast on CUDA; rows in input order, fp32 on the CPU."""
     was_training = net.training
     net.eval()
-    plan = plan_batches([len(s) for s in seqs], BatchPlanConfig(batch_tokens=batch_tokens, rows_per_item=1, window=0),
-                        shuffle=False)
+    plan = plan_batches([net.row_length(s) for s in seqs],
+                        BatchPlanConfig(batch_tokens=batch_tokens, rows_per_item=1, window=0), shuffle=False)
     use_amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     parts, order = [], []
     try:
         for batch in plan:
-            ids, mask = collate([seqs[i] for i in batch], pad_id, device)
+            args, _ = net.collate([seqs[i] for i in batch], pad_id, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                parts.append(fn(ids, mask).float().cpu())
+                parts.append(fn(*args).float().cpu())
             order.extend(batch)
     finally:
         net.train(was_training)
@@ -299,18 +353,29 @@ class FinetunedModel:
         """The underlying Hugging Face (or peft) module."""
         return self.net.model
 
-    def encode(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str]) -> list[list[int]]:
-        """Token ids per (prompt, history, response), with the training-time truncation policy and template."""
-        from rm_engine.backbone import build_inputs
+    def encode(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str]) -> list[Row]:
+        """One row per (prompt, history, response), with the training-time truncation policy and template: token
+        ids, or with rich pooling the (context + response, response, context) triple of token ids."""
+        from rm_engine.backbone import build_inputs, build_text_inputs, render_context
 
         if len(prompts) != len(responses) or (histories is not None and len(histories) != len(prompts)):
             raise ValueError(f"score: {len(prompts)} prompts, {len(responses)} responses and "
                              f"{'no' if histories is None else len(histories)} histories must match")
         hs = histories if histories is not None else [None] * len(prompts)
-        return [build_inputs(self.tokenizer, p, h, r, self.meta.max_length, decoder=self.meta.decoder)
-                for p, h, r in zip(prompts, hs, responses)]
+        tok, n = self.tokenizer, self.meta.max_length
+        joint = [build_inputs(tok, p, h, r, n, decoder=self.meta.decoder) for p, h, r in zip(prompts, hs, responses)]
+        if self.meta.pooling != "rich":
+            return joint
+        contexts: dict[str, list[int]] = {}  # many responses to one prompt: tokenise its context once
+        rows: list[Row] = []
+        for j, p, h, r in zip(joint, prompts, hs, responses):
+            text = render_context(p, h)
+            if text not in contexts:
+                contexts[text] = build_text_inputs(tok, text, n, cut="left")
+            rows.append((j, build_text_inputs(tok, r, n, cut="right"), contexts[text]))
+        return rows
 
-    def score_ids(self, seqs: Sequence[Sequence[int]], *, batch_tokens: int = 16384) -> np.ndarray:
+    def score_ids(self, seqs: Sequence[Row], *, batch_tokens: int = 16384) -> np.ndarray:
         """Scores of already-tokenised rows, in input order; batches are grouped by length under a token budget
         and run in bf16 autocast on CUDA."""
         if not seqs:
@@ -328,6 +393,11 @@ class FinetunedModel:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out))
+        if self.net.rich_head is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.net.rich_head.state_dict().items()},
+                      str(out / RICH_HEAD_FILE))
         (out / META_FILE).write_text(json.dumps(dataclasses.asdict(self.meta), indent=2), encoding="utf-8")
         return out
 
@@ -365,5 +435,13 @@ class FinetunedModel:
             if new:
                 raise ValueError(f"{d}: weights for {', '.join(sorted(new))} are missing from the saved model")
         disable_dropout(model)
-        net = RewardNet(model, meta.decoder, meta.pooling).to(dev).eval()
+        net = RewardNet(model, meta.decoder, meta.pooling)
+        if net.rich_head is not None:
+            from safetensors.torch import load_file
+
+            try:
+                net.rich_head.load_state_dict(load_file(str(d / RICH_HEAD_FILE)))
+            except (OSError, RuntimeError) as exc:
+                raise ValueError(f"{d / RICH_HEAD_FILE}: cannot load the rich score head ({exc})") from None
+        net = net.to(dev).eval()
         return cls(net, tok, meta, dev)

@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rm_engine.finetune_model import RewardNet, by_length
+from rm_engine.finetune_model import RewardNet, Row, by_length
 
 DEFAULT_L2 = 0.1  # head mode's default for a linear head on standardised features
+# Rich pooling's head reads 4 x hidden features (1,536 for MiniLM): at 0.1 the probe over-fits ~1k pairs (train
+# 0.90, held-out 0.56-0.59 on HH-harmless); 1.0 is head mode's best for rich linear heads (BENCHMARKS.md).
+RICH_L2 = 1.0
 
 
 def fit_probe(fc: torch.Tensor, fr: torch.Tensor, weight: torch.Tensor, l2: float = DEFAULT_L2,
@@ -59,12 +62,12 @@ def _active(module: nn.Module) -> nn.Module:
     return module
 
 
-def init_head_by_probe(net: RewardNet, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
+def init_head_by_probe(net: RewardNet, chosen: Sequence[Row], rejected: Sequence[Row],
                        weights: Sequence[float], ties: Sequence[bool], pad_id: int, device: torch.device,
                        l2: float | None = None) -> dict[str, float]:
     """Set ``net.head`` to the linear probe fitted on the frozen features of the training pairs. Returns what the
     history records: the probe's training accuracy (strict ``>``, ties excluded), pairs fitted and ``l2``."""
-    l2 = DEFAULT_L2 if l2 is None else l2
+    l2 = (RICH_L2 if net.pooling == "rich" else DEFAULT_L2) if l2 is None else l2
     keep = [i for i, t in enumerate(ties) if not t and weights[i] > 0]
     if not keep:
         raise ValueError("head_init='probe': no decided pair with a positive weight to fit the probe on")

@@ -45,11 +45,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--packing", action="store_true", default=None,
                    help="finetune, decoders only: pack each batch into one row of --batch-tokens without padding "
                         "(static shape for torch.compile); encoders fall back to padded batches")
-    p.add_argument("--pooling", choices=("auto", "cls", "mean"),
-                   help="finetune, encoders: auto = the backbone's own (mean for MiniLM), cls, or mean")
-    p.add_argument("--head-init", dest="head_init", choices=("random", "probe"),
-                   help="finetune: start the score head at random (default) or from a linear probe on the frozen "
-                        "backbone's features (LP-FT)")
+    p.add_argument("--pooling", choices=("auto", "cls", "mean", "rich"),
+                   help="finetune, encoders: auto = the backbone's own (mean for MiniLM), cls, mean, or rich (head "
+                        "mode's features of context+response, response and context, trained end to end; ~2.5x compute)")
+    p.add_argument("--head-init", dest="head_init", choices=("auto", "random", "probe"),
+                   help="finetune: start the score head at random or from a linear probe on the frozen backbone's "
+                        "features (LP-FT); auto (default) = probe with --pooling rich, random otherwise")
     p.add_argument("--features", choices=("rich", "pair"), help="head-mode features (default rich)")
     p.add_argument("--quantize", action="store_true", default=None, help="int8 backbone for head-mode feature extraction (CPU)")
     p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")

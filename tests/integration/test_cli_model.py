@@ -59,6 +59,28 @@ def test_train_inline_models_score_delete(sqlite_db: Database, engine_settings, 
     assert rc == 1 and "no model version exists yet" in err
 
 
+def test_rich_finetune_version_trains_scores_and_evaluates(sqlite_db: Database, engine_settings, tiny_encoder: Path,
+                                                            capsys, tmp_path: Path) -> None:
+    """``--mode finetune --pooling rich``: the version records the pooling and the probe that started its head; its
+    files score through ``rmstudio score`` and ``rmstudio eval`` as any other version's."""
+    seed_labels(sqlite_db, 16)
+    rc, out, err = run(capsys, "train", "--inline", "--json", "--mode", "finetune", "--pooling", "rich", "--backbone",
+                       str(tiny_encoder), "--max-length", "64", "--epochs", "2", "--lr", "0.001")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["config"]["pooling"] == "rich" and res["config"]["head_init"] == "probe"
+    rc, out, err = run(capsys, "score", "--model", str(res["model_version"]), "--prompt", "how do I bake bread?",
+                       "--response", "happy to help, step by step", "--response", "ugh, not answering that", "--json")
+    assert rc == 0, err
+    raw = [s["raw"] for s in json.loads(out)["scores"]]
+    assert len(raw) == 2 and raw[0] != raw[1]
+    f = tmp_path / "eval.jsonl"
+    f.write_text(json.dumps({"prompt": "how to fix a bike", "response_a": "ugh, not answering that",
+                             "response_b": "happy to help, step by step", "winner": "b"}) + "\n")
+    rc, out, err = run(capsys, "eval", str(f), "--json")
+    assert rc == 0 and json.loads(out)["n"] == 1, err
+
+
 def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys, tmp_path: Path) -> None:
     seed_labels(sqlite_db, 16)
     train_inline(capsys, tiny_encoder)

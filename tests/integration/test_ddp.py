@@ -21,7 +21,7 @@ from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.mark.parametrize("kind", ["enc", "dec-packed"])
+@pytest.mark.parametrize("kind", ["enc", "enc-rich", "dec-packed"])
 def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     decoder = kind == "dec-packed"
@@ -29,7 +29,7 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path,
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'rmstudio.db'}", model_dirs=(tmp_path,))
     pairs = make_pairs(40, seed=11, ties=4)  # ties exercise the tie parameter's gradient all-reduce
     base = dict(mode="finetune", backbone=str(tmp_path / kind), epochs=2, lr=2e-3, max_length=48, seed=3,
-                center_coef=0.01, margin_from_strength=0.0)
+                center_coef=0.01, margin_from_strength=0.0, pooling="rich" if kind == "enc-rich" else "auto")
     per_device = TrainConfig(**base, batch_tokens=400, packing=decoder)  # packed ranks vs a padded process
     single = TrainConfig(**base, batch_tokens=800)
     tok = load_tokenizer(resolve_backbone(single.backbone, settings), decoder=decoder)
@@ -53,8 +53,9 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path,
     two = train_finetune_ddp(per_device, pairs[:32], pairs[32:], gpus=2, weights=weights, device="cpu",
                              settings=settings, progress=seen.append, log_every=2, threads_per_rank=1, timeout_s=200)
 
-    sd1 = {k: v for k, v in one.model.model.state_dict().items()}
-    sd2 = two.model.model.state_dict()
+    sd1 = one.model.net.state_dict()  # rich pooling: its own head (probe-initialised on every rank) included
+    sd2 = two.model.net.state_dict()
+    assert any(k.startswith("rich_head.") for k in sd1) == (kind == "enc-rich")
     assert sd1.keys() == sd2.keys()
     for k in sd1:
         torch.testing.assert_close(sd2[k], sd1[k], atol=2e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")

@@ -164,3 +164,78 @@ def test_finetune_from_a_probe_records_it_and_learns(models: Path, tmp_path: Pat
     res = train_finetune(cfg, pairs[:70], pairs[70:], device="cpu", settings=settings)
     assert res.history[0]["head_probe"]["pairs"] == 70 and res.history[0]["head_probe"]["train_accuracy"] >= 0.9
     assert res.history[-1]["val_accuracy"] >= 0.8
+
+
+def test_rich_pooling_is_head_modes_features_of_three_sequences(models: Path) -> None:
+    """[e_pr, e_r, e_p * e_r, e_p * e_pr] of L2-normalised masked means, each sequence embedded on its own; padding
+    and batch company do not move a score; a context shared by two rows is encoded once."""
+    model = _load(models / "plain")
+    net = RewardNet(model, decoder=False, pooling="rich").eval()
+    cpu = torch.device("cpu")
+    ctx, r1, r2 = [101, 2023, 2003, 102], [101, 1037, 102], [101, 1037, 3231, 2023, 102]
+    rows = [(ctx + r1[1:], r1, ctx), (ctx + r2[1:], r2, ctx), ([101, 7, 102, 8, 102], [101, 8, 102], [101, 7, 102])]
+    args, real = net.collate(rows, 0, cpu)
+    assert args[4].shape[0] == 2 and args[6].tolist() == [0, 0, 1]  # two distinct contexts, the first one shared
+    assert real == sum(len(r[0]) + len(r[1]) for r in rows) + len(ctx) + 3
+
+    def emb(ids: list[int]) -> torch.Tensor:  # one sequence alone: no padding at all
+        h = model.bert(input_ids=torch.tensor([ids])).last_hidden_state.mean(1)[0]
+        return torch.nn.functional.normalize(h, dim=-1)
+
+    with torch.no_grad():
+        got = net(*args)
+        for k, (joint, resp, context) in enumerate(rows):
+            e_pr, e_r, e_p = emb(joint), emb(resp), emb(context)
+            want = net.rich_head(torch.cat([e_pr, e_r, e_p * e_r, e_p * e_pr]))[0]
+            torch.testing.assert_close(got[k], want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(net(*net.collate([rows[k]], 0, cpu)[0])[0], want, atol=1e-5, rtol=0)
+    assert net.head is net.rich_head and net.rich_head.in_features == 4 * model.config.hidden_size
+    unused = list(model.bert.pooler.parameters()) + list(model.classifier.parameters())
+    assert all(not p.requires_grad for p in unused)  # DDP would wait for their gradients forever
+
+
+def test_rich_pooling_is_for_encoders(models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match="does not fit a decoder"):
+        RewardNet(_load(models / "dec"), decoder=True, pooling="rich")
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "dec"), epochs=1, lr=1e-3, batch_tokens=2048,
+                      max_length=64, seed=0, pooling="rich")
+    with caplog.at_level("WARNING", logger="rm_engine.finetune"):
+        res = train_finetune(cfg, _pairs(20), [], device="cpu", settings=settings)
+    assert res.model.meta.pooling == "last" and "pooling='rich' ignored" in caplog.text
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rich_model_starts_from_the_probe_learns_and_round_trips(models: Path, tmp_path: Path, lora: bool) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    pairs = _pairs(90)
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "plain"), epochs=1, lr=5e-3 if lora else 1e-3,
+                      batch_tokens=2048, max_length=64, seed=0, pooling="rich", lora=lora, lora_r=4, lora_alpha=8)
+    assert cfg.head_init == "auto" and cfg.resolved().head_init == "probe"
+    res = train_finetune(cfg, pairs[:70], pairs[70:], device="cpu", settings=settings)
+    probe = res.history[0]["head_probe"]
+    assert probe["pairs"] == 70 and probe["l2"] == 1.0 and probe["train_accuracy"] >= 0.9
+    assert res.model.meta.pooling == "rich" and res.history[-1]["val_accuracy"] >= 0.8
+    val = pairs[70:]
+    prompts, chosen = [p.prompt for p in val], [p.chosen for p in val]
+    before = res.model.score(prompts, None, chosen)
+    saved = res.model.save(tmp_path / "saved")
+    back = FinetunedModel.load(saved, device="cpu")
+    assert back.net.pooling == "rich"
+    np.testing.assert_allclose(back.score(prompts, None, chosen), before, atol=1e-6, rtol=0)
+    (saved / "rich_head.safetensors").unlink()
+    with pytest.raises(ValueError, match="rich_head.safetensors: cannot load the rich score head"):
+        FinetunedModel.load(saved, device="cpu")
+
+
+def test_rich_rows_share_a_prompts_context(models: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
+    cfg = TrainConfig(mode="finetune", backbone=str(models / "plain"), epochs=1, lr=1e-3, batch_tokens=2048,
+                      max_length=32, seed=0, pooling="rich")
+    fm = train_finetune(cfg, _pairs(10), [], device="cpu", settings=settings).model
+    rows = fm.encode(["same prompt", "same prompt", "other"], None, ["a b", "c " * 60, "d"])
+    assert rows[0][2] is rows[1][2] and rows[0][2] != rows[2][2]
+    assert all(len(r[0]) <= 32 and len(r[1]) <= 32 for r in rows) and rows[1][1][-1] == fm.tokenizer.sep_token_id
+    scores = fm.score(["same prompt"] * 3, None, ["a b", "c " * 60, "d"])
+    alone = [fm.score(["same prompt"], None, [r])[0] for r in ["a b", "c " * 60, "d"]]
+    np.testing.assert_allclose(scores, alone, atol=1e-5, rtol=0)

@@ -65,7 +65,9 @@ def test_bad_input_is_named() -> None:
 
 
 def test_config_field() -> None:
-    assert TrainConfig().head_init == "random"
+    assert TrainConfig().head_init == "auto" and TrainConfig().resolved().head_init == "random"
+    assert TrainConfig(pooling="rich").resolved().head_init == "probe"
+    assert TrainConfig(pooling="rich", head_init="random").resolved().head_init == "random"
     assert TrainConfig.from_env({"RMSTUDIO_TRAIN_HEAD_INIT": "probe"}).head_init == "probe"
     with pytest.raises(ValueError, match="TrainConfig.head_init"):
         TrainConfig(head_init="zeros")
