@@ -273,8 +273,7 @@ def accuracy_of(scores_c: Any, scores_r: Any) -> float:
 def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
     """Scores of a TRL-trained encoder on pre-tokenised rows (the same ids RM Studio scores)."""
     import torch
-    from rm_engine.finetune_model import RewardNet
-    from rm_engine.finetune_model import collate
+    from rm_engine.reward_net import RewardNet, collate
 
     net = RewardNet(model, decoder=False).eval()
     dev = next(model.parameters()).device

@@ -52,12 +52,12 @@ from rm_engine import ddp
 from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune_model import (FinetunedModel, FinetuneMeta, RewardNet, unwrap_hf, backbone_pooling,
-                                      load_backbone_model, resolve_device)
+from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, load_backbone_model, resolve_device
 from rm_engine.linear_probe import init_head_by_probe
 from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
 from rm_engine.packing import PackedTrainer
+from rm_engine.reward_net import RewardNet, backbone_pooling, unwrap_hf
 
 __all__ = ["FinetuneResult", "FinetunedModel", "train_finetune", "pair_nll", "plan_epoch"]
 

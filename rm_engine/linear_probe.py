@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rm_engine.finetune_model import RewardNet, Row, by_length
+from rm_engine.reward_net import RewardNet, Row, by_length
 
 DEFAULT_L2 = 0.1  # head mode's default for a linear head on standardised features
 # Rich pooling's head reads 4 x hidden features (1,536 for MiniLM): at 0.1 the probe over-fits ~1k pairs (train

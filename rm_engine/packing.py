@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from rm_engine.finetune_model import RewardNet, unwrap_hf
+from rm_engine.reward_net import RewardNet, unwrap_hf
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from db.config import Settings
 from db.pairs import TrainingPair
 from rm_engine.config import TrainConfig
 from rm_engine.finetune import train_finetune
-from rm_engine.finetune_model import FinetunedModel, RewardNet, _from_pretrained, _no_dropout_config, backbone_pooling, collate
+from rm_engine.finetune_model import FinetunedModel, _from_pretrained, _no_dropout_config
+from rm_engine.reward_net import RewardNet, backbone_pooling, collate
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder, minilm_dir
 
 torch.set_num_threads(1)
@@ -129,7 +130,7 @@ def test_config_can_force_cls_pooling_and_rejects_unknown_ones(models: Path, tmp
 def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: str, lora: bool) -> None:
     """head_init='probe': the fitted probe becomes the head the model scores with (LoRA: peft's trainable copy)."""
     from rm_engine.finetune_model import load_backbone_model
-    from rm_engine.finetune_model import by_length
+    from rm_engine.reward_net import by_length
     from rm_engine.linear_probe import init_head_by_probe
     from transformers import AutoTokenizer
 

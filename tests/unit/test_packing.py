@@ -14,7 +14,7 @@ from db.config import Settings
 from rm_engine.config import TrainConfig
 from rm_engine.batching import plan_packed
 from rm_engine.finetune import pair_nll, train_finetune
-from rm_engine.finetune_model import RewardNet, collate
+from rm_engine.reward_net import RewardNet, collate
 from rm_engine.packing import (
     DENSE_MAX_TOKENS,
     OVERFLOW_MULTIPLE,
