@@ -223,4 +223,7 @@ def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.C
     assert acc["train_pairs"] + acc["held_out_pairs"] == rep["n_pairs"] == 32
     assert 0 <= acc["trl"]["accuracy"] <= 1 and 0 <= acc["rmstudio"]["accuracy"] <= 1
     assert acc["rmstudio"]["accuracy"] == pytest.approx(acc["rmstudio"]["history_val_accuracy"])
+    # rich pooling scored from texts (three sequences per response) agrees with the trainer's own validation
+    assert acc["rmstudio_rich"]["pooling"] == "rich"
+    assert acc["rmstudio_rich"]["accuracy"] == pytest.approx(acc["rmstudio_rich"]["history_val_accuracy"])
     assert "RM Studio" in stdout and "c/b" in stdout
