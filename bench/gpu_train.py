@@ -247,7 +247,8 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
-             packing: bool = False, pooling: str = "auto", head_init: str = "random") -> tuple[dict[str, Any], Any]:
+             packing: bool = False, pooling: str = "auto", head_init: str = "random",
+             packed_attention: str = "auto") -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -255,7 +256,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, packing=packing, head_init=head_init)
+                      seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention)
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
@@ -286,7 +287,7 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
 
 # Every row (the table's order); RM Studio's start with "c"
 SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
-              "c4_rmstudio_packed_compile_2x", "d_rmstudio_random16")
+              "c5_rmstudio_packed_compile_varlen", "c4_rmstudio_packed_compile_2x", "d_rmstudio_random16")
 
 
 class Run:
@@ -368,6 +369,10 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
         "c3_rmstudio_packed_compile": lambda: halving_on_oom(
             lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True, **ours_kw)[0],
             args.batch_tokens),
+        # c3 with torch's varlen flash attention instead of flex_attention (rm_engine.varlen_attention)
+        "c5_rmstudio_packed_compile_varlen": lambda: halving_on_oom(
+            lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True,
+                                packed_attention="varlen", **ours_kw)[0], args.batch_tokens),
         "d_rmstudio_random16": lambda: run_ours(model_dir, pairs, settings, batch_tokens=0, batch_size=args.trl_batch,
                                                 epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)[0],
     }
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-tokens", type=int, default=32768, help="halved automatically on out-of-memory")
     ap.add_argument("--compile", action="store_true", help="torch.compile RM Studio's model in row c too")
     ap.add_argument("--first", default="b_trl_no_ckpt,c_rmstudio,c3_rmstudio_packed_compile,"
-                                       "c4_rmstudio_packed_compile_2x,a_trl_default",
+                                       "c5_rmstudio_packed_compile_varlen,c4_rmstudio_packed_compile_2x,a_trl_default",
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
     ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",

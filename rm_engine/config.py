@@ -102,6 +102,10 @@ class TrainConfig:
             required; in one process batches are random pairs filling it with real tokens (up to
             ``max_batch_pairs``). With an encoder backbone training falls back to padded batches and logs a
             warning.
+        packed_attention: the attention of packed rows on a GPU: ``"auto"`` (``flex`` on CUDA, ``sdpa`` with a
+            dense mask on CPU), ``"flex"`` (flex_attention with a sparse block mask), ``"varlen"`` (torch's own
+            variable-length flash attention, ``rm_engine.varlen_attention``; CUDA), ``"sdpa"`` (dense mask, rows
+            of at most 4,096 tokens). A model loaded with ``flash_attention_2`` keeps it.
         pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was
             trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
             does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's
@@ -148,6 +152,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     packing: bool = False
+    packed_attention: str = "auto"
     pooling: str = "auto"
     head_init: str = "auto"
     features: str = "rich"
@@ -161,7 +166,7 @@ class TrainConfig:
         choices = {
             "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
             "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
-            "pooling": ("auto", "cls", "mean", "rich"), "head_init": ("auto", "random", "probe"),
+            "pooling": ("auto", "cls", "mean", "rich"), "packed_attention": ("auto", "flex", "varlen", "sdpa"), "head_init": ("auto", "random", "probe"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -225,7 +225,8 @@ def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any,
     plan = plan_epoch(tr.lengths, cfg, 0, 1, packed_sizes=tr.sizes)
     batch = max(plan, key=lambda b: sum(tr.sizes[i] for i in b), default=[])
     seqs = [tr.chosen[i] for i in batch] + [tr.rejected[i] for i in batch]
-    packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=pad_id, compile=False)
+    packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=pad_id, compile=False,
+                           attention=cfg.packed_attention, max_segment=cfg.max_length)
 
     def step() -> None:
         net.train()
@@ -316,7 +317,8 @@ def train_finetune(
         # Every packed row is [1, batch_tokens]: with cfg.compile the backbone is compiled with dynamic=False, so
         # once, specialised to that shape (the padded path below needs dynamic=True: its shapes vary per batch).
         packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=fm.pad_id, compile=cfg.compile,
-                               wrap=(lambda m: ddp.wrap(m, dev)) if world > 1 else None)
+                               wrap=(lambda m: ddp.wrap(m, dev)) if world > 1 else None,
+                               attention=cfg.packed_attention, max_segment=cfg.max_length)
     train_net: nn.Module = ddp.wrap(net, dev) if world > 1 and packer is None else net
     if cfg.compile and packer is None:
         train_net = torch.compile(train_net, dynamic=True)

@@ -20,6 +20,8 @@ attention implementation:
   so CPU training uses sdpa.
 * ``sdpa`` / ``eager``: a dense ``[1, 1, L, L]`` mask and full ``L x L`` attention compute. Used for small ``L``
   only (:data:`DENSE_MAX_TOKENS`: the CPU tests, CPU training).
+* :data:`rm_engine.varlen_attention.VARLEN` (``TrainConfig.packed_attention="varlen"``, CUDA): torch's own
+  varlen flash attention, given the segment boundaries; no mask. Tested on CPU with a reference kernel only.
 * ``flash_attention_2``/``_3`` (only when the model already uses it; needs the ``flash_attn`` package, absent
   from the project's GPU machines): the segment boundaries are passed as ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` and transformers calls ``flash_attn_varlen_func``. Not tested here (no kernel on CPU).
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 
 from rm_engine.reward_net import RewardNet, unwrap_hf
+from rm_engine.varlen_attention import VARLEN
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +91,14 @@ def packed_length(n_tokens: int, budget: int) -> int:
     return budget if n_tokens <= budget else -(-n_tokens // OVERFLOW_MULTIPLE) * OVERFLOW_MULTIPLE
 
 
-def pack_sequences(seqs: Sequence[Sequence[int]], *, length: int | None = None, pad_id: int = 0) -> PackedBatch:
+def pack_sequences(seqs: Sequence[Sequence[int]], *, length: int | None = None, pad_id: int = 0,
+                   max_segment: int | None = None) -> PackedBatch:
     """Lay ``seqs`` end to end in one row of ``length`` tokens (default: exactly their total), on the CPU.
 
-    Raises ``ValueError`` for no sequence, an empty sequence, or a total longer than ``length``.
+    ``max_segment``: the tail is cut into segments of at most this many tokens (a varlen kernel sizes its work by
+    the longest segment, which then stays the same for every row: one compiled shape).
+    Raises ``ValueError`` for no sequence, an empty sequence, a total longer than ``length``, or a sequence longer
+    than ``max_segment``.
     """
     if not seqs:
         raise ValueError("pack_sequences: no sequences")
@@ -103,7 +110,10 @@ def pack_sequences(seqs: Sequence[Sequence[int]], *, length: int | None = None, 
     if total > length:
         raise ValueError(f"pack_sequences: {total} tokens do not fit in a row of {length}")
     tail = length - total
-    seg_lens = lens + ([tail] if tail else [])
+    if max_segment is not None and max(lens) > max_segment:
+        raise ValueError(f"pack_sequences: a sequence of {max(lens)} tokens is longer than max_segment={max_segment}")
+    step = tail if max_segment is None else max(int(max_segment), 1)
+    seg_lens = lens + [min(step, tail - i) for i in range(0, tail, step or 1)]
     ids = torch.full((1, length), int(pad_id), dtype=torch.long)
     ids[0, :total] = torch.as_tensor([t for s in seqs for t in s], dtype=torch.long)
     pos = torch.cat([torch.arange(n, dtype=torch.long) for n in seg_lens])[None]
@@ -118,18 +128,35 @@ def attn_implementation(model: nn.Module) -> str:
     return str(unwrap_hf(model).config._attn_implementation)
 
 
-def choose_attn_implementation(model: nn.Module, device: torch.device, length: int) -> str:
-    """Which attention a packed *training* row runs with: a flash-attention model keeps it; on CPU ``sdpa`` up to
-    :data:`DENSE_MAX_TOKENS` (FlexAttention has no backward on CPU in torch 2.13); elsewhere ``flex_attention``
-    when the model and torch support it, else ``sdpa`` up to the dense limit. ``ValueError`` when nothing fits."""
+def choose_attn_implementation(model: nn.Module, device: torch.device, length: int, prefer: str = "auto") -> str:
+    """Which attention a packed *training* row runs with: a flash-attention model keeps it; ``prefer="varlen"``:
+    torch's varlen flash attention (:mod:`rm_engine.varlen_attention`, CUDA); ``"flex"``: ``flex_attention``;
+    ``"sdpa"``: a dense mask. ``"auto"``: on CPU ``sdpa`` up to :data:`DENSE_MAX_TOKENS` (FlexAttention has no
+    backward on CPU in torch 2.13); elsewhere ``flex_attention`` when the model and torch support it, else
+    ``sdpa`` up to the dense limit. ``ValueError`` naming the reason when the choice cannot run."""
     current = attn_implementation(model)
     if current in FLASH:
         return current
-    if device.type != "cpu":
+    if prefer == "varlen":
+        from rm_engine.varlen_attention import VARLEN, register, varlen_supported
+
+        why_not = varlen_supported(unwrap_hf(model), device)
+        if why_not:
+            raise ValueError(f"TrainConfig.packed_attention='varlen': {why_not}")
+        register()
+        return VARLEN
+    if prefer == "sdpa" and length > DENSE_MAX_TOKENS:
+        raise ValueError(f"TrainConfig.packed_attention='sdpa': a dense {length} x {length} mask is too large "
+                         f"(batch_tokens <= {DENSE_MAX_TOKENS})")
+    if prefer in ("auto", "flex") and device.type != "cpu":
         from transformers.utils import is_torch_flex_attn_available
 
         if is_torch_flex_attn_available() and getattr(unwrap_hf(model), "_supports_flex_attn", False):
             return "flex_attention"
+    if prefer == "flex":
+        raise ValueError("TrainConfig.packed_attention='flex': " + (
+            "FlexAttention has no backward on CPU" if device.type == "cpu" else
+            f"{type(unwrap_hf(model)).__name__} or this torch does not support flex_attention"))
     if length <= DENSE_MAX_TOKENS:
         return "sdpa"
     why = "FlexAttention has no backward on CPU" if device.type == "cpu" else \
@@ -197,7 +224,9 @@ def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     """fp32 score of every sequence of ``batch`` (on the model's device): the ``score`` head of a decoder
     ``...ForSequenceClassification`` (or its peft wrapper) applied to each sequence's last hidden state."""
     b = batch
-    return PackedRewardNet(RewardNet(model, decoder=True))(b.input_ids, b.position_ids, b.last_index, b.cu_seqlens)
+    longest = int((b.cu_seqlens[1:] - b.cu_seqlens[:-1]).max())
+    net = PackedRewardNet(RewardNet(model, decoder=True), max_segment=longest)
+    return net(b.input_ids, b.position_ids, b.last_index, b.cu_seqlens)
 
 
 class PackedRewardNet(nn.Module):
@@ -209,25 +238,39 @@ class PackedRewardNet(nn.Module):
     recompile for every count). Wrap THIS module in DDP (it owns the same parameters as ``net``).
     """
 
-    def __init__(self, net: RewardNet, *, compile: bool = False) -> None:
+    def __init__(self, net: RewardNet, *, compile: bool = False, max_segment: int | None = None) -> None:
         super().__init__()
         if not net.decoder:
             raise ValueError("PackedRewardNet: packing needs a decoder (encoders read [CLS] of padded rows)")
         self.net = net
+        self.max_segment = max_segment  # varlen: every segment of the rows is at most this long (a constant)
+        self.compiled = compile
         # dynamic=False: one static shape, so no symbolic shapes and kernels specialised to [1, L]
         self._body = torch.compile(self._hidden, dynamic=False) if compile else self._hidden
 
-    def _hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return packed_hidden(self.net.model, input_ids, position_ids)
+    def _hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        fk = None
+        if cu_seqlens is not None:
+            fk = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": self.max_segment,
+                  "max_length_k": self.max_segment}
+        return packed_hidden(self.net.model, input_ids, position_ids, fk)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, last_index: torch.Tensor,
                 cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Scores ``[n]`` of a packed row (the fields of a :class:`PackedBatch`, as tensors for DDP)."""
-        if attn_implementation(self.net.model) in FLASH:  # varlen kernel: boundaries given, no mask (untested)
+        impl = attn_implementation(self.net.model)
+        if impl in FLASH:  # varlen kernel: boundaries given, no mask (untested)
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             fk = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest,
                   "max_length_k": longest}
             hidden = packed_hidden(self.net.model, input_ids, position_ids, fk)
+        elif impl == VARLEN:
+            if self.max_segment is None:
+                raise ValueError(f"PackedRewardNet: {VARLEN} needs max_segment (the longest segment of a row)")
+            if self.compiled:  # the number of segments varies per row: only that size is symbolic
+                torch._dynamo.mark_dynamic(cu_seqlens, 0)
+            hidden = self._body(input_ids, position_ids, cu_seqlens)
         else:
             hidden = self._body(input_ids, position_ids)
         return unwrap_hf(self.net.model).score(hidden[0, last_index])[:, 0].float()
@@ -242,12 +285,14 @@ class PackedTrainer:
     """
 
     def __init__(self, net: RewardNet, *, budget: int, device: torch.device, pad_id: int, compile: bool = False,
-                 wrap: Any = None) -> None:
+                 wrap: Any = None, attention: str = "auto", max_segment: int | None = None) -> None:
         self.budget, self.device, self.pad_id = int(budget), device, int(pad_id)
         self.original = attn_implementation(net.model)
-        self.impl = choose_attn_implementation(net.model, device, self.budget)
+        self.impl = choose_attn_implementation(net.model, device, self.budget, attention)
+        # varlen: the tail is cut to segments no longer than the longest sequence can be (cfg.max_length)
+        self.max_segment = (max_segment or self.budget) if self.impl == VARLEN else None
         set_attn_implementation(net.model, self.impl)
-        self.module = PackedRewardNet(net, compile=compile)
+        self.module = PackedRewardNet(net, compile=compile, max_segment=self.max_segment)
         self.train_module: nn.Module = wrap(self.module) if wrap is not None else self.module
         log.info("finetune: packing into rows of %d tokens, attention %s%s", self.budget, self.impl,
                  ", compiled (static shape)" if compile else "")
@@ -255,7 +300,8 @@ class PackedTrainer:
     def pack(self, seqs: Sequence[Sequence[int]]) -> PackedBatch:
         """The packed row of ``seqs`` on the device."""
         n = sum(len(s) for s in seqs)
-        return pack_sequences(seqs, length=packed_length(n, self.budget), pad_id=self.pad_id).to(self.device)
+        return pack_sequences(seqs, length=packed_length(n, self.budget), pad_id=self.pad_id,
+                              max_segment=self.max_segment).to(self.device)
 
     def __call__(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
         """Scores ``[len(seqs)]`` (through the DDP wrapper when there is one) and the row length."""

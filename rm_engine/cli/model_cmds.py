@@ -45,6 +45,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--packing", action="store_true", default=None,
                    help="finetune, decoders only: pack each batch into one row of --batch-tokens without padding "
                         "(static shape for torch.compile); encoders fall back to padded batches")
+    p.add_argument("--packed-attention", dest="packed_attention", choices=("auto", "flex", "varlen", "sdpa"),
+                   help="with --packing: attention of the packed rows (auto = flex on CUDA; varlen = torch's "
+                        "variable-length flash attention, CUDA)")
     p.add_argument("--pooling", choices=("auto", "cls", "mean", "rich"),
                    help="finetune, encoders: auto = the backbone's own (mean for MiniLM), cls, mean, or rich (head "
                         "mode's features of context+response, response and context, trained end to end; ~2.5x compute)")

@@ -98,8 +98,8 @@ def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pyte
                         calls.append(("accuracy", seed)) or {"split_seed": seed})
     report = gpu_train.main(["--sizes", "0.5b,1.5b", "--out", str(tmp_path / "r.json")])
     assert calls == [
-        ("0.5b", "b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "c4_rmstudio_packed_compile_2x",
-         "a_trl_default"),
+        ("0.5b", "b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "c5_rmstudio_packed_compile_varlen",
+         "c4_rmstudio_packed_compile_2x", "a_trl_default"),
         ("accuracy", 0),
         ("1.5b", "b_trl_no_ckpt", "c_rmstudio", "a_trl_default"),
         ("accuracy", 1), ("accuracy", 2),

@@ -1,0 +1,107 @@
+"""Packed rows through torch's own variable-length flash attention (``TrainConfig.packed_attention="varlen"``).
+
+torch (>= 2.10) ships ``torch.nn.attention.varlen.varlen_attn``: Flash Attention over sequences laid end to end,
+given their boundaries (``cu_seqlens``), CUDA only, bf16/fp16, with a fake implementation so ``torch.compile``
+traces through it. It is the kernel ``flash_attention_2`` would call, without the ``flash_attn`` package that the
+project's GPU machines lack. Registered here as a transformers attention implementation (:data:`VARLEN`):
+transformers then builds no mask at all (the name is not in its mask interface) and hands every attention layer
+the keyword arguments the packed forward passes (``cu_seq_lens_q``, ``max_length_q``; :mod:`rm_engine.packing`).
+
+Against ``flex_attention`` (the default for packed rows on CUDA): no ``BlockMask`` to build per row, and a kernel
+written for exactly this layout. Which one is faster on an H100 is what ``bench/gpu_train.py``'s ``c5`` row
+measures; until then this is opt-in. On CPU the tests replace the kernel by :func:`reference_varlen_attn` to check
+the wiring (layouts, causality, grouped-query heads, scale) against padded attention, scores and gradients.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+VARLEN = "rmstudio_varlen"
+
+
+@functools.cache
+def _kernel() -> tuple[Callable[..., torch.Tensor], frozenset[str]]:
+    """torch's ``varlen_attn`` and the names of its parameters (they changed between torch releases:
+    ``is_causal`` first, ``window_size`` later; ``enable_gqa`` is not in every release)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def varlen_supported(model: nn.Module, device: torch.device) -> str | None:
+    """``None`` when a packed row of ``model`` can run through :data:`VARLEN` on ``device``, else why not."""
+    if device.type != "cuda":
+        return "torch's varlen flash attention runs on CUDA only"
+    try:
+        _kernel()
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    if not getattr(model, "_supports_attention_backend", False):
+        return f"{type(model).__name__} does not take custom attention implementations"
+    return None
+
+
+def register() -> None:
+    """Make :data:`VARLEN` a transformers attention implementation (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+
+
+def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
+                     sliding_window: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract for one packed row: ``query`` ``[1, Hq, L, D]``, ``key`` and
+    ``value`` ``[1, Hkv, L, D]``; causal attention inside each segment of ``kwargs["cu_seq_lens_q"]``; returns
+    ``([1, L, Hq, D], None)``."""
+    del module, attention_mask  # no mask: the segment boundaries say it all
+    cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu is None or longest is None:
+        raise ValueError(f"{VARLEN}: needs cu_seq_lens_q and max_length_q (packed rows only; padded batches and "
+                         "scoring use the model's own attention)")
+    if query.shape[0] != 1:
+        raise ValueError(f"{VARLEN}: expects one packed row, got a batch of {query.shape[0]}")
+    if sliding_window:
+        raise ValueError(f"{VARLEN}: sliding-window attention ({sliding_window}) is not supported; use flex")
+    if dropout:
+        raise ValueError(f"{VARLEN}: attention dropout {dropout} is not supported (training disables dropout)")
+    fn, params = _kernel()
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [L, H, D]: the projections' own layout
+    kw: dict[str, Any] = {"scale": scaling}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0)  # causal
+    elif "is_causal" in params:
+        kw["is_causal"] = True
+    else:  # pragma: no cover - a torch whose varlen_attn cannot be told to be causal
+        raise RuntimeError(f"{VARLEN}: torch {torch.__version__}'s varlen_attn takes neither window_size nor is_causal")
+    out = fn(q, k, v, cu, cu, int(longest), int(longest), **kw)
+    return out.unsqueeze(0), None
+
+
+def reference_varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
+                          cu_seq_k: torch.Tensor, max_q: int, max_k: int, *, scale: float | None = None,
+                          window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False) -> torch.Tensor:
+    """What ``varlen_attn`` computes (``window_size`` ``(-1, -1)`` or causal ``(-1, 0)`` only), segment by segment
+    with ``scaled_dot_product_attention``: the tests' stand-in for the CUDA kernel. Checks that no segment is
+    longer than ``max_q``, as the kernel assumes."""
+    if window_size not in ((-1, -1), (-1, 0)) or not torch.equal(cu_seq_q, cu_seq_k) or max_q != max_k:
+        raise ValueError("reference_varlen_attn: self-attention, full or causal only")
+    bounds = cu_seq_q.tolist()
+    out = torch.empty_like(query)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a > max_q:
+            raise ValueError(f"reference_varlen_attn: a segment of {b - a} tokens exceeds max_q={max_q}")
+        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))  # [H, n, D]
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=window_size == (-1, 0), scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
+    return out
