@@ -112,7 +112,8 @@ class TrainConfig:
             choice); ``"mean"`` forces the masked mean of the last hidden states. Decoders always read the last
             real token. ``"rich"`` reads head mode's rich features (context + response, response and context
             embeddings, their products) with a linear layer of its own: three sequences per response, about 2.5x
-            the compute, and on HH-harmless the best fine-tune measured on CPU (BENCHMARKS.md). The pooling used
+            the compute; on HH-harmless within seed noise of mean pooling over three splits (0.616 vs 0.609 on
+            CPU, BENCHMARKS.md), better on one split, worse on another. The pooling used
             is saved with the model.
         head_init: finetune mode: the new score head's start. ``"random"``: the model's own initialisation
             (TRL's); ``"probe"``: first fitted alone on the frozen backbone's features of the training pairs (a

@@ -28,7 +28,7 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
     st.selectbox("Fine-tune score reads", ["auto", "cls", "mean", "rich"], key=K["pooling"],
                  help="finetune, encoders: auto = the backbone's own pooling (mean for MiniLM); rich = head mode's "
                       "features of prompt+response, response and prompt, trained end to end (~2.5x slower, "
-                      "its head starts from a linear probe; the best fine-tune on HH-harmless so far).")
+                      "its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
     wcols = st.columns(3)
     for i, src in enumerate(SOURCES):
         wcols[i].slider(f"Weight of {src} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[src], 0.05, key=K[f"w_{src}"])
