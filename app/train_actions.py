@@ -57,7 +57,7 @@ def config_from_form(state: Any) -> TrainConfig:
         backbone=(state[k["backbone"]] or "").strip() or "minilm",
         epochs=int(state[k["epochs"]]) or None,
         ensemble=int(state[k["ensemble"]]),
-        pooling=state[k["pooling"]] if k["pooling"] in state else "auto",
+        pooling=state[k["pooling"]],
         source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
         sources=None if set(chosen) == set(SOURCES) else chosen,
     )

@@ -82,6 +82,17 @@ def items_for(prompt: str, history: History, response: str, features: str) -> li
     return [pr, TextItem("r", "", (), response), TextItem("p", prompt, h, "")]
 
 
+def item_ids(tokenizer: Any, item: TextItem, max_length: int, *, decoder: bool) -> list[int]:
+    """The token ids of one item: context + response as the scorer builds them (``pr``), the response alone, cut
+    on the right (``r``), or the context alone, cut on the left (``p``). Head mode embeds these; a fine-tune with
+    ``pooling="rich"`` trains on them (``FinetunedModel.encode``)."""
+    if item.kind == "pr":
+        return build_inputs(tokenizer, item.prompt, item.history, item.response, max_length, decoder=decoder)
+    if item.kind == "r":
+        return build_text_inputs(tokenizer, item.response, max_length, cut="right")
+    return build_text_inputs(tokenizer, render_context(item.prompt, item.history), max_length, cut="left")
+
+
 def combine(features: str, vecs: Sequence[np.ndarray]) -> np.ndarray:
     """Assemble one feature matrix from the per-kind embeddings returned for :func:`items_for` (row-aligned)."""
     if features == "pair":
@@ -237,12 +248,7 @@ class FeatureExtractor:
 
     def token_ids(self, item: TextItem) -> list[int]:
         """The ids embedded for an item (same truncation policy as scoring and fine-tuning)."""
-        tok = self.tokenizer
-        if item.kind == "pr":
-            return build_inputs(tok, item.prompt, item.history, item.response, self.max_length, decoder=self.decoder)
-        if item.kind == "r":
-            return build_text_inputs(tok, item.response, self.max_length, cut="right")
-        return build_text_inputs(tok, render_context(item.prompt, item.history), self.max_length, cut="left")
+        return item_ids(self.tokenizer, item, self.max_length, decoder=self.decoder)
 
     @property
     def dim(self) -> int:
@@ -252,6 +258,8 @@ class FeatureExtractor:
                   on_batch: Callable[[list[int], np.ndarray], None] | None = None) -> np.ndarray:
         """Pooled, L2-normalised embeddings of token-id sequences (no cache), ``(n, hidden)`` float32."""
         import torch
+
+        from rm_engine.reward_net import masked_mean
 
         n = len(seqs)
         out = np.zeros((n, self.dim), dtype=np.float32)
@@ -272,9 +280,8 @@ class FeatureExtractor:
                     ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
                     mask[row, : len(s)] = 1
                 hidden = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state.float()
-                m = mask.to(hidden.device).unsqueeze(-1).float()
                 if self.pooling == "mean":
-                    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+                    pooled = masked_mean(hidden, mask.to(hidden.device))
                 else:  # last non-pad token (right padding)
                     last = mask.sum(1).clamp(min=1) - 1
                     pooled = hidden[torch.arange(len(idx)), last.to(hidden.device)]

@@ -167,7 +167,8 @@ class FinetunedModel:
     def encode(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str]) -> list[Row]:
         """One row per (prompt, history, response), with the training-time truncation policy and template: token
         ids, or with rich pooling the (context + response, response, context) triple of token ids."""
-        from rm_engine.backbone import build_inputs, build_text_inputs, render_context
+        from rm_engine.backbone import build_inputs
+        from rm_engine.features import item_ids, items_for
 
         if len(prompts) != len(responses) or (histories is not None and len(histories) != len(prompts)):
             raise ValueError(f"score: {len(prompts)} prompts, {len(responses)} responses and "
@@ -180,10 +181,10 @@ class FinetunedModel:
         contexts: dict[str, list[int]] = {}  # many responses to one prompt: tokenise its context once
         rows: list[Row] = []
         for j, p, h, r in zip(joint, prompts, hs, responses):
-            text = render_context(p, h)
-            if text not in contexts:
-                contexts[text] = build_text_inputs(tok, text, n, cut="left")
-            rows.append((j, build_text_inputs(tok, r, n, cut="right"), contexts[text]))
+            _, resp, ctx = items_for(p, h, r, "rich")  # head mode's texts, so both modes read the same inputs
+            if ctx.key not in contexts:
+                contexts[ctx.key] = item_ids(tok, ctx, n, decoder=False)
+            rows.append((j, item_ids(tok, resp, n, decoder=False), contexts[ctx.key]))
         return rows
 
     def score_ids(self, seqs: Sequence[Row], *, batch_tokens: int = 16384) -> np.ndarray:

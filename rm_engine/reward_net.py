@@ -142,9 +142,8 @@ class RewardNet(nn.Module):
             r_ids, r_mask, c_ids, c_mask, c_index = rich
 
             def emb(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                hidden = body(input_ids=ids, attention_mask=mask)[0]
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                return nn.functional.normalize(((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float(), dim=-1)
+                mean = masked_mean(body(input_ids=ids, attention_mask=mask)[0], mask)
+                return nn.functional.normalize(mean.float(), dim=-1)
 
             e_pr, e_r, e_p = emb(input_ids, attention_mask), emb(r_ids, r_mask), emb(c_ids, c_mask)[c_index]
             return torch.cat([e_pr, e_r, e_p * e_r, e_p * e_pr], dim=-1)
@@ -153,13 +152,17 @@ class RewardNet(nn.Module):
                 raise ValueError(f"{type(hf).__name__}: [CLS] features need a pooler and a linear 'classifier'")
             return body(input_ids=input_ids, attention_mask=attention_mask)[1]
         if self.pooling == "mean":
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            return masked_mean(body(input_ids=input_ids, attention_mask=attention_mask)[0], attention_mask)
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         last = attention_mask.sum(-1).long() - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[rows, H]`` mean of ``hidden`` ``[rows, L, H]`` over the positions where ``mask`` ``[rows, L]`` is 1."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 @torch.no_grad()

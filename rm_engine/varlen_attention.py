@@ -9,7 +9,7 @@ the keyword arguments the packed forward passes (``cu_seq_lens_q``, ``max_length
 
 Against ``flex_attention`` (the default for packed rows on CUDA): no ``BlockMask`` to build per row, and a kernel
 written for exactly this layout. Which one is faster on an H100 is what ``bench/gpu_train.py``'s ``c5`` row
-measures; until then this is opt-in. On CPU the tests replace the kernel by :func:`reference_varlen_attn` to check
+measures; until then this is opt-in. On CPU the tests replace the kernel by a segment-by-segment reference to check
 the wiring (layouts, causality, grouped-query heads, scale) against padded attention, scores and gradients.
 """
 from __future__ import annotations
@@ -87,21 +87,3 @@ def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     out = fn(q, k, v, cu, cu, int(longest), int(longest), **kw)
     return out.unsqueeze(0), None
 
-
-def reference_varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
-                          cu_seq_k: torch.Tensor, max_q: int, max_k: int, *, scale: float | None = None,
-                          window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False) -> torch.Tensor:
-    """What ``varlen_attn`` computes (``window_size`` ``(-1, -1)`` or causal ``(-1, 0)`` only), segment by segment
-    with ``scaled_dot_product_attention``: the tests' stand-in for the CUDA kernel. Checks that no segment is
-    longer than ``max_q``, as the kernel assumes."""
-    if window_size not in ((-1, -1), (-1, 0)) or not torch.equal(cu_seq_q, cu_seq_k) or max_q != max_k:
-        raise ValueError("reference_varlen_attn: self-attention, full or causal only")
-    bounds = cu_seq_q.tolist()
-    out = torch.empty_like(query)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a > max_q:
-            raise ValueError(f"reference_varlen_attn: a segment of {b - a} tokens exceeds max_q={max_q}")
-        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))  # [H, n, D]
-        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=window_size == (-1, 0), scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
-    return out

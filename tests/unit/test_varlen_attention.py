@@ -20,17 +20,36 @@ torch.set_num_threads(1)
 CPU = torch.device("cpu")
 
 
+def reference_varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
+                          cu_seq_k: torch.Tensor, max_q: int, max_k: int, *, scale: float | None = None,
+                          window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False) -> torch.Tensor:
+    """What ``varlen_attn`` computes (``window_size`` ``(-1, -1)`` or causal ``(-1, 0)`` only), segment by segment
+    with ``scaled_dot_product_attention``: the tests' stand-in for the CUDA kernel. Checks that no segment is
+    longer than ``max_q``, as the kernel assumes."""
+    if window_size not in ((-1, -1), (-1, 0)) or not torch.equal(cu_seq_q, cu_seq_k) or max_q != max_k:
+        raise ValueError("reference_varlen_attn: self-attention, full or causal only")
+    bounds = cu_seq_q.tolist()
+    out = torch.empty_like(query)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a > max_q:
+            raise ValueError(f"reference_varlen_attn: a segment of {b - a} tokens exceeds max_q={max_q}")
+        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))  # [H, n, D]
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=window_size == (-1, 0), scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
+    return out
+
+
 @pytest.fixture(params=["window_size", "is_causal"])
 def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """The CUDA kernel replaced by the reference, with today's signature (``window_size``, ``enable_gqa``) or an
     older one (``is_causal``, no ``enable_gqa``: key and value heads are repeated); returns the calls' kwargs."""
     if request.param == "is_causal":
         def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):  # noqa: ANN001, ANN202
-            return va.reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
+            return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
                                             window_size=(-1, 0) if is_causal else (-1, -1))
         params = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "is_causal"})
     else:
-        fn, params = va.reference_varlen_attn, frozenset({"scale", "window_size", "enable_gqa"})
+        fn, params = reference_varlen_attn, frozenset({"scale", "window_size", "enable_gqa"})
     calls: list[dict] = []
 
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
