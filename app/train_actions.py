@@ -26,7 +26,7 @@ T = TypeVar("T")
 _MSG = "train_messages"
 #: Session-state keys of the training form's widgets.
 FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
-             "pooling": "tr_pooling", "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+             "pooling": "tr_pooling", "lora": "tr_lora", "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
 
 
 def _say(kind: str, text: str) -> None:
@@ -58,6 +58,7 @@ def config_from_form(state: Any) -> TrainConfig:
         epochs=int(state[k["epochs"]]) or None,
         ensemble=int(state[k["ensemble"]]),
         pooling=state[k["pooling"]],
+        lora=bool(state.get(k["lora"], False)),
         source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
         sources=None if set(chosen) == set(SOURCES) else chosen,
     )

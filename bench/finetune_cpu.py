@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per random batch when --batch-tokens 0")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
+    ap.add_argument("--lora", action="store_true", help="LoRA adapters (TrainConfig.lora) instead of a full fine-tune")
+    ap.add_argument("--lora-r", type=int, default=16, help="TrainConfig.lora_r (alpha = 2 r)")
     ap.add_argument("--ensemble", type=int, default=1,
                     help="K > 1: train the engine's K-member ensemble (rm_engine.training) and score its centred mean")
     args = ap.parse_args(argv)
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(mode="finetune", backbone=str(backbone), epochs=args.epochs, lr=args.lr,
                       batch_tokens=args.batch_tokens, max_batch_pairs=args.max_batch_pairs,
                       max_length=args.max_length, seed=args.seed, pooling=args.pooling,
-                      batch_size=args.batch_size, head_init=args.head_init)
+                      batch_size=args.batch_size, head_init=args.head_init,
+                      lora=args.lora, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
     if args.trainer == "trl":
         return _trl(args, backbone, train, held)
     if args.ensemble > 1:
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     res = train_finetune(cfg, train, held, device="cpu", settings=settings, log_every=10**6,
                          progress=lambda e: print(json.dumps(e), file=sys.stderr) if e.get("phase") == "epoch" else None)
-    out = {"split_seed": args.split_seed, "seed": args.seed, "batch_tokens": args.batch_tokens, "pooling": res.model.meta.pooling, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
+    out = {"split_seed": args.split_seed, "seed": args.seed, "batch_tokens": args.batch_tokens, "pooling": res.model.meta.pooling, "lora_r": args.lora_r if args.lora else None, "lr": args.lr, "epochs": args.epochs, "max_batch_pairs": args.max_batch_pairs,
            "head_init": args.head_init, "head_probe": res.history[0].get("head_probe"), "train_pairs": len(train), "held_out_pairs": len(held), "seconds": round(time.perf_counter() - t0, 1),
            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history],
            "train_accuracy_per_epoch": [h.get("train_accuracy") for h in res.history]}

@@ -40,7 +40,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -248,7 +248,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
              packing: bool = False, pooling: str = "auto", head_init: str = "random",
-             packed_attention: str = "auto") -> tuple[dict[str, Any], Any]:
+             packed_attention: str = "auto", lora: bool = False) -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -256,13 +256,15 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     _reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention)
+                      seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention,
+                      lora=lora)
     res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
             "alloc_retries": _alloc_retries(), "memory_fit": last.get("memory_fit"), "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
             "padding_share": 1 - last["tokens"] / max(last["padded_tokens"], 1),
-            "val_accuracy": last.get("val_accuracy")}, res.model
+            "val_accuracy": last.get("val_accuracy"),
+            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history]}, res.model
 
 
 def accuracy_of(scores_c: Any, scores_r: Any) -> float:
@@ -283,6 +285,24 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
         for k in range(0, len(ids), 64):
             out.append(net(*collate(ids[k : k + 64], pad_id, dev)).float().cpu())
     return torch.cat(out).numpy()
+
+
+def _lora_lr() -> float:
+    from rm_engine.config import LORA_LR
+
+    return LORA_LR
+
+
+# RM Studio variants of the accuracy section (--acc-variants): what each is, and run_ours's arguments for it.
+ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
+    "rich": ("pooling=rich (head mode's features trained end to end, head from the linear probe; random batches of "
+             "--acc-batch pairs, as measured on CPU)",
+             lambda a: {"batch_tokens": 0, "batch_size": a.acc_batch, "lr": a.acc_lr, "pooling": "rich",
+                        "head_init": "auto"}),
+    "lora": ("LoRA adapters (r=16) at LoRA's own default rate (rm_engine.config.LORA_LR), the main row's batches",
+             lambda a: {"batch_tokens": a.acc_batch_tokens, "batch_size": a.acc_batch, "max_pairs": a.acc_max_pairs,
+                        "lr": _lora_lr(), "pooling": a.acc_pooling, "lora": True}),
+}
 
 
 # Every row (the table's order); RM Studio's start with "c"
@@ -438,9 +458,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--acc-max-pairs", type=int, default=8, help="RM Studio pairs cap for the accuracy run")
     ap.add_argument("--acc-pooling", choices=("auto", "cls", "mean"), default="auto",
                     help="RM Studio's pooling in the accuracy run (auto: mean for MiniLM; cls: TRL's)")
-    ap.add_argument("--acc-rich", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run RM Studio with pooling=rich (head mode's features trained end to end, head from "
-                         "the linear probe; random batches of --acc-batch pairs, as measured on CPU)")
+    ap.add_argument("--acc-variants", default="rich,lora",
+                    help="comma list of RM Studio variants trained after the main row on each split (empty: none): "
+                         f"{'; '.join(f'{k}: {v[0]}' for k, v in ACC_VARIANTS.items())}")
     ap.add_argument("--acc-seeds", default="0,1,2",
                     help="comma list of prompt-split seeds for the accuracy section (one split moves by +-3 points)")
     ap.add_argument("--deadline-s", type=float, default=240,
@@ -449,6 +469,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--wheels", default=None, help="folder with trl/datasets wheels")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_train.json"))
     args = ap.parse_args(argv)
+    bad_variants = {v.strip() for v in args.acc_variants.split(",") if v.strip()} - set(ACC_VARIANTS)
+    if bad_variants:
+        ap.error(f"--acc-variants: unknown {sorted(bad_variants)} (known: {', '.join(ACC_VARIANTS)})")
     unknown = {x.strip() for x in f"{args.first},{args.extras}".split(",") if x.strip()} - set(SPEED_ROWS)
     if unknown:
         ap.error(f"--first/--extras: unknown rows {sorted(unknown)} (known: {', '.join(SPEED_ROWS)})")
@@ -574,19 +597,20 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
                         max_pairs=args.acc_max_pairs, pooling=args.acc_pooling)
     out["rmstudio"] = {"accuracy": accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1])),
                        "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
-                       "max_batch_pairs": args.acc_max_pairs, "history_val_accuracy": ours["val_accuracy"],
+                       "max_batch_pairs": args.acc_max_pairs, "val_accuracy_per_epoch": ours["val_accuracy_per_epoch"],
                        "pooling": fm.meta.pooling}
-    if args.acc_rich:
+    prompts, hist = [p.prompt for p in held], [p.history for p in held]
+    for name in [v.strip() for v in args.acc_variants.split(",") if v.strip()]:
+        kw = ACC_VARIANTS[name][1](args)
         t0 = time.perf_counter()
-        rich, fr = run_ours(backbone, train, settings, batch_tokens=0, batch_size=args.acc_batch,
-                            epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held,
-                            pooling="rich", head_init="auto")
-        prompts, hist = [p.prompt for p in held], [p.history for p in held]
-        out["rmstudio_rich"] = {
-            "accuracy": accuracy_of(fr.score(prompts, hist, [p.chosen for p in held]),
-                                    fr.score(prompts, hist, [p.rejected for p in held])),
-            "seconds": time.perf_counter() - t0, "batch_size": args.acc_batch,
-            "history_val_accuracy": rich["val_accuracy"], "pooling": fr.meta.pooling}
+        res, fv = run_ours(backbone, train, settings, epochs=args.acc_epochs, max_length=max_len, compile_=False,
+                           val=held, **kw)
+        # scored from the texts, as `rmstudio score` would (rich pooling reads three sequences per response)
+        out[f"rmstudio_{name}"] = {
+            "accuracy": accuracy_of(fv.score(prompts, hist, [p.chosen for p in held]),
+                                    fv.score(prompts, hist, [p.rejected for p in held])),
+            "seconds": time.perf_counter() - t0, **kw,
+            "val_accuracy_per_epoch": res["val_accuracy_per_epoch"], "pooling": fv.meta.pooling}
     if "trl" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
     return out
@@ -627,7 +651,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"\n{key} ({acc['backbone']}, split seed {acc['split_seed']}, {acc['train_pairs']} train / "
                      f"{acc['held_out_pairs']} held-out pairs, {acc['epochs']} epochs, lr {acc['lr']}): "
                      f"{trl_txt}RM Studio {acc['rmstudio']['accuracy']:.3f}{delta}"
-                     + (f"; rich pooling {acc['rmstudio_rich']['accuracy']:.3f}" if "rmstudio_rich" in acc else ""))
+                     + "".join(f"; {k[len('rmstudio_'):]} {v['accuracy']:.3f}" for k, v in acc.items()
+                               if k.startswith("rmstudio_") and isinstance(v, dict)))
     return "\n".join(lines)
 
 

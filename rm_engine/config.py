@@ -26,6 +26,10 @@ _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-1},  # mlp heads: 1e-2 (see resolved())
     "finetune": {"epochs": 2, "lr": 2e-5, "weight_decay": 0.0},
 }
+# LoRA adapters start at zero and move only through their low-rank factors: at the full fine-tune's 2e-5 a MiniLM
+# LoRA run on HH-harmless stayed at chance (0.498 held out, train 0.507); 2e-4 is the best of 2e-5/1e-4/2e-4/5e-4
+# there (BENCHMARKS.md, "LoRA").
+LORA_LR = 2e-4
 
 
 def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, float]:
@@ -70,7 +74,7 @@ class TrainConfig:
             RMSTUDIO_MODEL_DIRS.
         epochs: passes over the training pairs (None: 300 full-batch steps for heads, 2 for finetune).
             Head mode stops early on the validation split.
-        lr: learning rate (None: 3e-3 for heads, 2e-5 for finetune).
+        lr: learning rate (None: 3e-3 for heads, 2e-5 for a full finetune, 2e-4 with ``lora``).
         batch_size: pairs per step (finetune without a token budget; heads train full-batch when 0).
         batch_tokens: finetune token budget per batch (chosen + rejected, similar lengths); 0 = use batch_size.
         max_batch_pairs: finetune cap on pairs per token-budget batch (0 = the budget alone). Small datasets need
@@ -206,6 +210,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
         d = dict(_MODE_DEFAULTS[self.mode])
+        if self.mode == "finetune" and self.lora:
+            d["lr"] = LORA_LR
         if self.mode == "head" and self.head == "mlp":
             d["weight_decay"] = 1e-2  # HH-harmless grid (BENCHMARKS.md): linear best at 0.1-1, MLP at 0.01
         return dataclasses.replace(

@@ -36,6 +36,9 @@ def test_enqueues_a_train_job_with_the_chosen_config(app_env, sqlite_db: Databas
     [pooling] = [b for b in at.selectbox if b.label == "Fine-tune score reads"]
     assert pooling.value == "auto"
     pooling.set_value("rich")
+    [lora] = [c for c in at.checkbox if c.label == "LoRA adapters"]
+    assert lora.value is False
+    lora.check()
     at.number_input[0].set_value(3)  # epochs
     at.number_input[1].set_value(4)  # ensemble size
     at.slider[2].set_value(0.25)  # weight of ai labels
@@ -46,6 +49,7 @@ def test_enqueues_a_train_job_with_the_chosen_config(app_env, sqlite_db: Databas
     assert job["kind"] == "train" and job["status"] == "queued"
     p = job["params"]
     assert p["mode"] == "finetune" and p["epochs"] == 3 and p["ensemble"] == 4 and p["pooling"] == "rich"
+    assert p["lora"] is True and p["lr"] is None  # the worker resolves LoRA's own default rate
     assert p["source_weights"]["ai"] == 0.25 and p["sources"] == ["expert", "crowd"]
     assert any(f"Queued training job #{job['id']}" in m.value for m in at.success)
     # The live queue shows it, with a cancel button.

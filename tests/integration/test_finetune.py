@@ -222,8 +222,11 @@ def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.C
     acc = rep["accuracy"]
     assert acc["train_pairs"] + acc["held_out_pairs"] == rep["n_pairs"] == 32
     assert 0 <= acc["trl"]["accuracy"] <= 1 and 0 <= acc["rmstudio"]["accuracy"] <= 1
-    assert acc["rmstudio"]["accuracy"] == pytest.approx(acc["rmstudio"]["history_val_accuracy"])
-    # rich pooling scored from texts (three sequences per response) agrees with the trainer's own validation
+    assert len(acc["rmstudio"]["val_accuracy_per_epoch"]) == acc["epochs"]
+    assert acc["rmstudio"]["accuracy"] == pytest.approx(acc["rmstudio"]["val_accuracy_per_epoch"][-1])
     assert acc["rmstudio_rich"]["pooling"] == "rich"
-    assert acc["rmstudio_rich"]["accuracy"] == pytest.approx(acc["rmstudio_rich"]["history_val_accuracy"])
+    # every variant (rich pooling, LoRA at its own rate) scored from texts agrees with the trainer's own validation
+    assert acc["rmstudio_lora"]["lora"] is True and acc["rmstudio_lora"]["lr"] == 2e-4
+    for name in ("rmstudio_rich", "rmstudio_lora"):
+        assert acc[name]["accuracy"] == pytest.approx(acc[name]["val_accuracy_per_epoch"][-1])
     assert "RM Studio" in stdout and "c/b" in stdout

@@ -25,6 +25,9 @@ def test_resolved_fills_mode_defaults() -> None:
     assert TrainConfig(head="mlp").resolved().weight_decay == 0.01
     ft = TrainConfig(mode="finetune").resolved()
     assert ft.lr == 2e-5 and ft.epochs == 2
+    # LoRA's own default: at the full fine-tune's rate its adapters barely move (BENCHMARKS.md, "LoRA")
+    assert TrainConfig(mode="finetune", lora=True).resolved().lr == 2e-4
+    assert TrainConfig(mode="finetune", lora=True, lr=1e-5).resolved().lr == 1e-5
     assert TrainConfig(lr=0.5).resolved().lr == 0.5
 
 
