@@ -93,7 +93,9 @@ class TrainConfig:
         head: ``"linear"`` or ``"mlp"`` (head mode).
         weight_decay: head mode: L2 penalty ``wd * ||W||^2`` (None: 0.1 linear, 0.01 MLP); finetune: AdamW
             decay (None: 0).
-        lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode).
+        lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode; peft on all linear
+            layers, the score head trained in full and saved with the adapters). Its default ``lr`` is
+            :data:`LORA_LR`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         gpus: data-parallel processes for finetune mode (default 1). >1 trains with DDP through
             ``rm_engine.ddp.train_finetune_ddp`` (one process per GPU, NCCL; ``batch_tokens`` is per device). On a
