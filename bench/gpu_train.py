@@ -10,9 +10,11 @@ One run, one GPU, the same data, the same random-weight model:
   (c) RM Studio (token-budget batches of similar length, one forward pass per pair, bf16 autocast, fused AdamW),
   and (d) RM Studio with random fixed-size batches (what length grouping buys). Reported: pairs/s, real
   (non-pad) tokens/s, MFU = 6 x non-embedding params x real tokens/s / peak bf16 FLOP/s, peak memory, and the
-  ratios c/a and c/b;
+  ratios c/a and c/b; the packed rows c3-c5 (``SPEED_ROWS``) and ``p3``, c3's steady-state steps profiled by kernel
+  kind (``bench/gpu_profile.py``: matmul, attention, inductor-fused, optimizer, copies; device busy share);
 * accuracy: the bundled MiniLM-L6 fine-tuned on the HH pairs by TRL and by RM Studio with the same epochs and
-  learning rate, evaluated on the same held-out pairs (split by prompt, seeded), strict ``>``.
+  learning rate, evaluated on the same held-out pairs (split by prompt, seeded), strict ``>``; then RM Studio's
+  variants (``--acc-variants``: rich pooling, LoRA at its own rate) on the same split.
 
 Prints one JSON document (also written to ``--out``) and a table. Needs nothing from the network: when ``trl`` or
 ``datasets`` are missing it installs them from local wheel files (``--wheels DIR``, ``$RMSTUDIO_WHEELS``,
@@ -248,7 +250,8 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
              packing: bool = False, pooling: str = "auto", head_init: str = "random",
-             packed_attention: str = "auto", lora: bool = False) -> tuple[dict[str, Any], Any]:
+             packed_attention: str = "auto", lora: bool = False,
+             should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
@@ -258,7 +261,8 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
                       seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention,
                       lora=lora)
-    res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6)
+    res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6,
+                         should_stop=should_stop)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
             "alloc_retries": _alloc_retries(), "memory_fit": last.get("memory_fit"), "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
@@ -307,7 +311,24 @@ ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]
 
 # Every row (the table's order); RM Studio's start with "c"
 SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
-              "c5_rmstudio_packed_compile_varlen", "c4_rmstudio_packed_compile_2x", "d_rmstudio_random16")
+              "c5_rmstudio_packed_compile_varlen", "c4_rmstudio_packed_compile_2x", "d_rmstudio_random16",
+              "p3_profile_c3")
+
+
+def profile_c3(model_dir: Path, pairs: list[Any], settings: Any, args: argparse.Namespace,
+               ours_kw: dict[str, Any]) -> dict[str, Any]:
+    """c3's configuration again, with a few steady-state steps under torch.profiler (bench/gpu_profile.py):
+    where its device time goes, by kernel kind. On CPU (--smoke) uncompiled, operator CPU time instead."""
+    import torch
+
+    from gpu_profile import StepProfiler
+
+    cuda = torch.cuda.is_available()
+    window = dict(wait=3, warmup=1, active=5) if cuda else dict(wait=0, warmup=1, active=1)
+    with StepProfiler(cuda=cuda, **window) as sp:
+        run_ours(model_dir, pairs, settings, batch_tokens=args.batch_tokens, compile_=cuda, packing=True,
+                 should_stop=sp.should_stop, **ours_kw)
+    return sp.report()
 
 
 class Run:
@@ -393,6 +414,7 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
         "c5_rmstudio_packed_compile_varlen": lambda: halving_on_oom(
             lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True,
                                 packed_attention="varlen", **ours_kw)[0], args.batch_tokens),
+        "p3_profile_c3": lambda: profile_c3(model_dir, pairs, settings, args, ours_kw),
         "d_rmstudio_random16": lambda: run_ours(model_dir, pairs, settings, batch_tokens=0, batch_size=args.trl_batch,
                                                 epochs=2, lr=1e-5, max_length=args.max_length, compile_=False)[0],
     }
@@ -447,8 +469,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        "c5_rmstudio_packed_compile_varlen,c4_rmstudio_packed_compile_2x,a_trl_default",
                     help="the 0.5B rows run before the accuracy section (--smoke: without c3, compiling is slow on "
                          "CPU); c3 (packed rows, compiled) is RM Studio's fastest configuration")
-    ap.add_argument("--extras", default="c2_rmstudio_compile,d_rmstudio_random16",
-                    help="the 0.5B rows run last (--smoke: d only)")
+    ap.add_argument("--extras", default="p3_profile_c3,c2_rmstudio_compile,d_rmstudio_random16",
+                    help="the 0.5B rows run last (--smoke: p3 and d; p3 profiles c3's steps by kernel kind)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--only-accuracy", action="store_true")
     ap.add_argument("--acc-epochs", type=int, default=2)
@@ -480,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.trl_steps, args.trl_batch, args.batch_tokens, args.max_length = 4, 4, 4096, 256
         args.acc_epochs, args.acc_lr, args.acc_batch, args.acc_batch_tokens = 1, 1e-3, 4, 1024
         given = " ".join(argv or sys.argv)
-        args.extras = "d_rmstudio_random16" if "--extras" not in given else args.extras
+        args.extras = "p3_profile_c3,d_rmstudio_random16" if "--extras" not in given else args.extras
         args.first = "b_trl_no_ckpt,c_rmstudio,a_trl_default" if "--first" not in given else args.first
         args.acc_seeds = "0" if "--acc-seeds" not in given else args.acc_seeds
     try:
@@ -630,6 +652,11 @@ def table(report: dict[str, Any]) -> str:
         for k in SPEED_ROWS:
             r = row.get(k)
             if not isinstance(r, dict):
+                continue
+            if "categories" in r:
+                kinds = ", ".join(f"{c} {100 * v['share']:.0f}%" for c, v in r["categories"].items())
+                busy = r.get("device_busy_share")
+                lines.append(f"{k:<30}  busy {100 * busy:.0f}%: {kinds}" if busy is not None else f"{k:<30}  {kinds}")
                 continue
             if "pairs_per_s" not in r:
                 lines.append(f"{k:<30}  {(r.get('error') or r.get('skipped') or '')[:90]}")

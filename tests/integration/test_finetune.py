@@ -219,6 +219,10 @@ def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.C
     assert c["tokens_per_s"] / c["pairs_per_s"] == pytest.approx(2 * row["mean_tokens_per_sequence"], rel=1e-6)
     # length-grouped token budgets pad less than random batches of the same data
     assert row["c_rmstudio"]["padding_share"] < row["d_rmstudio_random16"]["padding_share"]
+    # c3's steps profiled by kind (on CPU: operator time, uncompiled): packed rows spend time in attention
+    prof = row["p3_profile_c3"]
+    assert prof["steps"] == 1 and sum(c["share"] for c in prof["categories"].values()) == pytest.approx(1.0)
+    assert {"attention", "matmul"} <= set(prof["categories"]) and "busy" in stdout
     acc = rep["accuracy"]
     assert acc["train_pairs"] + acc["held_out_pairs"] == rep["n_pairs"] == 32
     assert 0 <= acc["trl"]["accuracy"] <= 1 and 0 <= acc["rmstudio"]["accuracy"] <= 1

@@ -107,3 +107,51 @@ def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pyte
         ("0.5b", "c2_rmstudio_compile", "d_rmstudio_random16"),
     ]
     assert [report[k]["split_seed"] for k in ("accuracy", "accuracy_seed1", "accuracy_seed2")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kernel,kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_NTT", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),
+    ("triton_tem_fused_flex_attention_backward_3", "attention"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_7", "inductor fused"),
+    ("void at::native::multi_tensor_apply_kernel<FusedAdamWMathFunctor>", "optimizer"),
+    ("Memcpy HtoD (Pinned -> Device)", "copy/fill"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copy/fill"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise (eager)"),
+    ("some_new_kernel", "other"),
+])
+def test_profile_categorizes_kernels_by_name(kernel: str, kind: str) -> None:
+    assert _load("gpu_profile").categorize(kernel) == kind
+
+
+def test_profile_breakdown_sums_kernels_per_name_and_kind() -> None:
+    gp = _load("gpu_profile")
+    rep = gp.breakdown([("aten::mm", 0.3), ("aten::mm", 0.3), ("flash_fwd_kernel", 0.2), ("aten::mul", 0.2),
+                        ("idle", 0.0)], window_s=2.0, top=2)
+    assert rep["kernel_time_s"] == pytest.approx(1.0) and rep["device_busy_share"] == pytest.approx(0.5)
+    assert {k: round(v["share"], 6) for k, v in rep["categories"].items()} == \
+        {"matmul": 0.6, "attention": 0.2, "elementwise (eager)": 0.2}
+    assert list(rep["categories"])[0] == "matmul"  # largest first
+    assert [t["name"] for t in rep["top_kernels"]] == ["aten::mm", rep["top_kernels"][1]["name"]]
+    assert rep["top_kernels"][0]["seconds"] == pytest.approx(0.6) and len(rep["top_kernels"]) == 2
+    assert gp.breakdown([], window_s=None)["device_busy_share"] is None
+
+
+def test_step_profiler_records_only_its_window_of_steps() -> None:
+    """On CPU: steps 0-1 are skipped and warm-up, steps 2-3 are recorded (matmuls), step 4 (additions) is not."""
+    gp = _load("gpu_profile")
+    a = torch.randn(64, 64)
+    with gp.StepProfiler(cuda=False, wait=1, warmup=1, active=2) as sp:
+        for step in range(6):
+            assert sp.should_stop() is False
+            for _ in range(3):
+                (a @ a) if step in (2, 3) else (a + a)
+    rep = sp.report()
+    assert rep["steps"] == 2 and rep["window_s"] > 0
+    assert "matmul" in rep["categories"] and "elementwise (eager)" not in rep["categories"]
+    short = gp.StepProfiler(cuda=False, wait=1, warmup=1, active=2)
+    with short:
+        short.step()
+    assert "needs 5" in short.report()["error"]
