@@ -32,6 +32,11 @@ _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 LORA_LR = 2e-4
 
 
+def default_lr(mode: str, lora: bool = False) -> float:
+    """The learning rate a run of ``mode`` gets when ``TrainConfig.lr`` is None."""
+    return LORA_LR if mode == "finetune" and lora else float(_MODE_DEFAULTS[mode]["lr"])
+
+
 def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, float]:
     """``"expert=1,crowd=0.8,ai=0.5"`` (or a mapping) -> weights; unnamed sources keep their defaults."""
     out = dict(DEFAULT_SOURCE_WEIGHTS)
@@ -211,9 +216,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
-        d = dict(_MODE_DEFAULTS[self.mode])
-        if self.mode == "finetune" and self.lora:
-            d["lr"] = LORA_LR
+        d = dict(_MODE_DEFAULTS[self.mode], lr=default_lr(self.mode, self.lora))
         if self.mode == "head" and self.head == "mlp":
             d["weight_decay"] = 1e-2  # HH-harmless grid (BENCHMARKS.md): linear best at 0.1-1, MLP at 0.01
         return dataclasses.replace(

@@ -9,7 +9,7 @@ from app import train_actions as act
 from app.auth import require_researcher
 from app.resources import database
 from db import jobs, policy, version_metrics, versions
-from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES
+from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lr
 
 require_researcher()
 st.title("Train")
@@ -32,7 +32,8 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
                       "its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
     p2.checkbox("LoRA adapters", key=K["lora"],
                 help="finetune: train low-rank adapters and the score head instead of every weight (peft; default "
-                     "learning rate 2e-4 instead of 2e-5). Smaller saved versions, ~3x faster on CPU for MiniLM.")
+                     f"learning rate {default_lr('finetune', lora=True):g} instead of {default_lr('finetune'):g}). "
+                     "Smaller saved versions, ~3x faster on CPU for MiniLM.")
     wcols = st.columns(3)
     for i, src in enumerate(SOURCES):
         wcols[i].slider(f"Weight of {src} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[src], 0.05, key=K[f"w_{src}"])
