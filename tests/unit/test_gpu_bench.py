@@ -83,7 +83,7 @@ def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:  # noqa: ANN001
 
 def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """The order a deadline cuts from the end of: the 0.5B rows, accuracy split 0, the 1.5B plain rows, the other
-    splits, the 1.5B compiled row, the optional 0.5B rows (no model is built or trained here)."""
+    splits, the 1.5B compiled row, the optional 0.5B rows, p3's profile first (no model is built or trained here)."""
     _, gpu_train = bench
     calls: list[tuple] = []
     monkeypatch.setattr(gpu_train, "ensure_trl", lambda wheels: "present")
@@ -104,7 +104,7 @@ def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pyte
         ("1.5b", "b_trl_no_ckpt", "c_rmstudio", "a_trl_default"),
         ("accuracy", 1), ("accuracy", 2),
         ("1.5b", "c3_rmstudio_packed_compile"),
-        ("0.5b", "c2_rmstudio_compile", "d_rmstudio_random16"),
+        ("0.5b", "p3_profile_c3", "c2_rmstudio_compile", "d_rmstudio_random16"),
     ]
     assert [report[k]["split_seed"] for k in ("accuracy", "accuracy_seed1", "accuracy_seed2")] == [0, 1, 2]
 
