@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from db.models import ModelVersion
+from db.versions import recipe
 
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -72,14 +73,15 @@ def version_groups(metrics: dict[str, Any] | None, key: str = "per_source") -> p
 
 
 def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
-    """One row per version: ``version``, ``created_at``, ``mode``, ``backbone``, ``n_pairs``, ``n_labels``,
+    """One row per version: ``version``, ``created_at``, ``mode``, ``recipe`` (:func:`db.versions.recipe`), ``backbone``, ``n_pairs``, ``n_labels``,
     ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and
     ``val_ece``, plus any other numeric top-level metric. Call it inside the session that loaded the rows."""
     rows = []
     for v in versions:
         m = v.metrics or {}
         row: dict[str, Any] = {
-            "version": v.id, "created_at": v.created_at, "mode": v.mode, "backbone": v.backbone,
+            "version": v.id, "created_at": v.created_at, "mode": v.mode, "recipe": recipe(v.mode, v.config),
+            "backbone": v.backbone,
             "n_pairs": v.n_pairs, "n_labels": v.n_labels, "ensemble_size": v.ensemble_size,
         }
         for split in ("train", "val", "test"):

@@ -181,6 +181,26 @@ def count_scores(session: Session, version_id: int) -> int:
     return int(session.scalar(select(func.count()).select_from(ResponseScore).where(ResponseScore.model_version_id == version_id)) or 0)
 
 
+def recipe(mode: str, config: Mapping[str, Any] | None) -> str:
+    """How a version was trained, in a few words, from its saved training config: ``"linear head, rich
+    features"``, ``"full fine-tune"``, ``"LoRA r16, pooling rich, lr 0.0002"`` (settings at their defaults are left
+    out; an empty config gives ``mode``)."""
+    c = config or {}
+    if not c:
+        return mode
+    if mode == "head":
+        parts = [f"{c.get('head', 'linear')} head", f"{c.get('features', 'rich')} features"]
+    else:
+        parts = [f"LoRA r{c.get('lora_r', 16)}" if c.get("lora") else "full fine-tune"]
+        if c.get("pooling") not in (None, "auto"):
+            parts.append(f"pooling {c['pooling']}")
+        if c.get("packing"):
+            parts.append("packed")
+    if c.get("lr") is not None:
+        parts.append(f"lr {float(c['lr']):g}")
+    return ", ".join(parts)
+
+
 def version_summary(v: ModelVersion) -> dict[str, Any]:
     """A JSON-safe summary with the headline metrics (for ``rmstudio models --json`` and the app)."""
     m = v.metrics or {}
@@ -191,6 +211,7 @@ def version_summary(v: ModelVersion) -> dict[str, Any]:
         "id": v.id,
         "created_at": v.created_at.isoformat() if v.created_at else None,
         "mode": v.mode,
+        "recipe": recipe(v.mode, v.config),
         "backbone": v.backbone,
         "path": v.path,
         "n_pairs": v.n_pairs,

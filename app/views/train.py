@@ -25,12 +25,12 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
                   help="`minilm` or a model folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
     c3.number_input("Epochs (0 = mode default)", min_value=0, max_value=10_000, value=0, key=K["epochs"])
     c4.number_input("Ensemble size", min_value=1, max_value=16, value=1, key=K["ensemble"])
-    p1, p2 = st.columns([3, 1], vertical_alignment="bottom")
-    p1.selectbox("Fine-tune score reads", ["auto", "cls", "mean", "rich"], key=K["pooling"],
+    pool_col, lora_col = st.columns([3, 1], vertical_alignment="bottom")
+    pool_col.selectbox("Fine-tune score reads", ["auto", "cls", "mean", "rich"], key=K["pooling"],
                  help="finetune, encoders: auto = the backbone's own pooling (mean for MiniLM); rich = head mode's "
                       "features of prompt+response, response and prompt, trained end to end (~2.5x slower, "
                       "its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
-    p2.checkbox("LoRA adapters", key=K["lora"],
+    lora_col.checkbox("LoRA adapters", key=K["lora"],
                 help="finetune: train low-rank adapters and the score head instead of every weight (peft; default "
                      f"learning rate {default_lr('finetune', lora=True):g} instead of {default_lr('finetune'):g}). "
                      "Smaller saved versions, ~3x faster on CPU for MiniLM.")

@@ -360,7 +360,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         m = r["metrics"]
         print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
-              f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}")
+              f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}  "
+              f"({r['recipe']})")
     return 0
 
 

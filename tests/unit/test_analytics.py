@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from db import analytics, version_metrics
+from db import analytics, version_metrics, versions
 from db.models import ModelVersion, ResponseScore
 from db.session import Database
 from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
@@ -165,9 +165,23 @@ def test_versions_frame_tolerates_missing_metrics(data) -> None:
         vs = list(s.scalars(select(ModelVersion).order_by(ModelVersion.id)))
         ids = [v.id for v in vs]
         f = version_metrics.versions_frame(vs)
-    assert list(f["version"]) == ids
+        recipes = [versions.recipe(v.mode, v.config) for v in vs]
+    assert list(f["version"]) == ids and list(f["recipe"]) == recipes and recipes[-1] == "head"  # no config: the mode
     assert f.loc[0, "val_accuracy"] == pytest.approx(0.6) and math.isnan(f.loc[1, "val_accuracy"])
     assert "per_source" not in f.columns  # nested metrics are not flattened into columns
+
+
+@pytest.mark.parametrize("mode,config,expected", [
+    ("head", {"head": "mlp", "features": "pair", "lr": 0.003}, "mlp head, pair features, lr 0.003"),
+    ("head", {}, "head"),
+    ("finetune", {"lora": False, "pooling": "auto", "lr": 2e-5}, "full fine-tune, lr 2e-05"),
+    ("finetune", {"lora": True, "lora_r": 8, "pooling": "rich", "lr": None}, "LoRA r8, pooling rich"),
+    ("finetune", {"lora": False, "packing": True, "lr": 1e-5}, "full fine-tune, packed, lr 1e-05"),
+])
+def test_version_recipe_names_how_it_was_trained(mode: str, config: dict, expected: str) -> None:
+    assert versions.recipe(mode, config) == expected
+    v = ModelVersion(id=1, mode=mode, backbone="minilm", path="models/v-1", config=config, metrics={})
+    assert versions.version_summary(v)["recipe"] == expected
 
 
 def test_version_metric_formats() -> None:
