@@ -26,7 +26,7 @@ T = TypeVar("T")
 _MSG = "train_messages"
 #: Session-state keys of the training form's widgets.
 FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
-             "pooling": "tr_pooling", "lora": "tr_lora", "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+             "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
 
 
 def _say(kind: str, text: str) -> None:
@@ -56,6 +56,7 @@ def config_from_form(state: Any) -> TrainConfig:
         mode=state[k["mode"]],
         backbone=(state[k["backbone"]] or "").strip() or "minilm",
         epochs=int(state[k["epochs"]]) or None,
+        lr=float(state.get(k["lr"], 0.0)) or None,
         ensemble=int(state[k["ensemble"]]),
         pooling=state[k["pooling"]],
         lora=bool(state.get(k["lora"], False)),

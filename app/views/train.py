@@ -25,15 +25,18 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
                   help="`minilm` or a model folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
     c3.number_input("Epochs (0 = mode default)", min_value=0, max_value=10_000, value=0, key=K["epochs"])
     c4.number_input("Ensemble size", min_value=1, max_value=16, value=1, key=K["ensemble"])
-    pool_col, lora_col = st.columns([3, 1], vertical_alignment="bottom")
+    pool_col, lr_col, lora_col = st.columns([2, 1, 1], vertical_alignment="bottom")
     pool_col.selectbox("Fine-tune score reads", ["auto", "cls", "mean", "rich"], key=K["pooling"],
-                 help="finetune, encoders: auto = the backbone's own pooling (mean for MiniLM); rich = head mode's "
-                      "features of prompt+response, response and prompt, trained end to end (~2.5x slower, "
-                      "its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
+                       help="finetune, encoders: auto = the backbone's own pooling (mean for MiniLM); rich = head "
+                            "mode's features of prompt+response, response and prompt, trained end to end (~2.5x "
+                            "slower, its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
+    lr_col.number_input("Learning rate (0 = default)", min_value=0.0, max_value=1.0, value=0.0, step=1e-5,
+                        format="%g", key=K["lr"],
+                        help=f"default: {default_lr('head'):g} head, {default_lr('finetune'):g} fine-tune, "
+                             f"{default_lr('finetune', lora=True):g} LoRA")
     lora_col.checkbox("LoRA adapters", key=K["lora"],
-                help="finetune: train low-rank adapters and the score head instead of every weight (peft; default "
-                     f"learning rate {default_lr('finetune', lora=True):g} instead of {default_lr('finetune'):g}). "
-                     "Smaller saved versions, ~3x faster on CPU for MiniLM.")
+                      help="finetune: train low-rank adapters and the score head instead of every weight (peft; its "
+                           "own default learning rate). Smaller saved versions, ~3x faster on CPU for MiniLM.")
     wcols = st.columns(3)
     for i, src in enumerate(SOURCES):
         wcols[i].slider(f"Weight of {src} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[src], 0.05, key=K[f"w_{src}"])

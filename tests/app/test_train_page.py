@@ -173,3 +173,17 @@ def test_database_errors_are_explained(app_env, sqlite_db: Database, seeded: See
     assert not at.exception
     assert any("Could not enqueue the training: the database is read-only" in e.value for e in at.error)
     assert _jobs(sqlite_db) == []
+
+
+def test_learning_rate_field_sets_the_rate_and_zero_leaves_the_default(app_env, sqlite_db: Database,
+                                                                       seeded: Seeded) -> None:
+    at = _page()
+    at.selectbox[0].set_value("finetune")
+    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = default)"]
+    assert lr.value == 0.0
+    _button(at, "Enqueue training").click().run()
+    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = default)"]
+    lr.set_value(5e-5)
+    _button(at, "Enqueue training").click().run()
+    assert not at.exception and not at.error
+    assert [j["params"]["lr"] for j in _jobs(sqlite_db)] == [None, 5e-5]  # a new rate is a new job, not a duplicate
