@@ -26,7 +26,8 @@ T = TypeVar("T")
 _MSG = "train_messages"
 #: Session-state keys of the training form's widgets.
 FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
-             "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+             "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources",
+             **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
 
 
 def _say(kind: str, text: str) -> None:

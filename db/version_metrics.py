@@ -73,8 +73,8 @@ def version_groups(metrics: dict[str, Any] | None, key: str = "per_source") -> p
 
 
 def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
-    """One row per version: ``version``, ``created_at``, ``mode``, ``recipe`` (:func:`db.versions.recipe`), ``backbone``, ``n_pairs``, ``n_labels``,
-    ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and
+    """One row per version: ``version``, ``created_at``, ``mode``, ``recipe`` (:func:`db.versions.recipe`),
+    ``backbone``, ``n_pairs``, ``n_labels``, ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and
     ``val_ece``, plus any other numeric top-level metric. Call it inside the session that loaded the rows."""
     rows = []
     for v in versions:

@@ -183,8 +183,9 @@ def count_scores(session: Session, version_id: int) -> int:
 
 def recipe(mode: str, config: Mapping[str, Any] | None) -> str:
     """How a version was trained, in a few words, from its saved training config: ``"linear head, rich
-    features"``, ``"full fine-tune"``, ``"LoRA r16, pooling rich, lr 0.0002"`` (settings at their defaults are left
-    out; an empty config gives ``mode``)."""
+    features, lr 0.003"``, ``"full fine-tune, lr 2e-05"``, ``"LoRA r16, pooling rich, lr 0.0002"`` (pooling only
+    when not ``auto``, packing only when on; an empty config, as in versions from before configs were kept, gives
+    ``mode``)."""
     c = config or {}
     if not c:
         return mode
