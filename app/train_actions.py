@@ -57,10 +57,10 @@ def config_from_form(state: Any) -> TrainConfig:
         mode=state[k["mode"]],
         backbone=(state[k["backbone"]] or "").strip() or "minilm",
         epochs=int(state[k["epochs"]]) or None,
-        lr=float(state.get(k["lr"], 0.0)) or None,
+        lr=float(state[k["lr"]]) or None,
         ensemble=int(state[k["ensemble"]]),
         pooling=state[k["pooling"]],
-        lora=bool(state.get(k["lora"], False)),
+        lora=bool(state[k["lora"]]),
         source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
         sources=None if set(chosen) == set(SOURCES) else chosen,
     )

@@ -291,10 +291,10 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
     return torch.cat(out).numpy()
 
 
-def _lora_lr() -> float:
-    from rm_engine.config import LORA_LR
+def _default_lr(mode: str, lora: bool = False) -> float:
+    from rm_engine.config import default_lr  # the repo is imported only once the wheels are in place
 
-    return LORA_LR
+    return default_lr(mode, lora)
 
 
 # RM Studio variants of the accuracy section (--acc-variants): what each is, and run_ours's arguments for it.
@@ -303,9 +303,9 @@ ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]
              "--acc-batch pairs, as measured on CPU)",
              lambda a: {"batch_tokens": 0, "batch_size": a.acc_batch, "lr": a.acc_lr, "pooling": "rich",
                         "head_init": "auto"}),
-    "lora": ("LoRA adapters (r=16) at LoRA's own default rate (rm_engine.config.LORA_LR), the main row's batches",
+    "lora": ("LoRA adapters (r=16) at LoRA's own default rate (rm_engine.config.default_lr), the main row's batches",
              lambda a: {"batch_tokens": a.acc_batch_tokens, "batch_size": a.acc_batch, "max_pairs": a.acc_max_pairs,
-                        "lr": _lora_lr(), "pooling": a.acc_pooling, "lora": True}),
+                        "lr": _default_lr("finetune", lora=True), "pooling": a.acc_pooling, "lora": True}),
 }
 
 

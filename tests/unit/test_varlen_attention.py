@@ -46,7 +46,7 @@ def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     if request.param == "is_causal":
         def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):  # noqa: ANN001, ANN202
             return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
-                                            window_size=(-1, 0) if is_causal else (-1, -1))
+                                         window_size=(-1, 0) if is_causal else (-1, -1))
         params = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "is_causal"})
     else:
         fn, params = reference_varlen_attn, frozenset({"scale", "window_size", "enable_gqa"})
