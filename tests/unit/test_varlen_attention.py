@@ -39,11 +39,19 @@ def reference_varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.T
     return out
 
 
-@pytest.fixture(params=["window_size", "is_causal"])
+@pytest.fixture(params=["window_size", "window_size_no_gqa", "is_causal"])
 def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """The CUDA kernel replaced by the reference, with today's signature (``window_size``, ``enable_gqa``) or an
-    older one (``is_causal``, no ``enable_gqa``: key and value heads are repeated); returns the calls' kwargs."""
-    if request.param == "is_causal":
+    """The CUDA kernel replaced by the reference, with today's signature (``window_size``, ``enable_gqa``), torch
+    2.10-2.11's (``window_size``, no ``enable_gqa``: the GPU machines' torch) or an older one (``is_causal``, no
+    ``enable_gqa``); without ``enable_gqa`` key and value heads are repeated. Returns the calls' kwargs."""
+    if request.param == "window_size_no_gqa":
+        def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):  # noqa: ANN001, ANN202
+            # torch 2.11 tells causal attention by `window_size == (-1, 0)`: a list would silently mean full
+            is_causal = window_size == (-1, 0)
+            return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
+                                         window_size=(-1, 0) if is_causal else (-1, -1))
+        params = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"})
+    elif request.param == "is_causal":
         def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):  # noqa: ANN001, ANN202
             return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
                                          window_size=(-1, 0) if is_causal else (-1, -1))
@@ -86,8 +94,10 @@ def test_varlen_scores_and_gradients_equal_padded(arch: str, reference_kernel: l
     assert reference_kernel and len(reference_kernel) == 2  # one call per layer
     call = reference_kernel[0]
     assert call["max_q"] == 17  # the longest segment: the tail (17 tokens, max_segment 20) or a sequence
-    if "window_size" in call:
+    if "enable_gqa" in call:
         assert call["window_size"] == (-1, 0) and call["enable_gqa"] and call["heads"] == (4, 2)
+    elif "window_size" in call:  # torch 2.10-2.11
+        assert call["window_size"] == (-1, 0) and call["heads"] == (4, 4)
     else:
         assert call["is_causal"] and call["heads"] == (4, 4)  # no enable_gqa: key/value heads repeated
     torch.testing.assert_close(got_scores, ref_scores, atol=1e-5, rtol=1e-5)
