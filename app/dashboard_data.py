@@ -68,10 +68,10 @@ def overview(url: str, fp: Fingerprint) -> dict[str, Any]:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def version_ids(url: str, fp: Fingerprint) -> list[int]:
-    """Version ids, newest first."""
+def version_labels(url: str, fp: Fingerprint) -> dict[int, str]:
+    """Version ids, newest first, with their picker text (``db.versions.version_label``)."""
     with database().read() as s:
-        return [v.id for v in versions.list_versions(s)]
+        return versions.version_labels(s)
 
 
 @st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner="Reading cached scores...")

@@ -202,6 +202,25 @@ def recipe(mode: str, config: Mapping[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def version_label(v: ModelVersion) -> str:
+    """One line that tells versions apart in a picker: ``"v3 · LoRA r16, lr 0.0002 · val 61.9% · 2026-11-27 10:11"``
+    (an ensemble adds its size; a version without validation pairs says so)."""
+    s = version_summary(v)
+    parts = [f"v{v.id}", s["recipe"]]
+    if (v.ensemble_size or 1) > 1:
+        parts.append(f"ensemble of {v.ensemble_size}")
+    acc = s["metrics"]["val_accuracy"]
+    parts.append(f"val {acc:.1%}" if acc is not None else "no validation")
+    if v.created_at is not None:
+        parts.append(v.created_at.strftime("%Y-%m-%d %H:%M"))
+    return " · ".join(parts)
+
+
+def version_labels(session: Session) -> dict[int, str]:
+    """``version_label`` of every version, newest first (the pickers' options and their text)."""
+    return {v.id: version_label(v) for v in list_versions(session)}
+
+
 def version_summary(v: ModelVersion) -> dict[str, Any]:
     """A JSON-safe summary with the headline metrics (for ``rmstudio models --json`` and the app)."""
     m = v.metrics or {}

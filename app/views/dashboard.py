@@ -65,11 +65,11 @@ def live_overview() -> None:
 
 def scores_panel() -> None:
     """Chosen vs rejected scores, margins, normalized scores and their table, calibration, Spearman."""
-    ids = data.version_ids(url, fp)
-    if not ids:
+    labels = data.version_labels(url, fp)
+    if not labels:
         st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
         return
-    vid = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="score_version",
+    vid = st.selectbox("Model version", list(labels), format_func=labels.get, key="score_version",
                        persist_state="session")
     sc = data.scores(url, fp, vid)
     st.caption(f"Distributions over the newest {data.LABEL_SAMPLE:,} labels at most; refreshed every few percent "

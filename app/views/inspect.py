@@ -20,7 +20,8 @@ MAX_RESPONSES = 20
 MAX_COMPARED = 3  # versions beside the first: four score tables side by side at most
 
 with db.read() as s:
-    ids = [v.id for v in versions.list_versions(s)]
+    labels = versions.version_labels(s)
+    ids = list(labels)
     empty = analytics.label_count(s) == 0
 if not ids:
     if empty:
@@ -53,11 +54,11 @@ def score_panel() -> None:
     """Score a prompt and its responses with one version, or several side by side (inputs kept for the session)."""
     keep = {"persist_state": "session"}
     c1, c2 = st.columns(2)
-    va = c1.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="inspect_version", **keep)
+    va = c1.selectbox("Model version", ids, format_func=labels.get, key="inspect_version", **keep)
     # every version stays an option (one equal to the first is skipped below): options that change with the first
     # choice would invalidate a kept selection
     others = c2.multiselect("Compare with", ids, key="inspect_compare", **keep,
-                            max_selections=MAX_COMPARED, format_func=lambda v: f"version {v}")
+                            max_selections=MAX_COMPARED, format_func=labels.get)
     prompt = st.text_area("Prompt", key="inspect_prompt", height=100, **keep)
     n = int(st.number_input("Number of responses", min_value=1, max_value=MAX_RESPONSES, value=2, key="inspect_n", **keep))
     rcols = st.columns(min(n, 3))
@@ -114,7 +115,7 @@ def combined_panel(vids: list[int], prompt: str, texts: list[str]) -> None:
 
 def disagreement_panel() -> None:
     """Stored labels whose human choice the model most strongly rejects (cached scores)."""
-    vd = st.selectbox("Model version", ids, format_func=lambda v: f"version {v}", key="disagree_version")
+    vd = st.selectbox("Model version", ids, format_func=labels.get, key="disagree_version")
     limit = st.slider("Pairs to show", 5, 100, 20, key="disagree_limit")
     with db.read() as s:
         worst = analytics.model_disagreements(s, vd, limit=limit)

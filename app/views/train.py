@@ -101,12 +101,12 @@ st.subheader("Model versions")
 with db.read() as s:
     rows = versions.list_versions(s)
     table = version_metrics.versions_frame(rows)
-    ids = [v.id for v in rows]
+    labels = {v.id: versions.version_label(v) for v in rows}
 if table.empty:
     st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
 else:
     st.dataframe(table, hide_index=True)
     d1, d2 = st.columns([3, 1])
-    victim = d1.selectbox("Version to delete", ids, format_func=lambda v: f"version {v}")
+    victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
     confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")
     d2.button("Delete version", disabled=not confirm, on_click=act.delete_version, args=(victim,))

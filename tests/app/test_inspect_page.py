@@ -96,6 +96,11 @@ def test_scores_rank_responses_and_show_untrusted_text_as_text(version: int, sql
 def test_three_versions_side_by_side_and_as_one_reward(version: int, sqlite_db: Database, seeded: Seeded, home) -> None:
     second, third = (_train(sqlite_db, seeded, home, seed=k) for k in (1, 2))
     at = _page()
+    # the pickers name each version by id, recipe and accuracy (db.versions.version_label), newest first
+    opts = at.selectbox(key="inspect_version").options
+    assert [o.split(" · ")[0] for o in opts] == [f"v{v}" for v in (third, second, version)]
+    assert all(" head, " in o and (" · val " in o or " · no validation" in o) for o in opts)
+    assert at.multiselect(key="inspect_compare").options == opts
     at.selectbox(key="inspect_version").set_value(third)
     at.multiselect(key="inspect_compare").set_value([third, version, second])  # the first version again: skipped
     at = _score(at, "Name a colour", ["Red.", "no.", "Blue!"])

@@ -184,6 +184,30 @@ def test_version_recipe_names_how_it_was_trained(mode: str, config: dict, expect
     assert versions.version_summary(v)["recipe"] == expected
 
 
+@pytest.mark.parametrize("ensemble,metrics,expected", [
+    (1, {"val": {"accuracy": 0.6187}}, "v7 · LoRA r16, lr 0.0002 · val 61.9% · 2026-11-27 10:11"),
+    (3, {"train": {"accuracy": 0.9}}, "v7 · LoRA r16, lr 0.0002 · ensemble of 3 · no validation · 2026-11-27 10:11"),
+])
+def test_version_label_tells_versions_apart(ensemble: int, metrics: dict, expected: str) -> None:
+    import datetime as dt
+
+    v = ModelVersion(id=7, mode="finetune", backbone="minilm", path="models/v-7", ensemble_size=ensemble,
+                     config={"lora": True, "lora_r": 16, "lr": 2e-4}, metrics=metrics,
+                     created_at=dt.datetime(2026, 11, 27, 10, 11, 42))
+    assert versions.version_label(v) == expected
+
+
+def test_version_labels_are_newest_first(data) -> None:
+    db, _ = data
+    with db.write() as s:
+        s.add(ModelVersion(mode="head", backbone="tiny", path="models/v-new", metrics={}))
+    with db.read() as s:
+        labels = versions.version_labels(s)
+        ids = [v.id for v in versions.list_versions(s)]
+    assert len(ids) >= 2 and list(labels) == ids and ids == sorted(ids, reverse=True)
+    assert all(text.startswith(f"v{i} · ") for i, text in labels.items())
+
+
 def test_version_metric_formats() -> None:
     nested = {"train": {"accuracy": 0.9, "n": 80, "per_source": {"crowd": {"accuracy": 0.85, "n": 50}}},
               "val": {"accuracy": 0.6, "n": 20, "tie_rate": 0.0, "per_source": {"crowd": {"accuracy": 0.5, "n": 10}}}}
