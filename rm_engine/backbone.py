@@ -344,6 +344,22 @@ def build_inputs(
     return ids.with_special(ctx, resp)[:max_length]
 
 
+def single_special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after one sequence (e.g. ``[bos]`` and ``[]``)."""
+    prefix, _, suffix = _ids_for(tokenizer).layout(False)
+    return list(prefix), list(suffix)
+
+
+def input_format(tokenizer: Any, *, decoder: bool) -> str:
+    """Which of :func:`build_inputs`' layouts ``tokenizer`` gets: ``chat-template`` (context rendered by the
+    template with the generation prompt, then the response's part of the full chat), ``text-pair`` (encoders:
+    ``[CLS] context [SEP] response [SEP]``) or ``plain-dialogue`` (decoders: ``User: ...\n\nAssistant: response``
+    and eos)."""
+    if _chat_pieces(tokenizer, "x", None, "y") is not None:
+        return "chat-template"
+    return "plain-dialogue" if decoder else "text-pair"
+
+
 def build_text_inputs(tokenizer: Any, text: str, max_length: int, *, cut: str = "right") -> list[int]:
     """Ids of one text with the tokenizer's special tokens; ``cut="left"`` keeps its end (for prompts)."""
     ids = _ids_for(tokenizer)

@@ -152,22 +152,28 @@ def verify_version_dir(settings: Settings, rel_path: str, version_id: int | str)
     return manifest
 
 
+def load_version_config(settings: Settings, rel_path: str, version_id: int | str) -> tuple[Path, dict[str, Any]]:
+    """``(folder, config)`` of a version whose files match their manifest (``config.json``: what the files hold,
+    e.g. a fine-tune's ``members``)."""
+    label = f"model version {version_id}"
+    verify_version_dir(settings, rel_path, version_id)
+    d = resolve_version_dir(settings, rel_path, label)
+    try:
+        return d, json.loads((d / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"{label}: {CONFIG} is unreadable in {d} ({exc})") from None
+
+
 def load_head_files(settings: Settings, rel_path: str, version_id: int | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, config)`` of a head version, verified; only safetensors are read (never pickles)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    label = f"model version {version_id}"
-    verify_version_dir(settings, rel_path, version_id)
-    d = resolve_version_dir(settings, rel_path, label)
-    try:
-        config = json.loads((d / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFilesError(f"{label}: {CONFIG} is unreadable in {d} ({exc})") from None
+    d, config = load_version_config(settings, rel_path, version_id)
     try:
         tensors = load_file(str(d / HEAD_WEIGHTS))
     except (OSError, SafetensorError, ValueError) as exc:
-        raise ModelFilesError(f"{label}: {HEAD_WEIGHTS} is not a valid safetensors file ({exc})") from None
+        raise ModelFilesError(f"model version {version_id}: {HEAD_WEIGHTS} is not a valid safetensors file ({exc})") from None
     return tensors, config
 
 

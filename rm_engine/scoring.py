@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from db.versions import VersionNotFound, get_version, parse_version_ref, version
 from rm_engine.backbone import BackboneError, History, resolve_backbone
 from rm_engine.config import Cancelled
 from rm_engine.normalize import combine_members, normalize
-from rm_engine.registry import ModelFilesError, load_head_files, resolve_version_dir, verify_version_dir
+from rm_engine.registry import ModelFilesError, load_head_files, load_version_config
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None] | None
@@ -75,8 +76,8 @@ class RewardModel:
             tensors, fcfg = load_head_files(settings, path, vid)
             scorer = _head_scorer(settings, vid, tensors, fcfg, device)
         elif mode == "finetune":
-            fcfg = _finetune_config(settings, path, vid)
-            scorer = _finetune_scorer(settings, vid, path, fcfg, device)
+            d, fcfg = load_version_config(settings, path, vid)
+            scorer = _finetune_scorer(vid, d, fcfg, device)
         else:
             raise ModelFilesError(f"model version {vid}: unknown mode {mode!r}")
         return cls(vid, mode, norm, fcfg, scorer, path=path, metrics=metrics)
@@ -150,21 +151,9 @@ def _head_scorer(settings: Settings, vid: int, tensors: dict[str, Any], fcfg: di
     return scorer
 
 
-def _finetune_config(settings: Settings, path: str, vid: int) -> dict[str, Any]:
-    import json
-
-    verify_version_dir(settings, path, vid)
-    d = resolve_version_dir(settings, path, f"model version {vid}")
-    try:
-        return json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFilesError(f"model version {vid}: config.json is unreadable in {d} ({exc})") from None
-
-
-def _finetune_scorer(settings: Settings, vid: int, path: str, fcfg: dict[str, Any], device: str) -> Callable:
+def _finetune_scorer(vid: int, d: Path, fcfg: dict[str, Any], device: str) -> Callable:
     from rm_engine.finetune_model import FinetunedModel
 
-    d = resolve_version_dir(settings, path, f"model version {vid}")
     models = []
     for k in range(int(fcfg.get("members", 1))):
         try:

@@ -81,9 +81,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("models", help="list model versions (or: models delete ID)")
-    p.add_argument("action", nargs="?", choices=("list", "delete"), default="list")
-    p.add_argument("version", nargs="?", help="version id (for delete)")
+    p = sub.add_parser("models", help="list model versions (or: models delete ID, models export ID OUT)")
+    p.add_argument("action", nargs="?", choices=("list", "delete", "export"), default="list")
+    p.add_argument("version", nargs="?", help="version id (for delete; for export also 'latest')")
+    p.add_argument("out", nargs="?", help="export: the new folder (a Hugging Face model loadable with "
+                                          "AutoModelForSequenceClassification, plus a model card)")
+    p.add_argument("--member", type=int, default=None, help="export: which member of an ensemble (0..K-1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -328,6 +331,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from db.versions import VersionNotFound, delete_version, list_versions, parse_version_ref, version_summary
     from rm_engine.registry import remove_version_files
 
+    if args.action == "export":
+        return _export(args)
     db = open_db()
     try:
         if args.action == "delete":
@@ -362,6 +367,31 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
               f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}  "
               f"({r['recipe']})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``models export ID OUT``: a fine-tuned version as a Hugging Face folder (rm_engine.export)."""
+    from db.versions import VersionNotFound
+    from rm_engine.export import ExportError, export_version
+    from rm_engine.registry import ModelFilesError
+
+    if not args.version or not args.out:
+        raise CLIError("models export needs a version id (or 'latest') and an output folder")
+    db = open_db()
+    try:
+        info = export_version(db, settings(), args.version, args.out, member=args.member,
+                              progress=None if args.json else (lambda msg: print(f"export: {msg}", flush=True)))
+    except (VersionNotFound, ModelFilesError, ExportError) as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        db.dispose()
+    if args.json:
+        print_json({"exported": info["version_id"], "out": str(args.out), **info})
+    else:
+        print(f"exported model version {info['version_id']} to {args.out} ({info['recipe']}; input "
+              f"{info['input']['format']}): AutoModelForSequenceClassification.from_pretrained({str(args.out)!r}), "
+              f"see its README.md")
     return 0
 
 

@@ -1,0 +1,226 @@
+"""Export a fine-tuned model version as a plain Hugging Face folder, for RL trainers and servers that load reward
+models with ``AutoModelForSequenceClassification`` and never import RM Studio.
+
+The folder holds ``config.json`` + ``model.safetensors`` (LoRA adapters merged into the weights, the trained score
+head included), the tokenizer, ``rmstudio_reward.json`` (version, recipe, input format, normalization statistics,
+headline metrics, training config) and a ``README.md`` model card whose Python snippet builds inputs as training
+did and returns the raw score and its z-score (``tests/integration/test_export.py`` runs that snippet against RM
+Studio's own scores).
+
+What cannot be one such model is refused with the reason: head-mode versions (a head over frozen-backbone
+features), ``mean`` and ``rich`` pooling (no ``...ForSequenceClassification`` class reads a score that way), an
+ensemble without a chosen member.
+
+Decoders whose pad token is their eos: Hugging Face's sequence-classification pooling reads the last token that is
+not the pad id, so it would skip the closing eos RM Studio reads the score at (NOTES.md, pitfall 1). The export gives
+such a tokenizer a pad token of its own (a new embedding row only where the vocabulary has no spare one).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from db.config import Settings
+from db.session import Database
+from db.versions import get_version, version_summary
+from rm_engine.registry import load_version_config
+
+EXPORT_FORMAT = "rmstudio-reward-export/v1"
+INFO_FILE = "rmstudio_reward.json"
+CARD_FILE = "README.md"
+EXPORT_PAD = "<|rmstudio_pad|>"
+EXPORTABLE_POOLINGS = ("cls", "last")  # what Hugging Face's own sequence-classification forward reads
+
+
+class ExportError(ValueError):
+    """A version that cannot be one Hugging Face model, or an unusable destination; the message says which."""
+
+
+def export_version(db: Database, settings: Settings, version: str | int | None, out_dir: str | Path, *,
+                   member: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write ``version`` (an id or ``latest``; ``member`` of an ensemble) as a Hugging Face folder at ``out_dir``
+    (new, or an empty folder), atomically: a temporary sibling renamed into place. Returns what
+    ``rmstudio_reward.json`` holds. Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
+    say = progress or (lambda _msg: None)
+    with db.read() as s:
+        v = get_version(s, version)
+        summary = version_summary(v)
+        vid, norm, train_config = v.id, dict(v.norm_stats or {}), dict(v.config or {})
+    label = f"model version {vid}"
+    if summary["mode"] != "finetune":
+        raise ExportError(f"{label} is a {summary['mode']}-mode version (a head over frozen backbone features): no "
+                          "single Hugging Face model holds it. Score it through RM Studio (rmstudio score, "
+                          "rm_engine.scoring.reward_function), or train with --mode finetune to export")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out}: already exists and is not an empty folder; choose a new path")
+    folder, files = load_version_config(settings, summary["path"], vid)
+    members = int(files.get("members", 1))
+    if members > 1 and member is None:
+        raise ExportError(f"{label} is an ensemble of {members} models: export one with --member 0..{members - 1}")
+    k = 0 if member is None else int(member)
+    if not 0 <= k < members:
+        raise ExportError(f"{label}: no member {k} (members 0..{members - 1})")
+
+    from rm_engine.finetune_model import FinetunedModel
+
+    say(f"loading {label}" + (f", member {k} of {members}" if members > 1 else ""))
+    fm = FinetunedModel.load(folder / f"member-{k}", device="cpu")
+    if fm.net.pooling not in EXPORTABLE_POOLINGS:
+        raise ExportError(f"{label} reads its score by {fm.net.pooling} pooling, which no Hugging Face "
+                          "...ForSequenceClassification class does. Score it through RM Studio, or retrain with "
+                          "--pooling cls to export")
+    model, tok = fm.model, fm.tokenizer
+    if fm.meta.lora:
+        say("merging the LoRA adapters into the weights")
+        model = model.merge_and_unload()
+    pad_added = fm.meta.decoder and _own_pad_token(model, tok)
+    info = _info(summary, vid, k, members, fm, tok, norm, train_config, pad_added)
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        say(f"writing {out}")
+        tmp.mkdir(parents=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(info), encoding="utf-8")
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): os.replace needs the name free
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _own_pad_token(model: Any, tok: Any) -> bool:
+    """Give a decoder whose pad id is its eos id a pad token of its own (model config included); True if it did."""
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        model.config.pad_token_id = tok.pad_token_id
+        return False
+    tok.add_special_tokens({"pad_token": EXPORT_PAD})
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tok.pad_token_id >= rows:  # no spare row in the (often padded) vocabulary
+        model.resize_token_embeddings(tok.pad_token_id + 1)
+    model.config.pad_token_id = tok.pad_token_id
+    return True
+
+
+def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any, tok: Any, norm: dict[str, Any],
+          train_config: dict[str, Any], pad_added: bool) -> dict[str, Any]:
+    from rm_engine.backbone import input_format, single_special_ids
+
+    decoder = fm.meta.decoder
+    layout = None
+    if decoder:
+        prefix, suffix = single_special_ids(tok)
+        layout = {"prefix_ids": prefix, "suffix_ids": suffix, "eos_id": tok.eos_token_id}
+    ensemble_note = (f"member {member} of an ensemble of {members}: the version's normalization statistics are the "
+                     "ensemble's, so none is given for one member") if members > 1 else None
+    return {
+        "format": EXPORT_FORMAT, "version_id": vid, "member": member if members > 1 else None, "members": members,
+        "created_at": summary["created_at"], "recipe": summary["recipe"], "backbone": summary["backbone"],
+        "decoder": decoder, "pooling": fm.net.pooling,
+        "input": {"format": input_format(tok, decoder=decoder), "max_length": fm.meta.max_length,
+                  "truncation": fm.meta.truncation, "special_tokens": layout,
+                  "token_type_ids": None if decoder else "all 0 (pass input_ids and attention_mask only)"},
+        "normalization": None if members > 1 else {"mean": norm.get("mean", 0.0), "std": norm.get("std", 1.0),
+                                                    "n": norm.get("n")},
+        "normalization_note": ensemble_note,
+        "metrics": summary["metrics"], "n_pairs": summary["n_pairs"], "n_labels": summary["n_labels"],
+        "pad_token_added": pad_added, "train_config": train_config,
+    }
+
+
+_CONTEXT = '''    context = "\\n\\n".join([f"{'User' if role == 'user' else role.capitalize()}: {text}" for role, text in history]
+                          + [f"User: {prompt}"])'''
+_INPUT_IDS = {
+    "text-pair": _CONTEXT + '''
+    return tok(context, response)["input_ids"]''',
+    "plain-dialogue": _CONTEXT + '''
+    ids = (PREFIX + tok(context + "\\n\\nAssistant:", add_special_tokens=False)["input_ids"]
+           + tok(" " + response, add_special_tokens=False)["input_ids"] + SUFFIX)
+    return ids if ids[-1] == EOS else ids + [EOS]''',
+    "chat-template": '''    messages = [{"role": role, "content": text} for role, text in history] + [{"role": "user", "content": prompt}]
+    context = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    return (tok(context, add_special_tokens=False)["input_ids"]
+            + tok(full[len(context):], add_special_tokens=False)["input_ids"])''',
+}
+
+
+def snippet(info: dict[str, Any], path: str = ".") -> str:
+    """The model card's Python: load the folder, build one input as training did, return ``(raw, z)``."""
+    fmt = info["input"]["format"]
+    norm = info["normalization"] or {"mean": 0.0, "std": 1.0}
+    consts = ""
+    if fmt == "plain-dialogue":
+        sp = info["input"]["special_tokens"]
+        consts = f"PREFIX, SUFFIX, EOS = {sp['prefix_ids']!r}, {sp['suffix_ids']!r}, {sp['eos_id']!r}\n"
+    return f'''import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+path = {path!r}  # this folder
+tok = AutoTokenizer.from_pretrained(path)
+model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+MEAN, STD = {float(norm["mean"])!r}, {float(norm["std"])!r}  # z-score statistics from training
+{consts}
+
+def input_ids(prompt, response, history=()):
+    """Token ids as RM Studio built them in training ({fmt}; history: (role, text) pairs before the prompt)."""
+{_INPUT_IDS[fmt]}
+
+
+def reward(prompt, response, history=()):
+    """(raw score, z-score) of one response; only the order of scores means something."""
+    with torch.no_grad():
+        raw = model(input_ids=torch.tensor([input_ids(prompt, response, history)])).logits[0, 0].item()
+    return raw, (raw - MEAN) / STD
+'''
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """``README.md`` of an exported folder: what the model is, how it was measured, how to call it."""
+    m = info["metrics"]
+    acc = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
+    member = f", member {info['member']} of an ensemble of {info['members']}" if info["member"] is not None else ""
+    inp = info["input"]
+    notes = [
+        f"- Inputs: `{inp['format']}` layout, at most {inp['max_length']} tokens; longer inputs were truncated by "
+        f"keeping the response and cutting the context from the left (`{inp['truncation']}`). The snippet below does "
+        "not truncate.",
+        "- Absolute scores mean nothing, only their order for the same prompt: compare responses, or use the z-score.",
+    ]
+    if not info["decoder"]:
+        notes.append("- Pass `input_ids` (and `attention_mask`) only: training used `token_type_ids` of 0.")
+    if info["pad_token_added"]:
+        notes.append(f"- The tokenizer's pad token was its eos; the export added `{EXPORT_PAD}` so that the model "
+                     "reads each score at the closing eos, as in training.")
+    if info["normalization_note"]:
+        notes.append(f"- {info['normalization_note']} (the snippet's z uses mean 0, std 1).")
+    return f"""# Reward model: RM Studio version {info['version_id']}{member}
+
+Exported by RM Studio (`rmstudio models export`). A Bradley-Terry reward model: `AutoModelForSequenceClassification`
+with one output, the score of a (prompt, response).
+
+| | |
+|---|---|
+| backbone | {info['backbone']} |
+| recipe | {info['recipe']} |
+| trained | {info['created_at']} on {info['n_pairs']} pairs ({info['n_labels']} labels) |
+| validation accuracy | {acc(m.get('val_accuracy'))} (band: {m.get('band') or '-'}) |
+| training accuracy | {acc(m.get('train_accuracy'))} |
+| test accuracy | {acc(m.get('test_accuracy'))} |
+
+{chr(10).join(notes)}
+
+`rmstudio_reward.json` holds the same facts for programs (input format, normalization, training config).
+
+```python
+{snippet(info)}```
+"""

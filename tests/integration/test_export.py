@@ -1,0 +1,147 @@
+"""``rmstudio models export``: a fine-tuned version as a plain Hugging Face folder. Loaded with transformers alone,
+through the model card's own snippet, it gives RM Studio's scores (encoder text pairs, a decoder's chat template,
+a decoder's plain dialogue; pad == eos decoders; LoRA merged); what cannot be one model is refused and nothing is
+written."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from db.config import Settings
+from db.session import Database
+from db.versions import responses_for_scoring
+from rm_engine.backbone import build_inputs
+from rm_engine.cli import main
+from rm_engine.config import TrainConfig
+from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_version
+from rm_engine.scoring import RewardModel
+from rm_engine.training import train_and_publish
+from tests.integration.rm_seed import one_thread, seed_labels  # noqa: F401
+from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export-backbones")
+    build_tiny_encoder(root / "enc")
+    build_tiny_decoder(root / "dec-chat", pad_equals_eos=True, chat_template=True)
+    build_tiny_decoder(root / "dec-plain", pad_equals_eos=True, chat_template=False)
+    return root
+
+
+@pytest.fixture
+def settings(home: Path, backbones: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("RMSTUDIO_MODEL_DIRS", str(backbones))
+    return Settings.from_env()
+
+
+def _train(db: Database, settings: Settings, backbone: Path, **kw):  # noqa: ANN202 - a ModelVersion
+    base = dict(mode="finetune", backbone=str(backbone), epochs=1, lr=1e-3, batch_tokens=2048, max_length=64,
+                device="cpu", weight_decay=0.0)
+    return train_and_publish(db, settings, TrainConfig(**(base | kw)))
+
+
+def _card_snippet(out: Path) -> dict:
+    """Run the README's Python block (pointed at ``out``) and return its namespace."""
+    card = (out / CARD_FILE).read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("path = '.'", f"path = {str(out)!r}")
+    ns: dict = {}
+    exec(compile(code, str(out / CARD_FILE), "exec"), ns)  # noqa: S102 - our own generated snippet
+    return ns
+
+
+@pytest.mark.parametrize("kind,lora,fmt", [
+    ("enc", False, "text-pair"),
+    ("dec-chat", True, "chat-template"),
+    ("dec-plain", False, "plain-dialogue"),
+])
+def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, fmt: str, sqlite_db: Database,
+                                               settings: Settings, backbones: Path, tmp_path: Path) -> None:
+    seed_labels(sqlite_db, 12)
+    v = _train(sqlite_db, settings, backbones / kind, lora=lora)
+    out = tmp_path / "dest" / "exported"
+    info = export_version(sqlite_db, settings, v.id, out)
+
+    assert [p.name for p in out.parent.iterdir()] == ["exported"]  # no temporary sibling left
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin")) and not list(out.glob("adapter_*"))
+    on_disk = json.loads((out / INFO_FILE).read_text())
+    assert on_disk == info and info["version_id"] == v.id and info["input"]["format"] == fmt
+    assert info["pad_token_added"] is kind.startswith("dec")  # these decoders' pad token is their eos
+    assert info["normalization"]["std"] == pytest.approx(v.norm_stats["std"])
+    assert "LoRA" in info["recipe"] if lora else "full fine-tune" in info["recipe"]
+
+    ns = _card_snippet(out)  # transformers alone: no RM Studio class in the loop
+    assert type(ns["model"]).__name__.endswith("ForSequenceClassification")
+    model = RewardModel.load(sqlite_db, settings, v.id)
+    with sqlite_db.read() as s:
+        rows = responses_for_scoring(s)[:6]
+    history = [("user", "hello"), ("assistant", "hi there")]
+    raw_seen = []
+    for _, prompt, _, text in rows:
+        for hist in ((), history):
+            assert ns["input_ids"](prompt, text, hist) == build_inputs(
+                model_tok(out), prompt, hist, text, 64, decoder=kind.startswith("dec"))
+            raw, z = ns["reward"](prompt, text, hist)
+            want = model.score(prompt, [text], history=list(hist))[0]
+            assert raw == pytest.approx(want.raw, abs=1e-4) and z == pytest.approx(want.z, abs=1e-3)
+            raw_seen.append(raw)
+    assert len({round(r, 5) for r in raw_seen}) > 1  # not one constant score
+
+
+def model_tok(out: Path):  # noqa: ANN201 - a tokenizer
+    """The exported tokenizer as RM Studio would load it for building inputs."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def test_ensemble_member_head_mode_and_mean_pooling_are_refused_or_chosen(sqlite_db: Database, settings: Settings,
+                                                                          backbones: Path, tmp_path: Path) -> None:
+    seed_labels(sqlite_db, 12)
+    head = _train(sqlite_db, settings, backbones / "enc", mode="head", epochs=20, lr=1e-2)
+    mean = _train(sqlite_db, settings, backbones / "enc", pooling="mean")
+    ens = _train(sqlite_db, settings, backbones / "enc", ensemble=2)
+    for version, match in ((head.id, "head-mode version"), (mean.id, "mean pooling"),
+                           (ens.id, "ensemble of 2 models: export one with --member 0..1")):
+        with pytest.raises(ExportError, match=match):
+            export_version(sqlite_db, settings, version, tmp_path / f"v{version}")
+        assert not (tmp_path / f"v{version}").exists()
+    with pytest.raises(ExportError, match="no member 2"):
+        export_version(sqlite_db, settings, ens.id, tmp_path / "m2", member=2)
+
+    info = export_version(sqlite_db, settings, ens.id, tmp_path / "m1", member=1)
+    assert info["member"] == 1 and info["members"] == 2 and info["normalization"] is None
+    assert "member 1 of an ensemble of 2" in (tmp_path / "m1" / CARD_FILE).read_text()
+    ns = _card_snippet(tmp_path / "m1")
+    model = RewardModel.load(sqlite_db, settings, ens.id)
+    prompt, text = "question 3: how do I go about it?", "a clear answer"
+    raw, z = ns["reward"](prompt, text)
+    assert raw == pytest.approx(float(model.score_matrix([(prompt, None, text)])[0, 1]), abs=1e-4)
+    assert z == pytest.approx(raw)  # no statistics for one member: mean 0, std 1
+
+
+def test_cli_export_and_a_used_destination(sqlite_db: Database, settings: Settings, backbones: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    seed_labels(sqlite_db, 12)
+    v = _train(sqlite_db, settings, backbones / "dec-plain")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    rc = main(["models", "export", str(v.id), str(busy)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "already exists and is not an empty folder" in err
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is a fine destination
+    rc = main(["models", "export", "latest", str(empty), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["exported"] == v.id and res["input"]["format"] == "plain-dialogue"
+    assert (empty / "config.json").is_file() and (empty / CARD_FILE).is_file()
+    rc = main(["models", "export", str(v.id)])
+    assert rc != 0 and "needs a version id (or 'latest') and an output folder" in capsys.readouterr().err
