@@ -72,6 +72,20 @@ def group_accuracy(groups: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+def length_bias(df: pd.DataFrame, title: str) -> go.Figure:
+    """Length preference of labels and model, and accuracy by which side is longer (``split``, ``measure``,
+    ``value``, ``n``; ``db.version_metrics.version_length_bias``); the 50% line is no preference."""
+    if not len(df):
+        return empty_figure(title, "not recorded for this version (trained before length bias was measured)")
+    fig = _fig(title, barmode="group", yaxis=dict(range=[0, 1.02], tickformat=".0%"))
+    for split, g in df.groupby("split", sort=False):
+        fig.add_trace(go.Bar(x=g["measure"], y=g["value"], name=str(split), customdata=g["n"],
+                             hovertemplate="%{x}: %{y:.1%} (n=%{customdata})<extra></extra>",
+                             marker_color=SPLIT_COLORS.get(str(split))))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#bdbdbd", annotation_text="50%", annotation_position="top left")
+    return fig
+
+
 def dataset_size(n_labels: int, by_source: Mapping[str, int] | None = None) -> go.Figure:
     """Labels stored, in total and per source, on a log axis with the 1k / 10k / 100k tiers."""
     rows = [("all", n_labels)] + [(k, v) for k, v in (by_source or {}).items() if v]

@@ -72,6 +72,28 @@ def version_groups(metrics: dict[str, Any] | None, key: str = "per_source") -> p
     return pd.DataFrame(rows, columns=["split", "group", "accuracy", "n"])
 
 
+LENGTH_MEASURES = (("labels_prefer_longer", "labels prefer longer"), ("model_prefers_longer", "model prefers longer"),
+                   ("accuracy_chosen_longer", "accuracy, chosen longer"),
+                   ("accuracy_chosen_shorter", "accuracy, chosen shorter"))
+
+
+def version_length_bias(metrics: dict[str, Any] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A version's length bias (``rm_engine.metrics.length_bias`` per split) as ``split``, ``measure``, ``value``,
+    ``n`` rows, and the verdict to show: validation's, else training's (``{}`` when not recorded)."""
+    rows, per_split = [], {}
+    for split in ("train", "val", "test"):
+        lb = split_metrics(metrics, split).get("length_bias")
+        if not isinstance(lb, dict):
+            continue
+        per_split[split] = lb
+        counts = {"accuracy_chosen_longer": lb.get("n_chosen_longer"),
+                  "accuracy_chosen_shorter": lb.get("n_chosen_shorter")}
+        for key, name in LENGTH_MEASURES:
+            if _num(lb.get(key)) is not None:
+                rows.append((split, name, float(lb[key]), counts.get(key, lb.get("n"))))
+    return pd.DataFrame(rows, columns=["split", "measure", "value", "n"]), per_split.get("val") or per_split.get("train") or {}
+
+
 def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
     """One row per version: ``version``, ``created_at``, ``mode``, ``recipe`` (:func:`db.versions.recipe`),
     ``backbone``, ``n_pairs``, ``n_labels``, ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and

@@ -267,9 +267,9 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
 def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     """Metrics of a model on labelled records (``db.formats.ImportRecord``: comparisons and rankings), without
     storing anything: ``accuracy`` (strict >), ``n``, ``tie_rate`` (equal scores), ``per_source``, ``tie_pairs``,
-    ``both_bad``, calibration, and ``spearman`` when rankings are present. ``model`` is a :class:`RewardModel`
-    (``model_version`` in the result) or a ``rm_engine.version_ensemble.VersionEnsemble`` (``model_versions``,
-    ``combine``): anything with ``rewards(rows)``."""
+    ``both_bad``, calibration, ``length_bias``, and ``spearman`` when rankings are present. ``model`` is a
+    :class:`RewardModel` (``model_version`` in the result) or a ``rm_engine.version_ensemble.VersionEnsemble``
+    (``model_versions``, ``combine``): anything with ``rewards(rows)``."""
     from rm_engine import metrics as M
 
     rows: list[tuple[str, Any, str]] = []
@@ -315,7 +315,9 @@ def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     raw = model.rewards(rows)
     rc = [raw[c] for c, _, _ in decided]
     rr = [raw[r] for _, r, _ in decided]
-    out = M.split_metrics(rc, rr, sources=[src for _, _, src in decided], with_distributions=False)
+    words = [M.word_count(text) for _, _, text in rows]
+    out = M.split_metrics(rc, rr, sources=[src for _, _, src in decided], with_distributions=False,
+                          lengths=([words[c] for c, _, _ in decided], [words[r] for _, r, _ in decided]))
     out.update({"tie_pairs": len(ties), "both_bad": both_bad, "unlabeled": unlabeled, "n_responses": len(rows)})
     ids = getattr(model, "version_ids", None)
     out.update({"model_versions": ids, "combine": model.how} if ids is not None else {"model_version": model.version_id})

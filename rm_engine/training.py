@@ -283,13 +283,15 @@ def ranking_spearman(pairs: Sequence[TrainingPair], score_of: Callable[[int], fl
 
 
 def evaluate_pairs(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:
-    """Metrics of one split: decided pairs through :func:`metrics.split_metrics`, tie pairs counted apart
-    (``tie_pairs`` and their mean absolute score difference), Spearman when rankings are present."""
+    """Metrics of one split: decided pairs through :func:`metrics.split_metrics` (length bias included), tie
+    pairs counted apart (``tie_pairs`` and their mean absolute score difference), Spearman when rankings are
+    present."""
     decided = [p for p in pairs if not p.tie]
     rc = [score_of(p.chosen_id) for p in decided]
     rr = [score_of(p.rejected_id) for p in decided]
     out = M.split_metrics(rc, rr, sources=[p.source for p in decided], annotators=[p.annotator for p in decided],
-                          categories=[p.category for p in decided])
+                          categories=[p.category for p in decided],
+                          lengths=([M.word_count(p.chosen) for p in decided], [M.word_count(p.rejected) for p in decided]))
     ties = [p for p in pairs if p.tie]
     out["tie_pairs"] = len(ties)
     if ties:

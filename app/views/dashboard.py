@@ -87,6 +87,11 @@ def scores_panel() -> None:
     c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
     if spear["mean"] is not None:
         c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
+    frame, verdict = vm.version_length_bias(dict(data.overview(url, fp)["versions"]).get(vid))
+    l1, l2 = st.columns(2)
+    l1.plotly_chart(charts.length_bias(frame, f"v{vid} length bias (words)"), key="length_bias")
+    if verdict:
+        (l2.warning if verdict["flag"] else l2.caption)(f"Length bias: {verdict['message']}.")
 
 
 def agreement_panel() -> None:

@@ -179,6 +179,8 @@ def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
             print(f"  test split: accuracy {_pct(m['test'].get('accuracy'))} on {m['test']['n']} pairs")
         if (m.get("overfitting") or {}).get("overfitting"):
             print(f"  warning: {m['overfitting']['message']}")
+        if (val.get("length_bias") or {}).get("flag"):
+            print(f"  warning: length bias: {val['length_bias']['message']}")
         if m.get("excluded"):
             print(f"  excluded: {', '.join(f'{k} {v}' for k, v in m['excluded'].items())}")
     return 0

@@ -71,7 +71,11 @@ def _engine_metrics(train_acc_target: float, val_acc_target: float, seed: int) -
     def split(acc: float, n: int) -> dict:
         rc = [rng.gauss(1.0, 1.0) for _ in range(n)]
         rr = [x - (1 if i < acc * n else -1) * abs(rng.gauss(1.0, 0.3)) for i, x in enumerate(rc)]
-        return metrics.split_metrics(rc, rr, sources=["crowd", "ai"] * (n // 2), categories=["code", "geo"] * (n // 2))
+        # lengths in words: the model always scores the longer response higher (a length-driven model)
+        longer_c = [c > r for c, r in zip(rc, rr)]
+        lengths = ([30 if x else 5 for x in longer_c], [5 if x else 30 for x in longer_c])
+        return metrics.split_metrics(rc, rr, sources=["crowd", "ai"] * (n // 2), categories=["code", "geo"] * (n // 2),
+                                     lengths=lengths)
 
     m = {"train": split(train_acc_target, 40), "val": split(val_acc_target, 20), "test": {}}
     m["overfitting"] = metrics.overfitting_flag(m["train"]["accuracy"], m["val"]["accuracy"])
@@ -152,6 +156,12 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     assert any(t.startswith("Calibration") for t in charts)
     # A ranking of 4 responses with cached scores gives one Spearman value.
     assert len(_arr(charts["Spearman per ranked prompt"]["data"][0]["x"])) == 1
+    # Length bias: labels prefer the longer response as often as the model is right, the model always does.
+    bars = {t["name"]: dict(zip(t["x"], _arr(t["y"]))) for t in charts[f"v{vid} length bias (words)"]["data"]}
+    assert bars["val"]["model prefers longer"] == 1.0 and bars["val"]["accuracy, chosen shorter"] == 0.0
+    assert bars["val"]["labels prefer longer"] == pytest.approx(m["val"]["accuracy"])
+    assert any(w.value.startswith("Length bias: the model prefers the longer response in 100% of pairs, the labels "
+                                  f"in {m['val']['accuracy']:.0%}") for w in at.warning)
 
 
 def test_many_versions_with_old_and_missing_metrics(app_env, sqlite_db: Database, seeded: Seeded) -> None:

@@ -32,6 +32,7 @@ def test_train_inline_models_score_delete(sqlite_db: Database, engine_settings, 
     vid = res["model_version"]
     assert res["metrics"]["train"]["accuracy"] is not None and "val" in res["metrics"]
     assert "score_hist" not in res["metrics"]["train"]  # bulky histograms stay in the database
+    assert res["metrics"]["train"]["length_bias"]["n"] > 0  # stored with every version's metrics
     assert res["config"]["source_weights"]["crowd"] == 0.5 and res["config"]["ensemble"] == 2
 
     rc, out, _ = run(capsys, "models", "--json")
@@ -105,6 +106,10 @@ def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_enco
     assert res["n"] == 5  # 2 comparisons + 3 ranking pairs; the tie is counted apart
     assert res["tie_pairs"] == 1 and 0.0 <= res["accuracy"] <= 1.0 and res["tie_rate"] is not None
     assert set(res["per_source"]) == {"crowd", "expert"} and res["spearman"]["n_prompts"] == 1
+    # words per response: the chosen one is longer in both comparisons and in 1 of the ranking's 3 pairs
+    lb = res["length_bias"]
+    assert (lb["n"], lb["n_chosen_longer"], lb["n_chosen_shorter"]) == (5, 3, 2)
+    assert lb["labels_prefer_longer"] == pytest.approx(0.6) and lb["flag"] is None  # 5 pairs: too few to judge
     with sqlite_db.read() as s:
         assert count_responses(s) == before
 

@@ -208,6 +208,21 @@ def test_version_labels_are_newest_first(data) -> None:
     assert all(text.startswith(f"v{i} · ") for i, text in labels.items())
 
 
+def test_version_length_bias_rows_and_verdict() -> None:
+    lb = {"n": 10, "n_chosen_longer": 6, "n_chosen_shorter": 4, "labels_prefer_longer": 0.6, "model_prefers_longer": 0.9,
+          "accuracy_chosen_longer": 0.8, "accuracy_chosen_shorter": None, "flag": True, "message": "val says"}
+    frame, verdict = version_metrics.version_length_bias({"train": {"length_bias": {**lb, "message": "train says"}},
+                                                          "val": {"length_bias": lb}})
+    val = frame[frame["split"] == "val"].set_index("measure")
+    assert list(val.index) == ["labels prefer longer", "model prefers longer", "accuracy, chosen longer"]  # None left out
+    assert val.loc["accuracy, chosen longer", "n"] == 6 and val.loc["model prefers longer", "n"] == 10
+    assert verdict["message"] == "val says" and set(frame["split"]) == {"train", "val"}
+    only_train = version_metrics.version_length_bias({"train": {"length_bias": {**lb, "message": "train says"}}})[1]
+    assert only_train["message"] == "train says"
+    empty, none = version_metrics.version_length_bias({"val": {"accuracy": 0.6}})
+    assert empty.empty and none == {}
+
+
 def test_version_metric_formats() -> None:
     nested = {"train": {"accuracy": 0.9, "n": 80, "per_source": {"crowd": {"accuracy": 0.85, "n": 50}}},
               "val": {"accuracy": 0.6, "n": 20, "tie_rate": 0.0, "per_source": {"crowd": {"accuracy": 0.5, "n": 10}}}}

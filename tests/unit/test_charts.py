@@ -26,6 +26,7 @@ def _message(fig) -> str:
     lambda: charts.labels_per_category(pd.DataFrame(columns=["category", "labels", "prompts"])),
     lambda: charts.coverage_histogram([], 0.3),
     lambda: charts.loss_curve(None),
+    lambda: charts.length_bias(version_metrics.version_length_bias({})[0], "x"),
 ])
 def test_empty_inputs_explain_themselves(build) -> None:
     fig = build()

@@ -9,6 +9,7 @@ from rm_engine.metrics import (
     accuracy_band,
     calibration,
     grouped_accuracy,
+    length_bias,
     margin_distribution,
     overfitting_flag,
     pair_calibration,
@@ -16,6 +17,7 @@ from rm_engine.metrics import (
     score_histograms,
     spearman_per_prompt,
     split_metrics,
+    word_count,
 )
 
 
@@ -95,3 +97,44 @@ def test_split_metrics_bundle() -> None:
     assert out["accuracy"] == 0.5 and out["band"]["band"] == "random"
     assert set(out["per_source"]) == {"a", "b"} and out["per_annotator"]["x"]["n"] == 4
     assert 0.0 <= out["ece"] <= 1.0 and "score_hist" in out and "margins" in out
+    assert "length_bias" not in out
+    with_len = split_metrics([1, 2, 3, 0], [0, 2, 1, 1], lengths=([5, 1, 9, 2], [3, 4, 2, 2]))
+    assert with_len["length_bias"] == length_bias([1, 2, 3, 0], [0, 2, 1, 1], [5, 1, 9, 2], [3, 4, 2, 2])
+
+
+# Four pairs (chosen score, rejected score, chosen words, rejected words):
+#   (1, 0, 10, 5): chosen longer, model right, prefers the longer
+#   (0, 1, 3, 8):  chosen shorter, model wrong, prefers the longer
+#   (5, 5, 4, 4):  same length: left out
+#   (2, 1, 2, 6):  chosen shorter, model right, prefers the shorter
+HAND = ([1, 0, 5, 2], [0, 1, 5, 1], [10, 3, 4, 2], [5, 8, 4, 6])
+
+
+def test_length_bias_hand_computed() -> None:
+    out = length_bias(*HAND, min_pairs=3)
+    assert (out["n"], out["n_chosen_longer"], out["n_chosen_shorter"]) == (3, 1, 2)
+    assert out["labels_prefer_longer"] == pytest.approx(1 / 3) and out["model_prefers_longer"] == pytest.approx(2 / 3)
+    assert out["accuracy_chosen_longer"] == 1.0 and out["accuracy_chosen_shorter"] == 0.5
+    assert out["excess"] == pytest.approx(1 / 3) and out["flag"] is True
+    assert "67% of pairs, the labels in 33%" in out["message"] and "by padding its answers" in out["message"]
+    assert "50% when the chosen response is the shorter" in out["message"]
+
+
+@pytest.mark.parametrize("kw,flag,says", [
+    ({}, None, "only 3 pairs"),                                   # under min_pairs: no verdict
+    ({"min_pairs": 3, "threshold": 0.5}, False, "length is not what it learned"),
+])
+def test_length_bias_verdicts(kw: dict, flag: bool | None, says: str) -> None:
+    out = length_bias(*HAND, **kw)
+    assert out["flag"] is flag and says in out["message"]
+
+
+def test_length_bias_towards_shorter_and_degenerate_inputs() -> None:
+    out = length_bias([0, 0], [1, 1], [9, 9], [2, 2], min_pairs=2)  # chosen always longer, model picks the shorter
+    assert out["model_prefers_longer"] == 0.0 and out["excess"] == -1.0 and "by shortening" in out["message"]
+    assert "100%" not in out["message"].split("accuracy")[1] and out["accuracy_chosen_shorter"] is None
+    same = length_bias([1], [0], [3], [3])
+    assert same["n"] == 0 and same["flag"] is None and same["labels_prefer_longer"] is None
+    with pytest.raises(ValueError, match="lengths"):
+        length_bias([1, 2], [0, 1], [3], [2, 4])
+    assert word_count("  two\nwords ") == 2
