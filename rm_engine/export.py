@@ -27,7 +27,7 @@ from typing import Any, Callable
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
-from rm_engine.registry import load_version_config
+from rm_engine.registry import ModelFilesError, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
 INFO_FILE = "rmstudio_reward.json"
@@ -69,7 +69,10 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
     from rm_engine.finetune_model import FinetunedModel
 
     say(f"loading {label}" + (f", member {k} of {members}" if members > 1 else ""))
-    fm = FinetunedModel.load(folder / f"member-{k}", device="cpu")
+    try:
+        fm = FinetunedModel.load(folder / f"member-{k}", device="cpu")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFilesError(f"{label}: member {k} cannot be loaded ({exc})") from None
     if fm.net.pooling not in EXPORTABLE_POOLINGS:
         raise ExportError(f"{label} reads its score by {fm.net.pooling} pooling, which no Hugging Face "
                           "...ForSequenceClassification class does. Score it through RM Studio, or retrain with "

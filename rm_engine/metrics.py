@@ -190,16 +190,18 @@ def word_count(text: str) -> int:
 
 
 def length_bias(r_c: ArrayLike, r_r: ArrayLike, len_c: ArrayLike, len_r: ArrayLike, *, threshold: float = 0.15,
-                min_pairs: int = 20) -> dict[str, Any]:
-    """How far a model's preferences follow response length, the best-known way to hack a reward model (policies
-    learn to pad their answers). Over decided pairs whose two responses differ in length:
+                gap_threshold: float = 0.30, min_pairs: int = 20) -> dict[str, Any]:
+    """How far a model's preferences follow response length, the best-known way to game a reward model (a policy
+    pads, or cuts, its answers). Over decided pairs whose two responses differ in length:
 
     * ``labels_prefer_longer``: share where the chosen response is the longer one (what length alone would score);
     * ``model_prefers_longer``: share where the model scores the longer one strictly higher;
-    * ``accuracy_chosen_longer`` / ``accuracy_chosen_shorter``: the model's accuracy on each kind of pair (a
-      length-driven model is right on the first and wrong on the second), with their counts;
-    * ``excess``: ``model_prefers_longer - labels_prefer_longer``; ``flag`` when its size passes ``threshold``
-      (None under ``min_pairs`` pairs), with a ``message``.
+    * ``accuracy_chosen_longer`` / ``accuracy_chosen_shorter``: the model's accuracy on each kind of pair, with their
+      counts (a model that ignores length is about as accurate on both);
+    * ``excess``: ``model_prefers_longer - labels_prefer_longer``;
+    * ``flag``: the model leans on length, when ``|excess|`` passes ``threshold`` (it prefers one length more than
+      the labels do) or the two accuracies differ by more than ``gap_threshold``; None under ``min_pairs`` pairs;
+      and a ``message`` saying so.
     """
     c, r, lc, lr = _arr(r_c), _arr(r_r), _arr(len_c), _arr(len_r)
     if not (c.size == r.size == lc.size == lr.size):
@@ -217,22 +219,24 @@ def length_bias(r_c: ArrayLike, r_r: ArrayLike, len_c: ArrayLike, len_r: ArrayLi
     }
     if n == 0:
         return {**out, "excess": None, "flag": None, "message": "no pair with responses of different lengths"}
-    excess = out["model_prefers_longer"] - out["labels_prefer_longer"]
-    out["excess"] = excess
-    if n < min_pairs:
-        return {**out, "flag": None, "message": f"only {n} pairs with responses of different lengths: too few to judge"}
     pm, pl = out["model_prefers_longer"], out["labels_prefer_longer"]
-    if abs(excess) <= threshold:
-        return {**out, "flag": False, "message": f"the model prefers the longer response in {pm:.0%} of pairs, the "
-                                                  f"labels in {pl:.0%}: length is not what it learned"}
-    acc_s, acc_l = out["accuracy_chosen_shorter"], out["accuracy_chosen_longer"]
-    how = "padding" if excess > 0 else "shortening"
-    detail = ", ".join(f"{a:.0%} when the chosen response is the {k}" for a, k in ((acc_l, "longer"), (acc_s, "shorter"))
-                       if a is not None)
-    return {**out, "flag": True, "message": f"the model prefers the longer response in {pm:.0%} of pairs, the labels "
-                                            f"in {pl:.0%}: a policy optimised against it can gain reward by {how} its "
-                                            f"answers (accuracy {detail})"}
-
+    acc_l, acc_s = out["accuracy_chosen_longer"], out["accuracy_chosen_shorter"]
+    out["excess"] = pm - pl
+    side = "longer" if pm >= 0.5 else "shorter"
+    share = (lambda x: x) if side == "longer" else (lambda x: 1 - x)
+    accs = ", ".join(f"{a:.0%} when the chosen response is the {k} one"
+                     for a, k in ((acc_l, "longer"), (acc_s, "shorter")) if a is not None)
+    message = (f"the model prefers the {side} response in {share(pm):.0%} of pairs, the labels in {share(pl):.0%}; "
+               f"accuracy {accs}")
+    if n < min_pairs:
+        return {**out, "flag": None,
+                "message": f"only {n} pairs with responses of different lengths, too few to judge: {message}"}
+    gap = abs(acc_l - acc_s) if acc_l is not None and acc_s is not None else 0.0
+    flag = abs(out["excess"]) > threshold or gap > gap_threshold
+    if flag:
+        how = "padding" if side == "longer" else "shortening"
+        message += f": a policy optimised against it can gain reward by {how} its answers"
+    return {**out, "flag": flag, "message": message}
 
 def split_metrics(
     r_c: ArrayLike,

@@ -116,23 +116,28 @@ def test_length_bias_hand_computed() -> None:
     assert out["labels_prefer_longer"] == pytest.approx(1 / 3) and out["model_prefers_longer"] == pytest.approx(2 / 3)
     assert out["accuracy_chosen_longer"] == 1.0 and out["accuracy_chosen_shorter"] == 0.5
     assert out["excess"] == pytest.approx(1 / 3) and out["flag"] is True
-    assert "67% of pairs, the labels in 33%" in out["message"] and "by padding its answers" in out["message"]
-    assert "50% when the chosen response is the shorter" in out["message"]
+    assert out["message"] == ("the model prefers the longer response in 67% of pairs, the labels in 33%; accuracy 100% "
+                              "when the chosen response is the longer one, 50% when the chosen response is the shorter "
+                              "one: a policy optimised against it can gain reward by padding its answers")
 
 
 @pytest.mark.parametrize("kw,flag,says", [
-    ({}, None, "only 3 pairs"),                                   # under min_pairs: no verdict
-    ({"min_pairs": 3, "threshold": 0.5}, False, "length is not what it learned"),
+    ({}, None, "only 3 pairs"),                                        # under min_pairs: no verdict
+    ({"min_pairs": 3, "threshold": 0.5}, True, "by padding"),          # excess 0.33, but accuracy gap 0.5 > 0.3
+    ({"min_pairs": 3, "threshold": 0.5, "gap_threshold": 0.6}, False, "in 67% of pairs, the labels in 33%"),
 ])
 def test_length_bias_verdicts(kw: dict, flag: bool | None, says: str) -> None:
     out = length_bias(*HAND, **kw)
     assert out["flag"] is flag and says in out["message"]
+    assert ("a policy" in out["message"]) is bool(flag)
 
 
 def test_length_bias_towards_shorter_and_degenerate_inputs() -> None:
     out = length_bias([0, 0], [1, 1], [9, 9], [2, 2], min_pairs=2)  # chosen always longer, model picks the shorter
-    assert out["model_prefers_longer"] == 0.0 and out["excess"] == -1.0 and "by shortening" in out["message"]
-    assert "100%" not in out["message"].split("accuracy")[1] and out["accuracy_chosen_shorter"] is None
+    assert out["model_prefers_longer"] == 0.0 and out["excess"] == -1.0 and out["accuracy_chosen_shorter"] is None
+    assert out["message"] == ("the model prefers the shorter response in 100% of pairs, the labels in 0%; accuracy 0% "
+                              "when the chosen response is the longer one: a policy optimised against it can gain "
+                              "reward by shortening its answers")
     same = length_bias([1], [0], [3], [3])
     assert same["n"] == 0 and same["flag"] is None and same["labels_prefer_longer"] is None
     with pytest.raises(ValueError, match="lengths"):
