@@ -148,6 +148,34 @@ def pair_calibration(r_c: ArrayLike, r_r: ArrayLike, n_bins: int = 10) -> dict[s
     return calibration(np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), n_bins)
 
 
+
+def fit_temperature(r_c: ArrayLike, r_r: ArrayLike, *, bounds: tuple[float, float] = (0.05, 100.0)) -> float | None:
+    """The temperature ``T`` that calibrates ``sigmoid((r_a - r_b) / T)`` on decided pairs: the minimiser of the
+    Bradley-Terry loss ``mean softplus(-(r_c - r_r) / T)`` within ``bounds`` (searched on log T). None without
+    pairs or when every margin is 0. Pairs that all agree push ``T`` to the lower bound (the margins could be
+    scaled up without limit)."""
+    from scipy.optimize import minimize_scalar
+
+    m = _arr(r_c) - _arr(r_r)
+    if m.size == 0 or not np.any(m):
+        return None
+    res = minimize_scalar(lambda log_t: float(np.mean(np.logaddexp(0.0, -m / np.exp(log_t)))),
+                          bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded", options={"xatol": 1e-7})
+    return float(np.exp(res.x))
+
+
+def temperature_calibration(r_c: ArrayLike, r_r: ArrayLike, *, min_pairs: int = 20) -> dict[str, Any]:
+    """:func:`fit_temperature` on these pairs with the expected calibration error and Brier score of
+    ``sigmoid(margin)`` before and ``sigmoid(margin / T)`` after (in-sample: fit it on held-out pairs).
+    ``temperature`` is None under ``min_pairs`` pairs."""
+    c, r = _arr(r_c), _arr(r_r)
+    n = int(c.size)
+    t = fit_temperature(c, r) if n >= min_pairs else None
+    before = pair_calibration(c, r) if n else {"ece": None, "brier": None}
+    after = pair_calibration(c / t, r / t) if t is not None else {"ece": None, "brier": None}
+    return {"temperature": t, "n": n, "ece_before": before["ece"], "ece_after": after["ece"],
+            "brier_before": before["brier"], "brier_after": after["brier"]}
+
 def histogram(values: ArrayLike, edges: np.ndarray) -> list[int]:
     """Counts of ``values`` in the bins ``edges`` (the last bin includes its right edge)."""
     return [int(c) for c in np.histogram(_arr(values), bins=edges)[0]]

@@ -87,6 +87,19 @@ class RewardModel:
         fc = self.file_config
         return int(fc.get("head", {}).get("members", fc.get("members", 1)))
 
+    @property
+    def temperature(self) -> float:
+        """``T`` of the version's calibrated preference probability (fitted on validation pairs; 1.0 without)."""
+        t = (self.metrics.get("temperature") or {}).get("temperature")
+        return float(t) if t else 1.0
+
+    def preference_probability(self, raw_a: float, raw_b: float) -> float:
+        """Calibrated probability that a labeler prefers the response scored ``raw_a`` over the one scored
+        ``raw_b``: ``sigmoid((raw_a - raw_b) / T)``."""
+        from rm_engine.metrics import sigmoid
+
+        return float(sigmoid([(raw_a - raw_b) / self.temperature])[0])
+
     def score_matrix(self, rows: Sequence[tuple[str, History, str]], *, cache: bool = False) -> np.ndarray:
         """``(n, K)`` raw member scores of (prompt, history, response) rows."""
         if not rows:

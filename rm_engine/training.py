@@ -346,6 +346,9 @@ def fit_pairs(settings: Settings, cfg: TrainConfig, ps: PairSet, *, progress: Pr
 
     metrics: dict[str, Any] = {name: evaluate_pairs(splits[name], score_of) for name in ("train", "val", "test")}
     metrics["overfitting"] = M.overfitting_flag(metrics["train"].get("accuracy"), metrics["val"].get("accuracy"))
+    held = [p for p in splits["val"] if not p.tie]  # the temperature is fitted on held-out pairs only
+    metrics["temperature"] = {"fitted_on": "val", **M.temperature_calibration([score_of(p.chosen_id) for p in held],
+                                                                              [score_of(p.rejected_id) for p in held])}
     metrics["ensemble_std_mean"] = float(np.mean([s[1] for s in fitted.scores.values()])) if fitted.scores else None
     metrics["excluded"] = dict(ps.excluded)
     metrics["training"] = fitted.info

@@ -46,6 +46,8 @@ def score_frame(version_id: int, prompt: str, texts: list[str]) -> tuple[pd.Data
         "std": [sc.std for sc in scores],
     }).sort_values("raw", ascending=False, kind="stable")
     df.insert(0, "rank", range(1, len(df) + 1))
+    # calibrated P(a labeler prefers this response over the next one down), from the version's temperature
+    df["p_beats_next"] = [model.preference_probability(a, b) for a, b in zip(df["raw"], df["raw"].iloc[1:])] + [None]
     note = model.fallback_message or (None if model.version_id == version_id else f"scored with version {model.version_id}")
     return df.reset_index(drop=True), note
 
@@ -83,7 +85,10 @@ def score_panel() -> None:
                 st.warning(note)
             st.dataframe(df, hide_index=True, key=f"scores_{vid}", column_config={
                 c: st.column_config.NumberColumn(format="%.3f") for c in ("raw", "z", "sigmoid", "std")
-            } | {"percentile": st.column_config.NumberColumn(format="%.1f")})
+            } | {"percentile": st.column_config.NumberColumn(format="%.1f"),
+                 "p_beats_next": st.column_config.NumberColumn(format="%.2f", help=(
+                     "calibrated probability that a labeler prefers this response over the next one down: "
+                     "sigmoid(raw margin / T), T fitted on the version's validation pairs"))})
             for row in df.itertuples():
                 with st.container(border=True):
                     std = "" if row.std is None or row.std != row.std else f", std {row.std:.3f}"

@@ -79,6 +79,7 @@ def _engine_metrics(train_acc_target: float, val_acc_target: float, seed: int) -
 
     m = {"train": split(train_acc_target, 40), "val": split(val_acc_target, 20), "test": {}}
     m["overfitting"] = metrics.overfitting_flag(m["train"]["accuracy"], m["val"]["accuracy"])
+    m["temperature"] = {"fitted_on": "val", **metrics.temperature_calibration([1.0] * 15 + [-1.0] * 5, [0.0] * 20)}
     return m
 
 
@@ -156,6 +157,8 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     assert any(t.startswith("Calibration") for t in charts)
     # A ranking of 4 responses with cached scores gives one Spearman value.
     assert len(_arr(charts["Spearman per ranked prompt"]["data"][0]["x"])) == 1
+    # margins +1 on 15 pairs, -1 on 5: T = 1 / ln 3 = 0.91
+    assert any(c.value.startswith("Temperature 0.91 fitted on 20 validation pairs") for c in at.caption)
     # Length bias: labels prefer the longer response as often as the model is right, the model always does.
     bars = {t["name"]: dict(zip(t["x"], _arr(t["y"]))) for t in charts[f"v{vid} length bias (words)"]["data"]}
     assert bars["val"]["model prefers longer"] == 1.0 and bars["val"]["accuracy, chosen shorter"] == 0.0

@@ -2,6 +2,7 @@
 head mode by the engine on labels in a real SQLite database, then scored through ``load_usable``."""
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -83,7 +84,13 @@ def test_scores_rank_responses_and_show_untrusted_text_as_text(version: int, sql
         from db.versions import get_version
 
         stats = dict(get_version(s, version).norm_stats)
+        temp = get_version(s, version).metrics["temperature"]
     assert (df["z"] - (df["raw"] - stats["mean"]) / stats["std"]).abs().max() < 1e-5
+    # calibrated P(beats the next one down) from the temperature fitted at training time (1.0 without one)
+    t = temp["temperature"] or 1.0
+    want = [1 / (1 + math.exp(-(a - b) / t)) for a, b in zip(df["raw"], df["raw"][1:])]
+    assert list(df["p_beats_next"][:3]) == pytest.approx(want, abs=1e-6) and df["p_beats_next"].isna().iloc[3]
+    assert all(0.5 <= x <= 1 for x in want)  # sorted best first
     assert (df["sigmoid"] - [float(normalize.to_sigmoid(r, stats)) for r in df["raw"]]).abs().max() < 1e-6
     # Each response is rendered as Markdown without HTML, script links defanged.
     bodies = [m.value for m in at.markdown]

@@ -33,6 +33,8 @@ def test_train_inline_models_score_delete(sqlite_db: Database, engine_settings, 
     assert res["metrics"]["train"]["accuracy"] is not None and "val" in res["metrics"]
     assert "score_hist" not in res["metrics"]["train"]  # bulky histograms stay in the database
     assert res["metrics"]["train"]["length_bias"]["n"] > 0  # stored with every version's metrics
+    assert res["metrics"]["temperature"]["fitted_on"] == "val"  # too few validation pairs here: no T
+    assert res["metrics"]["temperature"]["n"] == res["metrics"]["val"]["n"]
     assert res["config"]["source_weights"]["crowd"] == 0.5 and res["config"]["ensemble"] == 2
 
     rc, out, _ = run(capsys, "models", "--json")

@@ -8,6 +8,7 @@ import pytest
 from rm_engine.metrics import (
     accuracy_band,
     calibration,
+    fit_temperature,
     grouped_accuracy,
     length_bias,
     margin_distribution,
@@ -17,6 +18,7 @@ from rm_engine.metrics import (
     score_histograms,
     spearman_per_prompt,
     split_metrics,
+    temperature_calibration,
     word_count,
 )
 
@@ -143,3 +145,36 @@ def test_length_bias_towards_shorter_and_degenerate_inputs() -> None:
     with pytest.raises(ValueError, match="lengths"):
         length_bias([1, 2], [0, 1], [3], [2, 4])
     assert word_count("  two\nwords ") == 2
+
+
+def test_temperature_hand_computed() -> None:
+    # margins 1, -1, 1, 1: the loss 3 softplus(-1/T) + softplus(1/T) is least where sigmoid(1/T) = 3/4, T = 1/ln 3
+    assert fit_temperature([1, 0, 1, 1], [0, 1, 0, 0]) == pytest.approx(1 / math.log(3), rel=1e-5)
+    # scaling every score scales T: the calibrated probabilities stay the same
+    assert fit_temperature([4, 0, 4, 4], [0, 4, 0, 0]) == pytest.approx(4 / math.log(3), rel=1e-5)
+    assert fit_temperature([], []) is None and fit_temperature([1, 2], [1, 2]) is None
+    assert fit_temperature([2, 3], [0, 1]) == pytest.approx(0.05, rel=1e-3)  # all agree: the lower bound
+
+
+def test_temperature_calibration_improves_overconfident_scores() -> None:
+    rng = __import__("random").Random(0)
+    margins = [rng.gauss(0.5, 1.0) for _ in range(400)]  # true P(chosen wins | margin m) = sigmoid(m)
+    won = [rng.random() < 1 / (1 + math.exp(-m)) for m in margins]
+    # the model's margins are 5x too large (over-confident); chosen = the side that won
+    rc = [5 * m if w else -5 * m for m, w in zip(margins, won)]
+    out = temperature_calibration(rc, [0.0] * len(rc))
+    assert out["temperature"] == pytest.approx(5.0, rel=0.25) and out["n"] == 400
+    assert out["ece_after"] < out["ece_before"] and out["brier_after"] < out["brier_before"]
+    few = temperature_calibration(rc[:10], [0.0] * 10)
+    assert few["temperature"] is None and few["ece_after"] is None and few["ece_before"] is not None
+
+
+@pytest.mark.parametrize("stored,want_t", [({"temperature": {"temperature": 2.0}}, 2.0),
+                                           ({"temperature": {"temperature": None}}, 1.0), ({}, 1.0)])
+def test_reward_model_preference_probability_uses_the_stored_temperature(stored: dict, want_t: float) -> None:
+    from rm_engine.scoring import RewardModel
+
+    model = RewardModel(1, "head", {"mean": 0.0, "std": 1.0}, {}, lambda rows, cache: None, metrics=stored)
+    assert model.temperature == want_t
+    assert model.preference_probability(3.0, 1.0) == pytest.approx(1 / (1 + math.exp(-2.0 / want_t)))
+    assert model.preference_probability(1.0, 3.0) == pytest.approx(1 - model.preference_probability(3.0, 1.0))
