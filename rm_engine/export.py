@@ -50,6 +50,7 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
         v = get_version(s, version)
         summary = version_summary(v)
         vid, norm, train_config = v.id, dict(v.norm_stats or {}), dict(v.config or {})
+        version_metrics = dict(v.metrics or {})
     label = f"model version {vid}"
     if summary["mode"] != "finetune":
         raise ExportError(f"{label} is a {summary['mode']}-mode version (a head over frozen backbone features): no "
@@ -82,7 +83,7 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
         say("merging the LoRA adapters into the weights")
         model = model.merge_and_unload()
     pad_added = fm.meta.decoder and _own_pad_token(model, tok)
-    info = _info(summary, vid, k, members, fm, tok, norm, train_config, pad_added)
+    info = _info(summary, vid, k, members, fm, tok, norm, train_config, pad_added, version_metrics)
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -115,7 +116,7 @@ def _own_pad_token(model: Any, tok: Any) -> bool:
 
 
 def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any, tok: Any, norm: dict[str, Any],
-          train_config: dict[str, Any], pad_added: bool) -> dict[str, Any]:
+          train_config: dict[str, Any], pad_added: bool, metrics: dict[str, Any]) -> dict[str, Any]:
     from rm_engine.backbone import input_format, single_special_ids
 
     decoder = fm.meta.decoder
@@ -123,6 +124,9 @@ def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any,
     if decoder:
         prefix, suffix = single_special_ids(tok)
         layout = {"prefix_ids": prefix, "suffix_ids": suffix, "eos_id": tok.eos_token_id}
+    # the version's calibration and length bias describe its (ensemble) score: one member's own are not measured
+    temperature = (metrics.get("temperature") or {}).get("temperature") if members == 1 else None
+    length_bias = ((metrics.get("val") or {}).get("length_bias") or {}).get("message") if members == 1 else None
     ensemble_note = (f"member {member} of an ensemble of {members}: the version's normalization statistics are the "
                      "ensemble's, so none is given for one member") if members > 1 else None
     return {
@@ -136,6 +140,7 @@ def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any,
                                                     "n": norm.get("n")},
         "normalization_note": ensemble_note,
         "metrics": summary["metrics"], "n_pairs": summary["n_pairs"], "n_labels": summary["n_labels"],
+        "temperature": temperature, "length_bias": length_bias,
         "pad_token_added": pad_added, "train_config": train_config,
     }
 
@@ -204,6 +209,11 @@ def model_card(info: dict[str, Any]) -> str:
     if info["pad_token_added"]:
         notes.append(f"- The tokenizer's pad token was its eos; the export added `{EXPORT_PAD}` so that the model "
                      "reads each score at the closing eos, as in training.")
+    if info["temperature"]:
+        notes.append(f"- Calibrated preference probability: P(a over b) = sigmoid((score_a - score_b) / "
+                     f"{info['temperature']:.4g}) (temperature fitted on the validation pairs).")
+    if info["length_bias"]:
+        notes.append(f"- Length bias on the validation pairs: {info['length_bias']}.")
     if info["normalization_note"]:
         notes.append(f"- {info['normalization_note']} (the snippet's z uses mean 0, std 1).")
     return f"""# Reward model: RM Studio version {info['version_id']}{member}

@@ -267,6 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"equal scores {_pct(out['tie_rate'])}")
     for src, v in (out.get("per_source") or {}).items():
         print(f"  {src}: {_pct(v['accuracy'])} on {v['n']} pairs")
+    if (out.get("length_bias") or {}).get("n"):
+        print(f"  length bias: {out['length_bias']['message']}")
     if out.get("spearman", {}).get("mean") is not None:
         print(f"  Spearman over {out['spearman']['n_prompts']} rankings: {out['spearman']['mean']:.3f}")
     if errors:

@@ -74,6 +74,9 @@ def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, fmt: str, 
     assert info["pad_token_added"] is kind.startswith("dec")  # these decoders' pad token is their eos
     assert info["normalization"]["std"] == pytest.approx(v.norm_stats["std"])
     assert "LoRA" in info["recipe"] if lora else "full fine-tune" in info["recipe"]
+    assert info["temperature"] == v.metrics["temperature"]["temperature"]  # None: too few validation pairs here
+    assert info["length_bias"] == v.metrics["val"]["length_bias"]["message"]
+    assert f"Length bias on the validation pairs: {info['length_bias']}" in (out / CARD_FILE).read_text()
 
     ns = _card_snippet(out)  # transformers alone: no RM Studio class in the loop
     assert type(ns["model"]).__name__.endswith("ForSequenceClassification")
@@ -137,11 +140,17 @@ def test_cli_export_and_a_used_destination(sqlite_db: Database, settings: Settin
     assert rc != 0 and "already exists and is not an empty folder" in err
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
 
+    from db.models import ModelVersion
+
+    with sqlite_db.write() as s:  # as if enough validation pairs had fitted a temperature
+        row = s.get(ModelVersion, v.id)
+        row.metrics = {**row.metrics, "temperature": {**row.metrics["temperature"], "temperature": 2.0}}
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is a fine destination
     rc = main(["models", "export", "latest", str(empty), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0 and res["exported"] == v.id and res["input"]["format"] == "plain-dialogue"
+    assert res["temperature"] == 2.0 and "sigmoid((score_a - score_b) / 2)" in (empty / CARD_FILE).read_text()
     assert (empty / "config.json").is_file() and (empty / CARD_FILE).is_file()
     rc = main(["models", "export", str(v.id)])
     assert rc != 0 and "needs a version id (or 'latest') and an output folder" in capsys.readouterr().err
