@@ -135,6 +135,11 @@ class TrainConfig:
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
         patience: head-mode early stopping: evaluations without validation improvement before stopping.
+        length_covariate: head mode: the loss sees ``score + beta * length`` (each response's standardised log
+            word count, ``beta`` learned per member), so the labels' length preference is absorbed by ``beta``
+            instead of the score; the score alone is saved and served, and ``beta`` is reported in the
+            training info. A guard against policies gaining reward by length (``metrics.length_bias`` measures
+            it). Finetune mode refuses it (not implemented there).
     """
 
     mode: str = "head"
@@ -170,6 +175,7 @@ class TrainConfig:
     features: str = "rich"
     quantize: bool = False
     patience: int = 30
+    length_covariate: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -188,6 +194,8 @@ class TrainConfig:
                 raise bad(name, "must be >= 1")
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
+        if self.length_covariate and self.mode != "head":
+            raise bad("length_covariate", "head mode only (finetune mode does not implement it)")
         if self.max_length < 8:
             raise bad("max_length", "must be >= 8")
         if self.epochs is not None and self.epochs < 1:
@@ -291,7 +299,7 @@ class TrainConfig:
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience", "gpus"}
 _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
-_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize"}
+_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate"}
 
 
 def _parse_field(name: str, raw: str) -> Any:

@@ -145,6 +145,7 @@ class HeadResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    length_coef: np.ndarray | None = None  # per member, on the standardised log length (``lengths`` given)
 
 
 def _member_weights(pairs: PairArrays, members: int, seed: int) -> np.ndarray:
@@ -174,16 +175,35 @@ def _per_member_loss(rc: torch.Tensor, rr: torch.Tensor, tie: torch.Tensor, marg
     return torch.stack(losses)
 
 
+def _length_only_fit(Lz: torch.Tensor, pairs: PairArrays) -> float:
+    """The Bradley-Terry coefficient of length alone on the decided pairs: argmin_b mean w softplus(-b dlen)."""
+    from scipy.optimize import minimize_scalar
+
+    keep = ~pairs.tie
+    d = (Lz[torch.as_tensor(pairs.ci[keep])] - Lz[torch.as_tensor(pairs.ri[keep])]).numpy().astype(np.float64)
+    w = pairs.weight[keep].astype(np.float64)
+    if d.size == 0 or not np.any(d) or w.sum() <= 0:
+        return 0.0
+    res = minimize_scalar(lambda b: float(np.sum(w * np.logaddexp(0.0, -b * d)) / w.sum()), bounds=(-20.0, 20.0),
+                          method="bounded")
+    return float(res.x)
+
+
 def train_heads(
     X: np.ndarray,
     train: PairArrays,
     spec: HeadTrainSpec,
     *,
     val: PairArrays | None = None,
+    lengths: np.ndarray | None = None,
     progress: Progress = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> HeadResult:
-    """Train ``spec.members`` heads on features ``X`` (rows indexed by the pairs); see the module docstring."""
+    """Train ``spec.members`` heads on features ``X`` (rows indexed by the pairs); see the module docstring.
+
+    ``lengths`` (one per row of ``X``, e.g. log word counts): the loss then sees ``score + beta * length`` with
+    ``beta`` learned per member and free of weight decay, so the labels' length preference goes into ``beta``
+    rather than the head; the head alone is returned (``length_coef`` = beta, on the standardised length)."""
     t0 = time.time()
     if len(train) == 0:
         raise ValueError("no training pairs")
@@ -195,15 +215,30 @@ def train_heads(
     head = EnsembleHead(spec.kind, Xt.shape[1], spec.members, spec.hidden, spec.seed, spec.dropout)
     head.mu.copy_(mu)
     head.sigma.copy_(sigma)
+    Lz: torch.Tensor | None = None
+    beta: nn.Parameter | None = None
+    if lengths is not None:
+        lt = torch.as_tensor(np.asarray(lengths, dtype=np.float32)).reshape(-1)
+        if lt.numel() != Xt.shape[0]:
+            raise ValueError(f"lengths: {lt.numel()} values for {Xt.shape[0]} feature rows")
+        lu = lt[torch.as_tensor(used)]
+        Lz = (lt - lu.mean()) / (lu.std().clamp(min=1e-4) if lu.numel() > 1 else 1.0)
+        # start from what length alone explains, so the head's gradients begin on the rest
+        beta = nn.Parameter(torch.full((spec.members,), _length_only_fit(Lz, train)))
 
-    def tens(p: PairArrays) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def scores(Z: torch.Tensor, L: torch.Tensor | None) -> torch.Tensor:
+        """What the loss sees: the head's scores, plus the length term while training with ``lengths``."""
+        r = head.forward_standardized(Z)
+        return r if beta is None else r + L[:, None] * beta[None, :]
+
+    def tens(p: PairArrays) -> tuple[torch.Tensor, dict[str, Any]]:
         """The standardised rows this split uses (once; the loop calls forward_standardized) and its pairs with
         indices remapped into those rows: training never touches the rows of other splits."""
         rows, inv = np.unique(np.concatenate([p.ci, p.ri]), return_inverse=True)
         n = len(p)
         Z = head.standardize(Xt[torch.as_tensor(rows)])
         return Z, {"ci": torch.as_tensor(inv[:n]), "ri": torch.as_tensor(inv[n:]), "tie": torch.as_tensor(p.tie),
-                   "margin": torch.as_tensor(p.margin)}
+                   "margin": torch.as_tensor(p.margin), "len": None if Lz is None else Lz[torch.as_tensor(rows)]}
 
     Xtr, tp = tens(train)
     Xva, vp = tens(val) if val is not None and len(val) else (None, None)
@@ -214,7 +249,7 @@ def train_heads(
     if spec.tie_model is not None:
         share = float(train.tie.mean()) if len(train) else 0.0
         tie_param = nn.Parameter(torch.full((spec.members,), init_tie_param(spec.tie_model, share)))
-    params = list(head.parameters()) + ([tie_param] if tie_param is not None else [])
+    params = list(head.parameters()) + [p for p in (tie_param, beta) if p is not None]
     opt = torch.optim.Adam(params, lr=spec.lr)
     n = len(train)
     mb = n if n <= spec.full_batch_pairs else spec.minibatch_pairs
@@ -223,6 +258,7 @@ def train_heads(
     best_loss = torch.full((spec.members,), float("inf"))
     best_state = copy.deepcopy(head.state_dict())
     best_tie = tie_param.detach().clone() if tie_param is not None else None
+    best_beta = beta.detach().clone() if beta is not None else None
     best_epoch, since_best, history = 0, 0, []
     epoch = 0
     for epoch in range(1, spec.epochs + 1):
@@ -232,12 +268,13 @@ def train_heads(
         order = torch.randperm(n, generator=gen) if mb < n else None
         for start in range(0, n, mb):
             if order is None:
-                r = head.forward_standardized(Xtr)
+                r = scores(Xtr, tp["len"])
                 rc, rr, tie, mg, w = r[tp["ci"]], r[tp["ri"]], tp["tie"], tp["margin"], w_train
             else:  # only the rows of this minibatch go through the head
                 idx = order[start:start + mb]
                 m = idx.numel()
-                r = head.forward_standardized(torch.cat([Xtr[tp["ci"][idx]], Xtr[tp["ri"][idx]]]))
+                both = torch.cat([tp["ci"][idx], tp["ri"][idx]])
+                r = scores(Xtr[both], None if tp["len"] is None else tp["len"][both])
                 rc, rr, tie, mg, w = r[:m], r[m:], tp["tie"][idx], tp["margin"][idx], w_train[:, idx]
             loss_k = _per_member_loss(rc, rr, tie, mg, w, spec, tie_param)
             loss = loss_k.sum() + spec.weight_decay * head.l2()
@@ -250,7 +287,7 @@ def train_heads(
             continue
         head.eval()
         with torch.no_grad():
-            r = head.forward_standardized(Xva)
+            r = scores(Xva, vp["len"])
             vl = _per_member_loss(r[vp["ci"]], r[vp["ri"]], vp["tie"], vp["margin"], w_val, spec, tie_param)
             d = (r[vp["ci"]] - r[vp["ri"]]).mean(1)
             decided = ~vp["tie"]
@@ -265,6 +302,8 @@ def train_heads(
                     best_state[name][k] = t[k].detach().clone()
                 if best_tie is not None and tie_param is not None:
                     best_tie[k] = tie_param.detach()[k]
+                if best_beta is not None and beta is not None:
+                    best_beta[k] = beta.detach()[k]
             best_loss = torch.where(improved, vl, best_loss)
             best_epoch, since_best = epoch, 0
         else:
@@ -277,9 +316,10 @@ def train_heads(
             break
     if vp is not None:
         head.load_state_dict(best_state)
-        final_tie = best_tie
+        final_tie, final_beta = best_tie, best_beta
     else:
         final_tie = tie_param.detach() if tie_param is not None else None
+        final_beta = beta.detach() if beta is not None else None
     head.eval()
     return HeadResult(
         head=head,
@@ -288,4 +328,5 @@ def train_heads(
         epochs_run=epoch,
         seconds=time.time() - t0,
         history=history,
+        length_coef=None if final_beta is None else final_beta.numpy().copy(),
     )

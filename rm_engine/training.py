@@ -165,7 +165,8 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         inner = split_pairs(splits["train"], 0.15, cfg.seed + 1000)
         if inner["val"] and inner["train"]:
             fit_train, stop_on, es = inner["train"], inner["val"], "inner-train-split"
-    res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None,
+    lengths = np.log1p([M.word_count(text) for _, _, text in rows]) if cfg.length_covariate else None
+    res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None, lengths=lengths,
                       progress=progress, should_stop=should_stop)
     S = res.head.score(X)
     centers, scores = _ensemble_scores(ids, S)
@@ -192,7 +193,8 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     info = {"early_stopping": es, "n_fit_pairs": len(fit_train), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
             "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
             "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids),
-            "member_centers": centers}
+            "member_centers": centers,
+            "length_coef": None if res.length_coef is None else [float(b) for b in res.length_coef]}
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
 
 

@@ -174,6 +174,7 @@ def test_versions_frame_tolerates_missing_metrics(data) -> None:
 @pytest.mark.parametrize("mode,config,expected", [
     ("head", {"head": "mlp", "features": "pair", "lr": 0.003}, "mlp head, pair features, lr 0.003"),
     ("head", {}, "head"),
+    ("head", {"features": "rich", "length_covariate": True, "lr": 0.003}, "linear head, rich features, length covariate, lr 0.003"),
     ("finetune", {"lora": False, "pooling": "auto", "lr": 2e-5}, "full fine-tune, lr 2e-05"),
     ("finetune", {"lora": True, "lora_r": 8, "pooling": "rich", "lr": None}, "LoRA r8, pooling rich"),
     ("finetune", {"lora": False, "packing": True, "lr": 1e-5}, "full fine-tune, packed, lr 1e-05"),

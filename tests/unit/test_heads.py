@@ -112,3 +112,36 @@ def test_ten_thousand_cached_pairs_retrain_to_accuracy() -> None:
     X, tr, va = synthetic(10_000, dim=384)
     res = train_heads(X, tr, HeadTrainSpec(epochs=150, weight_decay=1e-3), val=va)
     assert val_acc(res.head, X, va) > 0.9
+
+
+def _length_and_quality(n_pairs: int, seed: int = 0):
+    """Responses whose features show their length (column 0) and quality (column 1) plus noise; the labels follow
+    both (P(chosen) = sigmoid(3 dlen + 3 dquality))."""
+    rng = np.random.default_rng(seed)
+    length = rng.normal(size=2 * n_pairs)
+    quality = rng.normal(size=2 * n_pairs)
+    X = np.column_stack([length, quality, rng.normal(size=(2 * n_pairs, 6))]).astype(np.float32)
+    a, b = np.arange(0, 2 * n_pairs, 2), np.arange(1, 2 * n_pairs, 2)
+    logit = 3 * (length[a] - length[b]) + 3 * (quality[a] - quality[b])
+    a_wins = rng.random(n_pairs) < 1 / (1 + np.exp(-logit))
+    ci, ri = np.where(a_wins, a, b), np.where(a_wins, b, a)
+    cut = int(0.8 * n_pairs)
+    return X, length, quality, PairArrays.build(ci[:cut], ri[:cut]), PairArrays.build(ci[cut:], ri[cut:])
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_length_covariate_takes_the_length_preference_out_of_the_score(members: int) -> None:
+    X, length, quality, tr, va = _length_and_quality(1500)
+    spec = HeadTrainSpec(members=members, epochs=300, lr=0.05, weight_decay=0.1, patience=30)
+    plain = train_heads(X, tr, spec, val=va)
+    covar = train_heads(X, tr, spec, val=va, lengths=length)
+    assert plain.length_coef is None and covar.length_coef.shape == (members,) and (covar.length_coef > 0).all()
+
+    def corr(res, x) -> float:  # how much of the score follows x
+        return float(np.corrcoef(res.head.score(X).mean(1), x)[0, 1])
+
+    assert corr(plain, length) > 0.5 and corr(plain, quality) > 0.5  # the plain score rewards length as much
+    assert abs(corr(covar, length)) < 0.5 * corr(plain, length)     # with the covariate it mostly does not
+    assert corr(covar, quality) > 0.8                                # and it still ranks by quality
+    with pytest.raises(ValueError, match="lengths: 3 values"):
+        train_heads(X, tr, spec, lengths=np.ones(3))
