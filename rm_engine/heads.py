@@ -176,17 +176,12 @@ def _per_member_loss(rc: torch.Tensor, rr: torch.Tensor, tie: torch.Tensor, marg
 
 
 def _length_only_fit(Lz: torch.Tensor, pairs: PairArrays) -> float:
-    """The Bradley-Terry coefficient of length alone on the decided pairs: argmin_b mean w softplus(-b dlen)."""
-    from scipy.optimize import minimize_scalar
+    """The Bradley-Terry coefficient of length alone on the decided pairs (0 when lengths never differ)."""
+    from rm_engine.metrics import bradley_terry_slope
 
     keep = ~pairs.tie
-    d = (Lz[torch.as_tensor(pairs.ci[keep])] - Lz[torch.as_tensor(pairs.ri[keep])]).numpy().astype(np.float64)
-    w = pairs.weight[keep].astype(np.float64)
-    if d.size == 0 or not np.any(d) or w.sum() <= 0:
-        return 0.0
-    res = minimize_scalar(lambda b: float(np.sum(w * np.logaddexp(0.0, -b * d)) / w.sum()), bounds=(-20.0, 20.0),
-                          method="bounded")
-    return float(res.x)
+    d = Lz[torch.as_tensor(pairs.ci[keep])] - Lz[torch.as_tensor(pairs.ri[keep])]
+    return bradley_terry_slope(d.numpy(), pairs.weight[keep]) or 0.0
 
 
 def train_heads(

@@ -149,19 +149,27 @@ def pair_calibration(r_c: ArrayLike, r_r: ArrayLike, n_bins: int = 10) -> dict[s
 
 
 
-def fit_temperature(r_c: ArrayLike, r_r: ArrayLike, *, bounds: tuple[float, float] = (0.05, 100.0)) -> float | None:
-    """The temperature ``T`` that calibrates ``sigmoid((r_a - r_b) / T)`` on decided pairs: the minimiser of the
-    Bradley-Terry loss ``mean softplus(-(r_c - r_r) / T)`` within ``bounds`` (searched on log T). None without
-    pairs or when every margin is 0. Pairs that all agree push ``T`` to the lower bound (the margins could be
-    scaled up without limit)."""
+def bradley_terry_slope(x: ArrayLike, weight: ArrayLike | None = None, *,
+                        bounds: tuple[float, float] = (-20.0, 20.0)) -> float | None:
+    """The ``b`` within ``bounds`` that minimises the Bradley-Terry loss ``mean w softplus(-b x)`` of pairs whose
+    chosen-minus-rejected difference is ``x`` (a margin, a length difference); None without a nonzero ``x``."""
     from scipy.optimize import minimize_scalar
 
-    m = _arr(r_c) - _arr(r_r)
-    if m.size == 0 or not np.any(m):
+    d = _arr(x)
+    w = np.ones_like(d) if weight is None else _arr(weight)
+    if d.size == 0 or not np.any(d) or w.sum() <= 0:
         return None
-    res = minimize_scalar(lambda log_t: float(np.mean(np.logaddexp(0.0, -m / np.exp(log_t)))),
-                          bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded", options={"xatol": 1e-7})
-    return float(np.exp(res.x))
+    res = minimize_scalar(lambda b: float(np.sum(w * np.logaddexp(0.0, -b * d)) / w.sum()), bounds=bounds,
+                          method="bounded", options={"xatol": 1e-9})
+    return float(res.x)
+
+
+def fit_temperature(r_c: ArrayLike, r_r: ArrayLike, *, bounds: tuple[float, float] = (0.05, 100.0)) -> float | None:
+    """The temperature ``T`` within ``bounds`` that calibrates ``sigmoid((r_a - r_b) / T)`` on decided pairs: ``1 /
+    b`` for the :func:`bradley_terry_slope` ``b`` of the margins. None without pairs or when every margin is 0.
+    Pairs that all agree push ``T`` to the lower bound (the margins could be scaled up without limit)."""
+    b = bradley_terry_slope(_arr(r_c) - _arr(r_r), bounds=(1.0 / bounds[1], 1.0 / bounds[0]))
+    return None if b is None else 1.0 / b
 
 
 def temperature_calibration(r_c: ArrayLike, r_r: ArrayLike, *, min_pairs: int = 20) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import pytest
 
 from rm_engine.metrics import (
     accuracy_band,
+    bradley_terry_slope,
     calibration,
     fit_temperature,
     grouped_accuracy,
@@ -154,6 +155,13 @@ def test_temperature_hand_computed() -> None:
     assert fit_temperature([4, 0, 4, 4], [0, 4, 0, 0]) == pytest.approx(4 / math.log(3), rel=1e-5)
     assert fit_temperature([], []) is None and fit_temperature([1, 2], [1, 2]) is None
     assert fit_temperature([2, 3], [0, 1]) == pytest.approx(0.05, rel=1e-3)  # all agree: the lower bound
+
+
+def test_bradley_terry_slope_weighted_hand_computed() -> None:
+    # one pair at +1 with weight 3, one at -1 with weight 1: sigmoid(b) = 3/4, b = ln 3
+    assert bradley_terry_slope([1.0, -1.0], [3.0, 1.0]) == pytest.approx(math.log(3), rel=1e-6)
+    assert bradley_terry_slope([-2.0, -2.0]) == pytest.approx(-20.0, rel=1e-3)  # all against: the lower bound
+    assert bradley_terry_slope([0.0, 0.0]) is None and bradley_terry_slope([1.0], [0.0]) is None
 
 
 def test_temperature_calibration_improves_overconfident_scores() -> None:
