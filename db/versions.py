@@ -191,14 +191,14 @@ def recipe(mode: str, config: Mapping[str, Any] | None) -> str:
         return mode
     if mode == "head":
         parts = [f"{c.get('head', 'linear')} head", f"{c.get('features', 'rich')} features"]
-        if c.get("length_covariate"):
-            parts.append("length covariate")
     else:
         parts = [f"LoRA r{c.get('lora_r', 16)}" if c.get("lora") else "full fine-tune"]
         if c.get("pooling") not in (None, "auto"):
             parts.append(f"pooling {c['pooling']}")
         if c.get("packing"):
             parts.append("packed")
+    if c.get("length_covariate"):
+        parts.append("length covariate")
     if c.get("lr") is not None:
         parts.append(f"lr {float(c['lr']):g}")
     return ", ".join(parts)

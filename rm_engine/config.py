@@ -135,11 +135,11 @@ class TrainConfig:
             difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
         quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
         patience: head-mode early stopping: evaluations without validation improvement before stopping.
-        length_covariate: head mode: the loss sees ``score + beta * length`` (each response's standardised log
+        length_covariate: the loss sees ``score + beta * length`` (each response's standardised log
             word count, ``beta`` learned per member), so the labels' length preference is absorbed by ``beta``
             instead of the score; the score alone is saved and served, and ``beta`` is reported in the
             training info. A guard against policies gaining reward by length (``metrics.length_bias`` measures
-            it). Finetune mode refuses it (not implemented there).
+            it). Both modes (``rm_engine.length_covariate``); not with ``gpus > 1``.
     """
 
     mode: str = "head"
@@ -194,8 +194,8 @@ class TrainConfig:
                 raise bad(name, "must be >= 1")
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
-        if self.length_covariate and self.mode != "head":
-            raise bad("length_covariate", "head mode only (finetune mode does not implement it)")
+        if self.length_covariate and self.gpus > 1:
+            raise bad("length_covariate", "one process only (data-parallel training does not implement it)")
         if self.max_length < 8:
             raise bad("max_length", "must be >= 8")
         if self.epochs is not None and self.epochs < 1:

@@ -240,6 +240,22 @@ def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any,
         packer.close()
 
 
+def _length_covariate(cfg: TrainConfig, pairs: Sequence[TrainingPair], tie: Sequence[bool], w: Sequence[float],
+                      dev: torch.device) -> tuple[nn.Parameter | None, list[float], list[float]]:
+    """``(beta, chosen lengths, rejected lengths)`` of ``cfg.length_covariate`` (:mod:`rm_engine.length_covariate`:
+    standardised log word counts, beta started at the length-only fit); ``(None, zeros, zeros)`` without it."""
+    if not cfg.length_covariate:
+        return None, [0.0] * len(pairs), [0.0] * len(pairs)
+    from rm_engine.length_covariate import length_only_coef, log_lengths, standardize
+
+    lc, lr = log_lengths([p.chosen for p in pairs]), log_lengths([p.rejected for p in pairs])
+    both = np.concatenate([lc, lr])
+    lc, lr = standardize(lc, both), standardize(lr, both)
+    keep = ~np.asarray(tie, dtype=bool)
+    b0 = length_only_coef((lc - lr)[keep], np.asarray(w, dtype=np.float64)[keep])
+    return nn.Parameter(torch.tensor(b0, dtype=torch.float32, device=dev)), lc.tolist(), lr.tolist()
+
+
 def train_finetune(
     cfg: TrainConfig,
     train_pairs: Sequence[TrainingPair],
@@ -295,6 +311,7 @@ def train_finetune(
     tie_param = None
     if tie_model is not None:
         tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, n_ties / len(tr.tie)), device=dev))
+    beta, len_c, len_r = _length_covariate(cfg, train_pairs, tr.tie, w_host, dev)
 
     cuda = dev.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
@@ -324,8 +341,9 @@ def train_finetune(
         train_net = torch.compile(train_net, dynamic=True)
     params = [p for p in net.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-    if tie_param is not None:
-        groups.append({"params": [tie_param], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
+    for extra in (tie_param, beta):  # scalars of the loss: a rate of their own, no decay
+        if extra is not None:
+            groups.append({"params": [extra], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda)
     # Packed rows are filled with real tokens, one row per rank per step.
     sizes = tr.sizes if packer is not None else None
@@ -355,7 +373,8 @@ def train_finetune(
                 real_tok += n_real
             else:
                 real_tok += sum(len(s) for s in seqs)
-            host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i])] for i in local], dtype=torch.float32)
+            host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i]), len_c[i], len_r[i]] for i in local],
+                                dtype=torch.float32)
             host = host.pin_memory().to(dev, non_blocking=True) if cuda else host
             w_t, margin_t, tie_t = host[:, 0], host[:, 1], host[:, 2].bool()
             with amp if amp is not None else contextlib.nullcontext():
@@ -367,7 +386,9 @@ def train_finetune(
             r = r.float()
             rc, rr = r[:k], r[k:]
             gw = sum(w_host[i] for i in gbatch) or 1.0
-            loss = (pair_nll(rc, rr, tie_t, margin_t, tie_model, tie_param) * w_t).sum() / gw
+            # with the length covariate the loss sees score + beta * length; the score alone is kept
+            xc, xr = (rc, rr) if beta is None else (rc + beta * host[:, 3], rr + beta * host[:, 4])
+            loss = (pair_nll(xc, xr, tie_t, margin_t, tie_model, tie_param) * w_t).sum() / gw
             if cfg.center_coef:
                 loss = loss + cfg.center_coef * ((rc + rr) ** 2).sum() / len(gbatch)
             (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
@@ -403,6 +424,8 @@ def train_finetune(
                "seconds": secs, "pairs_per_s": n_pairs / secs, "tokens_per_s": toks[0] / secs}
         if tie_param is not None:
             row["tie_param"] = float(tie_param.detach())
+        if beta is not None:
+            row["length_coef"] = float(beta.detach())
         if fit_actions:
             row["memory_fit"] = list(fit_actions)
         if probe_info is not None and epoch == 0:

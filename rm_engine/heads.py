@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rm_engine.config import Cancelled
+from rm_engine.length_covariate import length_only_coef, standardize
 from rm_engine.loss import init_tie_param, preference_loss
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -175,15 +176,6 @@ def _per_member_loss(rc: torch.Tensor, rr: torch.Tensor, tie: torch.Tensor, marg
     return torch.stack(losses)
 
 
-def _length_only_fit(Lz: torch.Tensor, pairs: PairArrays) -> float:
-    """The Bradley-Terry coefficient of length alone on the decided pairs (0 when lengths never differ)."""
-    from rm_engine.metrics import bradley_terry_slope
-
-    keep = ~pairs.tie
-    d = Lz[torch.as_tensor(pairs.ci[keep])] - Lz[torch.as_tensor(pairs.ri[keep])]
-    return bradley_terry_slope(d.numpy(), pairs.weight[keep]) or 0.0
-
-
 def train_heads(
     X: np.ndarray,
     train: PairArrays,
@@ -216,10 +208,10 @@ def train_heads(
         lt = torch.as_tensor(np.asarray(lengths, dtype=np.float32)).reshape(-1)
         if lt.numel() != Xt.shape[0]:
             raise ValueError(f"lengths: {lt.numel()} values for {Xt.shape[0]} feature rows")
-        lu = lt[torch.as_tensor(used)]
-        Lz = (lt - lu.mean()) / (lu.std().clamp(min=1e-4) if lu.numel() > 1 else 1.0)
-        # start from what length alone explains, so the head's gradients begin on the rest
-        beta = nn.Parameter(torch.full((spec.members,), _length_only_fit(Lz, train)))
+        Lz = torch.as_tensor(standardize(lt.numpy(), lt.numpy()[used]), dtype=torch.float32)
+        keep = ~train.tie  # start from what length alone explains, so the head's gradients begin on the rest
+        b0 = length_only_coef((Lz[train.ci[keep]] - Lz[train.ri[keep]]).numpy(), train.weight[keep])
+        beta = nn.Parameter(torch.full((spec.members,), b0))
 
     def scores(Z: torch.Tensor, L: torch.Tensor | None) -> torch.Tensor:
         """What the loss sees: the head's scores, plus the length term while training with ``lengths``."""

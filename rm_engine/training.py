@@ -133,6 +133,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
               progress: Progress, should_stop: StopCheck) -> Fitted:
     from rm_engine.features import FeatureExtractor
     from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.length_covariate import log_lengths
     from rm_engine.registry import write_head_version
 
     ref = resolve_backbone(cfg.backbone, settings)
@@ -165,7 +166,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         inner = split_pairs(splits["train"], 0.15, cfg.seed + 1000)
         if inner["val"] and inner["train"]:
             fit_train, stop_on, es = inner["train"], inner["val"], "inner-train-split"
-    lengths = np.log1p([M.word_count(text) for _, _, text in rows]) if cfg.length_covariate else None
+    lengths = log_lengths([text for _, _, text in rows]) if cfg.length_covariate else None
     res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None, lengths=lengths,
                       progress=progress, should_stop=should_stop)
     S = res.head.score(X)
@@ -260,6 +261,8 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
             "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"],
             "member_centers": centers}
     info["gpus"] = cfg.gpus
+    if cfg.length_covariate:
+        info["length_coef"] = [h[-1].get("length_coef") if h else None for h in histories]
     return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info,
                   device=device_label(device, cfg.gpus))
 

@@ -43,7 +43,7 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
     src_col, len_col = st.columns([3, 1], vertical_alignment="bottom")
     src_col.multiselect("Train on sources", list(SOURCES), default=list(SOURCES), key=K["sources"])
     len_col.checkbox("Absorb length preference", key=K["length_covariate"],
-                     help="head mode: a learned coefficient on response length takes the labels' length "
+                     help="a learned coefficient on response length takes the labels' length "
                           "preference, and is left out of the served score, so a policy cannot gain reward by "
                           "padding or cutting its answers (Dashboard: length bias)")
     st.form_submit_button("Enqueue training", type="primary", on_click=act.enqueue_training)

@@ -59,7 +59,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--features", choices=("rich", "pair"), help="head-mode features (default rich)")
     p.add_argument("--quantize", action="store_true", default=None, help="int8 backbone for head-mode feature extraction (CPU)")
     p.add_argument("--length-covariate", dest="length_covariate", action="store_true", default=None,
-                   help="head mode: absorb the labels' length preference into a learned coefficient on response "
+                   help="absorb the labels' length preference into a learned coefficient on response "
                         "length, kept out of the served score (against length hacking)")
     p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")
     p.add_argument("--seed", type=int)

@@ -2,6 +2,7 @@
 save/load round-trips exactly (LoRA head included), ties, cancellation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -234,3 +235,21 @@ def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.C
     for name in ("rmstudio_rich", "rmstudio_lora"):
         assert acc[name]["accuracy"] == pytest.approx(acc[name]["val_accuracy_per_epoch"][-1])
     assert "RM Studio" in stdout and "c/b" in stdout
+
+
+@pytest.mark.parametrize("kind", ["enc", "dec"])
+def test_length_covariate_learns_its_coefficient_and_keeps_it_out_of_the_score(kind: str, tiny_root: Path,
+                                                                                settings: Settings) -> None:
+    """Chosen responses are longer and better: beta starts at the length-only fit (> 0) and is reported; the saved
+    model's scores are the score alone (its round trip and validation accuracy read without beta)."""
+    pairs = [dataclasses.replace(p, chosen=p.chosen + " indeed very much so") for p in make_pairs(120)]
+    res = train_finetune(_cfg(tiny_root / kind, length_covariate=True, epochs=1), pairs[:100], pairs[100:],
+                         device="cpu", settings=settings)
+    beta = res.history[-1]["length_coef"]
+    assert beta > 0.5  # all chosen responses are longer: length alone explains much of the labels
+    val = pairs[100:]
+    rc = res.model.score([p.prompt for p in val], [p.history for p in val], [p.chosen for p in val])
+    rr = res.model.score([p.prompt for p in val], [p.history for p in val], [p.rejected for p in val])
+    assert res.history[-1]["val_accuracy"] == pytest.approx(float(np.mean(rc > rr)))  # read without beta
+    plain = train_finetune(_cfg(tiny_root / kind, epochs=1), pairs[:100], pairs[100:], device="cpu", settings=settings)
+    assert "length_coef" not in plain.history[-1]

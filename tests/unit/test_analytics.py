@@ -178,6 +178,7 @@ def test_versions_frame_tolerates_missing_metrics(data) -> None:
     ("finetune", {"lora": False, "pooling": "auto", "lr": 2e-5}, "full fine-tune, lr 2e-05"),
     ("finetune", {"lora": True, "lora_r": 8, "pooling": "rich", "lr": None}, "LoRA r8, pooling rich"),
     ("finetune", {"lora": False, "packing": True, "lr": 1e-5}, "full fine-tune, packed, lr 1e-05"),
+    ("finetune", {"lora": True, "lora_r": 16, "length_covariate": True, "lr": 2e-4}, "LoRA r16, length covariate, lr 0.0002"),
 ])
 def test_version_recipe_names_how_it_was_trained(mode: str, config: dict, expected: str) -> None:
     assert versions.recipe(mode, config) == expected
