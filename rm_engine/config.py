@@ -139,7 +139,9 @@ class TrainConfig:
             word count, ``beta`` learned per member), so the labels' length preference is absorbed by ``beta``
             instead of the score; the score alone is saved and served, and ``beta`` is reported in the
             training info. A guard against policies gaining reward by length (``metrics.length_bias`` measures
-            it). Both modes (``rm_engine.length_covariate``); not with ``gpus > 1``.
+            it). Both modes (``rm_engine.length_covariate``); not with ``gpus > 1``. It costs accuracy where
+            the labels' learnable signal is mostly length (HH-harmless LoRA fine-tune: 0.610 -> 0.524; head
+            mode: no cost; BENCHMARKS.md).
     """
 
     mode: str = "head"
