@@ -77,9 +77,10 @@ def length_bias(df: pd.DataFrame, title: str) -> go.Figure:
     ``value``, ``n``; ``db.version_metrics.version_length_bias``); the 50% line is no preference."""
     if not len(df):
         return empty_figure(title, "not recorded for this version (trained before length bias was measured)")
-    fig = _fig(title, barmode="group", yaxis=dict(range=[0, 1.02], tickformat=".0%"))
+    fig = _fig(title, barmode="group", yaxis=dict(range=[0, 1.02], tickformat=".0%"), xaxis=dict(tickangle=0))
     for split, g in df.groupby("split", sort=False):
-        fig.add_trace(go.Bar(x=g["measure"], y=g["value"], name=str(split), customdata=g["n"],
+        names = [str(m).replace(" ", "<br>", 1) for m in g["measure"]]  # two short lines instead of slanted text
+        fig.add_trace(go.Bar(x=names, y=g["value"], name=str(split), customdata=g["n"],
                              hovertemplate="%{x}: %{y:.1%} (n=%{customdata})<extra></extra>",
                              marker_color=SPLIT_COLORS.get(str(split))))
     fig.add_hline(y=0.5, line_dash="dot", line_color="#bdbdbd", annotation_text="50%", annotation_position="top left")

@@ -160,7 +160,8 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     # margins +1 on 15 pairs, -1 on 5: T = 1 / ln 3 = 0.91
     assert any(c.value.startswith("Temperature 0.91 fitted on 20 validation pairs") for c in at.caption)
     # Length bias: labels prefer the longer response as often as the model is right, the model always does.
-    bars = {t["name"]: dict(zip(t["x"], _arr(t["y"]))) for t in charts[f"v{vid} length bias (words)"]["data"]}
+    bars = {t["name"]: dict(zip((x.replace("<br>", " ") for x in t["x"]), _arr(t["y"])))
+            for t in charts[f"v{vid} length bias (words)"]["data"]}
     assert bars["val"]["model prefers longer"] == 1.0 and bars["val"]["accuracy, chosen shorter"] == 0.0
     assert bars["val"]["labels prefer longer"] == pytest.approx(m["val"]["accuracy"])
     assert any(w.value.startswith("Length bias: the model prefers the longer response in 100% of pairs, the labels "
