@@ -139,7 +139,7 @@ class TrainConfig:
             word count, ``beta`` learned per member), so the labels' length preference is absorbed by ``beta``
             instead of the score; the score alone is saved and served, and ``beta`` is reported in the
             training info. A guard against policies gaining reward by length (``metrics.length_bias`` measures
-            it). Both modes (``rm_engine.length_covariate``); not with ``gpus > 1``. It costs accuracy where
+            it). Both modes (``rm_engine.length_covariate``), DDP included. It costs accuracy where
             the labels' learnable signal is mostly length (HH-harmless LoRA fine-tune: 0.610 -> 0.524; head
             mode: no cost; BENCHMARKS.md).
     """
@@ -196,8 +196,6 @@ class TrainConfig:
                 raise bad(name, "must be >= 1")
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
-        if self.length_covariate and self.gpus > 1:
-            raise bad("length_covariate", "one process only (data-parallel training does not implement it)")
         if self.max_length < 8:
             raise bad("max_length", "must be >= 8")
         if self.epochs is not None and self.epochs < 1:

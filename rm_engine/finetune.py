@@ -392,9 +392,10 @@ def train_finetune(
             if cfg.center_coef:
                 loss = loss + cfg.center_coef * ((rc + rr) ** 2).sum() / len(gbatch)
             (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
-            if tie_param is not None and world > 1:
-                ddp.all_reduce_sum(tie_param.grad)
-                tie_param.grad /= world
+            for extra in (tie_param, beta) if world > 1 else ():  # outside the DDP module: averaged by hand
+                if extra is not None:
+                    ddp.all_reduce_sum(extra.grad)
+                    extra.grad /= world
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()

@@ -84,7 +84,7 @@ def test_rich_finetune_version_trains_scores_and_evaluates(sqlite_db: Database, 
     assert rc == 0 and json.loads(out)["n"] == 1, err
 
 
-def test_length_covariate_in_both_modes_and_refused_with_gpus(sqlite_db: Database, engine_settings,
+def test_length_covariate_in_both_modes(sqlite_db: Database, engine_settings,
                                                                        tiny_encoder: Path, capsys) -> None:
     seed_labels(sqlite_db, 16)
     res = train_inline(capsys, tiny_encoder, "--length-covariate")
@@ -97,8 +97,6 @@ def test_length_covariate_in_both_modes_and_refused_with_gpus(sqlite_db: Databas
     assert rc == 0, err
     [beta] = json.loads(out)["metrics"]["training"]["length_coef"]
     assert isinstance(beta, float)
-    rc, _, err = run(capsys, "train", "--mode", "finetune", "--gpus", "2", "--length-covariate")
-    assert rc != 0 and "TrainConfig.length_covariate: one process only" in err
 
 
 def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ global batches (padded encoder; packed decoder ranks, one real-token row each, a
 replaying their steps)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,19 @@ from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.mark.parametrize("kind", ["enc", "enc-rich", "dec-packed"])
+@pytest.mark.parametrize("kind", ["enc", "enc-rich", "dec-packed", "enc-length"])
 def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     decoder = kind == "dec-packed"
     (build_tiny_decoder if decoder else build_tiny_encoder)(tmp_path / kind, seed=7)
+    covariate = kind == "enc-length"
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'rmstudio.db'}", model_dirs=(tmp_path,))
     pairs = make_pairs(40, seed=11, ties=4)  # ties exercise the tie parameter's gradient all-reduce
+    if covariate:  # chosen responses of varied length: the length coefficient's gradient is all-reduced too
+        pairs = [dataclasses.replace(p, chosen=p.chosen + " more" * (i % 3)) for i, p in enumerate(pairs)]
     base = dict(mode="finetune", backbone=str(tmp_path / kind), epochs=2, lr=2e-3, max_length=48, seed=3,
-                center_coef=0.01, margin_from_strength=0.0, pooling="rich" if kind == "enc-rich" else "auto")
+                center_coef=0.01, margin_from_strength=0.0, pooling="rich" if kind == "enc-rich" else "auto",
+                length_covariate=covariate)
     per_device = TrainConfig(**base, batch_tokens=400, packing=decoder)  # packed ranks vs a padded process
     single = TrainConfig(**base, batch_tokens=800)
     tok = load_tokenizer(resolve_backbone(single.backbone, settings), decoder=decoder)
@@ -63,11 +68,16 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path,
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4, abs=1e-6)
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
         assert h2["tie_param"] == pytest.approx(h1["tie_param"], rel=1e-4, abs=1e-6)
+        assert ("length_coef" in h1) is ("length_coef" in h2) is covariate
+        if covariate:
+            assert h2["length_coef"] == pytest.approx(h1["length_coef"], rel=1e-4, abs=1e-6)
         assert h2["pairs"] == h1["pairs"] == 32
         assert h2["tokens"] == h1["tokens"]
         if decoder:  # each rank ran one packed row of >= its 400-token budget per step
             assert h2["padded_tokens"] >= 800 * h2["steps"] and h2["steps"] == h1["steps"]
     assert one.history[0]["tie_param"] != one.history[1]["tie_param"]
+    if covariate:
+        assert one.history[0]["length_coef"] != one.history[1]["length_coef"]
     val = pairs[32:]
     s1 = one.model.score([p.prompt for p in val], None, [p.chosen for p in val])
     s2 = two.model.score([p.prompt for p in val], None, [p.chosen for p in val])
