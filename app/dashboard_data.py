@@ -81,7 +81,9 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
     ``long`` (chosen/rejected scores per source) and ``margins`` over the newest ``LABEL_SAMPLE`` labels;
     ``table``: the best ``limit`` stored responses with ``raw``, ``z``, ``sigmoid``, ``percentile`` (from the
     version's stored statistics) and ``std``; ``calibration`` (``bins``, ``ece``, ``title``): the trainer's
-    validation reliability when recorded, else computed on the labelled pairs; ``spearman`` per ranked prompt.
+    validation reliability when recorded, else computed on the labelled pairs; ``temperature`` (the version's fitted
+    one, ``{}`` when none); ``length_bias``: ``db.version_metrics.version_length_bias`` (rows, verdict);
+    ``spearman`` per ranked prompt.
     """
     with database().read() as s:
         try:
@@ -107,6 +109,8 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
         "margins": prefs["margin"],
         "table": table[cols],
         "calibration": cal,
+        "temperature": vmetrics.get("temperature") or {},
+        "length_bias": version_metrics.version_length_bias(vmetrics),
         "spearman": metrics.spearman_per_prompt(analytics.spearman_inputs(items)),
     }
 

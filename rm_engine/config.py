@@ -37,6 +37,13 @@ def default_lr(mode: str, lora: bool = False) -> float:
     return LORA_LR if mode == "finetune" and lora else float(_MODE_DEFAULTS[mode]["lr"])
 
 
+def default_lrs_text() -> str:
+    """The default learning rates in words, for help texts (``"default: 0.003 head, 2e-05 fine-tune, 0.0002
+    LoRA"``)."""
+    return (f"default: {default_lr('head'):g} head, {default_lr('finetune'):g} fine-tune, "
+            f"{default_lr('finetune', lora=True):g} LoRA")
+
+
 def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, float]:
     """``"expert=1,crowd=0.8,ai=0.5"`` (or a mapping) -> weights; unnamed sources keep their defaults."""
     out = dict(DEFAULT_SOURCE_WEIGHTS)

@@ -83,7 +83,7 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
         say("merging the LoRA adapters into the weights")
         model = model.merge_and_unload()
     pad_added = fm.meta.decoder and _own_pad_token(model, tok)
-    info = _info(summary, vid, k, members, fm, tok, norm, train_config, pad_added, version_metrics)
+    info = _info(summary, k, members, fm, pad_added, norm, train_config, version_metrics)
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -115,11 +115,11 @@ def _own_pad_token(model: Any, tok: Any) -> bool:
     return True
 
 
-def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any, tok: Any, norm: dict[str, Any],
-          train_config: dict[str, Any], pad_added: bool, metrics: dict[str, Any]) -> dict[str, Any]:
+def _info(summary: dict[str, Any], member: int, members: int, fm: Any, pad_added: bool, norm: dict[str, Any],
+          train_config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     from rm_engine.backbone import input_format, single_special_ids
 
-    decoder = fm.meta.decoder
+    decoder, tok = fm.meta.decoder, fm.tokenizer
     layout = None
     if decoder:
         prefix, suffix = single_special_ids(tok)
@@ -130,7 +130,8 @@ def _info(summary: dict[str, Any], vid: int, member: int, members: int, fm: Any,
     ensemble_note = (f"member {member} of an ensemble of {members}: the version's normalization statistics are the "
                      "ensemble's, so none is given for one member") if members > 1 else None
     return {
-        "format": EXPORT_FORMAT, "version_id": vid, "member": member if members > 1 else None, "members": members,
+        "format": EXPORT_FORMAT, "version_id": summary["id"], "member": member if members > 1 else None,
+        "members": members,
         "created_at": summary["created_at"], "recipe": summary["recipe"], "backbone": summary["backbone"],
         "decoder": decoder, "pooling": fm.net.pooling,
         "input": {"format": input_format(tok, decoder=decoder), "max_length": fm.meta.max_length,

@@ -84,15 +84,14 @@ def scores_panel() -> None:
     c1, c2 = st.columns(2)
     cal, spear = sc["calibration"], sc["spearman"]
     c1.plotly_chart(charts.reliability_diagram(cal["bins"], cal["ece"], cal["title"]), key="calibration")
-    m = dict(data.overview(url, fp)["versions"]).get(vid) or {}
-    temp = m.get("temperature") or {}
+    temp = sc["temperature"]
     if temp.get("temperature"):
         c1.caption(f"Temperature {temp['temperature']:.2f} fitted on {temp['n']} validation pairs: calibrated "
                    f"P(a over b) = sigmoid(margin / T); ECE {temp['ece_before']:.3f} -> {temp['ece_after']:.3f} there.")
     c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
     if spear["mean"] is not None:
         c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
-    frame, verdict = vm.version_length_bias(m)
+    frame, verdict = sc["length_bias"]
     l1, l2 = st.columns(2)
     l1.plotly_chart(charts.length_bias(frame, f"v{vid} length bias (words)"), key="length_bias")
     if verdict:

@@ -9,7 +9,7 @@ from app import train_actions as act
 from app.auth import require_researcher
 from app.resources import database
 from db import jobs, policy, version_metrics, versions
-from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lr
+from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lrs_text
 
 require_researcher()
 st.title("Train")
@@ -32,8 +32,7 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
                             "slower, its head starts from a linear probe; on HH-harmless within noise of mean pooling).")
     lr_col.number_input("Learning rate (0 = default)", min_value=0.0, max_value=1.0, value=0.0, step=1e-5,
                         format="%g", key=K["lr"],
-                        help=f"default: {default_lr('head'):g} head, {default_lr('finetune'):g} fine-tune, "
-                             f"{default_lr('finetune', lora=True):g} LoRA")
+                        help=default_lrs_text())
     lora_col.checkbox("LoRA adapters", key=K["lora"],
                       help="finetune: train low-rank adapters and the score head instead of every weight (peft; its "
                            "own default learning rate). Smaller saved versions, ~3x faster on CPU for MiniLM.")

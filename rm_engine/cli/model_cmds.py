@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rm_engine.cli.common import CLIError, open_db, print_json, progress, settings
-from rm_engine.config import COMBINE, default_lr
+from rm_engine.config import COMBINE, default_lrs_text
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -20,8 +20,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--mode", choices=("head", "finetune"), help="head: frozen backbone + cached features (CPU default); finetune: whole model")
     p.add_argument("--backbone", help="minilm (default) or a local Hugging Face folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, help=f"default: {default_lr('head'):g} head, {default_lr('finetune'):g} finetune, "
-                                            f"{default_lr('finetune', lora=True):g} finetune --lora")
+    p.add_argument("--lr", type=float, help=f"{default_lrs_text()} (--lora)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, help="finetune token budget per batch")
     p.add_argument("--max-batch-pairs", dest="max_batch_pairs", type=int, metavar="N",
