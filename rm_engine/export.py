@@ -7,9 +7,13 @@ headline metrics, training config) and a ``README.md`` model card whose Python s
 did and returns the raw score and its z-score (``tests/integration/test_export.py`` runs that snippet against RM
 Studio's own scores).
 
+Mean pooling (MiniLM's default): no built-in ``...ForSequenceClassification`` class reads a score from the mean of
+the last hidden states, so the folder also carries ``modeling_rmstudio.py``, a subclass of the backbone's own class
+whose ``forward`` does, named in ``config.json``'s ``auto_map`` under a model type of its own: loading needs
+``trust_remote_code=True``, and without it transformers refuses rather than silently reading [CLS].
+
 What cannot be one such model is refused with the reason: head-mode versions (a head over frozen-backbone
-features), ``mean`` and ``rich`` pooling (no ``...ForSequenceClassification`` class reads a score that way), an
-ensemble without a chosen member.
+features), ``rich`` pooling (three sequences per score), an ensemble without a chosen member.
 
 Decoders whose pad token is their eos: Hugging Face's sequence-classification pooling reads the last token that is
 not the pad id, so it would skip the closing eos RM Studio reads the score at (NOTES.md, pitfall 1). The export gives
@@ -33,7 +37,9 @@ EXPORT_FORMAT = "rmstudio-reward-export/v1"
 INFO_FILE = "rmstudio_reward.json"
 CARD_FILE = "README.md"
 EXPORT_PAD = "<|rmstudio_pad|>"
-EXPORTABLE_POOLINGS = ("cls", "last")  # what Hugging Face's own sequence-classification forward reads
+EXPORTABLE_POOLINGS = ("cls", "last", "mean")  # mean: through the folder's own modeling_rmstudio.py
+REMOTE_CODE_FILE = "modeling_rmstudio.py"
+MEAN_MODEL_TYPE = "rmstudio_mean_pooling"
 
 
 class ExportError(ValueError):
@@ -75,9 +81,9 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFilesError(f"{label}: member {k} cannot be loaded ({exc})") from None
     if fm.net.pooling not in EXPORTABLE_POOLINGS:
-        raise ExportError(f"{label} reads its score by {fm.net.pooling} pooling, which no Hugging Face "
-                          "...ForSequenceClassification class does. Score it through RM Studio, or retrain with "
-                          "--pooling cls to export")
+        raise ExportError(f"{label} reads its score by {fm.net.pooling} pooling (three sequences per score), "
+                          "which no Hugging Face ...ForSequenceClassification model does. Score it through RM "
+                          "Studio, or retrain with --pooling mean or cls to export")
     model, tok = fm.model, fm.tokenizer
     if fm.meta.lora:
         say("merging the LoRA adapters into the weights")
@@ -91,6 +97,8 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
         tmp.mkdir(parents=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
+        if fm.net.pooling == "mean":
+            _mean_pooling_code(tmp, model)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_FILE).write_text(model_card(info), encoding="utf-8")
         if out.is_dir():
@@ -115,6 +123,48 @@ def _own_pad_token(model: Any, tok: Any) -> bool:
     return True
 
 
+_MEAN_POOLING_CODE = '''"""RM Studio's mean-pooling reward model: the {base} encoder's last hidden states
+averaged over the real (attention-mask) tokens, then its linear classifier, as RM Studio trained it. Written by
+`rmstudio models export`; load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
+import torch
+from transformers import {config_cls}, {base}
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class RMStudioMeanPoolingConfig({config_cls}):
+    model_type = "{model_type}"
+
+
+class RMStudioMeanPoolingModel({base}):
+    config_class = RMStudioMeanPoolingConfig
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        body = getattr(self, self.base_model_prefix)
+        extra = {{}} if token_type_ids is None else {{"token_type_ids": token_type_ids}}
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
+'''
+
+
+def _mean_pooling_code(folder: Path, model: Any) -> None:
+    """Write ``modeling_rmstudio.py`` for a mean-pooling encoder and point ``config.json`` at it (a model type of
+    its own, so that transformers will not load the folder as the plain class, which reads [CLS])."""
+    (folder / REMOTE_CODE_FILE).write_text(_MEAN_POOLING_CODE.format(
+        base=type(model).__name__, config_cls=type(model.config).__name__, model_type=MEAN_MODEL_TYPE),
+        encoding="utf-8")
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    module = REMOTE_CODE_FILE.removesuffix(".py")
+    config.update(model_type=MEAN_MODEL_TYPE, architectures=["RMStudioMeanPoolingModel"],
+                  auto_map={"AutoConfig": f"{module}.RMStudioMeanPoolingConfig",
+                            "AutoModelForSequenceClassification": f"{module}.RMStudioMeanPoolingModel"})
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _info(summary: dict[str, Any], member: int, members: int, fm: Any, pad_added: bool, norm: dict[str, Any],
           train_config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     from rm_engine.backbone import input_format, single_special_ids
@@ -134,6 +184,7 @@ def _info(summary: dict[str, Any], member: int, members: int, fm: Any, pad_added
         "members": members,
         "created_at": summary["created_at"], "recipe": summary["recipe"], "backbone": summary["backbone"],
         "decoder": decoder, "pooling": fm.net.pooling,
+        "remote_code": REMOTE_CODE_FILE if fm.net.pooling == "mean" else None,
         "input": {"format": input_format(tok, decoder=decoder), "max_length": fm.meta.max_length,
                   "truncation": fm.meta.truncation, "special_tokens": layout,
                   "token_type_ids": None if decoder else "all 0 (pass input_ids and attention_mask only)"},
@@ -171,12 +222,14 @@ def snippet(info: dict[str, Any], path: str = ".") -> str:
     if fmt == "plain-dialogue":
         sp = info["input"]["special_tokens"]
         consts = f"PREFIX, SUFFIX, EOS = {sp['prefix_ids']!r}, {sp['suffix_ids']!r}, {sp['eos_id']!r}\n"
+    trust, why = (", trust_remote_code=True", f"  # runs this folder's {info['remote_code']}") \
+        if info.get("remote_code") else ("", "")
     return f'''import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 path = {path!r}  # this folder
-tok = AutoTokenizer.from_pretrained(path)
-model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+tok = AutoTokenizer.from_pretrained(path{trust})
+model = AutoModelForSequenceClassification.from_pretrained(path{trust}).eval(){why}
 MEAN, STD = {float(norm["mean"])!r}, {float(norm["std"])!r}  # z-score statistics from training
 {consts}
 
@@ -207,6 +260,12 @@ def model_card(info: dict[str, Any]) -> str:
     ]
     if not info["decoder"]:
         notes.append("- Pass `input_ids` (and `attention_mask`) only: training used `token_type_ids` of 0.")
+    if info.get("remote_code"):
+        notes.append(f"- Mean pooling: the score is the classifier applied to the mean of the last hidden states over "
+                     "the real tokens. No built-in transformers class reads it so: the folder's "
+                     f"`{info['remote_code']}` (about 25 lines: read it) does, and loading needs "
+                     "`trust_remote_code=True`, for the tokenizer too (without it transformers refuses the model "
+                     "rather than read [CLS]).")
     if info["pad_token_added"]:
         notes.append(f"- The tokenizer's pad token was its eos; the export added `{EXPORT_PAD}` so that the model "
                      "reads each score at the closing eos, as in training.")

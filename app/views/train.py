@@ -111,7 +111,7 @@ if table.empty:
 else:
     st.dataframe(table, hide_index=True)
     st.caption("For RL trainers without RM Studio: `rmstudio models export ID OUT` writes a fine-tuned version "
-               "(pooling cls or a decoder) as a Hugging Face folder with a model card.")
+               "(not head mode, not rich pooling) as a Hugging Face folder with a model card.")
     d1, d2 = st.columns([3, 1])
     victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
     confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")

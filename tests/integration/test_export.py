@@ -55,15 +55,18 @@ def _card_snippet(out: Path) -> dict:
     return ns
 
 
-@pytest.mark.parametrize("kind,lora,fmt", [
-    ("enc", False, "text-pair"),
-    ("dec-chat", True, "chat-template"),
-    ("dec-plain", False, "plain-dialogue"),
+@pytest.mark.parametrize("kind,lora,pooling,fmt", [
+    ("enc", False, "cls", "text-pair"),
+    ("enc", True, "mean", "text-pair"),  # through the folder's own modeling_rmstudio.py
+    ("dec-chat", True, None, "chat-template"),
+    ("dec-plain", False, None, "plain-dialogue"),
 ])
-def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, fmt: str, sqlite_db: Database,
-                                               settings: Settings, backbones: Path, tmp_path: Path) -> None:
+def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, pooling: str | None, fmt: str,
+                                               sqlite_db: Database, settings: Settings, backbones: Path,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))  # where transformers copies remote code
     seed_labels(sqlite_db, 12)
-    v = _train(sqlite_db, settings, backbones / kind, lora=lora)
+    v = _train(sqlite_db, settings, backbones / kind, lora=lora, **({"pooling": pooling} if pooling else {}))
     out = tmp_path / "dest" / "exported"
     info = export_version(sqlite_db, settings, v.id, out)
 
@@ -78,8 +81,18 @@ def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, fmt: str, 
     assert info["length_bias"] == v.metrics["val"]["length_bias"]["message"]
     assert f"Length bias on the validation pairs: {info['length_bias']}" in (out / CARD_FILE).read_text()
 
+    assert info["pooling"] == (pooling or "last") and (info["remote_code"] is not None) is (pooling == "mean")
     ns = _card_snippet(out)  # transformers alone: no RM Studio class in the loop
-    assert type(ns["model"]).__name__.endswith("ForSequenceClassification")
+    if pooling == "mean":
+        assert type(ns["model"]).__name__ == "RMStudioMeanPoolingModel"
+        assert "trust_remote_code=True" in (out / CARD_FILE).read_text()
+        from transformers import AutoModelForSequenceClassification
+
+        with pytest.raises(ValueError, match="trust_remote_code"):  # never silently the plain class reading [CLS]
+            AutoModelForSequenceClassification.from_pretrained(str(out), trust_remote_code=False)
+    else:
+        assert type(ns["model"]).__name__.endswith("ForSequenceClassification")
+        assert not (out / "modeling_rmstudio.py").exists()
     model = RewardModel.load(sqlite_db, settings, v.id)
     with sqlite_db.read() as s:
         rows = responses_for_scoring(s)[:6]
@@ -100,16 +113,16 @@ def model_tok(out: Path):  # noqa: ANN201 - a tokenizer
     """The exported tokenizer as RM Studio would load it for building inputs."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(out))
+    return AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)  # mean pooling's config is remote code
 
 
-def test_ensemble_member_head_mode_and_mean_pooling_are_refused_or_chosen(sqlite_db: Database, settings: Settings,
+def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite_db: Database, settings: Settings,
                                                                           backbones: Path, tmp_path: Path) -> None:
     seed_labels(sqlite_db, 12)
     head = _train(sqlite_db, settings, backbones / "enc", mode="head", epochs=20, lr=1e-2)
-    mean = _train(sqlite_db, settings, backbones / "enc", pooling="mean")
+    rich = _train(sqlite_db, settings, backbones / "enc", pooling="rich")
     ens = _train(sqlite_db, settings, backbones / "enc", ensemble=2)
-    for version, match in ((head.id, "head-mode version"), (mean.id, "mean pooling"),
+    for version, match in ((head.id, "head-mode version"), (rich.id, "rich pooling"),
                            (ens.id, "ensemble of 2 models: export one with --member 0..1")):
         with pytest.raises(ExportError, match=match):
             export_version(sqlite_db, settings, version, tmp_path / f"v{version}")
