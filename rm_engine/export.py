@@ -21,10 +21,14 @@ such a tokenizer a pad token of its own (a new embedding row only where the voca
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tempfile
 import uuid
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,50 +50,90 @@ class ExportError(ValueError):
     """A version that cannot be one Hugging Face model, or an unusable destination; the message says which."""
 
 
-def export_version(db: Database, settings: Settings, version: str | int | None, out_dir: str | Path, *,
-                   member: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Write ``version`` (an id or ``latest``; ``member`` of an ensemble) as a Hugging Face folder at ``out_dir``
-    (new, or an empty folder), atomically: a temporary sibling renamed into place. Returns what
-    ``rmstudio_reward.json`` holds. Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
-    say = progress or (lambda _msg: None)
+@dataclass(frozen=True)
+class _Plan:
+    """What an export of one version (member) will read, once every refusal has been checked."""
+
+    summary: dict[str, Any]
+    norm: dict[str, Any]
+    train_config: dict[str, Any]
+    metrics: dict[str, Any]
+    member_dir: Path
+    member: int
+    members: int
+
+    @property
+    def label(self) -> str:
+        return f"model version {self.summary['id']}"
+
+
+def _plan(db: Database, settings: Settings, version: str | int | None, member: int | None) -> _Plan:
+    """Check that ``version`` (``member``) can be one Hugging Face model, from its row and metadata files only
+    (no weights loaded). Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
     with db.read() as s:
         v = get_version(s, version)
         summary = version_summary(v)
-        vid, norm, train_config = v.id, dict(v.norm_stats or {}), dict(v.config or {})
-        version_metrics = dict(v.metrics or {})
-    label = f"model version {vid}"
+        norm, train_config, metrics = dict(v.norm_stats or {}), dict(v.config or {}), dict(v.metrics or {})
+    label = f"model version {summary['id']}"
     if summary["mode"] != "finetune":
         raise ExportError(f"{label} is a {summary['mode']}-mode version (a head over frozen backbone features): no "
                           "single Hugging Face model holds it. Score it through RM Studio (rmstudio score, "
                           "rm_engine.scoring.reward_function), or train with --mode finetune to export")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out}: already exists and is not an empty folder; choose a new path")
-    folder, files = load_version_config(settings, summary["path"], vid)
+    folder, files = load_version_config(settings, summary["path"], summary["id"])
     members = int(files.get("members", 1))
     if members > 1 and member is None:
         raise ExportError(f"{label} is an ensemble of {members} models: export one with --member 0..{members - 1}")
     k = 0 if member is None else int(member)
     if not 0 <= k < members:
         raise ExportError(f"{label}: no member {k} (members 0..{members - 1})")
+    from rm_engine.finetune_model import META_FILE, FinetuneMeta
 
+    try:
+        pooling = FinetuneMeta.read(folder / f"member-{k}" / META_FILE).pooling
+    except ValueError as exc:
+        raise ModelFilesError(f"{label}: {exc}") from None
+    if pooling is not None and pooling not in EXPORTABLE_POOLINGS:  # None: files older than pooling = the default
+        raise ExportError(f"{label} reads its score by {pooling} pooling (three sequences per score), which no "
+                          "Hugging Face ...ForSequenceClassification model does. Score it through RM Studio, or "
+                          "retrain with --pooling mean or cls to export")
+    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members)
+
+
+def export_refusal(db: Database, settings: Settings, version: str | int | None,
+                   member: int | None = None) -> str | None:
+    """Why ``version`` (``member``; an ensemble's first one when None) cannot be exported, or None when it can.
+    Cheap: reads the version's row and metadata, not its weights."""
+    try:
+        _plan(db, settings, version, member if member is not None else 0)
+    except (ExportError, ModelFilesError) as exc:
+        return str(exc)
+    return None
+
+
+def export_version(db: Database, settings: Settings, version: str | int | None, out_dir: str | Path, *,
+                   member: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write ``version`` (an id or ``latest``; ``member`` of an ensemble) as a Hugging Face folder at ``out_dir``
+    (new, or an empty folder), atomically: a temporary sibling renamed into place. Returns what
+    ``rmstudio_reward.json`` holds. Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
+    say = progress or (lambda _msg: None)
+    plan = _plan(db, settings, version, member)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out}: already exists and is not an empty folder; choose a new path")
     from rm_engine.finetune_model import FinetunedModel
 
-    say(f"loading {label}" + (f", member {k} of {members}" if members > 1 else ""))
+    k, members = plan.member, plan.members
+    say(f"loading {plan.label}" + (f", member {k} of {members}" if members > 1 else ""))
     try:
-        fm = FinetunedModel.load(folder / f"member-{k}", device="cpu")
+        fm = FinetunedModel.load(plan.member_dir, device="cpu")
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelFilesError(f"{label}: member {k} cannot be loaded ({exc})") from None
-    if fm.net.pooling not in EXPORTABLE_POOLINGS:
-        raise ExportError(f"{label} reads its score by {fm.net.pooling} pooling (three sequences per score), "
-                          "which no Hugging Face ...ForSequenceClassification model does. Score it through RM "
-                          "Studio, or retrain with --pooling mean or cls to export")
+        raise ModelFilesError(f"{plan.label}: member {k} cannot be loaded ({exc})") from None
     model, tok = fm.model, fm.tokenizer
     if fm.meta.lora:
         say("merging the LoRA adapters into the weights")
         model = model.merge_and_unload()
     pad_added = fm.meta.decoder and _own_pad_token(model, tok)
-    info = _info(summary, k, members, fm, pad_added, norm, train_config, version_metrics)
+    info = _info(plan, fm, pad_added)
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -110,6 +154,28 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
     return info
 
 
+def archive_name(version_id: int, member: int | None = None) -> str:
+    """The folder (and ``.zip``) name of an exported version: ``rmstudio-v7`` or ``rmstudio-v7-member1``."""
+    return f"rmstudio-v{version_id}" + (f"-member{member}" if member is not None else "")
+
+
+def export_archive(db: Database, settings: Settings, version: str | int | None, *,
+                   member: int | None = None) -> bytes:
+    """:func:`export_version` as a ``.zip`` in memory (its files under one ``rmstudio-v<id>[-member<k>]/``
+    folder), for a download from the app. Weights are stored, not deflated: they barely compress."""
+    with tempfile.TemporaryDirectory(prefix="rmstudio-export-") as tmp:
+        info = export_version(db, settings, version, Path(tmp) / "out", member=member)
+        top = archive_name(info["version_id"], info["member"])
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for f in sorted((Path(tmp) / "out").rglob("*")):
+                if f.is_file():
+                    deflate = f.suffix in (".json", ".md", ".py", ".txt", ".jinja")
+                    zf.write(f, f"{top}/{f.relative_to(Path(tmp) / 'out')}",
+                             compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+        return buf.getvalue()
+
+
 def _own_pad_token(model: Any, tok: Any) -> bool:
     """Give a decoder whose pad id is its eos id a pad token of its own (model config included); True if it did."""
     if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
@@ -125,7 +191,8 @@ def _own_pad_token(model: Any, tok: Any) -> bool:
 
 _MEAN_POOLING_CODE = '''"""RM Studio's mean-pooling reward model: the {base} encoder's last hidden states
 averaged over the real (attention-mask) tokens, then its linear classifier, as RM Studio trained it. Written by
-`rmstudio models export`; load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
+`rmstudio models export`; load with
+AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
 import torch
 from transformers import {config_cls}, {base}
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -165,10 +232,10 @@ def _mean_pooling_code(folder: Path, model: Any) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _info(summary: dict[str, Any], member: int, members: int, fm: Any, pad_added: bool, norm: dict[str, Any],
-          train_config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def _info(plan: _Plan, fm: Any, pad_added: bool) -> dict[str, Any]:
     from rm_engine.backbone import input_format, single_special_ids
 
+    summary, member, members, metrics = plan.summary, plan.member, plan.members, plan.metrics
     decoder, tok = fm.meta.decoder, fm.tokenizer
     layout = None
     if decoder:
@@ -188,12 +255,12 @@ def _info(summary: dict[str, Any], member: int, members: int, fm: Any, pad_added
         "input": {"format": input_format(tok, decoder=decoder), "max_length": fm.meta.max_length,
                   "truncation": fm.meta.truncation, "special_tokens": layout,
                   "token_type_ids": None if decoder else "all 0 (pass input_ids and attention_mask only)"},
-        "normalization": None if members > 1 else {"mean": norm.get("mean", 0.0), "std": norm.get("std", 1.0),
-                                                    "n": norm.get("n")},
+        "normalization": None if members > 1 else {"mean": plan.norm.get("mean", 0.0),
+                                                    "std": plan.norm.get("std", 1.0), "n": plan.norm.get("n")},
         "normalization_note": ensemble_note,
         "metrics": summary["metrics"], "n_pairs": summary["n_pairs"], "n_labels": summary["n_labels"],
         "temperature": temperature, "length_bias": length_bias,
-        "pad_token_added": pad_added, "train_config": train_config,
+        "pad_token_added": pad_added, "train_config": plan.train_config,
     }
 
 

@@ -2,13 +2,16 @@
 manage model versions. The actions are callbacks in ``app.train_actions``."""
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from app import charts
 from app import train_actions as act
 from app.auth import require_researcher
-from app.resources import database
+from app.resources import database, settings
 from db import jobs, policy, version_metrics, versions
+from rm_engine import export
 from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lrs_text
 
 require_researcher()
@@ -106,12 +109,23 @@ with db.read() as s:
     rows = versions.list_versions(s)
     table = version_metrics.versions_frame(rows)
     labels = {v.id: versions.version_label(v) for v in rows}
+    sizes = {v.id: v.ensemble_size for v in rows}
 if table.empty:
     st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
 else:
     st.dataframe(table, hide_index=True)
-    st.caption("For RL trainers without RM Studio: `rmstudio models export ID OUT` writes a fine-tuned version "
-               "(not head mode, not rich pooling) as a Hugging Face folder with a model card.")
+    e1, e2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = e1.selectbox("Version to export", list(labels), format_func=labels.get, key="export_version",
+                          help="For RL trainers without RM Studio: a Hugging Face folder (safetensors, tokenizer, "
+                               "model card) that AutoModelForSequenceClassification loads; `rmstudio models export`")
+    member = (e1.number_input("Ensemble member", 0, sizes[chosen] - 1, 0, key="export_member")
+              if sizes[chosen] > 1 else None)
+    refusal = export.export_refusal(db, settings(), chosen, member)
+    e2.download_button("Download .zip", data=partial(export.export_archive, db, settings(), chosen, member=member),
+                       file_name=export.archive_name(chosen, member) + ".zip", mime="application/zip",
+                       disabled=refusal is not None, on_click="ignore", icon=":material/download:")
+    if refusal:
+        st.caption(refusal)
     d1, d2 = st.columns([3, 1])
     victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
     confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")

@@ -3,13 +3,19 @@ cancel, retrain policy, versions list and delete, researcher token."""
 from __future__ import annotations
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 from sqlalchemy import select
 
 from db import jobs, policy, versions
+from db.config import Settings
 from db.models import Job, JobKind, ModelVersion
 from db.session import Database
+from db.store import add_label
+from rm_engine.config import TrainConfig
+from rm_engine.training import train_and_publish
 from tests.app.conftest import PAGES, Seeded
+from tests.tiny_models import build_tiny_encoder
 
 TRAIN = str(PAGES / "train.py")
 
@@ -132,6 +138,8 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     table = at.dataframe[-1].value
     assert sorted(table["version"]) == sorted(ids)
     assert set(table["val_accuracy"].round(2)) == {0.6, 0.61}
+    [download] = at.get("download_button")  # head-mode versions: no Hugging Face model holds them
+    assert download.proto.disabled and any("head-mode version" in c.value for c in at.caption)
     delete = _button(at, "Delete version")
     assert delete.disabled  # needs the confirmation first
     [victim_box] = [b for b in at.selectbox if b.label == "Version to delete"]
@@ -145,6 +153,28 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     assert left == [ids[1]]
     assert any(f"Deleted version {ids[0]}" in m.value for m in at.success)
     assert list(at.dataframe[-1].value["version"]) == [ids[1]]  # the list drawn after the delete is current
+
+
+def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
+    torch.set_num_threads(1)
+    build_tiny_encoder(home / "tiny", hidden=32, layers=1)
+    with sqlite_db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+    cfgs = [TrainConfig(mode="finetune", backbone=str(home / "tiny"), epochs=1, device="cpu", max_length=64,
+                        val_fraction=0.0, **kw) for kw in ({"ensemble": 2}, {"pooling": "rich"})]
+    ens, rich = (train_and_publish(sqlite_db, Settings.from_env(), c).id for c in cfgs)
+    at = _page()
+    [box] = [b for b in at.selectbox if b.label == "Version to export"]
+    assert box.value == rich  # newest first
+    assert at.get("download_button")[0].proto.disabled and any("rich pooling" in c.value for c in at.caption)
+    box.set_value(ens).run()
+    [member] = [n for n in at.number_input if n.label == "Ensemble member"]
+    assert member.max == 1
+    member.set_value(1).run()
+    [download] = at.get("download_button")
+    assert not at.exception and not download.proto.disabled
+    assert not any("pooling" in c.value or "member" in c.value for c in at.caption)
 
 
 def test_no_versions_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:

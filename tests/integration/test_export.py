@@ -4,8 +4,10 @@ a decoder's plain dialogue; pad == eos decoders; LoRA merged); what cannot be on
 written."""
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from db.versions import responses_for_scoring
 from rm_engine.backbone import build_inputs
 from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_version
+from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_archive, export_refusal, export_version
 from rm_engine.scoring import RewardModel
 from rm_engine.training import train_and_publish
 from tests.integration.rm_seed import one_thread, seed_labels  # noqa: F401
@@ -130,10 +132,25 @@ def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite
     with pytest.raises(ExportError, match="no member 2"):
         export_version(sqlite_db, settings, ens.id, tmp_path / "m2", member=2)
 
-    info = export_version(sqlite_db, settings, ens.id, tmp_path / "m1", member=1)
+    # what the app asks before offering a download: the same reasons, from metadata alone
+    assert "head-mode version" in export_refusal(sqlite_db, settings, head.id)
+    assert "rich pooling" in export_refusal(sqlite_db, settings, rich.id)
+    assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
+    assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)
+
+    # the app's download: the export as one .zip, everything under rmstudio-v<id>-member1/
+    blob = export_archive(sqlite_db, settings, ens.id, member=1)
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        names = zf.namelist()
+        assert {n.split("/")[0] for n in names} == {f"rmstudio-v{ens.id}-member1"}
+        assert {f"rmstudio-v{ens.id}-member1/{f}" for f in ("config.json", "model.safetensors", INFO_FILE,
+                                                            CARD_FILE)} <= set(names)
+        zf.extractall(tmp_path / "unzipped")
+    folder = tmp_path / "unzipped" / f"rmstudio-v{ens.id}-member1"
+    info = json.loads((folder / INFO_FILE).read_text())
     assert info["member"] == 1 and info["members"] == 2 and info["normalization"] is None
-    assert "member 1 of an ensemble of 2" in (tmp_path / "m1" / CARD_FILE).read_text()
-    ns = _card_snippet(tmp_path / "m1")
+    assert "member 1 of an ensemble of 2" in (folder / CARD_FILE).read_text()
+    ns = _card_snippet(folder)
     model = RewardModel.load(sqlite_db, settings, ens.id)
     prompt, text = "question 3: how do I go about it?", "a clear answer"
     raw, z = ns["reward"](prompt, text)
