@@ -164,7 +164,11 @@ def bradley_terry_slope(x: ArrayLike, weight: ArrayLike | None = None, *,
     return float(res.x)
 
 
-def fit_temperature(r_c: ArrayLike, r_r: ArrayLike, *, bounds: tuple[float, float] = (0.05, 100.0)) -> float | None:
+TEMPERATURE_BOUNDS = (0.05, 100.0)  # T at the upper bound: the margins predict nothing (or the wrong way)
+
+
+def fit_temperature(r_c: ArrayLike, r_r: ArrayLike, *,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float | None:
     """The temperature ``T`` within ``bounds`` that calibrates ``sigmoid((r_a - r_b) / T)`` on decided pairs: ``1 /
     b`` for the :func:`bradley_terry_slope` ``b`` of the margins. None without pairs or when every margin is 0.
     Pairs that all agree push ``T`` to the lower bound (the margins could be scaled up without limit)."""

@@ -277,10 +277,27 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
     return written
 
 
+def _file_temperature(model: Any, rc: Sequence[float], rr: Sequence[float]) -> dict[str, Any]:
+    """Calibration of preference probabilities on an evaluated file: the temperature that fits it
+    (:func:`rm_engine.metrics.temperature_calibration`, in-sample) and, for one version with a fitted temperature,
+    the expected calibration error under that stored temperature, which the file did not choose (does it
+    transfer?)."""
+    from rm_engine import metrics as M
+
+    out = M.temperature_calibration(rc, rr)
+    stored = (getattr(model, "metrics", None) or {}).get("temperature") or {}
+    t = stored.get("temperature")
+    out["version_temperature"] = t
+    out["ece_version_temperature"] = (M.pair_calibration(np.asarray(rc) / t, np.asarray(rr) / t)["ece"]
+                                      if t and len(rc) else None)
+    return out
+
+
 def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     """Metrics of a model on labelled records (``db.formats.ImportRecord``: comparisons and rankings), without
     storing anything: ``accuracy`` (strict >), ``n``, ``tie_rate`` (equal scores), ``per_source``, ``tie_pairs``,
-    ``both_bad``, calibration, ``length_bias``, and ``spearman`` when rankings are present. ``model`` is a
+    ``both_bad``, calibration (``temperature``: :func:`_file_temperature`), ``length_bias``, and ``spearman``
+    when rankings are present. ``model`` is a
     :class:`RewardModel` (``model_version`` in the result) or a ``rm_engine.version_ensemble.VersionEnsemble``
     (``model_versions``, ``combine``): anything with ``rewards(rows)``."""
     from rm_engine import metrics as M
@@ -336,6 +353,7 @@ def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     out.update({"model_versions": ids, "combine": model.how} if ids is not None else {"model_version": model.version_id})
     if ties:
         out["tie_abs_diff"] = float(np.mean([abs(raw[a] - raw[b]) for a, b in ties]))
+    out["temperature"] = _file_temperature(model, rc, rr)
     if ranked:
         out["spearman"] = M.spearman_per_prompt((k, [raw[i] for i in idx], rk) for k, idx, rk in ranked)
     return out

@@ -271,6 +271,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {src}: {_pct(v['accuracy'])} on {v['n']} pairs")
     if (out.get("length_bias") or {}).get("n"):
         print(f"  length bias: {out['length_bias']['message']}")
+    t = out.get("temperature") or {}
+    if t.get("temperature") is not None:
+        stored = (f"; under the version's own T = {t['version_temperature']:.3g}: ECE "
+                  f"{t['ece_version_temperature']:.3f}" if t.get("ece_version_temperature") is not None else "")
+        from rm_engine.metrics import TEMPERATURE_BOUNDS
+
+        flat = (" (its upper bound: on this file the score gaps predict nothing)"
+                if t["temperature"] >= TEMPERATURE_BOUNDS[1] * 0.999 else "")
+        print(f"  calibration: ECE {t['ece_before']:.3f} of sigmoid(score gap); the temperature that fits this file is "
+              f"T = {t['temperature']:.3g}{flat} (ECE {t['ece_after']:.3f}, in-sample){stored}")
     if out.get("spearman", {}).get("mean") is not None:
         print(f"  Spearman over {out['spearman']['n_prompts']} rankings: {out['spearman']['mean']:.3f}")
     if errors:

@@ -131,6 +131,40 @@ def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_enco
         assert count_responses(s) == before
 
 
+def test_eval_reports_calibration_on_the_file(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys,
+                                              tmp_path: Path) -> None:
+    """``rmstudio eval``: the temperature that fits the file, and the ECE under the version's own temperature."""
+    from db.config import Settings
+    from db.models import ModelVersion
+    from rm_engine import metrics as M
+    from rm_engine.scoring import RewardModel
+    from tests.integration.rm_seed import BAD, GOOD
+
+    seed_labels(sqlite_db, 16)
+    vid = train_inline(capsys, tiny_encoder)["model_version"]
+    with sqlite_db.write() as s:  # as if enough validation pairs had fitted T = 2
+        row = s.get(ModelVersion, vid)
+        row.metrics = {**row.metrics, "temperature": {**row.metrics["temperature"], "temperature": 2.0}}
+    pairs = [(f"new question {i}", f"{GOOD[i % len(GOOD)]} on item {i}", f"{BAD[i % len(BAD)]} item {i}")
+             for i in range(24)]
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p, "response_a": b, "response_b": g, "winner": "b"}) + "\n"
+                         for p, g, b in pairs))
+    rc, out, err = run(capsys, "eval", str(f), "--json")
+    assert rc == 0, err
+    t = json.loads(out)["temperature"]
+    model = RewardModel.load(sqlite_db, Settings.from_env(), vid)
+    rc_ = model.rewards([(p, None, good) for p, good, _ in pairs])
+    rr_ = model.rewards([(p, None, bad) for p, _, bad in pairs])
+    assert t["n"] == 24 and t["temperature"] == pytest.approx(M.fit_temperature(rc_, rr_), rel=1e-4)
+    assert t["version_temperature"] == 2.0
+    assert t["ece_version_temperature"] == pytest.approx(M.pair_calibration(rc_ / 2, rr_ / 2)["ece"], abs=1e-6)
+    assert t["ece_before"] == pytest.approx(M.pair_calibration(rc_, rr_)["ece"], abs=1e-6)
+    rc, out, err = run(capsys, "eval", str(f))
+    assert rc == 0 and f"the temperature that fits this file is T = {t['temperature']:.3g}" in out
+    assert f"under the version's own T = 2: ECE {t['ece_version_temperature']:.3f}" in out
+
+
 def test_train_queues_a_job_without_inline(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
     rc, out, err = run(capsys, "train", "--json", "--backbone", str(tiny_encoder), "--ensemble", "3")
     assert rc == 0, err
