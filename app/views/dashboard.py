@@ -8,6 +8,7 @@ import streamlit as st
 from app import charts
 from app import dashboard_data as data
 from app.auth import require_researcher
+from app.data_view import too_big
 from app.resources import database, empty_state_hint, settings
 from db import version_metrics as vm
 from rm_engine import coverage, metrics
@@ -127,8 +128,8 @@ def coverage_panel() -> None:
         return
     labelled = list(base["labelled"]["text"])
     try:
-        if up.size > cfg.max_upload_mb * 1024 * 1024:  # the browser enforces it too; never trust the client
-            raise ValueError(f"the file is {up.size / 1e6:.1f} MB; the limit is {cfg.max_upload_mb} MB")
+        if problem := too_big(up.size, cfg.max_upload_mb):  # the browser enforces it too; never trust the client
+            raise ValueError(problem)
         prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
     except ValueError as exc:
         st.error(str(exc))

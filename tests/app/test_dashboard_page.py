@@ -233,7 +233,7 @@ def test_coverage_upload_over_the_cap_is_refused(app_env, sqlite_db: Database, s
     at = _page("Coverage")
     at.file_uploader(key="coverage_upload").upload("big.txt", b"x" * (1024 * 1024 + 10)).run()
     assert not at.exception
-    assert any("the limit is 1 MB" in e.value for e in at.error)
+    assert any("uploads are limited to 1 MB" in e.value for e in at.error)
     assert not any(m.label == "Covered" for m in at.metric)
 
 
