@@ -43,6 +43,7 @@ CARD_FILE = "README.md"
 EXPORT_PAD = "<|rmstudio_pad|>"
 EXPORTABLE_POOLINGS = ("cls", "last", "mean")  # mean: through the folder's own modeling_rmstudio.py
 REMOTE_CODE_FILE = "modeling_rmstudio.py"
+ARCHIVE_MAX_BYTES = 2 * 2**30  # export_archive builds the zip in memory (the app's server process)
 MEAN_MODEL_TYPE = "rmstudio_mean_pooling"
 
 
@@ -61,6 +62,7 @@ class _Plan:
     member_dir: Path
     member: int
     members: int
+    weight_bytes: int  # of the exported model, estimated from the files it is made of
 
     @property
     def label(self) -> str:
@@ -89,25 +91,41 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
     from rm_engine.finetune_model import META_FILE, FinetuneMeta
 
     try:
-        pooling = FinetuneMeta.read(folder / f"member-{k}" / META_FILE).pooling
+        meta = FinetuneMeta.read(folder / f"member-{k}" / META_FILE)
     except ValueError as exc:
         raise ModelFilesError(f"{label}: {exc}") from None
+    pooling = meta.pooling
     if pooling is not None and pooling not in EXPORTABLE_POOLINGS:  # None: files older than pooling = the default
         raise ExportError(f"{label} reads its score by {pooling} pooling (three sequences per score), which no "
                           "Hugging Face ...ForSequenceClassification model does. Score it through RM Studio, or "
                           "retrain with --pooling mean or cls to export")
-    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members)
+    # LoRA members hold adapters only: the merged model is the size of the backbone they adapt
+    size = _weight_bytes(folder / f"member-{k}") + (_weight_bytes(Path(meta.backbone["path"])) if meta.lora else 0)
+    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size)
 
 
-def export_refusal(db: Database, settings: Settings, version: str | int | None,
-                   member: int | None = None) -> str | None:
-    """Why ``version`` (``member``; an ensemble's first one when None) cannot be exported, or None when it can.
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
+def _too_big(plan: _Plan, max_bytes: int) -> str | None:
+    if plan.weight_bytes <= max_bytes:
+        return None
+    return (f"{plan.label}: about {plan.weight_bytes / 2**30:.1f} GiB of weights, more than a download built in the "
+            f"server's memory may hold ({max_bytes / 2**30:.1f} GiB): run `rmstudio models export "
+            f"{plan.summary['id']} OUT` on the server instead")
+
+
+def export_refusal(db: Database, settings: Settings, version: str | int | None, member: int | None = None, *,
+                   max_bytes: int | None = None) -> str | None:
+    """Why ``version`` (``member``; an ensemble's first one when None) cannot be exported, or None when it can;
+    with ``max_bytes``, also when its weights exceed that (:data:`ARCHIVE_MAX_BYTES` for :func:`export_archive`).
     Cheap: reads the version's row and metadata, not its weights."""
     try:
-        _plan(db, settings, version, member if member is not None else 0)
+        plan = _plan(db, settings, version, member if member is not None else 0)
     except (ExportError, ModelFilesError) as exc:
         return str(exc)
-    return None
+    return _too_big(plan, max_bytes) if max_bytes is not None else None
 
 
 def export_version(db: Database, settings: Settings, version: str | int | None, out_dir: str | Path, *,
@@ -162,7 +180,10 @@ def archive_name(version_id: int, member: int | None = None) -> str:
 def export_archive(db: Database, settings: Settings, version: str | int | None, *,
                    member: int | None = None) -> bytes:
     """:func:`export_version` as a ``.zip`` in memory (its files under one ``rmstudio-v<id>[-member<k>]/``
-    folder), for a download from the app. Weights are stored, not deflated: they barely compress."""
+    folder), for a download from the app. Weights are stored, not deflated: they barely compress. Refuses models
+    over :data:`ARCHIVE_MAX_BYTES` (:class:`ExportError`): the zip is built in memory."""
+    if problem := _too_big(_plan(db, settings, version, member), ARCHIVE_MAX_BYTES):
+        raise ExportError(problem)
     with tempfile.TemporaryDirectory(prefix="rmstudio-export-") as tmp:
         info = export_version(db, settings, version, Path(tmp) / "out", member=member)
         top = archive_name(info["version_id"], info["member"])

@@ -120,7 +120,7 @@ else:
                                "model card) that AutoModelForSequenceClassification loads; `rmstudio models export`")
     member = (e1.number_input("Ensemble member", 0, sizes[chosen] - 1, 0, key="export_member")
               if sizes[chosen] > 1 else None)
-    refusal = export.export_refusal(db, settings(), chosen, member)
+    refusal = export.export_refusal(db, settings(), chosen, member, max_bytes=export.ARCHIVE_MAX_BYTES)
     e2.download_button("Download .zip", data=partial(export.export_archive, db, settings(), chosen, member=member),
                        file_name=export.archive_name(chosen, member) + ".zip", mime="application/zip",
                        disabled=refusal is not None, on_click="ignore", icon=":material/download:")

@@ -16,6 +16,7 @@ from db.config import Settings
 from db.session import Database
 from db.versions import responses_for_scoring
 from rm_engine.backbone import build_inputs
+from rm_engine import export as export_mod
 from rm_engine.cli import main
 from rm_engine.config import TrainConfig
 from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_archive, export_refusal, export_version
@@ -119,7 +120,8 @@ def model_tok(out: Path):  # noqa: ANN201 - a tokenizer
 
 
 def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite_db: Database, settings: Settings,
-                                                                          backbones: Path, tmp_path: Path) -> None:
+                                                                          backbones: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seed_labels(sqlite_db, 12)
     head = _train(sqlite_db, settings, backbones / "enc", mode="head", epochs=20, lr=1e-2)
     rich = _train(sqlite_db, settings, backbones / "enc", pooling="rich")
@@ -137,6 +139,13 @@ def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite
     assert "rich pooling" in export_refusal(sqlite_db, settings, rich.id)
     assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
     assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)
+    weights = (backbones / "enc" / "model.safetensors").stat().st_size  # a full fine-tune's member: about as big
+    assert export_refusal(sqlite_db, settings, ens.id, 1, max_bytes=2 * weights) is None
+    too_big = export_refusal(sqlite_db, settings, ens.id, 1, max_bytes=weights // 2)
+    assert "GiB of weights" in too_big and f"rmstudio models export {ens.id} OUT" in too_big
+    with monkeypatch.context() as mp, pytest.raises(ExportError, match="more than a download built in the server"):
+        mp.setattr(export_mod, "ARCHIVE_MAX_BYTES", weights // 2)
+        export_archive(sqlite_db, settings, ens.id, member=1)
 
     # the app's download: the export as one .zip, everything under rmstudio-v<id>-member1/
     blob = export_archive(sqlite_db, settings, ens.id, member=1)
