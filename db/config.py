@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+MODELS_IN_DB = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -21,6 +23,9 @@ class Settings:
         model_dirs: extra directories (``RMSTUDIO_MODEL_DIRS``, ``os.pathsep``-separated) that backbones
             may be loaded from, besides ``home`` and the bundled MiniLM.
         max_upload_mb: largest file the app accepts for import (``RMSTUDIO_MAX_UPLOAD_MB``, default 200).
+        models_in_db: ``RMSTUDIO_MODELS_IN_DB``: ``auto`` (default: on for PostgreSQL, off for SQLite), ``on`` or
+            ``off``. On: each new version's files are also stored in the database, so processes on machines that
+            share the database but not ``home`` restore them on first use (``rm_engine/model_store.py``).
     """
 
     home: Path
@@ -28,6 +33,11 @@ class Settings:
     researcher_token: str | None = None
     model_dirs: tuple[Path, ...] = ()
     max_upload_mb: int = 200
+    models_in_db: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.models_in_db not in MODELS_IN_DB:
+            raise ValueError(f"RMSTUDIO_MODELS_IN_DB must be one of {', '.join(MODELS_IN_DB)}, got {self.models_in_db!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -41,6 +51,7 @@ class Settings:
             researcher_token=env.get("RMSTUDIO_RESEARCHER_TOKEN") or None,
             model_dirs=dirs,
             max_upload_mb=int(env.get("RMSTUDIO_MAX_UPLOAD_MB", "200")),
+            models_in_db=(env.get("RMSTUDIO_MODELS_IN_DB") or "auto").strip().lower(),
         )
 
     @property
@@ -54,3 +65,8 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
+
+    @property
+    def copies_models_to_db(self) -> bool:
+        """Whether new versions' files are also stored in the database (see ``models_in_db``)."""
+        return self.models_in_db == "on" or (self.models_in_db == "auto" and not self.is_sqlite)

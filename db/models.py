@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -306,6 +308,20 @@ class ModelVersion(Base):
     ensemble_size: Mapped[int] = mapped_column(Integer, default=1)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     device: Mapped[str | None] = mapped_column(String(50), nullable=True)
+
+
+class ModelVersionArchive(Base):
+    """A copy of a version's files in the database (a zip of its folder, manifest included), so that processes on
+    other machines sharing a PostgreSQL database but not ``RMSTUDIO_HOME`` can restore and load it
+    (``rm_engine/model_store.py``). At most one per version; written in the version's publishing transaction."""
+
+    __tablename__ = "model_version_archives"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ResponseScore(Base):

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ModelVersion, ResponseScore
+from db.models import ModelVersion, ModelVersionArchive, ResponseScore
 
 
 SCORE_CHUNK = 5000  # rows per executemany of cached scores
@@ -104,9 +104,33 @@ def delete_version(session: Session, version_id: int) -> ModelVersion:
     if v is None:
         raise VersionNotFound(f"model version {version_id} does not exist")
     session.execute(delete(ResponseScore).where(ResponseScore.model_version_id == v.id))
+    session.execute(delete(ModelVersionArchive).where(ModelVersionArchive.version_id == v.id))
     session.delete(v)
     session.flush()
     return v
+
+
+def put_archive(session: Session, version_id: int, data: bytes, sha256: str) -> None:
+    """Store (or replace) the database copy of a version's files: ``data`` is a zip of its folder."""
+    row = session.get(ModelVersionArchive, int(version_id))
+    if row is None:
+        session.add(ModelVersionArchive(version_id=int(version_id), data=data, size=len(data), sha256=sha256))
+    else:
+        row.data, row.size, row.sha256 = data, len(data), sha256
+    session.flush()
+
+
+def get_archive(session: Session, version_id: int) -> tuple[bytes, str] | None:
+    """``(zip bytes, sha256)`` of a version's database copy, or None when it has none."""
+    row = session.execute(select(ModelVersionArchive.data, ModelVersionArchive.sha256)
+                          .where(ModelVersionArchive.version_id == int(version_id))).first()
+    return None if row is None else (bytes(row[0]), str(row[1]))
+
+
+def archived_versions(session: Session) -> dict[int, int]:
+    """``{version id: bytes}`` of the versions that have a database copy of their files."""
+    return {int(v): int(n) for v, n in session.execute(select(ModelVersionArchive.version_id,
+                                                                ModelVersionArchive.size))}
 
 
 def version_paths(session: Session) -> set[str]:

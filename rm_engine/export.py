@@ -35,6 +35,7 @@ from typing import Any, Callable
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
+from rm_engine.model_store import with_files
 from rm_engine.registry import ModelFilesError, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
@@ -81,7 +82,8 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
         raise ExportError(f"{label} is a {summary['mode']}-mode version (a head over frozen backbone features): no "
                           "single Hugging Face model holds it. Score it through RM Studio (rmstudio score, "
                           "rm_engine.scoring.reward_function), or train with --mode finetune to export")
-    folder, files = load_version_config(settings, summary["path"], summary["id"])
+    folder, files = with_files(db, settings, summary["id"], summary["path"],
+                               lambda: load_version_config(settings, summary["path"], summary["id"]))
     members = int(files.get("members", 1))
     if members > 1 and member is None:
         raise ExportError(f"{label} is an ensemble of {members} models: export one with --member 0..{members - 1}")

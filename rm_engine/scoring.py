@@ -22,6 +22,7 @@ from db.session import Database
 from db.versions import VersionNotFound, get_version, parse_version_ref, versions_before
 from rm_engine.backbone import BackboneError, History, resolve_backbone
 from rm_engine.config import Cancelled
+from rm_engine.model_store import with_files
 from rm_engine.normalize import combine_members, normalize
 from rm_engine.registry import ModelFilesError, load_head_files, load_version_config
 
@@ -67,11 +68,18 @@ class RewardModel:
         with db.read() as s:
             v = get_version(s, version)
             vid, mode, path, norm, metrics = v.id, v.mode, v.path, dict(v.norm_stats or {}), dict(v.metrics or {})
-        return cls._from_files(settings, vid, mode, path, norm, metrics, device)
+        return cls._from_files(db, settings, vid, mode, path, norm, metrics, device)
 
     @classmethod
-    def _from_files(cls, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
+    def _from_files(cls, db: Database, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
                     metrics: dict[str, Any], device: str) -> "RewardModel":
+        """Load from the version's folder, restored from the database copy where it is missing or damaged."""
+        return with_files(db, settings, vid, path,
+                          lambda: cls._from_folder(settings, vid, mode, path, norm, metrics, device))
+
+    @classmethod
+    def _from_folder(cls, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
+                     metrics: dict[str, Any], device: str) -> "RewardModel":
         if mode == "head":
             tensors, fcfg = load_head_files(settings, path, vid)
             scorer = _head_scorer(settings, vid, tensors, fcfg, device)
@@ -190,13 +198,13 @@ def load_usable(db: Database, settings: Settings, version: str | int | None = "l
         first = (v.id, v.mode, v.path, dict(v.norm_stats or {}), dict(v.metrics or {}))
         older = [(o.id, o.mode, o.path, dict(o.norm_stats or {}), dict(o.metrics or {})) for o in versions_before(s, v.id)]
     try:
-        return RewardModel._from_files(settings, *first, device)
+        return RewardModel._from_files(db, settings, *first, device)
     except ModelFilesError as exc:
         original = exc
     log.warning("%s", original)
     for cand in older:
         try:
-            m = RewardModel._from_files(settings, *cand, device)
+            m = RewardModel._from_files(db, settings, *cand, device)
         except ModelFilesError as exc:
             log.warning("%s", exc)
             continue

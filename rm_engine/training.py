@@ -414,6 +414,7 @@ def train_and_publish(
 
     Returns the new :class:`ModelVersion`, or None when ``publish_guard`` refused (files removed). Raises
     :class:`Cancelled` when ``should_stop()`` turned true (nothing published)."""
+    from rm_engine.model_store import copy_for_db, store_copy
     from rm_engine.registry import remove_version_files
 
     cfg = cfg.resolved()
@@ -431,6 +432,7 @@ def train_and_publish(
     fault_point("publish:files-moved")
     accepted = True
     try:
+        copy = copy_for_db(settings, rel)  # other machines restore the files from it (rm_engine/model_store.py)
         with db.write() as s:
             if publish_guard is not None and not publish_guard(s):
                 accepted = False
@@ -443,6 +445,7 @@ def train_and_publish(
                     n_labels=snap["n_labels"], ensemble_size=cfg.ensemble, job_id=job_id, device=fitted.device,
                 )
                 store_response_scores(s, version.id, fitted.scores)
+                store_copy(s, version.id, copy)
     except BaseException:
         remove_version_files(settings, rel)
         raise

@@ -344,7 +344,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List versions (newest first), or delete one (row, cached scores, then files)."""
-    from db.versions import VersionNotFound, delete_version, list_versions, parse_version_ref, version_summary
+    from db.versions import (VersionNotFound, archived_versions, delete_version, list_versions, parse_version_ref,
+                             version_summary)
     from rm_engine.registry import remove_version_files
 
     if args.action == "export":
@@ -369,7 +370,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"deleted model version {vid}" + ("" if removed else " (its files were already gone)"))
             return 0
         with db.read() as s:
-            rows = [version_summary(v) for v in list_versions(s)]
+            copies = archived_versions(s)
+            rows = [{**version_summary(v), "db_copy_bytes": copies.get(v.id)} for v in list_versions(s)]
     finally:
         db.dispose()
     if args.json:
@@ -382,7 +384,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         m = r["metrics"]
         print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
               f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}  "
-              f"({r['recipe']})")
+              f"({r['recipe']})" + ("  [files in db]" if r["db_copy_bytes"] else ""))
     return 0
 
 

@@ -82,3 +82,23 @@ def test_gpus_field() -> None:
         TrainConfig.from_env({"RMSTUDIO_TRAIN_GPUS": "2"})  # head mode
     a = TrainConfig.from_args(argparse.Namespace(mode="finetune", gpus=3, max_batch_pairs=4))
     assert a.gpus == 3 and a.max_batch_pairs == 4
+
+
+@pytest.mark.parametrize("url,value,copies", [
+    ("sqlite:///x.db", None, False),  # one machine: files on disk are enough
+    ("postgresql+psycopg://u@h/db", None, True),  # several machines may share it
+    ("postgresql+psycopg://u@h/db", "off", False),
+    ("sqlite:///x.db", "ON", True),
+])
+def test_model_copies_in_the_database(url: str, value: str | None, copies: bool) -> None:
+    from db.config import Settings
+
+    env = {"RMSTUDIO_DB": url, **({"RMSTUDIO_MODELS_IN_DB": value} if value else {})}
+    assert Settings.from_env(env).copies_models_to_db is copies
+
+
+def test_model_copies_setting_is_checked() -> None:
+    from db.config import Settings
+
+    with pytest.raises(ValueError, match="RMSTUDIO_MODELS_IN_DB must be one of auto, on, off, got 'maybe'"):
+        Settings.from_env({"RMSTUDIO_MODELS_IN_DB": "maybe"})

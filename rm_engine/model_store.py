@@ -1,0 +1,143 @@
+"""Model versions across machines: a copy of each version's files in the database, restored where they are missing.
+
+A team that outgrows one machine shares a PostgreSQL database, but each machine has its own ``RMSTUDIO_HOME``:
+the worker on the GPU machine writes a version's files there, and the app or another worker elsewhere would find
+none. With ``Settings.copies_models_to_db`` (``RMSTUDIO_MODELS_IN_DB``: on by default for PostgreSQL) the
+publishing transaction also stores a zip of the version's folder (``db.versions.put_archive``), so the row never
+exists without its copy. A process that then cannot load the version from its own disk (folder missing, or a
+file damaged) unpacks the copy into a staging folder, checks every file against the manifest and moves it into
+place with ``os.replace`` before loading again: concurrent restorers each produce a complete folder and the
+last rename wins, a killed one leaves only a ``.tmp-`` folder that the worker's sweep removes.
+
+Versions whose files exceed :data:`DB_COPY_MAX_BYTES` are not copied (a warning says so): share
+``RMSTUDIO_HOME/models`` between machines for those.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from sqlalchemy.orm import Session
+
+from db.config import Settings
+from db.session import Database
+from db.versions import get_archive, put_archive
+from rm_engine.registry import ModelFilesError, resolve_version_dir, stage_dir, verify_version_dir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DB_COPY_MAX_BYTES = 512 * 2**20  # larger versions stay on disk only: copying GBs through the database is slow
+_COMPRESSED = (".json", ".txt", ".md", ".jinja", ".model")  # text compresses; weights barely do
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files below ``folder``."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def pack(settings: Settings, rel_path: str) -> bytes:
+    """A zip of a version's folder (manifest included), paths relative to the folder."""
+    folder = resolve_version_dir(settings, rel_path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix(),
+                         compress_type=zipfile.ZIP_DEFLATED if p.suffix in _COMPRESSED else zipfile.ZIP_STORED)
+    return buf.getvalue()
+
+
+def copy_for_db(settings: Settings, rel_path: str) -> tuple[bytes, str] | None:
+    """``(zip, sha256)`` to store with a new version when ``settings`` asks for database copies and the folder is
+    small enough; None otherwise (logged when it is too large)."""
+    if not settings.copies_models_to_db:
+        return None
+    size = folder_bytes(resolve_version_dir(settings, rel_path))
+    if size > DB_COPY_MAX_BYTES:
+        log.warning("model files at %s are %.0f MiB, over the %.0f MiB kept in the database: other machines need "
+                    "RMSTUDIO_HOME/models shared to load this version", rel_path, size / 2**20, DB_COPY_MAX_BYTES / 2**20)
+        return None
+    data = pack(settings, rel_path)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def store_copy(session: Session, version_id: int, copy: tuple[bytes, str] | None) -> None:
+    """Inside the publishing transaction: store ``copy`` (from :func:`copy_for_db`) for the new version."""
+    if copy is not None:
+        put_archive(session, version_id, *copy)
+
+
+def restore(settings: Settings, rel_path: str, version_id: int, data: bytes) -> Path:
+    """Unpack a database copy into ``rel_path`` atomically (staged, verified against its manifest, renamed into
+    place, replacing a damaged folder). Raises :class:`ModelFilesError` when the copy is unusable."""
+    label = f"model version {version_id}"
+    final = resolve_version_dir(settings, rel_path, label)
+    tmp = stage_dir(settings)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for name in zf.namelist():
+                target = (tmp / name).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise ModelFilesError(f"{label}: the database copy holds an unsafe path {name!r}")
+            zf.extractall(tmp)
+        verify_version_dir(settings, tmp.relative_to(settings.home).as_posix(), version_id)
+        if final.exists():
+            if _intact(settings, rel_path, version_id):  # another process restored it meanwhile: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            aside = final.with_name(f".del-{tmp.name}")  # damaged: os.replace cannot replace a non-empty folder
+            os.replace(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another process restored it first: theirs is as good
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except zipfile.BadZipFile as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelFilesError(f"{label}: the database copy of its files is not a valid zip ({exc})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: files restored from the database into %s", label, final)
+    return final
+
+
+def _intact(settings: Settings, rel_path: str, version_id: int) -> bool:
+    try:
+        verify_version_dir(settings, rel_path, version_id)
+    except ModelFilesError:
+        return False
+    return True
+
+
+def with_files(db: Database, settings: Settings, version_id: int, rel_path: str, load: Callable[[], T]) -> T:
+    """``load()`` a version from its folder; when that fails for missing or damaged files, restore the folder from
+    the database copy (if there is one) and load again. Without a copy the error says how to share files."""
+    try:
+        return load()
+    except ModelFilesError as exc:
+        first = exc
+    with db.read() as s:
+        copy = get_archive(s, version_id)
+    if copy is None:
+        raise ModelFilesError(f"{first}. No copy of its files is in the database either: on several machines, "
+                              "share RMSTUDIO_HOME/models between them, or set RMSTUDIO_MODELS_IN_DB=on where "
+                              "versions are trained") from None
+    data, digest = copy
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ModelFilesError(f"{first}; its database copy is damaged too (checksum differs)") from None
+    log.warning("%s; restoring it from the database copy", first)
+    restore(settings, rel_path, version_id, data)
+    return load()
+
+
+__all__ = ["DB_COPY_MAX_BYTES", "copy_for_db", "folder_bytes", "pack", "restore", "store_copy", "with_files"]
