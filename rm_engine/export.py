@@ -70,9 +70,11 @@ class _Plan:
         return f"model version {self.summary['id']}"
 
 
-def _plan(db: Database, settings: Settings, version: str | int | None, member: int | None) -> _Plan:
+def _plan(db: Database, settings: Settings, version: str | int | None, member: int | None, *,
+          verify: bool = True) -> _Plan:
     """Check that ``version`` (``member``) can be one Hugging Face model, from its row and metadata files only
-    (no weights loaded). Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
+    (no weights loaded; ``verify=False``: not even hashed). Raises :class:`ExportError`, ``VersionNotFound`` or
+    ``ModelFilesError``."""
     with db.read() as s:
         v = get_version(s, version)
         summary = version_summary(v)
@@ -83,7 +85,7 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
                           "single Hugging Face model holds it. Score it through RM Studio (rmstudio score, "
                           "rm_engine.scoring.reward_function), or train with --mode finetune to export")
     folder, files = with_files(db, settings, summary["id"], summary["path"],
-                               lambda: load_version_config(settings, summary["path"], summary["id"]))
+                               lambda: load_version_config(settings, summary["path"], summary["id"], verify=verify))
     members = int(files.get("members", 1))
     if members > 1 and member is None:
         raise ExportError(f"{label} is an ensemble of {members} models: export one with --member 0..{members - 1}")
@@ -122,9 +124,10 @@ def export_refusal(db: Database, settings: Settings, version: str | int | None, 
                    max_bytes: int | None = None) -> str | None:
     """Why ``version`` (``member``; an ensemble's first one when None) cannot be exported, or None when it can;
     with ``max_bytes``, also when its weights exceed that (:data:`ARCHIVE_MAX_BYTES` for :func:`export_archive`).
-    Cheap: reads the version's row and metadata, not its weights."""
+    Cheap (the Train page asks on every rerun): reads the version's row and two small JSON files; their hashes are
+    checked when an export loads the files."""
     try:
-        plan = _plan(db, settings, version, member if member is not None else 0)
+        plan = _plan(db, settings, version, member if member is not None else 0, verify=False)
     except (ExportError, ModelFilesError) as exc:
         return str(exc)
     return _too_big(plan, max_bytes) if max_bytes is not None else None

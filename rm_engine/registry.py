@@ -152,11 +152,14 @@ def verify_version_dir(settings: Settings, rel_path: str, version_id: int | str)
     return manifest
 
 
-def load_version_config(settings: Settings, rel_path: str, version_id: int | str) -> tuple[Path, dict[str, Any]]:
+def load_version_config(settings: Settings, rel_path: str, version_id: int | str, *,
+                        verify: bool = True) -> tuple[Path, dict[str, Any]]:
     """``(folder, config)`` of a version whose files match their manifest (``config.json``: what the files hold,
-    e.g. a fine-tune's ``members``)."""
+    e.g. a fine-tune's ``members``). ``verify=False`` skips hashing every file (for cheap questions about a version
+    whose files are verified when they are loaded)."""
     label = f"model version {version_id}"
-    verify_version_dir(settings, rel_path, version_id)
+    if verify:
+        verify_version_dir(settings, rel_path, version_id)
     d = resolve_version_dir(settings, rel_path, label)
     try:
         return d, json.loads((d / CONFIG).read_text(encoding="utf-8"))

@@ -134,11 +134,14 @@ def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite
     with pytest.raises(ExportError, match="no member 2"):
         export_version(sqlite_db, settings, ens.id, tmp_path / "m2", member=2)
 
-    # what the app asks before offering a download: the same reasons, from metadata alone
-    assert "head-mode version" in export_refusal(sqlite_db, settings, head.id)
-    assert "rich pooling" in export_refusal(sqlite_db, settings, rich.id)
-    assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
-    assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)
+    # what the app asks before offering a download (on every rerun of the Train page): the same reasons, from
+    # metadata alone, without hashing the weights
+    with monkeypatch.context() as mp:
+        mp.setattr("rm_engine.registry._sha256", lambda p: pytest.fail(f"hashed {p}"))
+        assert "head-mode version" in export_refusal(sqlite_db, settings, head.id)
+        assert "rich pooling" in export_refusal(sqlite_db, settings, rich.id)
+        assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
+        assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)
     weights = (backbones / "enc" / "model.safetensors").stat().st_size  # a full fine-tune's member: about as big
     assert export_refusal(sqlite_db, settings, ens.id, 1, max_bytes=2 * weights) is None
     too_big = export_refusal(sqlite_db, settings, ens.id, 1, max_bytes=weights // 2)
