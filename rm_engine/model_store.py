@@ -28,7 +28,13 @@ from sqlalchemy.orm import Session
 from db.config import Settings
 from db.session import Database
 from db.versions import get_archive, put_archive
-from rm_engine.registry import ModelFilesError, resolve_version_dir, stage_dir, verify_version_dir
+from rm_engine.registry import (
+    ModelFilesError,
+    VersionFilesMissing,
+    resolve_version_dir,
+    stage_dir,
+    verify_version_dir,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,11 +126,12 @@ def _intact(settings: Settings, rel_path: str, version_id: int) -> bool:
 
 
 def with_files(db: Database, settings: Settings, version_id: int, rel_path: str, load: Callable[[], T]) -> T:
-    """``load()`` a version from its folder; when that fails for missing or damaged files, restore the folder from
-    the database copy (if there is one) and load again. Without a copy the error says how to share files."""
+    """``load()`` a version from its folder; when that fails because the folder is missing or differs from its
+    manifest (:class:`VersionFilesMissing`), restore it from the database copy (if there is one) and load again.
+    Without a copy the error says how to share files. Other failures (an unusable backbone...) pass through."""
     try:
         return load()
-    except ModelFilesError as exc:
+    except VersionFilesMissing as exc:
         first = exc
     with db.read() as s:
         copy = get_archive(s, version_id)

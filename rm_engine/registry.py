@@ -32,6 +32,11 @@ class ModelFilesError(RuntimeError):
     """A model version's files are missing, damaged or unsafe; the message names the version and the file."""
 
 
+class VersionFilesMissing(ModelFilesError):
+    """The version's own folder is absent or differs from its manifest (a copy elsewhere can repair that; an
+    unusable backbone, say, it cannot)."""
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -137,18 +142,19 @@ def verify_version_dir(settings: Settings, rel_path: str, version_id: int | str)
     label = f"model version {version_id}"
     d = resolve_version_dir(settings, rel_path, label)
     if not d.is_dir():
-        raise ModelFilesError(f"{label}: its files are missing ({d} does not exist)")
+        raise VersionFilesMissing(f"{label}: its files are missing ({d} does not exist)")
     try:
         manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelFilesError(f"{label}: {MANIFEST} is missing or damaged in {d} ({type(exc).__name__})") from None
+        raise VersionFilesMissing(f"{label}: {MANIFEST} is missing or damaged in {d} ({type(exc).__name__})") from None
     for rel, info in files.items():
         p = d / rel
         if not p.is_file():
-            raise ModelFilesError(f"{label}: file {rel} is missing from {d}")
+            raise VersionFilesMissing(f"{label}: file {rel} is missing from {d}")
         if p.stat().st_size != info.get("size") or _sha256(p) != info.get("sha256"):
-            raise ModelFilesError(f"{label}: file {rel} in {d} is damaged (size or checksum differs from the manifest)")
+            raise VersionFilesMissing(f"{label}: file {rel} in {d} is damaged (size or checksum differs from the "
+                                      "manifest)")
     return manifest
 
 
@@ -164,7 +170,7 @@ def load_version_config(settings: Settings, rel_path: str, version_id: int | str
     try:
         return d, json.loads((d / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelFilesError(f"{label}: {CONFIG} is unreadable in {d} ({exc})") from None
+        raise VersionFilesMissing(f"{label}: {CONFIG} is unreadable in {d} ({exc})") from None
 
 
 def load_head_files(settings: Settings, rel_path: str, version_id: int | str) -> tuple[dict[str, Any], dict[str, Any]]:

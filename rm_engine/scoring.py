@@ -146,7 +146,9 @@ def _check_backbone(settings: Settings, vid: int, recorded: dict[str, Any]) -> A
     try:
         ref = resolve_backbone(spec, settings)
     except BackboneError as exc:
-        raise ModelFilesError(f"model version {vid}: its backbone is unusable ({exc})") from None
+        raise ModelFilesError(f"model version {vid}: its backbone is unusable ({exc}); a machine scoring it needs "
+                              "the backbone at the path it was trained from (inside RMSTUDIO_HOME or "
+                              "RMSTUDIO_MODEL_DIRS)") from None
     if recorded.get("fingerprint") and ref.fingerprint != recorded["fingerprint"]:
         raise ModelFilesError(f"model version {vid}: backbone {ref.path} changed since training (fingerprint differs)")
     return ref

@@ -193,3 +193,25 @@ def test_a_worker_process_publishes_and_another_home_scores(pg_db: Database, eng
                  "--json"]) == 0
     raw = [s["raw"] for s in json.loads(capsys.readouterr().out)["scores"]]
     assert len(set(raw)) == 3 and any(p.name.startswith("v-") for p in (b / "models").iterdir())
+
+
+def test_a_missing_backbone_is_named_not_restored(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Only the version's own folder comes from the database: a backbone absent on this machine is named as such,
+    with no restore attempted and no advice about sharing model files."""
+    from tests.tiny_models import build_tiny_encoder
+
+    monkeypatch.setenv("RMSTUDIO_MODELS_IN_DB", "on")
+    monkeypatch.setenv("RMSTUDIO_MODEL_DIRS", str(tmp_path / "backbones"))
+    tiny = build_tiny_encoder(tmp_path / "backbones" / "tiny")
+    db = Database(Settings.from_env().db_url)
+    try:
+        seed_labels(db, 12)
+        vid = _train(db, tiny, "head")
+        tiny.rename(tmp_path / "backbones" / "elsewhere")
+        with caplog.at_level(logging.WARNING, logger="rm_engine.model_store"), \
+                pytest.raises(ModelFilesError, match="its backbone is unusable.*the path it was trained from") as err:
+            RewardModel.load(db, Settings.from_env(), vid)
+        assert "RMSTUDIO_MODELS_IN_DB" not in str(err.value) and "restoring" not in caplog.text
+    finally:
+        db.dispose()
