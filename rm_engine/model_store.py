@@ -147,4 +147,40 @@ def with_files(db: Database, settings: Settings, version_id: int, rel_path: str,
     return load()
 
 
-__all__ = ["DB_COPY_MAX_BYTES", "copy_for_db", "folder_bytes", "pack", "restore", "store_copy", "with_files"]
+def share_versions(db: Database, settings: Settings, version_ids: list[int] | None = None) -> list[dict[str, object]]:
+    """Store database copies of versions published without one (before copies were switched on, or on SQLite):
+    ``version_ids`` or every version. Each needs its files here, intact. Returns, per version, ``{"version",
+    "status": "copied" | "had a copy" | "skipped", "bytes", "reason"}``."""
+    from db.versions import archived_versions, list_versions
+
+    with db.read() as s:
+        have = archived_versions(s)
+        rows = [(v.id, v.path) for v in list_versions(s) if version_ids is None or v.id in version_ids]
+    missing = sorted(set(version_ids or ()) - {vid for vid, _ in rows})
+    if missing:
+        raise ModelFilesError(f"no model version {', '.join(map(str, missing))}")
+    out: list[dict[str, object]] = []
+    for vid, rel in sorted(rows):
+        if vid in have:
+            out.append({"version": vid, "status": "had a copy", "bytes": have[vid], "reason": None})
+            continue
+        try:
+            verify_version_dir(settings, rel, vid)
+        except ModelFilesError as exc:
+            out.append({"version": vid, "status": "skipped", "bytes": None, "reason": str(exc)})
+            continue
+        size = folder_bytes(resolve_version_dir(settings, rel))
+        if size > DB_COPY_MAX_BYTES:
+            out.append({"version": vid, "status": "skipped", "bytes": size,
+                        "reason": f"{size / 2**20:.0f} MiB, over the {DB_COPY_MAX_BYTES / 2**20:.0f} MiB kept in the "
+                                  "database"})
+            continue
+        data = pack(settings, rel)
+        with db.write() as s:
+            put_archive(s, vid, data, hashlib.sha256(data).hexdigest())
+        out.append({"version": vid, "status": "copied", "bytes": len(data), "reason": None})
+    return out
+
+
+__all__ = ["DB_COPY_MAX_BYTES", "copy_for_db", "folder_bytes", "pack", "restore", "share_versions", "store_copy",
+           "with_files"]

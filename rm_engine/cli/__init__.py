@@ -11,7 +11,8 @@ from rm_engine.cli.common import CLIError
 
 COMMAND_MODULES = (
     "rm_engine.cli.data_cmds",  # import, export, stats
-    "rm_engine.cli.model_cmds",  # train, eval, score, models
+    "rm_engine.cli.model_cmds",  # train, eval, score
+    "rm_engine.cli.version_cmds",  # models (list, delete, export, share)
     "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
     "rm_engine.cli.demo_cmds",  # seed-demo
     "rm_engine.cli.cache_cmds",  # cache, cache compact, cache prune

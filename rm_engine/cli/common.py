@@ -31,3 +31,8 @@ def progress(iterable: Any = None, *, total: int | None = None, desc: str = "", 
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+
+def pct(x: float | None) -> str:
+    """A share as a percentage with one decimal, ``n/a`` when unknown."""
+    return "n/a" if x is None else f"{x * 100:.1f}%"

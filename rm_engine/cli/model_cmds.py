@@ -1,4 +1,4 @@
-"""``rmstudio train``, ``eval``, ``score`` and ``models``: the engine on the command line."""
+"""``rmstudio train``, ``eval`` and ``score``: the engine on the command line (``models``: version_cmds)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, print_json, progress, settings
+from rm_engine.cli.common import CLIError, open_db, pct, print_json, progress, settings
 from rm_engine.config import COMBINE, default_lrs_text
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add the ``train``, ``eval``, ``score`` and ``models`` subcommands."""
+    """Add the ``train``, ``eval`` and ``score`` subcommands."""
     p = sub.add_parser("train", help="train a reward model (queued for the worker, or --inline here)",
                        description="Train on the stored labels. Without --inline the run is queued for `rmstudio worker`; "
                                    "with --inline it trains in this process with a progress bar.")
@@ -82,15 +82,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser("models", help="list model versions (or: models delete ID, models export ID OUT)")
-    p.add_argument("action", nargs="?", choices=("list", "delete", "export"), default="list")
-    p.add_argument("version", nargs="?", help="version id (for delete; for export also 'latest')")
-    p.add_argument("out", nargs="?", help="export: the new folder (a Hugging Face model loadable with "
-                                          "AutoModelForSequenceClassification, plus a model card)")
-    p.add_argument("--member", type=int, default=None, help="export: which member of an ensemble (0..K-1)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -175,10 +166,10 @@ def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
         print_json({"model_version": version.id, "path": version.path, "metrics": _headline(m), "config": version.config})
     else:
         val, train = m.get("val", {}), m.get("train", {})
-        print(f"model version {version.id}: train accuracy {_pct(train.get('accuracy'))}, validation accuracy "
-              f"{_pct(val.get('accuracy'))} on {val.get('n', 0)} pairs ({(val.get('band') or {}).get('message', '')})")
+        print(f"model version {version.id}: train accuracy {pct(train.get('accuracy'))}, validation accuracy "
+              f"{pct(val.get('accuracy'))} on {val.get('n', 0)} pairs ({(val.get('band') or {}).get('message', '')})")
         if m.get("test", {}).get("n"):
-            print(f"  test split: accuracy {_pct(m['test'].get('accuracy'))} on {m['test']['n']} pairs")
+            print(f"  test split: accuracy {pct(m['test'].get('accuracy'))} on {m['test']['n']} pairs")
         if (m.get("overfitting") or {}).get("overfitting"):
             print(f"  warning: {m['overfitting']['message']}")
         if (val.get("length_bias") or {}).get("flag"):
@@ -186,10 +177,6 @@ def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
         if m.get("excluded"):
             print(f"  excluded: {', '.join(f'{k} {v}' for k, v in m['excluded'].items())}")
     return 0
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f}%"
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
@@ -265,10 +252,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     who = (f"model version {out['model_version']}" if "model_version" in out else
            f"model versions {', '.join(map(str, out['model_versions']))} ({out['combine']} of z)")
-    print(f"{args.file} with {who}: accuracy {_pct(out['accuracy'])} on {out['n']} pairs, "
-          f"equal scores {_pct(out['tie_rate'])}")
+    print(f"{args.file} with {who}: accuracy {pct(out['accuracy'])} on {out['n']} pairs, "
+          f"equal scores {pct(out['tie_rate'])}")
     for src, v in (out.get("per_source") or {}).items():
-        print(f"  {src}: {_pct(v['accuracy'])} on {v['n']} pairs")
+        print(f"  {src}: {pct(v['accuracy'])} on {v['n']} pairs")
     if (out.get("length_bias") or {}).get("n"):
         print(f"  length bias: {out['length_bias']['message']}")
     t = out.get("temperature") or {}
@@ -339,77 +326,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         resp = o["response"].replace("\n", " ")
         print(f"{o['raw']:+.4f}  z {o['z']:+.2f}  p {o['sigmoid']:.3f}  pct {o['percentile']:5.1f}  std {o['std']:.3f}  "
               f"{resp[:70]}")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """List versions (newest first), or delete one (row, cached scores, then files)."""
-    from db.versions import (VersionNotFound, archived_versions, delete_version, list_versions, parse_version_ref,
-                             version_summary)
-    from rm_engine.registry import remove_version_files
-
-    if args.action == "export":
-        return _export(args)
-    db = open_db()
-    try:
-        if args.action == "delete":
-            if not args.version:
-                raise CLIError("models delete needs a version id")
-            try:
-                vid = parse_version_ref(args.version)
-                if vid == "latest":
-                    raise CLIError("models delete needs an explicit version id, not 'latest'")
-                with db.write() as s:
-                    path = delete_version(s, int(vid)).path
-            except (VersionNotFound, ValueError) as exc:
-                raise CLIError(str(exc)) from None
-            removed = remove_version_files(settings(), path)
-            if args.json:
-                print_json({"deleted": vid, "files_removed": removed})
-            else:
-                print(f"deleted model version {vid}" + ("" if removed else " (its files were already gone)"))
-            return 0
-        with db.read() as s:
-            copies = archived_versions(s)
-            rows = [{**version_summary(v), "db_copy_bytes": copies.get(v.id)} for v in list_versions(s)]
-    finally:
-        db.dispose()
-    if args.json:
-        print_json(rows)
-        return 0
-    if not rows:
-        print("no model versions yet: run `rmstudio train --inline` (or queue one for the worker)")
-        return 0
-    for r in rows:
-        m = r["metrics"]
-        print(f"{r['id']:>4}  {r['created_at'][:19]}  {r['mode']:8s}  {r['backbone'][:30]:30s}  pairs {r['n_pairs']:>6}  "
-              f"val {_pct(m['val_accuracy']):>6}  train {_pct(m['train_accuracy']):>6}  K={r['ensemble_size']}  "
-              f"({r['recipe']})" + ("  [files in db]" if r["db_copy_bytes"] else ""))
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    """``models export ID OUT``: a fine-tuned version as a Hugging Face folder (rm_engine.export)."""
-    from db.versions import VersionNotFound
-    from rm_engine.export import ExportError, export_version
-    from rm_engine.registry import ModelFilesError
-
-    if not args.version or not args.out:
-        raise CLIError("models export needs a version id (or 'latest') and an output folder")
-    db = open_db()
-    try:
-        info = export_version(db, settings(), args.version, args.out, member=args.member,
-                              progress=None if args.json else (lambda msg: print(f"export: {msg}", flush=True)))
-    except (VersionNotFound, ModelFilesError, ExportError) as exc:
-        raise CLIError(str(exc)) from None
-    finally:
-        db.dispose()
-    if args.json:
-        print_json({"exported": info["version_id"], "out": str(args.out), **info})
-    else:
-        print(f"exported model version {info['version_id']} to {args.out} ({info['recipe']}; input "
-              f"{info['input']['format']}): AutoModelForSequenceClassification.from_pretrained({str(args.out)!r}), "
-              f"see its README.md")
     return 0
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from db.config import Settings
 from db.session import Database
-from db.versions import archived_versions, delete_version, get_archive, put_archive
+from db.versions import archived_versions, delete_version, get_archive, get_version, put_archive
 from rm_engine import model_store
 from rm_engine.cli import main
 from rm_engine.config import TrainConfig
@@ -215,3 +215,34 @@ def test_a_missing_backbone_is_named_not_restored(home: Path, monkeypatch: pytes
         assert "RMSTUDIO_MODELS_IN_DB" not in str(err.value) and "restoring" not in caplog.text
     finally:
         db.dispose()
+
+
+def test_models_share_copies_versions_published_without_one(sqlite_db: Database, engine_settings,
+                                                            tiny_encoder: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A team moving from one machine (SQLite, no copies) to several: ``rmstudio models share all`` stores the
+    copies of the versions it already has; another home then loads them."""
+    seed_labels(sqlite_db, 12)
+    first, second = _train(sqlite_db, tiny_encoder, "head"), _train(sqlite_db, tiny_encoder, "head", seed=1)
+    capsys.readouterr()
+    assert main(["models", "share", "all", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert [(d["version"], d["status"]) for d in done] == [(first, "copied"), (second, "copied")]
+    assert main(["models", "share", str(first)]) == 0
+    assert f"model version {first}: had a copy" in capsys.readouterr().out
+    here = Settings.from_env()
+    there = _machine_b(here, tmp_path)
+    assert _raw(RewardModel.load(sqlite_db, there, second)) == pytest.approx(_raw(RewardModel.load(sqlite_db, here,
+                                                                                                   second)), abs=1e-6)
+
+    with sqlite_db.write() as s:
+        delete_version(s, second)  # its copy goes with it
+    third = _train(sqlite_db, tiny_encoder, "head", seed=2)
+    with sqlite_db.read() as s:
+        path = get_version(s, third).path
+    (here.home / path / "head.safetensors").unlink()  # a version whose files are gone here cannot be shared
+    assert main(["models", "share", str(third)]) == 1
+    assert f"model version {third}: skipped: model version {third}: file head.safetensors is missing" in \
+        capsys.readouterr().out
+    assert main(["models", "share", "99"]) == 1
+    assert "no model version 99" in capsys.readouterr().err
