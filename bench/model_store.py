@@ -114,7 +114,8 @@ def main() -> None:
         if drop is not None:
             drop()
     print(json.dumps({"database": make_url(url).get_backend_name(), "rows": rows}, indent=2))
-    print(f"\n{'MB':>6} {'write s':>8} {'+copy s':>8} {'publish x':>9} {'verify s':>9} {'restore s':>9} {'1st load x':>10}")
+    heads = ("write s", 8), ("+copy s", 8), ("publish x", 9), ("verify s", 9), ("restore s", 9), ("1st load x", 10)
+    print("\n" + f"{'MB':>6} " + " ".join(f"{h:>{w}}" for h, w in heads))
     for r in rows:
         print(f"{r['size_mb']:>6.0f} {r['write_s']:>8.3f} {r['copy_s']:>8.3f} {r['publish_ratio']:>9.2f} "
               f"{r['verify_s']:>9.3f} {r['restore_s']:>9.3f} {r['first_load_ratio']:>10.2f}")

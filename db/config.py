@@ -37,7 +37,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.models_in_db not in MODELS_IN_DB:
-            raise ValueError(f"RMSTUDIO_MODELS_IN_DB must be one of {', '.join(MODELS_IN_DB)}, got {self.models_in_db!r}")
+            raise ValueError(f"RMSTUDIO_MODELS_IN_DB must be one of {', '.join(MODELS_IN_DB)}, "
+                             f"got {self.models_in_db!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

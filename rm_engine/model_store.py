@@ -68,7 +68,8 @@ def copy_for_db(settings: Settings, rel_path: str) -> tuple[bytes, str] | None:
     size = folder_bytes(resolve_version_dir(settings, rel_path))
     if size > DB_COPY_MAX_BYTES:
         log.warning("model files at %s are %.0f MiB, over the %.0f MiB kept in the database: other machines need "
-                    "RMSTUDIO_HOME/models shared to load this version", rel_path, size / 2**20, DB_COPY_MAX_BYTES / 2**20)
+                    "RMSTUDIO_HOME/models shared to load this version", rel_path, size / 2**20,
+                    DB_COPY_MAX_BYTES / 2**20)
         return None
     data = pack(settings, rel_path)
     return data, hashlib.sha256(data).hexdigest()
