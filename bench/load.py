@@ -78,7 +78,7 @@ class BenchResult:
     audit: str
 
 
-def _pg_database() -> tuple[str, Any]:
+def pg_database() -> tuple[str, Any]:
     """A fresh PostgreSQL database; returns its URL and a function that drops it."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
@@ -140,7 +140,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
     if backend == "sqlite":
         url = f"sqlite:///{home / 'rmstudio.db'}"
     else:
-        url, drop = _pg_database()
+        url, drop = pg_database()
     env = {"RMSTUDIO_HOME": str(home), "RMSTUDIO_DB": url}
     os.environ.update(env)
     db = Database(url)

@@ -9,26 +9,24 @@ For version folders of several sizes (random safetensors weights, as a fine-tune
 
     python bench/model_store.py [--db URL] [--sizes-mb 1,90,400] [--repeat 3]
 
-Default database: a fresh PostgreSQL database on ``RMSTUDIO_TEST_PG_URL`` (127.0.0.1:5432/test), dropped after.
+Default database: a fresh PostgreSQL database on ``RMSTUDIO_TEST_PG_URL`` (127.0.0.1:5432/test), dropped after
+(``bench/load.py``'s ``pg_database``).
 Prints one JSON and a table; ratios are against the baselines measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
-from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from db.config import Settings  # noqa: E402
@@ -37,22 +35,8 @@ from db.versions import get_archive, insert_version  # noqa: E402
 from rm_engine import model_store  # noqa: E402
 from rm_engine.registry import commit_dir, stage_dir, verify_version_dir  # noqa: E402
 
-PG = os.environ.get("RMSTUDIO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _fresh_pg() -> tuple[str, object]:
-    name = f"rmstudio_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-    return make_url(PG).set(database=name).render_as_string(hide_password=False), drop
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import pg_database  # noqa: E402  (a fresh PostgreSQL database and its drop function)
 
 def _write_folder(settings: Settings, mb: float, rng: np.random.Generator) -> str:
     tmp = stage_dir(settings)
@@ -107,7 +91,7 @@ def main() -> None:
     ap.add_argument("--sizes-mb", default="1,90,400")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    url, drop = (args.db, None) if args.db else _fresh_pg()
+    url, drop = (args.db, None) if args.db else pg_database()
     try:
         rows = run(url, [float(x) for x in args.sizes_mb.split(",")], args.repeat)
     finally:
