@@ -148,10 +148,12 @@ def with_files(db: Database, settings: Settings, version_id: int, rel_path: str,
     return load()
 
 
-def share_versions(db: Database, settings: Settings, version_ids: list[int] | None = None) -> list[dict[str, object]]:
+def share_versions(db: Database, settings: Settings, version_ids: list[int] | None = None, *,
+                   progress: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
     """Store database copies of versions published without one (before copies were switched on, or on SQLite):
-    ``version_ids`` or every version. Each needs its files here, intact. Returns, per version, ``{"version",
-    "status": "copied" | "had a copy" | "skipped", "bytes", "reason"}``."""
+    ``version_ids`` or every version. Each needs its files here, intact. Returns, per version (also passed to
+    ``progress`` as each is done), ``{"version", "status": "copied" | "had a copy" | "skipped", "bytes",
+    "reason"}``."""
     from db.versions import archived_versions, list_versions
 
     with db.read() as s:
@@ -163,24 +165,30 @@ def share_versions(db: Database, settings: Settings, version_ids: list[int] | No
     out: list[dict[str, object]] = []
     for vid, rel in sorted(rows):
         if vid in have:
-            out.append({"version": vid, "status": "had a copy", "bytes": have[vid], "reason": None})
+            _done(out, progress, vid, "had a copy", have[vid])
             continue
         try:
             verify_version_dir(settings, rel, vid)
         except ModelFilesError as exc:
-            out.append({"version": vid, "status": "skipped", "bytes": None, "reason": str(exc)})
+            _done(out, progress, vid, "skipped", None, str(exc))
             continue
         size = folder_bytes(resolve_version_dir(settings, rel))
         if size > DB_COPY_MAX_BYTES:
-            out.append({"version": vid, "status": "skipped", "bytes": size,
-                        "reason": f"{size / 2**20:.0f} MiB, over the {DB_COPY_MAX_BYTES / 2**20:.0f} MiB kept in the "
-                                  "database"})
+            _done(out, progress, vid, "skipped", size,
+                  f"{size / 2**20:.0f} MiB, over the {DB_COPY_MAX_BYTES / 2**20:.0f} MiB kept in the database")
             continue
         data = pack(settings, rel)
         with db.write() as s:
             put_archive(s, vid, data, hashlib.sha256(data).hexdigest())
-        out.append({"version": vid, "status": "copied", "bytes": len(data), "reason": None})
+        _done(out, progress, vid, "copied", len(data))
     return out
+
+
+def _done(out: list[dict[str, object]], progress: Callable[[dict[str, object]], None] | None, version: int,
+          status: str, size: int | None, reason: str | None = None) -> None:
+    out.append({"version": version, "status": status, "bytes": size, "reason": reason})
+    if progress is not None:
+        progress(out[-1])
 
 
 __all__ = ["DB_COPY_MAX_BYTES", "copy_for_db", "folder_bytes", "pack", "restore", "share_versions", "store_copy",

@@ -104,18 +104,19 @@ def _share(args: argparse.Namespace) -> int:
         ids = None if args.version == "all" else [int(args.version)]
     except ValueError:
         raise CLIError(f"models share: {args.version!r} is neither a version id nor 'all'") from None
+    def line(d: dict) -> None:
+        size = f" ({d['bytes'] / 2**20:.1f} MiB)" if d["bytes"] else ""
+        print(f"model version {d['version']}: {d['status']}{size}" + (f": {d['reason']}" if d["reason"] else ""),
+              flush=True)
+
     db = open_db()
     try:
-        done = share_versions(db, settings(), ids)
+        done = share_versions(db, settings(), ids, progress=None if args.json else line)
     except ModelFilesError as exc:
         raise CLIError(str(exc)) from None
     finally:
         db.dispose()
     if args.json:
         print_json(done)
-    else:
-        for d in done:
-            size = f" ({d['bytes'] / 2**20:.1f} MiB)" if d["bytes"] else ""
-            print(f"model version {d['version']}: {d['status']}{size}" + (f": {d['reason']}" if d["reason"] else ""))
     skipped = [d for d in done if d["status"] == "skipped"]
     return 1 if skipped and ids is not None else 0
