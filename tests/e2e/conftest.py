@@ -144,3 +144,17 @@ def shot(page: "object", name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     return path
+
+
+def wait_idle(page: "object", timeout: float = 20.0) -> None:
+    """Wait until the app's script run is over (no "running" status widget for 0.4 s), so widgets are current."""
+    end, quiet = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        if page.locator('[data-testid="stStatusWidget"]').count() == 0:  # type: ignore[attr-defined]
+            quiet = quiet or time.monotonic()
+            if time.monotonic() - quiet > 0.4:
+                return
+        else:
+            quiet = None
+        time.sleep(0.05)
+    raise AssertionError("the app kept running")

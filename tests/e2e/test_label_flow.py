@@ -16,7 +16,7 @@ from db.policy import set_policy
 from db.session import Database
 from db.store import get_or_create_comparison, get_or_create_prompt, get_or_create_response
 from tests.app.conftest import XSS_SCRIPT, seed_small
-from tests.e2e.conftest import app_env, shot, streamlit_server, worker
+from tests.e2e.conftest import app_env, shot, streamlit_server, wait_idle, worker
 
 EXTRA = [(f"Is {n} an even number?", f"{'Yes' if n % 2 == 0 else 'No'}, {n} is {'even' if n % 2 == 0 else 'odd'}.",
           f"{'No' if n % 2 == 0 else 'Yes'}.") for n in range(10, 16)]
@@ -58,21 +58,6 @@ def _wait_new_pair(page, old: int, timeout: float = 20.0) -> int:  # noqa: ANN00
     raise AssertionError(f"the next pair did not replace pair #{old} within {timeout} s")
 
 
-def _wait_idle(page, timeout: float = 20.0) -> None:  # noqa: ANN001
-    """Wait until the app's script run is over (no "running" status widget), so widgets are the current ones."""
-    end = time.monotonic() + timeout
-    quiet_since = None
-    while time.monotonic() < end:
-        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 0.4:
-                return
-        else:
-            quiet_since = None
-        time.sleep(0.05)
-    raise AssertionError("the app kept running")
-
-
 def _assert_no_injection(page) -> None:  # noqa: ANN001
     assert page.evaluate("window.__pwned") is None, "a response's script ran"
     assert page.locator("img[src='x']").count() == 0, "a response's <img onerror> was rendered as HTML"
@@ -107,7 +92,7 @@ def test_label_retrain_dashboard(browser, home: Path) -> None:  # noqa: ANN001
 
         seen_script = False
         pid = _pair_id(page)
-        _wait_idle(page)
+        wait_idle(page)
         for i in range(N_LABELS):
             _assert_no_injection(page)
             if page.get_by_text(XSS_SCRIPT, exact=False).count():
@@ -118,7 +103,7 @@ def test_label_retrain_dashboard(browser, home: Path) -> None:  # noqa: ANN001
                 page.evaluate("document.activeElement && document.activeElement.blur()")  # focus out of any widget
                 page.keyboard.press(["1", "2"][i % 4 // 2])
             pid = _wait_new_pair(page, pid)
-            _wait_idle(page)
+            wait_idle(page)
         # Skip (key 5) through the rest of the queue: every pair, the hostile ones included, gets shown.
         while not page.get_by_text("Nothing left for you to label").count():
             _assert_no_injection(page)
@@ -127,7 +112,7 @@ def test_label_retrain_dashboard(browser, home: Path) -> None:  # noqa: ANN001
             page.keyboard.press("5")
             try:
                 pid = _wait_new_pair(page, pid, timeout=5)
-                _wait_idle(page)
+                wait_idle(page)
             except AssertionError:
                 page.get_by_text("Nothing left for you to label").wait_for(timeout=10_000)
         assert seen_script, "the response with a <script> tag was never shown as text"

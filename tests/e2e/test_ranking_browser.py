@@ -22,7 +22,7 @@ from db.exporter import native_records
 from db.importer import import_file
 from db.pairs import training_pairs
 from db.session import Database
-from tests.e2e.conftest import app_env, streamlit_server
+from tests.e2e.conftest import app_env, streamlit_server, wait_idle
 
 # A line starting with <script> opens a CommonMark HTML block up to </script>: shown as literal text (HTML is
 # never allowed); the Markdown paragraph after it renders as Markdown.
@@ -50,20 +50,6 @@ def _seed(home: Path) -> str:
     return url
 
 
-def _wait_idle(page: Any, timeout: float = 20.0) -> None:
-    """Until the app's script run is over (no "running" status widget for 0.4 s)."""
-    end, quiet = time.monotonic() + timeout, None
-    while time.monotonic() < end:
-        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
-            quiet = quiet or time.monotonic()
-            if time.monotonic() - quiet > 0.4:
-                return
-        else:
-            quiet = None
-        time.sleep(0.05)
-    raise AssertionError("the app kept running")
-
-
 def _prompt(page: Any, timeout: float = 20_000) -> str:
     msg = page.locator('[data-testid="stChatMessage"]').last
     return msg.locator('[data-testid="stMarkdownContainer"]').inner_text(timeout=timeout).strip()
@@ -77,7 +63,7 @@ def _wait_prompt_change(page: Any, old: str, timeout: float = 20.0) -> str:
                 return ""
             new = _prompt(page, timeout=500)
             if new and new != old:
-                _wait_idle(page)
+                wait_idle(page)
                 return new
         except Exception:  # noqa: BLE001 - the element is being replaced
             pass
@@ -136,7 +122,7 @@ def _rank_by_keys(page: Any, i: int, rank: int) -> None:
         _rank_group(page, 1).get_by_role("radio", name="1", exact=True).focus()
     else:  # at a person's pace: a Tab within the rerun that follows a choice can skip the group still re-rendering
         for attempt in range(3):  # on a loaded machine the rerun can outlast the idle wait: a person would Tab back
-            _wait_idle(page)
+            wait_idle(page)
             if attempt:
                 _rank_group(page, i - 1).locator('[role="radio"][aria-checked="true"]').focus()
             page.keyboard.press("Tab")
@@ -176,7 +162,7 @@ def _give_ranks(page: Any, ranks: list[int], by_keys: bool, *, detour: bool, imm
         _submit(page).click()
         expect(page.get_by_text(f"Ranking not saved. Rank {dup} is used twice; rank {lost} is missing.",
                                 exact=True)).to_be_visible(timeout=10_000)
-        _wait_idle(page)
+        wait_idle(page)
     pick(page, k, ranks[-1])
     for i, r in enumerate(ranks, start=1):
         _checked(page, i, r)
@@ -185,7 +171,7 @@ def _give_ranks(page: Any, ranks: list[int], by_keys: bool, *, detour: bool, imm
         return
     for hint in ("no rank yet", "is used"):  # the rerun after the last choice clears the hint
         expect(page.get_by_text(hint)).to_have_count(0, timeout=10_000)
-    _wait_idle(page)
+    wait_idle(page)
     if by_keys:  # the next Tab reaches the enabled Submit
         page.keyboard.press("Tab")
         assert page.evaluate("() => document.activeElement.innerText.trim()") == "Submit ranking"
@@ -228,11 +214,11 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
         page.get_by_text("expert", exact=True).click()
         page.get_by_role("button", name="Start labeling").click()
         page.get_by_role("button", name="A better").wait_for(timeout=30_000)  # pairs mode first
-        _wait_idle(page)
+        wait_idle(page)
         page.locator('[data-testid="stButtonGroup"]').get_by_text("Rank 3+ responses", exact=True).click()
         submit = _submit(page)
         submit.wait_for(timeout=20_000)
-        _wait_idle(page)
+        wait_idle(page)
         assert page.get_by_role("button", name="A better").count() == 0
 
         seen_hostile = False

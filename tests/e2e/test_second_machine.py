@@ -13,8 +13,7 @@ from db.store import add_label
 from rm_engine.config import TrainConfig
 from rm_engine.training import train_and_publish
 from tests.app.conftest import seed_small
-from tests.e2e.conftest import app_env, shot, streamlit_server
-from tests.e2e.test_label_flow import _wait_idle
+from tests.e2e.conftest import app_env, shot, streamlit_server, wait_idle
 
 
 @pytest.mark.timeout(240)
@@ -45,19 +44,19 @@ def test_app_on_another_machine_scores_with_a_version_trained_elsewhere(browser,
         page = ctx.new_page()
         page.goto(f"{url}/inspect")
         page.get_by_role("heading", name="Inspect").first.wait_for(timeout=60_000)
-        _wait_idle(page, 60)
+        wait_idle(page, 60)
         for label, text in (("Prompt", "What is the capital of France?"), ("Response 1", "Paris."),
                             ("Response 2", "Lyon, I think.")):
             box = page.get_by_label(label, exact=True)
             box.fill(text)
             box.press("Control+Enter")
-            _wait_idle(page, 30)
+            wait_idle(page, 30)
         page.get_by_role("button", name="Score").click()
         page.get_by_role("heading", name=f"Version {vid}").wait_for(timeout=60_000)
         # the score table, or whatever the page says instead
         page.locator('[data-testid="stDataFrame"], [data-testid="stAlert"], [data-testid="stException"]').first \
             .wait_for(timeout=90_000)
-        _wait_idle(page, 60)
+        wait_idle(page, 60)
         shot(page, "inspect-second-machine")
         alerts = page.locator('[data-testid="stAlert"], [data-testid="stException"]').all_inner_texts()
         assert alerts == [] and page.locator('[data-testid="stDataFrame"]').count() >= 1
