@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -158,3 +159,19 @@ def wait_idle(page: "object", timeout: float = 20.0) -> None:
             quiet = None
         time.sleep(0.05)
     raise AssertionError("the app kept running")
+
+
+@contextmanager
+def served_app(browser: "object", home: Path, env: dict[str, str]) -> Iterator[tuple["object", str]]:
+    """A ``streamlit run`` server for ``home``/``env`` and a fresh browser context: ``(context, url)``; prints the
+    server's log when the block fails, and stops both."""
+    server, url = streamlit_server(home, env)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)  # type: ignore
+    try:
+        yield ctx, url
+    except BaseException:
+        print("streamlit log:", server.log.read_text()[-3000:])
+        raise
+    finally:
+        ctx.close()
+        server.stop()

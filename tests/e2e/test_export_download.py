@@ -14,7 +14,7 @@ from db.store import add_label
 from rm_engine.config import TrainConfig
 from rm_engine.training import train_and_publish
 from tests.app.conftest import seed_small
-from tests.e2e.conftest import app_env, shot, streamlit_server
+from tests.e2e.conftest import app_env, served_app, shot
 
 
 def _finetuned_version(home: Path, env: dict[str, str]) -> int:
@@ -37,9 +37,7 @@ def _finetuned_version(home: Path, env: dict[str, str]) -> int:
 def test_download_an_exported_version(browser, home: Path, tmp_path: Path) -> None:  # noqa: ANN001
     env = app_env(home)
     version = _finetuned_version(home, env)
-    server, url = streamlit_server(home, env)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    try:
+    with served_app(browser, home, env) as (ctx, url):
         page = ctx.new_page()
         page.goto(f"{url}/train")
         button = page.get_by_role("button", name="Download .zip")
@@ -57,9 +55,3 @@ def test_download_an_exported_version(browser, home: Path, tmp_path: Path) -> No
         assert {f"rmstudio-v{version}/{f}" for f in ("config.json", "model.safetensors", "README.md",
                                                       "tokenizer.json")} <= names
         assert info["version_id"] == version and info["input"]["format"] == "text-pair"
-    except BaseException:
-        print("streamlit log:", server.log.read_text()[-3000:])
-        raise
-    finally:
-        ctx.close()
-        server.stop()

@@ -13,7 +13,7 @@ from db.store import add_label
 from rm_engine.config import TrainConfig
 from rm_engine.training import train_and_publish
 from tests.app.conftest import seed_small
-from tests.e2e.conftest import app_env, shot, streamlit_server, wait_idle
+from tests.e2e.conftest import app_env, served_app, shot, wait_idle
 
 
 @pytest.mark.timeout(240)
@@ -38,9 +38,7 @@ def test_app_on_another_machine_scores_with_a_version_trained_elsewhere(browser,
     b = tmp_path / "machine-b"
     b.mkdir()
     env = {**app_env(b), "RMSTUDIO_DB": pg_url, "RMSTUDIO_MODEL_DIRS": str(tiny.parent)}
-    server, url = streamlit_server(b, env)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    try:
+    with served_app(browser, b, env) as (ctx, url):
         page = ctx.new_page()
         page.goto(f"{url}/inspect")
         page.get_by_role("heading", name="Inspect").first.wait_for(timeout=60_000)
@@ -61,9 +59,3 @@ def test_app_on_another_machine_scores_with_a_version_trained_elsewhere(browser,
         alerts = page.locator('[data-testid="stAlert"], [data-testid="stException"]').all_inner_texts()
         assert alerts == [] and page.locator('[data-testid="stDataFrame"]').count() >= 1
         assert [p.name[:2] for p in (b / "models").iterdir()] == ["v-"]  # restored on machine B
-    except BaseException:
-        print("streamlit log:", server.log.read_text()[-3000:])
-        raise
-    finally:
-        ctx.close()
-        server.stop()
