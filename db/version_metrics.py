@@ -7,7 +7,7 @@ every function here returns what it can and leaves the rest out. Pure functions:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -94,10 +94,11 @@ def version_length_bias(metrics: dict[str, Any] | None) -> tuple[pd.DataFrame, d
     return pd.DataFrame(rows, columns=["split", "measure", "value", "n"]), per_split.get("val") or per_split.get("train") or {}
 
 
-def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
+def versions_frame(versions: Sequence[ModelVersion], copies: Mapping[int, int] | None = None) -> pd.DataFrame:
     """One row per version: ``version``, ``created_at``, ``mode``, ``recipe`` (:func:`db.versions.recipe`),
     ``backbone``, ``n_pairs``, ``n_labels``, ``ensemble_size``, ``train_accuracy``/``val_accuracy``/``test_accuracy`` (``NaN`` when not recorded) and
-    ``val_ece``, plus any other numeric top-level metric. Call it inside the session that loaded the rows."""
+    ``val_ece``, plus any other numeric top-level metric; with ``copies`` (:func:`db.versions.archived_versions`)
+    that are not empty, ``files_in_db``. Call it inside the session that loaded the rows."""
     rows = []
     for v in versions:
         m = v.metrics or {}
@@ -109,6 +110,8 @@ def versions_frame(versions: Sequence[ModelVersion]) -> pd.DataFrame:
         for split in ("train", "val", "test"):
             row[f"{split}_accuracy"] = _num(split_metrics(m, split).get("accuracy"))
         row["val_ece"] = _num(split_metrics(m, "val").get("ece"))
+        if copies:
+            row["files_in_db"] = v.id in copies
         for k, x in m.items():
             if _num(x) is not None and k not in row:
                 row[k] = x

@@ -107,7 +107,7 @@ with st.form("policy_form"):
 st.subheader("Model versions")
 with db.read() as s:
     rows = versions.list_versions(s)
-    table = version_metrics.versions_frame(rows)
+    table = version_metrics.versions_frame(rows, versions.archived_versions(s))
     labels = {v.id: versions.version_label(v) for v in rows}
     sizes = {v.id: v.ensemble_size for v in rows}
 if table.empty:

@@ -138,6 +138,7 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     table = at.dataframe[-1].value
     assert sorted(table["version"]) == sorted(ids)
     assert set(table["val_accuracy"].round(2)) == {0.6, 0.61}
+    assert "files_in_db" not in table  # no copies in the database (SQLite's default): no column
     [download] = at.get("download_button")  # head-mode versions: no Hugging Face model holds them
     assert download.proto.disabled and any("head-mode version" in c.value for c in at.caption)
     delete = _button(at, "Delete version")
@@ -165,6 +166,12 @@ def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, see
                         val_fraction=0.0, **kw) for kw in ({"ensemble": 2}, {"pooling": "rich"})]
     ens, rich = (train_and_publish(sqlite_db, Settings.from_env(), c).id for c in cfgs)
     at = _page()
+    assert "files_in_db" not in at.dataframe[-1].value
+    with sqlite_db.write() as s:
+        versions.put_archive(s, ens, b"zip", "0" * 64)
+    at.run()
+    assert dict(zip(at.dataframe[-1].value["version"], at.dataframe[-1].value["files_in_db"])) == {ens: True,
+                                                                                                 rich: False}
     [box] = [b for b in at.selectbox if b.label == "Version to export"]
     assert box.value == rich  # newest first
     assert at.get("download_button")[0].proto.disabled and any("rich pooling" in c.value for c in at.caption)
