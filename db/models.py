@@ -280,6 +280,21 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+class WorkerPresence(Base):
+    """A live ``rmstudio worker`` process, as it last said (``db/workers.py``): where it runs and what it takes."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the worker's lease owner name
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(50))
+    kinds: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # None: every kind
+    every_s: Mapped[float] = mapped_column(Float)  # seconds between its beats
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[float] = mapped_column(Float)  # epoch seconds of its last beat
+
+
 class JobLog(Base):
     __tablename__ = "job_logs"
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -37,6 +38,7 @@ from sqlalchemy import select, text
 
 from db import jobs as jobq
 from db import policy as pol
+from db import workers
 from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
@@ -73,6 +75,7 @@ class WorkerConfig:
             not thread-safe).
         auto_retrain: apply the retrain policy (enqueue automatic retrains).
         max_jobs: exit after this many jobs (None: run until stopped).
+        presence_s: seconds between the worker's "alive" beats (``db/workers.py``; the app lists live workers).
     """
 
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
@@ -87,6 +90,7 @@ class WorkerConfig:
     preload: bool = True
     auto_retrain: bool = True
     max_jobs: int | None = None
+    presence_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.lease_s <= 0:
@@ -118,6 +122,7 @@ class Worker:
         self._signals = 0
         self.jobs_run = 0
         self._next_sweep = 0.0
+        self._next_presence = 0.0
         self._preloading: threading.Thread | None = None
         self.handlers: dict[JobKind, Handler] = dict(HANDLERS)
 
@@ -144,6 +149,7 @@ class Worker:
             self._preloading = threading.Thread(target=_preload, name="preload", daemon=True)
             self._preloading.start()
         while not self.stopping.is_set():
+            self.say_alive()
             self.housekeeping()
             try:
                 with self.db.read() as s:  # idle polls only read; the claim takes the write lock
@@ -167,8 +173,35 @@ class Worker:
             self.jobs_run += 1
             if cfg.once or (cfg.max_jobs is not None and self.jobs_run >= cfg.max_jobs):
                 break
+        self.say_alive(stopping=True)
         log(f"{cfg.owner} stopped after {self.jobs_run} job(s)")
         return 0
+
+    def say_alive(self, *, stopping: bool = False) -> None:
+        """Beat the worker's presence row at most every ``presence_s`` (remove it when ``stopping``); never fatal."""
+        if not stopping and time.monotonic() < self._next_presence:
+            return
+        self._next_presence = time.monotonic() + self.config.presence_s
+        cfg = self.config
+        try:
+            with self.db.write() as s:
+                if stopping:
+                    workers.forget(s, cfg.owner)
+                else:
+                    workers.beat(s, cfg.owner, host=socket.gethostname(), pid=os.getpid(), device=self.device_label(),
+                                 kinds=cfg.kinds, every_s=cfg.presence_s)
+        except Exception as exc:  # noqa: BLE001 - presence is informative: a busy database must not stop work
+            log(f"cannot record presence: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def device_label(self) -> str:
+        """What this worker trains on: the configured device, ``auto`` resolved once torch is loaded."""
+        device = self.config.device
+        preloading = self._preloading is not None and self._preloading.is_alive()
+        if device == "auto" and "torch" in sys.modules and not preloading:  # never import beside the preload
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return f"{device} x{self.config.gpus}" if self.config.gpus > 1 else device
 
     def housekeeping(self) -> None:
         """Re-queue expired jobs and apply the retrain policy (errors are logged, never fatal)."""
@@ -187,6 +220,8 @@ class Worker:
             if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + SWEEP_EVERY_S
                 self.sweep_model_folders()
+                with self.db.write() as s:
+                    workers.prune(s)
         except Exception as exc:  # noqa: BLE001
             log(f"housekeeping failed: {type(exc).__name__}: {str(exc)[:300]}")
 

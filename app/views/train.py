@@ -10,7 +10,7 @@ from app import charts
 from app import train_actions as act
 from app.auth import require_researcher
 from app.resources import database, settings
-from db import jobs, policy, version_metrics, versions
+from db import jobs, policy, version_metrics, versions, workers
 from rm_engine import export
 from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lrs_text
 
@@ -58,7 +58,14 @@ def live_queue() -> None:
         active = [jobs.job_to_dict(j) for j in jobs.active_jobs(s)]
         recent = [jobs.job_to_dict(j) for j in jobs.list_jobs(s, 8)]
         logs = {j["id"]: [ln.line for ln in jobs.job_logs(s, j["id"], limit=6)] for j in active if j["status"] == "running"}
+        live = workers.live_workers(s)
     st.subheader("Queue")
+    if live:
+        st.caption(workers.describe(live).capitalize() + ".")
+    else:
+        (st.warning if any(j["status"] == "queued" for j in active) else st.caption)(
+            "No worker is running, so queued jobs wait: start one with `rmstudio worker` (or `rmstudio serve`, the "
+            "app and a worker together).")
     if not active:
         st.caption("No job is queued or running.")
     for j in active:

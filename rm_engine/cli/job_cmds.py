@@ -1,4 +1,5 @@
-"""``rmstudio worker``, ``jobs`` (list, cancel, logs), ``policy`` and ``serve`` (the app plus a worker)."""
+"""``rmstudio worker``, ``workers`` (the live ones), ``jobs`` (list, cancel, logs), ``policy`` and ``serve`` (the app
+plus a worker)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     w.add_argument("--no-auto-retrain", action="store_true", help="do not apply the automatic retrain policy")
     w.add_argument("--no-preload", action="store_true", help="do not import torch and the engine ahead of the first job")
     w.set_defaults(func=cmd_worker)
+
+    wk = sub.add_parser("workers", help="the live worker processes: host, device, job kinds, current job")
+    wk.add_argument("--json", action="store_true", help="print a JSON list")
+    wk.set_defaults(func=cmd_workers)
 
     j = sub.add_parser("jobs", help="list jobs; 'jobs cancel ID', 'jobs logs ID'")
     j.add_argument("--json", action="store_true", help="print a JSON list")
@@ -117,6 +122,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     """List the newest jobs with their progress."""
     from db import jobs as jobq
 
+    from db import workers
+
     statuses = [x.strip() for x in args.status.split(",") if x.strip()] if args.status else None
     db = open_db()
     try:
@@ -125,11 +132,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 rows = [jobq.job_to_dict(j) for j in jobq.list_jobs(s, limit=args.limit, statuses=statuses)]
             except ValueError as exc:
                 raise CLIError(str(exc)) from None
+            live = workers.live_workers(s)
     finally:
         db.dispose()
     if args.json:
         print_json(rows)
         return 0
+    print(workers.describe(live) + ("" if live else ": queued jobs wait until one starts (`rmstudio worker`)"))
     if not rows:
         print("no jobs")
         return 0
@@ -142,6 +151,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             extra += "  (cancel requested)"
         print(f"{r['id']:>5}  {r['kind']:<8} {r['status']:<10} {r['attempts']}/{r['max_attempts']:<3} "
               f"{(r['device'] or '-'):<7} {extra}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the live workers (db/workers.py)."""
+    from db import workers
+
+    db = open_db()
+    try:
+        with db.read() as s:
+            live = workers.live_workers(s)
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(live)
+    else:
+        print(workers.describe(live))
+        for w in live:
+            print(f"  {w['name']}: {w['device'] or '?'}, {'job #%s' % w['job'] if w['job'] else 'idle'}, "
+                  f"kinds {', '.join(w['kinds']) if w['kinds'] else 'all'}, seen {w['seen_s_ago']:g} s ago")
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from sqlalchemy import select
 
-from db import jobs, policy, versions
+from db import jobs, policy, versions, workers
 from db.config import Settings
 from db.models import Job, JobKind, ModelVersion
 from db.session import Database
@@ -65,6 +65,18 @@ def test_enqueues_a_train_job_with_the_chosen_config(app_env, sqlite_db: Databas
     _button(at, "Enqueue training").click().run()
     assert len(_jobs(sqlite_db)) == 1
     assert any("already queued" in m.value for m in at.info)
+
+
+def test_queue_says_which_workers_would_run_a_job(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _page()
+    assert any("No worker is running" in c.value for c in at.caption) and not at.warning  # nothing waits yet
+    _button(at, "Enqueue training").click().run()
+    assert any("No worker is running, so queued jobs wait" in w.value for w in at.warning)
+    with sqlite_db.write() as s:
+        workers.beat(s, "gpu-1:41:ab", host="gpu-1", pid=41, device="cuda", kinds=["train"], every_s=10.0)
+    at.run()
+    assert not at.warning
+    assert any("1 worker: gpu-1 (cuda, idle, train jobs only)" in c.value for c in at.caption)
 
 
 def test_invalid_backbone_is_refused_clearly(app_env, sqlite_db: Database, seeded: Seeded) -> None:
