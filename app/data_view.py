@@ -13,6 +13,8 @@ import streamlit as st
 from app.render import escape_md
 from app.resources import database
 from db.formats import FORMATS, FormatError, RowError
+from db.guidelines import MAX_CHARS as MAX_GUIDE_CHARS
+from db.guidelines import get_guidelines, set_guidelines
 from db.formats.mapped import TARGETS
 from db.exporter import EXPORT_FORMATS, export
 from db.importer import Preview, import_file, preview
@@ -116,6 +118,27 @@ def run_import(data: bytes, name: str, opts: UploadOptions) -> None:
     if report.skipped:
         st.warning(f"{len(report.skipped)} invalid rows were skipped:")
         st.dataframe(errors_table(report.skipped), hide_index=True)
+
+
+def guidelines_form() -> None:
+    """Edit the labeling guidelines (Markdown, shown at the top of the Label page; each save is a revision)."""
+    with database().read() as s:
+        cur = get_guidelines(s)
+    if cur is not None:
+        st.caption(f"Revision {cur.revision}, saved {cur.updated_at}.")
+    with st.form("guidelines_form"):
+        text = st.text_area("Guidelines (Markdown)", cur.text if cur else "", height=240, max_chars=MAX_GUIDE_CHARS,
+                            placeholder="What makes a response better here? When is a tie right, when is 'both bad'?")
+        ok = st.form_submit_button("Save guidelines")
+    if ok:
+        try:
+            with database().write() as s:
+                g = set_guidelines(s, text)
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+        st.success(f"Guidelines saved as revision {g.revision}: labelers see them at the top of the Label page."
+                   if g.text else f"Guidelines cleared (revision {g.revision}).")
 
 
 def queue_policy_form() -> None:

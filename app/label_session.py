@@ -13,6 +13,7 @@ import streamlit as st
 
 from app.identity import Identity
 from app.resources import database
+from db.guidelines import Guidelines, get_guidelines
 from db.labeling import (
     QueueItem,
     count_rankable_prompts,
@@ -246,6 +247,20 @@ def _rankable(url: str) -> bool:
 def has_rankable_prompts() -> bool:
     """Whether ranking mode has anything to show (cached for 30 s: a GROUP BY over all responses)."""
     return _rankable(database().url)
+
+
+GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this session acknowledged
+
+
+def guidelines() -> Guidelines | None:
+    """The labeling guidelines in force (one row read)."""
+    with database().read() as s:
+        return get_guidelines(s)
+
+
+def ack_guidelines(revision: int) -> None:
+    """"Got it": this session has read ``revision`` (its expander then starts collapsed)."""
+    st.session_state[GUIDE_SEEN] = revision
 
 
 def queue_policy_summary() -> str:

@@ -1,5 +1,5 @@
 """Data page (researchers): import files (preview, field mapping, errors by line, progress), download exports,
-dataset statistics with the size-tier advice, and the labeling-queue policy."""
+dataset statistics with the size-tier advice, the labeling-queue policy and the labeling guidelines."""
 from __future__ import annotations
 
 import streamlit as st
@@ -19,7 +19,8 @@ with database().read() as s:
 if empty:
     empty_state_hint()
 
-tab_import, tab_export, tab_stats, tab_queue = st.tabs(["Import", "Export", "Statistics", "Labeling queue"])
+tab_import, tab_export, tab_stats, tab_queue, tab_guide = st.tabs(["Import", "Export", "Statistics", "Labeling queue",
+                                                                    "Guidelines"])
 
 with tab_import:
     upload = st.file_uploader(
@@ -70,3 +71,6 @@ with tab_queue:
     st.markdown("Which pair a labeler sees next: every pair gets **labels per pair** labels first; then a "
                 "**share** of the pairs is labelled by more annotators for agreement statistics.")
     dv.queue_policy_form()
+
+with tab_guide:
+    dv.guidelines_form()

@@ -35,6 +35,13 @@ m[1].metric("Pairs left", prog.pairs_left)
 m[2].metric("My median s / label", "-" if prog.median_seconds is None else f"{prog.median_seconds:.1f}")
 m[3].metric("My labels, all time", prog.total_labels + prog.total_rankings)  # rankings count, as today
 st.caption(ls.queue_policy_summary())
+if (guide := ls.guidelines()) is not None and guide.text:
+    new = st.session_state.get(ls.GUIDE_SEEN) != guide.revision
+    with st.expander(f"Labeling guidelines (revision {guide.revision}{', new' if new else ''})", expanded=new,
+                     icon=":material/menu_book:"):
+        safe_markdown(guide.text)
+        if new:
+            st.button("Got it", key="guidelines_ack", on_click=ls.ack_guidelines, args=(guide.revision,))
 
 if empty:
     empty_state_hint()

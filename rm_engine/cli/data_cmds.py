@@ -1,8 +1,9 @@
-"""``rmstudio import``, ``rmstudio export`` and ``rmstudio stats``: the data layer on the command line."""
+"""``rmstudio import``, ``export``, ``stats`` and ``guidelines``: the data layer on the command line."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from rm_engine.cli.common import CLIError, open_db, print_json, progress
@@ -12,7 +13,7 @@ EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add the ``import``, ``export`` and ``stats`` subcommands."""
+    """Add the ``import``, ``export``, ``stats`` and ``guidelines`` subcommands."""
     p = sub.add_parser(
         "import",
         help="import preference data (HH-RLHF, TRL, comparisons, rankings, unlabeled, mapped CSV/JSONL/Parquet)",
@@ -49,6 +50,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = sub.add_parser("stats", help="dataset statistics and size tier")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("guidelines", help="show or set the labeling guidelines (Markdown shown on the Label page)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--set", dest="set_file", metavar="FILE", help="a Markdown file ('-': standard input) as the "
+                                                                   "next revision")
+    g.add_argument("--clear", action="store_true", help="remove them (a revision of its own)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_guidelines)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -159,4 +168,39 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print_json(stats)
     else:
         print(format_stats(stats))
+    return 0
+
+
+def cmd_guidelines(args: argparse.Namespace) -> int:
+    """Print the labeling guidelines, or store a new revision from a file (db/guidelines.py)."""
+    import getpass
+
+    from db.guidelines import get_guidelines, set_guidelines
+
+    text = None
+    if args.set_file:
+        try:
+            text = sys.stdin.read() if args.set_file == "-" else Path(args.set_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"{args.set_file}: cannot read it ({exc})") from None
+    db = open_db()
+    try:
+        if text is not None or args.clear:
+            with db.write() as s:
+                try:
+                    g = set_guidelines(s, text or "", by=getpass.getuser())
+                except ValueError as exc:
+                    raise CLIError(f"{args.set_file or 'guidelines'}: {exc}") from None
+        else:
+            with db.read() as s:
+                g = get_guidelines(s)
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(g.to_dict() if g else None)
+    elif g is None:
+        print("no labeling guidelines yet: write them on the Data page or with `rmstudio guidelines --set FILE`")
+    else:
+        print(f"revision {g.revision}, saved {g.updated_at}" + (f" by {g.updated_by}" if g.updated_by else "") + ":")
+        print(g.text or "(cleared)")
     return 0

@@ -8,10 +8,11 @@ from sqlalchemy import func, select
 
 from app import label_session as ls
 from app.render import defang_links
+from db.guidelines import set_guidelines
 from db.labeling import item_for_comparison
 from db.models import Comparison, Label, Outcome, Ranking, Side, Source
 from db.session import Database
-from tests.app.conftest import MAIN, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
+from tests.app.conftest import MAIN, PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
 
 
 def _app(name: str | None = "alice", source: str = "expert") -> AppTest:
@@ -310,3 +311,31 @@ def test_ranking_undo_brings_the_prompt_back(app_env, sqlite_db: Database, seede
     _button(at, "Undo").click().run()  # the in-task Undo: nothing of mine is left to take back
     assert n_rankings() == 0 and at.session_state[ls.TASK].prompt_id == task.prompt_id
     assert not at.exception
+
+
+def test_guidelines_written_on_the_data_page_reach_labelers(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Researchers save guidelines (Data page); the Label page opens them until "Got it", then again for a new
+    revision. Their Markdown is rendered as text where it holds HTML."""
+    at = _app()
+    assert not [e for e in at.expander if "guidelines" in e.label]  # none written yet
+    data = AppTest.from_file(str(PAGES / "data.py"), default_timeout=60).run()
+    [box] = [t for t in data.text_area if t.label == "Guidelines (Markdown)"]
+    box.input("**Correctness first.** A tie only when both are equally good. <script>window.x=1</script>")
+    [save] = [b for b in data.button if b.label == "Save guidelines"]
+    save.click().run()
+    assert any("revision 1" in m.value for m in data.success)
+
+    at.run()
+    [exp] = [e for e in at.expander if e.label.startswith("Labeling guidelines")]
+    assert exp.label == "Labeling guidelines (revision 1, new)"
+    assert any("Correctness first" in m.value for m in exp.markdown)
+    assert not any(m.proto.allow_html for m in exp.markdown)  # the <script> stays text
+    _button(at, "Got it").click().run()
+    [exp] = [e for e in at.expander if e.label.startswith("Labeling guidelines")]
+    assert exp.label == "Labeling guidelines (revision 1)" and not [b for b in at.button if b.label == "Got it"]
+
+    with sqlite_db.write() as s:
+        set_guidelines(s, "Revised: prefer shorter answers when equally correct.")
+    at.run()
+    [exp] = [e for e in at.expander if e.label.startswith("Labeling guidelines")]
+    assert exp.label == "Labeling guidelines (revision 2, new)"

@@ -1,0 +1,40 @@
+"""Labeling guidelines (``db/guidelines.py``, ``rmstudio guidelines``): revisions, clearing, the size limit, on
+SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from db.guidelines import MAX_CHARS, get_guidelines, set_guidelines
+from db.session import Database
+from rm_engine.cli import main
+
+
+def test_revisions_clear_and_limit(any_db: Database) -> None:
+    with any_db.read() as s:
+        assert get_guidelines(s) is None
+    with any_db.write() as s:
+        first = set_guidelines(s, "  Prefer correct answers.  ", by="ana")
+    with any_db.write() as s:
+        cleared = set_guidelines(s, "")
+    assert (first.text, first.revision, first.updated_by) == ("Prefer correct answers.", 1, "ana")
+    assert (cleared.text, cleared.revision) == ("", 2)
+    with pytest.raises(ValueError, match=f"at most {MAX_CHARS:,} fit"), any_db.write() as s:
+        set_guidelines(s, "x" * (MAX_CHARS + 1))
+    with any_db.read() as s:
+        assert get_guidelines(s) == cleared  # the refused text changed nothing
+
+
+def test_cli_sets_shows_and_clears(sqlite_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "guide.md"
+    f.write_text("# Guidelines\n\nA tie only when both are equally good.\n", encoding="utf-8")
+    assert main(["guidelines", "--set", str(f)]) == 0
+    assert "revision 1" in capsys.readouterr().out
+    assert main(["guidelines", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["revision"] == 1 and shown["text"].startswith("# Guidelines")
+    assert main(["guidelines", "--clear"]) == 0 and "(cleared)" in capsys.readouterr().out
+    assert main(["guidelines", "--set", str(tmp_path / "missing.md")]) == 1
+    assert "missing.md: cannot read it" in capsys.readouterr().err
