@@ -14,7 +14,7 @@ from db.models import Annotator, Comparison, Label, Outcome, Prompt, Ranking, Ra
 TIERS = ((100_000, "100,000+"), (10_000, "10,000+"), (1_000, "1,000+"), (0, "under 1,000"))
 QUALITY = (
     "Label quality beats quantity: a few thousand consistent expert judgments train a better reward model than "
-    "many noisy ones, so check agreement between annotators and write clear guidelines."
+    "many noisy ones, so check agreement between annotators and write clear guidelines (Data page, Guidelines tab)."
 )
 ADVICE = {
     "under 1,000": (
