@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import utcnow
+from db.models import AppSetting, utcnow
 from db.policy import get_setting, set_setting
 
 KEY = "label_guidelines"
@@ -45,6 +45,9 @@ def set_guidelines(session: Session, text: str, *, by: str | None = None) -> Gui
     text = (text or "").strip()
     if len(text) > MAX_CHARS:
         raise ValueError(f"guidelines are {len(text):,} characters; at most {MAX_CHARS:,} fit")
+    # two saves at once must not both become revision n + 1: lock the row (SQLite's write transactions are
+    # serialised already, BEGIN IMMEDIATE)
+    session.get(AppSetting, KEY, with_for_update=True, populate_existing=True)
     current = get_guidelines(session)
     g = Guidelines(text, (current.revision if current else 0) + 1, utcnow().isoformat(timespec="seconds"), by)
     set_setting(session, KEY, g.to_dict())

@@ -3,6 +3,7 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,24 @@ def test_cli_sets_shows_and_clears(sqlite_db: Database, tmp_path: Path, capsys: 
     assert main(["guidelines", "--clear"]) == 0 and "(cleared)" in capsys.readouterr().out
     assert main(["guidelines", "--set", str(tmp_path / "missing.md")]) == 1
     assert "missing.md: cannot read it" in capsys.readouterr().err
+
+
+def test_concurrent_saves_get_distinct_revisions(any_db: Database) -> None:
+    with any_db.write() as s:
+        set_guidelines(s, "first")  # the row exists: concurrent saves contend on it
+    barrier, revisions, errors = threading.Barrier(4), [], []
+
+    def save(i: int) -> None:
+        try:
+            barrier.wait()
+            with any_db.write() as s:
+                revisions.append(set_guidelines(s, f"text {i}").revision)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(revisions) == [2, 3, 4, 5]
