@@ -39,6 +39,12 @@ def get_guidelines(session: Session) -> Guidelines | None:
                       value.get("updated_by"))
 
 
+def guidelines_extra(session: Session) -> dict[str, int]:
+    """``{"guidelines": revision}`` for a label's ``extra`` when guidelines are in force (empty otherwise)."""
+    g = get_guidelines(session)
+    return {"guidelines": g.revision} if g is not None and g.text else {}
+
+
 def set_guidelines(session: Session, text: str, *, by: str | None = None) -> Guidelines:
     """Store ``text`` as the next revision (an empty text clears them, as a revision of its own); returns it.
     Raises ``ValueError`` above :data:`MAX_CHARS` characters."""
@@ -54,4 +60,4 @@ def set_guidelines(session: Session, text: str, *, by: str | None = None) -> Gui
     return g
 
 
-__all__ = ["Guidelines", "KEY", "MAX_CHARS", "get_guidelines", "set_guidelines"]
+__all__ = ["Guidelines", "KEY", "MAX_CHARS", "get_guidelines", "guidelines_extra", "set_guidelines"]

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
+from db.guidelines import guidelines_extra
 from db.models import (
     Annotator,
     Comparison,
@@ -258,7 +259,8 @@ def submit_label(
     """Store the annotator's verdict on ``item`` with its key; returns ``(label, created)``.
 
     The time spent is ``now - item.shown_at``; ``strength`` (1 slightly, 2 clearly) only applies to a
-    preference, not to a tie or both-bad.
+    preference, not to a tie or both-bad. ``extra`` records the queue phase and the labeling guidelines' revision
+    in force (``db/guidelines.py``), so labels made under older guidelines can be told apart.
     """
     outcome = choice_to_outcome(item, choice)
     spent = int(max(0.0, ((now if now is not None else time.time()) - item.shown_at)) * 1000)
@@ -273,7 +275,7 @@ def submit_label(
         strength=strength if outcome in (Outcome.a, Outcome.b) else None,
         time_spent_ms=spent,
         origin=APP_ORIGIN,
-        extra={"queue": item.reason},
+        extra={"queue": item.reason, **guidelines_extra(session)},
     )
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from db.guidelines import guidelines_extra
 from db.labeling import APP_ORIGIN, _annotator_id, _history, _own_app_row
 from db.models import Prompt, Ranking, Response, Source
 from db.queue_policy import QueuePolicy, load_queue_policy
@@ -123,5 +124,5 @@ def submit_ranking(
         idempotency_key=task.key,
         time_spent_ms=spent,
         origin=APP_ORIGIN,
-        extra={"shown_order": list(task.response_ids)},
+        extra={"shown_order": list(task.response_ids), **guidelines_extra(session)},
     )

@@ -60,3 +60,30 @@ def test_concurrent_saves_get_distinct_revisions(any_db: Database) -> None:
     for t in threads:
         t.join()
     assert errors == [] and sorted(revisions) == [2, 3, 4, 5]
+
+
+def test_labels_and_rankings_record_the_guidelines_in_force(any_db: Database) -> None:
+    """Labels made in the app carry the guidelines revision they were made under (in ``extra``, so exports keep
+    it); none before any guidelines, nor after they were cleared."""
+    from db.labeling import next_pair, submit_label
+    from db.ranking_queue import next_ranking, submit_ranking
+    from tests.app.conftest import seed_small
+
+    seed_small(any_db)
+
+    def label(name: str) -> dict:
+        with any_db.write() as s:
+            item = next_pair(s, name)
+            return dict(submit_label(s, item, "left", annotator=name, source="crowd")[0].extra)
+
+    assert "guidelines" not in label("ann")
+    with any_db.write() as s:
+        set_guidelines(s, "Correctness first.")
+    assert label("bea")["guidelines"] == 1
+    with any_db.write() as s:
+        task = next_ranking(s, "bea")
+        ranking, _ = submit_ranking(s, task, list(task.response_ids), annotator="bea", source="crowd")
+        assert ranking.extra["guidelines"] == 1 and ranking.extra["shown_order"] == list(task.response_ids)
+    with any_db.write() as s:
+        set_guidelines(s, "")
+    assert "guidelines" not in label("cid")
