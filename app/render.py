@@ -47,3 +47,8 @@ def show_conversation(history: Sequence[tuple[str, str]], prompt: str) -> None:
             safe_markdown(content)
     with st.chat_message("user"):
         safe_markdown(prompt)
+
+
+def pct(x: float | None) -> str:
+    """A share for display: ``61.9%``, or ``n/a`` when unknown (None or NaN)."""
+    return "n/a" if x is None or x != x else f"{x:.1%}"

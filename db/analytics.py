@@ -187,25 +187,31 @@ def chosen_rejected_long(label_frame: pd.DataFrame) -> pd.DataFrame:
 
 def multi_rated_labels(session: Session, min_labels: int = 2, max_comparisons: int | None = None) -> pd.DataFrame:
     """Labels of comparisons labelled at least ``min_labels`` times (the newest ``max_comparisons`` such
-    comparisons when given): ``comparison_id``, ``label_id``, ``annotator``, ``source``, ``outcome``. Uses the
-    denormalized ``label_count``."""
+    comparisons when given): ``comparison_id``, ``label_id``, ``annotator``, ``source``, ``outcome`` and
+    ``guidelines`` (the guidelines revision the label was made under, None when unknown). Uses the denormalized
+    ``label_count``."""
     multi = select(Comparison.id).where(Comparison.label_count >= min_labels)
     if max_comparisons is not None:
         multi = multi.order_by(Comparison.id.desc()).limit(max_comparisons)
     rows = session.execute(
-        select(Label.comparison_id, Label.id, Annotator.name, _text(Label.source), _text(Label.outcome))
+        select(Label.comparison_id, Label.id, Annotator.name, _text(Label.source), _text(Label.outcome), Label.extra)
         .join(Annotator, Label.annotator_id == Annotator.id)
         .where(Label.comparison_id.in_(multi.scalar_subquery()))
         .order_by(Label.comparison_id, Label.id)
     ).all()
-    return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome"])
+    rows = [(*r[:5], (r[5] or {}).get("guidelines") if isinstance(r[5], dict) else None) for r in rows]
+    return _frame(rows, ["comparison_id", "label_id", "annotator", "source", "outcome", "guidelines"])
 
 
 def agreement_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """``multi_rated_labels`` rows as the records ``rm_engine.agreement`` expects (item, rater, outcome, source)."""
+    """``multi_rated_labels`` rows as the records ``rm_engine.agreement`` expects (item, rater, outcome, source,
+    guidelines)."""
+    guides = frame["guidelines"] if "guidelines" in frame else [None] * len(frame)
     return [
-        {"item": int(c), "rater": str(a), "outcome": str(o), "source": str(s)}
-        for c, a, o, s in zip(frame["comparison_id"], frame["annotator"], frame["outcome"], frame["source"])
+        {"item": int(c), "rater": str(a), "outcome": str(o), "source": str(s),
+         "guidelines": None if g is None or g != g else int(g)}
+        for c, a, o, s, g in zip(frame["comparison_id"], frame["annotator"], frame["outcome"], frame["source"],
+                                 guides)
     ]
 
 

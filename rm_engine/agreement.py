@@ -313,3 +313,22 @@ def summary_tables(summaries: Sequence[AgreementSummary]) -> dict[str, "pd.DataF
         "annotators": pd.DataFrame(ann, columns=cols),
         "sources": pd.DataFrame(src, columns=cols),
     }
+
+
+def by_guidelines(records: Sequence[Mapping[str, object]]) -> "pd.DataFrame":
+    """Krippendorff's alpha (with and without ties) among the labels made under each guidelines revision
+    (``guidelines`` of the records; None: before any, or imported): did new guidelines make labels agree more?
+    Columns ``guidelines``, ``ties``, ``krippendorff_alpha``, ``items`` (pairs with 2+ labels under it)."""
+    import pandas as pd
+
+    groups: dict[object, list[Mapping[str, object]]] = {}
+    for r in records:
+        groups.setdefault(r.get("guidelines"), []).append(r)
+    rows = []
+    for rev in sorted(groups, key=lambda g: (g is not None, g or 0)):
+        for ties in (True, False):
+            alpha, items = multi_rated_alpha(ratings_from_outcomes(groups[rev], ties=ties))
+            if items:
+                rows.append(("none" if rev is None else f"revision {rev}", "with ties" if ties else "without ties",
+                             alpha, items))
+    return pd.DataFrame(rows, columns=["guidelines", "ties", "krippendorff_alpha", "items"])

@@ -8,19 +8,16 @@ import streamlit as st
 from app import charts
 from app import dashboard_data as data
 from app.auth import require_researcher
-from app.data_view import too_big
-from app.resources import database, empty_state_hint, settings
+from app.coverage_view import coverage_panel
+from app.render import pct
+from app.resources import database, empty_state_hint
 from db import version_metrics as vm
-from rm_engine import coverage, metrics
+from rm_engine import metrics
 
 require_researcher()
 st.title("Dashboard")
 url = database().url
 REFRESH_S = 5
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x:.1%}"
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -40,8 +37,8 @@ def live_overview() -> None:
         vid, m = vers[0]
         train_acc = vm.split_metrics(m, "train").get("accuracy")
         val_acc, n_val = vm.split_metrics(m, "val").get("accuracy"), vm.split_metrics(m, "val").get("n")
-        c[2].metric(f"Validation accuracy (v{vid})", _pct(val_acc), help=f"on {n_val} held-out pairs")
-        c[3].metric("Training accuracy", _pct(train_acc))
+        c[2].metric(f"Validation accuracy (v{vid})", pct(val_acc), help=f"on {n_val} held-out pairs")
+        c[3].metric("Training accuracy", pct(train_acc))
         band = metrics.accuracy_band(val_acc)
         few = f" Only {n_val} validation pairs: these numbers are noisy." if isinstance(n_val, int) and n_val < 30 else ""
         st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}.{few}")
@@ -110,45 +107,18 @@ def agreement_panel() -> None:
     st.dataframe(ag["annotators"], hide_index=True)
     st.markdown("**Agreement between sources** (each source's majority verdict per pair)")
     st.dataframe(ag["sources"], hide_index=True)
+    if (ag["by_guidelines"]["guidelines"] != "none").any():  # labels made under guidelines (Data page)
+        st.markdown("**Agreement by guidelines revision** (labels made under each; 'none': before any)")
+        st.dataframe(ag["by_guidelines"], hide_index=True)
     st.markdown(f"**Conflicting labels** ({len(ag['conflicts'])} pairs with both an `a` and a `b` verdict)")
     st.dataframe(ag["conflicts"], hide_index=True)
-
-
-def coverage_panel() -> None:
-    """Labels per category; uploaded downstream prompts checked against the labelled ones."""
-    base = data.coverage_base(url, fp)
-    st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
-    cfg = settings()
-    up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
-                          type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
-    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
-                      persist_state="session",
-                      help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
-    if up is None:
-        return
-    labelled = list(base["labelled"]["text"])
-    try:
-        if problem := too_big(up.size, cfg.max_upload_mb):  # the browser enforces it too; never trust the client
-            raise ValueError(problem)
-        prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
-    except ValueError as exc:
-        st.error(str(exc))
-        return
-    bar = st.progress(0.0, text="Comparing with the labelled prompts...")
-    res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg,
-                                        progress=lambda f, msg: bar.progress(f, text=msg))
-    bar.empty()
-    st.metric("Covered", _pct(res.share_covered), help=note)
-    st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
-    st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
-    st.dataframe(coverage.result_frame(res, labelled), hide_index=True)
 
 
 live_overview()
 fp = data.coarse(data.fingerprint())
 # Lazy tabs: only the open tab's panel runs.
 tabs = st.tabs(["Scores", "Agreement", "Coverage"], key="dash_tab", on_change="rerun")
-for tab, panel in zip(tabs, (scores_panel, agreement_panel, coverage_panel)):
+for tab, panel in zip(tabs, (scores_panel, agreement_panel, lambda: coverage_panel(url, fp))):
     if tab.open:
         with tab:
             panel()

@@ -10,6 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db import versions
+from db.guidelines import set_guidelines
+from db.labeling import QueuePolicy, next_pair, submit_label
 from db.session import Database
 from db.store import add_label, add_ranking
 from rm_engine import metrics
@@ -129,6 +131,27 @@ def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded)
     assert list(conflicts["comparison_id"]) == [seeded.xss_comparison_ids[0]]
     assert XSS_SCRIPT in set(conflicts["response_a"]) | set(conflicts["response_b"])
     assert all(not m.proto.allow_html for m in at.markdown)
+    assert not any("by guidelines revision" in m.value for m in at.markdown)  # no label made under guidelines
+
+
+def test_agreement_by_guidelines_revision(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Labels made in the app under guidelines revision 1 (two annotators agreeing on every pair) against the older
+    ones (no revision): the Agreement tab shows alpha per revision."""
+    _label_everything(sqlite_db, seeded)
+    with sqlite_db.write() as s:
+        set_guidelines(s, "Correctness first.")
+    for name in ("gia", "hal"):
+        with sqlite_db.write() as s:
+            while (item := next_pair(s, name, QueuePolicy(target_overlap=9))) is not None:
+                want = "a" if item.comparison_id % 2 else "b"  # both annotators agree, pair by pair
+                submit_label(s, item, "left" if item.left == want else "right", annotator=name, source="expert")
+    at = _page("Agreement")
+    assert any("by guidelines revision" in m.value for m in at.markdown)
+    [table] = [d.value for d in at.dataframe if "guidelines" in d.value.columns]
+    rev1 = table[table["guidelines"] == "revision 1"]
+    assert set(rev1["ties"]) == {"with ties", "without ties"} and (rev1["items"] == 6).all()
+    assert list(rev1["krippendorff_alpha"]) == pytest.approx([1.0, 1.0])  # they agreed on every pair
+    assert set(table["guidelines"]) == {"none", "revision 1"}
 
 
 def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:

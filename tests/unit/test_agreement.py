@@ -208,3 +208,21 @@ def test_vicuna80_human_and_gpt4_verdicts(shared_data) -> None:
     assert 0.2 < with_ties.krippendorff_alpha < without.krippendorff_alpha < 0.7
     humans = {p.second for p in with_ties.annotator_pairs if p.first == "gpt-4"}
     assert len(humans) >= 3 and all(h.startswith("human-") for h in humans)
+
+
+def test_agreement_by_guidelines_revision_hand_computed() -> None:
+    from rm_engine.agreement import by_guidelines
+
+    def recs(rev, units):  # noqa: ANN001, ANN202
+        return [{"item": f"{rev}-{i}", "rater": f"r{j}", "outcome": o, "source": "crowd", "guidelines": rev}
+                for i, unit in enumerate(units) for j, o in enumerate(unit)]
+
+    old = recs(None, [["a", "a"], ["b", "b"], ["a", "b"]])  # alpha 4/9 (the hand-computed case above)
+    new = recs(2, [["a", "a"], ["b", "b"], ["b", "b"]])  # perfect agreement
+    lonely = recs(3, [["a"]])  # one label per pair under revision 3: nothing to compare
+    table = by_guidelines(old + new + lonely)
+    without = table[table["ties"] == "without ties"].set_index("guidelines")
+    assert list(without.index) == ["none", "revision 2"]
+    assert without.loc["none", "krippendorff_alpha"] == pytest.approx(4 / 9)
+    assert without.loc["revision 2", "krippendorff_alpha"] == pytest.approx(1.0)
+    assert list(without["items"]) == [3, 3]

@@ -1,0 +1,42 @@
+"""The Dashboard's Coverage tab: labels per category, and uploaded downstream prompts checked against the labelled
+ones (does the reward model cover the prompts it will be used on?)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts
+from app import dashboard_data as data
+from app.data_view import too_big
+from app.render import pct
+from app.resources import settings
+from rm_engine import coverage
+
+
+def coverage_panel(url: str, fp: data.Fingerprint) -> None:
+    """Labels per category; uploaded downstream prompts checked against the labelled ones."""
+    base = data.coverage_base(url, fp)
+    st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
+    cfg = settings()
+    up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
+                          type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
+    method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
+                      persist_state="session",
+                      help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
+    if up is None:
+        return
+    labelled = list(base["labelled"]["text"])
+    try:
+        if problem := too_big(up.size, cfg.max_upload_mb):  # the browser enforces it too; never trust the client
+            raise ValueError(problem)
+        prompts = coverage.parse_prompt_upload(up.getvalue(), up.name)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    bar = st.progress(0.0, text="Comparing with the labelled prompts...")
+    res, note = coverage.check_coverage(prompts, labelled, method=method, settings=cfg,
+                                        progress=lambda f, msg: bar.progress(f, text=msg))
+    bar.empty()
+    st.metric("Covered", pct(res.share_covered), help=note)
+    st.caption(f"Method: {note}; covered means similarity >= {res.threshold}.")
+    st.plotly_chart(charts.coverage_histogram(res.similarity, res.threshold), key="coverage")
+    st.dataframe(coverage.result_frame(res, labelled), hide_index=True)
