@@ -61,7 +61,7 @@ def live_queue() -> None:
         live = workers.live_workers(s)
     st.subheader("Queue")
     if live:
-        st.caption(workers.describe(live).capitalize() + ".")
+        st.caption(workers.describe(live) + ".")
     else:
         (st.warning if any(j["status"] == "queued" for j in active) else st.caption)(
             "No worker is running, so queued jobs wait: start one with `rmstudio worker` (or `rmstudio serve`, the "

@@ -73,10 +73,10 @@ def test_queue_says_which_workers_would_run_a_job(app_env, sqlite_db: Database, 
     _button(at, "Enqueue training").click().run()
     assert any("No worker is running, so queued jobs wait" in w.value for w in at.warning)
     with sqlite_db.write() as s:
-        workers.beat(s, "gpu-1:41:ab", host="gpu-1", pid=41, device="cuda", kinds=["train"], every_s=10.0)
+        workers.beat(s, "GPU-1:41:ab", host="GPU-1", pid=41, device="cuda", kinds=["train"], every_s=10.0)
     at.run()
     assert not at.warning
-    assert any("1 worker: gpu-1 (cuda, idle, train jobs only)" in c.value for c in at.caption)
+    assert any("1 worker: GPU-1 (cuda, idle, train jobs only)." == c.value for c in at.caption)  # names kept as is
 
 
 def test_invalid_backbone_is_refused_clearly(app_env, sqlite_db: Database, seeded: Seeded) -> None:
