@@ -66,8 +66,7 @@ def _card_snippet(out: Path) -> dict:
 ])
 def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, pooling: str | None, fmt: str,
                                                sqlite_db: Database, settings: Settings, backbones: Path,
-                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))  # where transformers copies remote code
+                                               tmp_path: Path) -> None:
     seed_labels(sqlite_db, 12)
     v = _train(sqlite_db, settings, backbones / kind, lora=lora, **({"pooling": pooling} if pooling else {}))
     out = tmp_path / "dest" / "exported"
