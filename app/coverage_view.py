@@ -18,7 +18,8 @@ def coverage_panel(url: str, fp: data.Fingerprint) -> None:
     st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
     cfg = settings()
     up = st.file_uploader("Downstream prompts to check (.txt one per line, .jsonl or .csv with a `prompt` column)",
-                          type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb, key="coverage_upload")
+                          type=["txt", "jsonl", "json", "csv"], max_upload_size=cfg.max_upload_mb,
+                          key="coverage_upload")
     method = st.radio("Similarity", ["auto", "tfidf", "embedding"], horizontal=True, key="coverage_method",
                       persist_state="session",
                       help="auto: cached backbone embeddings when they exist, else TF-IDF cosine")
