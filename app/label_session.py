@@ -38,6 +38,7 @@ ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
 STRENGTHS = {"slightly": 1, "clearly": 2}
 RANK_REFUSED = "Ranking not saved."
 RSTACK = "lbl_rstack"  # the keys of the rankings this session stored, newest last (what Undo takes back)
+GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this labeler acknowledged
 
 
 def _state(key: str, default: Any) -> Any:
@@ -233,9 +234,11 @@ def on_rank_skip(task: RankingTask, ident: Identity) -> None:
 
 
 def reset() -> None:
-    """Forget the items on screen (after switching annotator)."""
-    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK):
+    """Forget the items on screen and the guidelines acknowledged (after switching annotator)."""
+    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK, GUIDE_SEEN):
         st.session_state.pop(k, None)
+    if "guidelines" in st.query_params:
+        del st.query_params["guidelines"]
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -249,9 +252,6 @@ def has_rankable_prompts() -> bool:
     return _rankable(database().url)
 
 
-GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this session acknowledged
-
-
 def guidelines() -> Guidelines | None:
     """The labeling guidelines in force (one row read)."""
     with database().read() as s:
@@ -259,8 +259,19 @@ def guidelines() -> Guidelines | None:
 
 
 def ack_guidelines(revision: int) -> None:
-    """"Got it": this session has read ``revision`` (its expander then starts collapsed)."""
+    """"Got it": this labeler has read ``revision`` (its expander then starts collapsed); kept in the URL, like the
+    identity, so that a reload does not open it again."""
     st.session_state[GUIDE_SEEN] = revision
+    st.query_params["guidelines"] = str(revision)
+
+
+def guidelines_seen() -> int | None:
+    """The guidelines revision this labeler acknowledged (this session, or the URL), None when none."""
+    seen = st.session_state.get(GUIDE_SEEN, st.query_params.get("guidelines"))
+    try:
+        return int(seen) if seen is not None else None
+    except ValueError:
+        return None
 
 
 def queue_policy_summary() -> str:

@@ -36,7 +36,7 @@ m[2].metric("My median s / label", "-" if prog.median_seconds is None else f"{pr
 m[3].metric("My labels, all time", prog.total_labels + prog.total_rankings)  # rankings count, as today
 st.caption(ls.queue_policy_summary())
 if (guide := ls.guidelines()) is not None and guide.text:
-    new = st.session_state.get(ls.GUIDE_SEEN) != guide.revision
+    new = ls.guidelines_seen() != guide.revision
     with st.expander(f"Labeling guidelines (revision {guide.revision}{', new' if new else ''})", expanded=new,
                      icon=":material/menu_book:"):
         safe_markdown(guide.text)

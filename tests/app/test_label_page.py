@@ -333,6 +333,13 @@ def test_guidelines_written_on_the_data_page_reach_labelers(app_env, sqlite_db: 
     _button(at, "Got it").click().run()
     [exp] = [e for e in at.expander if e.label.startswith("Labeling guidelines")]
     assert exp.label == "Labeling guidelines (revision 1)" and not [b for b in at.button if b.label == "Got it"]
+    assert at.query_params["guidelines"] == "1"
+    again = _app()  # a reload: a fresh session with the same URL
+    again.query_params["guidelines"] = "1"
+    again.run()
+    assert [e.label for e in again.expander if e.label.startswith("Labeling")] == ["Labeling guidelines (revision 1)"]
+    _button(again, "Switch annotator").click().run()  # the next labeler has not read them
+    assert "guidelines" not in again.query_params
 
     with sqlite_db.write() as s:
         set_guidelines(s, "Revised: prefer shorter answers when equally correct.")
