@@ -21,13 +21,11 @@ such a tokenizer a pad token of its own (a new embedding row only where the voca
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tempfile
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +33,7 @@ from typing import Any, Callable
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
-from rm_engine.model_store import with_files
+from rm_engine.model_store import with_files, zip_folder
 from rm_engine.registry import ModelFilesError, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
@@ -191,15 +189,7 @@ def export_archive(db: Database, settings: Settings, version: str | int | None, 
         raise ExportError(problem)
     with tempfile.TemporaryDirectory(prefix="rmstudio-export-") as tmp:
         info = export_version(db, settings, version, Path(tmp) / "out", member=member)
-        top = archive_name(info["version_id"], info["member"])
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for f in sorted((Path(tmp) / "out").rglob("*")):
-                if f.is_file():
-                    deflate = f.suffix in (".json", ".md", ".py", ".txt", ".jinja")
-                    zf.write(f, f"{top}/{f.relative_to(Path(tmp) / 'out')}",
-                             compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
-        return buf.getvalue()
+        return zip_folder(Path(tmp) / "out", prefix=archive_name(info["version_id"], info["member"]) + "/")
 
 
 def _own_pad_token(model: Any, tok: Any) -> bool:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_COPY_MAX_BYTES = 512 * 2**20  # larger versions stay on disk only: copying GBs through the database is slow
-_COMPRESSED = (".json", ".txt", ".md", ".jinja", ".model")  # text compresses; weights barely do
+_COMPRESSED = (".json", ".txt", ".md", ".py", ".jinja", ".model")  # text compresses; weights barely do
 
 
 def folder_bytes(folder: Path) -> int:
@@ -48,16 +48,30 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def pack(settings: Settings, rel_path: str) -> bytes:
-    """A zip of a version's folder (manifest included), paths relative to the folder."""
-    folder = resolve_version_dir(settings, rel_path)
+def zip_folder(folder: Path, prefix: str = "") -> bytes:
+    """A zip (in memory) of the files below ``folder``, named ``prefix`` + their path relative to it; text deflated,
+    weights stored."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for p in sorted(folder.rglob("*")):
             if p.is_file():
-                zf.write(p, p.relative_to(folder).as_posix(),
+                zf.write(p, prefix + p.relative_to(folder).as_posix(),
                          compress_type=zipfile.ZIP_DEFLATED if p.suffix in _COMPRESSED else zipfile.ZIP_STORED)
     return buf.getvalue()
+
+
+def pack(settings: Settings, rel_path: str) -> bytes:
+    """A zip of a version's folder (manifest included), paths relative to the folder."""
+    return zip_folder(resolve_version_dir(settings, rel_path))
+
+
+def _copy_or_reason(settings: Settings, rel_path: str) -> tuple[tuple[bytes, str] | None, int, str | None]:
+    """``((zip, sha256) or None, folder size, why not)``: no copy for folders over :data:`DB_COPY_MAX_BYTES`."""
+    size = folder_bytes(resolve_version_dir(settings, rel_path))
+    if size > DB_COPY_MAX_BYTES:
+        return None, size, f"{size / 2**20:.0f} MiB, over the {DB_COPY_MAX_BYTES / 2**20:.0f} MiB kept in the database"
+    data = pack(settings, rel_path)
+    return (data, hashlib.sha256(data).hexdigest()), size, None
 
 
 def copy_for_db(settings: Settings, rel_path: str) -> tuple[bytes, str] | None:
@@ -65,14 +79,11 @@ def copy_for_db(settings: Settings, rel_path: str) -> tuple[bytes, str] | None:
     small enough; None otherwise (logged when it is too large)."""
     if not settings.copies_models_to_db:
         return None
-    size = folder_bytes(resolve_version_dir(settings, rel_path))
-    if size > DB_COPY_MAX_BYTES:
-        log.warning("model files at %s are %.0f MiB, over the %.0f MiB kept in the database: other machines need "
-                    "RMSTUDIO_HOME/models shared to load this version", rel_path, size / 2**20,
-                    DB_COPY_MAX_BYTES / 2**20)
-        return None
-    data = pack(settings, rel_path)
-    return data, hashlib.sha256(data).hexdigest()
+    copy, _, reason = _copy_or_reason(settings, rel_path)
+    if reason:
+        log.warning("model files at %s are %s: other machines need RMSTUDIO_HOME/models shared to load this version",
+                    rel_path, reason)
+    return copy
 
 
 def store_copy(session: Session, version_id: int, copy: tuple[bytes, str] | None) -> None:
@@ -172,15 +183,13 @@ def share_versions(db: Database, settings: Settings, version_ids: list[int] | No
         except ModelFilesError as exc:
             _done(out, progress, vid, "skipped", None, str(exc))
             continue
-        size = folder_bytes(resolve_version_dir(settings, rel))
-        if size > DB_COPY_MAX_BYTES:
-            _done(out, progress, vid, "skipped", size,
-                  f"{size / 2**20:.0f} MiB, over the {DB_COPY_MAX_BYTES / 2**20:.0f} MiB kept in the database")
+        copy, size, reason = _copy_or_reason(settings, rel)
+        if copy is None:
+            _done(out, progress, vid, "skipped", size, reason)
             continue
-        data = pack(settings, rel)
         with db.write() as s:
-            put_archive(s, vid, data, hashlib.sha256(data).hexdigest())
-        _done(out, progress, vid, "copied", len(data))
+            store_copy(s, vid, copy)
+        _done(out, progress, vid, "copied", len(copy[0]))
     return out
 
 
@@ -192,4 +201,4 @@ def _done(out: list[dict[str, object]], progress: Callable[[dict[str, object]], 
 
 
 __all__ = ["DB_COPY_MAX_BYTES", "copy_for_db", "folder_bytes", "pack", "restore", "share_versions", "store_copy",
-           "with_files"]
+           "with_files", "zip_folder"]

@@ -104,6 +104,7 @@ def _share(args: argparse.Namespace) -> int:
         ids = None if args.version == "all" else [int(args.version)]
     except ValueError:
         raise CLIError(f"models share: {args.version!r} is neither a version id nor 'all'") from None
+
     def line(d: dict) -> None:
         size = f" ({d['bytes'] / 2**20:.1f} MiB)" if d["bytes"] else ""
         print(f"model version {d['version']}: {d['status']}{size}" + (f": {d['reason']}" if d["reason"] else ""),
