@@ -33,7 +33,6 @@ Memory: RM Studio's 0.5B run with the default 32k-token budget needs about 60 GB
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -198,6 +197,16 @@ def _dtok() -> Any:
     return _DTOK[0]
 
 
+def _dist_version(name: str) -> str | None:
+    """An installed distribution's version, None when it is not installed (no import needed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps (runs on CPU)")
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(1 if args.smoke else min(4, os.cpu_count() or 1))
     dev = device_info()
     pairs = load_data(args)
-    trl_version = importlib.import_module("trl").__version__ if not trl_status.startswith("unavailable") else None
+    trl_version = _dist_version("trl") if not trl_status.startswith("unavailable") else None
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": dev, "smoke": args.smoke, "command": " ".join(sys.argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,

@@ -350,6 +350,12 @@ def single_special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     return list(prefix), list(suffix)
 
 
+def pair_special_ids(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+    """The special token ids around and between two sequences (``[CLS]``, ``[SEP]``, ``[SEP]`` for BERT)."""
+    prefix, middle, suffix = _ids_for(tokenizer).layout(True)
+    return list(prefix), list(middle), list(suffix)
+
+
 def input_format(tokenizer: Any, *, decoder: bool) -> str:
     """Which of :func:`build_inputs`' layouts ``tokenizer`` gets: ``chat-template`` (context rendered by the
     template with the generation prompt, then the response's part of the full chat), ``text-pair`` (encoders:

@@ -12,8 +12,11 @@ the last hidden states, so the folder also carries ``modeling_rmstudio.py``, a s
 whose ``forward`` does, named in ``config.json``'s ``auto_map`` under a model type of its own: loading needs
 ``trust_remote_code=True``, and without it transformers refuses rather than silently reading [CLS].
 
-What cannot be one such model is refused with the reason: head-mode versions (a head over frozen-backbone
-features), ``rich`` pooling (three sequences per score), an ensemble without a chosen member.
+Head-mode versions (frozen backbone + trained heads) export the same way through a remote-code model of their own
+(``rm_engine/export_head.py``); a head ensemble is one model (its members' mean) unless a member is chosen.
+
+What cannot be one such model is refused with the reason: a fine-tune with ``rich`` pooling (three sequences per
+score), a fine-tuned ensemble without a chosen member, a decoder's head over rich features.
 
 Decoders whose pad token is their eos: Hugging Face's sequence-classification pooling reads the last token that is
 not the pad id, so it would skip the closing eos RM Studio reads the score at (NOTES.md, pitfall 1). The export gives
@@ -33,13 +36,14 @@ from typing import Any, Callable
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
+from rm_engine.export_card import EXPORT_PAD, model_card
+from rm_engine.export_head import head_refusal, write_head_model
 from rm_engine.model_store import with_files, zip_folder
 from rm_engine.registry import ModelFilesError, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
 INFO_FILE = "rmstudio_reward.json"
 CARD_FILE = "README.md"
-EXPORT_PAD = "<|rmstudio_pad|>"
 EXPORTABLE_POOLINGS = ("cls", "last", "mean")  # mean: through the folder's own modeling_rmstudio.py
 REMOTE_CODE_FILE = "modeling_rmstudio.py"
 ARCHIVE_MAX_BYTES = 2 * 2**30  # export_archive builds the zip in memory (the app's server process)
@@ -58,33 +62,43 @@ class _Plan:
     norm: dict[str, Any]
     train_config: dict[str, Any]
     metrics: dict[str, Any]
-    member_dir: Path
-    member: int
+    member_dir: Path  # head mode: the version's folder
+    member: int | None  # None: a head ensemble's mean
     members: int
     weight_bytes: int  # of the exported model, estimated from the files it is made of
+    file_config: dict[str, Any]
 
     @property
     def label(self) -> str:
         return f"model version {self.summary['id']}"
 
+    @property
+    def whole(self) -> bool:
+        """Whether the export scores as the version does (not one member of several)."""
+        return self.members == 1 or self.member is None
+
 
 def _plan(db: Database, settings: Settings, version: str | int | None, member: int | None, *,
-          verify: bool = True) -> _Plan:
+          verify: bool = True, first_member: bool = False) -> _Plan:
     """Check that ``version`` (``member``) can be one Hugging Face model, from its row and metadata files only
-    (no weights loaded; ``verify=False``: not even hashed). Raises :class:`ExportError`, ``VersionNotFound`` or
-    ``ModelFilesError``."""
+    (no weights loaded; ``verify=False``: not even hashed). ``first_member``: a fine-tuned ensemble's member 0 when
+    ``member`` is None. Raises :class:`ExportError`, ``VersionNotFound`` or ``ModelFilesError``."""
     with db.read() as s:
         v = get_version(s, version)
         summary = version_summary(v)
         norm, train_config, metrics = dict(v.norm_stats or {}), dict(v.config or {}), dict(v.metrics or {})
     label = f"model version {summary['id']}"
-    if summary["mode"] != "finetune":
-        raise ExportError(f"{label} is a {summary['mode']}-mode version (a head over frozen backbone features): no "
-                          "single Hugging Face model holds it. Score it through RM Studio (rmstudio score, "
-                          "rm_engine.scoring.reward_function), or train with --mode finetune to export")
     folder, files = with_files(db, settings, summary["id"], summary["path"],
                                lambda: load_version_config(settings, summary["path"], summary["id"], verify=verify))
+    if summary["mode"] == "head":
+        backbone = Path(files.get("backbone", {}).get("path", ""))
+        if problem := head_refusal(label, files, _decoder_at(backbone, label), member):
+            raise ExportError(problem)
+        size = _weight_bytes(backbone) + _weight_bytes(folder)
+        return _Plan(summary, norm, train_config, metrics, folder, member, int(files["head"]["members"]), size, files)
     members = int(files.get("members", 1))
+    if member is None and first_member:
+        member = 0
     if members > 1 and member is None:
         raise ExportError(f"{label} is an ensemble of {members} models: export one with --member 0..{members - 1}")
     k = 0 if member is None else int(member)
@@ -103,11 +117,24 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
                           "retrain with --pooling mean or cls to export")
     # LoRA members hold adapters only: the merged model is the size of the backbone they adapt
     size = _weight_bytes(folder / f"member-{k}") + (_weight_bytes(Path(meta.backbone["path"])) if meta.lora else 0)
-    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size)
+    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size, files)
 
 
 def _weight_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
+def _decoder_at(backbone: Path, label: str) -> bool:
+    """Whether the backbone folder a head version was trained on holds a decoder (its config.json only)."""
+    from transformers import AutoConfig
+
+    from rm_engine.backbone import is_decoder
+
+    try:
+        return is_decoder(AutoConfig.from_pretrained(str(backbone), local_files_only=True))
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"{label}: its backbone is unusable ({exc}); exporting it needs the backbone at the "
+                              "path it was trained from") from None
 
 
 def _too_big(plan: _Plan, max_bytes: int) -> str | None:
@@ -118,14 +145,22 @@ def _too_big(plan: _Plan, max_bytes: int) -> str | None:
             f"{plan.summary['id']} OUT` on the server instead")
 
 
+def member_choices(mode: str, members: int) -> list[int | None]:
+    """What of a version of ``members`` models can be exported: nothing to choose for one model; a head ensemble
+    as a whole (None: its members' mean) or one member; one member of a fine-tuned ensemble."""
+    if members <= 1:
+        return []
+    return ([None] if mode == "head" else []) + list(range(members))
+
+
 def export_refusal(db: Database, settings: Settings, version: str | int | None, member: int | None = None, *,
                    max_bytes: int | None = None) -> str | None:
-    """Why ``version`` (``member``; an ensemble's first one when None) cannot be exported, or None when it can;
+    """Why ``version`` (``member``; a fine-tuned ensemble's first one when None) cannot be exported, or None when it can;
     with ``max_bytes``, also when its weights exceed that (:data:`ARCHIVE_MAX_BYTES` for :func:`export_archive`).
     Cheap (the Train page asks on every rerun): reads the version's row and two small JSON files; their hashes are
     checked when an export loads the files."""
     try:
-        plan = _plan(db, settings, version, member if member is not None else 0, verify=False)
+        plan = _plan(db, settings, version, member, verify=False, first_member=True)
     except (ExportError, ModelFilesError) as exc:
         return str(exc)
     return _too_big(plan, max_bytes) if max_bytes is not None else None
@@ -141,6 +176,25 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: already exists and is not an empty folder; choose a new path")
+    write = _head_writer(settings, plan, say) if plan.summary["mode"] == "head" else _finetune_writer(plan, say)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        say(f"writing {out}")
+        tmp.mkdir(parents=True)
+        info = write(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(info), encoding="utf-8")
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): os.replace needs the name free
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _finetune_writer(plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
+    """Load the fine-tuned member now (errors before anything is written); the returned function writes it."""
     from rm_engine.finetune_model import FinetunedModel
 
     k, members = plan.member, plan.members
@@ -154,25 +208,36 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
         say("merging the LoRA adapters into the weights")
         model = model.merge_and_unload()
     pad_added = fm.meta.decoder and _own_pad_token(model, tok)
-    info = _info(plan, fm, pad_added)
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        say(f"writing {out}")
-        tmp.mkdir(parents=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
+    def write(folder: Path) -> dict[str, Any]:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        tok.save_pretrained(str(folder))
         if fm.net.pooling == "mean":
-            _mean_pooling_code(tmp, model)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        (tmp / CARD_FILE).write_text(model_card(info), encoding="utf-8")
-        if out.is_dir():
-            out.rmdir()  # empty (checked above): os.replace needs the name free
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return info
+            _mean_pooling_code(folder, model)
+        return _info(plan, tok, decoder=fm.meta.decoder, pooling=fm.net.pooling, max_length=fm.meta.max_length,
+                     truncation=fm.meta.truncation, remote_code=fm.net.pooling == "mean", pad_added=pad_added)
+
+    return write
+
+
+def _head_writer(settings: Settings, plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
+    """Check the head version's backbone and load its head now; the returned function writes backbone + head."""
+    from rm_engine.registry import load_head_files
+    from rm_engine.scoring import check_backbone
+
+    say(f"loading {plan.label} (a head over the frozen backbone)")
+    tensors, fcfg = load_head_files(settings, plan.summary["path"], plan.summary["id"])
+    ref = check_backbone(settings, plan.summary["id"], fcfg.get("backbone", {}))
+    decoder = _decoder_at(ref.path, plan.label)
+
+    def write(folder: Path) -> dict[str, Any]:
+        tok = write_head_model(folder, ref, fcfg, tensors, plan.member, decoder)
+        head = {"kind": fcfg["head"]["kind"], "features": fcfg.get("features", "rich"), "members": plan.members,
+                "quantized_features": bool(fcfg.get("quantize", False))}
+        return _info(plan, tok, decoder=decoder, pooling="mean", max_length=int(fcfg.get("max_length", 256)),
+                     truncation=fcfg.get("truncation"), remote_code=True, pad_added=False, head=head)
+
+    return write
 
 
 def archive_name(version_id: int, member: int | None = None) -> str:
@@ -248,135 +313,35 @@ def _mean_pooling_code(folder: Path, model: Any) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _info(plan: _Plan, fm: Any, pad_added: bool) -> dict[str, Any]:
-    from rm_engine.backbone import input_format, single_special_ids
+def _info(plan: _Plan, tok: Any, *, decoder: bool, pooling: str, max_length: int, truncation: str | None,
+          remote_code: bool, pad_added: bool, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    from rm_engine.backbone import input_format, pair_special_ids, single_special_ids
 
     summary, member, members, metrics = plan.summary, plan.member, plan.members, plan.metrics
-    decoder, tok = fm.meta.decoder, fm.tokenizer
-    layout = None
     if decoder:
         prefix, suffix = single_special_ids(tok)
         layout = {"prefix_ids": prefix, "suffix_ids": suffix, "eos_id": tok.eos_token_id}
+    else:
+        prefix, middle, suffix = pair_special_ids(tok)
+        layout = {"prefix_ids": prefix, "middle_ids": middle, "suffix_ids": suffix}
     # the version's calibration and length bias describe its (ensemble) score: one member's own are not measured
-    temperature = (metrics.get("temperature") or {}).get("temperature") if members == 1 else None
-    length_bias = ((metrics.get("val") or {}).get("length_bias") or {}).get("message") if members == 1 else None
+    temperature = (metrics.get("temperature") or {}).get("temperature") if plan.whole else None
+    length_bias = ((metrics.get("val") or {}).get("length_bias") or {}).get("message") if plan.whole else None
     ensemble_note = (f"member {member} of an ensemble of {members}: the version's normalization statistics are the "
-                     "ensemble's, so none is given for one member") if members > 1 else None
+                     "ensemble's, so none is given for one member") if not plan.whole else None
     return {
-        "format": EXPORT_FORMAT, "version_id": summary["id"], "member": member if members > 1 else None,
-        "members": members,
+        "format": EXPORT_FORMAT, "version_id": summary["id"], "member": None if plan.whole else member,
+        "members": members, "mode": summary["mode"], "head": head,
         "created_at": summary["created_at"], "recipe": summary["recipe"], "backbone": summary["backbone"],
-        "decoder": decoder, "pooling": fm.net.pooling,
-        "remote_code": REMOTE_CODE_FILE if fm.net.pooling == "mean" else None,
-        "input": {"format": input_format(tok, decoder=decoder), "max_length": fm.meta.max_length,
-                  "truncation": fm.meta.truncation, "special_tokens": layout,
+        "decoder": decoder, "pooling": pooling,
+        "remote_code": REMOTE_CODE_FILE if remote_code else None,
+        "input": {"format": input_format(tok, decoder=decoder), "max_length": max_length,
+                  "truncation": truncation, "special_tokens": layout,
                   "token_type_ids": None if decoder else "all 0 (pass input_ids and attention_mask only)"},
-        "normalization": None if members > 1 else {"mean": plan.norm.get("mean", 0.0),
+        "normalization": None if not plan.whole else {"mean": plan.norm.get("mean", 0.0),
                                                     "std": plan.norm.get("std", 1.0), "n": plan.norm.get("n")},
         "normalization_note": ensemble_note,
         "metrics": summary["metrics"], "n_pairs": summary["n_pairs"], "n_labels": summary["n_labels"],
         "temperature": temperature, "length_bias": length_bias,
         "pad_token_added": pad_added, "train_config": plan.train_config,
     }
-
-
-_CONTEXT = '''    context = "\\n\\n".join([f"{'User' if role == 'user' else role.capitalize()}: {text}" for role, text in history]
-                          + [f"User: {prompt}"])'''
-_INPUT_IDS = {
-    "text-pair": _CONTEXT + '''
-    return tok(context, response)["input_ids"]''',
-    "plain-dialogue": _CONTEXT + '''
-    ids = (PREFIX + tok(context + "\\n\\nAssistant:", add_special_tokens=False)["input_ids"]
-           + tok(" " + response, add_special_tokens=False)["input_ids"] + SUFFIX)
-    return ids if ids[-1] == EOS else ids + [EOS]''',
-    "chat-template": '''    messages = [{"role": role, "content": text} for role, text in history] + [{"role": "user", "content": prompt}]
-    context = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
-    return (tok(context, add_special_tokens=False)["input_ids"]
-            + tok(full[len(context):], add_special_tokens=False)["input_ids"])''',
-}
-
-
-def snippet(info: dict[str, Any], path: str = ".") -> str:
-    """The model card's Python: load the folder, build one input as training did, return ``(raw, z)``."""
-    fmt = info["input"]["format"]
-    norm = info["normalization"] or {"mean": 0.0, "std": 1.0}
-    consts = ""
-    if fmt == "plain-dialogue":
-        sp = info["input"]["special_tokens"]
-        consts = f"PREFIX, SUFFIX, EOS = {sp['prefix_ids']!r}, {sp['suffix_ids']!r}, {sp['eos_id']!r}\n"
-    trust, why = (", trust_remote_code=True", f"  # runs this folder's {info['remote_code']}") \
-        if info.get("remote_code") else ("", "")
-    return f'''import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-path = {path!r}  # this folder
-tok = AutoTokenizer.from_pretrained(path{trust})
-model = AutoModelForSequenceClassification.from_pretrained(path{trust}).eval(){why}
-MEAN, STD = {float(norm["mean"])!r}, {float(norm["std"])!r}  # z-score statistics from training
-{consts}
-
-def input_ids(prompt, response, history=()):
-    """Token ids as RM Studio built them in training ({fmt}; history: (role, text) pairs before the prompt)."""
-{_INPUT_IDS[fmt]}
-
-
-def reward(prompt, response, history=()):
-    """(raw score, z-score) of one response; only the order of scores means something."""
-    with torch.no_grad():
-        raw = model(input_ids=torch.tensor([input_ids(prompt, response, history)])).logits[0, 0].item()
-    return raw, (raw - MEAN) / STD
-'''
-
-
-def model_card(info: dict[str, Any]) -> str:
-    """``README.md`` of an exported folder: what the model is, how it was measured, how to call it."""
-    m = info["metrics"]
-    acc = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
-    member = f", member {info['member']} of an ensemble of {info['members']}" if info["member"] is not None else ""
-    inp = info["input"]
-    notes = [
-        f"- Inputs: `{inp['format']}` layout, at most {inp['max_length']} tokens; longer inputs were truncated by "
-        f"keeping the response and cutting the context from the left (`{inp['truncation']}`). The snippet below does "
-        "not truncate.",
-        "- Absolute scores mean nothing, only their order for the same prompt: compare responses, or use the z-score.",
-    ]
-    if not info["decoder"]:
-        notes.append("- Pass `input_ids` (and `attention_mask`) only: training used `token_type_ids` of 0.")
-    if info.get("remote_code"):
-        notes.append(f"- Mean pooling: the score is the classifier applied to the mean of the last hidden states over "
-                     "the real tokens. No built-in transformers class reads it so: the folder's "
-                     f"`{info['remote_code']}` (about 25 lines: read it) does, and loading needs "
-                     "`trust_remote_code=True`, for the tokenizer too (without it transformers refuses the model "
-                     "rather than read [CLS]).")
-    if info["pad_token_added"]:
-        notes.append(f"- The tokenizer's pad token was its eos; the export added `{EXPORT_PAD}` so that the model "
-                     "reads each score at the closing eos, as in training.")
-    if info["temperature"]:
-        notes.append(f"- Calibrated preference probability: P(a over b) = sigmoid((score_a - score_b) / "
-                     f"{info['temperature']:.4g}) (temperature fitted on the validation pairs).")
-    if info["length_bias"]:
-        notes.append(f"- Length bias on the validation pairs: {info['length_bias']}.")
-    if info["normalization_note"]:
-        notes.append(f"- {info['normalization_note']} (the snippet's z uses mean 0, std 1).")
-    return f"""# Reward model: RM Studio version {info['version_id']}{member}
-
-Exported by RM Studio (`rmstudio models export`). A Bradley-Terry reward model: `AutoModelForSequenceClassification`
-with one output, the score of a (prompt, response).
-
-| | |
-|---|---|
-| backbone | {info['backbone']} |
-| recipe | {info['recipe']} |
-| trained | {info['created_at']} on {info['n_pairs']} pairs ({info['n_labels']} labels) |
-| validation accuracy | {acc(m.get('val_accuracy'))} (band: {m.get('band') or '-'}) |
-| training accuracy | {acc(m.get('train_accuracy'))} |
-| test accuracy | {acc(m.get('test_accuracy'))} |
-
-{chr(10).join(notes)}
-
-`rmstudio_reward.json` holds the same facts for programs (input format, normalization, training config).
-
-```python
-{snippet(info)}```
-"""

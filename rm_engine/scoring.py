@@ -138,7 +138,7 @@ class RewardModel:
         return self._scores(self.score_matrix(rows, cache=cache))
 
 
-def _check_backbone(settings: Settings, vid: int, recorded: dict[str, Any]) -> Any:
+def check_backbone(settings: Settings, vid: int, recorded: dict[str, Any]) -> Any:
     """Re-resolve the recorded backbone (paths stay confined) and check it is the one trained with."""
     spec = recorded.get("name") or "minilm"
     if spec != "minilm":
@@ -162,7 +162,7 @@ def _head_scorer(settings: Settings, vid: int, tensors: dict[str, Any], fcfg: di
         head = EnsembleHead.from_state(fcfg["head"], tensors)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ModelFilesError(f"model version {vid}: head weights do not match its config ({exc})") from None
-    ref = _check_backbone(settings, vid, fcfg.get("backbone", {}))
+    ref = check_backbone(settings, vid, fcfg.get("backbone", {}))
     fx = FeatureExtractor(settings, ref, max_length=int(fcfg.get("max_length", 256)), pooling=fcfg.get("pooling", "mean"),
                           quantize=bool(fcfg.get("quantize", False)), device=device)
     features = fcfg.get("features", "rich")

@@ -116,7 +116,7 @@ with db.read() as s:
     rows = versions.list_versions(s)
     table = version_metrics.versions_frame(rows, versions.archived_versions(s))
     labels = {v.id: versions.version_label(v) for v in rows}
-    sizes = {v.id: v.ensemble_size for v in rows}
+    members = {v.id: export.member_choices(v.mode, v.ensemble_size) for v in rows}
 if table.empty:
     st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
 else:
@@ -125,8 +125,9 @@ else:
     chosen = e1.selectbox("Version to export", list(labels), format_func=labels.get, key="export_version",
                           help="For RL trainers without RM Studio: a Hugging Face folder (safetensors, tokenizer, "
                                "model card) that AutoModelForSequenceClassification loads; `rmstudio models export`")
-    member = (e1.number_input("Ensemble member", 0, sizes[chosen] - 1, 0, key="export_member")
-              if sizes[chosen] > 1 else None)
+    member = (e1.selectbox("Ensemble member", members[chosen], key=f"export_member_{chosen}",
+                           format_func=lambda k: "all (their mean)" if k is None else f"member {k}")
+              if members[chosen] else None)
     refusal = export.export_refusal(db, settings(), chosen, member, max_bytes=export.ARCHIVE_MAX_BYTES)
     e2.download_button("Download .zip", data=partial(export.export_archive, db, settings(), chosen, member=member),
                        file_name=export.archive_name(chosen, member) + ".zip", mime="application/zip",

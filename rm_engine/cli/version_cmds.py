@@ -15,7 +15,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                                               "'all')")
     p.add_argument("out", nargs="?", help="export: the new folder (a Hugging Face model loadable with "
                                           "AutoModelForSequenceClassification, plus a model card)")
-    p.add_argument("--member", type=int, default=None, help="export: which member of an ensemble (0..K-1)")
+    p.add_argument("--member", type=int, default=None,
+                   help="export: which member of an ensemble (0..K-1); a head ensemble without it exports their mean")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -69,7 +70,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """``models export ID OUT``: a fine-tuned version as a Hugging Face folder (rm_engine.export)."""
+    """``models export ID OUT``: a version as a Hugging Face folder (rm_engine.export)."""
     from db.versions import VersionNotFound
     from rm_engine.export import ExportError, export_version
     from rm_engine.registry import ModelFilesError

@@ -151,8 +151,8 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     assert sorted(table["version"]) == sorted(ids)
     assert set(table["val_accuracy"].round(2)) == {0.6, 0.61}
     assert "files_in_db" not in table  # no copies in the database (SQLite's default): no column
-    [download] = at.get("download_button")  # head-mode versions: no Hugging Face model holds them
-    assert download.proto.disabled and any("head-mode version" in c.value for c in at.caption)
+    [download] = at.get("download_button")  # these rows have no files
+    assert download.proto.disabled and any("config.json is unreadable" in c.value for c in at.caption)
     delete = _button(at, "Delete version")
     assert delete.disabled  # needs the confirmation first
     [victim_box] = [b for b in at.selectbox if b.label == "Version to delete"]
@@ -188,12 +188,31 @@ def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, see
     assert box.value == rich  # newest first
     assert at.get("download_button")[0].proto.disabled and any("rich pooling" in c.value for c in at.caption)
     box.set_value(ens).run()
-    [member] = [n for n in at.number_input if n.label == "Ensemble member"]
-    assert member.max == 1
+    [member] = [b for b in at.selectbox if b.label == "Ensemble member"]
+    assert member.options == ["member 0", "member 1"]  # a fine-tuned ensemble is not one model
     member.set_value(1).run()
     [download] = at.get("download_button")
     assert not at.exception and not download.proto.disabled
     assert not any("pooling" in c.value or "member" in c.value for c in at.caption)
+
+
+def test_a_head_ensemble_downloads_whole_or_one_member(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
+    torch.set_num_threads(1)
+    build_tiny_encoder(home / "tiny", hidden=32, layers=1)
+    with sqlite_db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+    cfg = TrainConfig(mode="head", backbone=str(home / "tiny"), ensemble=3, epochs=5, max_length=64, val_fraction=0.0)
+    train_and_publish(sqlite_db, Settings.from_env(), cfg)
+    at = _page()
+    [member] = [b for b in at.selectbox if b.label == "Ensemble member"]
+    assert member.options == ["all (their mean)", "member 0", "member 1", "member 2"] and member.value is None
+    [download] = at.get("download_button")
+    assert not at.exception and not download.proto.disabled
+    assert not any("member" in c.value or "refus" in c.value for c in at.caption)
+    member.set_value(2).run()
+    [download] = at.get("download_button")
+    assert not at.exception and not download.proto.disabled
 
 
 def test_no_versions_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:

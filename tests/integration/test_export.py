@@ -100,7 +100,8 @@ def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, pooling: s
         rows = responses_for_scoring(s)[:6]
     history = [("user", "hello"), ("assistant", "hi there")]
     raw_seen = []
-    for _, prompt, _, text in rows:
+    long = " ".join(f"word{i}" for i in range(120))  # past max_length 64: the snippet truncates as training did
+    for _, prompt, _, text in rows + [(0, long, 0, "short answer"), (0, "short question", 0, long)]:
         for hist in ((), history):
             assert ns["input_ids"](prompt, text, hist) == build_inputs(
                 model_tok(out), prompt, hist, text, 64, decoder=kind.startswith("dec"))
@@ -109,6 +110,64 @@ def test_exported_folder_scores_like_rm_studio(kind: str, lora: bool, pooling: s
             assert raw == pytest.approx(want.raw, abs=1e-4) and z == pytest.approx(want.z, abs=1e-3)
             raw_seen.append(raw)
     assert len({round(r, 5) for r in raw_seen}) > 1  # not one constant score
+
+
+@pytest.mark.parametrize("kind,features,head,ensemble,member", [
+    ("enc", "rich", "linear", 3, None),  # the ensemble's centred mean, context and response split from the pair
+    ("enc", "pair", "mlp", 1, None),
+    ("dec-chat", "pair", "linear", 2, 1),  # one member of an ensemble
+    ("dec-plain", "pair", "mlp", 1, None),
+])
+def test_exported_head_version_scores_like_rm_studio(kind: str, features: str, head: str, ensemble: int,
+                                                     member: int | None, sqlite_db: Database, settings: Settings,
+                                                     backbones: Path, tmp_path: Path) -> None:
+    seed_labels(sqlite_db, 12)
+    v = _train(sqlite_db, settings, backbones / kind, mode="head", head=head, features=features, ensemble=ensemble,
+               epochs=30, lr=1e-2)
+    out = tmp_path / "exported"
+    info = export_version(sqlite_db, settings, v.id, out, member=member)
+    assert info["mode"] == "head" and info["remote_code"] == "modeling_rmstudio.py"
+    assert info["head"] == {"kind": head, "features": features, "members": ensemble, "quantized_features": False}
+    assert info["member"] == member and (info["normalization"] is None) is (member is not None)
+    card = (out / CARD_FILE).read_text()
+    assert "Head mode" in card and ("splits the pair input" in card) is (features == "rich")
+
+    ns = _card_snippet(out)  # transformers alone
+    assert type(ns["model"]).__name__ == "RMStudioHeadModel"
+    model = RewardModel.load(sqlite_db, settings, v.id)
+    with sqlite_db.read() as s:
+        rows = responses_for_scoring(s)[:5]
+    raw_seen = []
+    long = " ".join(f"word{i}" for i in range(120))  # past max_length 64
+    # rich features embed the context and the response alone, each cut to max_length on its own: equal past it only
+    # for pair features
+    truncated = [(0, "short question", 0, long), (0, long, 0, "short answer")] if features == "pair" else []
+    for _, prompt, _, text in rows + truncated:
+        for hist in ((), [("user", "hello"), ("assistant", "hi there")]):
+            raw, z = ns["reward"](prompt, text, hist)
+            if member is None:
+                want = model.score(prompt, [text], history=list(hist))[0]
+                assert raw == pytest.approx(want.raw, abs=1e-4) and z == pytest.approx(want.z, abs=1e-3)
+            else:
+                want = float(model.score_matrix([(prompt, list(hist), text)])[0, member])
+                assert raw == pytest.approx(want, abs=1e-4)
+            raw_seen.append(raw)
+    assert len({round(r, 5) for r in raw_seen}) > 1
+
+    # a batch with padding scores each row as alone
+    tok = ns["tok"]
+    ids = [ns["input_ids"](p, t) for _, p, _, t in rows]
+    width = max(map(len, ids))
+    import torch
+
+    batch = torch.tensor([x + [tok.pad_token_id or 0] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    with torch.no_grad():
+        got = ns["model"](input_ids=batch, attention_mask=mask).logits[:, 0].tolist()
+    assert got == pytest.approx([ns["reward"](p, t)[0] for _, p, _, t in rows], abs=1e-4)
+    if features == "rich":
+        with pytest.raises(ValueError, match="not a .context, response. pair"):
+            ns["model"](input_ids=torch.tensor([tok("only one text")["input_ids"]]))
 
 
 def model_tok(out: Path):  # noqa: ANN201 - a tokenizer
@@ -122,10 +181,10 @@ def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite
                                                                           backbones: Path, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     seed_labels(sqlite_db, 12)
-    head = _train(sqlite_db, settings, backbones / "enc", mode="head", epochs=20, lr=1e-2)
+    head = _train(sqlite_db, settings, backbones / "dec-plain", mode="head", epochs=20, lr=1e-2)  # rich features
     rich = _train(sqlite_db, settings, backbones / "enc", pooling="rich")
     ens = _train(sqlite_db, settings, backbones / "enc", ensemble=2)
-    for version, match in ((head.id, "head-mode version"), (rich.id, "rich pooling"),
+    for version, match in ((head.id, "rich features .* from a decoder backbone"), (rich.id, "rich pooling"),
                            (ens.id, "ensemble of 2 models: export one with --member 0..1")):
         with pytest.raises(ExportError, match=match):
             export_version(sqlite_db, settings, version, tmp_path / f"v{version}")
@@ -137,7 +196,7 @@ def test_ensemble_member_head_mode_and_rich_pooling_are_refused_or_chosen(sqlite
     # metadata alone, without hashing the weights
     with monkeypatch.context() as mp:
         mp.setattr("rm_engine.registry._sha256", lambda p: pytest.fail(f"hashed {p}"))
-        assert "head-mode version" in export_refusal(sqlite_db, settings, head.id)
+        assert "--features pair to export" in export_refusal(sqlite_db, settings, head.id)
         assert "rich pooling" in export_refusal(sqlite_db, settings, rich.id)
         assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
         assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)
