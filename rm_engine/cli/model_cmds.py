@@ -71,12 +71,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--format", help="force the file format (default: detect)")
     p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
     p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score responses to a prompt")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--prompt", help="the prompt")
     p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
     p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
@@ -84,7 +84,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=cmd_score)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="latest (default) or a version id; repeat to use several versions as one ensemble reward")
     p.add_argument("--combine", choices=COMBINE, default="mean",
@@ -193,13 +193,13 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_model(db: Any, ref: str) -> Any:
+def _load_model(db: Any, ref: str, device: str = "cpu") -> Any:
     from db.versions import VersionNotFound
     from rm_engine.registry import ModelFilesError
     from rm_engine.scoring import load_usable
 
     try:
-        model = load_usable(db, settings(), ref)
+        model = load_usable(db, settings(), ref, device=device)
     except (VersionNotFound, ModelFilesError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if model.fallback_message:
@@ -207,7 +207,7 @@ def _load_model(db: Any, ref: str) -> Any:
     return model
 
 
-def _load_scorer(db: Any, args: argparse.Namespace) -> Any:
+def load_scorer(db: Any, args: argparse.Namespace, device: str = "cpu") -> Any:
     """One ``--model``: that version (or the newest usable one before it, with a warning). Several: a
     ``VersionEnsemble`` of exactly those versions."""
     from db.versions import VersionNotFound, parse_version_ref
@@ -216,10 +216,10 @@ def _load_scorer(db: Any, args: argparse.Namespace) -> Any:
 
     refs = args.model or ["latest"]
     if len(refs) == 1:
-        return _load_model(db, refs[0])
+        return _load_model(db, refs[0], device)
     try:
         return VersionEnsemble.load(db, settings(), [parse_version_ref(r) for r in refs], how=args.combine,
-                                    penalty=args.penalty)
+                                    penalty=args.penalty, device=device)
     except (VersionNotFound, ModelFilesError, ValueError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -242,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.file}: no usable records" + (f" (first problem: {errors[0]})" if errors else ""))
     db = open_db()
     try:
-        out = evaluate_records(_load_scorer(db, args), records)
+        out = evaluate_records(load_scorer(db, args), records)
     finally:
         db.dispose()
     out["invalid_rows"] = len(errors)
@@ -312,7 +312,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows = _score_inputs(args)
     db = open_db()
     try:
-        model = _load_scorer(db, args)
+        model = load_scorer(db, args)
         scores = model.score_rows(rows)
     finally:
         db.dispose()

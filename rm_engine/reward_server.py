@@ -1,0 +1,176 @@
+"""A reward model over HTTP, for RL trainers that run in another process or on another machine (OpenRLHF's
+``--remote_rm_url``, a GRPO loop whose environment lacks RM Studio).
+
+``POST /score`` takes one batch and returns one reward per row::
+
+    {"prompts": [...], "completions": [...]}   strings or chat-message lists, as TRL's GRPO passes them
+    {"query": [...], "prompts": [...]}         OpenRLHF: each query is its prompt followed by the response
+
+and answers ``{"rewards": [...], "scores": [...], "model": ...}`` (``scores`` repeats ``rewards`` for OpenRLHF),
+plus ``std`` per row (an ensemble's disagreement, in z units unless the reward is raw). ``GET /health`` describes the loaded model. A bad request gets
+status 400 and ``{"error": ...}`` naming the field and row; with a token set (``RMSTUDIO_REWARD_TOKEN``), a request
+without ``Authorization: Bearer <token>`` gets 401.
+
+One scoring runs at a time (the model already batches a request's rows by length; two at once would only fight
+over the same cores). Built on Starlette and served by uvicorn, both already installed with Streamlit.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from rm_engine.scoring import completion_rows
+
+REWARD_KINDS = ("raw", "z", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the reward server listens and what it accepts.
+
+    Attributes:
+        host: interface to bind; ``127.0.0.1`` (default) serves this machine only, ``0.0.0.0`` every interface
+            (set a token then).
+        port: TCP port.
+        token: when set, every request but ``/health`` needs ``Authorization: Bearer <token>``
+            (``RMSTUDIO_REWARD_TOKEN``).
+        max_rows: most rows one request may hold.
+        max_body_bytes: largest request body accepted.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8600
+    token: str | None = None
+    max_rows: int = 4096
+    max_body_bytes: int = 32 * 2**20
+
+
+class RequestError(ValueError):
+    """A request body that cannot be scored; the message names the field (and row)."""
+
+
+def _texts(body: dict[str, Any], field: str) -> list[Any]:
+    value = body.get(field)
+    if not isinstance(value, list):
+        raise RequestError(f"'{field}' must be a list (of strings or chat-message lists), got "
+                           f"{type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, (str, list)):
+            raise RequestError(f"'{field}'[{i}] must be a string or a list of chat messages, got "
+                               f"{type(item).__name__}")
+    return value
+
+
+def parse_request(body: Any, max_rows: int) -> tuple[list[Any], list[Any]]:
+    """``(prompts, completions)`` of a request body (TRL-style or OpenRLHF-style, see the module docstring).
+    Raises :class:`RequestError`."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object with 'prompts' and 'completions' (or OpenRLHF's "
+                           "'query' and 'prompts')")
+    if "completions" in body:
+        prompts, completions = _texts(body, "prompts"), _texts(body, "completions")
+    elif "query" in body:
+        queries, prompts = _texts(body, "query"), _texts(body, "prompts")
+        if len(queries) != len(prompts):
+            raise RequestError(f"{len(queries)} queries for {len(prompts)} prompts")
+        completions = []
+        for i, (q, p) in enumerate(zip(queries, prompts)):
+            if not (isinstance(q, str) and isinstance(p, str) and q.startswith(p)):
+                raise RequestError(f"'query'[{i}] does not start with 'prompts'[{i}]: send each query as its "
+                                   "prompt followed by the response, or send 'completions'")
+            completions.append(q[len(p):])
+    else:
+        raise RequestError("missing 'completions' (with 'prompts'), or OpenRLHF's 'query' (with 'prompts')")
+    if len(prompts) != len(completions):
+        raise RequestError(f"{len(prompts)} prompts for {len(completions)} completions")
+    if len(prompts) > max_rows:
+        raise RequestError(f"{len(prompts)} rows in one request; at most {max_rows} (send smaller batches)")
+    return prompts, completions
+
+
+Scorer = Callable[[Sequence[Any], Sequence[Any]], dict[str, list[float]]]
+
+
+def model_scorer(model: Any, kind: str = "z") -> Scorer:
+    """One version's rewards (``kind``: raw, z or sigmoid) with the std of its ensemble members, in raw units for
+    ``raw``, else in z units (0 for one model)."""
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"reward kind must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
+    unit = 1.0 if kind == "raw" else float(model.norm_stats.get("std", 1.0) or 1.0)
+
+    def score(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
+        scores = model.score_rows(completion_rows(prompts, completions))
+        return {"rewards": [float(getattr(s, kind)) for s in scores], "std": [float(s.std) / unit for s in scores]}
+
+    return score
+
+
+def ensemble_scorer(ensemble: Any) -> Scorer:
+    """Several versions' combined z (``VersionEnsemble``), with their disagreement as ``std``."""
+    def score(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
+        scores = ensemble.score_rows(completion_rows(prompts, completions))
+        return {"rewards": [float(s.reward) for s in scores], "std": [float(s.std) for s in scores]}
+
+    return score
+
+
+def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig) -> Any:
+    """The Starlette application serving ``scorer`` (``describe``: what ``/health`` and each answer say of the
+    model)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    lock = threading.Lock()
+
+    def locked_score(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
+        with lock:
+            return scorer(prompts, completions)
+
+    def refused(request: Request) -> JSONResponse | None:
+        if cfg.token is None:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):
+            return None
+        return JSONResponse({"error": "missing or wrong token: send 'Authorization: Bearer <token>'"}, 401)
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": describe})
+
+    async def score(request: Request) -> JSONResponse:
+        if (denied := refused(request)) is not None:
+            return denied
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:
+            return JSONResponse({"error": f"request body of {len(body)} bytes; at most {cfg.max_body_bytes}"}, 413)
+        try:
+            prompts, completions = parse_request(json.loads(body or b"null"), cfg.max_rows)
+            out = await run_in_threadpool(locked_score, prompts, completions)
+        except (RequestError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            return JSONResponse({"error": f"bad request: {exc}"}, 400)
+        return JSONResponse({**out, "scores": out["rewards"], "model": describe})
+
+    return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/score", score, methods=["POST"])])
+
+
+def serve(app: Any, cfg: ServerConfig) -> None:
+    """Serve ``app`` until interrupted (uvicorn; SIGINT and SIGTERM stop it cleanly, SIGTERM with exit code 0)."""
+    import signal
+
+    import uvicorn
+
+    def stopped(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    # uvicorn shuts down gracefully, then raises the signal it caught again under the handler found before it
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,35 @@
+"""The reward server's request parsing: TRL-style and OpenRLHF-style bodies, and errors that name the field and row."""
+from __future__ import annotations
+
+import pytest
+
+from rm_engine.reward_server import RequestError, parse_request
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("body,want", [
+    ({"prompts": ["p1", "p2"], "completions": ["c1", "c2"]}, (["p1", "p2"], ["c1", "c2"])),
+    ({"prompts": [CHAT], "completions": [[{"role": "assistant", "content": "yo"}]]},
+     ([CHAT], [[{"role": "assistant", "content": "yo"}]])),
+    ({"query": ["User: hi\nAssistant: hello", "Q? A."], "prompts": ["User: hi\nAssistant:", "Q?"]},
+     (["User: hi\nAssistant:", "Q?"], [" hello", " A."])),  # OpenRLHF: the response is what follows the prompt
+    ({"prompts": [], "completions": []}, ([], [])),
+])
+def test_bodies_that_parse(body: dict, want: tuple) -> None:
+    assert parse_request(body, max_rows=10) == want
+
+
+@pytest.mark.parametrize("body,message", [
+    ([1, 2], "must be a JSON object"),
+    ({"prompts": ["p"]}, "missing 'completions'"),
+    ({"prompts": "p", "completions": ["c"]}, "'prompts' must be a list"),
+    ({"prompts": ["p", 3], "completions": ["c", "d"]}, r"'prompts'\[1\] must be a string or a list of chat messages"),
+    ({"prompts": ["p"], "completions": ["c", "d"]}, "1 prompts for 2 completions"),
+    ({"query": ["a", "b"], "prompts": ["a"]}, "2 queries for 1 prompts"),
+    ({"query": ["ab", "xb"], "prompts": ["a", "a"]}, r"'query'\[1\] does not start with 'prompts'\[1\]"),
+    ({"prompts": ["p"] * 11, "completions": ["c"] * 11}, "11 rows in one request; at most 10"),
+])
+def test_bad_bodies_name_the_problem(body: object, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_request(body, max_rows=10)
