@@ -204,6 +204,23 @@ def agreement_bars(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def annotator_reliability(df: pd.DataFrame) -> go.Figure:
+    """Each annotator's estimated accuracy (``annotator``, ``accuracy``, ``labels``, ``weight``), chance marked."""
+    title = "Annotator reliability (Dawid-Skene accuracy on pairs labelled by several)"
+    if not len(df):
+        return empty_figure(title, "no pair has decided labels from two annotators yet")
+    d = df.sort_values("accuracy")
+    weight = [f"weight {w:.2f}" if w == w and w is not None else "too few labels to weigh" for w in d["weight"]]
+    fig = _fig(title, xaxis=dict(range=[0, 1], title="estimated accuracy", tickformat=".0%"),
+               height=max(260, 60 + 28 * len(d)))
+    fig.add_trace(go.Bar(x=d["accuracy"], y=d["annotator"].astype(str), orientation="h",
+                         customdata=list(zip(d["labels"], weight)),
+                         hovertemplate="%{y}: %{x:.1%} on %{customdata[0]} labels, %{customdata[1]}<extra></extra>",
+                         marker_color=["#9e9e9e" if w is None or w != w else "#1565c0" for w in d["weight"]]))
+    fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance")
+    return fig
+
+
 def labels_per_category(df: pd.DataFrame) -> go.Figure:
     """Labels per prompt category (``category``, ``labels``, ``prompts``)."""
     title = "Labels per category"

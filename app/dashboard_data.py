@@ -22,7 +22,7 @@ import streamlit as st
 
 from app.resources import database
 from db import analytics, stats, version_metrics, versions
-from rm_engine import agreement, metrics, normalize
+from rm_engine import agreement, annotator_quality, metrics, normalize
 
 Fingerprint = tuple[int, ...]
 HEAVY_TTL_S = 120
@@ -118,14 +118,16 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
 @st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner="Computing agreement...")
 def agreement_data(url: str, fp: Fingerprint) -> dict[str, pd.DataFrame]:
     """Agreement tables (``overall``, ``annotators``, ``sources``) with and without ties, ``by_guidelines``
-    (per guidelines revision) and ``conflicts``, over the newest ``AGREEMENT_SAMPLE`` multi-rated pairs. Pass
+    (per guidelines revision), ``conflicts`` and each annotator's ``reliability``, over the newest ``AGREEMENT_SAMPLE`` multi-rated pairs. Pass
     ``coarse(fingerprint())``."""
     with database().read() as s:
         multi = analytics.multi_rated_labels(s, max_comparisons=AGREEMENT_SAMPLE)
         conflicts = analytics.conflicting_labels(s, multi=multi)
     records = analytics.agreement_records(multi)
     tables = agreement.summary_tables([agreement.summarize(records, ties=t) for t in (True, False)])
-    return {**tables, "by_guidelines": agreement.by_guidelines(records), "conflicts": conflicts}
+    reliability = annotator_quality.quality_frame(annotator_quality.annotator_quality(records))
+    return {**tables, "by_guidelines": agreement.by_guidelines(records), "conflicts": conflicts,
+            "reliability": reliability}
 
 
 @st.cache_data(max_entries=16, ttl=HEAVY_TTL_S, show_spinner=False)

@@ -27,7 +27,7 @@ _MSG = "train_messages"
 #: Session-state keys of the training form's widgets.
 FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
              "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources",
-             "length_covariate": "tr_length_covariate",
+             "length_covariate": "tr_length_covariate", "annotator_weights": "tr_annotator_weights",
              **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
 
 
@@ -63,6 +63,7 @@ def config_from_form(state: Any) -> TrainConfig:
         pooling=state[k["pooling"]],
         lora=bool(state[k["lora"]]),
         length_covariate=bool(state.get(k["length_covariate"], False)),
+        annotator_weights=bool(state.get(k["annotator_weights"], False)),
         source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
         sources=None if set(chosen) == set(SOURCES) else chosen,
     )

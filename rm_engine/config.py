@@ -149,6 +149,11 @@ class TrainConfig:
             it). Both modes (``rm_engine.length_covariate``), DDP included. It costs accuracy where
             the labels' learnable signal is mostly length (HH-harmless LoRA fine-tune: 0.610 -> 0.524; head
             mode: no cost; BENCHMARKS.md).
+        annotator_weights: multiply each label's weight by its annotator's reliability, estimated from the pairs
+            several annotators labelled (``rm_engine.annotator_quality``: Dawid-Skene accuracy ``p``, weight
+            ``2p - 1`` relative to the typical annotator's, so the typical one keeps 1 and chance-level ones get
+            0); annotators with too few overlapping labels keep 1. The weights are saved in the version's data
+            snapshot.
     """
 
     mode: str = "head"
@@ -185,6 +190,7 @@ class TrainConfig:
     quantize: bool = False
     patience: int = 30
     length_covariate: bool = False
+    annotator_weights: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -306,7 +312,7 @@ class TrainConfig:
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience", "gpus"}
 _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
-_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate"}
+_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate", "annotator_weights"}
 
 
 def _parse_field(name: str, raw: str) -> Any:

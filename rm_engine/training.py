@@ -25,12 +25,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from sqlalchemy.orm import Session
 
+from db.analytics import agreement_records, multi_rated_labels
 from db.config import Settings
 from db.models import ModelVersion
 from db.pairs import PairSet, TrainingPair, training_pairs
 from db.session import Database
 from db.versions import insert_version, store_response_scores
 from rm_engine import metrics as M
+from rm_engine.annotator_quality import weigh_annotators
 from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
@@ -324,6 +326,7 @@ def _snapshot(ps: PairSet, splits: dict[str, list[TrainingPair]], cfg: TrainConf
         "train_prompts": len({p.prompt_id for p in splits["train"]}),
         "split": {"method": "prompt-hash", "seed": cfg.seed, "val_fraction": cfg.val_fraction},
         "sources": sorted({p.source for p in ps.pairs}),
+        **({"annotator_weights": ps.extra["annotator_weights"]} if "annotator_weights" in ps.extra else {}),
     }
 
 
@@ -423,6 +426,8 @@ def train_and_publish(
         progress({"phase": "load", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
     with db.read() as s:
         ps = training_pairs(s, sources=cfg.sources, include_ties=cfg.ties == "model")
+        if cfg.annotator_weights:
+            weigh_annotators(ps, agreement_records(multi_rated_labels(s)))
     fitted, metrics, norm, snap = fit_pairs(settings, cfg, ps, progress=progress, should_stop=should_stop)
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled before publishing")

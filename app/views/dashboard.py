@@ -103,6 +103,12 @@ def agreement_panel() -> None:
     st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped. "
                f"Over the newest {data.AGREEMENT_SAMPLE:,} pairs labelled more than once.")
     st.dataframe(ag["overall"], hide_index=True)
+    st.plotly_chart(charts.annotator_reliability(ag["reliability"]), key="reliability")
+    st.caption("Each annotator's chance of picking the side the others' labels point to (one-coin Dawid-Skene; "
+               "needs pairs labelled by three or more to tell who is right; grey: not weighed, under 10 "
+               "overlapping labels or no agreement to weigh by). 'Weight by annotator reliability' on the Train "
+               "page gives their labels `weight` (the typical annotator 1, chance level 0); `rmstudio annotators`.")
+    st.dataframe(ag["reliability"], hide_index=True)
     st.markdown("**Cohen's kappa per annotator pair**")
     st.dataframe(ag["annotators"], hide_index=True)
     st.markdown("**Agreement between sources** (each source's majority verdict per pair)")

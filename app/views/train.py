@@ -42,12 +42,16 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
     wcols = st.columns(3)
     for i, src in enumerate(SOURCES):
         wcols[i].slider(f"Weight of {src} labels", 0.0, 2.0, DEFAULT_SOURCE_WEIGHTS[src], 0.05, key=K[f"w_{src}"])
-    src_col, len_col = st.columns([3, 1], vertical_alignment="bottom")
+    src_col, len_col, ann_col = st.columns([2, 1, 1], vertical_alignment="bottom")
     src_col.multiselect("Train on sources", list(SOURCES), default=list(SOURCES), key=K["sources"])
     len_col.checkbox("Absorb length preference", key=K["length_covariate"],
                      help="a learned coefficient on response length takes the labels' length "
                           "preference, and is left out of the served score, so a policy cannot gain reward by "
                           "padding or cutting its answers (Dashboard: length bias)")
+    ann_col.checkbox("Weight by annotator reliability", key=K["annotator_weights"],
+                     help="each label weighs as much as its annotator is reliable, estimated from the pairs "
+                          "several annotators labelled (Dashboard, Agreement tab: annotator reliability); "
+                          "annotators without enough overlap keep weight 1")
     st.form_submit_button("Enqueue training", type="primary", on_click=act.enqueue_training)
 
 

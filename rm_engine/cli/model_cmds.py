@@ -60,6 +60,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--length-covariate", dest="length_covariate", action="store_true", default=None,
                    help="absorb the labels' length preference into a learned coefficient on response "
                         "length, kept out of the served score (against length hacking)")
+    p.add_argument("--annotator-weights", dest="annotator_weights", action="store_true", default=None,
+                   help="weight each label by its annotator's reliability, estimated from pairs several annotators "
+                        "labelled (Dawid-Skene; see rmstudio annotators)")
     p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")
     p.add_argument("--seed", type=int)
     p.add_argument("--inline", action="store_true", help="train in this process instead of queueing a job")

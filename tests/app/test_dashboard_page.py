@@ -126,8 +126,12 @@ def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded)
     overall = at.dataframe[0].value
     assert set(overall["ties"]) == {"with ties", "without ties"}
     assert (overall["items"] == 6).all()
+    # Reliability: gpt, who alone says b on one pair, is the least reliable; 6 pairs are too few to weigh anyone
+    reliability = next(d.value for d in at.dataframe if "agrees_with_others" in d.value.columns)
+    assert list(reliability["annotator"])[-1] == "gpt" and set(reliability["annotator"]) == {"ann", "bob", "gpt"}
+    assert reliability["weight"].isna().all() and "Annotator reliability" in " ".join(charts)
     # Conflicting labels: the XSS pair (crowd a vs ai b) is listed with its text as plain data.
-    conflicts = at.dataframe[3].value
+    conflicts = next(d.value for d in at.dataframe if "n_both_bad" in d.value.columns)
     assert list(conflicts["comparison_id"]) == [seeded.xss_comparison_ids[0]]
     assert XSS_SCRIPT in set(conflicts["response_a"]) | set(conflicts["response_b"])
     assert all(not m.proto.allow_html for m in at.markdown)

@@ -23,6 +23,7 @@ def _message(fig) -> str:
     lambda: charts.reliability_diagram([], None),
     lambda: charts.spearman_histogram({}),
     lambda: charts.agreement_bars(pd.DataFrame(columns=["statistic", "ties", "value"])),
+    lambda: charts.annotator_reliability(pd.DataFrame(columns=["annotator", "accuracy", "labels", "weight"])),
     lambda: charts.labels_per_category(pd.DataFrame(columns=["category", "labels", "prompts"])),
     lambda: charts.coverage_histogram([], 0.3),
     lambda: charts.loss_curve(None),
