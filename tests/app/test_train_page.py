@@ -168,12 +168,17 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     assert list(at.dataframe[-1].value["version"]) == [ids[1]]  # the list drawn after the delete is current
 
 
-def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
+def _label_all_with_tiny_backbone(db: Database, seeded: Seeded, home) -> None:  # noqa: ANN001
+    """Label every seeded pair ('a' wins) and build a tiny encoder at ``home/tiny``."""
     torch.set_num_threads(1)
     build_tiny_encoder(home / "tiny", hidden=32, layers=1)
-    with sqlite_db.write() as s:
+    with db.write() as s:
         for cid in seeded.comparison_ids:
             add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+
+
+def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
+    _label_all_with_tiny_backbone(sqlite_db, seeded, home)
     cfgs = [TrainConfig(mode="finetune", backbone=str(home / "tiny"), epochs=1, device="cpu", max_length=64,
                         val_fraction=0.0, **kw) for kw in ({"ensemble": 2}, {"pooling": "rich"})]
     ens, rich = (train_and_publish(sqlite_db, Settings.from_env(), c).id for c in cfgs)
@@ -197,11 +202,7 @@ def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, see
 
 
 def test_a_head_ensemble_downloads_whole_or_one_member(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
-    torch.set_num_threads(1)
-    build_tiny_encoder(home / "tiny", hidden=32, layers=1)
-    with sqlite_db.write() as s:
-        for cid in seeded.comparison_ids:
-            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+    _label_all_with_tiny_backbone(sqlite_db, seeded, home)
     cfg = TrainConfig(mode="head", backbone=str(home / "tiny"), ensemble=3, epochs=5, max_length=64, val_fraction=0.0)
     train_and_publish(sqlite_db, Settings.from_env(), cfg)
     at = _page()
@@ -258,13 +259,18 @@ def test_learning_rate_field_sets_the_rate_and_zero_leaves_the_default(app_env, 
     assert [j["params"]["lr"] for j in _jobs(sqlite_db)] == [None, 5e-5]  # a new rate is a new job, not a duplicate
 
 
-@pytest.mark.parametrize("mode", ["head", "finetune"])
-def test_length_preference_checkbox(app_env, sqlite_db: Database, seeded: Seeded, mode: str) -> None:
+@pytest.mark.parametrize("mode,label,param", [
+    ("head", "Absorb length preference", "length_covariate"),
+    ("finetune", "Absorb length preference", "length_covariate"),
+    ("head", "Weight by annotator reliability", "annotator_weights"),
+])
+def test_training_option_checkboxes(app_env, sqlite_db: Database, seeded: Seeded, mode: str, label: str,
+                                    param: str) -> None:
     at = _page()
     at.selectbox[0].set_value(mode)
-    [box] = [c for c in at.checkbox if c.label == "Absorb length preference"]
+    [box] = [c for c in at.checkbox if c.label == label]
     assert box.value is False
     box.check()
     _button(at, "Enqueue training").click().run()
     assert not at.exception
-    assert [(j["params"]["mode"], j["params"]["length_covariate"]) for j in _jobs(sqlite_db)] == [(mode, True)]
+    assert [(j["params"]["mode"], j["params"][param]) for j in _jobs(sqlite_db)] == [(mode, True)]
