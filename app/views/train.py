@@ -10,6 +10,7 @@ from app import charts
 from app import train_actions as act
 from app.auth import require_researcher
 from app.resources import database, settings
+from app.use_model import use_section
 from db import jobs, policy, version_metrics, versions, workers
 from rm_engine import export
 from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lrs_text
@@ -138,6 +139,7 @@ else:
                        disabled=refusal is not None, on_click="ignore", icon=":material/download:")
     if refusal:
         st.caption(refusal)
+    use_section(chosen)
     d1, d2 = st.columns([3, 1])
     victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
     confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")

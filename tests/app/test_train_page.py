@@ -204,8 +204,9 @@ def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, see
 def test_a_head_ensemble_downloads_whole_or_one_member(app_env, sqlite_db: Database, seeded: Seeded, home) -> None:
     _label_all_with_tiny_backbone(sqlite_db, seeded, home)
     cfg = TrainConfig(mode="head", backbone=str(home / "tiny"), ensemble=3, epochs=5, max_length=64, val_fraction=0.0)
-    train_and_publish(sqlite_db, Settings.from_env(), cfg)
+    vid = train_and_publish(sqlite_db, Settings.from_env(), cfg).id
     at = _page()
+    assert any(f"rmstudio reward-server --model {vid}" in c.value for c in at.code)  # "Use this version"
     [member] = [b for b in at.selectbox if b.label == "Ensemble member"]
     assert member.options == ["all (their mean)", "member 0", "member 1", "member 2"] and member.value is None
     [download] = at.get("download_button")

@@ -1,8 +1,11 @@
-"""``rmstudio reward-server`` as a real process: an RL trainer's HTTP requests (TRL-style strings and chat
+"""``rmstudio reward-server`` as a real process (and the Train page's in-process snippet): an RL trainer's HTTP requests (TRL-style strings and chat
 messages, OpenRLHF's query + prompt) get the rewards RM Studio computes in process; a token is enforced; bad
 bodies get 400 naming the problem; several versions serve their combined z; SIGTERM stops it cleanly."""
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
 import signal
 import socket
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app.use_model import usage_snippets
 from db.config import Settings
 from db.session import Database
 from rm_engine.config import TrainConfig
@@ -76,6 +80,14 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
         for seed in (0, 1))
     model = RewardModel.load(sqlite_db, Settings.from_env(), v1)
     want = model.score_rows([(p, None, a) for p, a in zip(PROMPTS, ANSWERS)])
+
+    # the Train page's "Use this version" Python snippet runs as shown and prints these rewards
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(usage_snippets(v1)["python"], {})  # noqa: S102 - our own snippet
+    shown = ast.literal_eval(out.getvalue().strip())
+    assert shown == pytest.approx([s.z for s in model.score("How do I bake bread?",
+                                                            ["Mix flour, water, yeast and salt; knead; bake."])])
 
     proc, url = _start(tmp_path, "one", "--model", str(v1), token="s3cret")
     try:
