@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -35,6 +34,7 @@ from rm_engine import metrics as M
 from rm_engine.annotator_quality import weigh_annotators
 from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.evaluation import evaluate_pairs
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
 
 __all__ = ["Cancelled", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
@@ -267,45 +267,6 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
         info["length_coef"] = [h[-1].get("length_coef") if h else None for h in histories]
     return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info,
                   device=device_label(device, cfg.gpus))
-
-
-def ranking_spearman(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:
-    """Spearman per ranking (>= 3 responses): human rank = 1 + number of responses that beat it in the ranking's
-    pairs (ties beat no one)."""
-    by_rank: dict[int, list[TrainingPair]] = defaultdict(list)
-    for p in pairs:
-        if p.ranking_id is not None:
-            by_rank[p.ranking_id].append(p)
-    items = []
-    for rid, ps in sorted(by_rank.items()):
-        beaten: dict[int, int] = defaultdict(int)
-        for p in ps:
-            beaten.setdefault(p.chosen_id, 0)
-            beaten.setdefault(p.rejected_id, 0)
-            if not p.tie:
-                beaten[p.rejected_id] += 1
-        resp = sorted(beaten)
-        items.append((rid, [score_of(r) for r in resp], [1 + beaten[r] for r in resp]))
-    return M.spearman_per_prompt(items)
-
-
-def evaluate_pairs(pairs: Sequence[TrainingPair], score_of: Callable[[int], float]) -> dict[str, Any]:
-    """Metrics of one split: decided pairs through :func:`metrics.split_metrics` (length bias included), tie
-    pairs counted apart (``tie_pairs`` and their mean absolute score difference), Spearman when rankings are
-    present."""
-    decided = [p for p in pairs if not p.tie]
-    rc = [score_of(p.chosen_id) for p in decided]
-    rr = [score_of(p.rejected_id) for p in decided]
-    out = M.split_metrics(rc, rr, sources=[p.source for p in decided], annotators=[p.annotator for p in decided],
-                          categories=[p.category for p in decided],
-                          lengths=([M.word_count(p.chosen) for p in decided], [M.word_count(p.rejected) for p in decided]))
-    ties = [p for p in pairs if p.tie]
-    out["tie_pairs"] = len(ties)
-    if ties:
-        out["tie_abs_diff"] = float(np.mean([abs(score_of(p.chosen_id) - score_of(p.rejected_id)) for p in ties]))
-    if any(p.ranking_id is not None for p in pairs):
-        out["spearman"] = ranking_spearman(pairs, score_of)
-    return out
 
 
 def _snapshot(ps: PairSet, splits: dict[str, list[TrainingPair]], cfg: TrainConfig) -> dict[str, Any]:
