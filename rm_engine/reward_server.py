@@ -61,6 +61,11 @@ def _texts(body: dict[str, Any], field: str) -> list[Any]:
         if not isinstance(item, (str, list)):
             raise RequestError(f"'{field}'[{i}] must be a string or a list of chat messages, got "
                                f"{type(item).__name__}")
+        for k, m in enumerate(item if isinstance(item, list) else []):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), (str, list))):
+                raise RequestError(f"'{field}'[{i}][{k}] must be a chat message: an object with a string 'role' "
+                                   "and a 'content'")
     return value
 
 
