@@ -103,6 +103,12 @@ def cancel(job_id: int) -> None:
         _say("error", f"Could not cancel job #{job_id}: {explain_db_error(exc)}")
 
 
+def with_flags(train_params: dict[str, Any], **flags: bool) -> dict[str, Any]:
+    """``train_params`` with each flag set when true and left out (the default) when false."""
+    out = {k: v for k, v in train_params.items() if k not in flags}
+    return {**out, **{k: True for k, on in flags.items() if on}}
+
+
 def save_policy(**changes: Any) -> None:
     """Store the automatic-retrain policy (validated: a bad value is named in the error)."""
     try:

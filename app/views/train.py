@@ -110,10 +110,13 @@ with st.form("policy_form"):
     pmode = p2.selectbox("Mode", list(policy.TRAIN_MODES), index=list(policy.TRAIN_MODES).index(pol.mode))
     min_new = p3.number_input("New labels that trigger a retrain", min_value=1, value=int(pol.min_new_labels))
     interval = p4.number_input("Minimum seconds between retrains", min_value=0.0, value=float(pol.min_interval_s))
-    rescore = st.checkbox("Rescore stored responses after each new version", value=pol.rescore)
+    r1, r2 = st.columns(2)
+    rescore = r1.checkbox("Rescore stored responses after each new version", value=pol.rescore)
+    weigh = r2.checkbox("Retrain with annotator reliability weights", value=bool(pol.train_params.get("annotator_weights")),
+                        key="policy_annotator_weights")
     if st.form_submit_button("Save policy"):
         act.save_policy(enabled=enabled, mode=pmode, min_new_labels=int(min_new), min_interval_s=float(interval),
-                        rescore=rescore)
+                        rescore=rescore, train_params=act.with_flags(pol.train_params, annotator_weights=weigh))
         act.show_messages()
 
 st.subheader("Model versions")

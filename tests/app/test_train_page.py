@@ -120,15 +120,23 @@ def test_queued_job_cancels_at_once(app_env, sqlite_db: Database, seeded: Seeded
 
 
 def test_policy_editor_saves(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    with sqlite_db.write() as s:
+        policy.set_policy(s, train_params={"epochs": 3})
     at = _page()
     at.toggle[0].set_value(False)
     inputs = [n for n in at.number_input if "trigger" in n.label]
     inputs[0].set_value(55)
+    at.checkbox(key="policy_annotator_weights").check()
     _button(at, "Save policy").click().run()
     assert not at.exception
     with sqlite_db.read() as s:
         pol = policy.get_policy(s)
     assert pol.enabled is False and pol.min_new_labels == 55
+    assert pol.train_params == {"epochs": 3, "annotator_weights": True}  # other parameters kept
+    at.checkbox(key="policy_annotator_weights").uncheck()
+    _button(at, "Save policy").click().run()
+    with sqlite_db.read() as s:
+        assert policy.get_policy(s).train_params == {"epochs": 3}
 
 
 def _insert_versions(db: Database, n: int) -> list[int]:
