@@ -12,7 +12,8 @@ someone is right:
   and each ``p``. Only decided labels (``a``/``b``) count; ties and "both bad" say nothing about which side is
   right. It needs pairs labelled by three or more annotators to tell who is right when two disagree.
 * ``agrees_with_others``: the share of an annotator's decided labels that match the strict majority of the other
-  annotators' decided labels on the same pair (a check that needs no model).
+  annotators' decided labels on the same pair (a check that needs no model); ``agrees_with_experts``: the same
+  against the expert-sourced labels only, the closest thing to a gold standard (expert > crowd > ai).
 * ``weight``: ``2p - 1`` (0 at chance, 1 when always right), divided by the same figure for the typical accuracy
   (the label-weighted median of everyone measured), so the typical annotator keeps weight 1, better ones get more
   (at most 3), and chance-level ones none. Annotators with fewer than ``min_labels`` decided labels on
@@ -45,6 +46,7 @@ class AnnotatorQuality:
     labels: int  # decided labels on pairs that other annotators labelled too
     accuracy: float
     agrees_with_others: float  # nan when no pair of theirs had a strict majority among the others
+    agrees_with_experts: float  # the same against the expert labels only (a gold standard); nan without any
     weight: float
     measured: bool  # the weight applies: labels >= min_labels, and the labels agree enough to weigh anyone
 
@@ -81,19 +83,22 @@ def dawid_skene(votes: Sequence[tuple[Hashable, str, int]], *, iters: int = 100)
             {item: float(v) for item, v in p_a.items()})
 
 
-def agreement_with_others(votes: Sequence[tuple[Hashable, str, int]]) -> dict[str, tuple[int, int]]:
+def agreement_with_others(votes: Sequence[tuple[Hashable, str, int]], judges: set[str] | None = None) -> dict[str, tuple[int, int]]:
     """Per rater, ``(agreeing, compared)``: their votes that match the strict majority of the other raters' votes
-    on the same item, over the votes where the others had one."""
+    on the same item (only the votes of ``judges`` when given, e.g. the experts), over the votes where those had
+    one."""
     by_item: dict[Hashable, list[tuple[str, int]]] = defaultdict(list)
     for item, rater, v in votes:
         by_item[item].append((rater, v))
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for item_votes in by_item.values():
-        ones, n = sum(v for _, v in item_votes), len(item_votes)
+        counted = [(r, v) for r, v in item_votes if judges is None or r in judges]
+        ones, n = sum(v for _, v in counted), len(counted)
         for rater, v in item_votes:
-            others_a, others = ones - v, n - 1
+            own = judges is None or rater in judges  # their own vote is among the counted ones: leave it out
+            others_a, others = ones - (v if own else 0), n - (1 if own else 0)
             if 2 * others_a == others:
-                continue  # no strict majority among the others
+                continue  # no strict majority among the others (or none of them)
             out[rater][1] += 1
             out[rater][0] += int((2 * others_a > others) == bool(v))
     return {r: (a, c) for r, (a, c) in out.items()}
@@ -117,7 +122,8 @@ def annotator_quality(records: Sequence[Mapping[str, object]], *, min_labels: in
     accuracy, _ = dawid_skene(votes)
     agree = agreement_with_others(votes)
     n = Counter(rater for _, rater, _ in votes)
-    source = {str(r["rater"]): str(r.get("source", "")) for r in records}
+    source = {str(r["rater"]): str(getattr(r.get("source", ""), "value", r.get("source", ""))) for r in records}
+    experts = agreement_with_others(votes, judges={r for r, src in source.items() if src == "expert"})
     measured = [r for r in accuracy if n[r] >= min_labels]
     scale = 2.0 * typical_accuracy({r: accuracy[r] for r in measured}, n) - 1.0 if measured else math.nan
     agreeing = {r: agree[r][0] / agree[r][1] for r in measured if agree.get(r, (0, 0))[1]}
@@ -127,19 +133,21 @@ def annotator_quality(records: Sequence[Mapping[str, object]], *, min_labels: in
     for r, p in accuracy.items():
         ok = r in measured and signal
         a, c = agree.get(r, (0, 0))
+        ea, ec = experts.get(r, (0, 0))
         weight = min(max(2.0 * p - 1.0, 0.0) / scale, MAX_WEIGHT) if ok else 1.0
         out.append(AnnotatorQuality(annotator=r, source=source.get(r, ""), labels=n[r], accuracy=p,
-                                    agrees_with_others=a / c if c else math.nan, weight=weight, measured=ok))
+                                    agrees_with_others=a / c if c else math.nan,
+                                    agrees_with_experts=ea / ec if ec else math.nan, weight=weight, measured=ok))
     return sorted(out, key=lambda q: (-q.accuracy, q.annotator))
 
 
 def quality_frame(qualities: Sequence[AnnotatorQuality]) -> "pd.DataFrame":
     """The dashboard's table: ``annotator``, ``source``, ``labels``, ``accuracy``, ``agrees_with_others``,
-    ``weight`` (None where not measured)."""
+    ``agrees_with_experts``, ``weight`` (None where not measured)."""
     import pandas as pd
 
-    cols = ["annotator", "source", "labels", "accuracy", "agrees_with_others", "weight"]
-    return pd.DataFrame([[q.annotator, q.source, q.labels, q.accuracy, q.agrees_with_others,
+    cols = ["annotator", "source", "labels", "accuracy", "agrees_with_others", "agrees_with_experts", "weight"]
+    return pd.DataFrame([[q.annotator, q.source, q.labels, q.accuracy, q.agrees_with_others, q.agrees_with_experts,
                           q.weight if q.measured else None] for q in qualities], columns=cols)
 
 

@@ -203,13 +203,17 @@ def cmd_annotators(args: argparse.Namespace) -> int:
         print("no pair has decided labels from two or more annotators yet: reliability needs overlap (Data page, "
               "Labeling queue: annotators per pair, agreement share)")
         return 0
-    print(f"{'annotator':<20}{'source':<8}{'labels':>7}{'accuracy':>10}{'agrees':>8}{'weight':>8}")
+    def share(x: float) -> str:
+        return pct(None if x != x else x)  # nan: nothing to compare with
+
+    print(f"{'annotator':<20}{'source':<8}{'labels':>7}{'accuracy':>10}{'agrees':>8}{'experts':>9}{'weight':>8}")
     for q in quality:
         weight = f"{q.weight:.2f}" if q.measured else "1*"
-        agrees = pct(None if q.agrees_with_others != q.agrees_with_others else q.agrees_with_others)  # nan: none
-        print(f"{q.annotator[:19]:<20}{q.source:<8}{q.labels:>7}{pct(q.accuracy):>10}{agrees:>8}{weight:>8}")
-    print("accuracy: Dawid-Skene estimate on pairs labelled by several annotators; agrees: share matching the "
-          "others' majority; weight: what `rmstudio train --annotator-weights` gives their labels")
+        print(f"{q.annotator[:19]:<20}{q.source:<8}{q.labels:>7}{pct(q.accuracy):>10}"
+              f"{share(q.agrees_with_others):>8}{share(q.agrees_with_experts):>9}{weight:>8}")
+    print("accuracy: Dawid-Skene estimate on pairs labelled by several annotators; agrees / experts: share matching "
+          "the majority of the others / of the expert labels; weight: what `rmstudio train --annotator-weights` "
+          "gives their labels")
     if any(not q.measured for q in quality):
         print(f"* not weighed: under {min_labels} decided labels on pairs others labelled too, or the labels agree "
               "barely above chance (nothing to weigh by)")

@@ -36,6 +36,15 @@ def test_agreement_with_the_others_majority_by_hand() -> None:
     assert agreement_with_others(votes) == {"x": (1, 2), "y": (1, 2), "z": (1, 2)}
 
 
+def test_agreement_with_the_experts_by_hand() -> None:
+    votes = [(1, "e1", 1), (1, "e2", 1), (1, "c", 0), (1, "d", 1),  # experts say 1: c disagrees, d agrees
+             (2, "e1", 1), (2, "e2", 0), (2, "c", 1),  # experts split: no verdict on item 2 (for c; each expert
+             #                                           is compared with the other expert)
+             (3, "c", 1), (3, "d", 1)]  # no expert on item 3
+    got = agreement_with_others(votes, judges={"e1", "e2"})
+    assert got == {"c": (0, 1), "d": (1, 1), "e1": (1, 2), "e2": (1, 2)}
+
+
 def test_dawid_skene_recovers_simulated_accuracies() -> None:
     rng = random.Random(0)
     truth = {i: rng.random() < 0.5 for i in range(600)}
