@@ -143,12 +143,13 @@ def annotator_quality(records: Sequence[Mapping[str, object]], *, min_labels: in
 
 def quality_frame(qualities: Sequence[AnnotatorQuality]) -> "pd.DataFrame":
     """The dashboard's table: ``annotator``, ``source``, ``labels``, ``accuracy``, ``agrees_with_others``,
-    ``agrees_with_experts``, ``weight`` (None where not measured)."""
+    ``agrees_with_experts`` (left out when no expert label overlaps), ``weight`` (None where not measured)."""
     import pandas as pd
 
     cols = ["annotator", "source", "labels", "accuracy", "agrees_with_others", "agrees_with_experts", "weight"]
-    return pd.DataFrame([[q.annotator, q.source, q.labels, q.accuracy, q.agrees_with_others, q.agrees_with_experts,
-                          q.weight if q.measured else None] for q in qualities], columns=cols)
+    frame = pd.DataFrame([[q.annotator, q.source, q.labels, q.accuracy, q.agrees_with_others, q.agrees_with_experts,
+                           q.weight if q.measured else None] for q in qualities], columns=cols)
+    return frame.drop(columns=["agrees_with_experts"]) if frame["agrees_with_experts"].isna().all() else frame
 
 
 def quality_weights(qualities: Sequence[AnnotatorQuality]) -> dict[str, float]:

@@ -108,7 +108,9 @@ def agreement_panel() -> None:
                "needs pairs labelled by three or more to tell who is right; grey: not weighed, under 10 "
                "overlapping labels or no agreement to weigh by). 'Weight by annotator reliability' on the Train "
                "page gives their labels `weight` (the typical annotator 1, chance level 0); `rmstudio annotators`.")
-    st.dataframe(ag["reliability"], hide_index=True)
+    st.dataframe(ag["reliability"], hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "agrees_with_others",
+                                                                      "agrees_with_experts")})
     st.markdown("**Cohen's kappa per annotator pair**")
     st.dataframe(ag["annotators"], hide_index=True)
     st.markdown("**Agreement between sources** (each source's majority verdict per pair)")
