@@ -66,7 +66,8 @@ def decided_votes(records: Sequence[Mapping[str, object]]) -> list[tuple[Hashabl
     return [(item, rater, v) for (item, rater), v in latest.items() if per_item[item] >= 2]
 
 
-def dawid_skene(votes: Sequence[tuple[Hashable, str, int]], *, iters: int = 100) -> tuple[dict[str, float], dict[Hashable, float]]:
+def dawid_skene(votes: Sequence[tuple[Hashable, str, int]], *,
+                iters: int = 100) -> tuple[dict[str, float], dict[Hashable, float]]:
     """One-coin Dawid-Skene (crowd-kit's ``OneCoinDawidSkene``) on binary votes: ``(accuracy per rater,
     P(true side is "a") per item)``. Identifiable from pairs labelled by three or more raters; where pairs have two,
     it can tell that two raters disagree but hardly which of them is right (``agrees_with_others`` shows it)."""
@@ -83,7 +84,8 @@ def dawid_skene(votes: Sequence[tuple[Hashable, str, int]], *, iters: int = 100)
             {item: float(v) for item, v in p_a.items()})
 
 
-def agreement_with_others(votes: Sequence[tuple[Hashable, str, int]], judges: set[str] | None = None) -> dict[str, tuple[int, int]]:
+def agreement_with_others(votes: Sequence[tuple[Hashable, str, int]],
+                          judges: set[str] | None = None) -> dict[str, tuple[int, int]]:
     """Per rater, ``(agreeing, compared)``: their votes that match the strict majority of the other raters' votes
     on the same item (only the votes of ``judges`` when given, e.g. the experts), over the votes where those had
     one."""

@@ -66,7 +66,6 @@ class _Plan:
     member: int | None  # None: a head ensemble's mean
     members: int
     weight_bytes: int  # of the exported model, estimated from the files it is made of
-    file_config: dict[str, Any]
 
     @property
     def label(self) -> str:
@@ -95,7 +94,7 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
         if problem := head_refusal(label, files, _decoder_at(backbone, label), member):
             raise ExportError(problem)
         size = _weight_bytes(backbone) + _weight_bytes(folder)
-        return _Plan(summary, norm, train_config, metrics, folder, member, int(files["head"]["members"]), size, files)
+        return _Plan(summary, norm, train_config, metrics, folder, member, int(files["head"]["members"]), size)
     members = int(files.get("members", 1))
     if member is None and first_member:
         member = 0
@@ -117,7 +116,7 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
                           "retrain with --pooling mean or cls to export")
     # LoRA members hold adapters only: the merged model is the size of the backbone they adapt
     size = _weight_bytes(folder / f"member-{k}") + (_weight_bytes(Path(meta.backbone["path"])) if meta.lora else 0)
-    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size, files)
+    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size)
 
 
 def _weight_bytes(folder: Path) -> int:
@@ -155,8 +154,9 @@ def member_choices(mode: str, members: int) -> list[int | None]:
 
 def export_refusal(db: Database, settings: Settings, version: str | int | None, member: int | None = None, *,
                    max_bytes: int | None = None) -> str | None:
-    """Why ``version`` (``member``; a fine-tuned ensemble's first one when None) cannot be exported, or None when it can;
-    with ``max_bytes``, also when its weights exceed that (:data:`ARCHIVE_MAX_BYTES` for :func:`export_archive`).
+    """Why ``version`` (``member``; a fine-tuned ensemble's first one when None) cannot be exported, or None when
+    it can; with ``max_bytes``, also when its weights exceed that (:data:`ARCHIVE_MAX_BYTES` for
+    :func:`export_archive`).
     Cheap (the Train page asks on every rerun): reads the version's row and two small JSON files; their hashes are
     checked when an export loads the files."""
     try:

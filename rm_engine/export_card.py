@@ -96,18 +96,19 @@ def model_card(info: dict[str, Any]) -> str:
         notes.append("- Pass `input_ids` (and `attention_mask`) only: training used `token_type_ids` of 0.")
     head = info.get("head")
     if head:
-        members = f"the mean of {head['members']} {head['kind']} heads" if head["members"] > 1 else f"a {head['kind']} head"
-        notes.append(f"- Head mode: the backbone is the frozen one RM Studio embedded texts with; the score is {members} "
-                     "over its mean-pooled, L2-normalised, standardised embeddings"
-                     + (" of the whole input, of the context alone and of the response alone (rich features: the "
-                        "folder's model splits the pair input at the tokenizer's separator; scores equal RM Studio's "
-                        "while context + response fit the max length, past it RM Studio embedded more of each "
-                        "alone than the truncated pair holds, and scores differ slightly)" if head["features"] == "rich" else "") + ". The folder's "
+        members = (f"the mean of {head['members']} {head['kind']} heads" if head["members"] > 1
+                   else f"a {head['kind']} head")
+        rich = (" of the whole input, of the context alone and of the response alone (rich features: the folder's "
+                "model splits the pair input at the tokenizer's separator; scores equal RM Studio's while context + "
+                "response fit the max length, past it RM Studio embedded more of each alone than the truncated pair "
+                "holds, and scores differ slightly)") if head["features"] == "rich" else ""
+        notes.append(f"- Head mode: the backbone is the frozen one RM Studio embedded texts with; the score is "
+                     f"{members} over its mean-pooled, L2-normalised, standardised embeddings{rich}. The folder's "
                      f"`{info['remote_code']}` computes it; loading needs `trust_remote_code=True`, for the tokenizer "
                      "too.")
         if head["quantized_features"]:
-            notes.append("- Training embedded texts with an int8-quantized backbone; this folder holds the full-precision "
-                         "one, so its scores differ from RM Studio's in the last digits.")
+            notes.append("- Training embedded texts with an int8-quantized backbone; this folder holds the "
+                         "full-precision one, so its scores differ from RM Studio's in the last digits.")
     elif info.get("remote_code"):
         notes.append(f"- Mean pooling: the score is the classifier applied to the mean of the last hidden states over "
                      "the real tokens. No built-in transformers class reads it so: the folder's "

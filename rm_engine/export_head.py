@@ -10,8 +10,8 @@ needs ``trust_remote_code=True``.
 the pair input it is given, ``[CLS] context [SEP] response [SEP]`` for BERT-like encoders, by the tokenizer's own
 special-token layout, which is recorded in ``config.json``. The scores equal RM Studio's while context + response
 fit the version's ``max_length``. Past it, RM Studio embeds the context alone and the response alone each cut to
-``max_length``, more of them than the truncated pair input holds, and the two differ slightly. Decoders have no such boundary token, so only their ``pair``
-features are exportable.
+``max_length``, more of them than the truncated pair input holds, and the two differ slightly. Decoders have no
+such boundary token, so only their ``pair`` features are exportable.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@
     {"query": [...], "prompts": [...]}         OpenRLHF: each query is its prompt followed by the response
 
 and answers ``{"rewards": [...], "scores": [...], "model": ...}`` (``scores`` repeats ``rewards`` for OpenRLHF),
-plus ``std`` per row (an ensemble's disagreement, in z units unless the reward is raw). ``GET /health`` describes the loaded model. A bad request gets
-status 400 and ``{"error": ...}`` naming the field and row; with a token set (``RMSTUDIO_REWARD_TOKEN``), a request
-without ``Authorization: Bearer <token>`` gets 401.
+plus ``std`` per row (an ensemble's disagreement, in z units unless the reward is raw). ``GET /health`` describes
+the loaded model. A bad request gets status 400 and ``{"error": ...}`` naming the field and row; with a token set
+(``RMSTUDIO_REWARD_TOKEN``), a request without ``Authorization: Bearer <token>`` gets 401.
 
 One scoring runs at a time (the model already batches a request's rows by length; two at once would only fight
 over the same cores). Built on Starlette and served by uvicorn, both already installed with Streamlit.

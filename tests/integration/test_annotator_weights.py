@@ -1,6 +1,6 @@
 """Annotator reliability end to end on a real SQLite database: three annotators label every pair, one of them at
-random, and an expert on half of them; `rmstudio annotators` finds the random one (also against the expert), and `train --annotator-weights` trains with their labels
-weighed down and records the weights with the version."""
+random, and an expert on half of them; `rmstudio annotators` finds the random one (also against the expert), and
+`train --annotator-weights` trains with their labels weighed down and records the weights with the version."""
 from __future__ import annotations
 
 import json

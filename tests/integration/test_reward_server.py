@@ -1,5 +1,6 @@
-"""``rmstudio reward-server`` as a real process (and the Train page's in-process snippet): an RL trainer's HTTP requests (TRL-style strings and chat
-messages, OpenRLHF's query + prompt) get the rewards RM Studio computes in process; a token is enforced; bad
+"""``rmstudio reward-server`` as a real process (and the Train page's in-process snippet): an RL trainer's HTTP
+requests (TRL-style strings and chat messages, OpenRLHF's query + prompt) get the rewards RM Studio computes in
+process; a token is enforced; bad
 bodies get 400 naming the problem; several versions serve their combined z; SIGTERM stops it cleanly."""
 from __future__ import annotations
 
