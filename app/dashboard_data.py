@@ -21,13 +21,14 @@ import pandas as pd
 import streamlit as st
 
 from app.resources import database
-from db import analytics, stats, version_metrics, versions
+from db import analytics, served, stats, version_metrics, versions
 from rm_engine import agreement, annotator_quality, metrics, normalize
 
 Fingerprint = tuple[int, ...]
 HEAVY_TTL_S = 120
 LABEL_SAMPLE = 20_000
 AGREEMENT_SAMPLE = 20_000
+SERVED_SAMPLE = 5_000
 
 
 def _bucket(n: int) -> int:
@@ -135,3 +136,17 @@ def coverage_base(url: str, fp: Fingerprint) -> dict[str, pd.DataFrame]:
     """Labels per category and the labelled prompts (``prompt_id``, ``text``, ``category``)."""
     with database().read() as s:
         return {"per_category": analytics.labels_per_category(s), "labelled": analytics.labelled_prompts(s)}
+
+
+def served_summary() -> dict[str, Any]:
+    """What the reward server has scored so far (one aggregate query, not cached: it changes without labels)."""
+    with database().read() as s:
+        return served.served_summary(s)
+
+
+@st.cache_data(max_entries=4, ttl=HEAVY_TTL_S, show_spinner=False)
+def served_prompts(url: str, summary: tuple[int, int]) -> list[str]:
+    """The newest ``SERVED_SAMPLE`` prompts the reward server scored; pass ``(prompts, responses)`` of
+    :func:`served_summary`, so that new ones show at once."""
+    with database().read() as s:
+        return served.served_prompts(s, SERVED_SAMPLE)

@@ -295,6 +295,19 @@ class WorkerPresence(Base):
     seen_at: Mapped[float] = mapped_column(Float)  # epoch seconds of its last beat
 
 
+class ServedPrompt(Base):
+    """A prompt the reward server scored responses to (``db/served.py``): what an RL policy is actually asked, for
+    the Dashboard's Coverage tab to check against the labelled prompts."""
+
+    __tablename__ = "served_prompts"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the text
+    text: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)  # responses scored to it
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class JobLog(Base):
     __tablename__ = "job_logs"
 

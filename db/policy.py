@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import AppSetting, Job, JobKind, JobStatus, Label, ModelVersion, Ranking, utcnow
+from db.session import dialect_insert
 
 RETRAIN_POLICY_KEY = "retrain_policy"
 #: ``dedupe_key`` of automatic retrain jobs.
@@ -111,11 +112,7 @@ def set_setting(session: Session, key: str, value: Any) -> None:
     if not key or len(key) > 100:
         raise ValueError(f"setting key must be 1 to 100 characters, got {key!r}")
     now = utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(AppSetting).values(key=key, value=value, updated_at=now)
+    stmt = dialect_insert(session)(AppSetting).values(key=key, value=value, updated_at=now)
     stmt = stmt.on_conflict_do_update(index_elements=[AppSetting.key], set_={"value": value, "updated_at": now})
     session.execute(stmt)
     if (AppSetting, (key,), None) in session.identity_map:  # refresh a copy this session already holds

@@ -176,6 +176,16 @@ _lock = threading.Lock()
 _cached: dict[str, Database] = {}
 
 
+def dialect_insert(session: Session) -> Any:
+    """The ``insert`` construct of the session's dialect (PostgreSQL or SQLite), whose statements take
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 def get_database(settings: Settings | None = None) -> Database:
     """One ``Database`` per URL and process (thread-safe; engines are shared by threads)."""
     settings = settings or Settings.from_env()

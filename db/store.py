@@ -28,6 +28,7 @@ from db.models import (
     Split,
     utcnow,
 )
+from db.session import dialect_insert
 
 
 def sha256(data: str) -> str:
@@ -46,12 +47,7 @@ def _insert_ignore(session: Session, model: type, values: dict[str, Any], confli
     """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL (safe against concurrent writers).
 
     Returns whether a row was inserted."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    stmt = dialect_insert(session)(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
     # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement, which read as "inserted" and let
     # two concurrent submissions of one label both bump comparisons.label_count on PostgreSQL.
     res = session.execute(stmt.returning(*model.__table__.primary_key.columns))

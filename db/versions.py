@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import ModelVersion, ModelVersionArchive, ResponseScore
+from db.session import dialect_insert
 
 
 SCORE_CHUNK = 5000  # rows per executemany of cached scores
@@ -147,17 +148,12 @@ def store_response_scores(session: Session, version_id: int, scores: Mapping[int
     writes its scores inside the publishing write transaction (SQLite's write lock)."""
     if not scores:
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     vid = int(version_id)
     rows = [
         {"model_version_id": vid, "response_id": int(rid), "score": float(sc), "std": None if sd is None else float(sd)}
         for rid, (sc, sd) in scores.items()
     ]
-    stmt = insert(ResponseScore.__table__)
+    stmt = dialect_insert(session)(ResponseScore.__table__)
     stmt = stmt.on_conflict_do_update(
         index_elements=["model_version_id", "response_id"],
         set_={"score": stmt.excluded.score, "std": stmt.excluded.std},

@@ -11,6 +11,9 @@ plus ``std`` per row (an ensemble's disagreement, in z units unless the reward i
 the loaded model. A bad request gets status 400 and ``{"error": ...}`` naming the field and row; with a token set
 (``RMSTUDIO_REWARD_TOKEN``), a request without ``Authorization: Bearer <token>`` gets 401.
 
+Each request's prompts are counted in the database (``db/served.py``; ``--no-record-prompts`` turns it off), so the
+Dashboard's Coverage tab can check what the policy is really asked against the labelled prompts.
+
 One scoring runs at a time (the model already batches a request's rows by length; two at once would only fight
 over the same cores). Built on Starlette and served by uvicorn, both already installed with Streamlit.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -25,6 +29,7 @@ from typing import Any, Callable, Sequence
 from rm_engine.scoring import completion_rows
 
 REWARD_KINDS = ("raw", "z", "sigmoid")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class ServerConfig:
             (``RMSTUDIO_REWARD_TOKEN``).
         max_rows: most rows one request may hold.
         max_body_bytes: largest request body accepted.
+        record_prompts: count each scored prompt in the database (``db/served.py``), for the Coverage tab:
+            does the labelled data cover what the policy is asked?
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +53,7 @@ class ServerConfig:
     token: str | None = None
     max_rows: int = 4096
     max_body_bytes: int = 32 * 2**20
+    record_prompts: bool = True
 
 
 class RequestError(ValueError):
@@ -122,9 +130,11 @@ def ensemble_scorer(ensemble: Any) -> Scorer:
     return score
 
 
-def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig) -> Any:
+def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
+              record: Callable[[list[str]], Any] | None = None) -> Any:
     """The Starlette application serving ``scorer`` (``describe``: what ``/health`` and each answer say of the
-    model)."""
+    model). ``record`` gets each request's prompt texts after scoring; its failures are logged, never the
+    client's problem."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -135,7 +145,13 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig) -> An
 
     def locked_score(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
         with lock:
-            return scorer(prompts, completions)
+            out = scorer(prompts, completions)
+        if record is not None and prompts:
+            try:
+                record([row[0] for row in completion_rows(prompts, completions)])
+            except Exception as exc:  # noqa: BLE001 - a full disk or a locked database must not fail the reward
+                log.warning("reward server: could not record the served prompts (%s)", exc)
+        return out
 
     def refused(request: Request) -> JSONResponse | None:
         if cfg.token is None:

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db
+from rm_engine.cli.common import CLIError, open_db, print_json
 from rm_engine.cli.model_cmds import load_scorer, model_args
 
 TOKEN_ENV = "RMSTUDIO_REWARD_TOKEN"
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add the ``reward-server`` subcommand."""
+    """Add the ``reward-server`` and ``served`` subcommands."""
     p = sub.add_parser("reward-server", help="serve a reward model over HTTP (POST /score) for RL trainers",
                        description="POST /score with {prompts, completions} (TRL GRPO style: strings or chat "
                                    "messages) or OpenRLHF's {query, prompts}; answers {rewards: [...]}. "
@@ -24,13 +26,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-rows", type=int, default=4096, help="most rows one request may hold")
+    p.add_argument("--no-record-prompts", dest="record_prompts", action="store_false",
+                   help="do not count the scored prompts in the database (the Coverage tab checks them)")
     p.set_defaults(func=cmd_reward_server)
+
+    p = sub.add_parser("served", help="the prompts the reward server scored (the Dashboard's Coverage tab checks them)")
+    p.add_argument("--clear", action="store_true", help="forget them")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_served)
 
 
 def cmd_reward_server(args: argparse.Namespace) -> int:
     """Load the model(s) once, then serve until Ctrl-C or SIGTERM."""
-    from db.versions import version_summary, get_version
-    from rm_engine.reward_server import ServerConfig, build_app, ensemble_scorer, model_scorer, serve
+    from rm_engine.reward_server import ServerConfig
     from rm_engine.training import resolve_device
 
     if args.max_rows < 1:
@@ -40,21 +48,30 @@ def cmd_reward_server(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
     cfg = ServerConfig(host=args.host, port=args.port, token=os.environ.get(TOKEN_ENV) or None,
-                       max_rows=args.max_rows)
+                       max_rows=args.max_rows, record_prompts=args.record_prompts)
     db = open_db()
     try:
-        loaded = load_scorer(db, args, device)
-        if hasattr(loaded, "version_ids"):  # several versions: their combined z
-            ids, scorer = list(loaded.version_ids), ensemble_scorer(loaded)
-            reward = f"{args.combine} of z" + (f" (penalty {args.penalty})" if args.combine == "uwo" else "")
-        else:
-            ids, scorer, reward = [loaded.version_id], model_scorer(loaded, args.kind), args.kind
-        with db.read() as s:
-            described = [version_summary(get_version(s, i)) for i in ids]
+        return _serve(db, args, cfg, device)
     finally:
         db.dispose()
+
+
+def _serve(db: Any, args: argparse.Namespace, cfg: Any, device: str) -> int:
+    from db.served import record_served
+    from db.versions import get_version, version_summary
+    from rm_engine.reward_server import build_app, ensemble_scorer, model_scorer, serve
+
+    loaded = load_scorer(db, args, device)
+    if hasattr(loaded, "version_ids"):  # several versions: their combined z
+        ids, scorer = list(loaded.version_ids), ensemble_scorer(loaded)
+        reward = f"{args.combine} of z" + (f" (penalty {args.penalty})" if args.combine == "uwo" else "")
+    else:
+        ids, scorer, reward = [loaded.version_id], model_scorer(loaded, args.kind), args.kind
+    with db.read() as s:
+        described = [version_summary(get_version(s, i)) for i in ids]
     describe = {"versions": ids, "reward": reward, "device": device,
                 "recipes": {str(d["id"]): d["recipe"] for d in described}}
+    record = (lambda texts: db.run_write(lambda s: record_served(s, texts))) if cfg.record_prompts else None
     url = f"http://{cfg.host}:{cfg.port}"
     print(f"serving model version{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} ({reward}, {device}) at "
           f"{url}/score: POST {{\"prompts\": [...], \"completions\": [...]}} -> {{\"rewards\": [...]}}; "
@@ -62,5 +79,29 @@ def cmd_reward_server(args: argparse.Namespace) -> int:
     if cfg.token is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving {cfg.host} without a token: anyone who reaches this port can score; set "
               f"{TOKEN_ENV}", flush=True)
-    serve(build_app(scorer, describe, cfg), cfg)
+    serve(build_app(scorer, describe, cfg, record), cfg)
+    return 0
+
+
+def cmd_served(args: argparse.Namespace) -> int:
+    """Summarise (or clear) the prompts the reward server counted (db/served.py)."""
+    from db.served import clear_served, served_prompts, served_summary
+
+    db = open_db()
+    try:
+        if args.clear:
+            removed = db.run_write(clear_served)
+            print(json.dumps({"cleared": removed}) if args.json else f"forgot {removed} served prompts")
+            return 0
+        with db.read() as s:
+            summary, newest = served_summary(s), served_prompts(s, 5)
+    finally:
+        db.dispose()
+    if args.json:
+        print_json({**summary, "newest": newest})
+    elif not summary["prompts"]:
+        print("the reward server has scored no prompt yet (rmstudio reward-server records them)")
+    else:
+        print(f"{summary['prompts']} distinct prompts, {summary['responses']} responses scored, the last at "
+              f"{summary['last_seen'][:19]}; newest: " + "; ".join(p[:60] for p in newest))
     return 0

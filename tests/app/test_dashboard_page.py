@@ -10,7 +10,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db import versions
+from app.coverage_view import SERVED
 from db.guidelines import set_guidelines
+from db.served import record_served
 from db.labeling import QueuePolicy, next_pair, submit_label
 from db.session import Database
 from db.store import add_label, add_ranking
@@ -245,6 +247,22 @@ def test_coverage_of_uploaded_prompts(app_env, sqlite_db: Database, seeded: Seed
     assert "What is the capital of France?" in set(table["nearest_labelled"])
     cats = _charts(at)["Labels per category"]["data"][0]
     assert dict(zip(cats["x"], _arr(cats["y"]))) == {"geography": 6, "code": 3, "security": 6, "cooking": 3}
+
+
+def test_coverage_of_the_prompts_the_reward_server_scored(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    _label_everything(sqlite_db, seeded)
+    at = _page("Coverage")
+    assert at.radio(key="coverage_source").options == ["an uploaded file"]  # nothing served yet
+    with sqlite_db.write() as s:  # as `rmstudio reward-server` records them
+        record_served(s, ["what is the capital of France", "explain quantum chromodynamics"] * 2)
+    at = _page("Coverage")
+    at.radio(key="coverage_method").set_value("tfidf")
+    at.radio(key="coverage_source").set_value(SERVED).run()
+    assert not at.exception and not at.file_uploader  # no upload needed
+    assert any("2 distinct prompts, 4 responses scored" in c.value for c in at.caption)
+    assert next(m for m in at.metric if m.label == "Covered").value == "50.0%"
+    table = next(d.value for d in at.dataframe if "nearest_labelled" in d.value.columns)
+    assert set(table["prompt"]) == {"what is the capital of France", "explain quantum chromodynamics"}
 
 
 def test_coverage_upload_errors_name_the_line(app_env, sqlite_db: Database, seeded: Seeded) -> None:

@@ -19,7 +19,9 @@ import pytest
 
 from app.use_model import usage_snippets
 from db.config import Settings
+from db.served import served_prompts, served_summary
 from db.session import Database
+from rm_engine.cli import main
 from rm_engine.config import TrainConfig
 from rm_engine.scoring import RewardModel
 from rm_engine.training import train_and_publish
@@ -73,7 +75,8 @@ def _stop(proc) -> None:  # noqa: ANN001
 
 
 @pytest.mark.timeout(300)
-def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tmp_path: Path) -> None:
+def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     seed_labels(sqlite_db, 12)
     backbone = tiny_backbone(home)
     v1, v2 = (train_and_publish(sqlite_db, Settings.from_env(), TrainConfig(
@@ -121,7 +124,12 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
     finally:
         _stop(proc)
 
-    proc, url = _start(tmp_path, "two", "--model", str(v1), "--model", str(v2), "--combine", "min")
+    with sqlite_db.read() as s:  # every scored prompt was counted, for the Coverage tab; refused requests not
+        assert sorted(served_prompts(s)) == sorted(PROMPTS)
+        assert served_summary(s)["responses"] == 6  # three accepted requests of two rows
+
+    proc, url = _start(tmp_path, "two", "--model", str(v1), "--model", str(v2), "--combine", "min",
+                       "--no-record-prompts")
     try:
         ens = VersionEnsemble.load(sqlite_db, Settings.from_env(), [v1, v2], how="min")
         status, out = _call(f"{url}/score", {"prompts": PROMPTS, "completions": ANSWERS})  # no token needed here
@@ -130,3 +138,9 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
                                                + [s.reward for s in ens.score(PROMPTS[1], ANSWERS[1:])], abs=1e-5)
     finally:
         _stop(proc)
+    with sqlite_db.read() as s:
+        assert served_summary(s)["responses"] == 6  # --no-record-prompts
+    assert main(["served", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["prompts"], shown["responses"], sorted(shown["newest"])) == (2, 6, sorted(PROMPTS))
+    assert main(["served", "--clear"]) == 0 and "forgot 2 served prompts" in capsys.readouterr().out
