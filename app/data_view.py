@@ -142,21 +142,24 @@ def guidelines_form() -> None:
 
 
 def queue_policy_form() -> None:
-    """Edit the labeling-queue policy (overlap, agreement share, active learning)."""
+    """Edit the labeling-queue policy (overlap, agreement share, control pairs, active learning)."""
     with database().read() as s:
         cur = load_queue_policy(s)
     with st.form("queue_policy"):
-        c = st.columns(4)
+        c = st.columns(5)
         target = c[0].number_input("Labels per pair", 1, 20, cur.target_overlap)
         share = c[1].slider("Share for agreement", 0.0, 1.0, cur.agreement_share, 0.05)
         overlap = c[2].number_input("Annotators in that share", 1, 20, cur.agreement_overlap)
-        active = c[3].toggle("Active learning", cur.active_learning,
+        control = c[3].slider("Control pairs", 0.0, 0.5, cur.control_share, 0.01, key="queue_control_share",
+                              help="share of each labeler's pairs drawn from pairs an expert labelled, shown like "
+                                   "any other: everyone is measured against the experts (Dashboard, Agreement tab)")
+        active = c[4].toggle("Active learning", cur.active_learning,
                              help="prefer pairs the newest scored model is least sure about")
         ok = st.form_submit_button("Save queue policy")
     if ok:
         try:
             pol = QueuePolicy(int(target), float(share), int(overlap), bool(active), cur.pool_size,
-                              cur.ranking_max_responses)
+                              cur.ranking_max_responses, float(control))
         except ValueError as exc:
             st.error(str(exc))
             return

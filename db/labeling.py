@@ -57,9 +57,10 @@ from db.store import add_label, delete_label
 
 CHOICES = ("left", "right", "tie", "both_bad")
 APP_ORIGIN = "app"  # ``origin`` of labels and rankings made on the Label page
+CONTROL = "control pair"  # queue reason of a pair an expert labelled, served to measure the annotator
 
 __all__ = [
-    "APP_ORIGIN", "CHOICES", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
+    "APP_ORIGIN", "CHOICES", "CONTROL", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
     "bucket_sql", "choice_to_outcome", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
     "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "uncertainty", "undo_last",
@@ -104,6 +105,10 @@ def _not_labelled_by(ann_id: int | None) -> list[Any]:
     if ann_id is None:
         return []
     return [~exists().where(Label.comparison_id == Comparison.id, Label.annotator_id == ann_id)]
+
+
+def _has_expert_label() -> Any:
+    return exists().where(Label.comparison_id == Comparison.id, Label.source == Source.expert)
 
 
 def _candidates(
@@ -164,12 +169,19 @@ def next_pair(
 ) -> QueueItem | None:
     """The next comparison for ``annotator`` under ``policy`` (loaded from the database when None).
 
+    With ``policy.control_share``, that share of the calls first offers a pair an expert labelled and the
+    annotator did not (reason :data:`CONTROL`; the Label page shows it like any other pair).
+
     Returns None when the annotator has nothing left to label. ``exclude`` lists comparison ids to leave out
     (e.g. the ones skipped in this session).
     """
     policy = policy or load_queue_policy(session)
     rng = rng or random.SystemRandom()
     ann_id = _annotator_id(session, annotator)
+    if policy.control_share > 0 and rng.random() < policy.control_share:
+        cands = _candidates(session, [_has_expert_label()], ann_id, exclude, policy.pool_size)
+        if cands:
+            return _build_item(session, rng.choice(cands), rng, CONTROL)
     limit = max(policy.pool_size, 200 if policy.active_learning else 0)
     for where in phase_conditions(policy):
         cands = _candidates(session, where, ann_id, exclude, limit)

@@ -39,6 +39,9 @@ class QueuePolicy:
         active_learning: prefer pairs the newest scored model version is least sure about.
         pool_size: how many best candidates one pair is drawn from (spreads concurrent annotators).
         ranking_max_responses: at most this many responses are shown in one ranking task.
+        control_share: share (0..0.5) of each annotator's pairs drawn from pairs an expert has labelled (control
+            pairs, shown like any other), so that everyone is measured against the experts early
+            (``agrees_with_experts`` in ``rmstudio annotators`` and the Dashboard); 0 turns it off.
     """
 
     target_overlap: int = 1
@@ -47,6 +50,7 @@ class QueuePolicy:
     active_learning: bool = False
     pool_size: int = 20
     ranking_max_responses: int = 6
+    control_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.target_overlap <= 100:
@@ -57,6 +61,8 @@ class QueuePolicy:
             raise ValueError(f"queue_policy.agreement_overlap must be 1..100, got {self.agreement_overlap!r}")
         if not 1 <= self.pool_size <= 1000:
             raise ValueError(f"queue_policy.pool_size must be 1..1000, got {self.pool_size!r}")
+        if not 0.0 <= self.control_share <= 0.5:
+            raise ValueError(f"queue_policy.control_share must be within 0..0.5, got {self.control_share!r}")
         if not 3 <= self.ranking_max_responses <= 20:
             raise ValueError(f"queue_policy.ranking_max_responses must be 3..20, got {self.ranking_max_responses!r}")
 

@@ -68,7 +68,8 @@ def pair_view() -> None:
         st.success("Nothing left for you to label under the current queue policy. Thank you!")
         st.button("Undo my last label", on_click=ls.on_undo, args=(ident,), shortcut="u", key="undo_empty")
         return
-    st.caption(f"Pair #{item.comparison_id} · {item.reason} · labelled {item.label_count}x"
+    # no queue reason nor label count: control pairs (already labelled by an expert) must look like any other
+    st.caption(f"Pair #{item.comparison_id}"
                + (f" · {escape_md(item.category)}" if item.category else ""))
     show_conversation(item.history, item.prompt)
     cols = st.columns(2, border=True)

@@ -131,11 +131,12 @@ def test_queue_policy_form_saves(app_env, sqlite_db: Database) -> None:
     at.slider[0].set_value(0.25)
     at.number_input[1].set_value(4)
     at.toggle[0].set_value(True)
+    at.slider(key="queue_control_share").set_value(0.1)
     at.button(key="FormSubmitter:queue_policy-Save queue policy").click().run()
     assert not at.exception
     with sqlite_db.read() as s:
         assert load_queue_policy(s) == QueuePolicy(target_overlap=2, agreement_share=0.25, agreement_overlap=4,
-                                                   active_learning=True)
+                                                   active_learning=True, control_share=0.1)
 
 
 def test_export_download_roundtrip(app_env, sqlite_db: Database, seeded) -> None:  # noqa: ANN001

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.labeling import (
+    CONTROL,
     QueuePolicy,
     annotator_progress,
     choice_to_outcome,
@@ -45,6 +46,37 @@ def _label_all(db: Database, name: str, policy: QueuePolicy, choice: str = "left
         with db.write() as s:
             submit_label(s, item, choice, annotator=name, source="crowd")
         assert len(seen) < 100, "queue never ran dry"
+
+
+def test_control_pairs_come_from_expert_labels_and_look_like_any_other(sqlite_db: Database) -> None:
+    seeded = seed_small(sqlite_db)
+    gold = seeded.comparison_ids[:2]
+    with sqlite_db.write() as s:
+        for cid in gold:
+            item = item_for_comparison(s, cid)
+            submit_label(s, item, "left", annotator="eve", source="expert")
+    pol = QueuePolicy(target_overlap=1, agreement_share=0.0, control_share=0.5)
+    rng = random.Random(0)
+    served = []
+    while True:
+        with sqlite_db.read() as s:
+            item = next_pair(s, "carl", pol, rng=rng)
+        if item is None:
+            break
+        served.append((item.comparison_id, item.reason))
+        with sqlite_db.write() as s:
+            submit_label(s, item, "left", annotator="carl", source="crowd")
+    controls = [cid for cid, reason in served if reason == CONTROL]
+    assert controls and set(controls) <= set(gold)  # only expert-labelled pairs, never twice
+    assert len({cid for cid, _ in served}) == len(served) == len(seeded.comparison_ids)
+    with sqlite_db.read() as s:
+        stored = {lab.comparison_id: lab.extra["queue"] for lab in s.scalars(select(Label).where(Label.origin == "app"))
+                  if lab.comparison_id in controls}
+    assert set(stored.values()) == {CONTROL}  # recorded with the label, for analysis
+    with sqlite_db.read() as s:  # off: expert-labelled pairs wait like any pair with its label count
+        assert next_pair(s, "dora", QueuePolicy(target_overlap=1, agreement_share=0.0), rng=rng) is None
+    with pytest.raises(ValueError, match="control_share must be within 0..0.5"):
+        QueuePolicy(control_share=0.8)
 
 
 def test_every_pair_once_then_nothing_for_that_annotator(sqlite_db: Database) -> None:
