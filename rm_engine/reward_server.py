@@ -107,16 +107,20 @@ def parse_request(body: Any, max_rows: int) -> tuple[list[Any], list[Any]]:
 Scorer = Callable[[Sequence[Any], Sequence[Any]], dict[str, list[float]]]
 
 
-def model_scorer(model: Any, kind: str = "z") -> Scorer:
+def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
     """One version's rewards (``kind``: raw, z or sigmoid) with the std of its ensemble members, in raw units for
-    ``raw``, else in z units (0 for one model)."""
+    ``raw``, else in z units (0 for one model). ``penalty`` (z only): ``z - penalty x std``, the uncertainty-weighted
+    reward of Coste et al. over the version's own members, lower where they disagree."""
     if kind not in REWARD_KINDS:
         raise ValueError(f"reward kind must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
+    if penalty and kind != "z":
+        raise ValueError(f"an uncertainty penalty applies to z rewards, not {kind}")
     unit = 1.0 if kind == "raw" else float(model.norm_stats.get("std", 1.0) or 1.0)
 
     def score(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
         scores = model.score_rows(completion_rows(prompts, completions))
-        return {"rewards": [float(getattr(s, kind)) for s in scores], "std": [float(s.std) / unit for s in scores]}
+        std = [float(s.std) / unit for s in scores]
+        return {"rewards": [float(getattr(s, kind)) - penalty * d for s, d in zip(scores, std)], "std": std}
 
     return score
 

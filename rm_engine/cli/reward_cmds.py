@@ -65,6 +65,14 @@ def _serve(db: Any, args: argparse.Namespace, cfg: Any, device: str) -> int:
     if hasattr(loaded, "version_ids"):  # several versions: their combined z
         ids, scorer = list(loaded.version_ids), ensemble_scorer(loaded)
         reward = f"{args.combine} of z" + (f" (penalty {args.penalty})" if args.combine == "uwo" else "")
+    elif args.combine == "uwo":  # one version: its own members' disagreement
+        if args.kind != "z":
+            raise CLIError("--combine uwo penalises z rewards: leave --kind at z")
+        ids, scorer = [loaded.version_id], model_scorer(loaded, "z", penalty=args.penalty)
+        reward = f"z - {args.penalty:g} x member std"
+    elif args.combine == "min":
+        raise CLIError("--combine min needs several --model (one version gives its members' mean and std: use "
+                       "--combine uwo)")
     else:
         ids, scorer, reward = [loaded.version_id], model_scorer(loaded, args.kind), args.kind
     with db.read() as s:

@@ -36,3 +36,28 @@ def test_bodies_that_parse(body: dict, want: tuple) -> None:
 def test_bad_bodies_name_the_problem(body: object, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         parse_request(body, max_rows=10)
+
+
+class _Score:
+    def __init__(self, z: float, std: float) -> None:
+        self.z, self.raw, self.sigmoid, self.std = z, z * 2.0 + 1.0, 0.5, std
+
+
+class _Model:
+    """Stands in for a loaded version: z and member std (raw units) of each row, norm std 2."""
+
+    norm_stats = {"mean": 1.0, "std": 2.0}
+
+    def score_rows(self, rows: list) -> list[_Score]:
+        return [_Score(z=float(len(r[2])), std=1.0) for r in rows]
+
+
+def test_model_scorer_units_and_uncertainty_penalty() -> None:
+    from rm_engine.reward_server import model_scorer
+
+    rows = (["p", "q"], ["ab", "abcd"])
+    assert model_scorer(_Model(), "z")(*rows) == {"rewards": [2.0, 4.0], "std": [0.5, 0.5]}  # std in z units
+    assert model_scorer(_Model(), "raw")(*rows) == {"rewards": [5.0, 9.0], "std": [1.0, 1.0]}
+    assert model_scorer(_Model(), "z", penalty=2.0)(*rows)["rewards"] == [1.0, 3.0]  # z - 2 x 0.5
+    with pytest.raises(ValueError, match="applies to z rewards"):
+        model_scorer(_Model(), "raw", penalty=1.0)
