@@ -3,7 +3,6 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from db.guidelines import MAX_CHARS, get_guidelines, set_guidelines
 from db.session import Database
 from rm_engine.cli import main
+from tests.concurrency import run_in_threads
 
 
 def test_revisions_clear_and_limit(any_db: Database) -> None:
@@ -44,22 +44,13 @@ def test_cli_sets_shows_and_clears(sqlite_db: Database, tmp_path: Path, capsys: 
 def test_concurrent_saves_get_distinct_revisions(any_db: Database) -> None:
     with any_db.write() as s:
         set_guidelines(s, "first")  # the row exists: concurrent saves contend on it
-    barrier, revisions, errors = threading.Barrier(4), [], []
+    revisions = []
 
     def save(i: int) -> None:
-        try:
-            barrier.wait()
-            with any_db.write() as s:
-                revisions.append(set_guidelines(s, f"text {i}").revision)
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
+        with any_db.write() as s:
+            revisions.append(set_guidelines(s, f"text {i}").revision)
 
-    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and sorted(revisions) == [2, 3, 4, 5]
+    assert run_in_threads(save, 4) == [] and sorted(revisions) == [2, 3, 4, 5]
 
 
 def test_labels_and_rankings_record_the_guidelines_in_force(any_db: Database) -> None:

@@ -2,11 +2,11 @@
 first, summarised and cleared; concurrent servers recording the same prompts lose no count."""
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 from db.served import MAX_PROMPT_CHARS, clear_served, record_served, served_prompts, served_summary
 from db.session import Database
+from tests.concurrency import run_in_threads
 
 
 def test_record_count_order_summary_clear(any_db: Database) -> None:
@@ -29,20 +29,11 @@ def test_record_count_order_summary_clear(any_db: Database) -> None:
 
 def test_concurrent_servers_lose_no_count(any_db: Database) -> None:
     prompts = [f"prompt {i}" for i in range(20)]
-    errors: list[BaseException] = []
 
     def server(k: int) -> None:
-        try:
-            for _ in range(10):
-                any_db.run_write(lambda s: record_served(s, prompts[k % 3:] + prompts[: k % 3]))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(10):
+            any_db.run_write(lambda s: record_served(s, prompts[k % 3:] + prompts[: k % 3]))
 
-    threads = [threading.Thread(target=server, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert run_in_threads(server, 6) == []
     with any_db.read() as s:
         assert served_summary(s) == {**served_summary(s), "prompts": 20, "responses": 20 * 6 * 10}
