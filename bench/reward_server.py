@@ -5,7 +5,8 @@ the chosen response as the completion) in batches, first in process through ``re
 what a GRPO loop with RM Studio installed calls), then through a real ``rmstudio reward-server`` process on this
 machine with the same batches as ``POST /score``. Both compute every feature afresh (scoring does not use the
 feature cache), so the ratio is the HTTP round trip, JSON and the server's thread hop. Also the latency of a
-one-row request.
+one-row request, and 4-row requests from one client against 8 clients at once (the server scores requests that
+wait together).
 
     python bench/reward_server.py [--rows 96] [--batch 32]
 
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -94,6 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             remote = [x for p, c in batches for x in _post(f"{url}/score", {"prompts": p, "completions": c})["rewards"]]
             t_http = time.perf_counter() - t0
+            # RL workers sending small requests (4 rows): one at a time, then 8 at once, which the server batches
+            small = [(prompts[i:i + 4], completions[i:i + 4]) for i in range(0, len(hh), 4)]
+            t0 = time.perf_counter()
+            for p, c in small:
+                _post(f"{url}/score", {"prompts": p, "completions": c})
+            t_small_seq = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda pc: _post(f"{url}/score", {"prompts": pc[0], "completions": pc[1]}), small))
+            t_small_conc = time.perf_counter() - t0
             one_local, one_http = [], []
             for i in range(5):
                 t0 = time.perf_counter()
@@ -112,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"), "rows": len(hh), "batch": args.batch, "cpus": os.cpu_count(),
         "in_process_rows_per_s": round(len(hh) / t_local, 2), "http_rows_per_s": round(len(hh) / t_http, 2),
         "ratio_http_over_in_process_time": round(t_http / t_local, 3),
+        "small_requests_rows_per_s_one_client": round(len(hh) / t_small_seq, 2),
+        "small_requests_rows_per_s_8_clients": round(len(hh) / t_small_conc, 2),
+        "ratio_8_clients_over_one": round(t_small_seq / t_small_conc, 3),
         "one_row_ms_in_process": round(1000 * statistics.median(one_local), 1),
         "one_row_ms_http": round(1000 * statistics.median(one_http), 1),
         "max_abs_reward_diff": max_diff,
@@ -120,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'path':<12}{'rows/s':>10}{'1-row ms':>10}\n{'in process':<12}{report['in_process_rows_per_s']:>10}"
           f"{report['one_row_ms_in_process']:>10}\n{'HTTP':<12}{report['http_rows_per_s']:>10}"
           f"{report['one_row_ms_http']:>10}\nHTTP / in-process time: {report['ratio_http_over_in_process_time']}x; "
-          f"largest reward difference {max_diff:.2e}")
+          f"largest reward difference {max_diff:.2e}\n4-row requests: {report['small_requests_rows_per_s_one_client']} "
+          f"rows/s from one client, {report['small_requests_rows_per_s_8_clients']} from 8 at once (batched "
+          f"on the server): {report['ratio_8_clients_over_one']}x")
     return report
 
 

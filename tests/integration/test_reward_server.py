@@ -13,6 +13,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,13 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
         assert out["std"] == pytest.approx([s.std / unit for s in want], abs=1e-5) and min(out["std"]) > 0  # 2 heads
         assert out["rewards"][0] > out["rewards"][1]  # the helpful answer wins
 
+        # several RL workers at once: batched together on the server, each still gets its own rows' rewards
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda k: _call(f"{url}/score", {"prompts": [PROMPTS[k % 2]] * (1 + k % 3),
+                                                                   "completions": [ANSWERS[k % 2]] * (1 + k % 3)},
+                                                     token="s3cret")[1]["rewards"], range(6)))
+        assert answers == [pytest.approx([out["rewards"][k % 2]] * (1 + k % 3), abs=1e-5) for k in range(6)]
+
         chat = {"prompts": [[{"role": "user", "content": p}] for p in PROMPTS],
                 "completions": [[{"role": "assistant", "content": a}] for a in ANSWERS]}
         assert _call(f"{url}/score", chat, token="s3cret")[1]["rewards"] == pytest.approx(out["rewards"], abs=1e-5)
@@ -126,7 +134,7 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
 
     with sqlite_db.read() as s:  # every scored prompt was counted, for the Coverage tab; refused requests not
         assert sorted(served_prompts(s)) == sorted(PROMPTS)
-        assert served_summary(s)["responses"] == 6  # three accepted requests of two rows
+        assert served_summary(s)["responses"] == 6 + 12  # three requests of two rows, six of 1-3
 
     proc, url = _start(tmp_path, "two", "--model", str(v1), "--model", str(v2), "--combine", "min",
                        "--no-record-prompts")
@@ -139,8 +147,8 @@ def test_reward_server_scores_like_rm_studio(sqlite_db: Database, home: Path, tm
     finally:
         _stop(proc)
     with sqlite_db.read() as s:
-        assert served_summary(s)["responses"] == 6  # --no-record-prompts
+        assert served_summary(s)["responses"] == 18  # --no-record-prompts
     assert main(["served", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["prompts"], shown["responses"], sorted(shown["newest"])) == (2, 6, sorted(PROMPTS))
+    assert (shown["prompts"], shown["responses"], sorted(shown["newest"])) == (2, 18, sorted(PROMPTS))
     assert main(["served", "--clear"]) == 0 and "forgot 2 served prompts" in capsys.readouterr().out

@@ -61,3 +61,29 @@ def test_model_scorer_units_and_uncertainty_penalty() -> None:
     assert model_scorer(_Model(), "z", penalty=2.0)(*rows)["rewards"] == [1.0, 3.0]  # z - 2 x 0.5
     with pytest.raises(ValueError, match="applies to z rewards"):
         model_scorer(_Model(), "raw", penalty=1.0)
+
+
+def test_batcher_scores_waiting_requests_together_and_a_bad_one_fails_alone() -> None:
+    import asyncio
+
+    from rm_engine.reward_server import Batcher
+
+    calls: list[int] = []
+
+    def score(prompts: list, completions: list) -> dict:
+        calls.append(len(prompts))
+        if "bad" in prompts:
+            raise ValueError("bad row")
+        return {"rewards": [float(len(c)) for c in completions], "std": [0.0] * len(prompts)}
+
+    async def main() -> list:
+        b = Batcher(score, max_rows=5)
+        reqs = [(["p"] * 2, ["a", "bb"]), (["p"], ["ccc"]), (["bad"], ["x"]), (["p"] * 2, ["dddd", "e"])]
+        return await asyncio.gather(*(b.submit(p, c) for p, c in reqs), return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert out[0] == {"rewards": [1.0, 2.0], "std": [0.0, 0.0]} and out[1]["rewards"] == [3.0]
+    assert isinstance(out[2], ValueError) and out[3]["rewards"] == [4.0, 1.0]
+    # all four were waiting: the first three together (4 rows; the fourth would pass max_rows 5), which failed on
+    # the bad one, so each of them again alone; then the fourth, carried to the next batch
+    assert calls == [4, 2, 1, 1, 2]
