@@ -136,9 +136,9 @@ def ensemble_scorer(ensemble: Any) -> Scorer:
 
 class Batcher:
     """One scoring at a time; requests that arrive meanwhile wait and are scored together, up to ``max_rows`` rows:
-    one forward pass per batch instead of one per request, with no added wait (on CPU, 4-row requests scored 32
-    rows at a time go 1.27x faster; more on a GPU). A batch that fails is scored again request by request, so one
-    bad request fails alone."""
+    one forward pass per batch instead of one per request, with no added wait (on CPU, 8 clients sending 4-row
+    requests get 1.4x the rows/s of one, BENCHMARKS.md). A batch that fails is scored again request by request, so
+    one bad request fails alone."""
 
     def __init__(self, score: Scorer, max_rows: int) -> None:
         self.score, self.max_rows = score, max_rows
