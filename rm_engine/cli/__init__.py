@@ -16,7 +16,8 @@ COMMAND_MODULES = (
     "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
     "rm_engine.cli.demo_cmds",  # seed-demo
     "rm_engine.cli.cache_cmds",  # cache, cache compact, cache prune
-    "rm_engine.cli.reward_cmds",  # reward-server
+    "rm_engine.cli.reward_cmds",  # reward-server, served
+    "rm_engine.cli.queue_cmds",  # queue
 )
 
 
