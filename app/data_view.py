@@ -18,7 +18,7 @@ from db.guidelines import get_guidelines, set_guidelines
 from db.formats.mapped import TARGETS
 from db.exporter import EXPORT_FORMATS, export
 from db.importer import Preview, import_file, preview
-from db.labeling import QueuePolicy, load_queue_policy, save_queue_policy
+from db.labeling import QueuePolicy, count_control_pairs, load_queue_policy, save_queue_policy
 from db.models import Source
 from db.stats import dataset_stats
 
@@ -144,7 +144,7 @@ def guidelines_form() -> None:
 def queue_policy_form() -> None:
     """Edit the labeling-queue policy (overlap, agreement share, control pairs, active learning)."""
     with database().read() as s:
-        cur = load_queue_policy(s)
+        cur, controls = load_queue_policy(s), count_control_pairs(s)
     with st.form("queue_policy"):
         c = st.columns(5)
         target = c[0].number_input("Labels per pair", 1, 20, cur.target_overlap)
@@ -155,6 +155,8 @@ def queue_policy_form() -> None:
                                    "any other: everyone is measured against the experts (Dashboard, Agreement tab)")
         active = c[4].toggle("Active learning", cur.active_learning,
                              help="prefer pairs the newest scored model is least sure about")
+        st.caption(f"{controls:,} expert-labelled pairs can serve as control pairs"
+                   + ("" if controls else ": import or label some as expert first"))
         ok = st.form_submit_button("Save queue policy")
     if ok:
         try:

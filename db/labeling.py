@@ -61,7 +61,7 @@ CONTROL = "control pair"  # queue reason of a pair an expert labelled, served to
 
 __all__ = [
     "APP_ORIGIN", "CHOICES", "CONTROL", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
-    "bucket_sql", "choice_to_outcome", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
+    "bucket_sql", "choice_to_outcome", "count_control_pairs", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
     "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "uncertainty", "undo_last",
 ]
@@ -383,6 +383,11 @@ def annotator_progress(session: Session, annotator: str, policy: QueuePolicy | N
     ]
     med = statistics.median(times) / 1000.0 if times else None
     return Progress(int(today or 0), int(rtoday or 0), left, med, int(total or 0), int(rtotal or 0))
+
+
+def count_control_pairs(session: Session) -> int:
+    """Pairs an expert labelled: what control pairs (``QueuePolicy.control_share``) are drawn from."""
+    return int(session.scalar(select(func.count()).select_from(Comparison).where(_has_expert_label())) or 0)
 
 
 def count_rankable_prompts(session: Session) -> int:

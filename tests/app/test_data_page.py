@@ -131,6 +131,7 @@ def test_queue_policy_form_saves(app_env, sqlite_db: Database) -> None:
     at.slider[0].set_value(0.25)
     at.number_input[1].set_value(4)
     at.toggle[0].set_value(True)
+    assert any("0 expert-labelled pairs can serve as control pairs" in c.value for c in at.caption)
     at.slider(key="queue_control_share").set_value(0.1)
     at.button(key="FormSubmitter:queue_policy-Save queue policy").click().run()
     assert not at.exception

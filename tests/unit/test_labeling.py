@@ -13,6 +13,7 @@ from db.labeling import (
     QueuePolicy,
     annotator_progress,
     choice_to_outcome,
+    count_control_pairs,
     count_rankable_prompts,
     in_agreement_share,
     item_for_comparison,
@@ -55,6 +56,8 @@ def test_control_pairs_come_from_expert_labels_and_look_like_any_other(sqlite_db
         for cid in gold:
             item = item_for_comparison(s, cid)
             submit_label(s, item, "left", annotator="eve", source="expert")
+    with sqlite_db.read() as s:
+        assert count_control_pairs(s) == 2
     pol = QueuePolicy(target_overlap=1, agreement_share=0.0, control_share=0.5)
     rng = random.Random(0)
     served = []
