@@ -66,6 +66,7 @@ class _Plan:
     member: int | None  # None: a head ensemble's mean
     members: int
     weight_bytes: int  # of the exported model, estimated from the files it is made of
+    decoder: bool
 
     @property
     def label(self) -> str:
@@ -91,10 +92,12 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
                                lambda: load_version_config(settings, summary["path"], summary["id"], verify=verify))
     if summary["mode"] == "head":
         backbone = Path(files.get("backbone", {}).get("path", ""))
-        if problem := head_refusal(label, files, _decoder_at(backbone, label), member):
+        decoder = _decoder_at(backbone, label)
+        if problem := head_refusal(label, files, decoder, member):
             raise ExportError(problem)
         size = _weight_bytes(backbone) + _weight_bytes(folder)
-        return _Plan(summary, norm, train_config, metrics, folder, member, int(files["head"]["members"]), size)
+        return _Plan(summary, norm, train_config, metrics, folder, member, int(files["head"]["members"]), size,
+                     decoder)
     members = int(files.get("members", 1))
     if member is None and first_member:
         member = 0
@@ -116,7 +119,8 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
                           "retrain with --pooling mean or cls to export")
     # LoRA members hold adapters only: the merged model is the size of the backbone they adapt
     size = _weight_bytes(folder / f"member-{k}") + (_weight_bytes(Path(meta.backbone["path"])) if meta.lora else 0)
-    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size)
+    return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size,
+                 meta.decoder)
 
 
 def _weight_bytes(folder: Path) -> int:
@@ -228,7 +232,7 @@ def _head_writer(settings: Settings, plan: _Plan, say: Callable[[str], None]) ->
     say(f"loading {plan.label} (a head over the frozen backbone)")
     tensors, fcfg = load_head_files(settings, plan.summary["path"], plan.summary["id"])
     ref = check_backbone(settings, plan.summary["id"], fcfg.get("backbone", {}))
-    decoder = _decoder_at(ref.path, plan.label)
+    decoder = plan.decoder
 
     def write(folder: Path) -> dict[str, Any]:
         tok = write_head_model(folder, ref, fcfg, tensors, plan.member, decoder)

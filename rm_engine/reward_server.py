@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from rm_engine.backbone import History
 from rm_engine.scoring import completion_rows
 
 REWARD_KINDS = ("raw", "z", "sigmoid")
@@ -104,7 +105,7 @@ def parse_request(body: Any, max_rows: int) -> tuple[list[Any], list[Any]]:
     return prompts, completions
 
 
-Scorer = Callable[[Sequence[Any], Sequence[Any]], dict[str, list[float]]]
+Scorer = Callable[[Sequence[tuple[str, History, str]]], dict[str, list[float]]]  # (prompt, history, response) rows
 
 
 def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
@@ -117,8 +118,8 @@ def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
         raise ValueError(f"an uncertainty penalty applies to z rewards, not {kind}")
     unit = 1.0 if kind == "raw" else float(model.norm_stats.get("std", 1.0) or 1.0)
 
-    def score(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
-        scores = model.score_rows(completion_rows(prompts, completions))
+    def score(rows: Sequence[tuple[str, History, str]]) -> dict[str, list[float]]:
+        scores = model.score_rows(rows)
         std = [float(s.std) / unit for s in scores]
         return {"rewards": [float(getattr(s, kind)) - penalty * d for s, d in zip(scores, std)], "std": std}
 
@@ -127,8 +128,8 @@ def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
 
 def ensemble_scorer(ensemble: Any) -> Scorer:
     """Several versions' combined z (``VersionEnsemble``), with their disagreement as ``std``."""
-    def score(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
-        scores = ensemble.score_rows(completion_rows(prompts, completions))
+    def score(rows: Sequence[tuple[str, History, str]]) -> dict[str, list[float]]:
+        scores = ensemble.score_rows(rows)
         return {"rewards": [float(s.reward) for s in scores], "std": [float(s.std) for s in scores]}
 
     return score
@@ -140,7 +141,7 @@ class Batcher:
     requests get 1.4x the rows/s of one, BENCHMARKS.md). A batch that fails is scored again request by request, so
     one bad request fails alone."""
 
-    def __init__(self, score: Scorer, max_rows: int) -> None:
+    def __init__(self, score: Callable[[list[Any], list[Any]], dict[str, list[float]]], max_rows: int) -> None:
         self.score, self.max_rows = score, max_rows
         self._queue: asyncio.Queue[tuple[list[Any], list[Any], asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -200,10 +201,11 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
     from starlette.routing import Route
 
     def score_and_record(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
-        out = scorer(prompts, completions)
-        if record is not None and prompts:
+        rows = completion_rows(prompts, completions)
+        out = scorer(rows)
+        if record is not None and rows:
             try:
-                record([row[0] for row in completion_rows(prompts, completions)])
+                record([row[0] for row in rows])
             except Exception as exc:  # noqa: BLE001 - a full disk or a locked database must not fail the reward
                 log.warning("reward server: could not record the served prompts (%s)", exc)
         return out

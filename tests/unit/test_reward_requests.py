@@ -54,11 +54,12 @@ class _Model:
 
 def test_model_scorer_units_and_uncertainty_penalty() -> None:
     from rm_engine.reward_server import model_scorer
+    from rm_engine.scoring import completion_rows
 
-    rows = (["p", "q"], ["ab", "abcd"])
-    assert model_scorer(_Model(), "z")(*rows) == {"rewards": [2.0, 4.0], "std": [0.5, 0.5]}  # std in z units
-    assert model_scorer(_Model(), "raw")(*rows) == {"rewards": [5.0, 9.0], "std": [1.0, 1.0]}
-    assert model_scorer(_Model(), "z", penalty=2.0)(*rows)["rewards"] == [1.0, 3.0]  # z - 2 x 0.5
+    rows = completion_rows(["p", "q"], ["ab", "abcd"])
+    assert model_scorer(_Model(), "z")(rows) == {"rewards": [2.0, 4.0], "std": [0.5, 0.5]}  # std in z units
+    assert model_scorer(_Model(), "raw")(rows) == {"rewards": [5.0, 9.0], "std": [1.0, 1.0]}
+    assert model_scorer(_Model(), "z", penalty=2.0)(rows)["rewards"] == [1.0, 3.0]  # z - 2 x 0.5
     with pytest.raises(ValueError, match="applies to z rewards"):
         model_scorer(_Model(), "raw", penalty=1.0)
 
