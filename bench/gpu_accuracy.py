@@ -51,10 +51,11 @@ ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]
 
 
 def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0,
-                     trl_ok: bool = True) -> dict[str, Any]:
+                     trl_ok: bool = True, split: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
     """MiniLM (or, with --smoke, a tiny BERT with the MiniLM tokenizer) fine-tuned by TRL and by RM Studio on the
-    same prompt split (20% of prompts held out, ``seed``), same epochs and learning rate."""
-    train, held = split_by_prompt(pairs, 0.2, seed=seed)
+    same prompt split (20% of prompts held out, ``seed``; or ``split``, one fold of a cross-validation), same epochs
+    and learning rate."""
+    train, held = split or split_by_prompt(pairs, 0.2, seed=seed)
     if args.smoke:
         import torch
         from transformers import BertConfig, BertModel
@@ -106,5 +107,27 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
             "seconds": time.perf_counter() - t0, **kw,
             "val_accuracy_per_epoch": res["val_accuracy_per_epoch"], "pooling": fv.meta.pooling}
     if "trl" in out:
+        out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
+    return out
+
+
+def pooled_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cross-validation summary: per trainer, the held-out pairs each fold got right, pooled over the folds that
+    finished (every pair is held out once, so with all folds this is an accuracy over the whole data set), with
+    its standard error and the per-fold spread."""
+    import numpy as np
+
+    done = [f for f in folds if isinstance(f, dict) and "rmstudio" in f]
+    out: dict[str, Any] = {"folds_done": len(done), "folds": len(folds),
+                           "held_out_pairs": sum(f["held_out_pairs"] for f in done)}
+    for key in sorted({k for f in done for k in f if k == "trl" or k.startswith("rmstudio")}):
+        got = [f for f in done if isinstance(f.get(key), dict)]
+        n = sum(f["held_out_pairs"] for f in got)
+        correct = sum(round(f[key]["accuracy"] * f["held_out_pairs"]) for f in got)
+        accs = [f[key]["accuracy"] for f in got]
+        acc = correct / n if n else float("nan")
+        out[key] = {"accuracy": acc, "held_out_pairs": n, "std_error": float(np.sqrt(acc * (1 - acc) / n)) if n else None,
+                    "fold_min": min(accs, default=None), "fold_max": max(accs, default=None)}
+    if "trl" in out and "rmstudio" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
     return out

@@ -82,6 +82,17 @@ def split_by_prompt(pairs: list[Any], frac: float, seed: int) -> tuple[list[Any]
     return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
 
 
+def kfold_by_prompt(pairs: list[Any], k: int, seed: int = 0) -> list[tuple[list[Any], list[Any]]]:
+    """``k`` (train, held-out) splits grouped by prompt text: every pair is held out exactly once, and no prompt is
+    on both sides of a split (cross-validation: each model trains on (k-1)/k of the pairs)."""
+    if k < 2:
+        raise ValueError(f"kfold_by_prompt: k must be at least 2, got {k}")
+    prompts = sorted({p.prompt for p in pairs})
+    random.Random(seed).shuffle(prompts)
+    fold = {q: i % k for i, q in enumerate(prompts)}
+    return [([p for p in pairs if fold[p.prompt] != f], [p for p in pairs if fold[p.prompt] == f]) for f in range(k)]
+
+
 # This run's MiniLM: "dir" (its folder) and "kept" (the token ids a pack kept, or None); gpu_train.main
 # sets both from --minilm, minilm_dir() falls back to the package.
 MINILM: dict[str, Any] = {}

@@ -48,9 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 # main() calls these through this module's names (tests replace them here)
-from gpu_accuracy import ACC_VARIANTS, accuracy_section  # noqa: E402
-from gpu_setup import (MINILM, build_random_model, device_info, encode, ensure_trl, load_data,  # noqa: E402
-                       minilm_tokenizer, reset_memory, resolve_minilm)
+from gpu_accuracy import ACC_VARIANTS, accuracy_section, pooled_folds  # noqa: E402
+from gpu_setup import (MINILM, build_random_model, device_info, encode, ensure_trl, kfold_by_prompt,  # noqa: E402
+                       load_data, minilm_tokenizer, reset_memory, resolve_minilm)
 from gpu_trainers import run_ours, run_trl  # noqa: E402
 
 # Every row (the table's order); RM Studio's start with "c"
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"{'; '.join(f'{k}: {v[0]}' for k, v in ACC_VARIANTS.items())}")
     ap.add_argument("--acc-seeds", default="0,1,2",
                     help="comma list of prompt-split seeds for the accuracy section (one split moves by +-3 points)")
+    ap.add_argument("--acc-folds", type=int, default=0,
+                    help="K >= 2: K-fold cross-validation grouped by prompt instead of --acc-seeds (each model trains "
+                         "on (K-1)/K of the pairs, every pair is held out once; accuracy_cv pools the folds)")
     ap.add_argument("--deadline-s", type=float, default=240,
                     help="start no section after this many seconds (the default keeps a run under ~5 minutes; "
                          "the required rows a, b, c and the accuracy run come first)")
@@ -300,9 +303,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for shape in shapes[:1]:
             if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, first)
-        seeds = [] if args.no_accuracy else [int(x) for x in args.acc_seeds.split(",") if x.strip()]
+        folds = kfold_by_prompt(pairs, args.acc_folds) if args.acc_folds else []
+        seeds = [] if args.no_accuracy else list(range(len(folds))) if folds else \
+            [int(x) for x in args.acc_seeds.split(",") if x.strip()]
 
         def accuracy(seed: int) -> None:
+            if folds:  # `seed` is the fold's index
+                report.setdefault("accuracy_folds", [])
+                run.section(report, "_fold", lambda: accuracy_section(args, pairs, settings, home, seed,
+                                                                      trl_ok=trl_version is not None, split=folds[seed]))
+                report["accuracy_folds"].append({"fold": seed, **report.pop("_fold")})
+                report["accuracy_cv"] = {"k": len(folds), **pooled_folds(report["accuracy_folds"])}
+                run.save()
+                return
             key = "accuracy" if seed == 0 else f"accuracy_seed{seed}"
             run.section(report, key, lambda: accuracy_section(args, pairs, settings, home, seed,
                                                               trl_ok=trl_version is not None))
@@ -363,6 +376,12 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"ratios: {ratios or '-'}" + (f"  (best: {row['best_rmstudio']})" if "best_rmstudio" in row else ""))
     for key, acc in report.items():
         if not key.startswith("accuracy") or not isinstance(acc, dict):
+            continue
+        if key == "accuracy_cv":
+            lines.append(f"\n{key} ({acc['k']}-fold by prompt, {acc['folds_done']} folds done, "
+                         f"{acc['held_out_pairs']} held-out pairs): " + "; ".join(
+                             f"{k} {v['accuracy']:.3f} +- {v['std_error'] or 0:.3f} (folds {v['fold_min']:.3f}-"
+                             f"{v['fold_max']:.3f})" for k, v in acc.items() if isinstance(v, dict)))
             continue
         if "rmstudio" not in acc:
             lines.append(f"\n{key}: {acc.get('error') or acc.get('skipped')}")
