@@ -10,10 +10,12 @@ One run, one GPU, the same data, the same random-weight model:
   (c) RM Studio (token-budget batches of similar length, one forward pass per pair, bf16 autocast, fused AdamW),
   and (d) RM Studio with random fixed-size batches (what length grouping buys). Reported: pairs/s, real
   (non-pad) tokens/s, MFU = 6 x non-embedding params x real tokens/s / peak bf16 FLOP/s, peak memory, and the
-  ratios c/a and c/b; the packed rows c3-c5 (``SPEED_ROWS``) and ``p3``, c3's steady-state steps profiled by kernel
-  kind (``bench/gpu_profile.py``: matmul, attention, inductor-fused, optimizer, copies; device busy share);
+  ratios c/a and c/b; the packed rows c3-c5 (``SPEED_ROWS``; c3/c4 flex attention, c5 torch's varlen flash, the
+  default on CUDA) and ``p3``, the default packed configuration's steady-state steps profiled by kernel kind
+  (``bench/gpu_profile.py``: matmul, attention, inductor-fused, optimizer, copies; device busy share);
 * accuracy: the bundled MiniLM-L6 fine-tuned on the HH pairs by TRL and by RM Studio with the same epochs and
-  learning rate, evaluated on the same held-out pairs (split by prompt, seeded), strict ``>``; then RM Studio's
+  learning rate, evaluated on the same held-out pairs (split by prompt, seeded; or ``--acc-folds K``: K-fold
+  cross-validation by prompt, every pair held out once, pooled), strict ``>``; then RM Studio's
   variants (``--acc-variants``: rich pooling, LoRA at its own rate) on the same split.
 
 Modules: this one runs the sections (rows, deadline, report, table); ``gpu_setup`` (shapes, wheels, data, MiniLM,
@@ -61,8 +63,9 @@ SPEED_ROWS = ("a_trl_default", "b_trl_no_ckpt", "c_rmstudio", "c2_rmstudio_compi
 
 def profile_c3(model_dir: Path, pairs: list[Any], settings: Any, args: argparse.Namespace,
                ours_kw: dict[str, Any]) -> dict[str, Any]:
-    """c3's configuration again, with a few steady-state steps under torch.profiler (bench/gpu_profile.py):
-    where its device time goes, by kernel kind. On CPU (--smoke) uncompiled, operator CPU time instead."""
+    """The default packed configuration (on CUDA since 2026-11-27: varlen, c5; before: flex, c3) again, with a few
+    steady-state steps under torch.profiler (bench/gpu_profile.py): where its device time goes, by kernel kind.
+    On CPU (--smoke) uncompiled, operator CPU time instead."""
     import torch
 
     from gpu_profile import StepProfiler
@@ -150,9 +153,11 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
         # c3 at twice the token budget: the per-step costs (optimizer, clipping, the embedding's dense gradient)
         # spread over twice the tokens; the memory probe turns checkpointing on if the row does not fit
         "c4_rmstudio_packed_compile_2x": lambda: run_ours(model_dir, pairs, settings, batch_tokens=2 * args.batch_tokens,
-                                                          compile_=True, packing=True, **ours_kw)[0],
+                                                          compile_=True, packing=True, packed_attention="flex",
+                                                          **ours_kw)[0],
         "c3_rmstudio_packed_compile": lambda: halving_on_oom(
-            lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True, **ours_kw)[0],
+            lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True,
+                                packed_attention="flex", **ours_kw)[0],
             args.batch_tokens),
         # c3 with torch's varlen flash attention instead of flex_attention (rm_engine.varlen_attention)
         "c5_rmstudio_packed_compile_varlen": lambda: halving_on_oom(

@@ -120,8 +120,8 @@ class TrainConfig:
             required; in one process batches are random pairs filling it with real tokens (up to
             ``max_batch_pairs``). With an encoder backbone training falls back to padded batches and logs a
             warning.
-        packed_attention: the attention of packed rows on a GPU: ``"auto"`` (``flex`` on CUDA, ``sdpa`` with a
-            dense mask on CPU), ``"flex"`` (flex_attention with a sparse block mask), ``"varlen"`` (torch's own
+        packed_attention: the attention of packed rows on a GPU: ``"auto"`` (``varlen`` on CUDA when the model takes
+            custom attention, else ``flex``; ``sdpa`` with a dense mask on CPU), ``"flex"`` (flex_attention with a sparse block mask), ``"varlen"`` (torch's own
             variable-length flash attention, ``rm_engine.varlen_attention``; CUDA), ``"sdpa"`` (dense mask, rows
             of at most 4,096 tokens). A model loaded with ``flash_attention_2`` keeps it.
         pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was

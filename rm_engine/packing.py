@@ -132,19 +132,20 @@ def choose_attn_implementation(model: nn.Module, device: torch.device, length: i
     """Which attention a packed *training* row runs with: a flash-attention model keeps it; ``prefer="varlen"``:
     torch's varlen flash attention (:mod:`rm_engine.varlen_attention`, CUDA); ``"flex"``: ``flex_attention``;
     ``"sdpa"``: a dense mask. ``"auto"``: on CPU ``sdpa`` up to :data:`DENSE_MAX_TOKENS` (FlexAttention has no
-    backward on CPU in torch 2.13); elsewhere ``flex_attention`` when the model and torch support it, else
-    ``sdpa`` up to the dense limit. ``ValueError`` naming the reason when the choice cannot run."""
+    backward on CPU in torch 2.13); on CUDA varlen when the model and torch support it (11% faster than flex on an
+    H200, BENCHMARKS.md), else ``flex_attention``, else ``sdpa`` up to the dense limit. ``ValueError`` naming the reason when the choice cannot run."""
     current = attn_implementation(model)
     if current in FLASH:
         return current
-    if prefer == "varlen":
+    if prefer == "varlen" or (prefer == "auto" and device.type != "cpu"):
         from rm_engine.varlen_attention import VARLEN, register, varlen_supported
 
         why_not = varlen_supported(unwrap_hf(model), device)
-        if why_not:
+        if why_not and prefer == "varlen":
             raise ValueError(f"TrainConfig.packed_attention='varlen': {why_not}")
-        register()
-        return VARLEN
+        if not why_not:
+            register()
+            return VARLEN
     if prefer == "sdpa" and length > DENSE_MAX_TOKENS:
         raise ValueError(f"TrainConfig.packed_attention='sdpa': a dense {length} x {length} mask is too large "
                          f"(batch_tokens <= {DENSE_MAX_TOKENS})")

@@ -72,6 +72,11 @@ def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         raise ValueError(f"{VARLEN}: attention dropout {dropout} is not supported (training disables dropout)")
     fn, params = _kernel()
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [L, H, D]: the projections' own layout
+    # Flash takes only 16-bit inputs, and autocast does not cast into this op: rotary embeddings computed in fp32
+    # hand it fp32 queries and keys even under bf16 autocast.
+    half = _half_dtype(query)
+    if half is not None:
+        q, k, v = (t.to(half) for t in (q, k, v))
     kw: dict[str, Any] = {"scale": scaling}
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in params:
@@ -85,5 +90,19 @@ def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     else:  # pragma: no cover - a torch whose varlen_attn cannot be told to be causal
         raise RuntimeError(f"{VARLEN}: torch {torch.__version__}'s varlen_attn takes neither window_size nor is_causal")
     out = fn(q, k, v, cu, cu, int(longest), int(longest), **kw)
+    if half is not None and not _autocast(query):
+        out = out.to(query.dtype)  # outside autocast the caller gets back the precision it passed
     return out.unsqueeze(0), None
+
+
+def _half_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The 16-bit dtype to run the kernel in when ``t`` is not 16-bit: autocast's, or bf16 outside autocast. None on
+    CPU, where only the tests' reference kernel runs (in the precision it is given)."""
+    if t.dtype in (torch.float16, torch.bfloat16) or t.device.type == "cpu":
+        return None
+    return torch.get_autocast_dtype("cuda") if _autocast(t) else torch.bfloat16
+
+
+def _autocast(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.is_autocast_enabled("cuda")
 

@@ -156,6 +156,26 @@ def test_packed_varlen_training_equals_padded_training(reference_kernel: list[di
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5) and a["val_accuracy"] == b["val_accuracy"]
 
 
+def test_varlen_hands_the_kernel_16_bit_inputs_and_returns_the_callers_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flash refuses fp32, and rotary embeddings give fp32 queries even under bf16 autocast: off the CPU the kernel
+    gets bf16 and the caller its own dtype back (a meta tensor stands in for a CUDA one)."""
+    seen: list[torch.dtype] = []
+
+    def kernel(q, k, v, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.extend(t.dtype for t in (q, k, v))
+        return torch.empty_like(q)
+
+    monkeypatch.setattr(va, "_kernel", lambda: (kernel, frozenset({"scale", "window_size", "enable_gqa"})))
+    q = torch.zeros(1, 4, 8, 16, device="meta")
+    cu = torch.tensor([0, 8], dtype=torch.int32, device="meta")
+    out, _ = va.varlen_attention(None, q, q[:, :2], q[:, :2], None, cu_seq_lens_q=cu, max_length_q=8)
+    assert seen == [torch.bfloat16] * 3 and out.dtype == torch.float32 and out.shape == (1, 8, 4, 16)
+    seen.clear()
+    va.varlen_attention(None, q.to(torch.float16), q[:, :2].half(), q[:, :2].half(), None, cu_seq_lens_q=cu,
+                        max_length_q=8)
+    assert seen == [torch.float16] * 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen flash attention runs on CUDA only")
 def test_real_kernel_matches_padded_sdpa_on_cuda() -> None:
     """bf16 autocast on both sides (flash needs 16-bit inputs): scores and gradients agree to bf16 noise; a
