@@ -291,22 +291,41 @@ def _snapshot(ps: PairSet, splits: dict[str, list[TrainingPair]], cfg: TrainConf
     }
 
 
+def usable_pairs(cfg: TrainConfig, ps: PairSet) -> list[TrainingPair]:
+    """The pairs ``cfg`` trains and measures on: ties only when they train through the tie model, ``cfg.sources``
+    only when given."""
+    pairs = [p for p in ps.pairs if cfg.ties == "model" or not p.tie]
+    return pairs if cfg.sources is None else [p for p in pairs if p.source in cfg.sources]
+
+
+def fit_splits(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], *,
+               progress: Progress = None, should_stop: StopCheck = None) -> Fitted:
+    """Train ``cfg.mode`` on ``splits["train"]`` (``"val"`` for early stopping and per-epoch validation; every
+    split's responses get scores in ``Fitted.scores``) on ``cfg.device``; nothing is written."""
+    fit = _fit_head if cfg.mode == "head" else _fit_finetune
+    return fit(settings, cfg, splits, resolve_device(cfg.device), progress, should_stop)
+
+
+def load_pair_set(db: Database, cfg: TrainConfig) -> PairSet:
+    """The stored pairs ``cfg`` asks for, weighted by annotator reliability when ``cfg.annotator_weights``."""
+    with db.read() as s:
+        ps = training_pairs(s, sources=cfg.sources, include_ties=cfg.ties == "model")
+        if cfg.annotator_weights:
+            weigh_annotators(ps, agreement_records(multi_rated_labels(s)))
+    return ps
+
+
 def fit_pairs(settings: Settings, cfg: TrainConfig, ps: PairSet, *, progress: Progress = None,
               should_stop: StopCheck = None) -> tuple[Fitted, dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Train on a :class:`PairSet` without touching the database: ``(fitted, metrics, norm_stats, snapshot)``."""
     cfg = cfg.resolved()
-    pairs = [p for p in ps.pairs if cfg.ties == "model" or not p.tie]
-    if cfg.sources is not None:
-        pairs = [p for p in pairs if p.source in cfg.sources]
-    splits = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    splits = split_pairs(usable_pairs(cfg, ps), cfg.val_fraction, cfg.seed)
     if not [p for p in splits["train"] if not p.tie]:
         raise ValueError(
             f"nothing to train on: {len(ps.pairs)} pairs, {len(splits['test'])} of them test-only, "
             f"excluded {dict(ps.excluded) or 'none'}; label some comparisons first"
         )
-    device = resolve_device(cfg.device)
-    fit = _fit_head if cfg.mode == "head" else _fit_finetune
-    fitted = fit(settings, cfg, splits, device, progress, should_stop)
+    fitted = fit_splits(settings, cfg, splits, progress=progress, should_stop=should_stop)
     if progress is not None:
         progress({"phase": "evaluate", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
 
@@ -385,10 +404,7 @@ def train_and_publish(
     progress = progress_adapter(progress)
     if progress is not None:
         progress({"phase": "load", "step": 0, "total": 1, "loss": None, "val_accuracy": None, "eta_s": None})
-    with db.read() as s:
-        ps = training_pairs(s, sources=cfg.sources, include_ties=cfg.ties == "model")
-        if cfg.annotator_weights:
-            weigh_annotators(ps, agreement_records(multi_rated_labels(s)))
+    ps = load_pair_set(db, cfg)
     fitted, metrics, norm, snap = fit_pairs(settings, cfg, ps, progress=progress, should_stop=should_stop)
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled before publishing")

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "rm_engine.cli.cache_cmds",  # cache, cache compact, cache prune
     "rm_engine.cli.reward_cmds",  # reward-server, served
     "rm_engine.cli.queue_cmds",  # queue
+    "rm_engine.cli.cv_cmds",  # cv
 )
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rm_engine.cli.common import CLIError, open_db, pct, print_json, progress, settings
 from rm_engine.config import COMBINE, default_lrs_text
@@ -17,6 +17,31 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = sub.add_parser("train", help="train a reward model (queued for the worker, or --inline here)",
                        description="Train on the stored labels. Without --inline the run is queued for `rmstudio worker`; "
                                    "with --inline it trains in this process with a progress bar.")
+    train_flags(p)
+    p.add_argument("--inline", action="store_true", help="train in this process instead of queueing a job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="measure a model on a labelled file (nothing is stored)")
+    p.add_argument("file", help="any importable file (comparisons, rankings, HH-RLHF, TRL, mapped)")
+    p.add_argument("--format", help="force the file format (default: detect)")
+    p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
+    p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
+    model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="score responses to a prompt")
+    model_args(p)
+    p.add_argument("--prompt", help="the prompt")
+    p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
+    p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+
+def train_flags(p: argparse.ArgumentParser) -> None:
+    """The training configuration's flags (``TrainConfig.from_args`` reads them), shared by ``train`` and ``cv``."""
     p.add_argument("--mode", choices=("head", "finetune"), help="head: frozen backbone + cached features (CPU default); finetune: whole model")
     p.add_argument("--backbone", help="minilm (default) or a local Hugging Face folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
     p.add_argument("--epochs", type=int)
@@ -47,8 +72,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="finetune, decoders only: pack each batch into one row of --batch-tokens without padding "
                         "(static shape for torch.compile); encoders fall back to padded batches")
     p.add_argument("--packed-attention", dest="packed_attention", choices=("auto", "flex", "varlen", "sdpa"),
-                   help="with --packing: attention of the packed rows (auto = flex on CUDA; varlen = torch's "
-                        "variable-length flash attention, CUDA)")
+                   help="with --packing: attention of the packed rows (auto = varlen on CUDA when the model takes "
+                        "it, else flex; varlen = torch's variable-length flash attention, CUDA)")
     p.add_argument("--pooling", choices=("auto", "cls", "mean", "rich"),
                    help="finetune, encoders: auto = the backbone's own (mean for MiniLM), cls, mean, or rich (head "
                         "mode's features of context+response, response and context, trained end to end; ~2.5x compute)")
@@ -65,26 +90,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                         "labelled (Dawid-Skene; see rmstudio annotators)")
     p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")
     p.add_argument("--seed", type=int)
-    p.add_argument("--inline", action="store_true", help="train in this process instead of queueing a job")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="measure a model on a labelled file (nothing is stored)")
-    p.add_argument("file", help="any importable file (comparisons, rankings, HH-RLHF, TRL, mapped)")
-    p.add_argument("--format", help="force the file format (default: detect)")
-    p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
-    p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
-    model_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("score", help="score responses to a prompt")
-    model_args(p)
-    p.add_argument("--prompt", help="the prompt")
-    p.add_argument("--response", action="append", default=[], help="a response (repeat for several)")
-    p.add_argument("--file", help="JSONL of {prompt, response | responses, history?} lines")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_score)
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +100,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig the train flags describe (a CLIError naming the bad flag otherwise)."""
     from rm_engine.config import TrainConfig
 
     try:
@@ -106,7 +112,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue a training job, or train here with ``--inline``."""
-    cfg = _config(args)
+    cfg = train_config(args)
     db = open_db()
     try:
         if not args.inline:
@@ -131,9 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         db.dispose()
 
 
-def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
-    from rm_engine.training import train_and_publish
-
+def phase_bars() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    """A training progress callback drawing one bar per phase (features, train, finetune, rescore) with the
+    loss and validation accuracy, and the function that closes the bars."""
     bars: dict[str, Any] = {}
 
     def on_progress(ev: dict[str, Any]) -> None:
@@ -156,13 +162,24 @@ def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
         if post:
             bar.set_postfix(post, refresh=False)
 
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+        bars.clear()
+
+    return on_progress, close
+
+
+def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
+    from rm_engine.training import train_and_publish
+
+    on_progress, close = phase_bars()
     try:
         version = train_and_publish(db, settings(), cfg, progress=on_progress)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     finally:
-        for bar in bars.values():
-            bar.close()
+        close()
     assert version is not None  # no publish guard here
     m = version.metrics
     if as_json:

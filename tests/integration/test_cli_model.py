@@ -188,3 +188,39 @@ def test_clear_errors(sqlite_db: Database, engine_settings, capsys, argv, needle
     seed_labels(sqlite_db, 4)
     rc, _, err = run(capsys, *argv)
     assert rc == 1 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode,extra", [("head", ("--epochs", "40", "--lr", "0.01")),
+                                        ("finetune", ("--epochs", "1", "--lr", "0.001"))])
+def test_cv_holds_every_pair_out_once_and_publishes_nothing(sqlite_db: Database, engine_settings, tiny_encoder: Path,
+                                                           capsys, mode: str, extra: tuple[str, ...]) -> None:
+    """``rmstudio cv``: K models, each scored on the prompts it did not train on; test-split labels stay out;
+    the pooled accuracy is the held-out pairs' own count; no version is written."""
+    seed_labels(sqlite_db, 16, test_prompts=4)
+    rc, out, err = run(capsys, "cv", "--folds", "4", "--json", "--mode", mode, "--backbone", str(tiny_encoder),
+                       "--max-length", "64", *extra)
+    assert rc == 0, err
+    res = json.loads(out)
+    folds = res["folds"]
+    assert res["k"] == 4 and len(folds) == 4 and res["n_pairs"] == 16 and res["n_prompts"] == 16
+    assert [f["n_held_out"] for f in folds] == [4, 4, 4, 4]  # 16 prompts, one pair each, dealt evenly
+    assert all(f["n_train"] == 12 for f in folds) and res["n"] == 16
+    right = sum(round(f["accuracy"] * f["n_held_out"]) for f in folds)
+    assert res["accuracy"] == pytest.approx(right / 16)
+    assert res["fold_min"] <= res["accuracy"] <= res["fold_max"]
+    assert res["config"]["mode"] == mode and res["size_tier"] == "under 1,000" and "DPO" in res["advice"]
+    rc, out, _ = run(capsys, "models", "--json")
+    assert rc == 0 and json.loads(out) == []
+
+
+def test_cv_text_output_and_bad_fold_counts(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+    seed_labels(sqlite_db, 6)
+    rc, out, err = run(capsys, "cv", "--folds", "3", "--backbone", str(tiny_encoder), "--max-length", "64",
+                       "--epochs", "20")
+    assert rc == 0, err
+    assert "fold 1/3: held-out accuracy" in out and "fold 3/3" in out and "cross-validated accuracy" in out
+    assert "over 6 held-out pairs (3 folds of 6 prompts" in out
+    rc, _, err = run(capsys, "cv", "--folds", "1", "--backbone", str(tiny_encoder))
+    assert rc == 1 and "folds must be between 2 and 20, got 1" in err
+    rc, _, err = run(capsys, "cv", "--folds", "8", "--backbone", str(tiny_encoder))
+    assert rc == 1 and "8 folds need at least 8 prompts with labelled pairs, found 6" in err
