@@ -54,6 +54,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     print(f"cross-validated accuracy {pct(res['accuracy'])}{se} over {res['n']} held-out pairs "
           f"({res['k']} folds of {res['n_prompts']} prompts; folds {pct(res['fold_min'])}-{pct(res['fold_max'])}): "
           f"{res['band']['message']}")
+    sigma = res["sigma_above_chance"]
+    if sigma is not None:
+        print(f"  {sigma:.1f} standard errors above chance (50%)" if sigma >= 2 else
+              f"  not distinguishable from chance (50%) at this size ({sigma:.1f} standard errors)")
     for source, m in res["per_source"].items():
         print(f"  {source}: {pct(m['accuracy'])} on {m['n']} pairs")
     print(res["advice"])

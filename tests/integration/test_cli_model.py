@@ -220,6 +220,7 @@ def test_cv_text_output_and_bad_fold_counts(sqlite_db: Database, engine_settings
     assert rc == 0, err
     assert "fold 1/3: held-out accuracy" in out and "fold 3/3" in out and "cross-validated accuracy" in out
     assert "over 6 held-out pairs (3 folds of 6 prompts" in out
+    assert "standard errors above chance (50%)" in out or "not distinguishable from chance" in out
     rc, _, err = run(capsys, "cv", "--folds", "1", "--backbone", str(tiny_encoder))
     assert rc == 1 and "folds must be between 2 and 20, got 1" in err
     rc, _, err = run(capsys, "cv", "--folds", "8", "--backbone", str(tiny_encoder))

@@ -30,6 +30,7 @@ def test_pooling_counts_every_held_out_pair_once() -> None:
     out = pool_folds(folds)
     assert out["n"] == 5 and out["accuracy"] == pytest.approx(3 / 5) and out["tie_rate"] == pytest.approx(1 / 5)
     assert out["std_error"] == pytest.approx(math.sqrt(0.6 * 0.4 / 5))
+    assert out["sigma_above_chance"] == pytest.approx(0.1 / math.sqrt(0.25 / 5))
     assert out["per_source"]["crowd"] == {"accuracy": pytest.approx(1 / 3), "tie_rate": pytest.approx(1 / 3), "n": 3}
     assert out["per_source"]["expert"]["accuracy"] == 1.0 and out["per_source"]["ai"]["accuracy"] == 1.0
     assert (out["fold_min"], out["fold_max"]) == (0.5, pytest.approx(2 / 3))
