@@ -37,7 +37,7 @@ def pool_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
     rejected = [x for f in folds for x in f["rejected"]]
     out = M.pairwise_accuracy(chosen, rejected)
     acc, n = out["accuracy"], out["n"]
-    out["std_error"] = math.sqrt(acc * (1 - acc) / n) if n else None
+    out["std_error"] = M.accuracy_std_error(acc, n)
     # how far above chance (50%), in standard errors of a coin's accuracy on n pairs (sqrt(0.25/n), the binomial
     # test's z): the band names a level, this says whether the level is real at all
     out["sigma_above_chance"] = (acc - 0.5) / math.sqrt(0.25 / n) if n else None

@@ -40,8 +40,8 @@ def live_overview() -> None:
         c[2].metric(f"Validation accuracy (v{vid})", pct(val_acc), help=f"on {n_val} held-out pairs")
         c[3].metric("Training accuracy", pct(train_acc))
         band = metrics.accuracy_band(val_acc)
-        few = f" Only {n_val} validation pairs: these numbers are noisy." if isinstance(n_val, int) and n_val < 30 else ""
-        st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}.{few}")
+        st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}."
+                   + validation_noise(val_acc, n_val))
         flag = metrics.overfitting_flag(train_acc, val_acc)
         if flag["overfitting"]:
             st.warning(f"Overfitting: {flag['message']}", icon=":material/warning:")
@@ -59,6 +59,16 @@ def live_overview() -> None:
     t1, t2 = st.columns(2)
     t1.plotly_chart(charts.labels_over_time(over_time, d["time_unit"]), key="over_time")
     t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")
+
+
+def validation_noise(val_acc: float | None, n_val: int | None) -> str:
+    """How far one validation split can be trusted, and where a steadier estimate comes from."""
+    se = metrics.accuracy_std_error(val_acc, n_val)
+    if se is None:
+        return ""
+    few = f" Only {n_val} validation pairs: these numbers are noisy." if n_val < 30 else ""
+    cv = " For a steadier estimate, `rmstudio cv --folds 10` cross-validates over all pairs." if se > 0.02 else ""
+    return f" ±{100 * se:.1f} points (one standard error on {n_val} pairs).{few}{cv}"
 
 
 def scores_panel() -> None:

@@ -171,7 +171,10 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     assert vals[f"Validation accuracy (v{vid})"] == f"{m['val']['accuracy']:.1%}"
     assert vals["Training accuracy"] == f"{m['train']['accuracy']:.1%}"
     band = metrics.accuracy_band(m["val"]["accuracy"])["band"]
-    assert any(f"Validation accuracy band **{band}**" in c.value and "Only 20 validation pairs" in c.value for c in at.caption)
+    se = metrics.accuracy_std_error(m["val"]["accuracy"], 20)
+    assert any(f"Validation accuracy band **{band}**" in c.value and "Only 20 validation pairs" in c.value
+               and f"±{100 * se:.1f} points (one standard error on 20 pairs)" in c.value and "rmstudio cv" in c.value
+               for c in at.caption)
     charts = _charts(at)
     acc = {t["name"]: _arr(t["y"]) for t in charts["Accuracy per model version"]["data"]}
     assert acc["val"] == [pytest.approx(m["val"]["accuracy"])] and acc["train"] == [pytest.approx(m["train"]["accuracy"])]

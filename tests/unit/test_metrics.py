@@ -7,6 +7,7 @@ import pytest
 
 from rm_engine.metrics import (
     accuracy_band,
+    accuracy_std_error,
     bradley_terry_slope,
     calibration,
     fit_temperature,
@@ -46,6 +47,14 @@ def test_grouped_accuracy() -> None:
 def test_bands(acc: float, band: str) -> None:
     out = accuracy_band(acc)
     assert out["band"] == band and out["message"]
+
+
+@pytest.mark.parametrize("acc,n,se", [(0.6, 260, math.sqrt(0.6 * 0.4 / 260)), (0.5, 100, 0.05), (1.0, 10, 0.0),
+                                      (0.6, 0, None), (None, 10, None)])
+def test_accuracy_std_error(acc: float | None, n: int, se: float | None) -> None:
+    assert accuracy_std_error(acc, n) == (None if se is None else pytest.approx(se))
+    if acc == 0.6 and n == 260:
+        assert 0.030 < accuracy_std_error(acc, n) < 0.031  # why one 20% split of 1,300 pairs moves by ~3 points
 
 
 def test_overfitting_flag() -> None:
