@@ -47,7 +47,32 @@ ACC_VARIANTS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]
     "lora": ("LoRA adapters (r=16) at LoRA's own default rate (rm_engine.config.default_lr), the main row's batches",
              lambda a: {"batch_tokens": a.acc_batch_tokens, "batch_size": a.acc_batch, "max_pairs": a.acc_max_pairs,
                         "lr": _default_lr("finetune", lora=True), "pooling": a.acc_pooling, "lora": True}),
+    "ens3": ("an ensemble of 3 main-row fine-tunes as `--ensemble 3` trains them (seeds 0-2, bootstrap resamples), "
+             "scored by the members' mean",
+             lambda a: {"batch_tokens": a.acc_batch_tokens, "batch_size": a.acc_batch, "max_pairs": a.acc_max_pairs,
+                        "lr": a.acc_lr, "pooling": a.acc_pooling, "members": 3}),
 }
+
+
+def _train_variant(backbone: Path, train: list[Any], settings: Any, kw: dict[str, Any],
+                   **common: Any) -> tuple[dict[str, Any], Callable[..., Any]]:
+    """One variant: a single fine-tune, or ``kw["members"]`` of them weighted and seeded as the engine's ensemble
+    members are; returns the (first member's) training record and a scorer of texts (the members' mean)."""
+    import numpy as np
+
+    members = int(kw.pop("members", 1))
+    if members == 1:
+        res, model = run_ours(backbone, train, settings, **kw, **common)
+        return {**res, "pooling": model.meta.pooling}, model.score
+    from rm_engine.config import TrainConfig
+    from rm_engine.training import member_weights
+
+    weights = member_weights(TrainConfig(mode="finetune", ensemble=members, seed=0), train)
+    runs = [run_ours(backbone, train, settings, seed=k, weights=w.tolist(), **kw, **common)
+            for k, w in enumerate(weights)]
+    res = {**runs[0][0], "pooling": runs[0][1].meta.pooling,
+           "members_val_accuracy_per_epoch": [r[0]["val_accuracy_per_epoch"] for r in runs]}
+    return res, lambda *a: np.mean([m.score(*a) for _, m in runs], axis=0)
 
 
 def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, home: Path, seed: int = 0,
@@ -98,14 +123,14 @@ def accuracy_section(args: argparse.Namespace, pairs: list[Any], settings: Any, 
     for name in [v.strip() for v in args.acc_variants.split(",") if v.strip()]:
         kw = ACC_VARIANTS[name][1](args)
         t0 = time.perf_counter()
-        res, fv = run_ours(backbone, train, settings, epochs=args.acc_epochs, max_length=max_len, compile_=False,
-                           val=held, **kw)
+        res, score = _train_variant(backbone, train, settings, dict(kw), epochs=args.acc_epochs, max_length=max_len,
+                                    compile_=False, val=held)
         # scored from the texts, as `rmstudio score` would (rich pooling reads three sequences per response)
         out[f"rmstudio_{name}"] = {
-            "accuracy": accuracy_of(fv.score(prompts, hist, [p.chosen for p in held]),
-                                    fv.score(prompts, hist, [p.rejected for p in held])),
+            "accuracy": accuracy_of(score(prompts, hist, [p.chosen for p in held]),
+                                    score(prompts, hist, [p.rejected for p in held])),
             "seconds": time.perf_counter() - t0, **kw,
-            "val_accuracy_per_epoch": res["val_accuracy_per_epoch"], "pooling": fv.meta.pooling}
+            **{k: v for k, v in res.items() if k.endswith("val_accuracy_per_epoch") or k == "pooling"}}
     if "trl" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])
     return out

@@ -53,18 +53,20 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
 def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: int, batch_size: int, epochs: int,
              lr: float, max_length: int, compile_: bool, val: list[Any] | None = None, max_pairs: int = 0,
              packing: bool = False, pooling: str = "auto", head_init: str = "random",
-             packed_attention: str = "auto", lora: bool = False,
+             packed_attention: str = "auto", lora: bool = False, seed: int = 0,
+             weights: list[float] | None = None,
              should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, Any], Any]:
-    """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up)."""
+    """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up). ``seed`` and
+    ``weights`` (per pair) as the engine gives an ensemble member (``rm_engine.training.member_weights``)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
 
     reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,
                       batch_size=batch_size, max_batch_pairs=max_pairs, max_length=max_length, compile=compile_,
-                      seed=0, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention,
+                      seed=seed, pooling=pooling, packing=packing, head_init=head_init, packed_attention=packed_attention,
                       lora=lora)
-    res = train_finetune(cfg, pairs, val or [], device="auto", settings=settings, log_every=10**6,
+    res = train_finetune(cfg, pairs, val or [], weights=weights, device="auto", settings=settings, log_every=10**6,
                          should_stop=should_stop)
     last = res.history[-1]
     return {"pairs_per_s": last["pairs_per_s"], "tokens_per_s": last["tokens_per_s"], "peak_mem_gb": peak_gb(),

@@ -201,6 +201,17 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
 
 
+def member_weights(cfg: TrainConfig, train: Sequence[TrainingPair]) -> list[np.ndarray]:
+    """Per fine-tune ensemble member (``cfg.ensemble`` of them), the loss weight of each training pair: its
+    :func:`pair_weight`, times a bootstrap resample count (seeded by ``cfg.seed``) when there are several members.
+    Member ``k`` trains with seed ``cfg.seed + k``."""
+    base = np.array([pair_weight(cfg, p) for p in train], dtype=np.float64)
+    if cfg.ensemble == 1:
+        return [base]
+    rng = np.random.default_rng(cfg.seed + 7919)
+    return [base * rng.multinomial(len(train), np.full(len(train), 1.0 / len(train))) for _ in range(cfg.ensemble)]
+
+
 def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
                   progress: Progress, should_stop: StopCheck) -> Fitted:
     try:
@@ -211,12 +222,8 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
 
     ref = resolve_backbone(cfg.backbone, settings)
     train = splits["train"]
-    rng = np.random.default_rng(cfg.seed + 7919)
     models, histories = [], []
-    for k in range(cfg.ensemble):
-        w = np.array([pair_weight(cfg, p) for p in train], dtype=np.float64)
-        if cfg.ensemble > 1:
-            w = w * rng.multinomial(len(train), np.full(len(train), 1.0 / len(train)))
+    for k, w in enumerate(member_weights(cfg, train)):
         member_cfg = cfg.replace(seed=cfg.seed + k)
         if cfg.gpus > 1:
             import torch

@@ -83,7 +83,7 @@ def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:  # noqa: ANN001
 
 def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """The order a deadline cuts from the end of: the 0.5B rows, accuracy split 0, the 1.5B plain rows, the other
-    splits, the 1.5B compiled row, the optional 0.5B rows, p3's profile first (no model is built or trained here)."""
+    splits, the 1.5B compiled row, the optional 0.5B rows (c3, p3's profile, c4, ...) (no model is built or trained here)."""
     _, gpu_train = bench
     calls: list[tuple] = []
     monkeypatch.setattr(gpu_train, "ensure_trl", lambda wheels: "present")
@@ -98,15 +98,46 @@ def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pyte
                         calls.append(("accuracy", seed)) or {"split_seed": seed})
     report = gpu_train.main(["--sizes", "0.5b,1.5b", "--out", str(tmp_path / "r.json")])
     assert calls == [
-        ("0.5b", "b_trl_no_ckpt", "c_rmstudio", "c3_rmstudio_packed_compile", "c5_rmstudio_packed_compile_varlen",
-         "c4_rmstudio_packed_compile_2x", "a_trl_default"),
+        ("0.5b", "b_trl_no_ckpt", "c_rmstudio", "c5_rmstudio_packed_compile_varlen", "a_trl_default"),
         ("accuracy", 0),
         ("1.5b", "b_trl_no_ckpt", "c_rmstudio", "a_trl_default"),
         ("accuracy", 1), ("accuracy", 2),
         ("1.5b", "c3_rmstudio_packed_compile"),
-        ("0.5b", "p3_profile_c3", "c2_rmstudio_compile", "d_rmstudio_random16"),
+        ("0.5b", "c3_rmstudio_packed_compile", "p3_profile_c3", "c4_rmstudio_packed_compile_2x", "c2_rmstudio_compile",
+         "d_rmstudio_random16"),
     ]
     assert [report[k]["split_seed"] for k in ("accuracy", "accuracy_seed1", "accuracy_seed2")] == [0, 1, 2]
+
+
+def test_cross_validation_holds_every_pair_out_once_and_pools(tmp_path: Path, bench,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--acc-folds K: K accuracy sections on prompt folds (no prompt on both sides, every pair held out once), pooled
+    by counts into accuracy_cv after each fold (the fake trainers get right the pairs whose prompt number is even)."""
+    from types import SimpleNamespace
+
+    _, gpu_train = bench
+    pairs = [SimpleNamespace(prompt=f"p{i % 7}", n=i % 7) for i in range(20)]  # 7 prompts, 20 pairs
+    held_sets: list[list] = []
+
+    def fake_section(args, pairs_, settings, home, seed, trl_ok, split=None):  # noqa: ANN001, ANN202
+        train, held = split
+        assert not {p.prompt for p in train} & {p.prompt for p in held}
+        held_sets.append(held)
+        acc = sum(p.n % 2 == 0 for p in held) / len(held)
+        return {"held_out_pairs": len(held), "rmstudio": {"accuracy": acc}, "trl": {"accuracy": 0.5}}
+
+    monkeypatch.setattr(gpu_train, "ensure_trl", lambda wheels: "present")
+    monkeypatch.setattr(gpu_train, "load_data", lambda args: pairs)
+    monkeypatch.setattr(gpu_train, "resolve_minilm", lambda arg, scratch: (tmp_path, None))
+    monkeypatch.setattr(gpu_train, "accuracy_section", fake_section)
+    report = gpu_train.main(["--only-accuracy", "--acc-folds", "3", "--out", str(tmp_path / "r.json")])
+    assert sorted(id(p) for h in held_sets for p in h) == sorted(map(id, pairs))
+    cv = report["accuracy_cv"]
+    even = sum(p.n % 2 == 0 for p in pairs)
+    assert cv["k"] == 3 and cv["folds_done"] == 3 and cv["held_out_pairs"] == 20
+    assert cv["rmstudio"]["accuracy"] == pytest.approx(even / 20) and cv["trl"]["held_out_pairs"] == 20
+    assert [f["fold"] for f in report["accuracy_folds"]] == [0, 1, 2]
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy_cv"]["rmstudio"]["accuracy"] == pytest.approx(even / 20)
 
 
 @pytest.mark.parametrize("kernel,kind", [
