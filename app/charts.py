@@ -253,3 +253,23 @@ def loss_curve(history: Sequence[Sequence[float]] | None, title: str = "Training
     fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name="loss"))
     fig.add_hline(y=0.693, line_dash="dot", line_color="#bdbdbd", annotation_text="ln 2 (chance)")
     return fig
+
+
+def cv_folds(result: Mapping[str, Any] | None, title: str = "Cross-validation: held-out accuracy per fold") -> go.Figure:
+    """One bar per fold (its model's accuracy on the prompts it did not see, ``n`` in the hover), the pooled
+    accuracy as a line with its ±1 standard-error band, against the accuracy bands (a ``cv`` job's result)."""
+    folds = [f for f in (result or {}).get("folds", []) if f.get("accuracy") is not None]
+    if not folds:
+        return empty_figure(title, "no cross-validation result yet")
+    fig = _fig(title, yaxis=dict(range=[0, 1.02], tickformat=".0%", title="held-out accuracy"),
+               xaxis=dict(title="fold", type="category"))
+    fig.add_trace(go.Bar(x=[str(f["fold"] + 1) for f in folds], y=[f["accuracy"] for f in folds], name="fold",
+                         customdata=[f["n_held_out"] for f in folds], marker_color=SPLIT_COLORS["val"],
+                         hovertemplate="fold %{x}: %{y:.1%} (n=%{customdata})<extra></extra>"))
+    acc, se = result.get("accuracy"), result.get("std_error")
+    if acc is not None:
+        fig.add_hline(y=acc, line_color="#ef6c00", annotation_text=f"pooled {acc:.1%}", annotation_position="top right")
+        if se:
+            fig.add_hrect(y0=acc - se, y1=acc + se, fillcolor="#ef6c00", opacity=0.12, line_width=0)
+    _bands(fig)
+    return fig

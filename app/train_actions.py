@@ -28,7 +28,7 @@ _MSG = "train_messages"
 FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
              "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources",
              "length_covariate": "tr_length_covariate", "annotator_weights": "tr_annotator_weights",
-             **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+             "folds": "tr_folds", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
 
 
 def _say(kind: str, text: str) -> None:
@@ -72,26 +72,36 @@ def config_from_form(state: Any) -> TrainConfig:
 def enqueue_training() -> None:
     """Form callback: validate the settings and enqueue one ``train`` job (the same settings twice while the
     first is still queued are deduplicated)."""
+    _enqueue(JobKind.train, "training")
+
+
+def enqueue_cv() -> None:
+    """Form callback: enqueue a ``cv`` job, cross-validating the form's settings over ``FORM_KEYS["folds"]`` prompt
+    folds (nothing is published; the Cross-validation section shows the result)."""
+    _enqueue(JobKind.cv, "cross-validation", folds=int(st.session_state.get(FORM_KEYS["folds"], 5)))
+
+
+def _enqueue(kind: JobKind, what: str, **extra: Any) -> None:
     try:
         cfg = config_from_form(st.session_state)
     except ValueError as exc:
         _say("error", f"Invalid training settings: {exc}")
         return
-    params = cfg.to_dict()
+    params = {**cfg.to_dict(), **extra}
     params.pop("gpus", None)  # the form has no such field: the worker's --gpus decides
-    key = "train-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
+    key = f"{kind.value}-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:40]
     ident = current_identity()
     who = ident.name if ident else "researcher"
 
     def add(s: Session) -> int | None:
-        job = jobs.enqueue(s, JobKind.train, params, dedupe_key=key, created_by=who)
+        job = jobs.enqueue(s, kind, params, dedupe_key=key, created_by=who)
         return job.id if job is not None else None
 
-    job_id = _write("enqueue the training", add)
+    job_id = _write(f"enqueue the {what}", add)
     if job_id is not None:
-        _say("success", f"Queued training job #{job_id}. A worker (`rmstudio worker`) picks it up.")
+        _say("success", f"Queued {what} job #{job_id}. A worker (`rmstudio worker`) picks it up.")
     elif not st.session_state.get(_MSG):
-        _say("info", "The same training run is already queued.")
+        _say("info", f"The same {what} run is already queued.")
 
 
 def cancel(job_id: int) -> None:

@@ -92,6 +92,7 @@ class JobKind(str, enum.Enum):
     rescore = "rescore"
     import_ = "import"
     noop = "noop"  # used by tests and health checks: runs a few steps and succeeds
+    cv = "cv"  # cross-validation of a training configuration: measures, publishes nothing
 
 
 def _enum(e: type[enum.Enum], name: str) -> Enum:

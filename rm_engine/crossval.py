@@ -17,7 +17,7 @@ from typing import Any, Callable
 from db.pairs import PairSet, TrainingPair
 from db.stats import advice_for, size_tier
 from rm_engine import metrics as M
-from rm_engine.config import TrainConfig
+from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.training import Progress, StopCheck, fit_splits, usable_pairs
 
 MIN_FOLDS, MAX_FOLDS = 2, 20
@@ -67,13 +67,17 @@ def cross_validate(settings: Any, cfg: TrainConfig, ps: PairSet, k: int = 5, *,
     fold_of = assign_folds(prompts, k, cfg.seed)
     folds: list[dict[str, Any]] = []
     for f in range(k):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled before fold {f + 1} of {k}")
         held = [p for p in pairs if fold_of[p.prompt_id] == f]
         train = [p for p in pairs if fold_of[p.prompt_id] != f]
         if not [p for p in train if not p.tie]:
             raise ValueError(f"cross-validation: fold {f + 1} leaves no decided pairs to train on")
         t0 = time.perf_counter()
         # the held-out fold goes in as "test": scored, but never seen by early stopping or epoch selection
-        fitted = fit_splits(settings, cfg, {"train": train, "val": [], "test": held}, progress=progress,
+        fold_progress = None if progress is None else \
+            (lambda ev, f=f: progress({**ev, "fold": f + 1, "folds": k}))  # noqa: E731 - bound per fold
+        fitted = fit_splits(settings, cfg, {"train": train, "val": [], "test": held}, progress=fold_progress,
                             should_stop=should_stop)
         fold = _fold_result(f, train, held, lambda rid: fitted.scores[rid][0])
         fold["seconds"] = round(time.perf_counter() - t0, 2)

@@ -43,7 +43,7 @@ from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
 from rm_engine.job_run import (
-    HANDLERS, LOSS_HISTORY_POINTS, Handler, Heartbeat, JobContext, JobStopped, is_cancelled, job_gpus, log,
+    HANDLERS, LOSS_HISTORY_POINTS, TRAINS, Handler, Heartbeat, JobContext, JobStopped, is_cancelled, job_gpus, log,
 )
 
 __all__ = ["Worker", "WorkerConfig", "main", "JobStopped", "JobContext", "LOSS_HISTORY_POINTS"]
@@ -265,7 +265,7 @@ class Worker:
             want = params_device
         if want == "cpu" or job.kind in (JobKind.noop,):
             return "cpu"
-        if want == "auto" and not (job.kind is JobKind.train and (job.params or {}).get("mode") == "finetune"):
+        if want == "auto" and not (job.kind in TRAINS and (job.params or {}).get("mode") == "finetune"):
             return "cpu"
         try:
             import torch
@@ -296,7 +296,7 @@ class Worker:
                 self._preloading = None
             device = self.resolve_device(job)
             ctx.params["device"] = device
-            gpus = job_gpus(job.params or {}, self.config.gpus) if job.kind is JobKind.train else 1
+            gpus = job_gpus(job.params or {}, self.config.gpus) if job.kind in TRAINS else 1
             shown = f"{device} x{gpus}" if gpus > 1 else device
             jobq.set_device(self.db, job.id, owner, shown)
             ctx.log(f"device: {shown}")

@@ -10,8 +10,9 @@ from app import charts
 from app import train_actions as act
 from app.auth import require_researcher
 from app.resources import database, settings
+from app.train_views import cv_section, policy_section
 from app.use_model import use_section
-from db import jobs, policy, version_metrics, versions, workers
+from db import jobs, version_metrics, versions, workers
 from rm_engine import export
 from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, SOURCES, default_lrs_text
 
@@ -53,7 +54,11 @@ with st.expander("Start a retrain", expanded=True), st.form("train_form"):
                      help="each label weighs as much as its annotator is reliable, estimated from the pairs "
                           "several annotators labelled (Dashboard, Agreement tab: annotator reliability); "
                           "annotators without enough overlap keep weight 1")
-    st.form_submit_button("Enqueue training", type="primary", on_click=act.enqueue_training)
+    b1, b2, b3 = st.columns([2, 1, 2], vertical_alignment="bottom")
+    b1.form_submit_button("Enqueue training", type="primary", on_click=act.enqueue_training)
+    b2.number_input("Folds", min_value=2, max_value=20, value=5, key=K["folds"])
+    b3.form_submit_button("Cross-validate these settings", on_click=act.enqueue_cv,
+                          help="K models, each trained without one fold of the prompts and scored on it; publishes nothing")
 
 
 @st.fragment(run_every=2)
@@ -99,25 +104,8 @@ def live_queue() -> None:
 
 live_queue()
 
-st.subheader("Automatic retraining")
-with db.read() as s:
-    pol = policy.get_policy(s)
-    pending = policy.labels_since_last_version(s)
-st.caption(f"{pending} labels since the newest version.")
-with st.form("policy_form"):
-    p1, p2, p3, p4 = st.columns(4)
-    enabled = p1.toggle("Enabled", value=pol.enabled)
-    pmode = p2.selectbox("Mode", list(policy.TRAIN_MODES), index=list(policy.TRAIN_MODES).index(pol.mode))
-    min_new = p3.number_input("New labels that trigger a retrain", min_value=1, value=int(pol.min_new_labels))
-    interval = p4.number_input("Minimum seconds between retrains", min_value=0.0, value=float(pol.min_interval_s))
-    r1, r2 = st.columns(2)
-    rescore = r1.checkbox("Rescore stored responses after each new version", value=pol.rescore)
-    weigh = r2.checkbox("Retrain with annotator reliability weights", value=bool(pol.train_params.get("annotator_weights")),
-                        key="policy_annotator_weights")
-    if st.form_submit_button("Save policy"):
-        act.save_policy(enabled=enabled, mode=pmode, min_new_labels=int(min_new), min_interval_s=float(interval),
-                        rescore=rescore, train_params=act.with_flags(pol.train_params, annotator_weights=weigh))
-        act.show_messages()
+cv_section(db)
+policy_section(db)
 
 st.subheader("Model versions")
 with db.read() as s:

@@ -19,6 +19,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                                    "points at a few hundred pairs). Runs here; takes the same flags as train.")
     p.add_argument("--folds", type=int, default=5, metavar="K", help=f"K folds, {MIN_FOLDS}-{MAX_FOLDS} (default 5)")
     train_flags(p)
+    p.add_argument("--queue", action="store_true",
+                   help="queue it for `rmstudio worker` (e.g. a GPU machine for finetune mode) instead of running "
+                        "here; the Train page and `rmstudio jobs` show its result")
     p.add_argument("--json", action="store_true", help="print the pooled result and each fold as JSON")
     p.set_defaults(func=cmd_cv)
 
@@ -30,6 +33,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from rm_engine.training import load_pair_set
 
     cfg = train_config(args)
+    if args.queue:
+        return _queue(cfg, args)
     on_progress, close = phase_bars()
 
     def on_fold(f: dict[str, Any]) -> None:
@@ -61,4 +66,26 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for source, m in res["per_source"].items():
         print(f"  {source}: {pct(m['accuracy'])} on {m['n']} pairs")
     print(res["advice"])
+    return 0
+
+
+def _queue(cfg: Any, args: argparse.Namespace) -> int:
+    from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
+
+    if not MIN_FOLDS <= args.folds <= MAX_FOLDS:
+        raise CLIError(f"--folds must be between {MIN_FOLDS} and {MAX_FOLDS}, got {args.folds}")
+    from db.jobs import enqueue
+    from db.models import JobKind
+
+    db = open_db()
+    try:
+        with db.write() as s:
+            job = enqueue(s, JobKind.cv, {**cfg.to_dict(), "folds": args.folds}, created_by="cli")
+            job_id = job.id
+    finally:
+        db.dispose()
+    if args.json:
+        print_json({"job_id": job_id, "queued": True})
+    else:
+        print(f"queued cross-validation job {job_id}; `rmstudio worker` runs it, `rmstudio jobs` shows its result")
     return 0

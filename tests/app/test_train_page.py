@@ -119,6 +119,39 @@ def test_queued_job_cancels_at_once(app_env, sqlite_db: Database, seeded: Seeded
     assert _jobs(sqlite_db)[0]["status"] == "cancelled"
 
 
+def test_cross_validation_is_queued_and_its_result_shown(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """"Cross-validate these settings" queues a cv job with the form's settings and folds; a finished one is listed
+    with its pooled accuracy and standard error, and its folds are charted against the pooled line."""
+    at = _page()
+    assert any("No cross-validation yet" in c.value for c in at.caption)
+    at.selectbox[0].set_value("finetune")
+    at.number_input(key="tr_folds").set_value(7)
+    _button(at, "Cross-validate these settings").click().run()
+    assert not at.exception
+    [job] = _jobs(sqlite_db)
+    assert job["kind"] == "cv" and job["params"]["folds"] == 7 and job["params"]["mode"] == "finetune"
+    assert any(f"Queued cross-validation job #{job['id']}" in m.value for m in at.success)
+    _button(at, "Cross-validate these settings").click().run()
+    assert len(_jobs(sqlite_db)) == 1 and any("same cross-validation run is already queued" in m.value for m in at.info)
+
+    folds = [{"fold": 0, "n_held_out": 10, "accuracy": 0.6}, {"fold": 1, "n_held_out": 10, "accuracy": 0.8}]
+    result = {"k": 2, "n": 20, "accuracy": 0.7, "std_error": 0.1025, "folds": folds,
+              "band": {"band": "decent", "message": "decent: a usable reward model"}, "advice": "Keep labeling."}
+    claimed = jobs.claim(sqlite_db, "w1", 30.0, kinds=[JobKind.cv])
+    assert claimed is not None and claimed.id == job["id"]
+    with sqlite_db.write() as s:
+        assert jobs.finish(s, job["id"], "w1", jobs.JobStatus.succeeded, result=result)
+    at = _page()
+    assert not at.exception
+    [table] = [d.value for d in at.dataframe if "± std error" in d.value.columns]
+    row = table.iloc[0]
+    assert (row["job"], row["mode"], row["folds"], row["held-out pairs"]) == (job["id"], "finetune", 2, 20)
+    assert row["accuracy"] == pytest.approx(0.7) and row["band"] == "decent"
+    [chart] = [c for c in at.get("plotly_chart") if f"Cross-validation #{job['id']}" in c.proto.spec]
+    assert '"y":[0.6,0.8]' in chart.proto.spec.replace(" ", "")
+    assert any(f"#{job['id']}: Decent: a usable reward model. Keep labeling." in c.value for c in at.caption)
+
+
 def test_policy_editor_saves(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     with sqlite_db.write() as s:
         policy.set_policy(s, train_params={"epochs": 3})
