@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
+
+from db import jobs
 
 from db.migrate import current_revision, head_revision, upgrade
+from db.models import Job, JobKind
 from db.models import Base
 from db.session import Database
 from db.versions import archived_versions, get_version, put_archive
@@ -41,5 +46,31 @@ def test_a_first_revision_database_upgrades_keeping_its_versions(tmp_path: Path)
             put_archive(s, v.id, b"zip", "0" * 64)
         with db.read() as s:
             assert archived_versions(s) == {v.id: 3}
+    finally:
+        db.dispose()
+
+
+def test_a_0004_database_takes_cv_jobs_after_the_upgrade(tmp_path: Path) -> None:
+    """0005 widens the job-kind CHECK constraint (SQLite rebuilds the table): queued jobs and the partial unique
+    index on dedupe keys survive, and a cv job can be stored; before the upgrade the constraint refused it."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    upgrade(engine, "0004")
+    insert = ("INSERT INTO jobs (kind, status, params, dedupe_key, attempts, max_attempts, cancel_requested, "
+              "created_at) VALUES ('{kind}', 'queued', '{{}}', 'k1', 0, 3, 0, CURRENT_TIMESTAMP)")
+    with engine.begin() as conn:
+        conn.execute(text(insert.format(kind="train")))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(insert.format(kind="cv")))
+    engine.dispose()
+
+    db = Database(url)
+    try:
+        with db.write() as s:
+            assert [(j.kind, j.dedupe_key) for j in s.query(Job)] == [(JobKind.train, "k1")]
+            assert jobs.enqueue(s, JobKind.cv, {"folds": 5}) is not None
+            assert jobs.enqueue(s, JobKind.train, {}, dedupe_key="k1") is None  # the index still dedupes
+        with db.read() as s:
+            assert sorted(j.kind.value for j in s.query(Job)) == ["cv", "train"]
     finally:
         db.dispose()
