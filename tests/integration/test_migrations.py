@@ -11,10 +11,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from db import jobs
-
 from db.migrate import current_revision, head_revision, upgrade
-from db.models import Job, JobKind
-from db.models import Base
+from db.models import Base, Job, JobKind
 from db.session import Database
 from db.versions import archived_versions, get_version, put_archive
 
