@@ -118,6 +118,19 @@ def _progress_text(p: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def _result_text(r: dict[str, Any]) -> str:
+    """What a succeeded job produced: a train job's version, a cv job's pooled accuracy."""
+    res = r["result"] or {}
+    if r["status"] != "succeeded":
+        return ""
+    if res.get("version_id") is not None:
+        return f"published version {res['version_id']}"
+    if r["kind"] == "cv" and res.get("accuracy") is not None:
+        se = f" +- {100 * res['std_error']:.1f}" if res.get("std_error") is not None else ""
+        return f"cross-validated accuracy {100 * res['accuracy']:.1f}%{se} ({res.get('k')} folds, {res.get('n')} pairs)"
+    return ""
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the newest jobs with their progress."""
     from db import jobs as jobq
@@ -144,7 +157,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':>5}  {'kind':<8} {'status':<10} {'tries':<5} {'device':<7} progress / error")
     for r in rows:
-        extra = _progress_text(r["progress"])
+        extra = _result_text(r) or _progress_text(r["progress"])
         if r["error"]:
             extra = (extra + "  " if extra else "") + "error: " + r["error"].splitlines()[0][:100]
         if r["cancel_requested"] and r["status"] == "running":

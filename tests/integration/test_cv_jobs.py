@@ -43,6 +43,9 @@ def test_queued_cv_job_runs_on_a_worker(any_db: Database, engine_settings, tiny_
     right = sum(round(f["accuracy"] * f["n_held_out"]) for f in res["folds"])
     assert res["accuracy"] == pytest.approx(right / 12) and res["std_error"] is not None
     assert any("fold 3/3: held-out accuracy" in line for line in logs)
+    assert main(["jobs"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(str(job_id)))
+    assert f"cross-validated accuracy {100 * res['accuracy']:.1f}%" in line and "(3 folds, 12 pairs)" in line
 
 
 def test_cross_validation_stops_between_folds(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:  # noqa: F811
