@@ -41,7 +41,7 @@ def pool_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
     # how far above chance (50%), in standard errors of a coin's accuracy on n pairs (sqrt(0.25/n), the binomial
     # test's z): the band names a level, this says whether the level is real at all
     out["sigma_above_chance"] = (acc - 0.5) / math.sqrt(0.25 / n) if n else None
-    out["band"] = M.accuracy_band(acc)
+    out["band"] = M.accuracy_band(acc, n)
     out["per_source"] = M.grouped_accuracy(chosen, rejected, [s for f in folds for s in f["sources"]])
     accs = [f["accuracy"] for f in folds if f["accuracy"] is not None]
     out["fold_min"], out["fold_max"] = (min(accs), max(accs)) if accs else (None, None)

@@ -62,14 +62,25 @@ def accuracy_std_error(accuracy: float | None, n: int | None) -> float | None:
     return math.sqrt(accuracy * (1 - accuracy) / n)
 
 
-def accuracy_band(accuracy: float | None) -> dict[str, Any]:
-    """The band of a pairwise accuracy: random (<60%), weak, decent (70%), good (80%), suspicious (90%+)."""
+#: Standard errors above 50% from which an accuracy under 60% is called "above chance" rather than "about chance".
+ABOVE_CHANCE_Z = 3.0
+
+
+def accuracy_band(accuracy: float | None, n: int | None = None) -> dict[str, Any]:
+    """The band of a pairwise accuracy: random (<60%), weak, decent (70%), good (80%), suspicious (90%+). With
+    ``n`` (pairs measured), an accuracy under 60% that is at least :data:`ABOVE_CHANCE_Z` binomial standard errors
+    above 50% keeps its band but says that the model did learn something (0.58 on 1,300 pairs is not chance)."""
     if accuracy is None or not math.isfinite(accuracy):
         return {"band": "unknown", "message": "no pairs to measure"}
     for lo, band, msg in BANDS:
         if accuracy >= lo:
-            return {"band": band, "message": msg}
-    return {"band": "random", "message": BANDS[-1][2]}
+            break
+    else:
+        band, msg = "random", BANDS[-1][2]
+    if band == "random" and n and (accuracy - 0.5) / math.sqrt(0.25 / n) >= ABOVE_CHANCE_Z:
+        msg = (f"above chance but barely ({(accuracy - 0.5) / math.sqrt(0.25 / n):.1f} standard errors over 50% on "
+               f"{n} pairs): the model learned a little; more or cleaner labels, or a stronger backbone, should help")
+    return {"band": band, "message": msg}
 
 
 def overfitting_flag(train_accuracy: float | None, val_accuracy: float | None, threshold: float = 0.10) -> dict[str, Any]:
@@ -299,7 +310,7 @@ def split_metrics(
     """Everything measured on one split's decided pairs: accuracy, tie rate, band, groups, calibration,
     histograms, and with ``lengths`` (chosen's, rejected's: :func:`word_count`) the :func:`length_bias`."""
     out = pairwise_accuracy(r_c, r_r)
-    out["band"] = accuracy_band(out["accuracy"])
+    out["band"] = accuracy_band(out["accuracy"], out["n"])
     if sources is not None:
         out["per_source"] = grouped_accuracy(r_c, r_r, sources)
     if annotators is not None:

@@ -39,7 +39,7 @@ def live_overview() -> None:
         val_acc, n_val = vm.split_metrics(m, "val").get("accuracy"), vm.split_metrics(m, "val").get("n")
         c[2].metric(f"Validation accuracy (v{vid})", pct(val_acc), help=f"on {n_val} held-out pairs")
         c[3].metric("Training accuracy", pct(train_acc))
-        band = metrics.accuracy_band(val_acc)
+        band = metrics.accuracy_band(val_acc, n_val)
         st.caption(f"Validation accuracy band **{band['band']}**. {band['message'][0].upper()}{band['message'][1:]}."
                    + validation_noise(val_acc, n_val))
         flag = metrics.overfitting_flag(train_acc, val_acc)

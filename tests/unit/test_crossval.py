@@ -34,5 +34,5 @@ def test_pooling_counts_every_held_out_pair_once() -> None:
     assert out["per_source"]["crowd"] == {"accuracy": pytest.approx(1 / 3), "tie_rate": pytest.approx(1 / 3), "n": 3}
     assert out["per_source"]["expert"]["accuracy"] == 1.0 and out["per_source"]["ai"]["accuracy"] == 1.0
     assert (out["fold_min"], out["fold_max"]) == (0.5, pytest.approx(2 / 3))
-    assert out["band"] == accuracy_band(0.6)
+    assert out["band"] == accuracy_band(0.6, 5)
 

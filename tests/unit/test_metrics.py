@@ -49,6 +49,18 @@ def test_bands(acc: float, band: str) -> None:
     assert out["band"] == band and out["message"]
 
 
+@pytest.mark.parametrize("acc,n,above", [(0.58, 1300, True), (0.58, 100, False), (0.55, 1000, True), (0.55, 800, False),
+                                         (0.5, 10**6, False)])
+def test_band_under_60_says_whether_it_is_above_chance(acc: float, n: int, above: bool) -> None:
+    # z = (acc - 0.5) / sqrt(0.25 / n): 0.58 on 1,300 pairs is 5.8 SE over chance, on 100 pairs 1.6; 0.55 crosses
+    # 3 SE between 800 pairs (z 2.83) and 1,000 (z 3.16)
+    out = accuracy_band(acc, n)
+    assert out["band"] == "random"
+    assert out["message"].startswith("above chance but barely") is above
+    assert ("about chance" in out["message"]) is not above
+    assert accuracy_band(acc)["message"] == accuracy_band(0.5)["message"]  # without n: the plain message
+
+
 @pytest.mark.parametrize("acc,n,se", [(0.6, 260, math.sqrt(0.6 * 0.4 / 260)), (0.5, 100, 0.05), (1.0, 10, 0.0),
                                       (0.6, 0, None), (None, 10, None)])
 def test_accuracy_std_error(acc: float | None, n: int, se: float | None) -> None:
