@@ -60,7 +60,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
           f"({res['k']} folds of {res['n_prompts']} prompts; folds {pct(res['fold_min'])}-{pct(res['fold_max'])}): "
           f"{res['band']['message']}")
     sigma = res["sigma_above_chance"]
-    if sigma is not None:
+    if sigma is not None and "standard errors" not in res["band"]["message"]:  # the band may have said it already
         print(f"  {sigma:.1f} standard errors above chance (50%)" if sigma >= 2 else
               f"  not distinguishable from chance (50%) at this size ({sigma:.1f} standard errors)")
     for source, m in res["per_source"].items():
