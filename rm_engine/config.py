@@ -287,7 +287,7 @@ class TrainConfig:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kw[f.name] = _parse_field(f.name, raw)
+            kw[f.name] = _parse_field(f.name, raw, ENV_PREFIX + f.name.upper())
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(kw)
 
@@ -315,9 +315,19 @@ _FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_d
 _BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate", "annotator_weights"}
 
 
-def _parse_field(name: str, raw: str) -> Any:
-    """Parse one environment value for field ``name``, naming the variable on error."""
-    var = ENV_PREFIX + name.upper()
+def parse_override(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` (a ``TrainConfig`` field, ``-`` or ``_`` between words, as in ``weight-decay=1``) -> the
+    field's name and its parsed value; ``ValueError`` naming the text and the known fields otherwise."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    known = {f.name for f in fields(TrainConfig)}
+    if not sep or name not in known:
+        raise ValueError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+    return name, _parse_field(name, raw.strip(), name)
+
+
+def _parse_field(name: str, raw: str, var: str) -> Any:
+    """Parse one text value for field ``name``, naming ``var`` (where it came from) on error."""
     try:
         if name in _INT:
             return int(raw)

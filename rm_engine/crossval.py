@@ -56,6 +56,37 @@ def cross_validate(settings: Any, cfg: TrainConfig, ps: PairSet, k: int = 5, *,
     the pooled metrics (:func:`pool_folds`), ``folds`` (per fold: pairs trained on, held out, accuracy, train
     accuracy, seconds), ``k``, ``n_pairs``, the data-size advice and the config. ``ValueError`` when K is out of
     range or there are fewer prompts than folds."""
+    return _run_folds(settings, cfg, ps, k, cfg.seed, progress, should_stop, on_fold)[0]
+
+
+def compare_configs(settings: Any, cfg_a: TrainConfig, cfg_b: TrainConfig, ps: PairSet, k: int = 5, *,
+                    progress: Progress = None, should_stop: StopCheck = None,
+                    on_fold: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Cross-validate two configurations on the same folds (``cfg_a``'s seed deals them) and compare them pair by
+    pair: ``{"a": ..., "b": ...}`` as :func:`cross_validate` returns them, and ``paired``, B's accuracy minus A's
+    with its paired standard error (:func:`rm_engine.metrics.paired_difference`). Both must measure the same pairs
+    (same sources and tie handling); ``on_fold`` summaries carry ``config`` ``"a"`` or ``"b"``."""
+    runs = []
+    for name, cfg in (("a", cfg_a), ("b", cfg_b)):
+        tagged = None if on_fold is None else (lambda f, name=name: on_fold({**f, "config": name}))
+        runs.append(_run_folds(settings, cfg, ps, k, cfg_a.seed, progress, should_stop, tagged))
+    (res_a, out_a), (res_b, out_b) = runs
+    if out_a.keys() != out_b.keys():
+        raise ValueError("compare: the two configurations measure different pairs (sources or tie handling differ); "
+                         "compare settings that train on the same labels")
+    keys = sorted(out_a)
+    return {"a": res_a, "b": res_b, "k": k,
+            "paired": M.paired_difference([out_a[x] for x in keys], [out_b[x] for x in keys])}
+
+
+PairKey = tuple[Any, Any, int, int]
+
+
+def _run_folds(settings: Any, cfg: TrainConfig, ps: PairSet, k: int, fold_seed: int, progress: Progress,
+               should_stop: StopCheck, on_fold: Callable[[dict[str, Any]], None] | None,
+               ) -> tuple[dict[str, Any], dict[PairKey, bool]]:
+    """:func:`cross_validate`'s work, with the folds dealt by ``fold_seed``; also returns whether each held-out
+    decided pair was ranked right, keyed by (label id, ranking id, chosen id, rejected id)."""
     if not MIN_FOLDS <= k <= MAX_FOLDS:
         raise ValueError(f"cross-validation: folds must be between {MIN_FOLDS} and {MAX_FOLDS}, got {k}")
     cfg = cfg.resolved()
@@ -64,8 +95,9 @@ def cross_validate(settings: Any, cfg: TrainConfig, ps: PairSet, k: int = 5, *,
     if len(prompts) < k:
         raise ValueError(f"cross-validation: {k} folds need at least {k} prompts with labelled pairs, "
                          f"found {len(prompts)}")
-    fold_of = assign_folds(prompts, k, cfg.seed)
+    fold_of = assign_folds(prompts, k, fold_seed)
     folds: list[dict[str, Any]] = []
+    outcomes: dict[PairKey, bool] = {}
     for f in range(k):
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled before fold {f + 1} of {k}")
@@ -80,6 +112,9 @@ def cross_validate(settings: Any, cfg: TrainConfig, ps: PairSet, k: int = 5, *,
         fitted = fit_splits(settings, cfg, {"train": train, "val": [], "test": held}, progress=fold_progress,
                             should_stop=should_stop)
         fold = _fold_result(f, train, held, lambda rid: fitted.scores[rid][0])
+        decided = [p for p in held if not p.tie]
+        outcomes.update({(p.label_id, p.ranking_id, p.chosen_id, p.rejected_id): c > r
+                         for p, c, r in zip(decided, fold["chosen"], fold["rejected"])})
         fold["seconds"] = round(time.perf_counter() - t0, 2)
         folds.append(fold)
         if on_fold is not None:
@@ -87,7 +122,8 @@ def cross_validate(settings: Any, cfg: TrainConfig, ps: PairSet, k: int = 5, *,
     pooled = pool_folds(folds)
     return {"k": k, "n_pairs": len(pairs), "n_prompts": len(prompts), **pooled,
             "folds": [{key: v for key, v in f.items() if key not in ("chosen", "rejected", "sources")} for f in folds],
-            "size_tier": size_tier(len(pairs)), "advice": advice_for(size_tier(len(pairs))), "config": cfg.to_dict()}
+            "size_tier": size_tier(len(pairs)), "advice": advice_for(size_tier(len(pairs))),
+            "config": cfg.to_dict()}, outcomes
 
 
 def _fold_result(f: int, train: list[TrainingPair], held: list[TrainingPair],

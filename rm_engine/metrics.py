@@ -62,6 +62,24 @@ def accuracy_std_error(accuracy: float | None, n: int | None) -> float | None:
     return math.sqrt(accuracy * (1 - accuracy) / n)
 
 
+def paired_difference(a_correct: ArrayLike, b_correct: ArrayLike) -> dict[str, Any]:
+    """Accuracy of B minus accuracy of A on the same pairs (per pair: 1 when the model ranked it right), with the
+    paired standard error ``stdev(b - a) / sqrt(n)``: pairs both get right or both miss add nothing, so it is much
+    smaller than two independent errors. ``a_only`` / ``b_only``: pairs only one got right (McNemar's counts);
+    ``z``: the difference over its standard error (None when the two never disagree)."""
+    a, b = _arr(a_correct).astype(float), _arr(b_correct).astype(float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes differ in length ({a.size} vs {b.size})")
+    n = int(a.size)
+    if n == 0:
+        return {"difference": None, "std_error": None, "z": None, "a_only": 0, "b_only": 0, "n": 0}
+    d = b - a
+    se = float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else None
+    diff = float(d.mean())
+    return {"difference": diff, "std_error": se, "z": diff / se if se else None,
+            "a_only": int(np.sum((a == 1) & (b == 0))), "b_only": int(np.sum((a == 0) & (b == 1))), "n": n}
+
+
 #: Standard errors above 50% from which an accuracy under 60% is called "above chance" rather than "about chance".
 ABOVE_CHANCE_Z = 3.0
 

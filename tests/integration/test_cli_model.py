@@ -225,3 +225,29 @@ def test_cv_text_output_and_bad_fold_counts(sqlite_db: Database, engine_settings
     assert rc == 1 and "folds must be between 2 and 20, got 1" in err
     rc, _, err = run(capsys, "cv", "--folds", "8", "--backbone", str(tiny_encoder))
     assert rc == 1 and "8 folds need at least 8 prompts with labelled pairs, found 6" in err
+
+
+def test_cv_vs_compares_two_settings_on_the_same_pairs(sqlite_db: Database, engine_settings, tiny_encoder: Path,
+                                                       capsys) -> None:
+    """``rmstudio cv --vs FIELD=VALUE``: both settings on the same folds, compared pair by pair."""
+    seed_labels(sqlite_db, 12)
+    base = ("cv", "--folds", "3", "--backbone", str(tiny_encoder), "--max-length", "64", "--epochs", "30")
+    rc, out, err = run(capsys, *base, "--vs", "head=mlp", "--vs", "weight-decay=0.5", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    a, b, d = res["a"], res["b"], res["paired"]
+    assert a["config"]["head"] == "linear" and b["config"]["head"] == "mlp" and b["config"]["weight_decay"] == 0.5
+    assert [f["n_held_out"] for f in a["folds"]] == [f["n_held_out"] for f in b["folds"]]  # the same folds
+    assert d["n"] == a["n"] == b["n"] == 12
+    assert d["difference"] == pytest.approx(b["accuracy"] - a["accuracy"])
+    assert d["b_only"] - d["a_only"] == round(12 * d["difference"])
+    rc, out, err = run(capsys, *base, "--vs", "head=mlp")
+    assert rc == 0, err
+    assert "A fold 1/3" in out and "B fold 3/3" in out and "B - A:" in out and "pairs only A ranked right" in out
+    rc, _, err = run(capsys, *base, "--vs", "head=mlp", "--queue")
+    assert rc == 1 and "--vs runs here" in err
+    rc, _, err = run(capsys, *base, "--vs", "epochs=many")
+    assert rc == 1 and "--vs: epochs='many': not a valid value for epochs" in err
+    seed_labels(sqlite_db, 12, seed=1, source="ai")  # a second label on each pair, from another source
+    rc, _, err = run(capsys, *base, "--vs", "sources=crowd")
+    assert rc == 1 and "measure different pairs" in err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, TrainConfig, parse_source_weights
+from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, TrainConfig, parse_override, parse_source_weights
 
 
 def test_defaults_and_round_trip() -> None:
@@ -102,3 +102,17 @@ def test_model_copies_setting_is_checked() -> None:
 
     with pytest.raises(ValueError, match="RMSTUDIO_MODELS_IN_DB must be one of auto, on, off, got 'maybe'"):
         Settings.from_env({"RMSTUDIO_MODELS_IN_DB": "maybe"})
+
+
+@pytest.mark.parametrize("text,expected", [("head=mlp", ("head", "mlp")), ("weight-decay=1", ("weight_decay", 1.0)),
+                                           ("--epochs=3", ("epochs", 3)), ("lora=yes", ("lora", True)),
+                                           ("sources=expert,crowd", ("sources", ["expert", "crowd"]))])
+def test_parse_override(text: str, expected: tuple) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text,message", [("nonsense=1", "FIELD one of"), ("head", "expected FIELD=VALUE"),
+                                          ("epochs=three", "epochs='three': not a valid value for epochs")])
+def test_parse_override_names_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_override(text)

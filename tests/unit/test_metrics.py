@@ -15,6 +15,7 @@ from rm_engine.metrics import (
     length_bias,
     margin_distribution,
     overfitting_flag,
+    paired_difference,
     pair_calibration,
     pairwise_accuracy,
     score_histograms,
@@ -207,3 +208,20 @@ def test_reward_model_preference_probability_uses_the_stored_temperature(stored:
     assert model.temperature == want_t
     assert model.preference_probability(3.0, 1.0) == pytest.approx(1 / (1 + math.exp(-2.0 / want_t)))
     assert model.preference_probability(1.0, 3.0) == pytest.approx(1 - model.preference_probability(3.0, 1.0))
+
+
+def test_paired_difference_counts_only_disagreements() -> None:
+    # 6 pairs: both right twice, both wrong once, only B right twice, only A right once -> B - A = (2 - 1) / 6
+    a = [1, 1, 0, 0, 0, 1]
+    b = [1, 1, 0, 1, 1, 0]
+    out = paired_difference(a, b)
+    d = [0, 0, 0, 1, 1, -1]
+    mean = sum(d) / 6
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 5)
+    assert out["difference"] == pytest.approx(1 / 6) and (out["a_only"], out["b_only"], out["n"]) == (1, 2, 6)
+    assert out["std_error"] == pytest.approx(sd / math.sqrt(6)) and out["z"] == pytest.approx(mean / (sd / math.sqrt(6)))
+    same = paired_difference(a, a)
+    assert same["difference"] == 0 and same["std_error"] == 0 and same["z"] is None
+    assert paired_difference([], [])["difference"] is None
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_difference([1], [1, 0])
