@@ -21,6 +21,7 @@ from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.training import Progress, StopCheck, fit_splits, usable_pairs
 
 MIN_FOLDS, MAX_FOLDS = 2, 20
+_PER_PAIR = ("chosen", "rejected", "sources", "keys")  # a fold's per-pair lists: pooled, not reported
 
 
 def assign_folds(prompt_ids: list[int], k: int, seed: int) -> dict[int, int]:
@@ -112,16 +113,14 @@ def _run_folds(settings: Any, cfg: TrainConfig, ps: PairSet, k: int, fold_seed: 
         fitted = fit_splits(settings, cfg, {"train": train, "val": [], "test": held}, progress=fold_progress,
                             should_stop=should_stop)
         fold = _fold_result(f, train, held, lambda rid: fitted.scores[rid][0])
-        decided = [p for p in held if not p.tie]
-        outcomes.update({(p.label_id, p.ranking_id, p.chosen_id, p.rejected_id): c > r
-                         for p, c, r in zip(decided, fold["chosen"], fold["rejected"])})
+        outcomes.update({key: c > r for key, c, r in zip(fold["keys"], fold["chosen"], fold["rejected"])})
         fold["seconds"] = round(time.perf_counter() - t0, 2)
         folds.append(fold)
         if on_fold is not None:
-            on_fold({key: v for key, v in fold.items() if key not in ("chosen", "rejected", "sources")} | {"k": k})
+            on_fold({key: v for key, v in fold.items() if key not in _PER_PAIR} | {"k": k})
     pooled = pool_folds(folds)
     return {"k": k, "n_pairs": len(pairs), "n_prompts": len(prompts), **pooled,
-            "folds": [{key: v for key, v in f.items() if key not in ("chosen", "rejected", "sources")} for f in folds],
+            "folds": [{key: v for key, v in f.items() if key not in _PER_PAIR} for f in folds],
             "size_tier": size_tier(len(pairs)), "advice": advice_for(size_tier(len(pairs))),
             "config": cfg.to_dict()}, outcomes
 
@@ -133,5 +132,6 @@ def _fold_result(f: int, train: list[TrainingPair], held: list[TrainingPair],
     tr = [p for p in train if not p.tie]
     train_acc = M.pairwise_accuracy([score_of(p.chosen_id) for p in tr], [score_of(p.rejected_id) for p in tr])
     return {"fold": f, "n_train": len(train), "n_held_out": len(decided), "chosen": chosen, "rejected": rejected,
-            "sources": [p.source for p in decided], "accuracy": M.pairwise_accuracy(chosen, rejected)["accuracy"],
+            "sources": [p.source for p in decided],
+            "keys": [(p.label_id, p.ranking_id, p.chosen_id, p.rejected_id) for p in decided], "accuracy": M.pairwise_accuracy(chosen, rejected)["accuracy"],
             "train_accuracy": train_acc["accuracy"]}
