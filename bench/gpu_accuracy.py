@@ -140,7 +140,7 @@ def pooled_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
     """Cross-validation summary: per trainer, the held-out pairs each fold got right, pooled over the folds that
     finished (every pair is held out once, so with all folds this is an accuracy over the whole data set), with
     its standard error and the per-fold spread."""
-    import numpy as np
+    from rm_engine.metrics import accuracy_std_error
 
     done = [f for f in folds if isinstance(f, dict) and "rmstudio" in f]
     out: dict[str, Any] = {"folds_done": len(done), "folds": len(folds),
@@ -151,7 +151,7 @@ def pooled_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
         correct = sum(round(f[key]["accuracy"] * f["held_out_pairs"]) for f in got)
         accs = [f[key]["accuracy"] for f in got]
         acc = correct / n if n else float("nan")
-        out[key] = {"accuracy": acc, "held_out_pairs": n, "std_error": float(np.sqrt(acc * (1 - acc) / n)) if n else None,
+        out[key] = {"accuracy": acc, "held_out_pairs": n, "std_error": accuracy_std_error(acc, n),
                     "fold_min": min(accs, default=None), "fold_max": max(accs, default=None)}
     if "trl" in out and "rmstudio" in out:
         out["delta_points"] = 100 * (out["rmstudio"]["accuracy"] - out["trl"]["accuracy"])

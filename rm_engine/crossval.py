@@ -10,7 +10,6 @@ K times). Labels imported as ``--split test`` stay out of every fold.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from typing import Any, Callable
 
@@ -22,6 +21,21 @@ from rm_engine.training import Progress, StopCheck, fit_splits, usable_pairs
 
 MIN_FOLDS, MAX_FOLDS = 2, 20
 _PER_PAIR = ("chosen", "rejected", "sources", "keys")  # a fold's per-pair lists: pooled, not reported
+
+
+def check_folds(k: int) -> None:
+    """``ValueError`` naming the range unless ``MIN_FOLDS <= k <= MAX_FOLDS``."""
+    if not MIN_FOLDS <= k <= MAX_FOLDS:
+        raise ValueError(f"cross-validation: folds must be between {MIN_FOLDS} and {MAX_FOLDS}, got {k}")
+
+
+def fold_line(f: dict[str, Any]) -> str:
+    """One fold's summary (an ``on_fold`` event) as a line, for the CLI and the job log."""
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    return (f"fold {f['fold'] + 1}/{f['k']}: held-out accuracy {pct(f['accuracy'])} on {f['n_held_out']} pairs "
+            f"(train {pct(f['train_accuracy'])}, {f['n_train']} pairs, {f['seconds']:.1f} s)")
 
 
 def assign_folds(prompt_ids: list[int], k: int, seed: int) -> dict[int, int]:
@@ -39,9 +53,7 @@ def pool_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
     out = M.pairwise_accuracy(chosen, rejected)
     acc, n = out["accuracy"], out["n"]
     out["std_error"] = M.accuracy_std_error(acc, n)
-    # how far above chance (50%), in standard errors of a coin's accuracy on n pairs (sqrt(0.25/n), the binomial
-    # test's z): the band names a level, this says whether the level is real at all
-    out["sigma_above_chance"] = (acc - 0.5) / math.sqrt(0.25 / n) if n else None
+    out["sigma_above_chance"] = M.z_above_chance(acc, n)  # the band names a level; this, whether it is real at all
     out["band"] = M.accuracy_band(acc, n)
     out["per_source"] = M.grouped_accuracy(chosen, rejected, [s for f in folds for s in f["sources"]])
     accs = [f["accuracy"] for f in folds if f["accuracy"] is not None]
@@ -88,8 +100,7 @@ def _run_folds(settings: Any, cfg: TrainConfig, ps: PairSet, k: int, fold_seed: 
                ) -> tuple[dict[str, Any], dict[PairKey, bool]]:
     """:func:`cross_validate`'s work, with the folds dealt by ``fold_seed``; also returns whether each held-out
     decided pair was ranked right, keyed by (label id, ranking id, chosen id, rejected id)."""
-    if not MIN_FOLDS <= k <= MAX_FOLDS:
-        raise ValueError(f"cross-validation: folds must be between {MIN_FOLDS} and {MAX_FOLDS}, got {k}")
+    check_folds(k)
     cfg = cfg.resolved()
     pairs = [p for p in usable_pairs(cfg, ps) if p.split != "test"]
     prompts = sorted({p.prompt_id for p in pairs})

@@ -325,20 +325,14 @@ def run_cv(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     """Cross-validate a training configuration on the stored labels (``params``: a train job's, plus ``folds``,
     default 5): the result is ``rm_engine.crossval.cross_validate``'s (pooled accuracy, its standard error, the
     folds); nothing is published."""
-    from rm_engine.crossval import cross_validate
+    from rm_engine.crossval import cross_validate, fold_line
     from rm_engine.training import load_pair_set
 
     params = dict(ctx.params)
     folds = int(params.pop("folds", 5))
     cfg = train_config_from_params(params, params["device"], worker.config.gpus)
-
-    def on_fold(f: dict[str, Any]) -> None:
-        acc = "n/a" if f["accuracy"] is None else f"{100 * f['accuracy']:.1f}%"
-        ctx.log(f"fold {f['fold'] + 1}/{f['k']}: held-out accuracy {acc} on {f['n_held_out']} pairs "
-                f"({f['seconds']:.1f} s)")
-
     res = cross_validate(worker.settings, cfg, load_pair_set(worker.db, cfg), folds, progress=ctx.progress,
-                         should_stop=ctx.should_stop, on_fold=on_fold)
+                         should_stop=ctx.should_stop, on_fold=lambda f: ctx.log(fold_line(f)))
     if ctx.should_stop():
         raise JobStopped(ctx.stop_reason())
     return res

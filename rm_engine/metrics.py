@@ -80,6 +80,12 @@ def paired_difference(a_correct: ArrayLike, b_correct: ArrayLike) -> dict[str, A
             "a_only": int(np.sum((a == 1) & (b == 0))), "b_only": int(np.sum((a == 0) & (b == 1))), "n": n}
 
 
+def z_above_chance(accuracy: float, n: int) -> float | None:
+    """How far ``accuracy`` on ``n`` pairs lies above 50%, in standard errors of a coin's accuracy
+    (``sqrt(0.25 / n)``, the binomial test's z); None without pairs."""
+    return (accuracy - 0.5) / math.sqrt(0.25 / n) if n else None
+
+
 #: Standard errors above 50% from which an accuracy under 60% is called "above chance" rather than "about chance".
 ABOVE_CHANCE_Z = 3.0
 
@@ -95,8 +101,9 @@ def accuracy_band(accuracy: float | None, n: int | None = None) -> dict[str, Any
             break
     else:
         band, msg = "random", BANDS[-1][2]
-    if band == "random" and n and (accuracy - 0.5) / math.sqrt(0.25 / n) >= ABOVE_CHANCE_Z:
-        msg = (f"above chance but barely ({(accuracy - 0.5) / math.sqrt(0.25 / n):.1f} standard errors over 50% on "
+    z = z_above_chance(accuracy, n) if band == "random" and n else None
+    if z is not None and z >= ABOVE_CHANCE_Z:
+        msg = (f"above chance but barely ({z:.1f} standard errors over 50% on "
                f"{n} pairs): the model learned a little; more or cleaner labels, or a stronger backbone, should help")
     return {"band": band, "message": msg}
 

@@ -32,7 +32,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def cmd_cv(args: argparse.Namespace) -> int:
     """Cross-validate the configuration the flags describe on the stored labels."""
     from rm_engine.cli.model_cmds import phase_bars, train_config
-    from rm_engine.crossval import compare_configs, cross_validate
+    from rm_engine.crossval import compare_configs, cross_validate, fold_line
     from rm_engine.training import load_pair_set
 
     cfg = train_config(args)
@@ -47,8 +47,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         close()  # the fold's bars end here; the next fold draws its own
         if not args.json:
             tag = f"{f['config'].upper()} " if "config" in f else ""
-            print(f"{tag}fold {f['fold'] + 1}/{f['k']}: held-out accuracy {pct(f['accuracy'])} on {f['n_held_out']} "
-                  f"pairs (train {pct(f['train_accuracy'])}, {f['n_train']} pairs, {f['seconds']:.1f} s)", flush=True)
+            print(tag + fold_line(f), flush=True)
 
     db = open_db()
     try:
@@ -82,10 +81,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _queue(cfg: Any, args: argparse.Namespace) -> int:
-    from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
+    from rm_engine.crossval import check_folds
 
-    if not MIN_FOLDS <= args.folds <= MAX_FOLDS:
-        raise CLIError(f"--folds must be between {MIN_FOLDS} and {MAX_FOLDS}, got {args.folds}")
+    try:
+        check_folds(args.folds)  # before queueing: the worker would only find out later
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     from db.jobs import enqueue
     from db.models import JobKind
 
