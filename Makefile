@@ -3,20 +3,39 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel keeps installs small; a GPU machine can pre-install its own torch (any >= 2.4) in the venv.
-TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
+# Every runtime and test dependency at the exact version (and hash) CI tested; torch apart (requirements/torch-cpu.txt).
+LOCK := requirements/lock.txt
+TORCH_LOCK := requirements/torch-cpu.txt
+# `make lock` resolves as of this date, so running it again reproduces the lock; move the date to take newer releases.
+LOCK_DATE ?= 2026-12-07T00:00:00Z
+# Where the CPU torch wheel comes from when locking: a local wheel folder if there is one, else PyTorch's CPU index.
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--index https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+UV_VERSION ?= 0.13.10
+UV ?= $(VENV)/bin/uv
 
-.PHONY: install demo test test-fast system-deps postgres bench clean
+.PHONY: install demo test test-fast lint lock system-deps clean
 
-$(STAMP): pyproject.toml
+# Exactly the lock: hashes checked, no dependency resolution at install time, then `pip check`.
+# A virtual environment that already has a torch (a GPU machine's CUDA build) keeps it.
+$(STAMP): $(LOCK) $(TORCH_LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-deps -r $(TORCH_LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-resolve requirements/lock.txt from pyproject.toml's ranges (runtime + test extras), as of LOCK_DATE.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(UV) --version 2>/dev/null | grep -q " $(UV_VERSION)" || $(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 --generate-hashes \
+	  --no-emit-package torch --constraint $(TORCH_LOCK) $(TORCH_WHEELS) \
+	  --exclude-newer $(LOCK_DATE) --custom-compile-command "make lock" -o $(LOCK)
 
 ## Seed the demo data into the default SQLite database, then run the app and the training worker together.
 demo: install
@@ -32,8 +51,11 @@ system-deps:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
 ## The whole suite: unit, integration (real SQLite files, PostgreSQL, several processes), app (AppTest), e2e (Chromium).
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(PY) -m pytest tests/unit -x -q

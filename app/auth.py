@@ -26,14 +26,14 @@ def oidc_configured() -> bool:
     """Whether Streamlit secrets hold an ``[auth]`` section (an OIDC provider for ``st.login``)."""
     try:
         return "auth" in st.secrets
-    except Exception:  # no secrets file at all
+    except Exception:  # noqa: BLE001 - no secrets file at all, or one Streamlit cannot parse
         return False
 
 
 def _logged_in() -> bool:
     try:
         return bool(st.user.is_logged_in)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no login configured: st.user raises
         return False
 
 

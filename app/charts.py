@@ -6,7 +6,8 @@ Text from users (prompts, annotator names) only ever reaches plotly as data, whi
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go

@@ -14,7 +14,6 @@ from app.render import pct
 from app.resources import settings
 from rm_engine import coverage
 
-
 SERVED = "prompts the reward server scored"
 
 

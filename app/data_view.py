@@ -12,11 +12,11 @@ import streamlit as st
 
 from app.render import escape_md
 from app.resources import database
+from db.exporter import EXPORT_FORMATS, export
 from db.formats import FORMATS, FormatError, RowError
+from db.formats.mapped import TARGETS
 from db.guidelines import MAX_CHARS as MAX_GUIDE_CHARS
 from db.guidelines import get_guidelines, set_guidelines
-from db.formats.mapped import TARGETS
-from db.exporter import EXPORT_FORMATS, export
 from db.importer import Preview, import_file, preview
 from db.labeling import QueuePolicy, count_control_pairs, load_queue_policy, save_queue_policy
 from db.models import Source

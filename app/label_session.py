@@ -7,7 +7,8 @@ the callback, right after the save, so the rerun renders it at once.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 

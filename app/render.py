@@ -8,7 +8,7 @@ left untouched (they render as code anyway).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import streamlit as st
 

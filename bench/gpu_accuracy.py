@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gpu_setup import MINILM, encode, minilm_dir, minilm_tokenizer, split_by_prompt
 from gpu_trainers import run_ours, run_trl
@@ -21,6 +22,7 @@ def accuracy_of(scores_c: Any, scores_r: Any) -> float:
 def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
     """Scores of a TRL-trained encoder on pre-tokenised rows (the same ids RM Studio scores)."""
     import torch
+
     from rm_engine.reward_net import RewardNet, collate
 
     net = RewardNet(model, decoder=False).eval()

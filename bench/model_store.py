@@ -25,18 +25,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import numpy as np
+from safetensors.numpy import save_file
+from sqlalchemy.engine import make_url
 
-from db.config import Settings  # noqa: E402
-from db.session import Database  # noqa: E402
-from db.versions import get_archive, insert_version  # noqa: E402
-from rm_engine import model_store  # noqa: E402
-from rm_engine.registry import commit_dir, stage_dir, verify_version_dir  # noqa: E402
+from db.config import Settings
+from db.session import Database
+from db.versions import get_archive, insert_version
+from rm_engine import model_store
+from rm_engine.registry import commit_dir, stage_dir, verify_version_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import pg_database  # noqa: E402  (a fresh PostgreSQL database and its drop function)
+from load import pg_database
+
 
 def _write_folder(settings: Settings, mb: float, rng: np.random.Generator) -> str:
     tmp = stage_dir(settings)

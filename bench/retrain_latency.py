@@ -191,7 +191,7 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
     out_path = home / "worker.out"
     worker = subprocess.Popen(
         [sys.executable, "-m", "rm_engine", "worker", "--device", "cpu"], cwd=REPO, env={**os.environ},
-        stdout=open(out_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(out_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115 - the worker writes to it
     )
     runs = []
     try:
@@ -203,7 +203,7 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
             time.sleep(args.settle)
             t_label = add_labels(db, new[-1:], f"amy{rep}", one_per_txn=True)  # the N-th new label
 
-            def _version() -> Any:
+            def _version(last_vid: int = last_vid) -> Any:
                 with db.read() as s:
                     v = s.scalar(select(ModelVersion).where(ModelVersion.id > last_vid).order_by(ModelVersion.id))
                     return (v.id, v.job_id) if v is not None else None
@@ -211,7 +211,7 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
             vid, job_id = wait_for(_version, 600, "a new version")
             t_version = time.time()
 
-            def _rescored() -> Any:
+            def _rescored(job_id: int = job_id) -> Any:
                 with db.read() as s:
                     j = s.scalar(select(Job).where(Job.kind == JobKind.rescore, Job.params["after_job"].as_integer() == job_id))
                     return j.status.value if j is not None and j.status.value in ("succeeded", "failed") else None

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hh_data import load_hh  # noqa: E402
+from hh_data import load_hh
 
 
 def _post(url: str, body: dict) -> dict:

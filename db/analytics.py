@@ -9,8 +9,9 @@ that talk about *chosen* and *rejected* keep only labels with outcome ``a`` or `
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -24,8 +24,9 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -123,7 +124,7 @@ class Spool:
         self.records += len(chunk)
         self._n_chunks += 1
         if self._file is None and self.records > self.keep:
-            self._file = tempfile.TemporaryFile(prefix="rmstudio-import-")
+            self._file = tempfile.TemporaryFile(prefix="rmstudio-import-")  # noqa: SIM115 - closed by close()
             for c in self._chunks:
                 pickle.dump(c, self._file, protocol=pickle.HIGHEST_PROTOCOL)
             self._chunks = []

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 MODELS_IN_DB = ("auto", "on", "off")
 
@@ -41,7 +41,7 @@ class Settings:
                              f"got {self.models_in_db!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("RMSTUDIO_HOME") or "rmstudio-data").expanduser().resolve()
         db_url = env.get("RMSTUDIO_DB") or f"sqlite:///{home / 'rmstudio.db'}"

@@ -20,9 +20,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased

@@ -24,9 +24,11 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time as dtime, timezone
-from typing import Any, Sequence
+from datetime import datetime, timezone
+from datetime import time as dtime
+from typing import Any
 
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session

@@ -136,7 +136,7 @@ class Prompt(Base):
     tags: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    responses: Mapped[list["Response"]] = relationship(back_populates="prompt", order_by="Response.id")
+    responses: Mapped[list[Response]] = relationship(back_populates="prompt", order_by="Response.id")
 
 
 class Response(Base):
@@ -223,7 +223,7 @@ class Ranking(Base):
 
     prompt: Mapped[Prompt] = relationship()
     annotator: Mapped[Annotator] = relationship()
-    items: Mapped[list["RankingItem"]] = relationship(
+    items: Mapped[list[RankingItem]] = relationship(
         back_populates="ranking", order_by="RankingItem.position", cascade="all, delete-orphan"
     )
 

@@ -1,8 +1,9 @@
 """Labels and rankings turned into training pairs for the engine."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased

@@ -14,9 +14,10 @@ a retrain that cannot succeed (too few usable pairs) is not retried until more l
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -76,7 +77,7 @@ class RetrainPolicy:
             raise ValueError(f"retrain policy field 'rescore' must be true or false, got {self.rescore!r}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> "RetrainPolicy":
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> RetrainPolicy:
         """Build from stored JSON. ``strict`` rejects unknown fields (naming them); otherwise they are ignored."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -149,7 +150,7 @@ class Watermark:
         return {"max_label_id": self.max_label_id, "max_ranking_id": self.max_ranking_id}
 
     @classmethod
-    def from_any(cls, data: Any) -> "Watermark | None":
+    def from_any(cls, data: Any) -> Watermark | None:
         if not isinstance(data, dict) or not isinstance(data.get("max_label_id"), int):
             return None
         mr = data.get("max_ranking_id")

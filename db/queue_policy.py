@@ -79,7 +79,7 @@ class QueuePolicy:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "QueuePolicy":
+    def from_dict(cls, data: dict[str, Any] | None) -> QueuePolicy:
         """Build from a stored dict; unknown keys are an error naming them, missing keys take defaults."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}

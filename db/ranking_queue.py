@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session

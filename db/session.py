@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
@@ -82,7 +83,7 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             cur.execute("PRAGMA journal_mode=WAL")
-        except Exception:  # a read-only database cannot switch modes; it may already be WAL
+        except Exception:  # noqa: BLE001 - a read-only database cannot switch modes; it may already be WAL
             pass
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=FULL")
@@ -121,7 +122,7 @@ class Database:
             self.migrate()
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, **kw: Any) -> "Database":
+    def from_settings(cls, settings: Settings | None = None, **kw: Any) -> Database:
         settings = settings or Settings.from_env()
         return cls(settings.db_url, **kw)
 

@@ -7,7 +7,8 @@ every function here returns what it can and leaves the rest out. Pure functions:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 

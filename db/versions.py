@@ -5,14 +5,14 @@ a row here leaves the files to the caller, who removes them after the transactio
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import ModelVersion, ModelVersionArchive, ResponseScore
 from db.session import dialect_insert
-
 
 SCORE_CHUNK = 5000  # rows per executemany of cached scores
 

@@ -9,7 +9,8 @@ A busy worker's main loop is inside its job: it stays live through the job's own
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, Hashable, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -291,7 +292,7 @@ def summarize(records: Sequence[Mapping[str, object]], *, ties: bool, min_common
     )
 
 
-def summary_tables(summaries: Sequence[AgreementSummary]) -> dict[str, "pd.DataFrame"]:
+def summary_tables(summaries: Sequence[AgreementSummary]) -> dict[str, pd.DataFrame]:
     """Dashboard tables of several summaries (typically with and without ties):
 
     * ``overall``: ``statistic`` (Fleiss' kappa / Krippendorff's alpha), ``ties`` ("with ties"/"without ties"),
@@ -315,7 +316,7 @@ def summary_tables(summaries: Sequence[AgreementSummary]) -> dict[str, "pd.DataF
     }
 
 
-def by_guidelines(records: Sequence[Mapping[str, object]]) -> "pd.DataFrame":
+def by_guidelines(records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     """Krippendorff's alpha (with and without ties) among the labels made under each guidelines revision
     (``guidelines`` of the records; None: before any, or imported): did new guidelines make labels agree more?
     Columns ``guidelines``, ``ties``, ``krippendorff_alpha``, ``items`` (pairs with 2+ labels under it)."""

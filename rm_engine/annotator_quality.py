@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,7 +144,7 @@ def annotator_quality(records: Sequence[Mapping[str, object]], *, min_labels: in
     return sorted(out, key=lambda q: (-q.accuracy, q.annotator))
 
 
-def quality_frame(qualities: Sequence[AnnotatorQuality]) -> "pd.DataFrame":
+def quality_frame(qualities: Sequence[AnnotatorQuality]) -> pd.DataFrame:
     """The dashboard's table: ``annotator``, ``source``, ``labels``, ``accuracy``, ``agrees_with_others``,
     ``agrees_with_experts`` (left out when no expert label overlaps), ``weight`` (None where not measured)."""
     import pandas as pd
@@ -159,7 +160,7 @@ def quality_weights(qualities: Sequence[AnnotatorQuality]) -> dict[str, float]:
     return {q.annotator: q.weight for q in qualities if q.measured}
 
 
-def weigh_annotators(ps: "PairSet", records: Sequence[Mapping[str, object]]) -> dict[str, float]:
+def weigh_annotators(ps: PairSet, records: Sequence[Mapping[str, object]]) -> dict[str, float]:
     """Multiply the weight of each pair in ``ps`` by its annotator's :func:`quality_weights` (from the label
     ``records`` of multi-rated pairs) and note the weights in ``ps.extra["annotator_weights"]``; returns them."""
     weights = quality_weights(annotator_quality(records))

@@ -18,9 +18,10 @@ import copy
 import hashlib
 import json
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from db.config import Settings
 

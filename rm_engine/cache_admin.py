@@ -149,7 +149,7 @@ def pick_tier(sizes: list[int], ratio: float = TIER_RATIO) -> list[int]:
     return sorted(taken)
 
 
-def compact(target: "Path | str | FeatureCache", *, tiered: bool = False) -> CompactResult:
+def compact(target: Path | str | FeatureCache, *, tiered: bool = False) -> CompactResult:
     """Merge the shards of one cache dir (a path, or a :class:`FeatureCache`) into one.
 
     The shards present at the start are read (one that vanishes meanwhile, merged by another compactor, or a

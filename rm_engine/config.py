@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
@@ -235,7 +236,7 @@ class TrainConfig:
                 raise bad("sources", f"must be a non-empty subset of {', '.join(SOURCES)}")
             object.__setattr__(self, "sources", srcs)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
         d = dict(_MODE_DEFAULTS[self.mode], lr=default_lr(self.mode, self.lora))
         if self.mode == "head" and self.head == "mlp":
@@ -248,7 +249,7 @@ class TrainConfig:
             head_init=self.head_init if self.head_init != "auto" else ("probe" if self.pooling == "rich" else "random"),
         )
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -265,7 +266,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> TrainConfig:
         """Build from ``to_dict()`` output (job params, stored versions). Unknown keys raise when ``strict``."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names - VERSION_KEYS)
@@ -278,7 +279,7 @@ class TrainConfig:
         return cls(**kw)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "TrainConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> TrainConfig:
         """Defaults, then ``RMSTUDIO_TRAIN_<FIELD>`` variables (e.g. ``RMSTUDIO_TRAIN_MODE=finetune``), then
         ``overrides``."""
         env = os.environ if env is None else env
@@ -292,7 +293,7 @@ class TrainConfig:
         return cls.from_dict(kw)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, base: "TrainConfig | None" = None) -> "TrainConfig":
+    def from_args(cls, args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
         """From parsed CLI arguments: attributes named like fields (``--batch-tokens`` -> ``batch_tokens``) that
         are not None override ``base`` (default: ``from_env()``)."""
         base = base or cls.from_env()

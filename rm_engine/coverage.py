@@ -17,16 +17,17 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from db.config import Settings
     import pandas as pd
 
+    from db.config import Settings
     from rm_engine.features import TextItem
 
 DEFAULT_THRESHOLDS = {"embedding": 0.5, "tfidf": 0.3}
@@ -142,7 +143,7 @@ class FeatureEmbedder:
     """Prompt embeddings through the engine's feature cache (``rm_engine.features``): the context-alone ("p")
     vectors that head-mode training already cached, so labelled prompts usually cost nothing."""
 
-    def __init__(self, settings: "Settings", backbone: str = "minilm", max_length: int = 256,
+    def __init__(self, settings: Settings, backbone: str = "minilm", max_length: int = 256,
                  progress: Callable[[float, str], None] | None = None) -> None:
         from rm_engine.backbone import resolve_backbone
         from rm_engine.features import FeatureExtractor
@@ -150,7 +151,7 @@ class FeatureEmbedder:
         self.extractor = FeatureExtractor(settings, resolve_backbone(backbone, settings), max_length=max_length)
         self.progress = progress  # (fraction done, message) while texts are embedded
 
-    def _items(self, texts: Sequence[str]) -> list["TextItem"]:
+    def _items(self, texts: Sequence[str]) -> list[TextItem]:
         from rm_engine.features import TextItem
 
         return [TextItem("p", t, (), "") for t in texts]
@@ -174,7 +175,7 @@ def check_coverage(
     labelled: Sequence[str],
     *,
     method: str = "auto",
-    settings: "Settings | None" = None,
+    settings: Settings | None = None,
     backbone: str = "minilm",
     threshold: float | None = None,
     progress: Callable[[float, str], None] | None = None,
@@ -248,7 +249,7 @@ def parse_prompt_upload(data: bytes, filename: str = "upload", limit: int = MAX_
     return out
 
 
-def result_frame(result: CoverageResult, labelled: Sequence[str]) -> "pd.DataFrame":
+def result_frame(result: CoverageResult, labelled: Sequence[str]) -> pd.DataFrame:
     """A table of the result, least covered first: ``prompt``, ``nearest_labelled``, ``similarity``, ``covered``."""
     import pandas as pd
 

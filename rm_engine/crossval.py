@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from db.pairs import PairSet, TrainingPair
 from db.stats import advice_for, size_tier
@@ -120,10 +121,10 @@ def _run_folds(settings: Any, cfg: TrainConfig, ps: PairSet, k: int, fold_seed: 
         t0 = time.perf_counter()
         # the held-out fold goes in as "test": scored, but never seen by early stopping or epoch selection
         fold_progress = None if progress is None else \
-            (lambda ev, f=f: progress({**ev, "fold": f + 1, "folds": k}))  # noqa: E731 - bound per fold
+            (lambda ev, f=f: progress({**ev, "fold": f + 1, "folds": k}))
         fitted = fit_splits(settings, cfg, {"train": train, "val": [], "test": held}, progress=fold_progress,
                             should_stop=should_stop)
-        fold = _fold_result(f, train, held, lambda rid: fitted.scores[rid][0])
+        fold = _fold_result(f, train, held, lambda rid, fitted=fitted: fitted.scores[rid][0])
         outcomes.update({key: c > r for key, c, r in zip(fold["keys"], fold["chosen"], fold["rejected"])})
         fold["seconds"] = round(time.perf_counter() - t0, 2)
         folds.append(fold)

@@ -3,7 +3,8 @@ applied to :class:`~db.pairs.TrainingPair` s (decided pairs, ties apart, Spearma
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -39,8 +39,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,8 @@ from rm_engine.batching import BatchPlanConfig, plan_batches, plan_packed, plan_
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.finetune_model import FinetunedModel, FinetuneMeta, load_backbone_model, resolve_device
 from rm_engine.linear_probe import init_head_by_probe
-from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
+from rm_engine.memory_fit import fit_to_memory, fits, heaviest
 from rm_engine.packing import PackedTrainer
 from rm_engine.reward_net import RewardNet, backbone_pooling, unwrap_hf
 
@@ -202,7 +203,7 @@ def _probe_memory(dev: torch.device, world: int) -> bool:
     return dev.type == "cuda" and world == 1
 
 
-def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_Encoded", cfg: TrainConfig) -> bool:
+def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: _Encoded, cfg: TrainConfig) -> bool:
     """One forward and backward pass on the heaviest batch ``cfg`` would plan; ``False`` on out-of-memory."""
     batch = heaviest(plan_epoch(tr.lengths, cfg, 0, 1), tr.lengths)
     seqs = [tr.chosen[i] for i in batch] + [tr.rejected[i] for i in batch]
@@ -217,7 +218,7 @@ def _probe_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_
     return fits(step, lambda: net.zero_grad(set_to_none=True))
 
 
-def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: "_Encoded",
+def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any, tr: _Encoded,
                        cfg: TrainConfig) -> bool:
     """One forward and backward pass on the fullest packed row ``cfg`` would plan (every row is
     ``cfg.batch_tokens`` long), uncompiled: a compiled body saves no more activations than the eager one, so a row

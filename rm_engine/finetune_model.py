@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,12 +48,12 @@ class FinetuneMeta:
     pooling: str | None = None  # "cls", "mean", "rich" or "last"; None (files written before it existed) = the default
     format: str = FORMAT
 
-    def with_tie(self, tie_model: str | None, tie_param: float | None) -> "FinetuneMeta":
+    def with_tie(self, tie_model: str | None, tie_param: float | None) -> FinetuneMeta:
         """A copy recording the learned tie parameter."""
         return dataclasses.replace(self, tie_model=tie_model, tie_param=tie_param)
 
     @classmethod
-    def read(cls, path: Path) -> "FinetuneMeta":
+    def read(cls, path: Path) -> FinetuneMeta:
         """Parse ``finetune.json``, naming the file and the field on error."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -214,7 +215,7 @@ class FinetunedModel:
         return out
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, device: str | torch.device | None = "auto") -> "FinetunedModel":
+    def load(cls, model_dir: str | Path, *, device: str | torch.device | None = "auto") -> FinetunedModel:
         """Load what :meth:`save` wrote. LoRA models re-read their base from the recorded backbone folder and
         refuse a backbone whose fingerprint changed."""
         from transformers import AutoTokenizer

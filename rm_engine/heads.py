@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class PairArrays:
     margin: np.ndarray
 
     @classmethod
-    def build(cls, ci: Any, ri: Any, tie: Any = None, weight: Any = None, margin: Any = None) -> "PairArrays":
+    def build(cls, ci: Any, ri: Any, tie: Any = None, weight: Any = None, margin: Any = None) -> PairArrays:
         """Arrays with defaults: no ties, weight 1, margin 0."""
         ci = np.asarray(ci, dtype=np.int64)
         n = ci.size
@@ -122,7 +123,7 @@ class EnsembleHead(nn.Module):
         return {"kind": self.kind, "in_dim": self.in_dim, "members": self.members, "hidden": self.hidden}
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "EnsembleHead":
+    def from_state(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> EnsembleHead:
         """Rebuild from :meth:`meta` and ``state_dict()`` tensors (e.g. read from safetensors)."""
         head = cls(meta["kind"], int(meta["in_dim"]), int(meta["members"]), int(meta.get("hidden", 128)))
         head.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("tie.")}, strict=True)
@@ -218,17 +219,17 @@ def train_heads(
         r = head.forward_standardized(Z)
         return r if beta is None else r + L[:, None] * beta[None, :]
 
-    def tens(p: PairArrays) -> tuple[torch.Tensor, dict[str, Any]]:
+    def tens(p: PairArrays, X: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The standardised rows this split uses (once; the loop calls forward_standardized) and its pairs with
         indices remapped into those rows: training never touches the rows of other splits."""
         rows, inv = np.unique(np.concatenate([p.ci, p.ri]), return_inverse=True)
         n = len(p)
-        Z = head.standardize(Xt[torch.as_tensor(rows)])
+        Z = head.standardize(X[torch.as_tensor(rows)])
         return Z, {"ci": torch.as_tensor(inv[:n]), "ri": torch.as_tensor(inv[n:]), "tie": torch.as_tensor(p.tie),
                    "margin": torch.as_tensor(p.margin), "len": None if Lz is None else Lz[torch.as_tensor(rows)]}
 
-    Xtr, tp = tens(train)
-    Xva, vp = tens(val) if val is not None and len(val) else (None, None)
+    Xtr, tp = tens(train, Xt)
+    Xva, vp = tens(val, Xt) if val is not None and len(val) else (None, None)
     del Xt
     w_train = torch.as_tensor(_member_weights(train, spec.members, spec.seed))
     w_val = torch.as_tensor(val.weight)[None, :].expand(spec.members, -1) if vp is not None else None

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,7 +52,7 @@ class JobContext:
     The job's own thread only touches memory; the heartbeat thread does the database writes.
     """
 
-    def __init__(self, worker: "Worker", job: Job) -> None:
+    def __init__(self, worker: Worker, job: Job) -> None:
         self.worker = worker
         self.job_id = job.id
         self.params: dict[str, Any] = dict(job.params or {})
@@ -142,7 +143,7 @@ class JobContext:
 class Heartbeat(threading.Thread):
     """Renews the lease, writes progress and logs, and watches for cancel requests while a job runs."""
 
-    def __init__(self, worker: "Worker", ctx: JobContext) -> None:
+    def __init__(self, worker: Worker, ctx: JobContext) -> None:
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
         self.worker, self.ctx = worker, ctx
         self.done = threading.Event()

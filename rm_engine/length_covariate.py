@@ -9,7 +9,7 @@ and served score is the model's alone, so a policy cannot gain reward by changin
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

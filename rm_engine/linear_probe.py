@@ -9,7 +9,7 @@ with L-BFGS in float64), mapped back to the raw features. Tie pairs are left out
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -17,6 +17,7 @@ For a tie pair the order of ``r_c``/``r_r`` does not matter (both models are sym
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ def rao_kupper_log_probs(d: Tensor, raw_eta: Tensor) -> tuple[Tensor, Tensor]:
     return log_win, log_tie
 
 
-def _tie_loss(log_probs, r_c: Tensor, r_r: Tensor, tie: Tensor, param: Tensor, weight: Tensor | None,
+def _tie_loss(log_probs: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]], r_c: Tensor, r_r: Tensor, tie: Tensor, param: Tensor, weight: Tensor | None,
               margin: Tensor | float | None) -> Tensor:
     r_c, r_r = _f32(r_c), _f32(r_r)
     tie_b = torch.as_tensor(tie, device=r_c.device).bool()

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -45,7 +45,7 @@ def fits(step: Callable[[], None], zero_grad: Callable[[], None]) -> bool:
     try:
         step()
         ok = True
-    except Exception as exc:  # noqa: BLE001 - only out-of-memory is an answer; anything else is re-raised
+    except Exception as exc:
         if not is_oom(exc):
             raise
         ok = False

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,11 +97,7 @@ def accuracy_band(accuracy: float | None, n: int | None = None) -> dict[str, Any
     above 50% keeps its band but says that the model did learn something (0.58 on 1,300 pairs is not chance)."""
     if accuracy is None or not math.isfinite(accuracy):
         return {"band": "unknown", "message": "no pairs to measure"}
-    for lo, band, msg in BANDS:
-        if accuracy >= lo:
-            break
-    else:
-        band, msg = "random", BANDS[-1][2]
+    band, msg = next(((b, m) for lo, b, m in BANDS if accuracy >= lo), ("random", BANDS[-1][2]))
     z = z_above_chance(accuracy, n) if band == "random" and n else None
     if z is not None and z >= ABOVE_CHANCE_Z:
         msg = (f"above chance but barely ({z:.1f} standard errors over 50% on "

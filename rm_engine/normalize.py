@@ -17,7 +17,8 @@ differences are its log-odds, which calibration and ``sigmoid`` rely on.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

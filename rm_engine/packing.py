@@ -33,8 +33,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ class PackedBatch:
         """``L``, the row length."""
         return int(self.input_ids.shape[1])
 
-    def to(self, device: torch.device) -> "PackedBatch":
+    def to(self, device: torch.device) -> PackedBatch:
         """A copy on ``device`` (pinned, non-blocking copies on CUDA)."""
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
@@ -197,7 +198,7 @@ def flex_block_mask(position_ids: torch.Tensor) -> Any:
     seg = segment_ids(position_ids)
     n = int(position_ids.shape[-1])
 
-    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:  # noqa: ARG001 - flex's signature
+    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:
         return (seg[b, q] == seg[b, kv]) & (kv <= q)
 
     make = create_block_mask if torch.compiler.is_compiling() else _compiled_create_block_mask()
@@ -219,6 +220,26 @@ def packed_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
     out = body(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                **(flash_kwargs or {}))
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def strip_hub_kernel_hooks(model: nn.Module) -> int:
+    """Give every module of ``model`` whose class forward is wrapped by the ``kernels`` package's
+    ``use_kernelized_func`` hook its original forward back; returns how many were unwrapped.
+
+    transformers decorates attention classes with that hook whenever ``kernels`` is installed. The hook routes
+    calls through a context variable that ``torch.compile`` guards on and that changes after the first compiled
+    call, so every later call recompiles. RM Studio never kernelizes models (hub kernels are downloads), so the
+    hook only forwards to the original function, which is what the unwrapped forward does directly.
+    """
+    n = 0
+    for module in model.modules():
+        fwd = type(module).forward
+        inner = getattr(fwd, "__wrapped__", None)
+        # functools.wraps copies __module__ from the original; the wrapper's own globals name its package
+        if inner is not None and getattr(fwd, "__globals__", {}).get("__name__", "").startswith("kernels."):
+            module.forward = inner.__get__(module, type(module))  # this instance only; the class stays as it is
+            n += 1
+    return n
 
 
 def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -246,6 +267,8 @@ class PackedRewardNet(nn.Module):
         self.net = net
         self.max_segment = max_segment  # varlen: every segment of the rows is at most this long (a constant)
         self.compiled = compile
+        if compile:
+            strip_hub_kernel_hooks(net.model)
         # dynamic=False: one static shape, so no symbolic shapes and kernels specialised to [1, L]
         self._body = torch.compile(self._hidden, dynamic=False) if compile else self._hidden
 

@@ -17,13 +17,14 @@ Where the score is read (``pooling``):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from rm_engine.batching import BatchPlanConfig, plan_batches
+
 
 def unwrap_hf(model: nn.Module) -> nn.Module:
     """The Hugging Face ``...ForSequenceClassification`` module inside a possible peft wrapper."""

@@ -23,8 +23,9 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rm_engine.backbone import History
 from rm_engine.scoring import completion_rows

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class RewardModel:
         self.fallback_message: str | None = None
 
     @classmethod
-    def load(cls, db: Database, settings: Settings, version: str | int | None = "latest", *, device: str = "cpu") -> "RewardModel":
+    def load(cls, db: Database, settings: Settings, version: str | int | None = "latest", *, device: str = "cpu") -> RewardModel:
         """Load a version's files (verified against their manifest; safetensors only). Raises
         :class:`VersionNotFound` or :class:`ModelFilesError` naming the version."""
         with db.read() as s:
@@ -72,14 +73,14 @@ class RewardModel:
 
     @classmethod
     def _from_files(cls, db: Database, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
-                    metrics: dict[str, Any], device: str) -> "RewardModel":
+                    metrics: dict[str, Any], device: str) -> RewardModel:
         """Load from the version's folder, restored from the database copy where it is missing or damaged."""
         return with_files(db, settings, vid, path,
                           lambda: cls._from_folder(settings, vid, mode, path, norm, metrics, device))
 
     @classmethod
     def _from_folder(cls, settings: Settings, vid: int, mode: str, path: str, norm: dict[str, Any],
-                     metrics: dict[str, Any], device: str) -> "RewardModel":
+                     metrics: dict[str, Any], device: str) -> RewardModel:
         if mode == "head":
             tensors, fcfg = load_head_files(settings, path, vid)
             scorer = _head_scorer(settings, vid, tensors, fcfg, device)

@@ -14,8 +14,9 @@ model's mistakes. The price is one forward pass per version: K versions cost K t
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class VersionEnsemble:
 
     @classmethod
     def load(cls, db: Database, settings: Settings, versions: Sequence[str | int], *, device: str = "cpu",
-             how: str = "mean", penalty: float = 1.0) -> "VersionEnsemble":
+             how: str = "mean", penalty: float = 1.0) -> VersionEnsemble:
         """Load every version strictly (no fallback to an older one: it could duplicate a member). Raises
         ``VersionNotFound`` / ``ModelFilesError`` naming the version, ``ValueError`` for a repeated one."""
         return cls([RewardModel.load(db, settings, v, device=device) for v in versions], how=how, penalty=penalty)

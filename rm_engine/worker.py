@@ -43,7 +43,16 @@ from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
 from rm_engine.job_run import (
-    HANDLERS, LOSS_HISTORY_POINTS, TRAINS, Handler, Heartbeat, JobContext, JobStopped, is_cancelled, job_gpus, log,
+    HANDLERS,
+    LOSS_HISTORY_POINTS,
+    TRAINS,
+    Handler,
+    Heartbeat,
+    JobContext,
+    JobStopped,
+    is_cancelled,
+    job_gpus,
+    log,
 )
 
 __all__ = ["Worker", "WorkerConfig", "main", "JobStopped", "JobContext", "LOSS_HISTORY_POINTS"]

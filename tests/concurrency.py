@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_in_threads(fn: Callable[[int], None], n: int) -> list[BaseException]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 Kind = Literal["comparison", "ranking", "unlabeled"]
 OUTCOMES = ("a", "b", "tie", "both_bad")
@@ -78,7 +79,7 @@ class FormatError(Exception):
         super().__init__(f"{file}:{line}: field '{field}': {message}")
 
     @classmethod
-    def from_row(cls, err: RowError, suffix: str = "") -> "FormatError":
+    def from_row(cls, err: RowError, suffix: str = "") -> FormatError:
         return cls(err.file, err.line, err.field, err.message + suffix)
 
     @property

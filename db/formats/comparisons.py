@@ -9,7 +9,8 @@ original idempotency key and provenance so that re-importing an export adds noth
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
     PROVENANCE_FIELDS,

@@ -12,9 +12,10 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from db.formats.base import FormatError, RowProblem
 
@@ -33,7 +34,7 @@ class Input:
     data: bytes | None = None
 
     @classmethod
-    def of(cls, src: Any, filename: str | None = None) -> "Input":
+    def of(cls, src: Any, filename: str | None = None) -> Input:
         """From a path, ``bytes`` or a binary file-like object (e.g. a Streamlit upload)."""
         if isinstance(src, Input):
             return src

@@ -10,7 +10,8 @@ A final assistant turn may be empty (the published data has a few: the assistant
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
     PROVENANCE_FIELDS,

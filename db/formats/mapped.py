@@ -13,7 +13,8 @@ columns (a justification, a rationale) are kept in the label's ``extra``. Errors
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
     OUTCOMES,

@@ -7,7 +7,8 @@ Optional fields as in ``comparisons`` (``history``, ``category``, ``source``, ``
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
     PROVENANCE_FIELDS,

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from db.formats import comparisons, hh_rlhf, mapped, rankings, trl, unlabeled
 from db.formats.base import (

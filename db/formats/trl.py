@@ -13,7 +13,8 @@ Export (``to_obj``) writes the standard shape, or the conversational one when pr
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
     PROVENANCE_FIELDS,

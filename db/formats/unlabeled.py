@@ -5,12 +5,13 @@ the prompt, its responses and a comparison for every pair of responses; no label
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from db.formats.base import (
+    PROVENANCE_FIELDS,
     ImportRecord,
     Options,
-    PROVENANCE_FIELDS,
     parse_extra,
     parse_history,
     provenance,

@@ -1,5 +1,6 @@
 """Alembic environment: uses the connection handed over by ``db.migrate`` or, from the alembic CLI, RMSTUDIO_DB."""
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from db.models import Base
 
@@ -20,7 +21,7 @@ def run_migrations_online() -> None:
         _run(connection)
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from rm_engine.cli.common import CLIError
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rmstudio {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # one readable line, the traceback only with --debug
+    except Exception as exc:  # noqa: BLE001 - one readable line, the traceback only with --debug
         if args.debug:
             traceback.print_exc()
         print(f"rmstudio {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)

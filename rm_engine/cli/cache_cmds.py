@@ -8,7 +8,7 @@ from rm_engine.cli.common import CLIError, print_json, settings
 _MB = 1024 * 1024
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cache``, ``cache compact`` and ``cache prune``."""
     p = sub.add_parser("cache", help="feature caches on disk; 'cache compact', 'cache prune --older-than DAYS'",
                        description="The frozen-backbone feature caches under RMSTUDIO_HOME/cache/features: one dir per "

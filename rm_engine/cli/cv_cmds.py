@@ -7,7 +7,7 @@ from typing import Any
 from rm_engine.cli.common import CLIError, open_db, pct, print_json, settings
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``cv`` subcommand."""
     from rm_engine.cli.model_cmds import train_flags
     from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS

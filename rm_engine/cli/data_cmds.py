@@ -12,7 +12,7 @@ IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "map
 EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``import``, ``export``, ``stats``, ``annotators`` and ``guidelines`` subcommands."""
     p = sub.add_parser(
         "import",

@@ -6,7 +6,7 @@ import argparse
 from rm_engine.cli.common import CLIError, open_db, print_json
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``seed-demo`` subcommand."""
     p = sub.add_parser(
         "seed-demo",

@@ -15,7 +15,7 @@ from typing import Any
 from rm_engine.cli.common import CLIError, open_db, print_json, settings
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job subcommands to the ``rmstudio`` parser."""
     w = sub.add_parser("worker", help="run the background worker (training, rescoring, automatic retrains)")
     w.add_argument("--once", action="store_true", help="run at most one job, then exit (at once if none is queued)")
@@ -74,6 +74,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     s.add_argument("--no-worker", action="store_true", help="run the app only")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the worker's --device")
     s.add_argument("--gpus", type=int, default=1, metavar="N", help="the worker's --gpus (finetune jobs)")
+    s.add_argument("--dev", action="store_true",
+                   help="for working on RM Studio itself: watch the source files and rerun pages when one is saved")
     s.set_defaults(func=cmd_serve)
 
 
@@ -134,7 +136,6 @@ def _result_text(r: dict[str, Any]) -> str:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the newest jobs with their progress."""
     from db import jobs as jobq
-
     from db import workers
 
     statuses = [x.strip() for x in args.status.split(",") if x.strip()] if args.status else None
@@ -182,7 +183,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     else:
         print(workers.describe(live))
         for w in live:
-            print(f"  {w['name']}: {w['device'] or '?'}, {'job #%s' % w['job'] if w['job'] else 'idle'}, "
+            print(f"  {w['name']}: {w['device'] or '?'}, {('job #' + str(w['job'])) if w['job'] else 'idle'}, "
                   f"kinds {', '.join(w['kinds']) if w['kinds'] else 'all'}, seen {w['seen_s_ago']:g} s ago")
     return 0
 
@@ -377,6 +378,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                "--server.maxUploadSize", str(settings().max_upload_mb),
                # no "Deploy" button for labelers; no usage statistics leave the machine
                "--client.toolbarMode", "minimal", "--browser.gatherUsageStats", "false"]
+    if not args.dev:
+        # Streamlit's file watcher walks every imported module, transformers' lazy ones included, and logs a
+        # traceback for each that cannot import (torchvision, ...): noise for users, and nothing here is edited.
+        app_cmd += ["--server.fileWatcherType", "none", "--server.runOnSave", "false"]
     if args.address:
         app_cmd += ["--server.address", args.address]
     stop = {"signal": 0}

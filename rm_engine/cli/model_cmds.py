@@ -5,14 +5,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rm_engine.cli.common import CLIError, open_db, pct, print_json, progress, settings
 from rm_engine.config import COMBINE, default_lrs_text
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``train``, ``eval`` and ``score`` subcommands."""
     p = sub.add_parser("train", help="train a reward model (queued for the worker, or --inline here)",
                        description="Train on the stored labels. Without --inline the run is queued for `rmstudio worker`; "

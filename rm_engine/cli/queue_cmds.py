@@ -7,7 +7,7 @@ import dataclasses
 from rm_engine.cli.common import CLIError, open_db, pct, print_json
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``queue`` subcommand."""
     p = sub.add_parser("queue", help="show or set the labeling-queue policy (overlap, agreement share, control "
                                      "pairs, active learning)")

@@ -12,7 +12,7 @@ from rm_engine.cli.model_cmds import load_scorer, model_args
 TOKEN_ENV = "RMSTUDIO_REWARD_TOKEN"
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``reward-server`` and ``served`` subcommands."""
     p = sub.add_parser("reward-server", help="serve a reward model over HTTP (POST /score) for RL trainers",
                        description="POST /score with {prompts, completions} (TRL GRPO style: strings or chat "

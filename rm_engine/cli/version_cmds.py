@@ -6,7 +6,7 @@ import argparse
 from rm_engine.cli.common import CLIError, open_db, pct, print_json, settings
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``models`` subcommand."""
     p = sub.add_parser("models", help="list model versions (or: models delete ID, models export ID OUT, "
                                       "models share ID|all)")
@@ -23,8 +23,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List versions (newest first), or delete one (row, cached scores, then files)."""
-    from db.versions import (VersionNotFound, archived_versions, delete_version, list_versions, parse_version_ref,
-                             version_summary)
+    from db.versions import (
+        VersionNotFound,
+        archived_versions,
+        delete_version,
+        list_versions,
+        parse_version_ref,
+        version_summary,
+    )
     from rm_engine.registry import remove_version_files
 
     if args.action == "export":

@@ -6,9 +6,9 @@ carrying HTML/JS injection attempts, and a prompt with four responses for rankin
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -9,11 +9,11 @@ import random
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from db import versions
 from app.coverage_view import SERVED
+from db import versions
 from db.guidelines import set_guidelines
-from db.served import record_served
 from db.labeling import QueuePolicy, next_pair, submit_label
+from db.served import record_served
 from db.session import Database
 from db.store import add_label, add_ranking
 from rm_engine import metrics
@@ -61,8 +61,9 @@ def _label_everything(db: Database, seeded: Seeded) -> None:
                     outcome = "a" if cid % 2 else "tie"
                 add_label(s, comparison_id=cid, outcome=outcome, source="ai" if name == "gpt" else "crowd",
                           annotator=name, idempotency_key=f"{name}-{cid}", time_spent_ms=2000)
-        from db.models import Response
         from sqlalchemy import select
+
+        from db.models import Response
 
         rids = list(s.scalars(select(Response.id).where(Response.prompt_id == seeded.ranking_prompt_id).order_by(Response.id)))
         add_ranking(s, prompt_id=seeded.ranking_prompt_id, response_ids=rids, source="expert", annotator="eve", idempotency_key="rank-1")

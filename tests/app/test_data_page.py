@@ -76,11 +76,11 @@ def test_errors_shown_by_line_and_skip_invalid(app_env, sqlite_db: Database) -> 
 
 def test_mapped_format_with_winner_values(app_env, sqlite_db: Database) -> None:
     csv = (
-        "question,answer_a,answer_b,overall_preference,justification\n"
-        "What is 2+2?,4,5,-1,a is right\n"
-        "Capital of Italy?,Milan,Rome,1,b is right\n"
-        "Colour of sky?,blue,also blue,0,same\n"
-    ).encode()
+        b"question,answer_a,answer_b,overall_preference,justification\n"
+        b"What is 2+2?,4,5,-1,a is right\n"
+        b"Capital of Italy?,Milan,Rome,1,b is right\n"
+        b"Colour of sky?,blue,also blue,0,same\n"
+    )
     at = _page()
     at.file_uploader(key="data_upload").upload("lfqa.csv", csv, "text/csv").run()
     at.selectbox[0].set_value("mapped").run()
@@ -140,7 +140,7 @@ def test_queue_policy_form_saves(app_env, sqlite_db: Database) -> None:
                                                    active_learning=True, control_share=0.1)
 
 
-def test_export_download_roundtrip(app_env, sqlite_db: Database, seeded) -> None:  # noqa: ANN001
+def test_export_download_roundtrip(app_env, sqlite_db: Database, seeded) -> None:
     from db.store import add_label
 
     with sqlite_db.write() as s:
@@ -155,7 +155,7 @@ def test_export_download_roundtrip(app_env, sqlite_db: Database, seeded) -> None
     assert any("wrote 1 trl records" in c.value for c in at.caption)
 
 
-def test_statistics_show_tier_advice(app_env, sqlite_db: Database, seeded) -> None:  # noqa: ANN001
+def test_statistics_show_tier_advice(app_env, sqlite_db: Database, seeded) -> None:
     from db.store import add_label
 
     with sqlite_db.write() as s:

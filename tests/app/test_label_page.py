@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from streamlit.testing.v1 import AppTest
 from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
 
 from app import label_session as ls
 from app.render import defang_links
@@ -287,7 +287,7 @@ def test_ranking_undo_brings_the_prompt_back(app_env, sqlite_db: Database, seede
     at = _app("dana", "crowd")
     task = _rank_mode(at)
 
-    def rank_all(t) -> None:  # noqa: ANN001
+    def rank_all(t) -> None:
         for i, r in enumerate(range(1, len(t.response_ids) + 1)):
             at.segmented_control(key=ls.rank_key(t, i)).set_value(r)
         at.run()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
 
 from db import jobs, policy, versions, workers
 from db.config import Settings
@@ -209,7 +209,7 @@ def test_versions_list_and_delete(app_env, sqlite_db: Database, seeded: Seeded) 
     assert list(at.dataframe[-1].value["version"]) == [ids[1]]  # the list drawn after the delete is current
 
 
-def _label_all_with_tiny_backbone(db: Database, seeded: Seeded, home) -> None:  # noqa: ANN001
+def _label_all_with_tiny_backbone(db: Database, seeded: Seeded, home) -> None:
     """Label every seeded pair ('a' wins) and build a tiny encoder at ``home/tiny``."""
     torch.set_num_threads(1)
     build_tiny_encoder(home / "tiny", hidden=32, layers=1)

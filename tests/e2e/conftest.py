@@ -14,10 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator["object"]:
+def browser() -> Iterator[object]:
     """One headless Chromium per test module.
 
     Module scope, not session: Playwright's sync API keeps its event loop "running" while the context is open,
@@ -107,7 +107,7 @@ class Proc:
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> Proc:
     """Start ``cmd`` in the repository root with ``env``, output to ``log``."""
-    fh = open(log, "wb")
+    fh = open(log, "wb")  # noqa: SIM115 - the child process writes to it until it is stopped
     return Proc(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), log)
 
 
@@ -139,7 +139,7 @@ def worker(home: Path, env: dict[str, str]) -> Proc:
     return start(cmd, env, home / "worker.log")
 
 
-def shot(page: "object", name: str) -> Path:
+def shot(page: object, name: str) -> Path:
     """A full-page screenshot under test-artifacts/e2e/."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -147,7 +147,7 @@ def shot(page: "object", name: str) -> Path:
     return path
 
 
-def wait_idle(page: "object", timeout: float = 20.0) -> None:
+def wait_idle(page: object, timeout: float = 20.0) -> None:
     """Wait until the app's script run is over (no "running" status widget for 0.4 s), so widgets are current."""
     end, quiet = time.monotonic() + timeout, None
     while time.monotonic() < end:
@@ -162,7 +162,7 @@ def wait_idle(page: "object", timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def served_app(browser: "object", home: Path, env: dict[str, str]) -> Iterator[tuple["object", str]]:
+def served_app(browser: object, home: Path, env: dict[str, str]) -> Iterator[tuple[object, str]]:
     """A ``streamlit run`` server for ``home``/``env`` and a fresh browser context: ``(context, url)``; prints the
     server's log when the block fails, and stops both."""
     server, url = streamlit_server(home, env)

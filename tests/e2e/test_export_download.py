@@ -34,7 +34,7 @@ def _finetuned_version(home: Path, env: dict[str, str]) -> int:
 
 
 @pytest.mark.timeout(180)
-def test_download_an_exported_version(browser, home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_download_an_exported_version(browser, home: Path, tmp_path: Path) -> None:
     env = app_env(home)
     version = _finetuned_version(home, env)
     with served_app(browser, home, env) as (ctx, url):

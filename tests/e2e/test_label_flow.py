@@ -40,12 +40,12 @@ def _seed(home: Path) -> None:
     db.dispose()
 
 
-def _pair_id(page) -> int:  # noqa: ANN001 - playwright Page
+def _pair_id(page) -> int:
     text = page.get_by_text(re.compile(r"^Pair #\d+")).first.inner_text(timeout=20_000)
     return int(PAIR.search(text).group(1))
 
 
-def _wait_new_pair(page, old: int, timeout: float = 20.0) -> int:  # noqa: ANN001
+def _wait_new_pair(page, old: int, timeout: float = 20.0) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -58,14 +58,14 @@ def _wait_new_pair(page, old: int, timeout: float = 20.0) -> int:  # noqa: ANN00
     raise AssertionError(f"the next pair did not replace pair #{old} within {timeout} s")
 
 
-def _assert_no_injection(page) -> None:  # noqa: ANN001
+def _assert_no_injection(page) -> None:
     assert page.evaluate("window.__pwned") is None, "a response's script ran"
     assert page.locator("img[src='x']").count() == 0, "a response's <img onerror> was rendered as HTML"
     assert page.locator("a[href^='javascript']").count() == 0, "a javascript: link was rendered"
 
 
 @pytest.mark.timeout(240)
-def test_label_retrain_dashboard(browser, home: Path) -> None:  # noqa: ANN001
+def test_label_retrain_dashboard(browser, home: Path) -> None:
     _seed(home)
     env = app_env(home)
     server, url = streamlit_server(home, env)
@@ -132,7 +132,7 @@ def test_label_retrain_dashboard(browser, home: Path) -> None:  # noqa: ANN001
         acc = dash.get_by_text(re.compile(r"Validation accuracy \(v\d+\)"))
         try:
             acc.first.wait_for(timeout=150_000)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise AssertionError(f"no accuracy on the dashboard; worker log:\n{work.log.read_text()[-3000:]}") from exc
         assert dash.evaluate("window.__still_same_page") == 42, "the dashboard page was reloaded"
         shot(dash, "dashboard")

@@ -18,7 +18,7 @@ from tests.e2e.conftest import app_env, served_app, shot, wait_idle
 
 @pytest.mark.timeout(240)
 def test_app_on_another_machine_scores_with_a_version_trained_elsewhere(browser, home: Path, pg_url: str,
-                                                                         tmp_path: Path) -> None:  # noqa: ANN001
+                                                                         tmp_path: Path) -> None:
     from tests.tiny_models import build_tiny_encoder
 
     tiny = build_tiny_encoder(tmp_path / "backbones" / "tiny", hidden=32, layers=1)

@@ -23,7 +23,7 @@ from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_queued_cv_job_runs_on_a_worker(any_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:  # noqa: F811
+def test_queued_cv_job_runs_on_a_worker(any_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
     seed_labels(any_db, 12, test_prompts=2)
     rc = main(["cv", "--queue", "--json", "--folds", "3", "--backbone", str(tiny_encoder), "--max-length", "64",
                "--epochs", "30", "--lr", "0.01"])
@@ -48,7 +48,7 @@ def test_queued_cv_job_runs_on_a_worker(any_db: Database, engine_settings, tiny_
     assert f"cross-validated accuracy {100 * res['accuracy']:.1f}%" in line and "(3 folds, 12 pairs)" in line
 
 
-def test_cross_validation_stops_between_folds(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:  # noqa: F811
+def test_cross_validation_stops_between_folds(sqlite_db: Database, engine_settings, tiny_encoder: Path) -> None:
     seed_labels(sqlite_db, 9)
     cfg = TrainConfig(backbone=str(tiny_encoder), max_length=64, epochs=10)
     folds_seen: list[int] = []

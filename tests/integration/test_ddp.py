@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import rm_engine.finetune as ft
 from db.config import Settings
 from rm_engine.backbone import build_inputs, load_tokenizer, resolve_backbone
 from rm_engine.config import TrainConfig
 from rm_engine.ddp import train_finetune_ddp
-import rm_engine.finetune as ft
 from rm_engine.finetune import plan_epoch, train_finetune
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
@@ -63,7 +63,7 @@ def test_two_gloo_ranks_match_one_process(kind: str, tmp_path: Path, home: Path,
     assert any(k.startswith("rich_head.") for k in sd1) == (kind == "enc-rich")
     assert sd1.keys() == sd2.keys()
     for k in sd1:
-        torch.testing.assert_close(sd2[k], sd1[k], atol=2e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(sd2[k], sd1[k], atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     for h1, h2 in zip(one.history, two.history):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4, abs=1e-6)
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])

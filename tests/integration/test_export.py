@@ -15,8 +15,8 @@ import pytest
 from db.config import Settings
 from db.session import Database
 from db.versions import responses_for_scoring
-from rm_engine.backbone import build_inputs
 from rm_engine import export as export_mod
+from rm_engine.backbone import build_inputs
 from rm_engine.cli import main
 from rm_engine.config import TrainConfig
 from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_archive, export_refusal, export_version
@@ -43,7 +43,7 @@ def settings(home: Path, backbones: Path, monkeypatch: pytest.MonkeyPatch) -> Se
     return Settings.from_env()
 
 
-def _train(db: Database, settings: Settings, backbone: Path, **kw):  # noqa: ANN202 - a ModelVersion
+def _train(db: Database, settings: Settings, backbone: Path, **kw):
     base = dict(mode="finetune", backbone=str(backbone), epochs=1, lr=1e-3, batch_tokens=2048, max_length=64,
                 device="cpu", weight_decay=0.0)
     return train_and_publish(db, settings, TrainConfig(**(base | kw)))
@@ -170,7 +170,7 @@ def test_exported_head_version_scores_like_rm_studio(kind: str, features: str, h
             ns["model"](input_ids=torch.tensor([tok("only one text")["input_ids"]]))
 
 
-def model_tok(out: Path):  # noqa: ANN201 - a tokenizer
+def model_tok(out: Path):
     """The exported tokenizer as RM Studio would load it for building inputs."""
     from transformers import AutoTokenizer
 

@@ -45,7 +45,7 @@ def _machine_b(settings: Settings, tmp_path: Path) -> Settings:
     return dataclasses.replace(settings, home=other)
 
 
-def _train(db: Database, tiny: Path, mode: str, **kw) -> int:  # noqa: ANN003
+def _train(db: Database, tiny: Path, mode: str, **kw) -> int:
     cfg = TrainConfig(mode=mode, backbone=str(tiny), epochs=1 if mode == "finetune" else 20, lr=1e-3 if mode ==
                       "finetune" else 1e-2, max_length=64, device="cpu", val_fraction=0.0, **kw)
     return train_and_publish(db, Settings.from_env(), cfg).id

@@ -129,10 +129,11 @@ def test_config_can_force_cls_pooling_and_rejects_unknown_ones(models: Path, tmp
     ("st-mean", "mean", False), ("plain", "cls", False), ("dec", "last", False), ("st-mean", "mean", True)])
 def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: str, lora: bool) -> None:
     """head_init='probe': the fitted probe becomes the head the model scores with (LoRA: peft's trainable copy)."""
-    from rm_engine.finetune_model import load_backbone_model
-    from rm_engine.reward_net import by_length
-    from rm_engine.linear_probe import init_head_by_probe
     from transformers import AutoTokenizer
+
+    from rm_engine.finetune_model import load_backbone_model
+    from rm_engine.linear_probe import init_head_by_probe
+    from rm_engine.reward_net import by_length
 
     decoder = name == "dec"
     tok = AutoTokenizer.from_pretrained(str(models / name))

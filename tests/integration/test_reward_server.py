@@ -52,7 +52,7 @@ def _call(url: str, body: object = None, token: str | None = None, raw: bytes | 
         return e.code, json.loads(e.read())
 
 
-def _start(tmp_path: Path, name: str, *args: str, token: str | None = None):  # noqa: ANN202 - (Popen, url)
+def _start(tmp_path: Path, name: str, *args: str, token: str | None = None):
     port = _free_port()
     proc = procs.spawn([sys.executable, "-m", "rm_engine", "reward-server", "--port", str(port), "--device", "cpu",
                         *args], out_dir=tmp_path, name=name, env={"RMSTUDIO_REWARD_TOKEN": token or ""})
@@ -70,7 +70,7 @@ def _start(tmp_path: Path, name: str, *args: str, token: str | None = None):  # 
     return proc, url
 
 
-def _stop(proc) -> None:  # noqa: ANN001
+def _stop(proc) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 

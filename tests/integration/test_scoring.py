@@ -116,7 +116,7 @@ def test_reward_function_for_grpo(sqlite_db: Database, engine_settings, two_vers
     assert out[0] == pytest.approx(plain)
     assert f.__name__.startswith(f"rmstudio_v{model.version_id}")
     z = reward_function(model, kind="z")(["p"], ["happy to help"])
-    assert z[0] == pytest.approx((model.score_rows([("p", None, "happy to help")])[0].z))
+    assert z[0] == pytest.approx(model.score_rows([("p", None, "happy to help")])[0].z)
 
 
 def test_rescore_stored(sqlite_db: Database, engine_settings, two_versions) -> None:

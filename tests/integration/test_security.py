@@ -23,7 +23,6 @@ from db.config import Settings
 from db.models import Label
 from db.session import Database
 
-
 # ------------------------------------------------------------------------------------------ model files
 
 
@@ -69,7 +68,6 @@ def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path)
     """A backbone folder under RMSTUDIO_HOME whose weights are a pickle: both loaders refuse, nothing runs."""
     from rm_engine.backbone import resolve_backbone
     from rm_engine.features import FeatureExtractor
-
     from tests.tiny_models import build_tiny_encoder
 
     folder = build_tiny_encoder(home / "evil")

@@ -23,7 +23,7 @@ from sqlalchemy import update
 
 from db import jobs as jobq
 from db.config import Settings
-from db.models import Job, JobStatus
+from db.models import Job
 from db.session import Database
 from rm_engine.cli import main as cli_main
 from rm_engine.worker import LOSS_HISTORY_POINTS, Worker, WorkerConfig

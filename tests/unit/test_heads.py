@@ -1,7 +1,6 @@
 """Ensemble heads on features: learning, ensembles, ties, early stopping, speed, round trip."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -24,15 +24,15 @@ from db.labeling import (
     uncertainty,
     undo_last,
 )
+from db.models import Comparison, Label, ModelVersion, Outcome, Ranking, RankingItem, ResponseScore, Side, Source
 from db.ranking_queue import (
     next_ranking,
     ranking_task_for_prompt,
     submit_ranking,
     undo_last_ranking,
 )
-from db.models import Comparison, Label, ModelVersion, Outcome, Ranking, RankingItem, ResponseScore, Side, Source
-from db.store import add_ranking
 from db.session import Database
+from db.store import add_ranking
 from tests.app.conftest import seed_small
 
 
@@ -330,7 +330,8 @@ def test_agreement_share_matches_sql_for_large_ids(any_db: Database) -> None:
         s.execute(insert(Comparison), [{"id": c, "prompt_id": 1, "response_a_id": 1, "response_b_id": 2,
                                         "label_count": 1} for c in big[:1]])
     # One comparison row per (a, b) pair is allowed, so check the bucket rule on the id directly in SQL too.
-    from sqlalchemy import literal, select as sel
+    from sqlalchemy import literal
+    from sqlalchemy import select as sel
 
     with any_db.read() as s:
         for cid in big:

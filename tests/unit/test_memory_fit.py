@@ -47,7 +47,7 @@ def test_fit_gives_up_with_advice() -> None:
 def test_probe_answers_out_of_memory_and_reraises_the_rest() -> None:
     cleared = []
 
-    def boom(exc: BaseException):  # noqa: ANN202
+    def boom(exc: BaseException):
         def step() -> None:
             raise exc
         return step
@@ -77,10 +77,10 @@ def test_trainer_turns_checkpointing_on_when_the_probe_runs_out_of_memory(tmp_pa
     real_load = finetune.load_backbone_model
     forwards = {"refused": 0}
 
-    def load(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+    def load(*args, **kw):
         model = real_load(*args, **kw)
 
-        def pre_hook(module, inputs):  # noqa: ANN001, ANN202
+        def pre_hook(module, inputs):
             if module.training and not model.is_gradient_checkpointing:
                 forwards["refused"] += 1
                 raise _oom()

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-import numpy as np
-
-from rm_engine.normalize import (combine_members, compute_norm_stats, is_valid_stats, member_centers, normalize,
-                                percentile, to_sigmoid, zscore)
+from rm_engine.normalize import (
+    combine_members,
+    compute_norm_stats,
+    is_valid_stats,
+    member_centers,
+    normalize,
+    percentile,
+    to_sigmoid,
+    zscore,
+)
 
 
 def test_stats_and_zscore() -> None:

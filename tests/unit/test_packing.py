@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from db.config import Settings
-from rm_engine.config import TrainConfig
 from rm_engine.batching import plan_packed
+from rm_engine.config import TrainConfig
 from rm_engine.finetune import pair_nll, train_finetune
-from rm_engine.reward_net import RewardNet, collate
 from rm_engine.packing import (
     DENSE_MAX_TOKENS,
     OVERFLOW_MULTIPLE,
@@ -26,7 +25,9 @@ from rm_engine.packing import (
     packed_scores,
     segment_ids,
     set_attn_implementation,
+    strip_hub_kernel_hooks,
 )
+from rm_engine.reward_net import RewardNet, collate
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 
@@ -160,7 +161,7 @@ def test_packed_loss_gradients_equal_padded_gradients(impl: str) -> None:
     tie, margin, w = (torch.zeros(k, dtype=torch.bool, device=dev), torch.zeros(k, device=dev),
                       torch.tensor([1.0, 0.5, 2.0], device=dev))
 
-    def grads(scores_fn) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    def grads(scores_fn) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
         r = scores_fn()
         ((pair_nll(r[:k], r[k:], tie, margin, None, None) * w).sum() / w.sum()).backward()
@@ -209,6 +210,30 @@ def test_compiled_flex_forward_is_one_static_graph() -> None:
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+def _hub_kernel_hooked(model: torch.nn.Module) -> int:
+    return sum(getattr(m.forward, "__globals__", {}).get("__name__", "").startswith("kernels.")
+               for m in model.modules())
+
+
+def test_hub_kernel_hooks_are_stripped_without_changing_scores() -> None:
+    """transformers wraps attention classes in the ``kernels`` package's hook when that package is installed (it
+    is, in the locked environment); the hook makes torch.compile recompile on every call. Compiling packed rows
+    unwraps it on the model's own modules, scores unchanged, the class untouched."""
+    pytest.importorskip("kernels", reason="the hook exists only with the kernels package")
+    model = _tiny_decoder("qwen2")
+    hooked = _hub_kernel_hooked(model)
+    assert hooked == model.config.num_hidden_layers  # one attention module per layer
+    seqs = _seqs(0)
+    before = _padded(model, seqs)
+    assert strip_hub_kernel_hooks(model) == hooked
+    assert _hub_kernel_hooked(model) == 0
+    torch.testing.assert_close(_padded(model, seqs), before)
+    assert _hub_kernel_hooked(_tiny_decoder("qwen2")) == hooked  # other instances keep the class's forward
+    PackedRewardNet(RewardNet(_tiny_decoder("qwen2"), decoder=True), compile=False)  # eager: nothing to strip
+    compiled = PackedRewardNet(RewardNet(_tiny_decoder("qwen2"), decoder=True), compile=True)
+    assert _hub_kernel_hooked(compiled.net.model) == 0
+
+
 def test_choose_attn_implementation() -> None:
     model, cpu = _tiny_decoder("llama"), torch.device("cpu")
     assert choose_attn_implementation(model, cpu, DENSE_MAX_TOKENS) == "sdpa"
@@ -245,7 +270,7 @@ def settings(home: Path, tiny_root: Path) -> Settings:
     return Settings(home=home, db_url=f"sqlite:///{home / 'rmstudio.db'}", model_dirs=(tiny_root,))
 
 
-def _train(root: Path, settings: Settings, kind: str, **kw):  # noqa: ANN202
+def _train(root: Path, settings: Settings, kind: str, **kw):
     pairs = make_pairs(48, ties=4)
     cfg = TrainConfig(mode="finetune", backbone=str(root / kind), epochs=2, lr=1e-3, batch_tokens=512,
                       max_batch_pairs=6, max_length=64, seed=0, **kw)
@@ -275,7 +300,7 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
     plans: list[list[list[int]]] = []
     real_plan_epoch = ft.plan_epoch
 
-    def recording(lengths, cfg, epoch, world_size=1, *, packed_sizes=None):  # noqa: ANN001, ANN202
+    def recording(lengths, cfg, epoch, world_size=1, *, packed_sizes=None):
         assert packed_sizes is not None and [len(x) for x in (lengths, packed_sizes)] == [40, 40]
         plans.append(real_plan_epoch(lengths, cfg, epoch, world_size, packed_sizes=packed_sizes))
         assert plans[-1] == plan_packed(packed_sizes, 512, max_items=6, seed=epoch)  # TrainConfig seed 0

@@ -12,7 +12,13 @@ import torch
 import rm_engine.varlen_attention as va
 from db.config import Settings
 from rm_engine.finetune import pair_nll
-from rm_engine.packing import PackedTrainer, choose_attn_implementation, pack_sequences, packed_scores, set_attn_implementation
+from rm_engine.packing import (
+    PackedTrainer,
+    choose_attn_implementation,
+    pack_sequences,
+    packed_scores,
+    set_attn_implementation,
+)
 from rm_engine.reward_net import RewardNet
 from tests.unit.test_packing import ROW, _max_diff, _padded, _seqs, _tiny_decoder, _train, settings, tiny_root  # noqa: F401
 
@@ -45,14 +51,14 @@ def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     2.10-2.11's (``window_size``, no ``enable_gqa``: the GPU machines' torch) or an older one (``is_causal``, no
     ``enable_gqa``); without ``enable_gqa`` key and value heads are repeated. Returns the calls' kwargs."""
     if request.param == "window_size_no_gqa":
-        def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):  # noqa: ANN001, ANN202
+        def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
             # torch 2.11 tells causal attention by `window_size == (-1, 0)`: a list would silently mean full
             is_causal = window_size == (-1, 0)
             return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
                                          window_size=(-1, 0) if is_causal else (-1, -1))
         params = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"})
     elif request.param == "is_causal":
-        def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):  # noqa: ANN001, ANN202
+        def fn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):
             return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
                                          window_size=(-1, 0) if is_causal else (-1, -1))
         params = frozenset({"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "is_causal"})
@@ -60,7 +66,7 @@ def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         fn, params = reference_varlen_attn, frozenset({"scale", "window_size", "enable_gqa"})
     calls: list[dict] = []
 
-    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def spy(*args, **kwargs):
         calls.append({**kwargs, "heads": (args[0].shape[1], args[1].shape[1]), "max_q": args[5]})
         return fn(*args, **kwargs)
 
@@ -82,7 +88,7 @@ def test_varlen_scores_and_gradients_equal_padded(arch: str, reference_kernel: l
     k = len(seqs) // 2
     tie, margin = torch.zeros(k, dtype=torch.bool), torch.zeros(k)
 
-    def grads(scores_fn):  # noqa: ANN001, ANN202
+    def grads(scores_fn):
         model.zero_grad(set_to_none=True)
         r = scores_fn()
         pair_nll(r[:k], r[k:], tie, margin, None, None).mean().backward()
@@ -138,8 +144,8 @@ def test_varlen_refuses_padded_batches_and_sliding_windows() -> None:
         va.varlen_attention(None, q[:1], q[:1], q[:1], None, sliding_window=4, cu_seq_lens_q=cu, max_length_q=8)
 
 
-def test_packed_varlen_training_equals_padded_training(reference_kernel: list[dict], tiny_root: Path,  # noqa: F811
-                                                       settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_packed_varlen_training_equals_padded_training(reference_kernel: list[dict], tiny_root: Path,
+                                                       settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer's varlen path (PackedTrainer: the tail cut to cfg.max_length, segment boundaries to every
     layer) reaches the weights padded training reaches on the same batches."""
     import rm_engine.finetune as ft
@@ -161,7 +167,7 @@ def test_varlen_hands_the_kernel_16_bit_inputs_and_returns_the_callers_dtype(mon
     gets bf16 and the caller its own dtype back (a meta tensor stands in for a CUDA one)."""
     seen: list[torch.dtype] = []
 
-    def kernel(q, k, v, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def kernel(q, k, v, *args, **kwargs):
         seen.extend(t.dtype for t in (q, k, v))
         return torch.empty_like(q)
 
@@ -185,7 +191,7 @@ def test_real_kernel_matches_padded_sdpa_on_cuda() -> None:
     seqs = _seqs(1)
     va.register()
 
-    def run(fn):  # noqa: ANN001, ANN202
+    def run(fn):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             r = fn()
