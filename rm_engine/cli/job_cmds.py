@@ -84,7 +84,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the worker loop in this process."""
+    from transformers.utils import logging as hf_logging
+
     from rm_engine.worker import WorkerConfig, main
+
+    hf_logging.disable_progress_bar()  # the worker's log is one line per event: no bar per model load
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     try:
