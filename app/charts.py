@@ -101,15 +101,27 @@ def dataset_size(n_labels: int, by_source: Mapping[str, int] | None = None) -> g
     return fig
 
 
+#: Length of a ``labels_over_time`` period, and the tick format when each period gets its own tick.
+PERIODS = {"hour": (pd.Timedelta(hours=1), "%b %d %H:00"), "day": (pd.Timedelta(days=1), "%b %d"),
+           "week": (pd.Timedelta(weeks=1), "%b %d")}
+
+
 def labels_over_time(df: pd.DataFrame, unit: str = "day") -> go.Figure:
-    """Labels per period, stacked by source (``period``, ``source``, ``labels``)."""
+    """Labels per period, stacked by source (``period``, ``source``, ``labels``). The axis spans whole periods
+    (a single period would otherwise be drawn on a millisecond scale), one tick per period when there are few."""
     title = f"Labels per {unit} by source"
     if not len(df):
         return empty_figure(title, "no labels yet")
-    fig = _fig(title, barmode="stack", yaxis=dict(title="labels"), xaxis=dict(type="date"))
+    step, tick_format = PERIODS.get(unit, PERIODS["day"])
+    periods = pd.to_datetime(df["period"])
+    xaxis: dict[str, Any] = dict(type="date", range=[periods.min() - step * 0.6, periods.max() + step * 0.6])
+    if periods.nunique() <= 12:
+        xaxis.update(tickvals=sorted(periods.unique()), tickformat=tick_format)
+    fig = _fig(title, barmode="stack", yaxis=dict(title="labels"), xaxis=xaxis)
     for src, g in df.groupby("source"):
         fig.add_trace(go.Bar(x=g["period"], y=g["labels"], name=str(src), marker_color=SOURCE_COLORS.get(str(src)),
-                             customdata=g["cumulative"], hovertemplate="%{x}: %{y} labels (%{customdata} in total)"))
+                             width=step.total_seconds() * 1000 * 0.8, customdata=g["cumulative"],
+                             hovertemplate="%{x}: %{y} labels (%{customdata} in total)"))
     return fig
 
 
@@ -122,8 +134,9 @@ def annotator_throughput(df: pd.DataFrame, top: int = 30) -> go.Figure:
     fig = _fig(title, yaxis=dict(title="labels"), xaxis=dict(type="category"))
     for src, g in d.groupby("source", sort=False):
         fig.add_trace(go.Bar(x=g["annotator"].astype(str), y=g["labels"], name=str(src), marker_color=SOURCE_COLORS.get(str(src)),
-                             customdata=g["median_seconds"].fillna(-1),
-                             hovertemplate="%{x}: %{y} labels, median %{customdata:.1f} s<extra></extra>"))
+                             customdata=[f"median {x:.1f} s per label" if x == x and x is not None
+                                         else "no time recorded" for x in g["median_seconds"]],
+                             hovertemplate="%{x}: %{y} labels, %{customdata}<extra></extra>"))
     return fig
 
 
@@ -273,4 +286,20 @@ def cv_folds(result: Mapping[str, Any] | None, title: str = "Cross-validation: h
         if se:
             fig.add_hrect(y0=acc - se, y1=acc + se, fillcolor="#ef6c00", opacity=0.12, line_width=0)
     _bands(fig)
+    return fig
+
+
+def z_by_version(table: pd.DataFrame, versions: Sequence[int]) -> go.Figure:
+    """Each response's z-score under each version, as grouped bars (the Inspect comparison: ``response`` and
+    ``v<id> z`` columns); responses are numbered as entered, their text on hover."""
+    title = "z-score of each response per version"
+    if not len(table) or not versions:
+        return empty_figure(title, "score responses with two versions or more to compare them")
+    fig = _fig(title, barmode="group", xaxis=dict(type="category", title="response"),
+               yaxis=dict(title="z (standardised score)", zeroline=True, zerolinecolor="#9e9e9e"))
+    numbers = [str(r).split(".", 1)[0] for r in table["response"]]
+    texts = [str(r).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for r in table["response"]]
+    for v in versions:
+        fig.add_trace(go.Bar(x=numbers, y=table[f"v{v} z"], name=f"v{v}", customdata=texts,
+                             hovertemplate=f"v{v}: z %{{y:.2f}}<br>%{{customdata}}<extra></extra>"))
     return fig

@@ -10,6 +10,7 @@ import streamlit as st
 from app import charts
 from app import dashboard_data as data
 from app.data_view import too_big
+from app.hints import nothing_yet
 from app.render import pct
 from app.resources import settings
 from rm_engine import coverage
@@ -36,7 +37,12 @@ def _uploaded(cfg: Any) -> list[str] | None:
 def coverage_panel(url: str, fp: data.Fingerprint) -> None:
     """Labels per category; uploaded downstream prompts checked against the labelled ones."""
     base = data.coverage_base(url, fp)
-    st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
+    if len(base["labelled"]):
+        st.plotly_chart(charts.labels_per_category(base["per_category"]), key="categories")
+    else:
+        nothing_yet("No labelled prompt yet: labels per category show here once pairs are labelled (or labelled data "
+                    "is imported on the Data page); until then no downstream prompt is covered.", "label.py",
+                    "Label pairs")
     cfg = settings()
     seen = data.served_summary()
     sources = ["an uploaded file"] + ([SERVED] if seen["prompts"] else [])

@@ -1,99 +1,156 @@
-"""Who is labeling: an annotator name and a source, remembered across reruns and page reloads.
+"""Who is labeling: an annotator account (``db/annotators.py``), resolved from the address on every run.
 
-The identity lives in ``st.session_state`` (reruns) and in the URL's query parameters ``annotator`` and
-``source`` (reloads and bookmarks). It is not authentication: anyone may type any name. Researcher rights come
-from :mod:`app.auth`.
+* ``?invite=<token>``: a personal link; the annotator and their tier are the ones on record.
+* ``?campaign=<token>&PROLIFIC_PID=<id>`` (or ``&worker_id=<id>``): a crowd campaign; the worker becomes a
+  crowd-tier annotator on their first visit.
+* Neither, with researcher rights (:mod:`app.auth`; always so without a researcher token): the researcher labels as
+  the local annotator, named and tiered once (here on first use, or on the Data page's Team tab).
+* Neither, without researcher rights: nothing to label with; the page says to ask for a personal link.
+
+Nothing else in the address (``annotator=``, ``source=``) changes the identity or the tier: the page says it
+ignored them. The tier is read again on every run, and the account again in every write (a revoked link stops
+at once).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 
-from db.models import Source
+from app import auth
+from db import annotators as team
+from db.models import Annotator, Source
 
 _KEY = "rmstudio_identity"
-MAX_NAME = 100
+IGNORED_PARAMS = ("annotator", "source")
+MAX_NAME = team.MAX_NAME
 
 
 @dataclass(frozen=True)
 class Identity:
-    """An annotator's name and the source their labels are recorded with."""
+    """The annotator of this browser session: account id, name, tier on record, and how it was found
+    (``invite``, ``campaign`` or ``local``)."""
 
+    annotator_id: int
     name: str
-    source: Source
+    tier: Source
+    via: str
 
 
-def _valid_name(name: str | None) -> str | None:
-    name = (name or "").strip()
-    if not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
-        return None
-    return name
+def _db() -> Any:
+    from app.resources import database  # app.resources re-exports this module: imported late, not at load
+
+    return database()
 
 
-def _from_query() -> Identity | None:
-    name = _valid_name(st.query_params.get("annotator"))
-    src = st.query_params.get("source", Source.crowd.value)
-    if name is None or src not in {s.value for s in Source}:
-        return None
-    return Identity(name, Source(src))
+def _of(ann: Annotator, via: str) -> Identity:
+    return Identity(ann.id, ann.name, Source(ann.default_source), via)
+
+
+def _param(name: str) -> str | None:
+    value = st.query_params.get(name)
+    return value if value else None
+
+
+def _from_link() -> Identity | None:
+    """The identity a personal or campaign link gives; None without one. Raises ``team.LinkError``."""
+    if team.INVITE_PARAM in st.query_params:
+        with _db().read() as s:
+            return _of(team.annotator_for_link(s, _param(team.INVITE_PARAM)), "invite")
+    if team.CAMPAIGN_PARAM in st.query_params:
+        token = _param(team.CAMPAIGN_PARAM)
+        worker = next((_param(p) for p in team.WORKER_PARAMS if _param(p)), None)
+        with _db().read() as s:
+            found = team.find_campaign_worker(s, token, worker)
+            if found is not None:
+                return _of(found, "campaign")
+        with _db().write() as s:  # first visit of this worker
+            return _of(team.join_campaign(s, token, worker), "campaign")
+    return None
+
+
+def _local() -> Identity | None:
+    with _db().read() as s:
+        ann = team.local_annotator(s)
+        if ann is None:
+            return None
+        if ann.revoked_at is not None:
+            raise team.LinkError(f"{ann.name} is revoked: pick another name below, or invite them again on the "
+                                 "Data page's Team tab.")
+        return _of(ann, "local")
 
 
 def current_identity() -> Identity | None:
-    """The identity of this browser session, from session state or (after a reload) the URL; None if unset."""
-    ident = st.session_state.get(_KEY)
-    if ident is None:
-        ident = _from_query()
-        if ident is not None:
-            st.session_state[_KEY] = ident
-    if ident is not None and st.query_params.get("annotator") != ident.name:
-        # Page switches may drop query parameters: put them back so a reload keeps the identity.
-        st.query_params["annotator"] = ident.name
-        st.query_params["source"] = ident.source.value
-    return ident
+    """The identity the Label page last resolved in this session (None before): who researcher actions are by."""
+    return st.session_state.get(_KEY)
 
 
-def set_identity(name: str, source: Source | str) -> Identity:
-    """Remember ``name``/``source`` for this session and in the URL. Raises ValueError on a bad name."""
-    clean = _valid_name(name)
-    if clean is None:
-        raise ValueError(f"annotator name must be 1-{MAX_NAME} printable characters, got {name!r}")
-    ident = Identity(clean, Source(source))
-    st.session_state[_KEY] = ident
-    st.query_params["annotator"] = ident.name
-    st.query_params["source"] = ident.source.value
-    return ident
+def researcher_name() -> str:
+    """Who a researcher's actions are recorded as: the logged-in account's email, else the local annotator's name,
+    else ``researcher``."""
+    try:
+        if auth.oidc_configured() and st.user.is_logged_in and st.user.get("email"):
+            return str(st.user.get("email"))
+    except Exception:  # noqa: BLE001 - no login configured: st.user raises
+        pass
+    with _db().read() as s:
+        ann = team.local_annotator(s)
+        return ann.name if ann is not None else "researcher"
 
 
-def clear_identity() -> None:
-    """Forget the identity (the "switch annotator" button)."""
-    st.session_state.pop(_KEY, None)
-    for k in ("annotator", "source"):
-        if k in st.query_params:
-            del st.query_params[k]
+def _note_ignored(ident: Identity) -> None:
+    given = {k: st.query_params[k] for k in IGNORED_PARAMS if k in st.query_params}
+    if given.get("annotator", ident.name) != ident.name or given.get("source", ident.tier.value) != ident.tier.value:
+        shown = ", ".join(f"`{k}={v}`" for k, v in given.items())
+        st.warning(f"The address also says {shown}: ignored. Who you label as and your tier are on record; a "
+                   f"researcher assigns them.", icon=":material/info:")
 
 
-def identity_form() -> Identity | None:
-    """Render the "who are you" form when no identity is set; returns the identity (possibly just set)."""
-    ident = current_identity()
-    if ident is not None:
-        return ident
+def local_form() -> None:
+    """The one-time "who is labeling" form of the researcher's own machine (name and tier, remembered there)."""
     st.subheader("Who is labeling?")
     with st.form("identity"):
         name = st.text_input("Your name", max_chars=MAX_NAME, placeholder="e.g. alice")
-        source = st.radio(
-            "Source",
-            [s.value for s in Source],
-            index=1,
-            horizontal=True,
-            help="expert: domain experts; crowd: paid or volunteer labelers; ai: labels produced by a model.",
-        )
+        tier = st.radio("Tier", [t.value for t in team.HUMAN_TIERS], index=1, horizontal=True,
+                        help="expert: your labels are the gold standard others are measured against; crowd: "
+                             "everyone else. Set once for this machine; the Data page's Team tab changes it.")
         ok = st.form_submit_button("Start labeling", type="primary")
     if ok:
         try:
-            ident = set_identity(name, source)
+            with _db().write() as s:
+                team.set_local_annotator(s, name, tier, by=(name or "").strip() or "researcher")
         except ValueError as exc:
             st.error(str(exc))
-            return None
+            return
         st.rerun()
-    return None
+
+
+def identity_gate() -> Identity:
+    """The identity of this run, or render why there is none (and what to do) and stop the page."""
+    try:
+        ident = _from_link()
+        if ident is None and auth.researcher_enabled():
+            ident = _local()
+    except team.LinkError as exc:
+        st.error(str(exc), icon=":material/link_off:")
+        if auth.researcher_enabled() and team.INVITE_PARAM not in st.query_params \
+                and team.CAMPAIGN_PARAM not in st.query_params:
+            local_form()
+        st.stop()
+    if ident is None:
+        if auth.researcher_enabled():
+            local_form()
+        else:
+            st.info("Labeling needs your personal link: ask your researcher for one.", icon=":material/link:")
+        st.stop()
+    st.session_state[_KEY] = ident
+    _note_ignored(ident)
+    return ident
+
+
+def switch_local() -> None:
+    """Forget who labels on this machine (the "Switch annotator" button of the local identity)."""
+    with _db().write() as s:
+        team.clear_local_annotator(s)
+    st.session_state.pop(_KEY, None)

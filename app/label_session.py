@@ -14,6 +14,8 @@ import streamlit as st
 
 from app.identity import Identity
 from app.resources import database
+from db import review
+from db.annotators import LinkError, active_annotator
 from db.guidelines import Guidelines, get_guidelines
 from db.labeling import (
     QueueItem,
@@ -40,6 +42,8 @@ STRENGTHS = {"slightly": 1, "clearly": 2}
 RANK_REFUSED = "Ranking not saved."
 RSTACK = "lbl_rstack"  # the keys of the rankings this session stored, newest last (what Undo takes back)
 GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this labeler acknowledged
+WHO = "lbl_who"  # the annotator id this session's state belongs to
+FLAG_REASONS = [r.value for r in review.LABELER_REASONS]
 
 
 def _state(key: str, default: Any) -> Any:
@@ -49,7 +53,18 @@ def _state(key: str, default: Any) -> Any:
 
 
 def _fail(exc: Exception) -> None:
+    if isinstance(exc, LinkError):  # revoked meanwhile: say so, no retry helps
+        st.session_state[ERROR] = str(exc)
+        return
     st.session_state[ERROR] = f"Could not save: {explain_db_error(exc)}. Your choice was not recorded; try again."
+
+
+def follow(ident: Identity) -> None:
+    """Start this session's labeling state afresh when it now labels as someone else."""
+    before = st.session_state.get(WHO)
+    if before is not None and before != ident.annotator_id:
+        reset()
+    st.session_state[WHO] = ident.annotator_id
 
 
 def current_item(ident: Identity) -> QueueItem | None:
@@ -74,8 +89,8 @@ def on_choice(choice: str, item: QueueItem, ident: Identity) -> None:
         return
     strength = STRENGTHS.get(st.session_state.get(f"strength_{item.key}") or "")
     try:
-        with database().write() as s:
-            submit_label(s, item, choice, annotator=ident.name, source=ident.source, strength=strength)
+        with database().write() as s:  # the account is checked and its tier read in the write itself
+            submit_label(s, item, choice, annotator=active_annotator(s, ident.annotator_id), strength=strength)
     except Exception as exc:  # noqa: BLE001 - shown to the labeler in one line
         _fail(exc)
         return
@@ -96,9 +111,42 @@ def on_skip(item: QueueItem, ident: Identity) -> None:
     _advance(ident)
 
 
+def flag_reason_key(item: QueueItem) -> str:
+    """Widget key of the flag reason chosen for ``item``."""
+    return f"flag_reason_{item.key}"
+
+
+def flag_comment_key(item: QueueItem) -> str:
+    """Widget key of the optional comment of a flag on ``item``."""
+    return f"flag_comment_{item.key}"
+
+
+def on_flag(item: QueueItem, ident: Identity, reason: str | None = None, comment: str | None = None) -> None:
+    """Flag the pair on screen as one this labeler cannot judge (``reason``: broken, offensive, needs_expertise,
+    other; default: the reason chosen in the flag form), with an optional comment; then show the next pair. The
+    pair goes to the researchers' Review tab and leaves the queue until they resolve it."""
+    reason = reason or st.session_state.get(flag_reason_key(item)) or review.LABELER_REASONS[0].value
+    comment = comment if comment is not None else st.session_state.get(flag_comment_key(item))
+    try:
+        with database().write() as s:
+            ann = active_annotator(s, ident.annotator_id)
+            review.flag_pair(s, item.comparison_id, reason, by=ann.name, comment=comment, annotator_id=ann.id)
+    except ValueError as exc:  # e.g. a comment too long: nothing stored, the reason shown
+        st.session_state[ERROR] = f"Flag not saved: {exc}"
+        return
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    skipped = _state(SKIPPED, [])
+    if item.comparison_id not in skipped:
+        skipped.append(item.comparison_id)
+    st.session_state.pop(ERROR, None)
+    st.session_state[NOTICE] = "Flagged: the pair goes to the researchers' review"
+    _advance(ident)
+
+
 def on_undo(ident: Identity) -> None:
-    """Delete my last label (the newest one this session stored, else my newest one made in the app) and show
-    that pair again."""
+    """Delete the newest label this browser session stored (never one made elsewhere) and show that pair again."""
     def show(s: Any, cid: int) -> None:
         st.session_state[ITEM] = item_for_comparison(s, cid)
 
@@ -107,16 +155,14 @@ def on_undo(ident: Identity) -> None:
 
 def _undo(ident: Identity, stack_key: str, undo: Callable[..., int | None], show: Callable[[Any, int], None],
           notice: str) -> None:
-    """Undo through ``undo(session, name, key)`` (the keys this session stored, newest first, then my newest
-    made in the app), then ``show(read_session, id)`` what came back."""
+    """Undo through ``undo(session, name, key)`` with the keys this session stored, newest first (nothing else:
+    an empty stack undoes nothing), then ``show(read_session, id)`` what came back."""
     stack: list[str] = _state(stack_key, [])
     try:
         with database().write() as s:
             got = None
             while got is None and stack:
                 got = undo(s, ident.name, stack.pop())
-            if got is None:
-                got = undo(s, ident.name)
         if got is None:
             st.session_state[NOTICE] = "Nothing to undo"
             return
@@ -200,7 +246,8 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
         return
     try:
         with database().write() as s:
-            submit_ranking(s, task, order, annotator=ident.name, source=ident.source)
+            ann = active_annotator(s, ident.annotator_id)
+            submit_ranking(s, task, order, annotator=ann, source=ann.default_source)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
@@ -213,8 +260,7 @@ def on_rank(task: RankingTask, ident: Identity) -> None:
 
 
 def on_rank_undo(ident: Identity) -> None:
-    """Delete my last ranking (the newest this session stored, else my newest made in the app) and show that
-    prompt again, in a new display order."""
+    """Delete the newest ranking this browser session stored and show that prompt again, in a new display order."""
     def show(s: Any, pid: int) -> None:
         st.session_state[TASK] = ranking_task_for_prompt(s, pid)
 
@@ -235,8 +281,9 @@ def on_rank_skip(task: RankingTask, ident: Identity) -> None:
 
 
 def reset() -> None:
-    """Forget the items on screen and the guidelines acknowledged (after switching annotator)."""
-    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK, GUIDE_SEEN):
+    """Forget the items on screen, what Undo could take back and the guidelines acknowledged (after switching
+    annotator)."""
+    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK, GUIDE_SEEN, DONE, WHO):
         st.session_state.pop(k, None)
     if "guidelines" in st.query_params:
         del st.query_params["guidelines"]

@@ -16,7 +16,10 @@ import streamlit as st  # noqa: E402
 
 from app import auth  # noqa: E402
 
-st.set_page_config(page_title="RM Studio", page_icon=":material/balance:", layout="wide")
+# The favicon is a file of the package: an emoji or material icon would make the browser fetch it from a CDN, and
+# the app must work offline.
+st.set_page_config(page_title="RM Studio", page_icon=Path(__file__).resolve().parent / "assets" / "favicon.png",
+                   layout="wide")
 
 _PAGES = Path(__file__).resolve().parent / "views"
 

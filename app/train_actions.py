@@ -21,7 +21,7 @@ from db import jobs, policy, versions
 from db.models import JobKind
 from db.session import explain_db_error
 from rm_engine import registry
-from rm_engine.config import SOURCES, TrainConfig
+from rm_engine.config import SOURCES, TrainConfig, check_queueable, policy_train_config
 
 T = TypeVar("T")
 _MSG = "train_messages"
@@ -83,8 +83,8 @@ def enqueue_cv() -> None:
 
 
 def _enqueue(kind: JobKind, what: str, **extra: Any) -> None:
-    try:
-        cfg = config_from_form(st.session_state)
+    try:  # the worker's own checks (fields, backbone folder), before anything is queued
+        cfg = check_queueable(config_from_form(st.session_state), settings())
     except ValueError as exc:
         _say("error", f"Invalid training settings: {exc}")
         return
@@ -121,9 +121,15 @@ def with_flags(train_params: dict[str, Any], **flags: bool) -> dict[str, Any]:
 
 
 def save_policy(**changes: Any) -> None:
-    """Store the automatic-retrain policy (validated: a bad value is named in the error)."""
+    """Store the automatic-retrain policy (validated, its training parameters as the worker will check them: a bad
+    value is named in the error)."""
+    def apply(s: Session) -> policy.RetrainPolicy:
+        if "train_params" in changes:
+            policy_train_config(changes["train_params"], changes.get("mode", policy.get_policy(s).mode), settings())
+        return policy.set_policy(s, **changes)
+
     try:
-        if _write("save the policy", lambda s: policy.set_policy(s, **changes)) is not None:
+        if _write("save the policy", apply) is not None:
             _say("success", "Policy saved.")
     except ValueError as exc:
         _say("error", str(exc))

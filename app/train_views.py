@@ -1,5 +1,6 @@
-"""Sections of the Train page kept out of its script: the automatic-retrain policy form and the
-cross-validation results (``cv`` jobs). Thin: database reads through ``db``, writes through ``app.train_actions``."""
+"""Sections of the Train page kept out of its script: the automatic-retrain policy form with the live count of
+labels since the newest version, and the cross-validation results (``cv`` jobs, refreshed on their own). Thin:
+database reads through ``db``, writes through ``app.train_actions``."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,6 +8,7 @@ import streamlit as st
 
 from app import charts
 from app import train_actions as act
+from app.train_live import SECTION_REFRESH_S
 from db import jobs, policy
 from db.models import JobKind, JobStatus
 from db.session import Database
@@ -20,8 +22,7 @@ def policy_section(db: Database) -> None:
     st.subheader("Automatic retraining")
     with db.read() as s:
         pol = policy.get_policy(s)
-        pending = policy.labels_since_last_version(s)
-    st.caption(f"{pending} labels since the newest version.")
+    pending_labels(db)
     with st.form("policy_form"):
         p1, p2, p3, p4 = st.columns(4)
         enabled = p1.toggle("Enabled", value=pol.enabled)
@@ -38,6 +39,18 @@ def policy_section(db: Database) -> None:
             act.show_messages()
 
 
+@st.fragment(run_every=SECTION_REFRESH_S)
+def pending_labels(db: Database) -> None:
+    """How many labels arrived since the newest version, and whether that starts an automatic retrain."""
+    with db.read() as s:
+        pol = policy.get_policy(s)
+        pending = policy.labels_since_last_version(s)
+    when = (f"; the automatic retrain starts at {pol.min_new_labels}" if pol.enabled
+            else "; automatic retraining is off")
+    st.caption(f"{pending} labels since the newest version{when}.")
+
+
+@st.fragment(run_every=SECTION_REFRESH_S)
 def cv_section(db: Database) -> None:
     """Finished cross-validations: pooled held-out accuracy with its standard error per run, and the newest run's
     folds as a chart."""

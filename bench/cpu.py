@@ -3,7 +3,7 @@ from the same run, and their ratio.
 
     nice python bench/cpu.py [--texts 256] [--threads 2] [--pairs 1000,10000,100000] [--out bench.json]
 
-1. Feature extraction (MiniLM-L6, real HH-harmless (prompt, response) texts when ../shared/data is present):
+1. Feature extraction (MiniLM-L6, real HH-harmless (prompt, response) texts when the real-data folder is present):
    unbatched (one text per forward) vs batches of 32 in random order vs batches sorted by length vs sorted +
    int8 dynamic quantization. Texts/s and ratios against unbatched and against unsorted batches.
 2. Head retraining on cached features (synthetic 1536-d "rich" features for 1k / 10k / 100k pairs): seconds per

@@ -11,8 +11,9 @@ beat), the ratio of the spreads, and the seconds per estimate. By hand, not in C
 
     python bench/cv_noise.py [--home /tmp/rmstudio-bench-cv] [--seeds 10] [--folds 10] [--json]
 
-The first run imports ``../shared/data/hh_harmless_1300.jsonl.gz`` into ``--home`` and embeds its texts with the
-bundled MiniLM (~90 s on 2 cores); later runs reuse the feature cache.
+The first run imports ``hh_harmless_1300.jsonl.gz`` (HH-RLHF harmless-base, first 1,300 pairs; read from the
+real-data folder beside the checkout) into ``--home`` and embeds its texts with the bundled MiniLM (~90 s on 2
+cores); later runs reuse the feature cache.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ spread over random pairs by 60 annotators of the three sources (one pair in thre
 agreement has work to do), with random outcomes and times over 30 days; 5 model versions, the newest with
 cached scores of every response. Timed: a fresh server's first render (imports included), warm reruns, the
 Agreement tab cold and warm, and renders after a new label (what a researcher sees while labelers work).
-Target (issue 5): dashboard < 2 s.
+Target: dashboard < 2 s.
 """
 from __future__ import annotations
 

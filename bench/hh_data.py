@@ -1,4 +1,5 @@
-"""Loader for the HH-RLHF harmless pairs in ``../shared/data/hh_harmless_1300.jsonl.gz`` (benchmarks only).
+"""Loader for ``hh_harmless_1300.jsonl.gz``, the first 1,300 pairs of HH-RLHF's harmless-base test file
+(benchmarks only; by default read from the real-data folder beside the checkout, as in ``tests/conftest.py``).
 
 Each line holds two transcripts that share the dialogue up to the final ``\\n\\nAssistant:`` turn. The shared part
 becomes the prompt (last human turn) plus history (earlier turns); the final assistant turns are the responses.

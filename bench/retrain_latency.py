@@ -4,7 +4,7 @@
 
 What is timed, per dataset size, on a real SQLite file (or ``--db-url`` PostgreSQL):
 
-1. The dataset is stored (HH-RLHF harmless pairs from ``../shared/data``, chosen preferred, source crowd) and a
+1. The dataset is stored (HH-RLHF harmless pairs from ``hh_harmless_1300.jsonl.gz``, chosen preferred, source crowd) and a
    first head-mode version is trained inline, with MiniLM features already in the on-disk cache.
 2. ``rmstudio worker`` runs as a separate process with its defaults (idle poll every 1 s, engine preloaded); the
    policy is min_new_labels=N (20), min_interval 0.

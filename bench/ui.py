@@ -18,7 +18,7 @@ What is timed:
   with cached scores): the first render with empty caches (``cold``: what a researcher waits for after each
   data change) and reruns with unchanged data (``warm``).
 
-Targets (issue 5): label page p95 < 150 ms, dashboard < 2 s.
+Targets: label page p95 < 150 ms, dashboard < 2 s.
 """
 from __future__ import annotations
 

@@ -18,6 +18,15 @@ The result is what the per-record path stores: same rows, same hashes, the compa
 pair (``response_a_id < response_b_id``) with each label's outcome and displayed side relative to it, a
 prompt's category / a response's model filled in from the first record that has one, an annotator's default
 source from the first record that names it, ``label_count`` equal to the labels added.
+
+Every multi-row statement writes its rows in the order of their unique key (annotator name, prompt hash,
+``(prompt_id, response hash)``, ``(response_a_id, response_b_id)``, idempotency key, comparison id), so
+concurrent imports lock shared rows in one order instead of deadlocking on PostgreSQL; what still conflicts
+across batches is retried whole by the importer (``Database.run_write``).
+
+An unlabeled record's responses are paired by :func:`partner_pairs`: every pair up to ``PAIR_PARTNERS + 1``
+responses, beyond that ``PAIR_PARTNERS`` partners per response, so one line with thousands of responses makes
+a few thousand comparisons, not millions. Chunks are cut by weight (responses and pairs), not only by count.
 """
 from __future__ import annotations
 
@@ -46,9 +55,38 @@ from db.models import (
     Split,
     utcnow,
 )
-from db.store import all_pairs, prompt_hash, sha256
+from db.store import prompt_hash, sha256
 
 IN_LIMIT = 500  # items per IN (...) list: far below SQLite's 32,766 bound variables
+PAIR_PARTNERS = 8  # an unlabeled record's response is paired with at most this many of its other responses
+CHUNK_WEIGHT = 5_000  # responses + comparisons per chunk, whatever the number of records
+
+
+def partner_pairs(hashes: Sequence[str], k: int = PAIR_PARTNERS) -> list[tuple[int, int]]:
+    """The pairs of an unlabeled record's responses that become comparisons, as index pairs ``(i, j)``, i < j.
+
+    Up to ``k + 1`` responses: every pair. Beyond, the responses are placed on a ring in the order of their
+    content hashes and each is paired with its ``k`` nearest neighbours (``k / 2`` on each side): ``n * k / 2``
+    pairs, every response in exactly ``k`` of them and all of them connected, chosen by content alone (a random
+    order that the same responses, in any order, always give again: re-imports make the same pairs).
+    """
+    n = len(hashes)
+    if n <= k + 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    order = sorted(range(n), key=lambda i: hashes[i])
+    out: set[tuple[int, int]] = set()
+    for p in range(n):
+        for d in range(1, k // 2 + 1):
+            i, j = order[p], order[(p + d) % n]
+            out.add((min(i, j), max(i, j)))
+    return sorted(out)
+
+
+def record_weight(responses: int, kind: str) -> int:
+    """Rows a record makes (responses and comparisons): what bounds a chunk's memory and statement size."""
+    if kind == "unlabeled":
+        return responses + (responses * (responses - 1) // 2 if responses <= PAIR_PARTNERS + 1 else responses * PAIR_PARTNERS // 2)
+    return responses + 1
 
 
 @dataclass(slots=True)
@@ -108,22 +146,25 @@ def prepare_record(rec: ImportRecord, origin: str) -> Prepared:
 
 
 class Spool:
-    """Prepared chunks in memory, spilled to a temporary file (pickled) beyond ``keep_in_memory`` records, so a
-    huge file is neither held in memory nor parsed again while the write lock is held."""
+    """Prepared chunks in memory, spilled to a temporary file (pickled) beyond ``keep_in_memory`` weight (about
+    one unit per response or comparison), so a huge file is neither held in memory nor parsed again while the
+    write lock is held."""
 
     def __init__(self, keep_in_memory: int) -> None:
         self.keep = keep_in_memory
         self.records = 0
+        self.weight = 0
         self._chunks: list[list[Prepared]] = []
         self._n_chunks = 0
         self._file: Any = None
 
-    def add(self, chunk: list[Prepared]) -> None:
+    def add(self, chunk: list[Prepared], weight: int | None = None) -> None:
         if not chunk:
             return
         self.records += len(chunk)
+        self.weight += len(chunk) if weight is None else weight
         self._n_chunks += 1
-        if self._file is None and self.records > self.keep:
+        if self._file is None and self.weight > self.keep:
             self._file = tempfile.TemporaryFile(prefix="rmstudio-import-")  # noqa: SIM115 - closed by close()
             for c in self._chunks:
                 pickle.dump(c, self._file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -159,11 +200,12 @@ class Plan:
 
 
 def prepare(records: Iterable[ImportRecord], origin: str, *, chunk_size: int, keep_in_memory: int) -> Plan:
-    """Hash, check and chunk records; a label or ranking whose key appeared earlier in the file is left out
-    (counted in ``in_file_duplicates``), as the per-record path skips it."""
+    """Hash, check and chunk records (at most ``chunk_size`` records and about ``CHUNK_WEIGHT`` rows per chunk);
+    a label or ranking whose key appeared earlier in the file is left out (counted in ``in_file_duplicates``),
+    as the per-record path skips it. ``keep_in_memory`` is a weight (see :class:`Spool`)."""
     spool = Spool(keep_in_memory)
     seen: set[tuple[str, str]] = set()
-    dup = n = 0
+    dup = n = weight = 0
     chunk: list[Prepared] = []
     for rec in records:
         if rec.kind != "unlabeled":
@@ -171,12 +213,17 @@ def prepare(records: Iterable[ImportRecord], origin: str, *, chunk_size: int, ke
                 dup += 1
                 continue
             seen.add((rec.kind, rec.key))
+        w = record_weight(len(rec.responses), rec.kind)
+        if chunk and weight + w > CHUNK_WEIGHT:
+            spool.add(chunk, weight)
+            chunk, weight = [], 0
         chunk.append(prepare_record(rec, origin))
         n += 1
+        weight += w
         if len(chunk) >= chunk_size:
-            spool.add(chunk)
-            chunk = []
-    spool.add(chunk)
+            spool.add(chunk, weight)
+            chunk, weight = [], 0
+    spool.add(chunk, weight)
     return Plan(spool, n, dup)
 
 
@@ -215,7 +262,7 @@ class BulkWriter:
         live = self._drop_stored(chunk)
         if not live:
             return
-        if len(self.responses) > self.max_cache:  # bound memory on huge files
+        if len(self.responses) + len(self.comparisons) > self.max_cache:  # bound memory on huge files
             self.prompts.clear()
             self.responses.clear()
             self.comparisons.clear()
@@ -246,7 +293,7 @@ class BulkWriter:
         if want:
             now = utcnow()
             t = Annotator.__table__
-            rows = [{"name": n, "default_source": Source(src), "created_at": now} for n, src in want.items()]
+            rows = [{"name": n, "default_source": Source(src), "created_at": now} for n, src in sorted(want.items())]
             stmt = self._insert(t).on_conflict_do_nothing(index_elements=["name"])
             for i, n in self.s.execute(stmt.returning(t.c.id, t.c.name), rows):
                 self.annotators[n] = i
@@ -269,7 +316,7 @@ class BulkWriter:
         if new:
             now = utcnow()
             rows = []
-            for h, row in new.items():
+            for h, row in sorted(new.items()):
                 if not row["category"] and h in wanted_category:
                     row["category"] = wanted_category[h]
                 rows.append({**row, "created_at": now})
@@ -279,7 +326,8 @@ class BulkWriter:
             for piece in _pieces([h for h in new if h not in self.prompts]):  # already stored: look them up
                 for i, h, cat in self.s.execute(select(t.c.id, t.c.content_hash, t.c.category).where(t.c.content_hash.in_(piece))):
                     self.prompts[h] = [i, cat]
-        fill = [{"pid": self.prompts[h][0], "cat": c} for h, c in wanted_category.items() if not self.prompts[h][1]]
+        fill = sorted(({"pid": self.prompts[h][0], "cat": c} for h, c in wanted_category.items() if not self.prompts[h][1]),
+                      key=lambda r: r["pid"])
         if fill:
             self.s.execute(update(t).where(t.c.id == bindparam("pid"), _falsy(t.c.category)).values(category=bindparam("cat")), fill)
             for h, c in wanted_category.items():
@@ -302,7 +350,7 @@ class BulkWriter:
         if new:
             now = utcnow()
             rows = []
-            for k, row in new.items():
+            for k, row in sorted(new.items()):
                 if not row["model"] and k in wanted_model:
                     row["model"] = wanted_model[k]
                 rows.append({**row, "created_at": now})
@@ -313,7 +361,8 @@ class BulkWriter:
                 q = select(t.c.id, t.c.prompt_id, t.c.content_hash, t.c.model).where(tuple_(t.c.prompt_id, t.c.content_hash).in_(piece))
                 for i, pid, h, m in self.s.execute(q):
                     self.responses[(pid, h)] = [i, m]
-        fill = [{"rid": self.responses[k][0], "model": m} for k, m in wanted_model.items() if not self.responses[k][1]]
+        fill = sorted(({"rid": self.responses[k][0], "model": m} for k, m in wanted_model.items() if not self.responses[k][1]),
+                      key=lambda r: r["rid"])
         if fill:
             self.s.execute(update(t).where(t.c.id == bindparam("rid"), _falsy(t.c.model)).values(model=bindparam("model")), fill)
             for k, m in wanted_model.items():
@@ -331,7 +380,7 @@ class BulkWriter:
             if r.kind == "ranking":
                 continue
             ids = self._response_ids(r, pids, rids)
-            pairs = [(ids[0], ids[1])] if r.kind == "comparison" else [(ids[i], ids[j]) for i, j in all_pairs(range(len(ids)))]
+            pairs = [(ids[0], ids[1])] if r.kind == "comparison" else [(ids[i], ids[j]) for i, j in partner_pairs(r.response_hashes)]
             for first, second in pairs:
                 if first == second:
                     raise ValueError("a comparison needs two different responses")
@@ -341,7 +390,8 @@ class BulkWriter:
         if new:
             t = Comparison.__table__
             now = utcnow()
-            rows = [{"prompt_id": pid, "response_a_id": a, "response_b_id": b, "label_count": 0, "created_at": now} for (a, b), pid in new.items()]
+            rows = [{"prompt_id": pid, "response_a_id": a, "response_b_id": b, "label_count": 0, "created_at": now}
+                    for (a, b), pid in sorted(new.items())]
             stmt = self._insert(t).on_conflict_do_nothing(index_elements=["response_a_id", "response_b_id"])
             for i, a, b in self.s.execute(stmt.returning(t.c.id, t.c.response_a_id, t.c.response_b_id), rows):
                 self.comparisons[(a, b)] = i
@@ -369,6 +419,7 @@ class BulkWriter:
                 "time_spent_ms": r.time_spent_ms, "split": Split(r.split), "idempotency_key": r.key, "origin": r.origin,
                 "extra": r.extra, "created_at": utcnow(),
             })
+        rows.sort(key=lambda row: row["idempotency_key"])
         t = Label.__table__
         stmt = self._insert(t).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(t.c.comparison_id)
         inserted = [cid for (cid,) in self.s.execute(stmt, rows)]
@@ -379,7 +430,7 @@ class BulkWriter:
             c = Comparison.__table__
             self.s.execute(
                 update(c).where(c.c.id == bindparam("cid")).values(label_count=c.c.label_count + bindparam("n")),
-                [{"cid": cid, "n": n} for cid, n in counts.items()],
+                [{"cid": cid, "n": n} for cid, n in sorted(counts.items())],
             )
 
     def _rankings(self, recs: Sequence[Prepared], pids: dict[str, list[Any]], rids: dict[tuple[int, str], list[Any]],
@@ -397,6 +448,7 @@ class BulkWriter:
                 "split": Split(r.split), "idempotency_key": r.key, "time_spent_ms": r.time_spent_ms, "origin": r.origin,
                 "extra": r.extra, "created_at": utcnow(),
             })
+        rows.sort(key=lambda row: row["idempotency_key"])
         t = Ranking.__table__
         stmt = self._insert(t).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(t.c.id, t.c.idempotency_key)
         created = {k: i for i, k in self.s.execute(stmt, rows)}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from db.bounds import bounded, check_fields
 
 MODELS_IN_DB = ("auto", "on", "off")
 
@@ -32,10 +34,12 @@ class Settings:
     db_url: str
     researcher_token: str | None = None
     model_dirs: tuple[Path, ...] = ()
-    max_upload_mb: int = 200
+    max_upload_mb: int = field(default=200, metadata=bounded(
+        1, 100_000, integer=True, env="RMSTUDIO_MAX_UPLOAD_MB", help="largest file the app accepts for import, in MB"))
     models_in_db: str = "auto"
 
     def __post_init__(self) -> None:
+        check_fields(self, _env_name)
         if self.models_in_db not in MODELS_IN_DB:
             raise ValueError(f"RMSTUDIO_MODELS_IN_DB must be one of {', '.join(MODELS_IN_DB)}, "
                              f"got {self.models_in_db!r}")
@@ -51,7 +55,7 @@ class Settings:
             db_url=db_url,
             researcher_token=env.get("RMSTUDIO_RESEARCHER_TOKEN") or None,
             model_dirs=dirs,
-            max_upload_mb=int(env.get("RMSTUDIO_MAX_UPLOAD_MB", "200")),
+            **_numbers_from(env),
             models_in_db=(env.get("RMSTUDIO_MODELS_IN_DB") or "auto").strip().lower(),
         )
 
@@ -71,3 +75,17 @@ class Settings:
     def copies_models_to_db(self) -> bool:
         """Whether new versions' files are also stored in the database (see ``models_in_db``)."""
         return self.models_in_db == "on" or (self.models_in_db == "auto" and not self.is_sqlite)
+
+
+def _env_name(name: str) -> str:
+    return next(f.metadata["env"] for f in fields(Settings) if f.name == name)
+
+
+def _numbers_from(env: Mapping[str, str]) -> dict[str, int | float]:
+    """The numeric settings given in ``env``, parsed and checked (a :class:`FieldError` naming the variable)."""
+    out: dict[str, int | float] = {}
+    for f in fields(Settings):
+        raw = env.get(f.metadata.get("env", ""), "").strip() if "bound" in f.metadata else ""
+        if raw:
+            out[f.name] = f.metadata["bound"].parse(raw, f.metadata["env"], field=f.name)
+    return out

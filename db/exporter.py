@@ -5,7 +5,8 @@
   prompt has multi-turn history every line uses TRL's conversational shape (lists of chat messages).
 * ``comparisons``: JSONL with full provenance: one line per label (``response_a`` is what the annotator saw
   first), then one per ranking, then ``unlabeled`` lines for comparisons without labels and for responses
-  in no comparison or ranking. Importing it into an empty database recreates the same prompts, responses,
+  in no comparison or ranking. Labels excluded in review are left out of every format and counted
+  (``review_excluded``); a pair whose labels are all excluded is written as unlabeled. Importing it into an empty database recreates the same prompts, responses,
   comparisons, labels and rankings; importing it into the database it came from adds nothing.
 * ``csv`` / ``parquet``: the same records as a table (structured cells as JSON text), also re-importable.
 
@@ -105,6 +106,9 @@ def native_records(s: Session, split: str | None, report: ExportReport | None = 
         .order_by(Label.id)
     )
     for label, ann, prompt, a, b in s.execute(q):
+        if label.excluded:  # a researcher kept it out of training: not exported either, and counted
+            excluded["review_excluded"] = excluded.get("review_excluded", 0) + 1
+            continue
         if split is not None and label.split.value != split:
             excluded["other_split"] = excluded.get("other_split", 0) + 1
             continue
@@ -146,7 +150,7 @@ def native_records(s: Session, split: str | None, report: ExportReport | None = 
 
 def _unlabeled_records(s: Session, excluded: dict[str, int]) -> Iterator[dict[str, Any]]:
     ra, rb = aliased(Response), aliased(Response)
-    no_label = ~exists().where(Label.comparison_id == Comparison.id)
+    no_label = ~exists().where(Label.comparison_id == Comparison.id, Label.excluded.is_(False))
     for prompt, a, b in s.execute(
         select(Prompt, ra, rb).join(Comparison, Comparison.prompt_id == Prompt.id)
         .join(ra, Comparison.response_a_id == ra.id).join(rb, Comparison.response_b_id == rb.id)

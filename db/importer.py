@@ -7,13 +7,18 @@ callback, so SQLite's write lock is held for the inserts only. A failure half-wa
 back, so the database is left exactly as it was. ``bulk=False`` writes record by record through ``db.store``
 instead (the path of earlier releases: the same rows, a write lock held about 20-40x longer).
 
-Each label / ranking carries the idempotency key of its source record, so importing the same file again adds
-nothing (the report counts those rows as ``duplicates``), while distinct judgments of one pair are all kept.
+Each label / ranking carries the idempotency key of its source record (and, when options decided it, of the
+judgment stored from it: annotator, source, verdict), so importing the same file again adds nothing (the report
+counts those rows as ``duplicates``), while distinct judgments of one pair are all kept.
+
+The write transaction is run again, whole, when it meets a PostgreSQL deadlock or serialization failure or
+SQLite's lock held beyond its timeout (``IMPORT_RETRIES`` times, with growing pauses): concurrent imports of
+overlapping files all succeed.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,9 +26,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import store
-from db.bulk import BulkWriter, prepare
+from db.bulk import BulkWriter, partner_pairs, prepare, record_weight
 from db.formats import FormatError, ImportRecord, RowError, parse_file
-from db.formats.base import MAX_ORIGIN
+from db.formats.base import MAX_ORIGIN, option
 from db.formats.containers import Input, iter_raw, sniff_container
 from db.formats.reader import detect
 from db.models import Annotator, Comparison, Label, Prompt, Ranking, Response
@@ -31,9 +36,11 @@ from db.session import Database
 
 Progress = Callable[[int, int], None]  # (records written so far, records in total)
 BATCH = 200
-# Up to this many validated records are kept between the two steps, not parsed twice; beyond, the bulk path
-# spools its prepared batches to a temporary file before the write transaction opens.
-_KEEP_IN_MEMORY = 20_000
+# Up to this weight of validated records (about one unit per response or comparison they make) is kept between
+# the two steps, not parsed twice; beyond, the bulk path spools its prepared batches to a temporary file before
+# the write transaction opens.
+_KEEP_IN_MEMORY = 60_000
+IMPORT_RETRIES = 8  # runs of the write transaction after the first, on deadlocks, serialization failures, locks
 
 
 @dataclass
@@ -80,6 +87,7 @@ def import_file(
     format: str | None = None,
     mapping: Any = None,
     winner_values: Any = None,
+    winner_scale: Any = None,
     source: str | None = None,
     annotator: str | None = None,
     category: str | None = None,
@@ -101,11 +109,11 @@ def import_file(
     """
     t0 = time.monotonic()
     inp = Input.of(path_or_bytes, filename)
-    kw = dict(format=format, mapping=mapping, winner_values=winner_values, source=source, annotator=annotator,
-              category=category, split=split)
+    kw = dict(format=format, mapping=mapping, winner_values=winner_values, winner_scale=winner_scale, source=source,
+              annotator=annotator, category=category, split=split)
     records: list[ImportRecord] | None = []
     errors: list[RowError] = []
-    n = 0
+    n = weight = 0
     for item in parse_file(inp, **kw):
         if isinstance(item, RowError):
             errors.append(item)
@@ -113,42 +121,45 @@ def import_file(
         n += 1
         if records is not None:
             records.append(item)
-            if len(records) > _KEEP_IN_MEMORY:
+            weight += record_weight(len(item.responses), item.kind)
+            if weight > _KEEP_IN_MEMORY:
                 records = None  # a large file: parse it again while writing instead of holding it all
     if errors and not skip_invalid:
-        more = f" ({len(errors) - 1} more invalid rows; --skip-invalid imports the valid ones)" if len(errors) > 1 else ""
+        more = (f" ({len(errors) - 1} more invalid rows; {option('skip-invalid')} imports the valid ones)"
+                if len(errors) > 1 else "")
         raise FormatError.from_row(errors[0], more)
     det = detect(inp, format=format, mapping=mapping)
     report = ImportReport(format=det.format, container=det.container, filename=inp.name, records=n, skipped=errors)
     if n == 0:
         report.seconds = time.monotonic() - t0
         return report
-    source_records: Iterable[ImportRecord] = records if records is not None else (
-        r for r in parse_file(inp, **kw) if not isinstance(r, RowError)
-    )
+    source_records: Iterable[ImportRecord] = records if records is not None else _Reparsed(inp, kw)
     origin = f"import:{inp.name}"[:MAX_ORIGIN]
     if bulk:
         # Everything but the inserts happens here, before the write lock is taken.
         plan = prepare(source_records, origin, chunk_size=BATCH, keep_in_memory=_KEEP_IN_MEMORY)
         records = source_records = None  # type: ignore[assignment]
+
+        def write_bulk(s: Session) -> tuple[BulkWriter, dict[str, int], dict[str, int]]:
+            before = _counts(s)
+            writer = BulkWriter(s)
+            done = 0
+            if progress:
+                progress(0, n)
+            for chunk in plan.chunks:
+                writer.write_chunk(chunk)
+                done += len(chunk)
+                if progress and done < plan.records:
+                    progress(done, n)
+            return writer, before, _counts(s)
+
         try:
-            with db.write() as s:
-                before = _counts(s)
-                writer: _Writer | BulkWriter = BulkWriter(s)
-                done = 0
-                if progress:
-                    progress(0, n)
-                for chunk in plan.chunks:
-                    writer.write_chunk(chunk)
-                    done += len(chunk)
-                    if progress and done < plan.records:
-                        progress(done, n)
-                after = _counts(s)
+            writer, before, after = db.run_write(write_bulk, retries=IMPORT_RETRIES)
         finally:
             plan.chunks.close()
         writer.duplicates += plan.in_file_duplicates
     else:
-        with db.write() as s:
+        def write_records(s: Session) -> tuple[_Writer, dict[str, int], dict[str, int]]:
             before = _counts(s)
             writer = _Writer(s, origin)
             done = 0
@@ -164,7 +175,9 @@ def import_file(
                     if progress:
                         progress(done, n)
             writer.write_batch(batch)
-            after = _counts(s)
+            return writer, before, _counts(s)
+
+        writer, before, after = db.run_write(write_records, retries=IMPORT_RETRIES)  # type: ignore[assignment]
     if progress:
         progress(n, n)
     report.labels_added, report.rankings_added = writer.labels_added, writer.rankings_added
@@ -174,6 +187,16 @@ def import_file(
     report.comparisons_added = after["comparisons"] - before["comparisons"]
     report.seconds = time.monotonic() - t0
     return report
+
+
+class _Reparsed:
+    """A large file's valid records, parsed again each time they are iterated (not held in memory)."""
+
+    def __init__(self, inp: Input, kw: dict[str, Any]) -> None:
+        self.inp, self.kw = inp, kw
+
+    def __iter__(self) -> Iterator[ImportRecord]:
+        return (r for r in parse_file(self.inp, **self.kw) if not isinstance(r, RowError))
 
 
 def _counts(s: Session) -> dict[str, int]:
@@ -291,7 +314,7 @@ class _Writer:
             self.rankings_added += created
             self.duplicates += not created
         else:
-            for first, second in store.all_pairs(range(len(resps))):
+            for first, second in partner_pairs([store.sha256(t) for t in rec.responses]):
                 self._comparison(resps[first], resps[second])
 
 
@@ -323,6 +346,7 @@ def preview(
     mapping: Any = None,
     *,
     winner_values: Any = None,
+    winner_scale: Any = None,
     source: str | None = None,
     annotator: str | None = None,
     category: str | None = None,
@@ -348,8 +372,8 @@ def preview(
     complete = True
     try:
         det = detect(inp, format=format, mapping=mapping)
-        for item in parse_file(inp, format=format, mapping=mapping, winner_values=winner_values, source=source,
-                               annotator=annotator, category=category, split=split):
+        for item in parse_file(inp, format=format, mapping=mapping, winner_values=winner_values, winner_scale=winner_scale,
+                               source=source, annotator=annotator, category=category, split=split):
             if scan_limit is not None and n_records + n_errors >= scan_limit:
                 complete = False
                 break

@@ -11,7 +11,8 @@ Life of a job::
   ``FOR UPDATE SKIP LOCKED`` in the sub-select on PostgreSQL, so two workers never get the same job.
 * **Lease**: a claimed job carries ``lease_owner`` and ``lease_expires_at`` (epoch seconds). The worker
   renews it with ``heartbeat``; a job whose lease ran out (its worker was killed) is re-queued by
-  ``requeue_expired`` up to ``max_attempts`` times, then failed with the reason.
+  ``requeue_expired`` up to ``max_attempts`` times, then failed with the reason. A running job whose lease
+  cannot be a real one (none, NaN, or beyond ``MAX_LEASE_S`` ahead) counts as expired (:func:`lease_gone`).
 * **Fencing**: every state change made by a worker (``heartbeat``, ``finish``, ``release``) matches on
   ``lease_owner`` and ``status = 'running'``; a worker that lost its lease changes nothing. ``finish`` takes a
   session so that it can run inside the transaction that publishes a model version.
@@ -31,9 +32,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import Job, JobKind, JobLog, JobStatus, utcnow
 from db.session import Database
@@ -42,6 +44,21 @@ from db.session import Database
 FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 #: Longest log line kept (longer lines are cut, with a marker).
 MAX_LOG_LINE = 4000
+#: Longest lease a worker may take, in seconds (``WorkerConfig.lease_s``).
+MAX_LEASE_S = 86_400.0
+
+
+def _check_lease(lease_s: float) -> None:
+    if not 0 < lease_s <= MAX_LEASE_S:  # NaN fails this too
+        raise ValueError(f"lease_s must be a number of seconds > 0 and <= {MAX_LEASE_S:g}, got {lease_s!r}")
+
+
+def lease_gone(now: float) -> ColumnElement[bool]:
+    """SQL: a running job's lease is over at ``now``: expired, or not a lease any worker could hold (NULL, as SQLite
+    stores NaN; beyond ``MAX_LEASE_S`` ahead, as infinity is, and NaN on PostgreSQL, which orders NaN above every
+    number). Such a job would otherwise stay ``running`` for ever."""
+    lease = Job.lease_expires_at
+    return or_(lease < now, lease.is_(None), lease > now + MAX_LEASE_S)
 
 
 @dataclass(frozen=True)
@@ -130,8 +147,7 @@ def claim(
     Runs its own short write transaction. The job comes back ``running`` with ``attempts`` incremented,
     or None when nothing is queued. Jobs whose ``cancel_requested`` is set are never claimed.
     """
-    if lease_s <= 0:
-        raise ValueError(f"lease_s must be positive, got {lease_s}")
+    _check_lease(lease_s)
     kind_list = [_kind(k) for k in kinds] if kinds is not None else None
     now = time.time()
     with db.write() as s:
@@ -177,6 +193,7 @@ def heartbeat(
 
     Returns ``ok=False`` when the lease is lost; ``cancel_requested`` tells the worker to stop.
     """
+    _check_lease(lease_s)
     now = time.time()
     values: dict[str, Any] = {"lease_expires_at": now + lease_s, "heartbeat_at": now}
     if progress is not None:
@@ -283,7 +300,7 @@ def requeue_expired(db: Database, now: float | None = None) -> list[tuple[int, s
     now = time.time() if now is None else now
     out: list[tuple[int, str]] = []
     with db.write() as s:
-        q = select(Job).where(Job.status == JobStatus.running, Job.lease_expires_at < now).order_by(Job.id)
+        q = select(Job).where(Job.status == JobStatus.running, lease_gone(now)).order_by(Job.id)
         if not db.is_sqlite:
             q = q.with_for_update(skip_locked=True)
         for job in s.scalars(q).all():

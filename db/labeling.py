@@ -8,7 +8,8 @@ researchers; re-exported here):
    (``agreement_share``, chosen by a hash of the comparison id) is labelled up to ``agreement_overlap``
    annotators, for inter-annotator agreement.
 2. **Never the same pair twice to one annotator** (``NOT EXISTS`` on their labels), and pairs the annotator
-   skipped in this session are left out.
+   skipped in this session are left out, as are pairs with an open review flag (:mod:`db.review`).
+   Experts are first offered the pairs a researcher sent for an expert's relabel.
 3. **Active learning** (``active_learning=True``): among the eligible pairs with the fewest labels, prefer
    those the newest scored model version is least sure about: ``|sigmoid(s_a - s_b) - 0.5|`` small, with a
    bonus for a large ensemble ``std`` (cached :class:`~db.models.ResponseScore` rows).
@@ -33,6 +34,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
+from db import review
 from db.guidelines import guidelines_extra
 from db.models import (
     Annotator,
@@ -60,9 +62,10 @@ from db.store import add_label, delete_label
 CHOICES = ("left", "right", "tie", "both_bad")
 APP_ORIGIN = "app"  # ``origin`` of labels and rankings made on the Label page
 CONTROL = "control pair"  # queue reason of a pair an expert labelled, served to measure the annotator
+RELABEL = "expert relabel"  # queue reason of a pair a researcher sent to an expert
 
 __all__ = [
-    "APP_ORIGIN", "CHOICES", "CONTROL", "QUEUE_POLICY_KEY", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
+    "APP_ORIGIN", "CHOICES", "CONTROL", "QUEUE_POLICY_KEY", "RELABEL", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
     "bucket_sql", "choice_to_outcome", "count_control_pairs", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
     "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "uncertainty", "undo_last",
@@ -103,6 +106,11 @@ def _annotator_id(session: Session, name: str | None) -> int | None:
     return session.scalar(select(Annotator.id).where(Annotator.name == name.strip()))
 
 
+def _is_expert(session: Session, ann_id: int | None) -> bool:
+    return ann_id is not None and session.scalar(select(Annotator.default_source).where(Annotator.id == ann_id)) \
+        is Source.expert
+
+
 def _not_labelled_by(ann_id: int | None) -> list[Any]:
     if ann_id is None:
         return []
@@ -110,14 +118,15 @@ def _not_labelled_by(ann_id: int | None) -> list[Any]:
 
 
 def _has_expert_label() -> Any:
-    return exists().where(Label.comparison_id == Comparison.id, Label.source == Source.expert)
+    return exists().where(Label.comparison_id == Comparison.id, Label.source == Source.expert,
+                          Label.excluded.is_(False))
 
 
 def _candidates(
     session: Session, where: list[Any], ann_id: int | None, exclude: Sequence[int], limit: int
 ) -> list[tuple[int, int, int, int]]:
     q = select(Comparison.id, Comparison.label_count, Comparison.response_a_id, Comparison.response_b_id).where(
-        *where, *_not_labelled_by(ann_id)
+        *where, *_not_labelled_by(ann_id), ~review.has_open_flag()
     )
     if exclude:
         q = q.where(Comparison.id.not_in(list(exclude)))
@@ -171,8 +180,10 @@ def next_pair(
 ) -> QueueItem | None:
     """The next comparison for ``annotator`` under ``policy`` (loaded from the database when None).
 
-    With ``policy.control_share``, that share of the calls first offers a pair an expert labelled and the
-    annotator did not (reason :data:`CONTROL`; the Label page shows it like any other pair).
+    An expert is first offered the pairs waiting for an expert's relabel (reason :data:`RELABEL`). With
+    ``policy.control_share``, that share of the calls first offers a pair an expert labelled and the annotator did
+    not (reason :data:`CONTROL`; the Label page shows it like any other pair). Pairs with an open review flag are
+    never offered.
 
     Returns None when the annotator has nothing left to label. ``exclude`` lists comparison ids to leave out
     (e.g. the ones skipped in this session).
@@ -180,6 +191,10 @@ def next_pair(
     policy = policy or load_queue_policy(session)
     rng = rng or random.SystemRandom()
     ann_id = _annotator_id(session, annotator)
+    if _is_expert(session, ann_id):
+        cands = _candidates(session, [review.has_open_relabel()], ann_id, exclude, policy.pool_size)
+        if cands:
+            return _build_item(session, rng.choice(cands), rng, RELABEL)
     if policy.control_share > 0 and rng.random() < policy.control_share:
         cands = _candidates(session, [_has_expert_label()], ann_id, exclude, policy.pool_size)
         if cands:
@@ -265,20 +280,29 @@ def submit_label(
     item: QueueItem,
     choice: str,
     *,
-    annotator: str,
-    source: Source | str,
+    annotator: str | Annotator,
+    source: Source | str | None = None,
     strength: int | None = None,
     now: float | None = None,
 ) -> tuple[Label, bool]:
     """Store the annotator's verdict on ``item`` with its key; returns ``(label, created)``.
 
+    ``source`` None (the app): the annotator's tier on record, read in this transaction (the annotator must exist).
     The time spent is ``now - item.shown_at``; ``strength`` (1 slightly, 2 clearly) only applies to a
     preference, not to a tie or both-bad. ``extra`` records the queue phase and the labeling guidelines' revision
-    in force (``db/guidelines.py``), so labels made under older guidelines can be told apart.
+    in force (``db/guidelines.py``), so labels made under older guidelines can be told apart. An expert's label
+    answers the pair's open relabel requests.
     """
+    if source is None:
+        if isinstance(annotator, str):
+            found = session.scalar(select(Annotator).where(Annotator.name == annotator.strip()))
+            if found is None:
+                raise LookupError(f"no annotator named {annotator!r}")
+            annotator = found
+        source = Source(annotator.default_source)
     outcome = choice_to_outcome(item, choice)
     spent = int(max(0.0, ((now if now is not None else time.time()) - item.shown_at)) * 1000)
-    return add_label(
+    label, created = add_label(
         session,
         comparison_id=item.comparison_id,
         outcome=outcome,
@@ -291,15 +315,18 @@ def submit_label(
         origin=APP_ORIGIN,
         extra={"queue": item.reason, **guidelines_extra(session)},
     )
+    if created and Source(label.source) is Source.expert:
+        review.complete_relabels(session, label, label.annotator.name)
+    return label, created
 
 
-def undo_last(session: Session, annotator: str, key: str | None = None) -> int | None:
-    """Delete one of the annotator's own labels made in the app; returns its comparison id (to show it again).
+def undo_last(session: Session, annotator: str, key: str) -> int | None:
+    """Delete the label this browser session stored under ``key``, if it is the annotator's and was made in the app;
+    returns its comparison id (to show it again), None when there is no such label.
 
-    With ``key``: the label stored under that idempotency key, if it is this annotator's (the page passes the
-    keys its session stored, newest first). Without: the annotator's most recent label made in the app.
-    Labels that came from an import (``origin`` other than ``app``) are never undone from the Label page, so a
-    labeler who types an imported annotator's name cannot delete that annotator's work.
+    The key is required: the page passes only the keys its own session stored, newest first, so an undo never
+    reaches a label made elsewhere, whoever's name the session carries. Imported labels (``origin`` other than
+    ``app``) are never undone from the Label page.
     """
     label = _own_app_row(session, Label, annotator, key)
     if label is None:
@@ -309,15 +336,13 @@ def undo_last(session: Session, annotator: str, key: str | None = None) -> int |
     return cid
 
 
-def _own_app_row(session: Session, model: type[Label] | type[Ranking], annotator: str, key: str | None) -> Any:
-    """The annotator's label/ranking made in the app under ``key``, or their newest one; None if there is none."""
+def _own_app_row(session: Session, model: type[Label] | type[Ranking], annotator: str, key: str) -> Any:
+    """The annotator's label/ranking made in the app under ``key``; None if there is none."""
     ann_id = _annotator_id(session, annotator)
-    if ann_id is None:
+    if ann_id is None or not key:
         return None
-    q = select(model).where(model.annotator_id == ann_id, model.origin == APP_ORIGIN)
-    if key is not None:
-        return session.scalar(q.where(model.idempotency_key == key))
-    return session.scalar(q.order_by(model.created_at.desc(), model.id.desc()).limit(1))
+    return session.scalar(select(model).where(model.annotator_id == ann_id, model.origin == APP_ORIGIN,
+                                              model.idempotency_key == key))
 
 
 # ----------------------------------------------------------------------------------------------- progress

@@ -21,9 +21,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
 
 def utcnow() -> datetime:
@@ -114,13 +115,54 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class FlagReason(str, enum.Enum):
+    """Why a pair or a label was flagged for review."""
+
+    broken = "broken"  # a response is empty, truncated or garbled
+    offensive = "offensive"
+    needs_expertise = "needs_expertise"  # the labeler cannot judge it
+    wrong_label = "wrong_label"  # a researcher thinks the verdict is wrong
+    other = "other"
+
+
+class Campaign(Base):
+    """A shared crowd link (``db/annotators.py``): each worker who opens it with their id (Prolific's
+    ``PROLIFIC_PID`` or a ``worker_id``) becomes a crowd-tier annotator. Only a sha256 of its token is stored."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class Annotator(Base):
+    """Whoever labels: a person's account, a campaign worker, or a machine labeler or import's name.
+
+    ``default_source`` (also ``tier``) is the tier on record: the source the labels this annotator makes in the app
+    are stored with. Researchers assign it (``db/annotators.py``); people are ``expert`` or ``crowd``, ``ai`` is
+    for machine labelers and imports. ``token_hash`` is the sha256 of their personal link's token (None: no
+    valid link); ``revoked_at`` set: they may not label in the app.
+    """
+
     __tablename__ = "annotators"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     default_source: Mapped[Source] = mapped_column(_enum(Source, "source"), default=Source.crowd)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
+    invited_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # campaigns.id, a plain column: adding or dropping a foreign key would rebuild this table on SQLite, which
+    # labels and rankings reference
+    campaign_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # their id in the campaign
+
+    tier = synonym("default_source")
 
 
 class Prompt(Base):
@@ -200,9 +242,62 @@ class Label(Base):
     origin: Mapped[str | None] = mapped_column(String(300), nullable=True)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Kept out of training and exports by a researcher's review (db/review.py); reversible, never deleted.
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     comparison: Mapped[Comparison] = relationship()
     annotator: Mapped[Annotator] = relationship()
+
+
+class ReviewFlag(Base):
+    """A pair (or one label of it, ``label_id``) flagged for review, by a labeler who cannot judge it or by a
+    researcher; open until ``resolved_at``. Open flags keep the pair out of the labeling queue."""
+
+    __tablename__ = "review_flags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="SET NULL"), nullable=True, index=True)
+    reason: Mapped[FlagReason] = mapped_column(_enum(FlagReason, "flag_reason"))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"), nullable=True)  # a labeler's flag
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class RelabelRequest(Base):
+    """A pair sent to an expert for a new label; experts are offered it first. Done when an expert labels it
+    (``done_label_id``)."""
+
+    __tablename__ = "relabel_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="SET NULL"), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    done_label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="SET NULL"), nullable=True)
+
+
+class AuditEvent(Base):
+    """Who did what to which label, pair or annotator, and when: review actions (flag, exclude, include, relabel
+    requests) and team changes (tiers, links). Ids are plain columns, not foreign keys: the record outlives
+    what it names."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))
+    label_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    comparison_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    annotator_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Ranking(Base):
@@ -367,7 +462,7 @@ class ResponseScore(Base):
 
 
 class AppSetting(Base):
-    """Small JSON settings edited from the UI and CLI: ``retrain_policy``, ``queue_policy``."""
+    """Small JSON settings edited from the UI and CLI: ``retrain_policy``, ``queue_policy``, ``local_annotator``."""
 
     __tablename__ = "app_settings"
 

@@ -84,7 +84,9 @@ def training_pairs(
     * ``sources`` keeps only those sources (``expert``/``crowd``/``ai``); ``split`` keeps only ``train`` or
       ``test``; ``include_ties=False`` leaves ties out.
 
-    ``excluded`` counts what was left out, in pairs: ``both_bad``, ``tie``, ``source_filtered``,
+    * Labels a researcher excluded in review (``labels.excluded``, :mod:`db.review`) give none.
+
+    ``excluded`` counts what was left out, in pairs: ``review_excluded``, ``both_bad``, ``tie``, ``source_filtered``,
     ``split_filtered``. ``n_labels`` / ``n_rankings`` count the labels and rankings that produced pairs or
     were excluded for their outcome (i.e. those that passed the source and split filters).
     """
@@ -99,7 +101,7 @@ def training_pairs(
     ra, rb = aliased(Response), aliased(Response)
     label_rows = session.execute(
         select(
-            Label.id, Label.outcome, Label.strength, Label.source, Label.split,
+            Label.id, Label.outcome, Label.strength, Label.source, Label.split, Label.excluded,
             Annotator.name, Prompt.id, Prompt.text, Prompt.history, Prompt.category,
             ra.id, ra.text, rb.id, rb.text,
         )
@@ -111,7 +113,10 @@ def training_pairs(
         .order_by(Label.id)
     )
     histories: dict[int, tuple[tuple[str, str], ...]] = {}
-    for (lid, outcome, strength, source, lsplit, ann, pid, ptext, phist, pcat, aid, atext, bid, btext) in label_rows:
+    for (lid, outcome, strength, source, lsplit, dropped, ann, pid, ptext, phist, pcat, aid, atext, bid, btext) in label_rows:
+        if dropped:
+            exclude("review_excluded")
+            continue
         source, lsplit, outcome = Source(source), Split(lsplit), Outcome(outcome)
         if wanted_sources is not None and source not in wanted_sources:
             exclude("source_filtered")

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.bounds import bounded, check_fields
 from db.models import AppSetting, Job, JobKind, JobStatus, Label, ModelVersion, Ranking, utcnow
 from db.session import dialect_insert
 
@@ -42,15 +43,17 @@ class RetrainPolicy:
             small enough that a demo labeler sees the model change).
         min_interval_s: seconds to wait after the newest version (or the last automatic retrain) before
             another automatic retrain.
-        train_params: extra ``TrainConfig`` fields for automatic retrains (e.g. ``{"epochs": 3}``); checked
-            by the engine when the job runs.
+        train_params: extra ``TrainConfig`` fields for automatic retrains (e.g. ``{"epochs": 3}``); the CLI and
+            the Train page check them as the worker will (``rm_engine.config.policy_train_config``) before storing.
         rescore: enqueue a rescore of stored responses after each new version.
     """
 
     enabled: bool = True
     mode: str = "head"
-    min_new_labels: int = 20
-    min_interval_s: float = 30.0
+    min_new_labels: int = field(default=20, metadata=bounded(
+        1, 10**9, integer=True, help="new labels (and rankings) that trigger a retrain"))
+    min_interval_s: float = field(default=30.0, metadata=bounded(
+        0, 366 * 86_400, help="seconds between automatic retrains"))
     train_params: dict[str, Any] = field(default_factory=dict)
     rescore: bool = True
 
@@ -59,14 +62,7 @@ class RetrainPolicy:
             raise ValueError(f"retrain policy field 'enabled' must be true or false, got {self.enabled!r}")
         if self.mode not in TRAIN_MODES:
             raise ValueError(f"retrain policy field 'mode' must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
-        if isinstance(self.min_new_labels, bool) or not isinstance(self.min_new_labels, int) or self.min_new_labels < 1:
-            raise ValueError(
-                f"retrain policy field 'min_new_labels' must be a whole number >= 1, got {self.min_new_labels!r}"
-            )
-        if isinstance(self.min_interval_s, bool) or not isinstance(self.min_interval_s, (int, float)) or self.min_interval_s < 0:
-            raise ValueError(
-                f"retrain policy field 'min_interval_s' must be a number of seconds >= 0, got {self.min_interval_s!r}"
-            )
+        check_fields(self, lambda name: f"retrain policy field {name!r}")  # finite and in range
         if not isinstance(self.train_params, dict) or not all(isinstance(k, str) for k in self.train_params):
             raise ValueError(
                 f"retrain policy field 'train_params' must be an object with string keys, got {self.train_params!r}"
@@ -124,11 +120,22 @@ def set_setting(session: Session, key: str, value: Any) -> None:
 
 
 def get_policy(session: Session) -> RetrainPolicy:
-    """The stored retrain policy (defaults for missing fields; unknown stored fields are ignored)."""
+    """The stored retrain policy (defaults for missing fields and for values it refuses; unknown stored fields are
+    ignored)."""
     stored = get_setting(session, RETRAIN_POLICY_KEY, None)
     if not isinstance(stored, dict):
         return RetrainPolicy()
-    return RetrainPolicy.from_dict(stored, strict=False)
+    try:
+        return RetrainPolicy.from_dict(stored, strict=False)
+    except ValueError:  # a value stored before it was checked: that field's default, the others kept
+        kept: dict[str, Any] = {}
+        for key, value in stored.items():
+            try:
+                RetrainPolicy.from_dict({**kept, key: value}, strict=False)
+                kept[key] = value
+            except ValueError:
+                pass
+        return RetrainPolicy.from_dict(kept, strict=False)
 
 
 def set_policy(session: Session, **changes: Any) -> RetrainPolicy:

@@ -6,11 +6,12 @@ the Data page. :func:`phase_conditions` turns it into the SQL conditions of the 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from db.bounds import FieldError, bounded, check_fields
 from db.models import Comparison
 from db.policy import get_setting, set_setting
 
@@ -44,27 +45,24 @@ class QueuePolicy:
             (``agrees_with_experts`` in ``rmstudio annotators`` and the Dashboard); 0 turns it off.
     """
 
-    target_overlap: int = 1
-    agreement_share: float = 0.1
-    agreement_overlap: int = 3
+    target_overlap: int = field(default=1, metadata=bounded(1, 100, integer=True, help="labels every pair gets first"))
+    agreement_share: float = field(default=0.1, metadata=bounded(
+        0, 1, help="share of pairs labelled by the agreement overlap's annotators"))
+    agreement_overlap: int = field(default=3, metadata=bounded(
+        1, 100, integer=True, help="annotators per pair in the agreement share"))
     active_learning: bool = False
-    pool_size: int = 20
-    ranking_max_responses: int = 6
-    control_share: float = 0.0
+    pool_size: int = field(default=20, metadata=bounded(
+        1, 1000, integer=True, help="best candidates one pair is drawn from"))
+    ranking_max_responses: int = field(default=6, metadata=bounded(
+        3, 20, integer=True, help="most responses shown in one ranking task"))
+    control_share: float = field(default=0.0, metadata=bounded(
+        0, 0.5, help="share of each labeler's pairs drawn from expert-labelled ones (control pairs)"))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.target_overlap <= 100:
-            raise ValueError(f"queue_policy.target_overlap must be 1..100, got {self.target_overlap!r}")
-        if not 0.0 <= self.agreement_share <= 1.0:
-            raise ValueError(f"queue_policy.agreement_share must be within 0..1, got {self.agreement_share!r}")
-        if not 1 <= self.agreement_overlap <= 100:
-            raise ValueError(f"queue_policy.agreement_overlap must be 1..100, got {self.agreement_overlap!r}")
-        if not 1 <= self.pool_size <= 1000:
-            raise ValueError(f"queue_policy.pool_size must be 1..1000, got {self.pool_size!r}")
-        if not 0.0 <= self.control_share <= 0.5:
-            raise ValueError(f"queue_policy.control_share must be within 0..0.5, got {self.control_share!r}")
-        if not 3 <= self.ranking_max_responses <= 20:
-            raise ValueError(f"queue_policy.ranking_max_responses must be 3..20, got {self.ranking_max_responses!r}")
+        check_fields(self, lambda name: f"queue_policy.{name}")  # finite and in range
+        if not isinstance(self.active_learning, bool):
+            raise FieldError("queue_policy.active_learning", "must be true or false", self.active_learning,
+                             field="active_learning")
 
     @property
     def agreement_percent(self) -> int:
@@ -86,15 +84,7 @@ class QueuePolicy:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"queue_policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in data:
-                default = getattr(cls, f.name)
-                try:
-                    kw[f.name] = bool(data[f.name]) if isinstance(default, bool) else type(default)(data[f.name])
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"queue_policy.{f.name}: cannot read {data[f.name]!r} ({exc})") from None
-        return cls(**kw)
+        return cls(**data)
 
 
 def in_agreement_share(comparison_id: int, policy: QueuePolicy) -> bool:

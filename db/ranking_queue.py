@@ -24,10 +24,10 @@ __all__ = ["RankingTask", "next_ranking", "ranking_task_for_prompt", "submit_ran
            "undo_last_ranking"]
 
 
-def undo_last_ranking(session: Session, annotator: str, key: str | None = None) -> int | None:
-    """Delete one of the annotator's own rankings made in the app; returns its prompt id (to show it again).
-    Same rules as :func:`undo_last`: with ``key`` the ranking stored under it, else the newest; imported rankings
-    (``origin`` other than ``app``) are never undone from the Label page."""
+def undo_last_ranking(session: Session, annotator: str, key: str) -> int | None:
+    """Delete the ranking this browser session stored under ``key``, if it is the annotator's and made in the app;
+    returns its prompt id (to show it again). Same rules as :func:`undo_last`: the key is required, imported
+    rankings (``origin`` other than ``app``) are never undone from the Label page."""
     ranking = _own_app_row(session, Ranking, annotator, key)
     if ranking is None:
         return None

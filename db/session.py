@@ -8,11 +8,13 @@ SQLite is tuned for many writers and concurrent readers:
   "database is locked", whatever the timeout;
 * a separate read engine (deferred ``BEGIN``) for pages and dashboards.
 
-PostgreSQL uses the same code with ordinary transactions.
+PostgreSQL uses the same code with ordinary transactions. On both, JSON columns store NaN and infinite floats as
+null (``db.bounds.json_dumps``): PostgreSQL would refuse the whole row.
 """
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +25,10 @@ from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.bounds import json_dumps
 from db.config import Settings
 
 T = TypeVar("T")
@@ -35,6 +38,18 @@ BUSY_TIMEOUT_MS = 30_000
 
 class DatabaseError(RuntimeError):
     """A database problem explained in one line for the user (read-only file, disk full, unreachable server)."""
+
+
+RETRYABLE_SQLSTATES = ("40001", "40P01")  # PostgreSQL: serialization failure, deadlock detected
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A failure that running the same transaction again can cure: a PostgreSQL serialization failure or
+    deadlock (the server rolled the transaction back), SQLite's lock still held after ``busy_timeout``."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES or getattr(orig, "pgcode", None) in RETRYABLE_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc).lower()
 
 
 def explain_db_error(exc: BaseException) -> str:
@@ -65,7 +80,8 @@ def _read_only_uri(path: str | None) -> str | None:
 
 
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+                           json_serializer=json_dumps)
 
     @event.listens_for(engine, "do_connect")
     def _do_connect(dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
@@ -113,7 +129,7 @@ class Database:
             self.write_engine = _sqlite_engine(url, immediate=True)
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
-            kw: dict[str, Any] = {"pool_pre_ping": True}
+            kw: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
             self.write_engine = create_engine(url, **kw)
             self.read_engine = create_engine(url, **kw)
         self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
@@ -151,15 +167,18 @@ class Database:
             finally:
                 s.rollback()
 
-    def run_write(self, fn: Callable[[Session], T], retries: int = 3) -> T:
-        """Run ``fn`` in a write transaction, retrying when SQLite stayed locked beyond ``busy_timeout``."""
+    def run_write(self, fn: Callable[[Session], T], retries: int = 3, *, backoff_s: float = 0.05,
+                  max_backoff_s: float = 2.0) -> T:
+        """Run ``fn`` in a write transaction; run the whole transaction again (up to ``retries`` times, after a
+        growing, jittered pause) when it failed on a transient conflict (``is_retryable``). ``fn`` must be safe
+        to run again: everything it wrote in the failed attempt was rolled back."""
         for attempt in range(retries + 1):
             try:
                 with self.write() as s:
                     return fn(s)
-            except OperationalError as exc:
-                if attempt < retries and "locked" in str(exc).lower():
-                    time.sleep(0.05 * (attempt + 1))
+            except DBAPIError as exc:
+                if attempt < retries and is_retryable(exc):
+                    time.sleep(min(max_backoff_s, backoff_s * 2**attempt) * random.uniform(0.5, 1.5))
                     continue
                 raise
         raise AssertionError("unreachable")

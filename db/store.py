@@ -210,17 +210,20 @@ def delete_label(session: Session, label: Label) -> None:
     session.delete(label)
 
 
-def undo_last_label(session: Session, annotator_name: str) -> Label | None:
-    """Delete the annotator's own most recent label (a labeler can undo only their own). Returns it, or None."""
-    ann = session.scalar(select(Annotator).where(Annotator.name == annotator_name))
-    if ann is None:
+def undo_label(session: Session, annotator_name: str, idempotency_key: str) -> Label | None:
+    """Delete the label stored under ``idempotency_key`` if ``annotator_name`` made it; returns it, or None.
+
+    The key names the label (the caller passes a key it stored itself), the name only confirms it is theirs: knowing
+    someone's name never lets anyone delete their labels."""
+    if not idempotency_key:
         return None
-    last = session.scalar(
-        select(Label).where(Label.annotator_id == ann.id).order_by(Label.created_at.desc(), Label.id.desc()).limit(1)
+    label = session.scalar(
+        select(Label).join(Annotator, Label.annotator_id == Annotator.id)
+        .where(Label.idempotency_key == idempotency_key, Annotator.name == (annotator_name or "").strip())
     )
-    if last is not None:
-        delete_label(session, last)
-    return last
+    if label is not None:
+        delete_label(session, label)
+    return label
 
 
 def add_ranking(

@@ -1,8 +1,8 @@
 """Token-budget batches of similar length, for training pairs and for scoring.
 
 Padding is the largest waste in reward-model training: a batch of 16 random pairs is padded to its longest
-sequence, so most of the compute goes to pad tokens (NOTES.md §4: 63 pairs/s with random batches of 16 vs 271
-pairs/s with 32k-token batches of similar length, same model and GPU). Here a batch is a set of items whose
+sequence, so most of the compute goes to pad tokens (the GPU speeds with and without length grouping are in
+BENCHMARKS.md, GPU training). Here a batch is a set of items whose
 *padded* size fits a token budget: ``rows x longest <= batch_tokens``. Items are sorted by length inside
 randomly shuffled length-windows ("mega-batches"), so batches stay nearly pad-free while the order of training
 stays random from epoch to epoch.

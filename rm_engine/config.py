@@ -8,8 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from db.bounds import Bound, FieldError, bounded, check_fields
+from db.config import Settings
+
 SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
+#: A source's loss weight (``TrainConfig.source_weights`` values).
+SOURCE_WEIGHT = Bound(0, 100)
+MAX_ENSEMBLE = 64
+MAX_GPUS = 64
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
 # How several versions combine into one reward (rm_engine.version_ensemble); here so that the CLI can offer the
 # choices without importing numpy.
@@ -66,13 +73,8 @@ def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, floa
         k = str(k).strip()
         if k not in SOURCES:
             raise ValueError(f"source weight for {k!r}: unknown source (expected one of {', '.join(SOURCES)})")
-        try:
-            w = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"source weight for {k!r}: {v!r} is not a number") from None
-        if not (w >= 0.0) or w != w:
-            raise ValueError(f"source weight for {k!r}: must be >= 0, got {w}")
-        out[k] = w
+        label = f"source weight for {k!r}"
+        out[k] = SOURCE_WEIGHT.parse(v, label) if isinstance(v, str) else SOURCE_WEIGHT.check(v, label)
     return out
 
 
@@ -159,28 +161,41 @@ class TrainConfig:
 
     mode: str = "head"
     backbone: str = "minilm"
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int = 16
-    batch_tokens: int = 16384
-    max_batch_pairs: int = 32
-    max_length: int = 256
-    ensemble: int = 1
+    epochs: int | None = field(default=None, metadata=bounded(
+        1, 1_000_000, integer=True, optional=True, help="passes over the training pairs (default: 300 head, 2 finetune)"))
+    lr: float | None = field(default=None, metadata=bounded(
+        0, 10, lo_open=True, optional=True, help=f"learning rate ({default_lrs_text()} with --lora)"))
+    batch_size: int = field(default=16, metadata=bounded(
+        1, 65_536, integer=True, help="pairs per step (finetune without a token budget)"))
+    batch_tokens: int = field(default=16384, metadata=bounded(
+        0, 1 << 24, integer=True, help="finetune token budget per batch (0 = use the batch size)"))
+    max_batch_pairs: int = field(default=32, metadata=bounded(
+        0, 1 << 20, integer=True, help="finetune: at most N pairs per token-budget batch (0 = the budget alone)"))
+    max_length: int = field(default=256, metadata=bounded(
+        8, 1 << 17, integer=True, help="tokens per (prompt, response) sequence"))
+    ensemble: int = field(default=1, metadata=bounded(
+        1, MAX_ENSEMBLE, integer=True, help="K members; scores carry their mean and std"))
     source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
     sources: tuple[str, ...] | None = None
     ties: str = "model"
     tie_model: str = "davidson"
-    margin_from_strength: float = 0.0
-    center_coef: float = 0.0
-    val_fraction: float = 0.2
-    seed: int = 0
+    margin_from_strength: float = field(default=0.0, metadata=bounded(
+        0, 10, help="margin added per unit of label strength (0 = off)"))
+    center_coef: float = field(default=0.0, metadata=bounded(
+        0, 10, help="reward centering coefficient, coef * mean((r_c + r_r)^2) (TRL recommends 0.01; 0 = off)"))
+    val_fraction: float = field(default=0.2, metadata=bounded(
+        0, 0.9, hi_open=True, help="share of prompts held out for validation"))
+    seed: int = field(default=0, metadata=bounded(0, 2**31 - 1, integer=True, help="seeds the split, initialisation and bootstrap"))
     head: str = "linear"
-    weight_decay: float | None = None
+    weight_decay: float | None = field(default=None, metadata=bounded(
+        0, 100, optional=True, help="head: L2 penalty (default 0.1 linear, 0.01 mlp); finetune: AdamW decay (default 0)"))
     lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = field(default=16, metadata=bounded(1, 4096, integer=True, help="LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=bounded(1, 65_536, integer=True, help="LoRA alpha"))
     device: str = "auto"
-    gpus: int = 1
+    gpus: int = field(default=1, metadata=bounded(
+        1, MAX_GPUS, integer=True,
+        help="finetune: N data-parallel processes (DDP, one per GPU; gloo CPU processes without CUDA)"))
     grad_checkpointing: bool = False
     compile: bool = False
     packing: bool = False
@@ -189,13 +204,14 @@ class TrainConfig:
     head_init: str = "auto"
     features: str = "rich"
     quantize: bool = False
-    patience: int = 30
+    patience: int = field(default=30, metadata=bounded(
+        1, 10**9, integer=True, help="head mode: evaluations without improvement before early stopping"))
     length_covariate: bool = False
     annotator_weights: bool = False
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name}: {why} (got {getattr(self, name)!r})")
+        def bad(name: str, why: str) -> FieldError:
+            return FieldError(f"TrainConfig.{name}", why, getattr(self, name), field=name)
 
         choices = {
             "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
@@ -205,30 +221,23 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
-        for name in ("batch_size", "max_length", "ensemble", "lora_r", "lora_alpha", "patience", "gpus"):
-            if int(getattr(self, name)) < 1:
-                raise bad(name, "must be >= 1")
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise bad("backbone", "must be minilm or a model folder")
+        for name in sorted(_BOOLS):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        check_fields(self, lambda name: f"TrainConfig.{name}")  # every numeric field: finite and in range
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
-        if self.max_length < 8:
-            raise bad("max_length", "must be >= 8")
-        if self.epochs is not None and self.epochs < 1:
-            raise bad("epochs", "must be >= 1")
-        if self.lr is not None and not self.lr > 0:
-            raise bad("lr", "must be > 0")
-        if self.batch_tokens < 0:
-            raise bad("batch_tokens", "must be >= 0")
         if self.packing and self.batch_tokens == 0:
             raise bad("packing", "needs a token budget: batch_tokens > 0 is the packed row length")
-        if self.max_batch_pairs < 0:
-            raise bad("max_batch_pairs", "must be >= 0")
-        if not 0.0 <= self.val_fraction < 0.9:
-            raise bad("val_fraction", "must be in [0, 0.9)")
-        if self.center_coef < 0 or self.margin_from_strength < 0:
-            raise bad("center_coef" if self.center_coef < 0 else "margin_from_strength", "must be >= 0")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise bad("weight_decay", "must be >= 0")
-        object.__setattr__(self, "source_weights", parse_source_weights(self.source_weights))
+        try:
+            object.__setattr__(self, "source_weights", parse_source_weights(self.source_weights))
+        except FieldError as exc:  # one weight: name it and its value
+            raise FieldError("TrainConfig.source_weights", f"{exc.label} {exc.reason}", exc.value,
+                             field="source_weights") from None
+        except ValueError as exc:
+            raise bad("source_weights", str(exc)) from None
         if self.sources is not None:
             srcs = tuple(str(s).strip() for s in self.sources if str(s).strip())
             unknown = [s for s in srcs if s not in SOURCES]
@@ -310,9 +319,27 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
+def check_queueable(cfg: TrainConfig, settings: Settings) -> TrainConfig:
+    """Refuse now what the worker would refuse later when it runs ``cfg``: besides the fields (checked when ``cfg``
+    was built), a backbone other than ``minilm`` must be a model folder under the allowed roots
+    (``rm_engine.backbone.resolve_backbone``, the function the worker resolves it with; ``BackboneError`` naming the
+    path). The CLI, the Train form and the retrain policy call this before storing a run."""
+    from rm_engine.backbone import MINILM, resolve_backbone
+
+    if cfg.backbone.strip().lower() != MINILM:  # minilm ships with the worker's install
+        resolve_backbone(cfg.backbone, settings)
+    return cfg
+
+
+def policy_train_config(train_params: Mapping[str, Any], mode: str, settings: Settings | None = None) -> TrainConfig:
+    """The ``TrainConfig`` an automatic retrain with the policy's ``train_params`` and ``mode`` runs (built as the
+    worker builds it from the job's parameters: unknown fields and bad values named), checked with
+    :func:`check_queueable` when ``settings`` are given."""
+    cfg = TrainConfig.from_dict({**train_params, "mode": mode})
+    return check_queueable(cfg, settings) if settings is not None else cfg
+
+
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_INT = {"epochs", "batch_size", "batch_tokens", "max_batch_pairs", "max_length", "ensemble", "seed", "lora_r", "lora_alpha", "patience", "gpus"}
-_FLOAT = {"lr", "margin_from_strength", "center_coef", "val_fraction", "weight_decay"}
 _BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate", "annotator_weights"}
 
 
@@ -329,15 +356,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _parse_field(name: str, raw: str, var: str) -> Any:
     """Parse one text value for field ``name``, naming ``var`` (where it came from) on error."""
-    try:
-        if name in _INT:
-            return int(raw)
-        if name in _FLOAT:
-            return float(raw)
-        if name in _BOOLS:
+    bound = next((f.metadata["bound"] for f in fields(TrainConfig) if f.name == name and "bound" in f.metadata), None)
+    if bound is not None:
+        return bound.parse(raw, var, field=name)
+    if name in _BOOLS:
+        try:
             return _BOOL[raw.strip().lower()]
-    except (ValueError, KeyError):
-        raise ValueError(f"{var}={raw!r}: not a valid value for {name}") from None
+        except KeyError:
+            raise FieldError(var, "must be true or false (1, 0, yes, no, on, off)", raw, field=name) from None
     if name == "sources":
         return [s for s in raw.split(",") if s.strip()]
     if name == "source_weights":

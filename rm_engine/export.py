@@ -1,26 +1,24 @@
-"""Export a fine-tuned model version as a plain Hugging Face folder, for RL trainers and servers that load reward
-models with ``AutoModelForSequenceClassification`` and never import RM Studio.
+"""Export a model version as a Hugging Face folder, for RL trainers, evaluation harnesses and servers that load
+reward models with ``AutoModelForSequenceClassification`` (or ``pipeline``, or TRL's ``reward_funcs=<folder>``) and
+never import RM Studio.
 
 The folder holds ``config.json`` + ``model.safetensors`` (LoRA adapters merged into the weights, the trained score
-head included), the tokenizer, ``rmstudio_reward.json`` (version, recipe, input format, normalization statistics,
-headline metrics, training config) and a ``README.md`` model card whose Python snippet builds inputs as training
-did and returns the raw score and its z-score (``tests/integration/test_export.py`` runs that snippet against RM
-Studio's own scores).
+head included; head mode: the frozen backbone plus its heads), the tokenizer with a chat template,
+``modeling_rmstudio.py`` (:mod:`rm_engine.export_modeling`), ``rmstudio_reward.json`` (version, recipe, input
+format, normalization statistics, headline metrics, training config) and a ``README.md`` model card whose Python
+snippets return RM Studio's raw score and z-score (``tests/integration/test_export.py`` runs them against RM Studio's
+own scores).
 
-Mean pooling (MiniLM's default): no built-in ``...ForSequenceClassification`` class reads a score from the mean of
-the last hidden states, so the folder also carries ``modeling_rmstudio.py``, a subclass of the backbone's own class
-whose ``forward`` does, named in ``config.json``'s ``auto_map`` under a model type of its own: loading needs
-``trust_remote_code=True``, and without it transformers refuses rather than silently reading [CLS].
+Every export reads its score through ``modeling_rmstudio.py``, a subclass of the backbone's own class named in
+``config.json``'s ``auto_map`` under a model type of its own (loading needs ``trust_remote_code=True``; without it
+transformers refuses rather than silently running the plain class): it takes the untruncated conversation, splits
+context and response and truncates each as training did, so its scores equal RM Studio's on inputs of any length,
+given as a pair, as the model card builds them, or as one chat-templated string (:mod:`rm_engine.export_inputs`).
 
-Head-mode versions (frozen backbone + trained heads) export the same way through a remote-code model of their own
-(``rm_engine/export_head.py``); a head ensemble is one model (its members' mean) unless a member is chosen.
-
-What cannot be one such model is refused with the reason: a fine-tune with ``rich`` pooling (three sequences per
-score), a fine-tuned ensemble without a chosen member, a decoder's head over rich features.
-
-Decoders whose pad token is their eos: Hugging Face's sequence-classification pooling reads the last token that is
-not the pad id, so it would skip the closing eos RM Studio reads the score at (NOTES.md, pitfall 1). The export gives
-such a tokenizer a pad token of its own (a new embedding row only where the vocabulary has no spare one).
+Head-mode versions (frozen backbone + trained heads) export through :mod:`rm_engine.export_head`; a head ensemble is
+one model (its members' mean) unless a member is chosen. What cannot be one such model is refused with the reason:
+a fine-tuned ensemble without a chosen member, rich features (head mode or ``rich`` pooling) of an input without a
+separator between context and response (decoders, templated encoders).
 """
 from __future__ import annotations
 
@@ -37,18 +35,16 @@ from typing import Any
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
-from rm_engine.export_card import EXPORT_PAD, model_card
-from rm_engine.export_head import head_refusal, write_head_model
+from rm_engine.export_card import model_card
+from rm_engine.export_head import add_tensors, head_refusal, write_head_model
+from rm_engine.export_inputs import REMOTE_CODE_FILE
 from rm_engine.model_store import with_files, zip_folder
 from rm_engine.registry import ModelFilesError, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
 INFO_FILE = "rmstudio_reward.json"
 CARD_FILE = "README.md"
-EXPORTABLE_POOLINGS = ("cls", "last", "mean")  # mean: through the folder's own modeling_rmstudio.py
-REMOTE_CODE_FILE = "modeling_rmstudio.py"
 ARCHIVE_MAX_BYTES = 2 * 2**30  # export_archive builds the zip in memory (the app's server process)
-MEAN_MODEL_TYPE = "rmstudio_mean_pooling"
 
 
 class ExportError(ValueError):
@@ -113,11 +109,6 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
         meta = FinetuneMeta.read(folder / f"member-{k}" / META_FILE)
     except ValueError as exc:
         raise ModelFilesError(f"{label}: {exc}") from None
-    pooling = meta.pooling
-    if pooling is not None and pooling not in EXPORTABLE_POOLINGS:  # None: files older than pooling = the default
-        raise ExportError(f"{label} reads its score by {pooling} pooling (three sequences per score), which no "
-                          "Hugging Face ...ForSequenceClassification model does. Score it through RM Studio, or "
-                          "retrain with --pooling mean or cls to export")
     # LoRA members hold adapters only: the merged model is the size of the backbone they adapt
     size = _weight_bytes(folder / f"member-{k}") + (_weight_bytes(Path(meta.backbone["path"])) if meta.lora else 0)
     return _Plan(summary, norm, train_config, metrics, folder / f"member-{k}", k, members, size,
@@ -200,6 +191,7 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
 
 def _finetune_writer(plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
     """Load the fine-tuned member now (errors before anything is written); the returned function writes it."""
+    from rm_engine.export_inputs import finish_tokenizer, input_spec, write_remote_code
     from rm_engine.finetune_model import FinetunedModel
 
     k, members = plan.member, plan.members
@@ -208,25 +200,38 @@ def _finetune_writer(plan: _Plan, say: Callable[[str], None]) -> Callable[[Path]
         fm = FinetunedModel.load(plan.member_dir, device="cpu")
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFilesError(f"{plan.label}: member {k} cannot be loaded ({exc})") from None
-    model, tok = fm.model, fm.tokenizer
+    model, tok, pooling = fm.model, fm.tokenizer, fm.net.pooling
+    spec = input_spec(tok, decoder=fm.meta.decoder, max_length=fm.meta.max_length, rich=pooling == "rich")
+    _check_rich(plan, spec)
     if fm.meta.lora:
         say("merging the LoRA adapters into the weights")
         model = model.merge_and_unload()
-    pad_added = fm.meta.decoder and _own_pad_token(model, tok)
 
     def write(folder: Path) -> dict[str, Any]:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        model.save_pretrained(str(folder), safe_serialization=True, max_shard_size="1000GB")  # one file to add to
         tok.save_pretrained(str(folder))
-        if fm.net.pooling == "mean":
-            _mean_pooling_code(folder, model)
-        return _info(plan, tok, decoder=fm.meta.decoder, pooling=fm.net.pooling, max_length=fm.meta.max_length,
-                     truncation=fm.meta.truncation, remote_code=fm.net.pooling == "mean", pad_added=pad_added)
+        if fm.net.rich_head is not None:
+            add_tensors(folder / "model.safetensors",
+                        {f"rich_head.{n}": t.detach().float().cpu().contiguous()
+                         for n, t in fm.net.rich_head.state_dict().items()})
+        exact = finish_tokenizer(folder, spec, tok, decoder=fm.meta.decoder)
+        write_remote_code(folder, model, {**spec, "score": pooling})
+        return _info(plan, spec, decoder=fm.meta.decoder, pooling=pooling, truncation=fm.meta.truncation,
+                     one_string=exact)
 
     return write
 
 
+def _check_rich(plan: _Plan, spec: dict[str, Any]) -> None:
+    if spec["rich"] and spec["layout"] != "text-pair":
+        raise ExportError(f"{plan.label} reads rich features (context and response embedded apart too) through a "
+                          f"{spec['layout']} input, which has no separator to split them at: score it through RM "
+                          "Studio, or retrain without rich features to export")
+
+
 def _head_writer(settings: Settings, plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
     """Check the head version's backbone and load its head now; the returned function writes backbone + head."""
+    from rm_engine.backbone import input_format, load_tokenizer
     from rm_engine.registry import load_head_files
     from rm_engine.scoring import check_backbone
 
@@ -234,13 +239,16 @@ def _head_writer(settings: Settings, plan: _Plan, say: Callable[[str], None]) ->
     tensors, fcfg = load_head_files(settings, plan.summary["path"], plan.summary["id"])
     ref = check_backbone(settings, plan.summary["id"], fcfg.get("backbone", {}))
     decoder = plan.decoder
+    features = fcfg.get("features", "rich")
+    layout = input_format(load_tokenizer(ref, decoder=decoder), decoder=decoder)
+    _check_rich(plan, {"rich": features == "rich", "layout": layout})
 
     def write(folder: Path) -> dict[str, Any]:
-        tok = write_head_model(folder, ref, fcfg, tensors, plan.member, decoder)
-        head = {"kind": fcfg["head"]["kind"], "features": fcfg.get("features", "rich"), "members": plan.members,
+        _, spec, exact = write_head_model(folder, ref, fcfg, tensors, plan.member, decoder)
+        head = {"kind": fcfg["head"]["kind"], "features": features, "members": plan.members,
                 "quantized_features": bool(fcfg.get("quantize", False))}
-        return _info(plan, tok, decoder=decoder, pooling="mean", max_length=int(fcfg.get("max_length", 256)),
-                     truncation=fcfg.get("truncation"), remote_code=True, pad_added=False, head=head)
+        return _info(plan, spec, decoder=decoder, pooling="mean", truncation=fcfg.get("truncation"),
+                     one_string=exact, head=head)
 
     return write
 
@@ -262,73 +270,15 @@ def export_archive(db: Database, settings: Settings, version: str | int | None, 
         return zip_folder(Path(tmp) / "out", prefix=archive_name(info["version_id"], info["member"]) + "/")
 
 
-def _own_pad_token(model: Any, tok: Any) -> bool:
-    """Give a decoder whose pad id is its eos id a pad token of its own (model config included); True if it did."""
-    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
-        model.config.pad_token_id = tok.pad_token_id
-        return False
-    tok.add_special_tokens({"pad_token": EXPORT_PAD})
-    rows = model.get_input_embeddings().weight.shape[0]
-    if tok.pad_token_id >= rows:  # no spare row in the (often padded) vocabulary
-        model.resize_token_embeddings(tok.pad_token_id + 1)
-    model.config.pad_token_id = tok.pad_token_id
-    return True
-
-
-_MEAN_POOLING_CODE = '''"""RM Studio's mean-pooling reward model: the {base} encoder's last hidden states
-averaged over the real (attention-mask) tokens, then its linear classifier, as RM Studio trained it. Written by
-`rmstudio models export`; load with
-AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
-import torch
-from transformers import {config_cls}, {base}
-from transformers.modeling_outputs import SequenceClassifierOutput
-
-
-class RMStudioMeanPoolingConfig({config_cls}):
-    model_type = "{model_type}"
-
-
-class RMStudioMeanPoolingModel({base}):
-    config_class = RMStudioMeanPoolingConfig
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        body = getattr(self, self.base_model_prefix)
-        extra = {{}} if token_type_ids is None else {{"token_type_ids": token_type_ids}}
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return SequenceClassifierOutput(logits=self.classifier(pooled))
-'''
-
-
-def _mean_pooling_code(folder: Path, model: Any) -> None:
-    """Write ``modeling_rmstudio.py`` for a mean-pooling encoder and point ``config.json`` at it (a model type of
-    its own, so that transformers will not load the folder as the plain class, which reads [CLS])."""
-    (folder / REMOTE_CODE_FILE).write_text(_MEAN_POOLING_CODE.format(
-        base=type(model).__name__, config_cls=type(model.config).__name__, model_type=MEAN_MODEL_TYPE),
-        encoding="utf-8")
-    path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    module = REMOTE_CODE_FILE.removesuffix(".py")
-    config.update(model_type=MEAN_MODEL_TYPE, architectures=["RMStudioMeanPoolingModel"],
-                  auto_map={"AutoConfig": f"{module}.RMStudioMeanPoolingConfig",
-                            "AutoModelForSequenceClassification": f"{module}.RMStudioMeanPoolingModel"})
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _info(plan: _Plan, tok: Any, *, decoder: bool, pooling: str, max_length: int, truncation: str | None,
-          remote_code: bool, pad_added: bool, head: dict[str, Any] | None = None) -> dict[str, Any]:
-    from rm_engine.backbone import input_format, pair_special_ids, single_special_ids
-
+def _info(plan: _Plan, spec: dict[str, Any], *, decoder: bool, pooling: str, truncation: str | None,
+          one_string: bool, head: dict[str, Any] | None = None) -> dict[str, Any]:
     summary, member, members, metrics = plan.summary, plan.member, plan.members, plan.metrics
-    if decoder:
-        prefix, suffix = single_special_ids(tok)
-        layout = {"prefix_ids": prefix, "suffix_ids": suffix, "eos_id": tok.eos_token_id}
-    else:
-        prefix, middle, suffix = pair_special_ids(tok)
+    prefix, suffix = spec["single_special"]
+    if spec["layout"] == "text-pair":
+        prefix, middle, suffix = spec["pair_special"]
         layout = {"prefix_ids": prefix, "middle_ids": middle, "suffix_ids": suffix}
+    else:
+        layout = {"prefix_ids": prefix, "suffix_ids": suffix, "eos_id": spec.get("eos")}
     # the version's calibration and length bias describe its (ensemble) score: one member's own are not measured
     temperature = (metrics.get("temperature") or {}).get("temperature") if plan.whole else None
     length_bias = ((metrics.get("val") or {}).get("length_bias") or {}).get("message") if plan.whole else None
@@ -338,15 +288,13 @@ def _info(plan: _Plan, tok: Any, *, decoder: bool, pooling: str, max_length: int
         "format": EXPORT_FORMAT, "version_id": summary["id"], "member": None if plan.whole else member,
         "members": members, "mode": summary["mode"], "head": head,
         "created_at": summary["created_at"], "recipe": summary["recipe"], "backbone": summary["backbone"],
-        "decoder": decoder, "pooling": pooling,
-        "remote_code": REMOTE_CODE_FILE if remote_code else None,
-        "input": {"format": input_format(tok, decoder=decoder), "max_length": max_length,
-                  "truncation": truncation, "special_tokens": layout,
-                  "token_type_ids": None if decoder else "all 0 (pass input_ids and attention_mask only)"},
+        "decoder": decoder, "pooling": pooling, "remote_code": REMOTE_CODE_FILE,
+        "input": {"format": spec["layout"], "max_length": spec["max_length"], "truncation": truncation,
+                  "special_tokens": layout, "response_marker": spec.get("marker_text"),
+                  "one_string_exact": one_string},
         "normalization": None if not plan.whole else {"mean": plan.norm.get("mean", 0.0),
                                                     "std": plan.norm.get("std", 1.0), "n": plan.norm.get("n")},
         "normalization_note": ensemble_note,
         "metrics": summary["metrics"], "n_pairs": summary["n_pairs"], "n_labels": summary["n_labels"],
-        "temperature": temperature, "length_bias": length_bias,
-        "pad_token_added": pad_added, "train_config": plan.train_config,
+        "temperature": temperature, "length_bias": length_bias, "train_config": plan.train_config,
     }

@@ -7,9 +7,9 @@ half-written shard; a duplicate key in two shards is harmless. Beyond ``AUTO_COM
 merges the small ones into one, tiered (``rm_engine/cache_admin.py`` also reports, compacts and prunes caches). The key of a text is
 the sha256 of what was embedded (the input kind, history, prompt and response), so every retrain reuses earlier work.
 
-Extraction sorts texts by token length and pads each batch only to its own longest text (NOTES.md §4: 2.5x
-faster than random batches on CPU), runs under ``torch.inference_mode`` and can quantize the linear layers to int8
-(another ~1.5x on CPU; a separate cache, since the numbers differ slightly).
+Extraction sorts texts by token length and pads each batch only to its own longest text (faster than random
+batches; ``bench/cpu.py``, BENCHMARKS.md), runs under ``torch.inference_mode`` and can quantize the linear layers to
+int8 (faster again on CPU; a separate cache, since the numbers differ slightly).
 
 Features for a (prompt, response), ``features="rich"``: the L2-normalised mean-pooled embeddings of
 the (context, response) pair ``e_pr``, of the response alone ``e_r`` and of the context alone ``e_p``, combined as

@@ -1,6 +1,6 @@
 """Finetune mode: the whole backbone (or LoRA adapters) with a scalar head, trained on preference pairs.
 
-Design (issue 6), and why:
+Design, and why:
 
 * ``AutoModelForSequenceClassification`` with one label, from any allowed local Hugging Face directory, encoder
   or decoder. Decoders are padded on the right and their score is read at the last non-pad token *found through
@@ -11,7 +11,7 @@ Design (issue 6), and why:
 * No host synchronisation per step: loss and accuracy accumulate in device tensors and are read every
   ``log_every`` steps; ``should_stop`` is a host-side call checked between steps.
 * Dropout is disabled (config fields and modules), as TRL does: with dropout the two passes of a pair see
-  different networks and accuracy drops (NOTES.md §4: 0.60 vs 0.64).
+  different networks and held-out accuracy drops.
 * Gradient checkpointing only when ``cfg.grad_checkpointing`` or when memory demands it: on one GPU a probe step
   on the heaviest batch (with packing, the fullest row, uncompiled) turns it on, then halves the token budget, only
   if needed (:mod:`rm_engine.memory_fit`);
@@ -24,14 +24,15 @@ Padding-free packing is optional (``cfg.packing``, decoders only; :mod:`rm_engin
 row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, attention confined to each sequence,
 one dummy tail segment), so every step has the same shape and ``torch.compile`` compiles the backbone once
 (``dynamic=False``) instead of once per padded shape. In one process the batches are random pairs filling the row
-with real tokens (:func:`rm_engine.batching.plan_packed`: on HH-harmless at 32k tokens the padded plan leaves 18%
-of the slots empty, the packed one 5%, nearly all in the epoch's last row); DDP ranks fill one such row each. Same
+with real tokens (:func:`rm_engine.batching.plan_packed`: far fewer empty slots than the padded plan, nearly all
+in the epoch's last row; BENCHMARKS.md, token slots per step); DDP ranks fill one such row each. Same
 loss, weights, on-device accumulation and DDP logic; validation and scoring stay padded. Tested on CPU: packed
 scores and gradients equal padded ones (sdpa; flex_attention forward, eager and compiled in one graph), packed
 training on a given plan reaches the same weights as padded training on it (full, LoRA, checkpointing, compile; two
-gloo DDP ranks). CUDA uses flex_attention (a sparse BlockMask); its speed there, and the issue's 35% MFU target,
-are NOT measured yet. Encoders fall back to padded batches (logged); on CPU packing needs ``batch_tokens <= 4096``
-(dense mask).
+gloo DDP ranks). On CUDA packed rows run torch's varlen flash attention where the model supports it, else
+flex_attention (a sparse BlockMask); the GPU-only tests show both equal to padded training (DEVELOPING.md) and
+BENCHMARKS.md gives their speed. Encoders fall back to padded batches (logged); on CPU packing needs
+``batch_tokens <= 4096`` (dense mask).
 """
 from __future__ import annotations
 

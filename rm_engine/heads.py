@@ -148,6 +148,8 @@ class HeadResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     length_coef: np.ndarray | None = None  # per member, on the standardised log length (``lengths`` given)
+    train_loss: list[float] = field(default_factory=list)  # per member, at the last step
+    val_loss: list[float] | None = None  # per member, the best validation loss (inf: never improved on the start)
 
 
 def _member_weights(pairs: PairArrays, members: int, seed: int) -> np.ndarray:
@@ -317,4 +319,6 @@ def train_heads(
         seconds=time.time() - t0,
         history=history,
         length_coef=None if final_beta is None else final_beta.numpy().copy(),
+        train_loss=[float(x) for x in loss_k.detach()],
+        val_loss=None if vp is None else [float(x) for x in best_loss],
     )

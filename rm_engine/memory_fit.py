@@ -1,8 +1,8 @@
-"""Gradient checkpointing and smaller batches only when GPU memory demands them (issue 6).
+"""Gradient checkpointing and smaller batches only when GPU memory demands them.
 
-Checkpointing costs about a third of the speed (NOTES.md §4: TRL turns it on by default and runs 2x slower than
-without), so the finetune trainer starts without it. Before the first step, one forward and backward pass on the
-heaviest batch of the plan (with packing: its fullest row, through the uncompiled model, so a compiled run
+Checkpointing recomputes the forward pass during the backward one, about a third more compute per step (TRL turns
+it on by default), so the finetune trainer starts without it. Before the first step, one forward and backward pass
+on the heaviest batch of the plan (with packing: its fullest row, through the uncompiled model, so a compiled run
 compiles once, at the budget that fits) tells whether the run fits; if it does not, checkpointing is turned on,
 then the token budget halved, until it fits (or a clear error says what to change). One probe costs one step.
 

@@ -133,8 +133,8 @@ def choose_attn_implementation(model: nn.Module, device: torch.device, length: i
     """Which attention a packed *training* row runs with: a flash-attention model keeps it; ``prefer="varlen"``:
     torch's varlen flash attention (:mod:`rm_engine.varlen_attention`, CUDA); ``"flex"``: ``flex_attention``;
     ``"sdpa"``: a dense mask. ``"auto"``: on CPU ``sdpa`` up to :data:`DENSE_MAX_TOKENS` (FlexAttention has no
-    backward on CPU in torch 2.13); on CUDA varlen when the model and torch support it (11% faster than flex on an
-    H200, BENCHMARKS.md), else ``flex_attention``, else ``sdpa`` up to the dense limit. ``ValueError`` naming the reason when the choice cannot run."""
+    backward on CPU in torch 2.13); on CUDA varlen when the model and torch support it (faster than flex: BENCHMARKS.md,
+    GPU training), else ``flex_attention``, else ``sdpa`` up to the dense limit. ``ValueError`` naming the reason when the choice cannot run."""
     current = attn_implementation(model)
     if current in FLASH:
         return current

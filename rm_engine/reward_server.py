@@ -1,21 +1,26 @@
 """A reward model over HTTP, for RL trainers that run in another process or on another machine (OpenRLHF's
 ``--remote_rm_url``, a GRPO loop whose environment lacks RM Studio).
 
-``POST /score`` takes one batch and returns one reward per row::
+``POST /score`` takes one batch and returns one reward per row (the bodies: :mod:`rm_engine.reward_requests`)::
 
     {"prompts": [...], "completions": [...]}   strings or chat-message lists, as TRL's GRPO passes them
     {"query": [...], "prompts": [...]}         OpenRLHF: each query is its prompt followed by the response
 
 and answers ``{"rewards": [...], "scores": [...], "model": ...}`` (``scores`` repeats ``rewards`` for OpenRLHF),
 plus ``std`` per row (an ensemble's disagreement, in z units unless the reward is raw). ``GET /health`` describes
-the loaded model. A bad request gets status 400 and ``{"error": ...}`` naming the field and row; with a token set
+the loaded model, the server's limits and the rows waiting. A bad request gets status 400 (413 over the size
+budget) and ``{"error", "field", "row"}`` naming the field and row and what to send instead; with a token set
 (``RMSTUDIO_REWARD_TOKEN``), a request without ``Authorization: Bearer <token>`` gets 401.
 
-Each request's prompts are counted in the database (``db/served.py``; ``--no-record-prompts`` turns it off), so the
-Dashboard's Coverage tab can check what the policy is really asked against the labelled prompts.
+Bounded: the body is read in pieces and refused (413) as soon as it passes ``max_body_bytes``, before the rest is
+read; rows and characters per text have budgets; scoring runs in chunks shared by all waiting requests, each
+request with a time budget (503 when it cannot make it, said as soon as its speed shows it); a request whose
+client disconnects stops being scored; SIGTERM answers what waits with 503 and exits without waiting on the chunk
+being scored (:mod:`rm_engine.reward_scheduler`).
 
-One scoring runs at a time (two at once would only fight over the same cores); requests that arrive meanwhile are
-scored together in the next one (:class:`Batcher`). Built on Starlette and served by uvicorn, both already installed with Streamlit.
+Each answered request's prompts are counted in the database (``db/served.py``; ``--no-record-prompts`` turns it
+off), so the Dashboard's Coverage tab can check what the policy is really asked against the labelled prompts.
+Built on Starlette and served by uvicorn, both already installed with Streamlit.
 """
 from __future__ import annotations
 
@@ -24,14 +29,19 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from rm_engine.backbone import History
-from rm_engine.scoring import completion_rows
+from db.bounds import bounded, check_fields, finite_json
+from rm_engine.reward_requests import Reading, RequestError, Row, parse_request
+from rm_engine.reward_scheduler import OverBudget, Scheduler, ShuttingDown
 
 REWARD_KINDS = ("raw", "z", "sigmoid")
+SHUTDOWN_GRACE_S = 5  # after SIGTERM, the longest uvicorn waits for a request still being answered
 log = logging.getLogger(__name__)
+
+__all__ = ["REWARD_KINDS", "RequestError", "ServerConfig", "build_app", "ensemble_scorer", "model_scorer",
+           "parse_request", "serve"]
 
 
 @dataclass(frozen=True)
@@ -44,69 +54,38 @@ class ServerConfig:
         port: TCP port.
         token: when set, every request but ``/health`` needs ``Authorization: Bearer <token>``
             (``RMSTUDIO_REWARD_TOKEN``).
-        max_rows: most rows one request may hold.
-        max_body_bytes: largest request body accepted.
+        max_rows: most rows one request may hold (413 beyond).
+        max_body_bytes: largest request body accepted (413 beyond, said before the rest of the body is read).
+        max_text_chars: longest text (prompt, completion, query, message) accepted (413 beyond): tokenizing one
+            text costs memory in proportion to its length.
+        time_budget_s: longest a request may take, waiting included; one that cannot make it gets 503.
+        chunk_rows: rows scored in one forward pass, shared by the waiting requests (a small request waits at
+            most one chunk behind a large one).
         record_prompts: count each scored prompt in the database (``db/served.py``), for the Coverage tab:
             does the labelled data cover what the policy is asked?
+        chat_template: the chat template whose markup is parsed from text before the built-in ones (a name, a
+            Jinja file or a tokenizer folder: :func:`rm_engine.chat_markup.load_markup`); None: the built-ins.
+        drop_system: leave system messages out of the scored conversation (by default they are scored as
+            earlier turns, as training saw them).
     """
 
     host: str = "127.0.0.1"
     port: int = 8600
     token: str | None = None
-    max_rows: int = 4096
-    max_body_bytes: int = 32 * 2**20
+    max_rows: int = field(default=4096, metadata=bounded(1, 1 << 20, integer=True, help="rows per request"))
+    max_body_bytes: int = field(default=32 * 2**20, metadata=bounded(1, 1 << 34, integer=True))
+    max_text_chars: int = field(default=400_000, metadata=bounded(1, 1 << 30, integer=True))
+    time_budget_s: float = field(default=120.0, metadata=bounded(0, 86_400, lo_open=True))
+    chunk_rows: int = field(default=64, metadata=bounded(1, 1 << 16, integer=True))
     record_prompts: bool = True
+    chat_template: str | None = None
+    drop_system: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, lambda name: f"reward server {name.replace('_', '-')}")
 
 
-class RequestError(ValueError):
-    """A request body that cannot be scored; the message names the field (and row)."""
-
-
-def _texts(body: dict[str, Any], field: str) -> list[Any]:
-    value = body.get(field)
-    if not isinstance(value, list):
-        raise RequestError(f"'{field}' must be a list (of strings or chat-message lists), got "
-                           f"{type(value).__name__}")
-    for i, item in enumerate(value):
-        if not isinstance(item, (str, list)):
-            raise RequestError(f"'{field}'[{i}] must be a string or a list of chat messages, got "
-                               f"{type(item).__name__}")
-        for k, m in enumerate(item if isinstance(item, list) else []):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), (str, list))):
-                raise RequestError(f"'{field}'[{i}][{k}] must be a chat message: an object with a string 'role' "
-                                   "and a 'content'")
-    return value
-
-
-def parse_request(body: Any, max_rows: int) -> tuple[list[Any], list[Any]]:
-    """``(prompts, completions)`` of a request body (TRL-style or OpenRLHF-style, see the module docstring).
-    Raises :class:`RequestError`."""
-    if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object with 'prompts' and 'completions' (or OpenRLHF's "
-                           "'query' and 'prompts')")
-    if "completions" in body:
-        prompts, completions = _texts(body, "prompts"), _texts(body, "completions")
-    elif "query" in body:
-        queries, prompts = _texts(body, "query"), _texts(body, "prompts")
-        if len(queries) != len(prompts):
-            raise RequestError(f"{len(queries)} queries for {len(prompts)} prompts")
-        completions = []
-        for i, (q, p) in enumerate(zip(queries, prompts)):
-            if not (isinstance(q, str) and isinstance(p, str) and q.startswith(p)):
-                raise RequestError(f"'query'[{i}] does not start with 'prompts'[{i}]: send each query as its "
-                                   "prompt followed by the response, or send 'completions'")
-            completions.append(q[len(p):])
-    else:
-        raise RequestError("missing 'completions' (with 'prompts'), or OpenRLHF's 'query' (with 'prompts')")
-    if len(prompts) != len(completions):
-        raise RequestError(f"{len(prompts)} prompts for {len(completions)} completions")
-    if len(prompts) > max_rows:
-        raise RequestError(f"{len(prompts)} rows in one request; at most {max_rows} (send smaller batches)")
-    return prompts, completions
-
-
-Scorer = Callable[[Sequence[tuple[str, History, str]]], dict[str, list[float]]]  # (prompt, history, response) rows
+Scorer = Callable[[Sequence[Row]], dict[str, list[float]]]  # (prompt, history, response) rows
 
 
 def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
@@ -119,7 +98,7 @@ def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
         raise ValueError(f"an uncertainty penalty applies to z rewards, not {kind}")
     unit = 1.0 if kind == "raw" else float(model.norm_stats.get("std", 1.0) or 1.0)
 
-    def score(rows: Sequence[tuple[str, History, str]]) -> dict[str, list[float]]:
+    def score(rows: Sequence[Row]) -> dict[str, list[float]]:
         scores = model.score_rows(rows)
         std = [float(s.std) / unit for s in scores]
         return {"rewards": [float(getattr(s, kind)) - penalty * d for s, d in zip(scores, std)], "std": std}
@@ -129,89 +108,63 @@ def model_scorer(model: Any, kind: str = "z", penalty: float = 0.0) -> Scorer:
 
 def ensemble_scorer(ensemble: Any) -> Scorer:
     """Several versions' combined z (``VersionEnsemble``), with their disagreement as ``std``."""
-    def score(rows: Sequence[tuple[str, History, str]]) -> dict[str, list[float]]:
+    def score(rows: Sequence[Row]) -> dict[str, list[float]]:
         scores = ensemble.score_rows(rows)
         return {"rewards": [float(s.reward) for s in scores], "std": [float(s.std) for s in scores]}
 
     return score
 
 
-class Batcher:
-    """One scoring at a time; requests that arrive meanwhile wait and are scored together, up to ``max_rows`` rows:
-    one forward pass per batch instead of one per request, with no added wait (on CPU, 8 clients sending 4-row
-    requests get 1.4x the rows/s of one, BENCHMARKS.md). A batch that fails is scored again request by request, so
-    one bad request fails alone."""
+class BodyTooLarge(Exception):
+    """A request body over the server's byte budget."""
 
-    def __init__(self, score: Callable[[list[Any], list[Any]], dict[str, list[float]]], max_rows: int) -> None:
-        self.score, self.max_rows = score, max_rows
-        self._queue: asyncio.Queue[tuple[list[Any], list[Any], asyncio.Future[Any]]] | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
-        """This request's share of the batch it was scored in (the scorer's exception if it failed alone)."""
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._queue, self._task = asyncio.Queue(), loop.create_task(self._run())
-        fut: asyncio.Future[Any] = loop.create_future()
-        await self._queue.put((prompts, completions, fut))  # type: ignore[union-attr]
-        return await fut
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, read in pieces; :class:`BodyTooLarge` as soon as it passes ``limit`` bytes (or when its
+    declared length does), without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"a request body of {int(declared):,} bytes")
+    buf = bytearray()
+    async for piece in request.stream():
+        buf += piece
+        if len(buf) > limit:
+            raise BodyTooLarge(f"a request body of more than {limit:,} bytes")
+    return bytes(buf)
 
-    async def _run(self) -> None:
-        queue, carry = self._queue, None
-        assert queue is not None
-        while True:
-            first = carry or await queue.get()
-            batch, rows, carry = [first], len(first[0]), None
-            while not queue.empty():
-                item = queue.get_nowait()
-                if rows + len(item[0]) > self.max_rows:
-                    carry = item
-                    break
-                batch.append(item)
-                rows += len(item[0])
-            await self._score(batch)
 
-    async def _score(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        from starlette.concurrency import run_in_threadpool
+def _error(status: int, message: str, field: str | None = None, row: int | None = None) -> Any:
+    from starlette.responses import JSONResponse
 
-        try:
-            prompts = [p for b in batch for p in b[0]]
-            out = await run_in_threadpool(self.score, prompts, [c for b in batch for c in b[1]])
-        except Exception as exc:  # noqa: BLE001 - handed to the requests
-            if len(batch) > 1:
-                for one in batch:
-                    await self._score([one])
-            elif not batch[0][2].done():
-                batch[0][2].set_exception(exc)
-            return
-        start = 0
-        for prompts, _, fut in batch:
-            if not fut.done():  # a client that went away
-                fut.set_result({k: v[start:start + len(prompts)] for k, v in out.items()})
-            start += len(prompts)
+    return JSONResponse({"error": message, "field": field, "row": row}, status)
 
 
 def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
               record: Callable[[list[str]], Any] | None = None) -> Any:
     """The Starlette application serving ``scorer`` (``describe``: what ``/health`` and each answer say of the
-    model). ``record`` gets each request's prompt texts after scoring; its failures are logged, never the
-    client's problem."""
+    model). ``record`` gets each answered request's prompt texts (the conversation's last user message, markup
+    parsed away); its failures are logged, never the client's problem. ``app.state.scheduler`` is its
+    :class:`Scheduler` (``serve`` closes it on shutdown)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    def score_and_record(prompts: list[Any], completions: list[Any]) -> dict[str, list[float]]:
-        rows = completion_rows(prompts, completions)
-        out = scorer(rows)
-        if record is not None and rows:
-            try:
-                record([row[0] for row in rows])
-            except Exception as exc:  # noqa: BLE001 - a full disk or a locked database must not fail the reward
-                log.warning("reward server: could not record the served prompts (%s)", exc)
-        return out
+    from rm_engine.chat_markup import default_markups, load_markup
 
-    batcher = Batcher(score_and_record, cfg.max_rows)
+    reading = Reading(default_markups(load_markup(cfg.chat_template) if cfg.chat_template else None),
+                      drop_system=cfg.drop_system, max_rows=cfg.max_rows, max_text_chars=cfg.max_text_chars)
+    from rm_engine.training import fault_point
+
+    def score_chunk(rows: Sequence[Row]) -> dict[str, list[float]]:
+        fault_point("reward-server:chunk")  # the bounds tests: a chunk that takes long (a loaded machine)
+        return scorer(rows)
+
+    on_done = (lambda rows: record([r[0] for r in rows])) if record is not None else None
+    scheduler = Scheduler(score_chunk, chunk_rows=cfg.chunk_rows, time_budget_s=cfg.time_budget_s, on_done=on_done)
+    limits = {"max_rows": cfg.max_rows, "max_body_bytes": cfg.max_body_bytes, "max_text_chars": cfg.max_text_chars,
+              "time_budget_s": cfg.time_budget_s, "chunk_rows": cfg.chunk_rows}
+    reads = {"chat_templates": [m.name for m in reading.markups], "drop_system": cfg.drop_system}
 
     def refused(request: Request) -> JSONResponse | None:
         if cfg.token is None:
@@ -219,32 +172,71 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
         given = request.headers.get("authorization", "")
         if hmac.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):
             return None
-        return JSONResponse({"error": "missing or wrong token: send 'Authorization: Bearer <token>'"}, 401)
+        return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'", "Authorization")
 
     async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": describe})
+        return JSONResponse({"status": "ok", "model": describe, "limits": limits, "reads": reads,
+                             "pending_rows": scheduler.pending_rows, "requests": scheduler.counts})
+
+    async def until_disconnect(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     async def score(request: Request) -> JSONResponse:
         if (denied := refused(request)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            return JSONResponse({"error": f"request body of {len(body)} bytes; at most {cfg.max_body_bytes}"}, 413)
         try:
-            prompts, completions = parse_request(json.loads(body or b"null"), cfg.max_rows)
-            out = await batcher.submit(prompts, completions)
-        except (RequestError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-            return JSONResponse({"error": f"bad request: {exc}"}, 400)
+            raw = await read_body(request, cfg.max_body_bytes)
+        except BodyTooLarge as exc:
+            return _error(413, f"{exc}; at most {cfg.max_body_bytes:,}: send smaller batches", "body")
+        except ClientDisconnect:
+            return _error(400, "the client went away before sending the whole body", "body")
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except RecursionError:
+            return _error(400, "bad request: the JSON is nested too deeply; send a flat object of lists", "body")
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+            return _error(400, f"bad request: the body is not JSON ({exc}); send a JSON object", "body")
+        try:
+            rows = parse_request(body, reading)
+        except RequestError as exc:
+            return _error(exc.status, f"bad request: {exc}", exc.field, exc.row)
+        job = scheduler.submit(rows)
+        watcher = asyncio.ensure_future(until_disconnect(request))
+        try:
+            await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not job.future.done():  # the client went away, or the server cancelled this request
+                scheduler.cancel(job)
+        if job.future.cancelled():
+            return _error(400, "the client went away before its rewards were ready")
+        try:
+            out = job.future.result()
+        except (OverBudget, ShuttingDown) as exc:
+            return _error(503, str(exc))
+        except ValueError as exc:
+            return _error(400, f"bad request: {exc}")
+        out = finite_json(out)
         return JSONResponse({**out, "scores": out["rewards"], "model": describe})
 
-    return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/score", score, methods=["POST"])])
+    app = Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/score", score, methods=["POST"])])
+    app.state.scheduler = scheduler
+    return app
 
 
 def serve(app: Any, cfg: ServerConfig) -> None:
-    """Serve ``app`` until interrupted (uvicorn; SIGINT and SIGTERM stop it cleanly, SIGTERM with exit code 0)."""
+    """Serve ``app`` until interrupted (uvicorn; SIGINT and SIGTERM stop it cleanly, SIGTERM with exit code 0):
+    waiting requests get 503 at once, a request still being answered gets :data:`SHUTDOWN_GRACE_S`, and the chunk
+    being scored is not waited for."""
     import signal
 
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.scheduler.close()
+            await super().shutdown(sockets=sockets)
 
     def stopped(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)
@@ -252,6 +244,7 @@ def serve(app: Any, cfg: ServerConfig) -> None:
     # uvicorn shuts down gracefully, then raises the signal it caught again under the handler found before it
     previous = signal.signal(signal.SIGTERM, stopped)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+        Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                              timeout_graceful_shutdown=SHUTDOWN_GRACE_S)).run()
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -10,12 +10,15 @@
 * Metrics (train / val / test; overall, per source, annotator and category), the overfitting flag, Spearman over
   rankings, calibration and score histograms are stored with the version, together with the normalization
   statistics: the scores of every response in the pair set at training time (mean, std, quantiles).
+* A run whose training loss ends non-finite (or whose head never improved on its initial weights) raises
+  :class:`NotConverged` before any file is written (:func:`check_converged`): it is never published.
 * ``should_stop()`` is checked between steps: :class:`Cancelled` is raised and nothing is published.
   ``publish_guard(session)`` runs inside the publishing transaction; False -> no row, files removed.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +41,7 @@ from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.evaluation import evaluate_pairs
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
 
-__all__ = ["Cancelled", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
+__all__ = ["Cancelled", "NotConverged", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
 
 Progress = Callable[[dict[str, Any]], None] | None
 StopCheck = Callable[[], bool] | None
@@ -198,7 +201,8 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
             "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
             "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids),
             "member_centers": centers,
-            "length_coef": None if res.length_coef is None else [float(b) for b in res.length_coef]}
+            "length_coef": None if res.length_coef is None else [float(b) for b in res.length_coef],
+            "final_train_loss": res.train_loss, "best_val_loss": res.val_loss}
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
 
 
@@ -271,6 +275,7 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
             "n_responses": len(ids), "tie_param": file_config["tie_param"], "tie_model": file_config["tie_model"],
             "member_centers": centers}
     info["gpus"] = cfg.gpus
+    info["final_train_loss"] = [h[-1].get("train_loss") if h else None for h in histories]
     if cfg.length_covariate:
         info["length_coef"] = [h[-1].get("length_coef") if h else None for h in histories]
     return Fitted(mode="finetune", backbone=ref.to_dict(), write=write, scores=scores, info=info,
@@ -311,7 +316,29 @@ def fit_splits(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Trai
     """Train ``cfg.mode`` on ``splits["train"]`` (``"val"`` for early stopping and per-epoch validation; every
     split's responses get scores in ``Fitted.scores``) on ``cfg.device``; nothing is written."""
     fit = _fit_head if cfg.mode == "head" else _fit_finetune
-    return fit(settings, cfg, splits, resolve_device(cfg.device), progress, should_stop)
+    fitted = fit(settings, cfg, splits, resolve_device(cfg.device), progress, should_stop)
+    check_converged(fitted, cfg)
+    return fitted
+
+
+class NotConverged(ValueError):
+    """Training ended with a loss that is not finite (or a head never improved on its starting weights): such a
+    model is never published or measured."""
+
+
+def check_converged(fitted: Fitted, cfg: TrainConfig) -> None:
+    """Raise :class:`NotConverged` unless every member's final training loss is finite and, in head mode with a
+    validation split, every member improved its validation loss at least once (a member that never did keeps
+    its random initial weights, which would score at chance)."""
+    hint = f"nothing was published; try a lower learning rate (it was {cfg.lr})"
+    for k, loss in enumerate(fitted.info.get("final_train_loss") or []):
+        if loss is not None and not math.isfinite(loss):
+            raise NotConverged(f"training diverged: member {k + 1} of {cfg.ensemble} ended with training loss "
+                               f"{loss}; {hint}")
+    for k, loss in enumerate(fitted.info.get("best_val_loss") or []):
+        if not math.isfinite(loss):
+            raise NotConverged(f"training never improved on its initial weights: member {k + 1} of {cfg.ensemble} "
+                               f"had no finite validation loss; {hint}")
 
 
 def load_pair_set(db: Database, cfg: TrainConfig) -> PairSet:

@@ -2,15 +2,16 @@
 
 torch (>= 2.10) ships ``torch.nn.attention.varlen.varlen_attn``: Flash Attention over sequences laid end to end,
 given their boundaries (``cu_seqlens``), CUDA only, bf16/fp16, with a fake implementation so ``torch.compile``
-traces through it. It is the kernel ``flash_attention_2`` would call, without the ``flash_attn`` package that the
-project's GPU machines lack. Registered here as a transformers attention implementation (:data:`VARLEN`):
+traces through it. It is the kernel ``flash_attention_2`` would call, without the ``flash_attn`` package that many GPU
+images lack. Registered here as a transformers attention implementation (:data:`VARLEN`):
 transformers then builds no mask at all (the name is not in its mask interface) and hands every attention layer
 the keyword arguments the packed forward passes (``cu_seq_lens_q``, ``max_length_q``; :mod:`rm_engine.packing`).
 
-Against ``flex_attention`` (the default for packed rows on CUDA): no ``BlockMask`` to build per row, and a kernel
-written for exactly this layout. Which one is faster on an H100 is what ``bench/gpu_train.py``'s ``c5`` row
-measures; until then this is opt-in. On CPU the tests replace the kernel by a segment-by-segment reference to check
-the wiring (layouts, causality, grouped-query heads, scale) against padded attention, scores and gradients.
+Against ``flex_attention``: no ``BlockMask`` to build per row, and a kernel written for exactly this layout, so
+packed rows use it on CUDA when the model supports it (``TrainConfig.packed_attention="auto"``; its speed against
+flex is ``bench/gpu_train.py``'s ``c5`` row, BENCHMARKS.md). On CPU the tests replace the kernel by a
+segment-by-segment reference to check the wiring (layouts, causality, grouped-query heads, scale) against padded
+attention, scores and gradients.
 """
 from __future__ import annotations
 

@@ -39,9 +39,11 @@ from sqlalchemy import select, text
 from db import jobs as jobq
 from db import policy as pol
 from db import workers
+from db.bounds import FieldError, bounded, check_fields
 from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
+from rm_engine.config import MAX_GPUS
 from rm_engine.job_run import (
     HANDLERS,
     LOSS_HISTORY_POINTS,
@@ -88,30 +90,31 @@ class WorkerConfig:
     """
 
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
-    lease_s: float = 30.0
-    heartbeat_s: float | None = None
-    poll_interval_s: float = 1.0
-    progress_interval_s: float = 1.0
+    lease_s: float = field(default=30.0, metadata=bounded(
+        0, jobq.MAX_LEASE_S, lo_open=True, help="lease length in seconds; a silent worker loses its job after this"))
+    heartbeat_s: float | None = field(default=None, metadata=bounded(
+        0, jobq.MAX_LEASE_S, lo_open=True, optional=True, help="seconds between lease renewals (lease / 3)"))
+    poll_interval_s: float = field(default=1.0, metadata=bounded(
+        0.01, 3600, help="seconds between queue and policy checks when idle (idle checks only read)"))
+    progress_interval_s: float = field(default=1.0, metadata=bounded(0.01, 3600, help="seconds between progress writes"))
     device: str = "auto"
-    gpus: int = 1
+    gpus: int = field(default=1, metadata=bounded(
+        1, MAX_GPUS, integer=True, help="data-parallel processes for finetune jobs that do not set gpus (DDP)"))
     kinds: tuple[str, ...] | None = None
     once: bool = False
     preload: bool = True
     auto_retrain: bool = True
-    max_jobs: int | None = None
-    presence_s: float = 10.0
+    max_jobs: int | None = field(default=None, metadata=bounded(
+        1, 1 << 31, integer=True, optional=True, help="exit after this many jobs"))
+    presence_s: float = field(default=10.0, metadata=bounded(0.01, 3600, help="seconds between the worker's beats"))
 
     def __post_init__(self) -> None:
-        if self.lease_s <= 0:
-            raise ValueError(f"WorkerConfig.lease_s must be > 0, got {self.lease_s}")
-        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_s:
-            raise ValueError(f"WorkerConfig.heartbeat_s must be in (0, lease_s={self.lease_s}), got {self.heartbeat_s}")
-        if self.poll_interval_s <= 0:
-            raise ValueError(f"WorkerConfig.poll_interval_s must be > 0, got {self.poll_interval_s}")
+        check_fields(self, lambda name: f"WorkerConfig.{name}")  # finite and in range
+        if self.heartbeat_s is not None and not self.heartbeat_s < self.lease_s:
+            raise FieldError("WorkerConfig.heartbeat_s", f"must be shorter than the lease ({self.lease_s:g} s)",
+                             self.heartbeat_s, field="heartbeat_s")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.gpus < 1:
-            raise ValueError(f"WorkerConfig.gpus must be >= 1, got {self.gpus}")
         if self.kinds is not None:
             for k in self.kinds:
                 JobKind(k)
@@ -217,9 +220,7 @@ class Worker:
         try:
             now = time.time()
             with self.db.read() as s:
-                expired = s.scalar(
-                    select(Job.id).where(Job.status == JobStatus.running, Job.lease_expires_at < now).limit(1)
-                )
+                expired = s.scalar(select(Job.id).where(Job.status == JobStatus.running, jobq.lease_gone(now)).limit(1))
             if expired is not None:
                 for job_id, status in jobq.requeue_expired(self.db, now):
                     log(f"job {job_id}: lease expired -> {status}")

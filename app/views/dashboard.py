@@ -9,8 +9,10 @@ from app import charts
 from app import dashboard_data as data
 from app.auth import require_researcher
 from app.coverage_view import coverage_panel
+from app.hints import nothing_yet, page_link, validation_noise
 from app.render import pct
 from app.resources import database, empty_state_hint
+from app.scores_view import scores_panel
 from db import version_metrics as vm
 from rm_engine import metrics
 
@@ -28,6 +30,7 @@ def live_overview() -> None:
     vers, n_labels, over_time = d["versions"], exact[0], d["over_time"]
     if not vers and not n_labels:
         empty_state_hint()
+        page_link("data.py", "Import preference data")
         return
     by_source = over_time.groupby("source")["labels"].sum().to_dict() if len(over_time) else {}
     c = st.columns(4)
@@ -46,11 +49,14 @@ def live_overview() -> None:
         if flag["overfitting"]:
             st.warning(f"Overfitting: {flag['message']}", icon=":material/warning:")
     else:
-        st.info("No model version yet: start a training on the **Train** page (or `rmstudio train`).")
+        nothing_yet("No model version yet: accuracy per version, per source and per category show here once one "
+                    "is trained (or `rmstudio train`).", "train.py", "Start a training")
     left, right = st.columns(2)
-    left.plotly_chart(charts.accuracy_by_version(vm.version_accuracy(vers)), key="acc_versions")
-    right.plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
-    right.caption(f"{d['stats']['pairs']:,} training pairs: size tier **{d['stats']['tier']}**. {d['stats']['advice']}")
+    if vers:
+        left.plotly_chart(charts.accuracy_by_version(vm.version_accuracy(vers)), key="acc_versions")
+    (right if vers else left).plotly_chart(charts.dataset_size(n_labels, by_source), key="size")
+    (right if vers else left).caption(f"{d['stats']['pairs']:,} training pairs: size tier **{d['stats']['tier']}**. "
+                                      f"{d['stats']['advice']}")
     if vers:
         vid, m = vers[0]
         g1, g2 = st.columns(2)
@@ -61,70 +67,44 @@ def live_overview() -> None:
     t2.plotly_chart(charts.annotator_throughput(d["throughput"]), key="throughput")
 
 
-def validation_noise(val_acc: float | None, n_val: int | None) -> str:
-    """How far one validation split can be trusted, and where a steadier estimate comes from."""
-    se = metrics.accuracy_std_error(val_acc, n_val)
-    if se is None:
-        return ""
-    few = f" Only {n_val} validation pairs: these numbers are noisy." if n_val < 30 else ""
-    cv = " For a steadier estimate, `rmstudio cv --folds 10` cross-validates over all pairs." if se > 0.02 else ""
-    return f" ±{100 * se:.1f} points (one standard error on {n_val} pairs).{few}{cv}"
-
-
-def scores_panel() -> None:
-    """Chosen vs rejected scores, margins, normalized scores and their table, calibration, Spearman."""
-    labels = data.version_labels(url, fp)
-    if not labels:
-        st.info("Scores appear once a model version exists and its rescore job has cached the stored responses.")
-        return
-    vid = st.selectbox("Model version", list(labels), format_func=labels.get, key="score_version",
-                       persist_state="session")
-    sc = data.scores(url, fp, vid)
-    st.caption(f"Distributions over the newest {data.LABEL_SAMPLE:,} labels at most; refreshed every few percent "
-               f"of new labels or {data.HEAVY_TTL_S} s.")
-    if sc["table"].empty:
-        st.info(f"No cached scores for version {vid} yet: its rescore job may still be running.")
-    a, b = st.columns(2)
-    a.plotly_chart(charts.score_histograms(sc["long"]), key="score_hist")
-    b.plotly_chart(charts.margin_histogram(sc["margins"]), key="margins")
-    st.plotly_chart(charts.normalized_scores(sc["table"]), key="normalized")
-    st.dataframe(sc["table"], hide_index=True, key="score_table")
-    c1, c2 = st.columns(2)
-    cal, spear = sc["calibration"], sc["spearman"]
-    c1.plotly_chart(charts.reliability_diagram(cal["bins"], cal["ece"], cal["title"]), key="calibration")
-    temp = sc["temperature"]
-    if temp.get("temperature"):
-        c1.caption(f"Temperature {temp['temperature']:.2f} fitted on {temp['n']} validation pairs: calibrated "
-                   f"P(a over b) = sigmoid(margin / T); ECE {temp['ece_before']:.3f} -> {temp['ece_after']:.3f} there.")
-    c2.plotly_chart(charts.spearman_histogram(spear["per_prompt"]), key="spearman")
-    if spear["mean"] is not None:
-        c2.caption(f"Mean Spearman {spear['mean']:.3f} over {spear['n_prompts']} ranked prompts.")
-    frame, verdict = sc["length_bias"]
-    l1, l2 = st.columns(2)
-    l1.plotly_chart(charts.length_bias(frame, f"v{vid} length bias (words)"), key="length_bias")
-    if verdict:
-        (l2.warning if verdict["flag"] else l2.caption)(f"Length bias: {verdict['message']}.")
-
-
 def agreement_panel() -> None:
     """Fleiss / Krippendorff with and without ties, Cohen per annotator pair, sources, conflicting labels."""
     ag = data.agreement_data(url, fp)
+    if not ag["overall"]["items"].fillna(0).max():
+        nothing_yet("No pair has been labelled by two people yet, so there is no agreement to measure. Let the "
+                    "labeling queue give some pairs to several labelers: the Data page's **Labeling queue** tab, "
+                    "\"Labels per pair\" 2 or more, or a \"Share for agreement\" with 2 or more \"Annotators in "
+                    "that share\" (3 or more to tell who is right).", "data.py", "Set the labeling queue's overlap")
+        return
     st.plotly_chart(charts.agreement_bars(ag["overall"]), key="agreement")
     st.caption("With ties, `tie` and `both_bad` count as one 'no preference' category; without ties they are dropped. "
-               f"Over the newest {data.AGREEMENT_SAMPLE:,} pairs labelled more than once.")
+               f"Over the newest {data.AGREEMENT_SAMPLE:,} pairs labelled more than once."
+               + (" `None`: undefined here (no pair left without ties, or every label in one category: no agreement "
+                  "beyond chance to measure)." if ag["overall"]["value"].isna().any() else ""))
     st.dataframe(ag["overall"], hide_index=True)
-    st.plotly_chart(charts.annotator_reliability(ag["reliability"]), key="reliability")
-    st.caption("Each annotator's chance of picking the side the others' labels point to (one-coin Dawid-Skene; "
-               "needs pairs labelled by three or more to tell who is right; grey: not weighed, under 10 "
-               "overlapping labels or no agreement to weigh by). 'Weight by annotator reliability' on the Train "
-               "page gives their labels `weight` (the typical annotator 1, chance level 0); `rmstudio annotators`.")
-    st.dataframe(ag["reliability"], hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "agrees_with_others",
-                                                                      "agrees_with_experts")})
+    if len(ag["reliability"]):
+        st.plotly_chart(charts.annotator_reliability(ag["reliability"]), key="reliability")
+        st.caption("Each annotator's chance of picking the side the others' labels point to (one-coin Dawid-Skene; "
+                   "needs pairs labelled by three or more to tell who is right; grey: not weighed, under 10 "
+                   "overlapping labels or no agreement to weigh by). 'Weight by annotator reliability' on the Train "
+                   "page gives their labels `weight` (the typical annotator 1, chance level 0); `rmstudio annotators`.")
+        st.dataframe(ag["reliability"], hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "agrees_with_others",
+                                                                          "agrees_with_experts")})
+    else:
+        st.caption("**Annotator reliability**: needs pairs where two or more annotators chose a side (`a` or `b`); "
+                   "ties and both-bad verdicts tell nothing about who is right.")
     st.markdown("**Cohen's kappa per annotator pair**")
-    st.dataframe(ag["annotators"], hide_index=True)
+    if len(ag["annotators"]):
+        st.dataframe(ag["annotators"], hide_index=True)
+    else:
+        st.caption("No two annotators labelled the same pair (the pairs above were labelled twice by one person).")
     st.markdown("**Agreement between sources** (each source's majority verdict per pair)")
-    st.dataframe(ag["sources"], hide_index=True)
+    if len(ag["sources"]):
+        st.dataframe(ag["sources"], hide_index=True)
+    else:
+        st.caption("Every pair above was labelled by one source only: pairs labelled by two sources (say experts "
+                   "and the crowd) compare them.")
     if (ag["by_guidelines"]["guidelines"] != "none").any():  # labels made under guidelines (Data page)
         st.markdown("**Agreement by guidelines revision** (labels made under each; 'none': before any)")
         st.dataframe(ag["by_guidelines"], hide_index=True)
@@ -136,7 +116,7 @@ live_overview()
 fp = data.coarse(data.fingerprint())
 # Lazy tabs: only the open tab's panel runs.
 tabs = st.tabs(["Scores", "Agreement", "Coverage"], key="dash_tab", on_change="rerun")
-for tab, panel in zip(tabs, (scores_panel, agreement_panel, lambda: coverage_panel(url, fp))):
+for tab, panel in zip(tabs, (lambda: scores_panel(url, fp), agreement_panel, lambda: coverage_panel(url, fp))):
     if tab.open:
         with tab:
             panel()

@@ -1,5 +1,6 @@
 """Data page (researchers): import files (preview, field mapping, errors by line, progress), download exports,
-dataset statistics with the size-tier advice, the labeling-queue policy and the labeling guidelines."""
+dataset statistics with the size-tier advice, the labeling-queue policy, the labeling guidelines, the team
+(annotators, tiers, links) and the review of labels."""
 from __future__ import annotations
 
 import streamlit as st
@@ -8,6 +9,8 @@ from app import data_view as dv
 from app.auth import require_researcher
 from app.render import escape_md
 from app.resources import database, empty_state_hint, settings
+from app.review_view import review_tab
+from app.team_view import team_tab
 from db.labeling import dataset_is_empty
 
 require_researcher()
@@ -19,8 +22,8 @@ with database().read() as s:
 if empty:
     empty_state_hint()
 
-tab_import, tab_export, tab_stats, tab_queue, tab_guide = st.tabs(["Import", "Export", "Statistics", "Labeling queue",
-                                                                    "Guidelines"])
+tab_import, tab_export, tab_stats, tab_queue, tab_guide, tab_team, tab_review = st.tabs(
+    ["Import", "Export", "Statistics", "Labeling queue", "Guidelines", "Team", "Review"])
 
 with tab_import:
     upload = st.file_uploader(
@@ -39,7 +42,7 @@ with tab_import:
     else:
         data = upload.getvalue()
         name = upload.name
-        st.markdown(f"File: `{escape_md(name)}` ({upload.size / 1024:.1f} KB)")
+        st.markdown(f"File: {escape_md(name)} ({upload.size / 1024:.1f} KB)")  # not in backticks: escapes show there
         columns = dv.cached_preview(data, upload.file_id, name, dv.UploadOptions(None, None, None, None, None,
                                                                                   None, "train", False)).columns
         opts = dv.options_form(columns)
@@ -74,3 +77,9 @@ with tab_queue:
 
 with tab_guide:
     dv.guidelines_form()
+
+with tab_team:
+    team_tab()
+
+with tab_review:
+    review_tab()

@@ -1,4 +1,5 @@
-"""Label page: identity, then pairs (or rankings) with buttons and keyboard shortcuts.
+"""Label page: identity (a personal or campaign link, or the researcher's own), then pairs (or rankings) with
+buttons and keyboard shortcuts, and a flag for pairs the labeler cannot judge.
 
 Shortcuts: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, 5 = skip, u = undo my last label (ranking mode: my last ranking).
 """
@@ -7,15 +8,15 @@ from __future__ import annotations
 import streamlit as st
 
 from app import label_session as ls
-from app.identity import clear_identity, identity_form
+from app.identity import identity_gate, switch_local
 from app.render import escape_md, safe_markdown, show_conversation
 from app.resources import database, empty_state_hint
 from db.labeling import annotator_progress, dataset_is_empty
+from db.review import REASON_TEXT
 
 st.title("Label")
-ident = identity_form()
-if ident is None:
-    st.stop()
+ident = identity_gate()
+ls.follow(ident)
 
 db = database()
 with db.read() as s:
@@ -23,9 +24,9 @@ with db.read() as s:
     prog = annotator_progress(s, ident.name)
 
 top = st.columns([3, 1])
-top[0].markdown(f"Labeling as **{escape_md(ident.name)}** ({ident.source.value})")
-if top[1].button("Switch annotator", icon=":material/logout:"):
-    clear_identity()
+top[0].markdown(f"Labeling as **{escape_md(ident.name)}** ({ident.tier.value} tier)")
+if ident.via == "local" and top[1].button("Switch annotator", icon=":material/logout:"):
+    switch_local()
     ls.reset()
     st.rerun()
 
@@ -78,7 +79,7 @@ def pair_view() -> None:
             st.markdown(f"**Response {name}**")
             safe_markdown(text)
     st.segmented_control("How much better? (optional)", list(ls.STRENGTHS), key=f"strength_{item.key}")
-    b = st.columns(6)
+    b = st.columns(7)
     buttons = (("A better", "left", "1", "primary"), ("B better", "right", "2", "primary"),
                ("Tie", "tie", "3", "secondary"), ("Both bad", "both_bad", "4", "secondary"))
     for col, (label, choice, key, kind) in zip(b, buttons):
@@ -88,6 +89,10 @@ def pair_view() -> None:
                 width="stretch", help="shortcut: 5")
     b[5].button("Undo", on_click=ls.on_undo, args=(ident,), shortcut="u", key=f"undo_{item.key}",
                 icon=":material/undo:", width="stretch", help="Delete my last label (shortcut: u)")
+    with b[6].popover("Flag", icon=":material/flag:", width="stretch", help="I cannot judge this pair"):
+        st.radio("Why?", ls.FLAG_REASONS, key=ls.flag_reason_key(item), format_func=lambda r: REASON_TEXT[r])
+        st.text_input("Comment (optional)", key=ls.flag_comment_key(item))
+        st.button("Flag this pair", on_click=ls.on_flag, args=(item, ident), key=f"flag_{item.key}")
     if item.n_responses >= 3 and rankable:
         st.caption("This prompt has more responses: rank them all in 'Rank 3+ responses' mode.")
 

@@ -2,6 +2,9 @@
 
 A format module turns one source record (a JSON object or a table row, as a ``dict``) into an
 ``ImportRecord`` or raises ``RowProblem(field, message)``; the reader adds the file name and line.
+
+Messages that name an import option write it as ``option("map")``: the command line shows ``--map``, the Data
+page "Field mapping" (``RowError.describe(ui=True)``), so each interface speaks its own language.
 """
 from __future__ import annotations
 
@@ -58,25 +61,73 @@ class ImportRecord:
     origin_given: bool = False  # the record has an "origin" field (even null): keep it instead of "import:<file>"
 
 
+_OPT = "\x1f"  # brackets an option's name in a message; never in user text (``display_name`` escapes it)
+OPTION_NAMES: dict[str, tuple[str, str]] = {  # option -> (command line, Data page)
+    "format": ("--format", "Format"),
+    "map": ("--map", "Field mapping"),
+    "winner-values": ("--winner-values", "Verdict values"),
+    "winner-scale": ("--winner-scale", "Verdict scale"),
+    "source": ("--source", "Default source"),
+    "annotator": ("--annotator", "Default annotator"),
+    "category": ("--category", "Default category"),
+    "split": ("--split", "Split"),
+    "skip-invalid": ("--skip-invalid", "Skip invalid rows"),
+}
+
+
+def option(name: str) -> str:
+    """An import option inside a message, shown as the interface names it (``--map`` or "Field mapping")."""
+    return f"{_OPT}{name}{_OPT}"
+
+
+def render(text: str, *, ui: bool = False) -> str:
+    """A message with its options named for the command line (default) or for the Data page (``ui``)."""
+    if _OPT not in text:
+        return text
+    parts = text.split(_OPT)
+    return "".join(OPTION_NAMES.get(p, (p, p))[ui] if i % 2 else p for i, p in enumerate(parts))
+
+
+def display_name(name: Any) -> str:
+    """A field or column name as it can be printed: control characters, NUL and lone surrogates escaped."""
+    s = str(name)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == " " else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in s)
+
+
 @dataclass(frozen=True)
 class RowError:
-    """A row that cannot be imported: where it is and what is wrong with it."""
+    """A row that cannot be imported: where it is and what is wrong with it.
+
+    ``field`` and ``message`` may name import options (``option``); ``str()`` shows them as the command line
+    does, ``describe(ui=True)`` as the Data page does.
+    """
 
     file: str
     line: int
     field: str
     message: str
 
+    def describe(self, *, ui: bool = False) -> tuple[str, str]:
+        """``(field, message)`` with options named for the command line or the Data page."""
+        return render(self.field, ui=ui), render(self.message, ui=ui)
+
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: field '{self.field}': {self.message}"
+        field, message = self.describe()
+        return f"{self.file}:{self.line}: field '{field}': {message}"
 
 
 class FormatError(Exception):
-    """A file that cannot be imported as asked. ``str()`` is ``FILE:LINE: field 'X': message``."""
+    """A file that cannot be imported as asked. ``str()`` is ``FILE:LINE: field 'X': message``.
+
+    ``field`` and ``message`` are as the command line shows them; ``row_error`` keeps them for either interface.
+    """
 
     def __init__(self, file: str, line: int, field: str, message: str) -> None:
-        self.file, self.line, self.field, self.message = file, line, field, message
-        super().__init__(f"{file}:{line}: field '{field}': {message}")
+        self.file, self.line, self._field, self._message = file, line, field, message
+        self.field, self.message = render(field), render(message)
+        super().__init__(f"{file}:{line}: field '{self.field}': {self.message}")
 
     @classmethod
     def from_row(cls, err: RowError, suffix: str = "") -> FormatError:
@@ -84,7 +135,7 @@ class FormatError(Exception):
 
     @property
     def row_error(self) -> RowError:
-        return RowError(self.file, self.line, self.field, self.message)
+        return RowError(self.file, self.line, self._field, self._message)
 
 
 class RowProblem(Exception):
@@ -100,7 +151,8 @@ class Options:
     """What the user said on the command line / upload form.
 
     ``source``/``annotator``/``category``/``split`` apply to records that have no such field; ``mapping``
-    (target -> column) and ``winner_values`` (file value -> outcome) drive the ``mapped`` format.
+    (target -> column), ``winner_values`` (file value -> outcome) and ``winner_scale`` (a numeric verdict's two
+    ends: ``((low, outcome), (high, outcome))``) drive the ``mapped`` format.
     """
 
     source: str | None = None
@@ -109,6 +161,7 @@ class Options:
     split: str = "train"
     mapping: Mapping[str, str] | None = None
     winner_values: Mapping[str, str] | None = None
+    winner_scale: tuple[tuple[float, str], tuple[float, str]] | None = None
 
 
 # ---------------------------------------------------------------- field checks
@@ -131,6 +184,20 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
+def check_name(name: Any, field: str) -> str:
+    """A field name (a record's key, a key inside a value) that a database can store, else ``RowProblem``
+    naming it (printably): the same rule as for text values."""
+    if not isinstance(name, str):
+        name = str(name)
+    if "\x00" in name:
+        raise RowProblem(field, "the field's name contains a NUL character (\\u0000), which databases cannot store")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowProblem(field, "the field's name contains invalid Unicode (a lone surrogate such as \\ud800)") from None
+    return name
+
+
 def check_json_value(value: Any, field: str, depth: int = 0) -> Any:
     """Check a free-form value kept in ``extra``: JSON-safe strings, finite numbers, bounded nesting."""
     if depth > 50:
@@ -146,8 +213,8 @@ def check_json_value(value: Any, field: str, depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            check_text(str(k), field)
-            out[str(k)] = check_json_value(v, f"{field}.{k}", depth + 1)
+            sub = f"{field}.{display_name(k)}"
+            out[check_name(k, sub)] = check_json_value(v, sub, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
         return [check_json_value(v, f"{field}[{i}]", depth + 1) for i, v in enumerate(value)]
@@ -214,7 +281,7 @@ def parse_winner(value: Any, field: str = "winner", values: Mapping[str, str] | 
         if raw in values:
             return values[raw]
         allowed = ", ".join(values)
-        raise RowProblem(field, f"unknown winner value {short(value)}: --winner-values maps only {allowed}")
+        raise RowProblem(field, f"unknown winner value {short(value)}: {option('winner-values')} maps only {allowed}")
     if isinstance(value, str) and value.strip().lower() in _WINNER_ALIASES:
         return _WINNER_ALIASES[value.strip().lower()]
     raise RowProblem(field, f"unknown winner {short(value)}: expected a, b, tie or both_bad")
@@ -270,17 +337,23 @@ def parse_history(value: Any, field: str = "history") -> list[dict[str, str]] | 
 
 
 def parse_extra(obj: Mapping[str, Any], known: Sequence[str]) -> dict[str, Any]:
-    """``obj["extra"]`` (a dict) merged with every field the format does not know, ``None`` values dropped."""
+    """``obj["extra"]`` (a dict) merged with every field the format does not know, ``None`` values dropped.
+
+    A field also named inside ``extra`` is refused (one of the two values would be lost)."""
     extra: dict[str, Any] = {}
     given = obj.get("extra")
     if given not in (None, ""):
         if not isinstance(given, Mapping):
             raise RowProblem("extra", f"must be an object, got {type(given).__name__}")
         extra.update(check_json_value(dict(given), "extra"))
+    nested = set(extra)
     for k, v in obj.items():
         if k in known or k == "extra" or v is None:
             continue
-        extra[str(k)] = check_json_value(v, str(k))
+        name = check_name(k, display_name(k))
+        if name in nested:
+            raise RowProblem(display_name(k), "is also a key of 'extra': keep one of the two")
+        extra[name] = check_json_value(v, display_name(k))
     return extra
 
 
@@ -301,11 +374,11 @@ PROVENANCE_FIELDS = ("source", "annotator", "category", "strength", "split", "or
 def provenance(obj: Mapping[str, Any], defaults: Options) -> dict[str, Any]:
     """source, annotator, category, strength, split, origin and time spent: the record's own, else the defaults."""
     src = obj.get("source")
-    source = parse_source(src) if src not in (None, "") else (parse_source(defaults.source, "--source") if defaults.source else DEFAULT_SOURCE)
+    source = parse_source(src) if src not in (None, "") else (parse_source(defaults.source, option("source")) if defaults.source else DEFAULT_SOURCE)
     annotator = optional_str(obj, "annotator", MAX_ANNOTATOR) or defaults.annotator or DEFAULT_ANNOTATOR
     category = optional_str(obj, "category", MAX_CATEGORY) or defaults.category
     sp = obj.get("split")
-    split = parse_split(sp) if sp not in (None, "") else parse_split(defaults.split, "--split")
+    split = parse_split(sp) if sp not in (None, "") else parse_split(defaults.split, option("split"))
     return {
         "source": source,
         "annotator": annotator,
@@ -325,10 +398,11 @@ def responses_field(obj: Mapping[str, Any], field: str = "responses", models_fie
     models: list[str | None] = []
     if isinstance(value, Mapping):
         for m, t in value.items():
+            sub = f"{field}.{display_name(m)}"
             if not isinstance(t, str):
-                raise RowProblem(f"{field}.{m}", f"must be a string, got {type(t).__name__}")
-            texts.append(check_text(t, f"{field}.{m}"))
-            models.append(_model_name(m, f"{field}.{m}"))
+                raise RowProblem(sub, f"must be a string, got {type(t).__name__}")
+            texts.append(check_text(t, sub))
+            models.append(_model_name(m, sub))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             if isinstance(item, str):

@@ -34,6 +34,9 @@ KNOWN = ("prompt", "history", "response_a", "response_b", "model_a", "model_b", 
 def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
     """One comparison line as an ``ImportRecord`` (raises ``RowProblem`` naming the field)."""
     prompt = text_field(obj, "prompt")
+    if obj.get("response_a") is None and "responses" in obj:
+        raise RowProblem("response_a", "is missing: this line lists 'responses', but every line of a comparisons file "
+                                       "compares response_a with response_b under a winner")
     a = text_field(obj, "response_a", allow_empty=True)
     b = text_field(obj, "response_b", allow_empty=True)
     if a == b:

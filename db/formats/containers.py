@@ -2,7 +2,11 @@
 
 ``iter_raw`` yields ``(line, dict)`` or ``(line, RowProblem)`` for each record, streaming, with the line (CSV:
 the record's first line; JSON array and Parquet: the record's number). Problems with the whole file (corrupt
-gzip, unreadable Parquet, an empty file) raise ``FormatError``.
+gzip, unreadable Parquet, an empty file, a column name no database can store) raise ``FormatError``.
+
+A JSON object naming a field twice is a problem of its record (one of the two values would be lost). CSV is read
+strictly: a quoted field that does not close properly (an unclosed quote would swallow every row after it) is
+reported at its row, naming the line where the quote opened, and the lines after that one are read again as rows.
 """
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ import io
 import json
 import os
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from db.formats.base import FormatError, RowProblem
+from db.formats.base import FormatError, RowProblem, check_name, display_name
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -178,14 +183,35 @@ def _finite_float(s: str) -> float:
     return v
 
 
+class DuplicateField(ValueError):
+    """A JSON object names one field twice."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateField(k)
+            seen.add(k)
+    return obj
+
+
 def loads(s: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no overflowing numbers."""
-    return json.loads(s, parse_constant=_no_constants, parse_float=_finite_float)
+    """Strict JSON: no NaN/Infinity, no overflowing numbers, no field named twice in one object."""
+    return json.loads(s, parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_unique_pairs)
 
 
 def _json_problem(exc: BaseException) -> RowProblem:
     if isinstance(exc, RecursionError):
         return RowProblem("json", "is nested too deeply to read")
+    if isinstance(exc, DuplicateField):
+        return RowProblem(display_name(exc.name), "is named twice in one JSON object: one of the two values would be lost")
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return RowProblem("json", f"invalid JSON: {msg[:200]}")
 
@@ -241,41 +267,113 @@ class _DecodeFailed(Exception):
         self.line, self.problem = line, problem
 
 
-def _iter_csv(inp: Input, f: BinaryIO, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | RowProblem]]:
-    def lines() -> Iterator[str]:
-        for line, text in _text_lines(inp, f):
-            if isinstance(text, RowProblem):
-                raise _DecodeFailed(line, text)
-            yield text
+class _Lines:
+    """Decoded lines for ``csv.reader``, remembering the lines of the record being read (``taken``) so that
+    some of them can be read again (``push_back``) after a broken quote."""
 
-    reader = csv.reader(lines(), delimiter=delimiter)
+    def __init__(self, source: Iterator[tuple[int, str | RowProblem]]) -> None:
+        self.source = source
+        self.pending: deque[tuple[int, str]] = deque()
+        self.taken: list[tuple[int, str]] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            item = self.pending.popleft()
+        else:
+            num, text = next(self.source)
+            if isinstance(text, RowProblem):
+                raise _DecodeFailed(num, text)
+            item = (num, text)
+        self.taken.append(item)
+        return item[1]
+
+    def push_back(self, items: list[tuple[int, str]]) -> None:
+        self.pending.extendleft(reversed(items))
+
+
+def _quote_opened(lines: list[tuple[int, str]], delimiter: str) -> int:
+    """The line on which the quoted field that broke a record opened (the last quote still open, or the one
+    that closed in the middle of a field)."""
+    opened, in_quote = lines[0][0], False
+    for num, text in lines:
+        at_start, i = not in_quote, 0
+        while i < len(text):
+            c = text[i]
+            if in_quote:
+                if c == '"':
+                    if text[i + 1:i + 2] == '"':
+                        i += 2
+                        continue
+                    if text[i + 1:i + 2] not in (delimiter, "\r", "\n", ""):
+                        return opened
+                    in_quote = False
+            elif c == '"' and at_start:
+                in_quote, opened = True, num
+            at_start = not in_quote and c in (delimiter, "\r", "\n")
+            i += 1
+    return opened
+
+
+def _iter_csv(inp: Input, f: BinaryIO, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | RowProblem]]:
+    lines = _Lines(_text_lines(inp, f))
+    # strict: a quote that closes in the middle of a field, or never, is an error (not text glued together)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise FormatError(inp.name, 1, "header", f"cannot be read as CSV: {exc}") from None
         if header is None:
             raise FormatError(inp.name, 1, "file", "the file is empty")
         header = [h.strip() for h in header]
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes or any(not h for h in header):
             raise FormatError(inp.name, 1, "header", f"column names must be unique and non-empty (bad: {dupes or ['(empty)']})")
+        _check_columns(inp, header, 1)
         while True:
-            start = reader.line_num + 1
+            lines.taken = []
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield start, RowProblem("csv", f"cannot be read as CSV: {exc}")
+                taken = lines.taken
+                if len(taken) > 1:
+                    opened = _quote_opened(taken, delimiter)
+                    rest = [t for t in taken if t[0] > opened]
+                    yield taken[0][0], RowProblem("csv", (
+                        f"a quoted field opened on line {opened} is not closed properly by line {taken[-1][0]} "
+                        f"(an unclosed quote?); the {len(rest)} lines after line {opened} are read again as rows"))
+                    lines.push_back(rest)
+                    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+                else:
+                    yield (taken[0][0] if taken else 0), RowProblem("csv", f"cannot be read as CSV: {exc}")
                 continue
+            start, end = lines.taken[0][0], lines.taken[-1][0]
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
-                yield start, RowProblem("row", f"has {len(row)} cells but the header has {len(header)} columns")
+                span = ""
+                if end > start:
+                    span = (f" (a quoted field opened on line {_quote_opened(lines.taken, delimiter)} spans the lines up "
+                            f"to line {end}: an unclosed quote?)")
+                yield start, RowProblem("row", f"has {len(row)} cells but the header has {len(header)} columns{span}")
                 continue
             yield start, dict(zip(header, row))
     except _DecodeFailed as exc:
         raise FormatError(inp.name, exc.line, exc.problem.field, exc.problem.message) from None
-    except csv.Error as exc:
-        raise FormatError(inp.name, reader.line_num + 1, "csv", f"cannot be read as CSV: {exc}") from None
+
+
+def _check_columns(inp: Input, names: list[Any], line: int) -> None:
+    """Column names a database can store (they become field names of every row), else ``FormatError``."""
+    for name in names:
+        try:
+            check_name(name, display_name(name))
+        except RowProblem as p:
+            raise FormatError(inp.name, line, "header", f"column '{p.field}': {p.message}") from None
 
 
 def _iter_parquet(inp: Input) -> Iterator[tuple[int, dict[str, Any] | RowProblem]]:
@@ -285,6 +383,7 @@ def _iter_parquet(inp: Input) -> Iterator[tuple[int, dict[str, Any] | RowProblem
     try:
         src: Any = str(inp.path) if inp.path is not None and not inp.gzipped() else pa.BufferReader(_all_bytes(inp))
         pf = pq.ParquetFile(src)
+        _check_columns(inp, list(pf.schema_arrow.names), 0)
         n = 0
         for batch in pf.iter_batches(batch_size=1024):
             for row in batch.to_pylist():

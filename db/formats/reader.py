@@ -1,7 +1,18 @@
-"""Format detection and ``parse_file``: any supported file to a stream of ``ImportRecord``s and ``RowError``s."""
+"""Format detection and ``parse_file``: any supported file to a stream of ``ImportRecord``s and ``RowError``s.
+
+One file is one format: detection reads the fields of the file's first readable records (up to
+``_SNIFF_RECORDS`` of a known shape; unreadable or unknown ones before them are skipped, so a file whose first
+rows are bad still imports under ``skip_invalid``) and every line is then read as that format, so a line that
+does not fit is an invalid row of it (never re-read as another kind). ``mixed`` reads each line by its own
+fields as a comparison, ranking or unlabeled line: what ``export --format comparisons`` (or csv, parquet)
+writes. It is chosen with ``format="mixed"``, or detected when the first record carries an export's
+``key`` and ``origin`` fields.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +26,9 @@ from db.formats.base import (
     Options,
     RowError,
     RowProblem,
+    check_name,
+    display_name,
+    option,
     parse_source,
     parse_split,
 )
@@ -29,9 +43,12 @@ PARSERS: dict[str, Parser] = {
     unlabeled.NAME: unlabeled.parse,
     mapped.NAME: mapped.parse,
 }
-FORMATS = tuple(PARSERS)
-# The native shapes: a file of one of them may also hold lines of the others (what export writes).
+MIXED = "mixed"
+FORMATS = (*PARSERS, MIXED)
+# The kinds of line a mixed file holds (what export writes).
 NATIVE = (comparisons.NAME, rankings.NAME, unlabeled.NAME)
+# Fields of a judgment: a mixed file's line with responses and one of these is a ranking, never unlabeled.
+_JUDGMENT_FIELDS = frozenset({"key", "origin", "source", "annotator", "strength", "split", "time_spent_ms"})
 _JSON_COLUMNS = ("history", "extra", "responses", "models", "ranking")
 _TEXT_COLUMNS = ("prompt", "response_a", "response_b", "chosen", "rejected")
 _SNIFF_RECORDS = 20
@@ -45,20 +62,41 @@ class Detected:
     format: str
 
 
-def shape_of(obj: Mapping[str, Any]) -> str | None:
-    """The format a single record looks like, or None."""
-    keys = set(obj)
+def _fields(obj: Mapping[str, Any], table: bool) -> set[str]:
+    """The fields a record has: in a table, a blank cell is no field; in JSON, a field is there even when null."""
+    return {k for k, v in obj.items() if not (table and (v is None or v == ""))}
+
+
+def shape_of(obj: Mapping[str, Any], *, table: bool = False) -> str | None:
+    """The format a single record looks like from the fields it has (not their values), or None."""
+    keys = _fields(obj, table)
     if {"chosen", "rejected"} <= keys:
         return hh_rlhf.NAME if hh_rlhf.looks_like(obj) else trl.NAME
-    if obj.get("ranking") not in (None, "") and "responses" in keys:
-        return rankings.NAME
-    if obj.get("responses") not in (None, "") and obj.get("winner") in (None, ""):
-        return unlabeled.NAME
     if keys & {"response_a", "response_b", "winner"}:
         return comparisons.NAME
+    if "ranking" in keys:
+        return rankings.NAME
     if "responses" in keys:
         return unlabeled.NAME
     return None
+
+
+def line_kind(obj: Mapping[str, Any], *, table: bool = False) -> str:
+    """In a mixed file: the kind of one line, by its fields. A line with responses and any of a judgment's
+    fields (key, origin, source, annotator, ...) is a ranking (whose missing ranking is then its error)."""
+    keys = _fields(obj, table)
+    if keys & {"response_a", "response_b", "winner"}:
+        return comparisons.NAME
+    if "ranking" in keys or ("responses" in keys and keys & _JUDGMENT_FIELDS):
+        return rankings.NAME
+    if "responses" in keys:
+        return unlabeled.NAME
+    return comparisons.NAME  # its parser names the missing fields
+
+
+def _is_export(obj: Mapping[str, Any]) -> bool:
+    """A record as RM Studio's export writes it (a label or ranking line carries ``key`` and ``origin``)."""
+    return "key" in obj and "origin" in obj
 
 
 def _table_row(obj: dict[str, Any], fmt: str) -> dict[str, Any]:
@@ -83,55 +121,88 @@ def _table_row(obj: dict[str, Any], fmt: str) -> dict[str, Any]:
 def _check_options(name: str, opts: Options) -> None:
     try:
         if opts.source is not None:
-            parse_source(opts.source, "--source")
-        parse_split(opts.split, "--split")
+            parse_source(opts.source, option("source"))
+        parse_split(opts.split, option("split"))
     except RowProblem as p:
         raise FormatError(name, 0, p.field, p.message) from None
     if opts.annotator is not None and not (0 < len(opts.annotator.strip()) <= MAX_ANNOTATOR):
-        raise FormatError(name, 0, "--annotator", f"must be 1 to {MAX_ANNOTATOR} characters")
+        raise FormatError(name, 0, option("annotator"), f"must be 1 to {MAX_ANNOTATOR} characters")
     if opts.category is not None and len(opts.category) > MAX_CATEGORY:
-        raise FormatError(name, 0, "--category", f"must be at most {MAX_CATEGORY} characters")
+        raise FormatError(name, 0, option("category"), f"must be at most {MAX_CATEGORY} characters")
 
 
 def _options(name: str, *, format: str | None, mapping: Any, winner_values: Any, source: str | None,
-             annotator: str | None, category: str | None, split: str) -> Options:
-    m = wv = None
+             annotator: str | None, category: str | None, split: str, winner_scale: Any = None) -> Options:
+    m = wv = ws = None
     if mapping:
         if format not in (None, mapped.NAME):
-            raise FormatError(name, 0, "--map", f"a field mapping implies --format mapped, not {format}")
+            raise FormatError(name, 0, option("map"), f"a field mapping reads the file as format mapped, not {format}")
         try:
             m = mapped.parse_mapping(mapping)
         except ValueError as exc:
-            raise FormatError(name, 0, "--map", str(exc)) from None
-    if winner_values:
-        if not mapping:
-            raise FormatError(name, 0, "--winner-values", "applies only with --map (format mapped)")
-        try:
-            wv = mapped.parse_winner_values(winner_values)
-        except ValueError as exc:
-            raise FormatError(name, 0, "--winner-values", str(exc)) from None
+            raise FormatError(name, 0, option("map"), str(exc)) from None
+    for given, opt in ((winner_values, "winner-values"), (winner_scale, "winner-scale")):
+        if given and not (m and "winner" in m):
+            raise FormatError(name, 0, option(opt), f"applies only to a field mapping with a winner column ({option('map')})")
+    if winner_values and winner_scale:
+        raise FormatError(name, 0, option("winner-scale"),
+                          f"give the verdict values ({option('winner-values')}) or a scale ({option('winner-scale')}), not both")
+    try:
+        wv = mapped.parse_winner_values(winner_values) if winner_values else None
+    except ValueError as exc:
+        raise FormatError(name, 0, option("winner-values"), str(exc)) from None
+    try:
+        ws = mapped.parse_winner_scale(winner_scale) if winner_scale else None
+    except ValueError as exc:
+        raise FormatError(name, 0, option("winner-scale"), str(exc)) from None
+    if m and ws and "strength" in m:
+        raise FormatError(name, 0, option("winner-scale"), "sets each label's strength from its distance to the "
+                          "midpoint: map no strength column with it")
+    if m and len(mapped.winner_columns(m)) > 1 and ("annotator" in m or annotator):
+        raise FormatError(name, 0, option("annotator") if annotator else option("map"),
+                          "with several verdict columns, each column's name is its annotator: name no other annotator")
     if format is None and m:
         format = mapped.NAME
-    if format is not None and format not in PARSERS:
-        raise FormatError(name, 0, "--format", f"unknown format {format!r}; formats are {', '.join(FORMATS)}")
+    if format is not None and format not in FORMATS:
+        raise FormatError(name, 0, option("format"), f"unknown format {format!r}; formats are {', '.join(FORMATS)}")
     if format == mapped.NAME and not m:
-        raise FormatError(name, 0, "--map", "format mapped needs a field mapping (--map prompt=COL,a=COL,b=COL,winner=COL)")
-    opts = Options(source=source, annotator=annotator, category=category, split=split or "train", mapping=m, winner_values=wv)
+        raise FormatError(name, 0, option("map"), "format mapped needs a field mapping: the prompt column and either "
+                          "a, b and winner or chosen and rejected")
+    opts = Options(source=source, annotator=annotator, category=category, split=split or "train", mapping=m,
+                   winner_values=wv, winner_scale=ws)
     _check_options(name, opts)
     return opts
 
 
 def _detect(inp: Input, format: str | None, opts: Options) -> Detected:
     container = sniff_container(inp)
+    table = container not in ("jsonl", "json")
     first: tuple[int, dict[str, Any]] | None = None
     first_problem: tuple[int, RowProblem] | None = None
-    for i, (line, obj) in enumerate(iter_raw(inp, container)):
+    votes: Counter[str] = Counter()
+    columns: set[str] = set()
+    readable = 0
+    for line, obj in iter_raw(inp, container):
         if isinstance(obj, RowProblem):
             first_problem = first_problem or (line, obj)
-        else:
-            first = (line, obj)
+            continue
+        first = first or (line, obj)
+        readable += 1
+        if opts.mapping:
+            columns.update(obj)
+            if readable >= _SNIFF_RECORDS or not mapped.missing_columns(opts.mapping, columns):
+                break
+            continue
+        if format is not None:
             break
-        if i >= _SNIFF_RECORDS:
+        rec = _table_row(obj, comparisons.NAME) if table else obj
+        shape = shape_of(rec, table=table)
+        if shape is None:
+            continue
+        if not votes and _is_export(rec):
+            return Detected(container, MIXED)
+        votes[shape] += 1
+        if votes.total() >= _SNIFF_RECORDS:
             break
     if first is None:
         if first_problem is not None:
@@ -139,20 +210,23 @@ def _detect(inp: Input, format: str | None, opts: Options) -> Detected:
         raise FormatError(inp.name, 1, "file", "holds no records")
     line, obj = first
     if opts.mapping:
-        missing = mapped.missing_columns(opts.mapping, list(obj))
+        missing = mapped.missing_columns(opts.mapping, columns)
         if missing:
-            raise FormatError(inp.name, line, missing[0], f"--map names column {missing[0]!r}, which the file lacks (it has: {', '.join(map(str, obj))[:300]})")
+            have = ", ".join(display_name(c) for c in obj)[:300]
+            raise FormatError(inp.name, line, display_name(missing[0]),
+                              f"the field mapping ({option('map')}) names column {display_name(missing[0])!r}, which the "
+                              f"file lacks (it has: {have})")
         return Detected(container, mapped.NAME)
     if format is not None:
         return Detected(container, format)
-    shape = shape_of(obj if container in ("jsonl", "json") else _table_row(obj, comparisons.NAME))
-    if shape is None:
-        fields = ", ".join(map(str, obj))[:300]
+    if not votes:
+        fields = ", ".join(display_name(c) for c in obj)[:300]
         raise FormatError(
             inp.name, line, "format",
-            f"cannot tell the format from the fields ({fields}); give --format, or --map for other layouts",
+            f"cannot tell the format from the fields ({fields}); choose the format ({option('format')}) or map the "
+            f"columns ({option('map')})",
         )
-    return Detected(container, shape)
+    return Detected(container, votes.most_common(1)[0][0])
 
 
 def detect(src: Any, *, format: str | None = None, mapping: Any = None, filename: str | None = None) -> Detected:
@@ -163,7 +237,7 @@ def detect(src: Any, *, format: str | None = None, mapping: Any = None, filename
 
 
 def detect_format(src: Any, *, format: str | None = None, mapping: Any = None, filename: str | None = None) -> str:
-    """The format name (``hh-rlhf``, ``trl``, ``comparisons``, ``rankings``, ``unlabeled``, ``mapped``) of a file."""
+    """The format name (``hh-rlhf``, ``trl``, ``comparisons``, ``rankings``, ``unlabeled``, ``mapped``, ``mixed``)."""
     return detect(src, format=format, mapping=mapping, filename=filename).format
 
 
@@ -173,6 +247,7 @@ def parse_file(
     format: str | None = None,
     mapping: Any = None,
     winner_values: Any = None,
+    winner_scale: Any = None,
     source: str | None = None,
     annotator: str | None = None,
     category: str | None = None,
@@ -182,33 +257,69 @@ def parse_file(
     """Every record of a file, validated: an ``ImportRecord`` per good row, a ``RowError`` per bad one.
 
     Raises ``FormatError`` for what spoils the whole file (unknown format, bad options, corrupt gzip or Parquet).
-    ``format=None`` detects it (``mapping`` implies ``mapped``). Without a forced format, a native file
-    (comparisons / rankings / unlabeled) may mix the three kinds of lines, as ``export --format comparisons`` writes.
+    ``format=None`` detects it (``mapping`` implies ``mapped``); every line is read as that one format, except
+    under ``mixed`` (see the module's docstring). A mapping with several verdict columns gives a record per column.
     """
     inp = Input.of(path_or_bytes, filename)
-    opts = _options(inp.name, format=format, mapping=mapping, winner_values=winner_values, source=source,
-                    annotator=annotator, category=category, split=split)
+    opts = _options(inp.name, format=format, mapping=mapping, winner_values=winner_values, winner_scale=winner_scale,
+                    source=source, annotator=annotator, category=category, split=split)
     det = _detect(inp, format, opts)
-    return _records(inp, det, opts, mixed=det.format in NATIVE and format in (None, comparisons.NAME))
+    return _records(inp, det, opts)
 
 
-def _records(inp: Input, det: Detected, opts: Options, *, mixed: bool) -> Iterator[ImportRecord | RowError]:
+def _judged_key(fmt: str, obj: Mapping[str, Any], rec: ImportRecord) -> str:
+    """The idempotency key of a record read with options that decide what is stored (a field mapping, a default
+    annotator or source): the record and the judgment stored from it (annotator, source, verdict, strength).
+    Importing a file once per verdict column, or once per annotator, keeps every annotator's labels; importing
+    it again the same way adds nothing."""
+    label = {"annotator": rec.annotator, "source": rec.source, "winner": rec.winner, "ranks": rec.ranks,
+             "strength": rec.strength}
+    canon = json.dumps({"format": fmt, "record": obj, "label": label}, sort_keys=True, ensure_ascii=False,
+                       separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _judged_by_options(fmt: str, obj: Mapping[str, Any], opts: Options) -> bool:
+    if fmt == mapped.NAME:
+        return True
+    if obj.get("key") not in (None, ""):
+        return False  # a native export's own key: kept as is
+    return bool((opts.annotator and obj.get("annotator") in (None, "")) or (opts.source and obj.get("source") in (None, "")))
+
+
+def _row_error(name: str, line: int, p: RowProblem) -> RowError:
+    return RowError(name, line, p.field, p.message)
+
+
+def _records(inp: Input, det: Detected, opts: Options) -> Iterator[ImportRecord | RowError]:
     table = det.container not in ("jsonl", "json")
     for line, obj in iter_raw(inp, det.container):
         if isinstance(obj, RowProblem):
-            yield RowError(inp.name, line, obj.field, obj.message)
+            yield _row_error(inp.name, line, obj)
             continue
         try:
+            if not table:  # a table's column names were checked once, with its header or schema
+                for k in obj:
+                    check_name(k, display_name(k))
             rec = _table_row(obj, det.format) if table else obj
-            fmt = (shape_of(rec) or det.format) if mixed else det.format
-            if mixed and fmt not in NATIVE:
-                fmt = det.format
+            if det.format == mapped.NAME:
+                for item in mapped.parse_row(rec, line, opts):
+                    if isinstance(item, RowProblem):
+                        yield _row_error(inp.name, line, item)
+                    else:
+                        item.key = _judged_key(mapped.NAME, rec, item)
+                        yield item
+                continue
+            fmt = line_kind(rec, table=table) if det.format == MIXED else det.format
             if table and fmt in (rankings.NAME, unlabeled.NAME):
-                # the blank comparison cells of a ranking / unlabeled row in a mixed table are not data
-                rec = {k: v for k, v in rec.items() if not (v == "" and k in _TEXT_COLUMNS and k != "prompt")}
-            yield PARSERS[fmt](rec, line, opts)
+                # the blank comparison cells of a ranking / unlabeled row in a table are not data
+                rec = {k: v for k, v in rec.items() if not ((v is None or v == "") and k in _TEXT_COLUMNS and k != "prompt")}
+            record = PARSERS[fmt](rec, line, opts)
+            if record.kind != "unlabeled" and _judged_by_options(fmt, rec, opts):
+                record.key = _judged_key(fmt, rec, record)
+            yield record
         except RowProblem as p:
-            yield RowError(inp.name, line, p.field, p.message)
+            yield _row_error(inp.name, line, p)
         except RecursionError:
             yield RowError(inp.name, line, "json", "is nested too deeply to read")
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a gap in the checks: still one clear row error

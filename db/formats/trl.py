@@ -22,6 +22,7 @@ from db.formats.base import (
     Options,
     RowProblem,
     check_text,
+    option,
     parse_extra,
     provenance,
     record_key,
@@ -78,7 +79,7 @@ def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
     history: list[dict[str, str]] | None = None
     if prompt_v is None or prompt_v == "":
         if isinstance(chosen_v, str) or isinstance(rejected_v, str):
-            raise RowProblem("prompt", "is missing: text chosen/rejected need a prompt (HH-RLHF transcripts: --format hh-rlhf)")
+            raise RowProblem("prompt", f"is missing: text chosen/rejected need a prompt (HH-RLHF transcripts: {option('format')} hh-rlhf)")
         c, r = _messages(chosen_v, "chosen"), _messages(rejected_v, "rejected")
         if len(c) != len(r) or c[:-1] != r[:-1]:
             raise RowProblem("rejected", "without a 'prompt', chosen and rejected must share every message but the last")

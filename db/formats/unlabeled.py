@@ -12,20 +12,31 @@ from db.formats.base import (
     PROVENANCE_FIELDS,
     ImportRecord,
     Options,
+    RowProblem,
+    option,
     parse_extra,
     parse_history,
     provenance,
     record_key,
     responses_field,
+    short,
     text_field,
 )
 
 NAME = "unlabeled"
 KNOWN = ("prompt", "history", "responses", "models", *PROVENANCE_FIELDS)
+_VERDICT_FIELDS = ("winner", "ranking", "response_a", "response_b")
 
 
 def parse(obj: Mapping[str, Any], line: int, opts: Options) -> ImportRecord:
-    """One prompt with its responses as an ``ImportRecord`` of kind ``unlabeled``."""
+    """One prompt with its responses as an ``ImportRecord`` of kind ``unlabeled``.
+
+    A line with a verdict's field (``winner``, ``ranking``, ``response_a``/``response_b``), even a null one, is
+    refused: a judgment is never stored as unlabeled data."""
+    for f in _VERDICT_FIELDS:
+        if f in obj:
+            raise RowProblem(f, f"an unlabeled line has no verdict, but this one has a {f!r} field (got "
+                                f"{short(obj[f])}); is the file of another format ({option('format')})?")
     prompt = text_field(obj, "prompt")
     texts, models = responses_field(obj, min_n=1)
     prov = provenance(obj, opts)

@@ -6,11 +6,13 @@ import importlib
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from rm_engine.cli.common import CLIError
 
 COMMAND_MODULES = (
-    "rm_engine.cli.data_cmds",  # import, export, stats
+    "rm_engine.cli.data_cmds",  # import, export, stats, guidelines
+    "rm_engine.cli.annotator_cmds",  # annotators (team, add, set, invite, revoke, campaign; reliability)
     "rm_engine.cli.model_cmds",  # train, eval, score
     "rm_engine.cli.version_cmds",  # models (list, delete, export, share)
     "rm_engine.cli.job_cmds",  # worker, jobs, policy, serve
@@ -22,8 +24,31 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of ``rmstudio``, with where to look next
+    (subcommands' parsers are of this class too: ``add_subparsers`` takes the parent's class)."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # reported by the subcommand that was given them, not by `rmstudio`
+            self._innermost(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _innermost(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                if isinstance(chosen, Parser):
+                    return chosen._innermost(ns)
+        return self
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rmstudio", description="RM Studio: preference labels to reward models.")
+    """The ``rmstudio`` parser with every subcommand."""
+    parser = Parser(prog="rmstudio", description="RM Studio: preference labels to reward models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -42,7 +67,10 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,10 +1,14 @@
 """Helpers shared by the CLI commands."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from db.bounds import Bound, FieldError
 from db.config import Settings
 from db.session import Database
 
@@ -14,7 +18,41 @@ class CLIError(Exception):
 
 
 def settings() -> Settings:
-    return Settings.from_env()
+    """The settings from the environment (a bad value: a CLIError naming the variable)."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def bounded_type(bound: Bound) -> Callable[[str], Any]:
+    """An argparse ``type`` parsing a flag's text with ``bound`` (finite, in range), so that a bad value is refused
+    in one line naming the flag before anything runs."""
+
+    def parse(text: str) -> Any:
+        try:
+            return bound.parse(text)
+        except FieldError as exc:
+            raise argparse.ArgumentTypeError(f"{exc.reason} (got {text!r})") from None
+
+    parse.__name__ = "whole number" if bound.integer else "number"
+    return parse
+
+
+#: TCP ports a server may listen on.
+PORT = Bound(1, 65535, integer=True)
+
+
+def field_flag(p: argparse.ArgumentParser, cls: Any, name: str, *flags: str, **kw: Any) -> None:
+    """Add a flag for the numeric field ``name`` of dataclass ``cls`` (``--field-name`` unless ``flags`` are given):
+    parsed and checked with the field's declared bound, its help text from the field's metadata unless ``help`` is
+    given."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    bound = f.metadata["bound"]
+    text = kw.pop("help", None) or f.metadata.get("help") or ""
+    kw["help"] = (f"{text} ({bound.describe()})" if text else bound.describe()).replace("%", "%%")
+    kw.setdefault("dest", name)
+    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), type=bounded_type(bound), **kw)
 
 
 def open_db() -> Database:

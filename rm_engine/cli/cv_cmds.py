@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, pct, print_json, settings
+from db.bounds import Bound
+from rm_engine.cli.common import CLIError, bounded_type, open_db, pct, print_json, settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +18,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "each model on the fold it did not see: every pair is held out once, so the "
                                    "pooled accuracy is a steadier estimate than one validation split (about +-3 "
                                    "points at a few hundred pairs). Runs here; takes the same flags as train.")
-    p.add_argument("--folds", type=int, default=5, metavar="K", help=f"K folds, {MIN_FOLDS}-{MAX_FOLDS} (default 5)")
+    p.add_argument("--folds", type=bounded_type(Bound(MIN_FOLDS, MAX_FOLDS, integer=True)), default=5, metavar="K",
+                   help=f"K folds, {MIN_FOLDS}-{MAX_FOLDS} (default 5)")
     train_flags(p)
     p.add_argument("--vs", action="append", default=[], metavar="FIELD=VALUE",
                    help="also cross-validate the settings with this change (repeat for several, e.g. --vs head=mlp "
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     """Cross-validate the configuration the flags describe on the stored labels."""
-    from rm_engine.cli.model_cmds import phase_bars, train_config
+    from rm_engine.cli.model_cmds import phase_bars, queueable, train_config
     from rm_engine.crossval import compare_configs, cross_validate, fold_line
     from rm_engine.training import load_pair_set
 
@@ -40,7 +42,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if args.queue:
         if other is not None:
             raise CLIError("--vs runs here (the comparison needs both runs' pairs): queue each setting on its own")
-        return _queue(cfg, args)
+        return _queue(queueable(cfg), args)
     on_progress, close = phase_bars()
 
     def on_fold(f: dict[str, Any]) -> None:

@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, pct, print_json, progress
+from rm_engine.cli.common import CLIError, open_db, print_json, progress
 
 IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "mapped")
 EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``import``, ``export``, ``stats``, ``annotators`` and ``guidelines`` subcommands."""
+    """Add the ``import``, ``export``, ``stats`` and ``guidelines`` subcommands."""
     p = sub.add_parser(
         "import",
         help="import preference data (HH-RLHF, TRL, comparisons, rankings, unlabeled, mapped CSV/JSONL/Parquet)",
@@ -50,14 +50,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stats", help="dataset statistics and size tier")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stats)
-
-    p = sub.add_parser("annotators", help="each annotator's estimated reliability, from pairs several labelled",
-                       description="One-coin Dawid-Skene accuracy, agreement with the other annotators' majority and "
-                                   "the loss weight `rmstudio train --annotator-weights` gives each annotator.")
-    p.add_argument("--min-labels", type=int, default=None, help="decided overlapping labels before an annotator is "
-                                                                "measured (default 10)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_annotators)
 
     p = sub.add_parser("guidelines", help="show or set the labeling guidelines (Markdown shown on the Label page)")
     g = p.add_mutually_exclusive_group()
@@ -176,47 +168,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print_json(stats)
     else:
         print(format_stats(stats))
-    return 0
-
-
-def cmd_annotators(args: argparse.Namespace) -> int:
-    """Print each annotator's estimated reliability (rm_engine.annotator_quality)."""
-    from dataclasses import asdict
-
-    from db.analytics import agreement_records, multi_rated_labels
-    from rm_engine.annotator_quality import MIN_LABELS, annotator_quality
-
-    min_labels = MIN_LABELS if args.min_labels is None else args.min_labels
-    if min_labels < 1:
-        raise CLIError("--min-labels must be at least 1")
-    db = open_db()
-    try:
-        with db.read() as s:
-            quality = annotator_quality(agreement_records(multi_rated_labels(s)), min_labels=min_labels)
-    finally:
-        db.dispose()
-    if args.json:
-        print_json([{k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(q).items()}
-                    for q in quality])
-        return 0
-    if not quality:
-        print("no pair has decided labels from two or more annotators yet: reliability needs overlap (Data page, "
-              "Labeling queue: annotators per pair, agreement share)")
-        return 0
-    def share(x: float) -> str:
-        return pct(None if x != x else x)  # nan: nothing to compare with
-
-    print(f"{'annotator':<20}{'source':<8}{'labels':>7}{'accuracy':>10}{'agrees':>8}{'experts':>9}{'weight':>8}")
-    for q in quality:
-        weight = f"{q.weight:.2f}" if q.measured else "1*"
-        print(f"{q.annotator[:19]:<20}{q.source:<8}{q.labels:>7}{pct(q.accuracy):>10}"
-              f"{share(q.agrees_with_others):>8}{share(q.agrees_with_experts):>9}{weight:>8}")
-    print("accuracy: Dawid-Skene estimate on pairs labelled by several annotators; agrees / experts: share matching "
-          "the majority of the others / of the expert labels; weight: what `rmstudio train --annotator-weights` "
-          "gives their labels")
-    if any(not q.measured for q in quality):
-        print(f"* not weighed: under {min_labels} decided labels on pairs others labelled too, or the labels agree "
-              "barely above chance (nothing to weigh by)")
     return 0
 
 

@@ -12,7 +12,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, print_json, settings
+from db.bounds import Bound, FieldError
+from db.policy import RetrainPolicy
+from rm_engine.cli.common import PORT, CLIError, bounded_type, field_flag, open_db, print_json, settings
+from rm_engine.worker import WorkerConfig
+
+#: ``jobs --limit``, ``jobs logs --tail``.
+ROWS = Bound(1, 100_000, integer=True)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,14 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--once", action="store_true", help="run at most one job, then exit (at once if none is queued)")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPU for finetune jobs when available, else CPU (default auto)")
-    w.add_argument("--gpus", type=int, default=1, metavar="N",
-                   help="data-parallel processes for finetune jobs that do not set gpus (DDP; default 1)")
-    w.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
-                   help="seconds between queue and policy checks when idle (1; idle checks only read)")
-    w.add_argument("--lease", type=float, default=30.0, metavar="S",
-                   help="lease length in seconds; a silent worker loses its job after this (30)")
+    field_flag(w, WorkerConfig, "gpus", default=1, metavar="N")
+    field_flag(w, WorkerConfig, "poll_interval_s", "--poll-interval", default=1.0, metavar="S")
+    field_flag(w, WorkerConfig, "lease_s", "--lease", default=30.0, metavar="S")
     w.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
-    w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    field_flag(w, WorkerConfig, "max_jobs", default=None, metavar="N")
     w.add_argument("--no-auto-retrain", action="store_true", help="do not apply the automatic retrain policy")
     w.add_argument("--no-preload", action="store_true", help="do not import torch and the engine ahead of the first job")
     w.set_defaults(func=cmd_worker)
@@ -39,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     j = sub.add_parser("jobs", help="list jobs; 'jobs cancel ID', 'jobs logs ID'")
     j.add_argument("--json", action="store_true", help="print a JSON list")
-    j.add_argument("--limit", type=int, default=30, help="newest N jobs (30)")
+    j.add_argument("--limit", type=bounded_type(ROWS), default=30, metavar="N", help="newest N jobs (30)")
     j.add_argument("--status", default=None, help="comma-separated statuses to show")
     j.set_defaults(func=cmd_jobs)
     jsub = j.add_subparsers(dest="jobs_command", metavar="ACTION")
@@ -50,15 +53,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lg = jsub.add_parser("logs", help="show a job's log")
     lg.add_argument("id", type=int)
     lg.add_argument("--json", action="store_true")
-    lg.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    lg.add_argument("--tail", type=bounded_type(ROWS), default=None, metavar="N", help="only the last N lines")
     lg.set_defaults(func=cmd_jobs_logs)
 
     p = sub.add_parser("policy", help="show or change the automatic retrain policy")
     onoff = p.add_mutually_exclusive_group()
     onoff.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
     onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
-    p.add_argument("--min-new-labels", type=int, default=None, metavar="N", help="new labels that trigger a retrain")
-    p.add_argument("--min-interval", type=float, default=None, metavar="S", help="seconds between automatic retrains")
+    field_flag(p, RetrainPolicy, "min_new_labels", default=None, metavar="N")
+    field_flag(p, RetrainPolicy, "min_interval_s", "--min-interval", default=None, metavar="S")
     p.add_argument("--mode", choices=("head", "finetune"), default=None, help="training mode of automatic retrains")
     p.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field for automatic retrains (VALUE as JSON, else text); KEY= removes it")
@@ -69,11 +72,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_policy)
 
     s = sub.add_parser("serve", help="run the app and a worker together; Ctrl-C stops both")
-    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--port", type=bounded_type(PORT), default=8501)
     s.add_argument("--address", default=None, help="address the app listens on (Streamlit's default if unset)")
     s.add_argument("--no-worker", action="store_true", help="run the app only")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the worker's --device")
-    s.add_argument("--gpus", type=int, default=1, metavar="N", help="the worker's --gpus (finetune jobs)")
+    field_flag(s, WorkerConfig, "gpus", default=1, metavar="N", help="the worker's --gpus (finetune jobs)")
     s.add_argument("--dev", action="store_true",
                    help="for working on RM Studio itself: watch the source files and rerun pages when one is saved")
     s.set_defaults(func=cmd_serve)
@@ -86,14 +89,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the worker loop in this process."""
     from transformers.utils import logging as hf_logging
 
-    from rm_engine.worker import WorkerConfig, main
+    from rm_engine.worker import main
 
     hf_logging.disable_progress_bar()  # the worker's log is one line per event: no bar per model load
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     try:
         cfg = WorkerConfig(
-            lease_s=args.lease, poll_interval_s=args.poll_interval, device=args.device, gpus=args.gpus, kinds=kinds,
+            lease_s=args.lease_s, poll_interval_s=args.poll_interval_s, device=args.device, gpus=args.gpus, kinds=kinds,
             once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs, preload=not args.no_preload,
         )
     except ValueError as exc:
@@ -267,8 +270,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         changes["enabled"] = args.enabled
     if args.min_new_labels is not None:
         changes["min_new_labels"] = args.min_new_labels
-    if args.min_interval is not None:
-        changes["min_interval_s"] = args.min_interval
+    if args.min_interval_s is not None:
+        changes["min_interval_s"] = args.min_interval_s
     if args.mode is not None:
         changes["mode"] = args.mode
     if args.rescore is not None:
@@ -281,13 +284,15 @@ def cmd_policy(args: argparse.Namespace) -> int:
                 _check_train_params(tp_changes)
 
             def _write(s: Any) -> None:
-                if tp_changes:
-                    tp = dict(pol.get_policy(s).train_params)
+                if tp_changes or "mode" in changes:
+                    current = pol.get_policy(s)
+                    tp = dict(current.train_params)
                     for k, v in tp_changes.items():
                         if v is None:
                             tp.pop(k, None)
                         else:
                             tp[k] = v
+                    _check_retrain_config(tp, changes.get("mode", current.mode))
                     changes["train_params"] = tp
                 pol.set_policy(s, **changes)
 
@@ -323,6 +328,18 @@ def _check_train_params(tp: dict[str, Any]) -> None:
     unknown = sorted(k for k in tp if k not in names)
     if unknown:
         raise CLIError(f"--train-param: unknown TrainConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def _check_retrain_config(train_params: dict[str, Any], mode: str) -> None:
+    """The automatic retrain's settings checked as the worker will check them, before they are stored."""
+    from rm_engine.config import policy_train_config
+
+    try:
+        policy_train_config(train_params, mode, settings())
+    except FieldError as exc:
+        raise CLIError(f"--train-param {exc.field}: {exc.reason} (got {exc.value!r})") from None
+    except ValueError as exc:
+        raise CLIError(f"--train-param: {exc}") from None
 
 
 # ---------------------------------------------------------------- serve

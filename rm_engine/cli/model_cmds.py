@@ -9,8 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, pct, print_json, progress, settings
-from rm_engine.config import COMBINE, default_lrs_text
+from db.bounds import Bound, FieldError, help_of
+from rm_engine.cli.common import CLIError, bounded_type, field_flag, open_db, pct, print_json, progress, settings
+from rm_engine.config import COMBINE, ENV_PREFIX, TrainConfig, check_queueable
+
+#: ``--penalty``: the weight of the std in ``--combine uwo``.
+PENALTY = Bound(0, 100)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,27 +49,20 @@ def train_flags(p: argparse.ArgumentParser) -> None:
     """The training configuration's flags (``TrainConfig.from_args`` reads them), shared by ``train`` and ``cv``."""
     p.add_argument("--mode", choices=("head", "finetune"), help="head: frozen backbone + cached features (CPU default); finetune: whole model")
     p.add_argument("--backbone", help="minilm (default) or a local Hugging Face folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, help=f"{default_lrs_text()} (--lora)")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, help="finetune token budget per batch")
-    p.add_argument("--max-batch-pairs", dest="max_batch_pairs", type=int, metavar="N",
-                   help="finetune: at most N pairs per token-budget batch (0 = the budget alone)")
-    p.add_argument("--max-length", dest="max_length", type=int)
-    p.add_argument("--ensemble", type=int, metavar="K", help="K members; scores carry their mean and std")
+    for name, metavar in (("epochs", "N"), ("lr", "LR"), ("batch_size", "N"), ("batch_tokens", "N"),
+                          ("max_batch_pairs", "N"), ("max_length", "N"), ("ensemble", "K")):
+        field_flag(p, TrainConfig, name, metavar=metavar)
     p.add_argument("--source-weights", dest="source_weights", metavar="expert=1,crowd=0.8,ai=0.5")
     p.add_argument("--sources", help="train only on these sources, e.g. expert,crowd")
     p.add_argument("--ties", choices=("model", "exclude"))
     p.add_argument("--tie-model", dest="tie_model", choices=("davidson", "rao_kupper"))
-    p.add_argument("--margin-from-strength", dest="margin_from_strength", type=float)
-    p.add_argument("--center-coef", dest="center_coef", type=float)
-    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    for name in ("margin_from_strength", "center_coef", "val_fraction"):
+        field_flag(p, TrainConfig, name, metavar="X")
     p.add_argument("--head", choices=("linear", "mlp"))
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    field_flag(p, TrainConfig, "weight_decay", metavar="X")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--gpus", type=int, metavar="N",
-                   help="finetune: N data-parallel processes (DDP, one per GPU; gloo CPU processes without CUDA). "
-                        "Queued jobs without it take the worker's --gpus")
+    field_flag(p, TrainConfig, "gpus", metavar="N",
+               help=help_of(TrainConfig, "gpus") + ". Queued jobs without it take the worker's --gpus")
     p.add_argument("--lora", action="store_true", default=None,
                    help="finetune: LoRA adapters (peft, all linear layers, r=16) and the score head instead of every weight")
     p.add_argument("--compile", action="store_true", default=None, help="finetune: torch.compile the model")
@@ -89,8 +86,8 @@ def train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator-weights", dest="annotator_weights", action="store_true", default=None,
                    help="weight each label by its annotator's reliability, estimated from pairs several annotators "
                         "labelled (Dawid-Skene; see rmstudio annotators)")
-    p.add_argument("--patience", type=int, help="head mode: evaluations without improvement before early stopping")
-    p.add_argument("--seed", type=int)
+    field_flag(p, TrainConfig, "patience", metavar="N")
+    field_flag(p, TrainConfig, "seed", metavar="N")
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -98,22 +95,41 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="latest (default) or a version id; repeat to use several versions as one ensemble reward")
     p.add_argument("--combine", choices=COMBINE, default="mean",
                    help="several --model: mean z (default), min z (worst case) or uwo (mean z - penalty x std)")
-    p.add_argument("--penalty", type=float, default=1.0, help="--combine uwo: weight of the std over versions")
+    p.add_argument("--penalty", type=bounded_type(PENALTY), default=1.0,
+                   help="--combine uwo: weight of the std over versions")
 
 
-def train_config(args: argparse.Namespace) -> Any:
-    """The TrainConfig the train flags describe (a CLIError naming the bad flag otherwise)."""
-    from rm_engine.config import TrainConfig
-
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the train flags describe (a CLIError naming the bad flag or variable otherwise)."""
     try:
         return TrainConfig.from_args(args)
+    except FieldError as exc:
+        raise CLIError(f"{_origin(exc.field, args)}: {exc.reason} (got {exc.value!r})") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _origin(field: str, args: argparse.Namespace) -> str:
+    """Where a TrainConfig field's value came from: its flag, else its environment variable."""
+    if getattr(args, field, None) is not None:
+        return "--" + field.replace("_", "-")
+    var = ENV_PREFIX + field.upper()
+    return var if os.environ.get(var) else f"TrainConfig.{field}"
+
+
+def queueable(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` checked as the worker will check it (``config.check_queueable``), before it is queued."""
+    try:
+        return check_queueable(cfg, settings())
+    except ValueError as exc:
+        raise CLIError(f"--backbone: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue a training job, or train here with ``--inline``."""
     cfg = train_config(args)
+    if not args.inline:
+        queueable(cfg)  # the worker's own checks, before anything is stored
     db = open_db()
     try:
         if not args.inline:

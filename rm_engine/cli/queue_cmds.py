@@ -4,19 +4,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from rm_engine.cli.common import CLIError, open_db, pct, print_json
+from db.queue_policy import QueuePolicy
+from rm_engine.cli.common import CLIError, field_flag, open_db, pct, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``queue`` subcommand."""
     p = sub.add_parser("queue", help="show or set the labeling-queue policy (overlap, agreement share, control "
                                      "pairs, active learning)")
-    p.add_argument("--labels-per-pair", dest="target_overlap", type=int, help="labels every pair gets first")
-    p.add_argument("--agreement-share", dest="agreement_share", type=float,
-                   help="share of pairs (0..1) labelled by --agreement-overlap annotators")
-    p.add_argument("--agreement-overlap", dest="agreement_overlap", type=int, help="annotators per pair in that share")
-    p.add_argument("--control-share", dest="control_share", type=float,
-                   help="share (0..0.5) of each labeler's pairs drawn from expert-labelled ones (control pairs)")
+    field_flag(p, QueuePolicy, "target_overlap", "--labels-per-pair", metavar="N")
+    field_flag(p, QueuePolicy, "agreement_share", metavar="X",
+               help="share of pairs labelled by --agreement-overlap annotators")
+    field_flag(p, QueuePolicy, "agreement_overlap", metavar="N")
+    field_flag(p, QueuePolicy, "control_share", metavar="X")
     al = p.add_mutually_exclusive_group()
     al.add_argument("--active-learning", dest="active_learning", action="store_true", default=None,
                     help="prefer pairs the newest scored model is least sure about")

@@ -6,8 +6,9 @@ import json
 import os
 from typing import Any
 
-from rm_engine.cli.common import CLIError, open_db, print_json
+from rm_engine.cli.common import PORT, CLIError, bounded_type, field_flag, open_db, print_json
 from rm_engine.cli.model_cmds import load_scorer, model_args
+from rm_engine.reward_server import ServerConfig
 
 TOKEN_ENV = "RMSTUDIO_REWARD_TOKEN"
 
@@ -23,9 +24,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="one --model: the reward returned (default z, the score against the version's training "
                         "statistics); several --model always give their combined z")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: every interface; set a token)")
-    p.add_argument("--port", type=int, default=8600)
+    p.add_argument("--port", type=bounded_type(PORT), default=8600)  # checked before the model loads
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--max-rows", type=int, default=4096, help="most rows one request may hold")
+    field_flag(p, ServerConfig, "max_rows", default=ServerConfig.max_rows,
+               help="most rows one request may hold (413 beyond)")
+    field_flag(p, ServerConfig, "time_budget_s", "--time-budget", metavar="SECONDS", default=ServerConfig.time_budget_s,
+               help="longest a request may take, waiting included; one that cannot make it gets 503")
+    field_flag(p, ServerConfig, "max_text_chars", default=ServerConfig.max_text_chars,
+               help="longest text in a request, in characters (413 beyond)")
+    p.add_argument("--chat-template", metavar="NAME|FILE|DIR",
+                   help="chat markup in prompts and queries to read before the built-in ones (inst: Llama-2 and "
+                        "Mistral, chatml, llama3, gemma): a name, a Jinja template file or a tokenizer folder")
+    p.add_argument("--drop-system", action="store_true",
+                   help="leave system messages out of the scored conversation (default: scored as earlier turns, "
+                        "as training saw them)")
     p.add_argument("--no-record-prompts", dest="record_prompts", action="store_false",
                    help="do not count the scored prompts in the database (the Coverage tab checks them)")
     p.set_defaults(func=cmd_reward_server)
@@ -38,17 +50,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_reward_server(args: argparse.Namespace) -> int:
     """Load the model(s) once, then serve until Ctrl-C or SIGTERM."""
-    from rm_engine.reward_server import ServerConfig
+    from rm_engine.chat_markup import MarkupError, load_markup
     from rm_engine.training import resolve_device
 
-    if args.max_rows < 1:
-        raise CLIError("--max-rows must be at least 1")
     try:
         device = resolve_device(args.device)
-    except RuntimeError as exc:
+        if args.chat_template:
+            load_markup(args.chat_template)  # refused now, not after the model loads
+    except (RuntimeError, MarkupError) as exc:
         raise CLIError(str(exc)) from None
     cfg = ServerConfig(host=args.host, port=args.port, token=os.environ.get(TOKEN_ENV) or None,
-                       max_rows=args.max_rows, record_prompts=args.record_prompts)
+                       max_rows=args.max_rows, time_budget_s=args.time_budget_s, max_text_chars=args.max_text_chars,
+                       record_prompts=args.record_prompts, chat_template=args.chat_template,
+                       drop_system=args.drop_system)
     db = open_db()
     try:
         return _serve(db, args, cfg, device)

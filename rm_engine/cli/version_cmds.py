@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("version", nargs="?", help="version id (for delete; for export also 'latest'; for share also "
                                               "'all')")
     p.add_argument("out", nargs="?", help="export: the new folder (a Hugging Face model loadable with "
-                                          "AutoModelForSequenceClassification, plus a model card)")
+                                          "AutoModelForSequenceClassification and trust_remote_code=True, plus a "
+                                          "model card)")
     p.add_argument("--member", type=int, default=None,
                    help="export: which member of an ensemble (0..K-1); a head ensemble without it exports their mean")
     p.add_argument("--json", action="store_true")
@@ -95,8 +96,9 @@ def _export(args: argparse.Namespace) -> int:
         print_json({"exported": info["version_id"], "out": str(args.out), **info})
     else:
         print(f"exported model version {info['version_id']} to {args.out} ({info['recipe']}; input "
-              f"{info['input']['format']}): AutoModelForSequenceClassification.from_pretrained({str(args.out)!r}), "
-              f"see its README.md")
+              f"{info['input']['format']}): AutoModelForSequenceClassification.from_pretrained({str(args.out)!r}, "
+              "trust_remote_code=True), or pipeline(\"text-classification\", "
+              f"model={str(args.out)!r}, trust_remote_code=True) on one chat-templated string; see its README.md")
     return 0
 
 

@@ -81,3 +81,15 @@ def app_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     st.cache_resource.clear()
     yield home
     st.cache_resource.clear()
+
+
+def plotly_values(v: object) -> list:
+    """A plotly data array from a chart's JSON spec: plain lists stay, numpy arrays come encoded as
+    ``{"dtype", "bdata"}``."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)  # type: ignore[call-overload]

@@ -17,7 +17,7 @@ from db.served import record_served
 from db.session import Database
 from db.store import add_label, add_ranking
 from rm_engine import metrics
-from tests.app.conftest import PAGES, XSS_SCRIPT, Seeded
+from tests.app.conftest import MAIN, PAGES, XSS_SCRIPT, Seeded, plotly_values
 
 DASH = str(PAGES / "dashboard.py")
 
@@ -38,17 +38,6 @@ def _charts(at: AppTest) -> dict[str, dict]:
         title = fig.get("layout", {}).get("title", {}).get("text", "")
         out[title] = fig
     return out
-
-
-def _arr(v) -> list:
-    """A plotly data array: plain lists stay, numpy arrays come encoded as ``{"dtype", "bdata"}``."""
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        import numpy as np
-
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
-    return list(v)
 
 
 def _label_everything(db: Database, seeded: Seeded) -> None:
@@ -113,6 +102,81 @@ def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
     assert any("Scores appear once a model version exists" in i.value for i in at.info)
 
 
+def _in_app(tab: str) -> AppTest:
+    """The dashboard inside the whole app (``app/main.py``'s navigation), so that links to other pages resolve."""
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["dash_tab"] = tab
+    at.switch_page("views/dashboard.py")
+    return at.run()
+
+
+def _links(at: AppTest) -> dict[str, str]:
+    """Links to other pages on the page: label -> the page's URL path."""
+    return {el.proto.label: el.proto.page for el in at.get("page_link")}
+
+
+def _one_annotator(db: Database, seeded: Seeded) -> None:
+    with db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"o-{cid}")
+
+
+@pytest.mark.parametrize("tab,says,link", [
+    ("Scores", "Scores appear once a model version exists", ("Train a model version", "train")),
+    ("Agreement", "No pair has been labelled by two people yet", ("Set the labeling queue's overlap", "data")),
+    ("Coverage", "No labelled prompt yet", ("Label pairs", "")),  # the default page: the root URL
+])
+@pytest.mark.parametrize("data", ["empty", "labels of one annotator"])
+def test_empty_tabs_say_what_fills_them_and_link_there(app_env, sqlite_db: Database, seeded: Seeded, data: str,
+                                                       tab: str, says: str, link: tuple[str, str]) -> None:
+    """No blank chart and no table of None: each empty part says what would fill it and links to where that is
+    done (the agreement tab to the Data page's labeling-queue overlap)."""
+    if data != "empty":
+        _one_annotator(sqlite_db, seeded)
+    at = _in_app(tab)
+    assert not at.exception
+    if data == "empty" or tab != "Coverage":  # labels give the Coverage tab its categories
+        assert any(i.value.startswith(says) for i in at.info), [i.value for i in at.info]
+        assert _links(at)[link[0]] == link[1]
+    titles = " | ".join(_charts(at))
+    if data == "empty":
+        assert any("rmstudio seed-demo" in i.value for i in at.info)
+        assert _links(at)["Import preference data"] == "data"
+        assert titles == ""  # nothing to draw: no chart at all
+        assert not at.dataframe
+    else:
+        assert any(i.value.startswith("No model version yet") for i in at.info)
+        assert _links(at)["Start a training"] == "train"
+        assert "Accuracy per model version" not in titles  # no empty accuracy chart
+        if tab == "Agreement":
+            assert "agreement" not in titles.lower() and not at.dataframe  # no blank charts, no tables of None
+            assert any("Labeling queue" in i.value and "Labels per pair" in i.value for i in at.info)
+        if tab == "Coverage":
+            assert "Labels per category" in titles and not any("No labelled prompt" in i.value for i in at.info)
+
+
+def test_a_version_without_cached_scores_or_rankings(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Scores of a version not rescored yet: no empty histograms; calibration from its validation pairs; the
+    Spearman and length-bias places say what fills them; a temperature at the fit's limit is explained."""
+    _one_annotator(sqlite_db, seeded)
+    m = _engine_metrics(0.6, 0.5, seed=7)
+    m["temperature"] = {"fitted_on": "val", "temperature": 100.0, "n": 20, "ece_before": 0.21, "ece_after": 0.02}
+    del m["val"]["length_bias"], m["train"]["length_bias"]
+    vid = _insert_version(sqlite_db, m)
+    at = _in_app("Scores")
+    assert not at.exception
+    assert any(i.value.startswith(f"No cached scores for version {vid} yet") for i in at.info)
+    titles = set(_charts(at))
+    assert not titles & {"Scores of chosen vs rejected responses", "Margin distribution", "Normalized scores",
+                         "Spearman per ranked prompt", f"v{vid} length bias (words)"}
+    assert "Calibration on validation pairs" in " ".join(titles)  # recorded at training time
+    [temp] = [c.value for c in at.caption if c.value.startswith("Temperature 100.00 fitted on 20 validation pairs")]
+    assert "upper limit" in temp and "no better than chance" in temp
+    assert any("no ranking with cached scores yet" in c.value for c in at.caption)
+    assert _links(at)["Rank responses"] == ""  # the Label page, the default one
+    assert any(f"not recorded for version {vid}" in c.value for c in at.caption)
+
+
 def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     _label_everything(sqlite_db, seeded)
     at = _page("Agreement")
@@ -122,7 +186,7 @@ def test_zero_versions_with_labels(app_env, sqlite_db: Database, seeded: Seeded)
     charts = _charts(at)
     assert "Labels per hour by source" in charts and "Annotator throughput" in charts  # all labelled just now
     [bars] = charts["Dataset size"]["data"]
-    assert dict(zip(bars["y"], _arr(bars["x"]))) == {"all": 18, "crowd": 12, "ai": 6}
+    assert dict(zip(bars["y"], plotly_values(bars["x"]))) == {"all": 18, "crowd": 12, "ai": 6}
     # 18 labels (no both_bad; ties count for tie-aware losses) plus a 4-way ranking: 18 + 6 = 24 training pairs
     assert any("24 training pairs: size tier **under 1,000**" in c.value for c in at.caption)
     # Agreement: every pair is multi-rated; with ties differs from without ties.
@@ -177,7 +241,7 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
                and f"±{100 * se:.1f} points (one standard error on 20 pairs)" in c.value and "rmstudio cv" in c.value
                for c in at.caption)
     charts = _charts(at)
-    acc = {t["name"]: _arr(t["y"]) for t in charts["Accuracy per model version"]["data"]}
+    acc = {t["name"]: plotly_values(t["y"]) for t in charts["Accuracy per model version"]["data"]}
     assert acc["val"] == [pytest.approx(m["val"]["accuracy"])] and acc["train"] == [pytest.approx(m["train"]["accuracy"])]
     per_source = charts[f"v{vid} accuracy per source"]["data"]
     assert {t["name"] for t in per_source} == {"train", "val"}
@@ -189,11 +253,11 @@ def test_one_version(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     assert "Normalized scores" in charts and "Margin distribution" in charts
     assert any(t.startswith("Calibration") for t in charts)
     # A ranking of 4 responses with cached scores gives one Spearman value.
-    assert len(_arr(charts["Spearman per ranked prompt"]["data"][0]["x"])) == 1
+    assert len(plotly_values(charts["Spearman per ranked prompt"]["data"][0]["x"])) == 1
     # margins +1 on 15 pairs, -1 on 5: T = 1 / ln 3 = 0.91
     assert any(c.value.startswith("Temperature 0.91 fitted on 20 validation pairs") for c in at.caption)
     # Length bias: labels prefer the longer response as often as the model is right, the model always does.
-    bars = {t["name"]: dict(zip((x.replace("<br>", " ") for x in t["x"]), _arr(t["y"])))
+    bars = {t["name"]: dict(zip((x.replace("<br>", " ") for x in t["x"]), plotly_values(t["y"])))
             for t in charts[f"v{vid} length bias (words)"]["data"]}
     assert bars["val"]["model prefers longer"] == 1.0 and bars["val"]["accuracy, chosen shorter"] == 0.0
     assert bars["val"]["labels prefer longer"] == pytest.approx(m["val"]["accuracy"])
@@ -211,7 +275,7 @@ def test_many_versions_with_old_and_missing_metrics(app_env, sqlite_db: Database
     assert not at.exception
     assert [m.value for m in at.metric][1] == "4"
     assert any("Overfitting" in w.value for w in at.warning)
-    acc = {t["name"]: _arr(t["x"]) for t in _charts(at)["Accuracy per model version"]["data"]}
+    acc = {t["name"]: plotly_values(t["x"]) for t in _charts(at)["Accuracy per model version"]["data"]}
     assert acc["val"] == ["2", "3", str(last)]  # the version without metrics is left out, not a crash
     assert any("No cached scores" in i.value for i in at.info)
     assert not at.file_uploader  # lazy tabs: the closed Coverage panel did not run
@@ -250,7 +314,7 @@ def test_coverage_of_uploaded_prompts(app_env, sqlite_db: Database, seeded: Seed
     assert table.iloc[0]["prompt"] == "explain quantum chromodynamics" and not table.iloc[0]["covered"]
     assert "What is the capital of France?" in set(table["nearest_labelled"])
     cats = _charts(at)["Labels per category"]["data"][0]
-    assert dict(zip(cats["x"], _arr(cats["y"]))) == {"geography": 6, "code": 3, "security": 6, "cooking": 3}
+    assert dict(zip(cats["x"], plotly_values(cats["y"]))) == {"geography": 6, "code": 3, "security": 6, "cooking": 3}
 
 
 def test_coverage_of_the_prompts_the_reward_server_scored(app_env, sqlite_db: Database, seeded: Seeded) -> None:

@@ -2,6 +2,7 @@
 head mode by the engine on labels in a real SQLite database, then scored through ``load_usable``."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -17,7 +18,7 @@ from rm_engine import normalize
 from rm_engine.config import TrainConfig
 from rm_engine.scoring import rescore_stored
 from rm_engine.training import train_and_publish
-from tests.app.conftest import PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
+from tests.app.conftest import PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded, plotly_values
 from tests.tiny_models import build_tiny_encoder
 
 INSPECT = str(PAGES / "inspect.py")
@@ -60,8 +61,13 @@ def _score(at: AppTest, prompt: str, responses: list[str]) -> AppTest:
 
 
 def _score_tables(at: AppTest) -> list:
-    """The score tables on the page, in order (one per version shown)."""
-    return [d.value for d in at.dataframe if "rank" in d.value.columns]
+    """Each version's ranking table on the page, in order (one per version shown)."""
+    return [d.value for d in at.table if "rank" in d.value.columns]
+
+
+def _table_with(at: AppTest, column: str):
+    [df] = [d.value for d in at.table if column in d.value.columns]
+    return df
 
 
 def test_no_version_teaches(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -90,6 +96,8 @@ def test_scores_rank_responses_and_show_untrusted_text_as_text(version: int, sql
     t = temp["temperature"] or 1.0
     want = [1 / (1 + math.exp(-(a - b) / t)) for a, b in zip(df["raw"], df["raw"][1:])]
     assert list(df["p_beats_next"][:3]) == pytest.approx(want, abs=1e-6) and df["p_beats_next"].isna().iloc[3]
+    assert any("the last response has no next one" in c.value for c in at.caption)  # shown as "–", explained
+    assert not at.dataframe  # static tables: every column in view
     assert all(0.5 <= x <= 1 for x in want)  # sorted best first
     assert (df["sigmoid"] - [float(normalize.to_sigmoid(r, stats)) for r in df["raw"]]).abs().max() < 1e-6
     # Each response is rendered as Markdown without HTML, script links defanged.
@@ -112,15 +120,18 @@ def test_three_versions_side_by_side_and_as_one_reward(version: int, sqlite_db: 
     at.multiselect(key="inspect_compare").set_value([third, version, second])  # the first version again: skipped
     at = _score(at, "Name a colour", ["Red.", "no.", "Blue!"])
     assert not at.exception
-    assert [h.value for h in at.subheader] == [f"Version {third}", f"Version {version}", f"Version {second}",
+    assert [h.value for h in at.subheader] == [f"Versions {third}, {version} and {second} compared",
                                                f"Versions {third}, {version} and {second} as one reward"]
-    tables = [t.set_index("response")["z"] for t in _score_tables(at)]
-    both = next(d.value for d in at.dataframe if "mean z" in d.value.columns).set_index("response")
-    for text in ("Red.", "no.", "Blue!"):
+    tables = [t.set_index("response")["z"] for t in _score_tables(at)]  # each version's ranking (expander)
+    compared = _table_with(at, f"v{third} z")
+    assert list(compared["response"]) == ["1. Red.", "2. no.", "3. Blue!"]  # as entered
+    both = _table_with(at, "mean z").set_index("response")
+    assert "mean - std" in both.columns  # with three versions it differs from min z
+    for i, text in enumerate(("Red.", "no.", "Blue!")):
         zs = [t[text] for t in tables]
-        assert both.loc[text, "mean z"] == pytest.approx(sum(zs) / 3)
-        assert both.loc[text, "min z"] == pytest.approx(min(zs))
-        assert [both.loc[text, f"z v{v}"] for v in (third, version, second)] == pytest.approx(zs)
+        assert [compared.loc[i, f"v{v} z"] for v in (third, version, second)] == pytest.approx(zs)
+        assert both.loc[f"{i + 1}. {text}", "mean z"] == pytest.approx(sum(zs) / 3)
+        assert both.loc[f"{i + 1}. {text}", "min z"] == pytest.approx(min(zs))
 
 
 def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sqlite_db: Database, seeded: Seeded, home) -> None:
@@ -130,18 +141,35 @@ def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sq
     at.multiselect(key="inspect_compare").set_value([version])
     at = _score(at, "Name a colour", ["Red.", "no."])
     assert not at.exception
-    assert [h.value for h in at.subheader] == [f"Version {second}", f"Version {version}",
+    assert [h.value for h in at.subheader] == [f"Versions {second} and {version} compared",
                                                f"Versions {second} and {version} as one reward"]
     a, b = _score_tables(at)
     assert len(a) == len(b) == 2 and not a["raw"].equals(b["raw"])  # different seeds, different scores
-    both = next(d.value for d in at.dataframe if "mean z" in d.value.columns).set_index("response")
+    # One table holds every version's rank, raw, z and sigmoid per response, side by side.
+    compared = _table_with(at, f"v{second} z")
+    assert list(compared.columns) == ["response"] + [f"v{v} {m}" for v in (second, version)
+                                                     for m in ("rank", "raw", "z", "sigmoid")]
     za, zb = a.set_index("response")["z"], b.set_index("response")["z"]
+    for i, text in enumerate(("Red.", "no.")):
+        for v, ranking in ((second, a), (version, b)):
+            mine = ranking.set_index("response").loc[text]
+            assert [compared.loc[i, f"v{v} {m}"] for m in ("rank", "raw", "z", "sigmoid")] == pytest.approx(
+                [mine["rank"], mine["raw"], mine["z"], mine["sigmoid"]])
+    # ... and a chart of each response's z per version.
+    [chart] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert chart["layout"]["title"]["text"] == "z-score of each response per version"
+    bars = {t["name"]: (t["x"], plotly_values(t["y"])) for t in chart["data"]}
+    assert bars == {f"v{second}": (["1", "2"], pytest.approx([za["Red."], za["no."]])),
+                    f"v{version}": (["1", "2"], pytest.approx([zb["Red."], zb["no."]]))}
+    # With two versions "mean - std" equals "min z": only min z is shown, and the page says why.
+    both = _table_with(at, "mean z").set_index("response")
+    assert "mean - std" not in both.columns
+    assert any("With two versions `mean - std` is the same as `min z`" in c.value for c in at.caption)
     for text in ("Red.", "no."):
-        row = both.loc[text]
-        assert row[f"z v{second}"] == pytest.approx(za[text]) and row[f"z v{version}"] == pytest.approx(zb[text])
+        row = both.loc[f"{('Red.', 'no.').index(text) + 1}. {text}"]
         assert row["mean z"] == pytest.approx((za[text] + zb[text]) / 2)
         assert row["min z"] == pytest.approx(min(za[text], zb[text]))
-        assert row["mean - std"] == pytest.approx(row["mean z"] - abs(za[text] - zb[text]) / 2)
+        assert row["std of z"] == pytest.approx(abs(za[text] - zb[text]) / 2)
     # The newer version's files disappear: a fresh server falls back to the older version and says so.
     with sqlite_db.read() as s:
         from db.versions import get_version

@@ -1,4 +1,5 @@
-"""The Label page under AppTest, against a real SQLite database with data in it."""
+"""The Label page under AppTest, against a real SQLite database with data in it: identity from personal links,
+campaign links or the researcher's own (never from the address's other parameters), labels, flags, undo."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,19 +9,53 @@ from streamlit.testing.v1 import AppTest
 
 from app import label_session as ls
 from app.render import defang_links
+from db import annotators as team
+from db.config import Settings
 from db.guidelines import set_guidelines
-from db.labeling import item_for_comparison
-from db.models import Comparison, Label, Outcome, Ranking, Side, Source
+from db.labeling import QueuePolicy, item_for_comparison, next_pair
+from db.models import Annotator, Comparison, FlagReason, Label, Outcome, Ranking, ReviewFlag, Side, Source
 from db.session import Database
 from tests.app.conftest import MAIN, PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded
 
 
-def _app(name: str | None = "alice", source: str = "expert") -> AppTest:
+def _db() -> Database:
+    return Database(Settings.from_env().db_url)
+
+
+def invite(name: str, tier: str = "crowd") -> str:
+    """A personal link token of ``name`` (added with ``tier`` when new), as the Team tab makes it."""
+    db = _db()
+    try:
+        with db.write() as s:
+            if s.scalar(select(Annotator.id).where(Annotator.name == name)) is None:
+                team.add_annotator(s, name, tier, by="researcher")
+            return team.invite(s, name, by="researcher")
+    finally:
+        db.dispose()
+
+
+def _open(**params: str) -> AppTest:
+    """The Label page at an address with these query parameters."""
     at = AppTest.from_file(MAIN, default_timeout=30)
-    if name is not None:
-        at.query_params["annotator"] = name
-        at.query_params["source"] = source
+    for k, v in params.items():
+        at.query_params[k] = v
     return at.run()
+
+
+def _app(name: str = "alice", tier: str = "expert", **params: str) -> AppTest:
+    """The Label page through a new personal link of ``name`` (plus any other query parameters)."""
+    return _open(invite=invite(name, tier), **params)
+
+
+def _local_app(name: str = "me", tier: str = "expert") -> AppTest:
+    """The Label page of the researcher's own machine, labeling as ``name``."""
+    db = _db()
+    try:
+        with db.write() as s:
+            team.set_local_annotator(s, name, tier)
+    finally:
+        db.dispose()
+    return AppTest.from_file(MAIN, default_timeout=30).run()
 
 
 def _button(at: AppTest, label: str):
@@ -40,19 +75,134 @@ def _labels(db: Database) -> list[SimpleNamespace]:
         return out
 
 
-def test_identity_form_then_remembered_in_url(app_env, sqlite_db: Database, seeded: Seeded) -> None:
-    at = _app(name=None)
+def _said(at: AppTest) -> str:
+    return " ".join(m.value for m in [*at.markdown, *at.warning, *at.error, *at.info])
+
+
+def test_local_identity_is_set_once_and_the_address_cannot_change_it(app_env, sqlite_db: Database,
+                                                                     seeded: Seeded) -> None:
+    """Without a researcher token the person at the keyboard is the researcher: they name themselves and pick a
+    tier once; a reload keeps it without anything in the address, and ``annotator=``/``source=`` there are ignored."""
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
     assert not at.exception
     assert [b.label for b in at.button if b.label == "A better"] == []  # identity first
+    assert at.radio[0].options == ["expert", "crowd"]  # people are never ai
     at.text_input[0].input("  carol ")
-    at.radio[0].set_value("ai")
+    at.radio[0].set_value("expert")
     at.button[0].click().run()  # the form's submit button
     assert not at.exception
-    assert at.query_params["annotator"] == "carol" and at.query_params["source"] == "ai"
-    assert any("Labeling as **carol** (ai)" == m.value for m in at.markdown)
-    # A reload (fresh session) with the same URL keeps the identity.
-    again = _app("carol", "ai")
-    assert any(b.label == "A better" for b in again.button)
+    assert any("Labeling as **carol** (expert tier)" == m.value for m in at.markdown)
+    assert "annotator" not in at.query_params  # nothing in the address to tamper with
+    again = AppTest.from_file(MAIN, default_timeout=30)
+    again.query_params["annotator"] = "mallory"
+    again.query_params["source"] = "ai"
+    again.run()
+    assert any("Labeling as **carol** (expert tier)" == m.value for m in again.markdown)
+    assert any("annotator=mallory" in w.value and "ignored" in w.value for w in again.warning)
+    _button(again, "A better").click().run()
+    [lab] = _labels(sqlite_db)
+    assert (lab.annotator.name, lab.source) == ("carol", Source.expert)
+    with sqlite_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Annotator).where(Annotator.name == "mallory")) == 0
+
+
+def test_a_name_on_record_with_another_tier_is_refused_by_the_local_form(app_env, sqlite_db: Database,
+                                                                         seeded: Seeded) -> None:
+    with sqlite_db.write() as s:
+        team.add_annotator(s, "dora", "crowd", by="researcher")
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    at.text_input[0].input("dora")
+    at.radio[0].set_value("expert")
+    at.button[0].click().run()
+    assert any("on record as crowd" in e.value for e in at.error)
+    assert not [b for b in at.button if b.label == "A better"]
+    with sqlite_db.read() as s:
+        assert s.scalar(select(Annotator.default_source).where(Annotator.name == "dora")) is Source.crowd
+
+
+def test_invite_link_labels_with_the_tier_on_record_whatever_the_address_says(app_env, sqlite_db: Database,
+                                                                             seeded: Seeded) -> None:
+    at = _app("ivan", "crowd", source="expert", annotator="someone-else")
+    assert not at.exception
+    assert any(m.value == "Labeling as **ivan** (crowd tier)" for m in at.markdown)
+    assert any("source=expert" in w.value and "annotator=someone-else" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.label == "Switch annotator"]  # a link is one person
+    _button(at, "B better").click().run()
+    [lab] = _labels(sqlite_db)
+    assert (lab.annotator.name, lab.source, lab.origin) == ("ivan", Source.crowd, "app")
+    # The researcher makes ivan an expert: the page says so at once and the next label carries it.
+    with sqlite_db.write() as s:
+        team.set_tier(s, "ivan", "expert", by="researcher", retag=False)
+    at.run()
+    assert any(m.value == "Labeling as **ivan** (expert tier)" for m in at.markdown)
+    _button(at, "A better").click().run()
+    assert [(r.annotator.name, r.source) for r in _labels(sqlite_db)] == [("ivan", Source.crowd),
+                                                                          ("ivan", Source.expert)]
+
+
+def test_a_revoked_or_unknown_link_labels_nothing(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("rita", "crowd")
+    _button(at, "A better").click().run()
+    assert len(_labels(sqlite_db)) == 1
+    with sqlite_db.write() as s:
+        team.revoke(s, "rita", by="researcher")
+    _button(at, "A better").click().run()  # a page still open when the link is revoked: the click stores nothing
+    assert any("revoked" in e.value for e in at.error)
+    assert not [b for b in at.button if b.label == "A better"]
+    assert len(_labels(sqlite_db)) == 1
+    for token in ("not-a-token", ""):
+        fresh = AppTest.from_file(MAIN, default_timeout=30)
+        fresh.query_params["invite"] = token
+        fresh.run()
+        assert not fresh.exception
+        assert any("revoked or never existed" in e.value for e in fresh.error)
+        assert not [b for b in fresh.button if b.label in ("A better", "Start labeling")]
+    assert len(_labels(sqlite_db)) == 1
+
+
+def test_campaign_link_makes_each_worker_a_crowd_annotator(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    with sqlite_db.write() as s:
+        token = team.open_campaign(s, "pilot", by="researcher")
+
+    def visit(**params: str) -> AppTest:
+        at = AppTest.from_file(MAIN, default_timeout=30)
+        at.query_params["campaign"] = token
+        for k, v in params.items():
+            at.query_params[k] = v
+        return at.run()
+
+    at = visit(PROLIFIC_PID="5f3a9c", source="expert")
+    assert any(m.value == "Labeling as **pilot:5f3a9c** (crowd tier)" for m in at.markdown)
+    _button(at, "Tie").click().run()
+    visit(worker_id="w-2")
+    assert visit(PROLIFIC_PID="5f3a9c").session_state["rmstudio_identity"].name == "pilot:5f3a9c"  # same again
+    with sqlite_db.read() as s:
+        workers = {a.name: a.default_source for a in s.scalars(select(Annotator).where(Annotator.campaign_id.is_not(None)))}
+    assert workers == {"pilot:5f3a9c": Source.crowd, "pilot:w-2": Source.crowd}
+    assert [(r.annotator.name, r.source) for r in _labels(sqlite_db)] == [("pilot:5f3a9c", Source.crowd)]
+    missing = visit()
+    assert any("needs your worker id" in e.value for e in missing.error)
+    bad = visit(worker_id="<script>")
+    assert any("needs your worker id" in e.value for e in bad.error)
+    with sqlite_db.write() as s:
+        team.close_campaign(s, "pilot", by="researcher")
+    closed = visit(PROLIFIC_PID="5f3a9c")
+    assert any("campaign is closed" in e.value for e in closed.error)
+    assert not [b for b in closed.button if b.label == "A better"]
+
+
+def test_labelers_without_a_link_get_no_labeling_when_a_token_is_set(app_env, sqlite_db: Database, seeded: Seeded,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "s3cret")
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    at.query_params["annotator"] = "alice"
+    at.query_params["source"] = "expert"
+    at.run()
+    assert not at.exception
+    assert any("personal link" in i.value for i in at.info)
+    assert not [b for b in at.button if b.label in ("A better", "Start labeling", "Undo")]
+    with sqlite_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Annotator)) == 0
 
 
 def test_label_stored_with_source_position_annotator_and_time(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -100,6 +250,55 @@ def test_undo_removes_my_label_and_shows_the_pair_again(app_env, sqlite_db: Data
         assert s.get(Comparison, first.comparison_id).label_count == 0  # bob labelled another pair (fewest first)
 
 
+def test_undo_never_reaches_labels_this_session_did_not_make(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """The name-based undo hole: a session that carries another annotator's name (in the address, or even their own
+    link opened in a second browser) and presses Undo removes nothing of theirs."""
+    token = invite("bob", "crowd")
+    bob = _open(invite=token)
+    for _ in range(2):
+        _button(bob, "A better").click().run()
+    before = [r.idempotency_key for r in _labels(sqlite_db)]
+    assert len(before) == 2
+    _local_app("me")
+    intruders = [
+        _open(annotator="bob", source="crowd"),  # the address names bob; the session is the researcher's own
+        _open(invite=invite("eve", "crowd"), annotator="bob"),  # another labeler's link, bob's name appended
+        _open(invite=token),  # bob's own link in a second browser: that session stored nothing
+    ]
+    for at in intruders:
+        for _ in range(3):
+            _button(at, "Undo").click().run()
+            assert not at.exception
+        assert [r.idempotency_key for r in _labels(sqlite_db)] == before
+    # bob's first session still takes back its own newest label, and only that
+    _button(bob, "Undo").click().run()
+    assert [r.idempotency_key for r in _labels(sqlite_db)] == before[:1]
+
+
+def test_flag_a_pair_i_cannot_judge(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    at = _app("fay", "crowd")
+    item = at.session_state[ls.ITEM]
+    at.radio(key=ls.flag_reason_key(item)).set_value("needs_expertise")
+    at.text_input(key=ls.flag_comment_key(item)).input("medical dosage question")
+    _button(at, "Flag this pair").click().run()
+    assert not at.exception
+    assert at.session_state[ls.ITEM].comparison_id != item.comparison_id  # moved on
+    assert _labels(sqlite_db) == []
+    with sqlite_db.read() as s:
+        [flag] = s.scalars(select(ReviewFlag)).all()
+        assert (flag.comparison_id, flag.reason, flag.comment, flag.created_by, flag.resolved_at) == (
+            item.comparison_id, FlagReason.needs_expertise, "medical dosage question", "fay", None)
+        assert flag.annotator_id == s.scalar(select(Annotator.id).where(Annotator.name == "fay"))
+        # a flagged pair leaves everyone's queue until a researcher resolves it
+        seen = set()
+        for _ in range(50):
+            nxt = next_pair(s, "someone", QueuePolicy(), exclude=list(seen))
+            if nxt is None:
+                break
+            seen.add(nxt.comparison_id)
+        assert item.comparison_id not in seen and len(seen) == len(seeded.comparison_ids) - 1
+
+
 def test_double_submit_stores_one_label(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     at = _app()
     item = at.session_state[ls.ITEM]
@@ -131,7 +330,7 @@ def test_skip_moves_on_without_a_label(app_env, sqlite_db: Database, seeded: See
 
 def test_untrusted_html_and_script_links_are_shown_as_text(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     at = AppTest.from_file(MAIN, default_timeout=30)
-    at.query_params["annotator"] = "alice"
+    at.query_params["invite"] = invite("alice")
     with sqlite_db.read() as s:
         at.session_state[ls.ITEM] = item_for_comparison(s, seeded.xss_comparison_ids[0])
     at.run()
@@ -259,7 +458,8 @@ def test_empty_database_teaches(app_env, sqlite_db: Database) -> None:
     assert any("rmstudio seed-demo" in i.value for i in at.info)
 
 
-def test_labeler_sees_only_label_page_with_token(app_env, sqlite_db: Database, seeded: Seeded, monkeypatch) -> None:
+def test_labeler_with_a_link_sees_only_label_page_with_token(app_env, sqlite_db: Database, seeded: Seeded,
+                                                              monkeypatch) -> None:
     monkeypatch.setenv("RMSTUDIO_RESEARCHER_TOKEN", "s3cret")
     at = _app()
     assert not at.exception and any(b.label == "A better" for b in at.button)
@@ -272,12 +472,12 @@ def test_label_page_on_postgres(app_env, pg_db: Database) -> None:
     from tests.app.conftest import seed_small
 
     seed_small(pg_db)
-    at = _app("pat", "ai")
+    at = _app("pat", "crowd", source="expert")
     assert not at.exception
     item = at.session_state[ls.ITEM]
     _button(at, "A better").click().run()
     [lab] = _labels(pg_db)
-    assert (lab.annotator.name, lab.source, lab.left) == ("pat", Source.ai, item.left)
+    assert (lab.annotator.name, lab.source, lab.left) == ("pat", Source.crowd, item.left)
     assert lab.outcome is Outcome(item.left.value)
     _button(at, "Undo").click().run()
     assert _labels(pg_db) == []
@@ -334,7 +534,7 @@ def test_guidelines_written_on_the_data_page_reach_labelers(app_env, sqlite_db: 
     [exp] = [e for e in at.expander if e.label.startswith("Labeling guidelines")]
     assert exp.label == "Labeling guidelines (revision 1)" and not [b for b in at.button if b.label == "Got it"]
     assert at.query_params["guidelines"] == "1"
-    again = _app()  # a reload: a fresh session with the same URL
+    again = _local_app("me")  # the researcher's own machine
     again.query_params["guidelines"] = "1"
     again.run()
     assert [e.label for e in again.expander if e.label.startswith("Labeling")] == ["Labeling guidelines (revision 1)"]

@@ -76,7 +76,17 @@ def test_queue_says_which_workers_would_run_a_job(app_env, sqlite_db: Database, 
         workers.beat(s, "GPU-1:41:ab", host="GPU-1", pid=41, device="cuda", kinds=["train"], every_s=10.0)
     at.run()
     assert not at.warning
-    assert any("1 worker: GPU-1 (cuda, idle, train jobs only)." == c.value for c in at.caption)  # names kept as is
+    [train] = _jobs(sqlite_db)
+    # never "idle" while a job it can run waits: the worker line and the job's card say who takes it
+    assert any(f"1 worker: GPU-1 (cuda, taking job #{train['id']}, train jobs only)." == c.value for c in at.caption)
+    assert any("Waiting for a worker: GPU-1 takes it at its next poll." == c.value for c in at.caption)
+    _button(at, "Cross-validate these settings").click().run()
+    cv = _jobs(sqlite_db)[-1]
+    assert cv["kind"] == "cv"
+    assert any("Waiting for a worker: none of the running ones takes cv jobs." == c.value for c in at.caption)
+    assert jobs.claim(sqlite_db, "GPU-1:41:ab", 60.0, kinds=["train"]).id == train["id"]
+    at.run()
+    assert any("1 worker: GPU-1 (cuda, running job #" in c.value for c in at.caption)
 
 
 def test_invalid_backbone_is_refused_clearly(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -109,6 +119,29 @@ def test_running_job_shows_progress_loss_curve_and_cancels(app_env, sqlite_db: D
     [job] = _jobs(sqlite_db)
     assert job["status"] == "running" and job["cancel_requested"]  # cooperative: the worker stops it
     assert any("(cancel requested)" in m.value for m in at.markdown)
+
+
+def test_a_finished_job_stays_in_view_with_its_outcome(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """A job that finished between two refreshes is still seen: its outcome, its version and its loss curve."""
+    with sqlite_db.write() as s:
+        for cid in seeded.comparison_ids:
+            add_label(s, comparison_id=cid, outcome="a", source="crowd", annotator="ann", idempotency_key=f"l-{cid}")
+        jid = jobs.enqueue(s, JobKind.train, {"mode": "head"}).id
+    assert jobs.claim(sqlite_db, "w1", 60.0).id == jid
+    progress = {"phase": "done", "step": 1, "total": 1, "elapsed_s": 2.5, "loss_history": [[1, 0.69], [2, 0.5]]}
+    with sqlite_db.write() as s:
+        assert jobs.finish(s, jid, "w1", jobs.JobStatus.succeeded, result={"version_id": 42}, progress=progress)
+    at = _page()
+    assert not at.exception
+    assert any(m.value.startswith(f"Last finished: **#{jid} train** succeeded") and "after 2.5 s: version 42." in
+               m.value for m in at.markdown)
+    [curve] = [e for e in at.expander if e.label == f"Loss curve of job #{jid}"]
+    assert len(curve.get("plotly_chart")) == 1
+    assert any(c.value == "6 labels since the newest version; the automatic retrain starts at 20." for c in at.caption)
+    with sqlite_db.write() as s:
+        policy.set_policy(s, enabled=False)
+    at.run()
+    assert any(c.value == "6 labels since the newest version; automatic retraining is off." for c in at.caption)
 
 
 def test_queued_job_cancels_at_once(app_env, sqlite_db: Database, seeded: Seeded) -> None:

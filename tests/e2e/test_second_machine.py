@@ -52,10 +52,10 @@ def test_app_on_another_machine_scores_with_a_version_trained_elsewhere(browser,
         page.get_by_role("button", name="Score").click()
         page.get_by_role("heading", name=f"Version {vid}").wait_for(timeout=60_000)
         # the score table, or whatever the page says instead
-        page.locator('[data-testid="stDataFrame"], [data-testid="stAlert"], [data-testid="stException"]').first \
+        page.locator('[data-testid="stTable"], [data-testid="stAlert"], [data-testid="stException"]').first \
             .wait_for(timeout=90_000)
         wait_idle(page, 60)
         shot(page, "inspect-second-machine")
         alerts = page.locator('[data-testid="stAlert"], [data-testid="stException"]').all_inner_texts()
-        assert alerts == [] and page.locator('[data-testid="stDataFrame"]').count() >= 1
+        assert alerts == [] and page.locator('[data-testid="stTable"]').count() >= 1
         assert [p.name[:2] for p in (b / "models").iterdir()] == ["v-"]  # restored on machine B

@@ -91,7 +91,7 @@ def test_policy_defaults_validation_and_settings(sqlite_db: Database) -> None:
         assert p.enabled and p.min_new_labels == 20 and p.mode == "head"
         p2 = pol.set_policy(s, min_new_labels=5, min_interval_s=0, train_params={"epochs": 10})
         assert p2.min_new_labels == 5 and p2.min_interval_s == 0.0
-        with pytest.raises(ValueError, match="'min_new_labels' must be a whole number"):
+        with pytest.raises(ValueError, match="'min_new_labels': must be a whole number"):
             pol.set_policy(s, min_new_labels=0)
         with pytest.raises(ValueError, match="'mode' must be one of head, finetune"):
             pol.set_policy(s, mode="lora")
@@ -128,8 +128,8 @@ def test_policy_cli(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> 
         assert pol.get_policy(s).train_params == {"epochs": 40}
     assert cli_main(["policy", "--train-param", "epoch=3"]) == 1
     assert "unknown TrainConfig field(s) epoch" in capsys.readouterr().err
-    assert cli_main(["policy", "--min-new-labels", "0"]) == 1
-    assert "'min_new_labels' must be a whole number >= 1" in capsys.readouterr().err
+    assert cli_main(["policy", "--min-new-labels", "0"]) == 2
+    assert "argument --min-new-labels: must be a whole number from 1 to" in capsys.readouterr().err
 
 
 def test_new_labels_are_counted_from_the_training_watermark(sqlite_db: Database) -> None:

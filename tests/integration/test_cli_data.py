@@ -33,7 +33,7 @@ def test_import_stats_export(home, tmp_path, capsys):
     f = write_jsonl(tmp_path / "c.jsonl", CMP)
     rc, out, _ = run(capsys, "import", str(f), "--annotator", "zed", "--no-progress")
     assert rc == 0 and "4 labels" in out
-    rc, out, _ = run(capsys, "import", str(f), "--json")
+    rc, out, _ = run(capsys, "import", str(f), "--annotator", "zed", "--json")  # the same import again
     report = json.loads(out)
     assert rc == 0 and report["labels_added"] == 0 and report["duplicates"] == 4 and report["format"] == "comparisons"
 

@@ -247,7 +247,7 @@ def test_cv_vs_compares_two_settings_on_the_same_pairs(sqlite_db: Database, engi
     rc, _, err = run(capsys, *base, "--vs", "head=mlp", "--queue")
     assert rc == 1 and "--vs runs here" in err
     rc, _, err = run(capsys, *base, "--vs", "epochs=many")
-    assert rc == 1 and "--vs: epochs='many': not a valid value for epochs" in err
+    assert rc == 1 and "--vs: epochs: must be a whole number from 1 to 1000000 (got 'many')" in err
     seed_labels(sqlite_db, 12, seed=1, source="ai")  # a second label on each pair, from another source
     rc, _, err = run(capsys, *base, "--vs", "sources=crowd")
     assert rc == 1 and "measure different pairs" in err

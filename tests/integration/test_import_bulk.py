@@ -1,6 +1,6 @@
 """The bulk import path (``db/bulk.py``) stores exactly what the per-record path (``db/store.py``) stores.
 
-The same files (slices of the real data in ../shared/data plus a synthetic file with rankings, repeated keys,
+The same files (slices of the files in the real-data folder plus a synthetic file with rankings, repeated keys,
 categories and models filled in late, a tie, both orientations of one pair) are imported into two fresh
 databases, one per path, and every table is compared row by row by content keys (ids may differ), on SQLite
 and PostgreSQL. Also: all or nothing on a bad record in the middle of a large file, and a second import of the
@@ -39,7 +39,8 @@ def _jsonl(rows: list[Any]) -> bytes:
 
 
 def _synthetic() -> bytes:
-    """Comparisons, rankings and unlabeled lines exercising every rule the two paths must share."""
+    """Comparisons, rankings and unlabeled lines exercising every rule the two paths must share (one file of
+    several kinds of line: imported as format mixed)."""
     rows: list[Any] = [
         {"prompt": "Explain tides.", "responses": ["The moon.", "Gravity of moon and sun.", "Wind."]},  # unlabeled, no category
         # the pair (b, a) of the unlabeled prompt: stored orientation is swapped relative to the file
@@ -82,7 +83,7 @@ def _files(data: Path) -> list[tuple[str, bytes, dict[str, Any]]]:
         ("lfqa.jsonl", _jsonl(_lines(data / "lfqa_expert_pairs.jsonl", 80)),
          {"mapping": "prompt=question,a=answer_a,b=answer_b,winner=overall_preference", "winner_values": "-1:a,1:b,0:tie",
           "source": "expert", "category": "lfqa"}),
-        ("synthetic.jsonl", _synthetic(), {"annotator": "file-default"}),
+        ("synthetic.jsonl", _synthetic(), {"annotator": "file-default", "format": "mixed"}),
         ("hh.jsonl", _jsonl(_lines(data / "hh_harmless_1300.jsonl.gz", 300)), {}),  # 260 again + 40 new
     ]
 
@@ -205,11 +206,11 @@ def test_bulk_failure_inside_the_write_rolls_back(any_db, shared_data, monkeypat
 
 def test_bulk_second_import_adds_nothing(any_db, shared_data):
     files = [("hh.jsonl", _jsonl(_lines(shared_data / "hh_harmless_1300.jsonl.gz", 400))), ("mix.jsonl", _synthetic())]
-    firsts = [import_file(any_db, data, filename=name) for name, data in files]
+    firsts = [import_file(any_db, data, filename=name, format="mixed" if name == "mix.jsonl" else None) for name, data in files]
     assert firsts[0].labels_added == 400 and (firsts[1].labels_added, firsts[1].rankings_added, firsts[1].duplicates) == (456, 3, 3)
     snap = snapshot(any_db)
     for (name, data), first in zip(files, firsts):
-        again = import_file(any_db, data, filename=name)
+        again = import_file(any_db, data, filename=name, format="mixed" if name == "mix.jsonl" else None)
         assert (again.labels_added, again.rankings_added, again.prompts_added, again.responses_added, again.comparisons_added) == (0, 0, 0, 0, 0)
         assert again.duplicates == first.duplicates + first.labels_added + first.rankings_added
     assert snapshot(any_db) == snap
@@ -220,11 +221,11 @@ def test_bulk_spills_large_files_to_disk(sqlite_db, tmp_path, monkeypatch):
     from db import importer
 
     monkeypatch.setattr(importer, "_KEEP_IN_MEMORY", 100)
-    rep = import_file(sqlite_db, _synthetic(), filename="mix.jsonl")
+    rep = import_file(sqlite_db, _synthetic(), filename="mix.jsonl", format="mixed")
     assert (rep.labels_added, rep.rankings_added, rep.duplicates) == (456, 3, 3)
     other = Database(f"sqlite:///{tmp_path / 'per_record.db'}")
     try:
-        import_file(other, _synthetic(), filename="mix.jsonl", bulk=False)
+        import_file(other, _synthetic(), filename="mix.jsonl", format="mixed", bulk=False)
         assert snapshot(other) == snapshot(sqlite_db)
     finally:
         other.dispose()
@@ -262,7 +263,7 @@ def test_bulk_hashing_happens_before_the_write_transaction(sqlite_db, monkeypatc
     monkeypatch.setattr(bulk, "prepare_record", prepare_record)
     monkeypatch.setattr(importer, "parse_file", parse_file)
     monkeypatch.setattr(importer, "_KEEP_IN_MEMORY", 100)  # the large-file path parses twice: both before the lock
-    rep = import_file(sqlite_db, _synthetic(), filename="mix.jsonl")
+    rep = import_file(sqlite_db, _synthetic(), filename="mix.jsonl", format="mixed")
     assert rep.labels_added == 456 and state["prepared"] == 460 and state["parsed_in_write"] == 0
 
 

@@ -1,6 +1,6 @@
-"""The real files in ../shared/data import with the right counts and provenance (SQLite file database).
+"""The files in the real-data folder import with the right counts and provenance (SQLite file database).
 
-Expected numbers are computed from the files themselves where possible, and pinned where the issue states them.
+Expected numbers are computed from the files themselves where possible, and pinned where the data's documentation states them.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ def _message(fig) -> str:
     lambda: charts.coverage_histogram([], 0.3),
     lambda: charts.loss_curve(None),
     lambda: charts.length_bias(version_metrics.version_length_bias({})[0], "x"),
+    lambda: charts.z_by_version(pd.DataFrame(columns=["response"]), []),
 ])
 def test_empty_inputs_explain_themselves(build) -> None:
     fig = build()
@@ -54,3 +55,33 @@ def test_accuracy_chart_has_one_line_per_split_and_the_bands() -> None:
 def test_loss_curve_ignores_incomplete_points() -> None:
     fig = charts.loss_curve([[0, 0.69], [1, None], [2], [3, 0.5]])
     assert list(fig.data[0].x) == [0.0, 3.0] and list(fig.data[0].y) == [0.69, 0.5]
+
+
+@pytest.mark.parametrize("unit,step", [("hour", pd.Timedelta(hours=1)), ("day", pd.Timedelta(days=1))])
+def test_labels_over_time_spans_whole_periods(unit: str, step: pd.Timedelta) -> None:
+    """One period alone is drawn on an axis one period wide with its own tick, not on a millisecond scale."""
+    t0 = pd.Timestamp("2026-03-01 14:00", tz="UTC")
+    df = pd.DataFrame({"period": [t0, t0], "source": ["crowd", "ai"], "labels": [3, 2], "cumulative": [3, 2]})
+    fig = charts.labels_over_time(df, unit)
+    lo, hi = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    assert hi - lo == step * 1.2 and lo < t0 < hi
+    assert [pd.Timestamp(v) for v in fig.layout.xaxis.tickvals] == [t0]
+    assert {t.width for t in fig.data} == {step.total_seconds() * 1000 * 0.8}  # bars as wide as most of a period
+    many = pd.DataFrame({"period": [t0 + i * step for i in range(30)], "source": "crowd", "labels": 1,
+                         "cumulative": range(1, 31)})
+    assert charts.labels_over_time(many, unit).layout.xaxis.tickvals is None  # plotly's own ticks for long spans
+
+
+def test_throughput_hover_says_when_no_time_was_recorded() -> None:
+    df = pd.DataFrame({"annotator": ["ann", "bob"], "source": ["crowd", "crowd"], "labels": [3, 2],
+                       "median_seconds": [2.5, None]})
+    [bars] = charts.annotator_throughput(df).data
+    assert list(bars.customdata) == ["median 2.5 s per label", "no time recorded"]
+
+
+def test_z_by_version_has_one_bar_group_per_version_and_escapes_text() -> None:
+    table = pd.DataFrame({"response": ["1. <b>bold</b>", "2. fine"], "v3 z": [0.5, -0.5], "v1 z": [1.0, 0.2]})
+    fig = charts.z_by_version(table, [3, 1])
+    assert [(t.name, list(t.x), list(t.y)) for t in fig.data] == [("v3", ["1", "2"], [0.5, -0.5]),
+                                                                  ("v1", ["1", "2"], [1.0, 0.2])]
+    assert fig.data[0].customdata[0] == "1. &lt;b&gt;bold&lt;/b&gt;"  # shown as text in the hover

@@ -1,4 +1,4 @@
-"""The GPU benchmark's plumbing that runs before any GPU work: the MiniLM pack carried to the device machine, and
+"""The GPU benchmark's plumbing that runs before any GPU work: the MiniLM pack taken to an offline GPU machine, and
 the per-section guard that keeps a run's numbers when one variant fails."""
 from __future__ import annotations
 

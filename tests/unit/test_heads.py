@@ -107,7 +107,7 @@ def test_cancel_between_epochs() -> None:
 
 
 def test_ten_thousand_cached_pairs_retrain_to_accuracy() -> None:
-    """The 10k-pair retrain of the issue; its time is measured by ``bench/cpu.py`` (BENCHMARKS.md), not here."""
+    """A 10k-pair retrain on cached features; its time is measured by ``bench/cpu.py`` (BENCHMARKS.md), not here."""
     X, tr, va = synthetic(10_000, dim=384)
     res = train_heads(X, tr, HeadTrainSpec(epochs=150, weight_decay=1e-3), val=va)
     assert val_acc(res.head, X, va) > 0.9

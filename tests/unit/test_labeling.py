@@ -78,7 +78,7 @@ def test_control_pairs_come_from_expert_labels_and_look_like_any_other(sqlite_db
     assert set(stored.values()) == {CONTROL}  # recorded with the label, for analysis
     with sqlite_db.read() as s:  # off: expert-labelled pairs wait like any pair with its label count
         assert next_pair(s, "dora", QueuePolicy(target_overlap=1, agreement_share=0.0), rng=rng) is None
-    with pytest.raises(ValueError, match="control_share must be within 0..0.5"):
+    with pytest.raises(ValueError, match="queue_policy.control_share: must be a finite number from 0 to 0.5"):
         QueuePolicy(control_share=0.8)
 
 
@@ -170,8 +170,8 @@ def test_double_submit_stores_one_label_and_undo_returns_the_pair(sqlite_db: Dat
         assert s.scalar(select(func.count()).select_from(Label)) == 1
         assert s.get(Comparison, item.comparison_id).label_count == 1
     with sqlite_db.write() as s:
-        assert undo_last(s, "bob") is None  # bob cannot undo alice's label
-        assert undo_last(s, "alice") == item.comparison_id
+        assert undo_last(s, "bob", item.key) is None  # bob cannot undo alice's label, even knowing its key
+        assert undo_last(s, "alice", item.key) == item.comparison_id
     with sqlite_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Label)) == 0
         assert s.get(Comparison, item.comparison_id).label_count == 0
@@ -273,9 +273,10 @@ def test_undo_last_ranking_takes_back_only_my_app_rankings(sqlite_db: Database) 
                     source="expert", annotator="alice", idempotency_key="imported-1", origin="import")
     with sqlite_db.write() as s:
         assert undo_last_ranking(s, "alice", key=tasks["bob"].key) is None  # bob's key: not alice's ranking
-        assert undo_last_ranking(s, "nobody") is None
+        assert undo_last_ranking(s, "nobody", key=tasks["alice"].key) is None
+        assert undo_last_ranking(s, "alice", key="imported-1") is None  # imported: never undone from the page
         assert undo_last_ranking(s, "alice", key=tasks["alice"].key) == seeded.ranking_prompt_id
-        assert undo_last_ranking(s, "alice") is None  # only the imported one is left
+        assert undo_last_ranking(s, "alice", key=tasks["alice"].key) is None  # gone already
     with sqlite_db.read() as s:
         left = {(r.annotator.name, r.origin) for r in s.scalars(select(Ranking))}
         assert left == {("bob", "app"), ("alice", "import")}
@@ -284,7 +285,8 @@ def test_undo_last_ranking_takes_back_only_my_app_rankings(sqlite_db: Database) 
     assert again.key != tasks["alice"].key and sorted(again.response_ids) == sorted(tasks["alice"].response_ids)
     with sqlite_db.write() as s:  # ranked again under the new key: stored
         submit_ranking(s, again, list(again.response_ids), annotator="alice", source="crowd")
-        assert undo_last_ranking(s, "bob") == seeded.ranking_prompt_id  # without a key: the newest
+        assert undo_last_ranking(s, "bob", key="") is None  # no key, nothing: a session undoes only its own
+        assert undo_last_ranking(s, "bob", key=tasks["bob"].key) == seeded.ranking_prompt_id
     with pytest.raises(ValueError, match="prompt 999999 does not exist"):
         with sqlite_db.read() as s:
             ranking_task_for_prompt(s, 999999)
@@ -348,8 +350,8 @@ def test_undo_by_key_and_never_imported_labels(sqlite_db: Database) -> None:
     with sqlite_db.write() as s:  # an imported label of "human-1"
         add_label(s, comparison_id=seeded.comparison_ids[0], outcome="a", source="crowd", annotator="human-1",
                   idempotency_key="import-1", origin="import:file.jsonl")
-    with sqlite_db.write() as s:
-        assert undo_last(s, "human-1") is None  # someone typing that name cannot delete imported work
+    with sqlite_db.write() as s:  # someone typing that name (and even the key) cannot delete imported work
+        assert undo_last(s, "human-1", "import-1") is None
     items = []
     for _ in range(2):
         with sqlite_db.read() as s:
@@ -361,7 +363,7 @@ def test_undo_by_key_and_never_imported_labels(sqlite_db: Database) -> None:
         assert undo_last(s, "human-1", items[0].key) == items[0].comparison_id  # the older one, by key
         assert undo_last(s, "human-1", items[0].key) is None  # already gone
         assert undo_last(s, "someone-else", items[1].key) is None  # not theirs
-        assert undo_last(s, "human-1") == items[1].comparison_id
-        assert undo_last(s, "human-1") is None
+        assert undo_last(s, "human-1", "") is None  # no key, nothing: only what a session stored can be undone
+        assert undo_last(s, "human-1", items[1].key) == items[1].comparison_id
     with sqlite_db.read() as s:
         assert [l.idempotency_key for l in s.scalars(select(Label))] == ["import-1"]

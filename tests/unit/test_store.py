@@ -28,16 +28,19 @@ def test_content_dedup_and_idempotent_labels(any_db):
         assert s.get(Comparison, oc.comparison.id).label_count == 1
 
 
-def test_undo_only_own_last_label(any_db):
+def test_undo_takes_back_only_the_given_key_of_its_own_annotator(any_db):
     with any_db.write() as s:
         p = store.get_or_create_prompt(s, "p")
         c = store.get_or_create_comparison(s, store.get_or_create_response(s, p, "x"), store.get_or_create_response(s, p, "y")).comparison
         for i, who in enumerate(["amy", "amy", "bob"]):
             store.add_label(s, comparison_id=c.id, outcome="a", source="crowd", annotator=who, idempotency_key=f"k{i}")
     with any_db.write() as s:
-        undone = store.undo_last_label(s, "amy")
+        assert store.undo_label(s, "amy", "k2") is None  # bob's key under amy's name: nothing
+        assert store.undo_label(s, "bob", "k1") is None  # amy's key under bob's name: nothing
+        assert store.undo_label(s, "amy", "") is None
+        undone = store.undo_label(s, "amy", "k1")
         assert undone is not None and undone.idempotency_key == "k1"
-        assert store.undo_last_label(s, "nobody") is None
+        assert store.undo_label(s, "amy", "k1") is None  # gone already
     with any_db.read() as s:
         assert sorted(l.idempotency_key for l in s.query(Label)) == ["k0", "k2"]
         assert s.get(Comparison, c.id).label_count == 2

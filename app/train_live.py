@@ -1,0 +1,180 @@
+"""The Train page's live sections, each an ``st.fragment`` that reruns on its own (no full-page rerun): the job
+queue with the workers that run it (every ``QUEUE_REFRESH_S``: a running job's progress, loss curve and log tail;
+the newest finished job, so that a short job's outcome is seen too) and the model versions (every
+``SECTION_REFRESH_S``: the table, export and delete). What the queue says about workers comes from
+:func:`worker_status`, a pure function of ``db.workers.live_workers`` and the active jobs."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app import charts
+from app import train_actions as act
+from app.resources import settings
+from app.use_model import use_section
+from db import jobs, version_metrics, versions, workers
+from db.session import Database
+from rm_engine import export
+
+QUEUE_REFRESH_S = 1.0
+SECTION_REFRESH_S = 3.0
+RECENT_JOBS = 8
+NO_WORKER = ("No worker is running, so queued jobs wait: start one with `rmstudio worker` (or `rmstudio serve`, the "
+             "app and a worker together).")
+
+
+def _takes(worker: dict[str, Any], job: dict[str, Any]) -> bool:
+    return not worker["kinds"] or job["kind"] in worker["kinds"]
+
+
+def worker_status(live: Sequence[dict[str, Any]], active: Sequence[dict[str, Any]]) -> tuple[str, dict[int, str]]:
+    """The workers as one line, and for each queued job what it waits for. Workers claim the oldest queued job
+    of their kinds, so each idle worker is matched with the first queued job it can take: it is "taking" that
+    job (at its next poll), never "idle" while a job it could run waits."""
+    queued = [j for j in active if j["status"] == "queued" and not j["cancel_requested"]]
+    taking: dict[str, int] = {}
+    waits: dict[int, str] = {}
+    for j in queued:
+        free = next((w for w in live if w["job"] is None and w["name"] not in taking and _takes(w, j)), None)
+        if free is not None:
+            taking[free["name"]] = j["id"]
+            waits[j["id"]] = f"waiting for a worker: {free['host']} takes it at its next poll"
+            continue
+        able = [w for w in live if _takes(w, j)]
+        if not live:
+            waits[j["id"]] = "waiting for a worker: none is running"
+        elif not able:
+            waits[j["id"]] = f"waiting for a worker: none of the running ones takes {j['kind']} jobs"
+        else:
+            busy = ", ".join(f"{w['host']} (job #{w['job'] or taking.get(w['name'])})" for w in able)
+            waits[j["id"]] = f"waiting for a worker: next free one of {busy}"
+    parts = []
+    for w in live:
+        if w["job"]:
+            doing = f"running job #{w['job']}"
+        elif w["name"] in taking:
+            doing = f"taking job #{taking[w['name']]}"
+        elif any(_takes(w, j) for j in queued):
+            doing = "free, the waiting jobs go to other workers"
+        elif queued:
+            doing = "free, no waiting job is of its kinds"
+        else:
+            doing = "idle"
+        what = [w["device"] or "device unknown", doing] + ([f"{', '.join(w['kinds'])} jobs only"] if w["kinds"] else [])
+        parts.append(f"{w['host']} ({', '.join(what)})")
+    line = f"{len(live)} worker{'s' if len(live) != 1 else ''}: " + "; ".join(parts) + "." if live else NO_WORKER
+    return line, waits
+
+
+def _ago(iso: str | None, now: datetime | None = None) -> str:
+    if not iso:
+        return ""
+    then = datetime.fromisoformat(iso)
+    then = then if then.tzinfo else then.replace(tzinfo=timezone.utc)
+    s = max(0.0, ((now or datetime.now(timezone.utc)) - then).total_seconds())
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.0f} h ago"
+
+
+def outcome_line(job: dict[str, Any], now: datetime | None = None) -> str:
+    """A finished job for people: ``#7 train succeeded 4 s ago after 3.1 s: version 5.``"""
+    p, r = job["progress"] or {}, job["result"] or {}
+    took = f" after {p['elapsed_s']:.1f} s" if isinstance(p.get("elapsed_s"), (int, float)) else ""
+    what = ""
+    if r.get("version_id") is not None:
+        what = f": version {r['version_id']}"
+    elif isinstance(r.get("accuracy"), (int, float)):
+        what = f": pooled held-out accuracy {r['accuracy']:.1%}"
+    elif job["error"]:
+        what = f": {str(job['error']).splitlines()[0][:200]}"
+    return f"**#{job['id']} {job['kind']}** {job['status']} {_ago(job['finished_at'], now)}{took}{what}."
+
+
+def _job_card(j: dict[str, Any], wait: str | None, log: Sequence[str]) -> None:
+    p = j["progress"] or {}
+    with st.container(border=True):
+        head = st.columns([5, 1])
+        head[0].markdown(f"**#{j['id']} {j['kind']}**: {j['status']}"
+                         + (" (cancel requested)" if j["cancel_requested"] else ""))
+        head[1].button("Cancel", key=f"cancel_{j['id']}", disabled=j["cancel_requested"], on_click=act.cancel,
+                       args=(j["id"],))
+        if wait:
+            st.caption(wait[:1].upper() + wait[1:] + ".")
+        step, total = p.get("step"), p.get("total")
+        if step is not None and total:
+            eta = f", about {p['eta_s']:.0f} s left" if isinstance(p.get("eta_s"), (int, float)) else ""
+            st.progress(min(1.0, float(step) / float(total)), text=f"{p.get('phase', 'step')} {step}/{total}{eta}")
+        stats = {k: p[k] for k in ("loss", "val_accuracy") if isinstance(p.get(k), (int, float))}
+        if stats:
+            st.caption(" · ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+        if p.get("loss_history"):
+            st.plotly_chart(charts.loss_curve(p["loss_history"]), key=f"loss_{j['id']}")
+        if log:
+            st.code("\n".join(log), language=None)
+
+
+@st.fragment(run_every=QUEUE_REFRESH_S)
+def queue_section(db: Database) -> None:
+    """Queued and running jobs (progress, loss curve, log tail, cancel), the workers, the newest finished job."""
+    with db.read() as s:
+        active = [jobs.job_to_dict(j) for j in jobs.active_jobs(s)]
+        recent = [jobs.job_to_dict(j) for j in jobs.list_jobs(s, RECENT_JOBS)]
+        logs = {j["id"]: [ln.line for ln in jobs.job_logs(s, j["id"], limit=6)] for j in active if j["status"] == "running"}
+        live = workers.live_workers(s)
+    st.subheader("Queue")
+    line, waits = worker_status(live, active)
+    (st.warning if not live and waits else st.caption)(line)
+    if not active:
+        st.caption("No job is queued or running.")
+    for j in active:
+        _job_card(j, waits.get(j["id"]), logs.get(j["id"], []))
+    done = next((j for j in recent if j["status"] not in ("queued", "running")), None)
+    if done is not None:
+        st.markdown("Last finished: " + outcome_line(done))
+        history = (done["progress"] or {}).get("loss_history")
+        if history:
+            with st.expander(f"Loss curve of job #{done['id']}"):
+                st.plotly_chart(charts.loss_curve(history), key=f"loss_done_{done['id']}")
+    with st.expander("Recent jobs"):
+        st.dataframe(pd.DataFrame([{k: j[k] for k in ("id", "kind", "status", "attempts", "error", "created_by",
+                                                      "created_at", "finished_at")} for j in recent]),
+                     hide_index=True)
+
+
+@st.fragment(run_every=SECTION_REFRESH_S)
+def versions_section(db: Database) -> None:
+    """The model versions: their table, export as a .zip, RL usage snippets, delete."""
+    st.subheader("Model versions")
+    with db.read() as s:
+        rows = versions.list_versions(s)
+        table = version_metrics.versions_frame(rows, versions.archived_versions(s))
+        labels = {v.id: versions.version_label(v) for v in rows}
+        members = {v.id: export.member_choices(v.mode, v.ensemble_size) for v in rows}
+    if table.empty:
+        st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
+        return
+    st.dataframe(table, hide_index=True)
+    e1, e2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = e1.selectbox("Version to export", list(labels), format_func=labels.get, key="export_version",
+                          help="For RL trainers without RM Studio: a Hugging Face folder (safetensors, tokenizer, "
+                               "model card) that AutoModelForSequenceClassification loads; `rmstudio models export`")
+    member = (e1.selectbox("Ensemble member", members[chosen], key=f"export_member_{chosen}",
+                           format_func=lambda k: "all (their mean)" if k is None else f"member {k}")
+              if members[chosen] else None)
+    refusal = export.export_refusal(db, settings(), chosen, member, max_bytes=export.ARCHIVE_MAX_BYTES)
+    e2.download_button("Download .zip", data=partial(export.export_archive, db, settings(), chosen, member=member),
+                       file_name=export.archive_name(chosen, member) + ".zip", mime="application/zip",
+                       disabled=refusal is not None, on_click="ignore", icon=":material/download:")
+    if refusal:
+        st.caption(refusal)
+    use_section(chosen)
+    d1, d2 = st.columns([3, 1])
+    victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
+    confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")
+    if d2.button("Delete version", disabled=not confirm):
+        act.delete_version(victim)
+        st.rerun()  # the whole page: its message and the policy's label count change too
