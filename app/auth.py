@@ -3,7 +3,8 @@
 * ``RMSTUDIO_RESEARCHER_TOKEN`` set: researcher pages ask for the token and refuse without it.
 * An OIDC provider configured in Streamlit secrets (an ``[auth]`` section): researcher pages need ``st.login``
   (and the token too, when one is set).
-* Neither: the app runs open for a single user (laptop mode): every page is available.
+* Neither: the app runs open for a single user (laptop mode): every page is available, except to a session opened
+  through a labeler's personal or campaign link (``?invite=``, ``?campaign=``), which gets the Label page only.
 
 The token is compared in constant time and kept only in this browser session's state (never in the URL).
 """
@@ -42,13 +43,17 @@ def auth_required() -> bool:
     return _token() is not None or oidc_configured()
 
 
+def _labeler_link() -> bool:
+    return "invite" in st.query_params or "campaign" in st.query_params
+
+
 def researcher_enabled() -> bool:
     """Whether this session may see researcher pages and take destructive actions."""
     if oidc_configured() and not _logged_in():
         return False
     token = _token()
-    if token is None:
-        return True
+    if token is None:  # logged in through the provider, or open mode (where a labeler's link gets no rights)
+        return oidc_configured() or not _labeler_link()
     return bool(st.session_state.get(_KEY))
 
 

@@ -104,7 +104,9 @@ def scores(url: str, fp: Fingerprint, version_id: int, limit: int = 2000) -> dic
     else:
         c = metrics.pair_calibration(prefs["chosen_score"], prefs["rejected_score"])
         cal = {"bins": c["bins"], "ece": c["ece"], "title": "Calibration on labelled pairs"}
-    cols = [c for c in ("raw", "z", "sigmoid", "percentile", "std", "prompt", "response", "model") if c in table]
+    # std only for ensembles, model only where the data names it: a column of None alone would puzzle
+    cols = [c for c in ("raw", "z", "sigmoid", "percentile", "std", "prompt", "response", "model")
+            if c in table and (c not in ("std", "model") or table[c].notna().any())]
     return {
         "long": analytics.chosen_rejected_long(frame),
         "margins": prefs["margin"],

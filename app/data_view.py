@@ -1,10 +1,9 @@
-"""Parts of the Data page: the upload form (format, field mapping, options), the import with a progress bar,
-exports for download, dataset statistics, and the labeling-queue policy form. Streamlit glue only; the work is ``db.importer`` and ``db.labeling``."""
+"""Parts of the Data page: the upload size check, exports for download, dataset statistics, the labeling-queue
+policy form and the guidelines (the Import tab is ``app/import_view.py``). Streamlit glue only; the work is
+``db.exporter``, ``db.stats`` and ``db.labeling``."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 import plotly.express as px
@@ -13,36 +12,10 @@ import streamlit as st
 from app.render import escape_md
 from app.resources import database
 from db.exporter import EXPORT_FORMATS, export
-from db.formats import FORMATS, FormatError, RowError
-from db.formats.mapped import TARGETS
 from db.guidelines import MAX_CHARS as MAX_GUIDE_CHARS
 from db.guidelines import get_guidelines, set_guidelines
-from db.importer import Preview, import_file, preview
 from db.labeling import QueuePolicy, count_control_pairs, load_queue_policy, save_queue_policy
-from db.models import Source
 from db.stats import dataset_stats
-
-AUTO = "auto-detect"
-NONE = "(not in file)"
-
-
-@dataclass(frozen=True)
-class UploadOptions:
-    """What the researcher chose for an upload (arguments of ``preview``/``import_file``)."""
-
-    format: str | None
-    mapping: tuple[tuple[str, str], ...] | None
-    winner_values: str | None
-    source: str | None
-    annotator: str | None
-    category: str | None
-    split: str
-    skip_invalid: bool
-
-    def kwargs(self) -> dict[str, Any]:
-        return dict(format=self.format, mapping=dict(self.mapping) if self.mapping else None,
-                    winner_values=self.winner_values or None, source=self.source, annotator=self.annotator,
-                    category=self.category, split=self.split)
 
 
 def too_big(size: int, max_mb: int) -> str | None:
@@ -50,74 +23,6 @@ def too_big(size: int, max_mb: int) -> str | None:
     if size > max_mb * 1024 * 1024:
         return f"The file is {size / 2**20:.1f} MB; uploads are limited to {max_mb} MB (RMSTUDIO_MAX_UPLOAD_MB)."
     return None
-
-
-def options_form(columns: list[str]) -> UploadOptions:
-    """Format, field mapping (for ``mapped``) and defaults for rows that lack them."""
-    c = st.columns(4)
-    fmt = c[0].selectbox("Format", [AUTO, *FORMATS], help="auto-detect reads the field names of the first rows")
-    source = c[1].selectbox("Default source", [NONE, *[s.value for s in Source]],
-                            help="for rows without a source field")
-    split = c[2].selectbox("Split", ["train", "test"], help="test labels are never trained on")
-    skip = c[3].checkbox("Skip invalid rows", help="import the valid rows and list the others")
-    c2 = st.columns(2)
-    annotator = c2[0].text_input("Default annotator", max_chars=200)
-    category = c2[1].text_input("Default category", max_chars=100)
-    mapping = winner_values = None
-    if fmt == "mapped":
-        st.markdown("**Field mapping**: which column of the file holds each field")
-        cols = st.columns(4)
-        chosen = []
-        for i, target in enumerate(TARGETS):
-            col = cols[i % 4].selectbox(target, [NONE, *columns], key=f"map_{target}")
-            if col != NONE:
-                chosen.append((target, col))
-        mapping = tuple(chosen)
-        winner_values = st.text_input("Winner values", placeholder="-1:a,1:b,0:tie",
-                                      help="file value -> a / b / tie / both_bad") or None
-    return UploadOptions(None if fmt == AUTO else fmt, mapping, winner_values,
-                         None if source == NONE else source, annotator.strip() or None,
-                         category.strip() or None, split, skip)
-
-
-def errors_table(errors: list[RowError]) -> pd.DataFrame:
-    """Validation errors as a table: line, field, message (shown as text by st.dataframe)."""
-    return pd.DataFrame([{"line": e.line, "field": e.field, "problem": e.message} for e in errors])
-
-
-def cached_preview(data: bytes, file_id: str, name: str, opts: UploadOptions) -> Preview:
-    """Preview once per file and options (reruns of the page do not re-read the file)."""
-    key = ("data_preview", file_id, opts)
-    hit = st.session_state.get("data_preview")
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    try:
-        pv = preview(data, filename=name, **opts.kwargs())
-    except ValueError as exc:  # a bad mapping or winner-values spec
-        pv = Preview(None, None, name, [], [], [RowError(name, 0, "mapping", str(exc))], 0, 1)
-    st.session_state["data_preview"] = (key, pv)
-    return pv
-
-
-def run_import(data: bytes, name: str, opts: UploadOptions) -> None:
-    """Import with a progress bar; shows the report or the error (file, line, field)."""
-    bar = st.progress(0.0, text="Validating...")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(1, total)), text=f"Writing {done:,} / {total:,} records")
-
-    try:
-        report = import_file(database(), data, filename=name, skip_invalid=opts.skip_invalid, progress=progress,
-                             **opts.kwargs())
-    except (FormatError, ValueError) as exc:
-        bar.empty()
-        st.error(f"Nothing was imported: {escape_md(str(exc))}")
-        return
-    bar.progress(1.0, text="Done")
-    st.success(escape_md(report.summary()))
-    if report.skipped:
-        st.warning(f"{len(report.skipped)} invalid rows were skipped:")
-        st.dataframe(errors_table(report.skipped), hide_index=True)
 
 
 def guidelines_form() -> None:

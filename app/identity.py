@@ -19,6 +19,7 @@ from typing import Any
 import streamlit as st
 
 from app import auth
+from app.render import escape_md
 from db import annotators as team
 from db.models import Annotator, Source
 
@@ -102,7 +103,7 @@ def researcher_name() -> str:
 def _note_ignored(ident: Identity) -> None:
     given = {k: st.query_params[k] for k in IGNORED_PARAMS if k in st.query_params}
     if given.get("annotator", ident.name) != ident.name or given.get("source", ident.tier.value) != ident.tier.value:
-        shown = ", ".join(f"`{k}={v}`" for k, v in given.items())
+        shown = ", ".join(f"{k}={escape_md(v[:60])}" for k, v in given.items())
         st.warning(f"The address also says {shown}: ignored. Who you label as and your tier are on record; a "
                    f"researcher assigns them.", icon=":material/info:")
 
@@ -121,7 +122,7 @@ def local_form() -> None:
             with _db().write() as s:
                 team.set_local_annotator(s, name, tier, by=(name or "").strip() or "researcher")
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(escape_md(str(exc)))
             return
         st.rerun()
 

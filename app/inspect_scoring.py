@@ -56,13 +56,13 @@ def score_frame(model: RewardModel, prompt: str, texts: Sequence[str]) -> pd.Dat
 
 
 def comparison_frame(frames: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """One row per response in input order (``response``: ``"1. text..."``), and per version its ``v<id> rank``,
-    ``raw``, ``z`` and ``sigmoid`` columns, side by side."""
+    """One row per response in input order (``response``: ``"1. text..."``), and per version its ``v<id> raw``,
+    ``z`` and ``sigmoid`` columns, side by side (four versions' twelve columns fit a laptop screen; each version's
+    ranks are in its own table)."""
     first = next(iter(frames.values())).sort_values("n")
-    out = pd.DataFrame({"response": [f"{n}. {short(t)}" for n, t in zip(first["n"], first["response"])]})
+    out = pd.DataFrame({"response": [f"{n}. {short(t, SHORT // 2)}" for n, t in zip(first["n"], first["response"])]})
     for vid, df in frames.items():
         d = df.sort_values("n").reset_index(drop=True)
-        out[f"v{vid} rank"] = d["rank"].to_numpy()
         for m in MEASURES:
             out[f"v{vid} {m}"] = d[m].to_numpy()
     return out
@@ -155,10 +155,11 @@ def compared(frames: Mapping[int, pd.DataFrame]) -> None:
             st.markdown(f"**Version {vid}**")
             _table(df.assign(response=df["response"].map(short)).drop(columns="n"))
         st.caption(P_NEXT_HELP)
+    ranks = {vid: dict(zip(df["n"], df["rank"])) for vid, df in frames.items()}
     for row in first.itertuples():
         with st.container(border=True):
             st.caption(f"Response {row.n}: " + " · ".join(
-                f"v{v} #{int(table.loc[row.n - 1, f'v{v} rank'])}, z {table.loc[row.n - 1, f'v{v} z']:.2f}" for v in vids))
+                f"v{v} #{ranks[v][row.n]}, z {table.loc[row.n - 1, f'v{v} z']:.2f}" for v in vids))
             safe_markdown(row.response)
 
 

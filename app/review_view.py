@@ -29,7 +29,7 @@ def act(what: str, fn: Callable[[Session, str], Any]) -> tuple[bool, Any]:
         with database().write() as s:
             return True, fn(s, researcher_name())
     except (ValueError, LookupError) as exc:
-        st.toast(f"Could not {what}: {exc}", icon=":material/error:")
+        st.toast(f"Could not {what}: {escape_md(str(exc))}", icon=":material/error:")
         return False, None
 
 

@@ -37,7 +37,7 @@ def _base_url() -> str:
 def on_add() -> None:
     name, tier = st.session_state.get("team_add_name", ""), st.session_state.get("team_add_tier", "crowd")
     if act("add the annotator", lambda s, by: team.add_annotator(s, name, tier, by=by))[0]:
-        _say("success", f"Added {name.strip()} as {tier}. Create their personal link below.")
+        _say("success", f"Added {escape_md(name.strip())} as {tier}. Create their personal link below.")
         st.session_state["team_pick"] = name.strip()
 
 
@@ -48,14 +48,16 @@ def on_tier(name: str) -> None:
         return
     ok, done = act("change the tier", lambda s, by: team.set_tier(s, name, tier, by=by, retag=how == RETAG))
     if ok:
+        _forget_tier()
         again = f", {done.retagged} earlier label(s) re-tagged" if how == RETAG else ", earlier labels keep their tier"
-        _say("success", f"{name}: {done.old} -> {done.new}{again}.")
+        _say("success", f"{escape_md(name)}: {done.old} -> {done.new}{again}.")
 
 
 def on_invite(name: str) -> None:
     ok, token = act("create the link", lambda s, by: team.invite(s, name, by=by))
     if ok:
-        st.session_state[LINK] = (f"Personal link of {name} (shown once; an earlier link of theirs stops working)",
+        st.session_state[LINK] = (f"Personal link of {escape_md(name)} (shown once; an earlier link of theirs stops "
+                                  "working)",
                                   team.invite_url(_base_url(), str(token)))
         st.session_state.pop(MSG, None)
 
@@ -63,14 +65,14 @@ def on_invite(name: str) -> None:
 def on_revoke(name: str) -> None:
     if act("revoke", lambda s, by: team.revoke(s, name, by=by))[0]:
         st.session_state.pop(LINK, None)
-        _say("success", f"{name}'s link is revoked: it labels nothing from now on.")
+        _say("success", f"{escape_md(name)}'s link is revoked: it labels nothing from now on.")
 
 
 def on_campaign() -> None:
     name = st.session_state.get("team_campaign_name", "")
     ok, token = act("open the campaign", lambda s, by: team.open_campaign(s, name, by=by))
     if ok:
-        st.session_state[LINK] = (f"Campaign link of {name.strip()}: Prolific appends `PROLIFIC_PID` when you tick "
+        st.session_state[LINK] = (f"Campaign link of {escape_md(name.strip())}: Prolific appends `PROLIFIC_PID` when you tick "
                                   "'URL parameters'; elsewhere append `&worker_id=<the worker's id>`",
                                   team.campaign_url(_base_url(), str(token)))
         st.session_state.pop(MSG, None)
@@ -78,20 +80,20 @@ def on_campaign() -> None:
 
 def on_close(name: str) -> None:
     if act("close the campaign", lambda s, by: team.close_campaign(s, name, by=by))[0]:
-        _say("success", f"Campaign {name} is closed: its link labels nothing from now on.")
+        _say("success", f"Campaign {escape_md(name)} is closed: its link labels nothing from now on.")
 
 
 def on_local() -> None:
     name, tier = st.session_state.get("team_me_name", ""), st.session_state.get("team_me_tier", "crowd")
     if act("set who labels here", lambda s, by: team.set_local_annotator(s, name, tier, by=by))[0]:
-        _say("success", f"On this machine you label as {name.strip()} ({tier}).")
+        _say("success", f"On this machine you label as {escape_md(name.strip())} ({tier}).")
 
 
 def _messages() -> None:
     if msg := st.session_state.get(MSG):
         getattr(st, msg[0])(msg[1])
     if link := st.session_state.get(LINK):
-        st.markdown(escape_md(link[0]))
+        st.markdown(link[0])  # names in it are escaped
         st.code(link[1], language=None)
 
 
@@ -99,15 +101,16 @@ def team_tab() -> None:
     """The Team tab."""
     with database().read() as s:
         me = team.local_annotator(s)
+        me_name, me_tier = (me.name, me.default_source.value) if me is not None else (None, None)
         members = team.team(s)
         camps = team.campaigns(s)
-        me_tier = me.default_source.value if me is not None else None
     _messages()
-    st.markdown("**You** on this machine: " + (f"**{escape_md(me.name)}** ({me_tier} tier)" if me else "not set yet")
+    st.markdown("**You** on this machine: " + (f"**{escape_md(me_name)}** ({me_tier} tier)" if me_name else
+                                                "not set yet")
                 + ". Labelers elsewhere label through their personal link or a campaign link.")
-    with st.expander("Who labels on this machine", expanded=me is None):
+    with st.expander("Who labels on this machine", expanded=me_name is None):
         c = st.columns([2, 2, 1], vertical_alignment="bottom")
-        c[0].text_input("Name", value=me.name if me else "", key="team_me_name", max_chars=team.MAX_NAME)
+        c[0].text_input("Name", value=me_name or "", key="team_me_name", max_chars=team.MAX_NAME)
         c[1].radio("Tier", TIERS, index=TIERS.index(me_tier) if me_tier in TIERS else 1, key="team_me_tier",
                    horizontal=True)
         c[2].button("Save", on_click=on_local, key="team_me_save")
@@ -128,12 +131,18 @@ def team_tab() -> None:
                   help="where labelers reach this app; links are built on it")
 
 
+def _forget_tier() -> None:
+    """Another annotator picked: their tier controls start from their own tier, with nothing asked yet."""
+    for k in ("team_tier", "team_retag"):
+        st.session_state.pop(k, None)
+
+
 def _manage(members: list[team.TeamMember]) -> None:
     people = [m for m in members if m.link != "machine or import"] or members
     names = [m.name for m in people]
     if st.session_state.get("team_pick") not in names:
         st.session_state["team_pick"] = names[0]
-    name = st.selectbox("Annotator", names, key="team_pick")
+    name = st.selectbox("Annotator", names, key="team_pick", on_change=_forget_tier)
     m = next(p for p in people if p.name == name)
     c = st.columns(3)
     with c[0]:

@@ -100,7 +100,7 @@ def _enqueue(kind: JobKind, what: str, **extra: Any) -> None:
 
     job_id = _write(f"enqueue the {what}", add)
     if job_id is not None:
-        _say("success", f"Queued {what} job #{job_id}. A worker (`rmstudio worker`) picks it up.")
+        _say("success", f"Queued {what} job #{job_id}: the queue below follows it.")
     elif not st.session_state.get(_MSG):
         _say("info", f"The same {what} run is already queued.")
 

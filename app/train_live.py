@@ -21,8 +21,8 @@ from db import jobs, version_metrics, versions, workers
 from db.session import Database
 from rm_engine import export
 
-QUEUE_REFRESH_S = 1.0
-SECTION_REFRESH_S = 3.0
+QUEUE_REFRESH_S = 2.0
+SECTION_REFRESH_S = 5.0
 RECENT_JOBS = 8
 NO_WORKER = ("No worker is running, so queued jobs wait: start one with `rmstudio worker` (or `rmstudio serve`, the "
              "app and a worker together).")
@@ -139,10 +139,13 @@ def queue_section(db: Database) -> None:
         if history:
             with st.expander(f"Loss curve of job #{done['id']}"):
                 st.plotly_chart(charts.loss_curve(history), key=f"loss_done_{done['id']}")
+    if not recent:
+        return
     with st.expander("Recent jobs"):
-        st.dataframe(pd.DataFrame([{k: j[k] for k in ("id", "kind", "status", "attempts", "error", "created_by",
-                                                      "created_at", "finished_at")} for j in recent]),
-                     hide_index=True)
+        rows = [{k: j[k] for k in ("id", "kind", "status", "attempts", "error", "created_by", "created_at",
+                                   "finished_at")} for j in recent]
+        blank = ["error", "created_by", "created_at", "finished_at"]  # "", not None: no error, not finished yet
+        st.dataframe(pd.DataFrame(rows).fillna(dict.fromkeys(blank, "")), hide_index=True)
 
 
 @st.fragment(run_every=SECTION_REFRESH_S)
@@ -157,7 +160,11 @@ def versions_section(db: Database) -> None:
     if table.empty:
         st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
         return
-    st.dataframe(table, hide_index=True)
+    shown = table.dropna(axis=1, how="all")
+    st.dataframe(shown, hide_index=True)
+    if gone := [c for c in table.columns if c not in shown.columns]:
+        st.caption(f"Not recorded for any version, so left out: {', '.join(gone)} (e.g. no test split, or no "
+                   "validation pairs).")
     e1, e2 = st.columns([3, 1], vertical_alignment="bottom")
     chosen = e1.selectbox("Version to export", list(labels), format_func=labels.get, key="export_version",
                           help="For RL trainers without RM Studio: a Hugging Face folder (safetensors, tokenizer, "

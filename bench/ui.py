@@ -177,9 +177,15 @@ def bench_page(annotator: str, submits: int) -> dict[str, float]:
     """AppTest steps of the real Label page: click "A better", the page reruns with the next pair."""
     from streamlit.testing.v1 import AppTest
 
+    from db.annotators import invite
+    from db.session import Database
+
+    db = Database(os.environ["RMSTUDIO_DB"])
+    with db.write() as s:  # the labeler's personal link
+        token = invite(s, annotator, by="bench")
+    db.dispose()
     at = AppTest.from_file(str(REPO / "app" / "views" / "label.py"), default_timeout=60)
-    at.query_params["annotator"] = annotator
-    at.query_params["source"] = "crowd"
+    at.query_params["invite"] = token
     at.run()
     times = []
     for _ in range(submits + 3):

@@ -168,16 +168,18 @@ class Database:
                 s.rollback()
 
     def run_write(self, fn: Callable[[Session], T], retries: int = 3, *, backoff_s: float = 0.05,
-                  max_backoff_s: float = 2.0) -> T:
+                  max_backoff_s: float = 2.0, on_retry: Callable[[BaseException], None] | None = None) -> T:
         """Run ``fn`` in a write transaction; run the whole transaction again (up to ``retries`` times, after a
-        growing, jittered pause) when it failed on a transient conflict (``is_retryable``). ``fn`` must be safe
-        to run again: everything it wrote in the failed attempt was rolled back."""
+        growing, jittered pause; ``on_retry(exc)`` first) when it failed on a transient conflict
+        (``is_retryable``). ``fn`` must be safe to run again: what it wrote in the failed attempt was rolled back."""
         for attempt in range(retries + 1):
             try:
                 with self.write() as s:
                     return fn(s)
             except DBAPIError as exc:
                 if attempt < retries and is_retryable(exc):
+                    if on_retry is not None:
+                        on_retry(exc)
                     time.sleep(min(max_backoff_s, backoff_s * 2**attempt) * random.uniform(0.5, 1.5))
                     continue
                 raise

@@ -57,12 +57,16 @@ def _placeholder(tag: str) -> str:
     return f"\ue000{tag}\ue001"  # private-use characters: survive `trim` and appear in no template
 
 
+_ATOMS = re.compile(r"<[^<>\s]+>|[^\s<]+|<")  # special tokens (<...>) and the runs of text between them
+
+
 def _pattern(marker: str) -> re.Pattern[str] | None:
-    """A marker as a regex tolerant of whitespace added or dropped around and inside it (None when empty)."""
-    words = marker.split()
-    if not words:
+    """A marker as a regex tolerant of whitespace added or dropped around it, inside it and next to its special
+    tokens (a legacy SentencePiece decoder writes ``<|im_start|> user``), or None when it is only whitespace."""
+    atoms = _ATOMS.findall(marker)
+    if not atoms:
         return None
-    return re.compile(r"\s*" + r"\s*".join(re.escape(w) for w in words) + r"\s*")
+    return re.compile(r"\s*" + r"\s*".join(re.escape(a) for a in atoms) + r"\s*")
 
 
 def _alternatives(tokens: tuple[str, ...] | list[str]) -> str:

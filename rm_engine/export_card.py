@@ -44,7 +44,7 @@ MEAN, STD = {mean!r}, {std!r}  # z-score statistics from training
 messages = [{{"role": "user", "content": "How do I boil an egg?"}},
             {{"role": "assistant", "content": "Simmer it for eight minutes, then cool it in cold water."}}]
 text = rm.tokenizer.apply_chat_template(messages, tokenize=False)  # one string; the model splits it back
-raw = rm(text)["score"]  # the raw score (no sigmoid: the config says regression)
+raw = rm(text)[0]["score"]  # the raw score (no sigmoid: the config says regression)
 print(raw, (raw - MEAN) / STD)
 '''
 

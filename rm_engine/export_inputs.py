@@ -167,6 +167,9 @@ def write_remote_code(folder: Path, model: Any, rmstudio: dict[str, Any]) -> Non
     path = folder / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     module = REMOTE_CODE_FILE.removesuffix(".py")
+    for key, value in list(config.items()):  # a scorer: the same score in train() mode too (TRL, custom loops)
+        if "dropout" in key and isinstance(value, float):
+            config[key] = 0.0
     config.update(model_type=export_modeling.MODEL_TYPE, architectures=["RMStudioRewardModel"],
                   auto_map={"AutoConfig": f"{module}.RMStudioConfig",
                             "AutoModelForSequenceClassification": f"{module}.RMStudioRewardModel"},

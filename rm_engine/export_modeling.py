@@ -258,16 +258,22 @@ class RMStudioRewardModel(_BaseModel):
             except InputError as exc:
                 raise InputError(f"row {i}: {exc}") from None
         dev, pad = input_ids.device, int(self.config.pad_token_id or 0)
-        ids, mask = _pad([r[0] for r in rows], pad, dev)
         score = spec["score"]
+        if not rows:
+            return SequenceClassifierOutput(logits=torch.zeros((0, 1), device=dev))
         if score in ("head", "rich"):
-            e_pr = self._embed(ids, mask)
-            if len(rows[0]) == 3:
-                e_r, e_p = (self._embed(*_pad([r[k] for r in rows], pad, dev)) for k in (1, 2))
+            unique: dict[tuple[int, ...], int] = {}  # a context shared by several rows is embedded once
+            slots = [[unique.setdefault(tuple(seq), len(unique)) for seq in r] for r in rows]
+            emb = self._embed(*_pad([list(seq) for seq in unique], pad, dev))
+            e_pr, *rest = (emb[torch.tensor([r[k] for r in slots], device=dev)] for k in range(len(slots[0])))
+            if rest:
+                e_r, e_p = rest
                 e_pr = torch.cat([e_pr, e_r, e_p * e_r, e_p * e_pr], dim=-1)
             logits = (self.rm_head(e_pr).mean(-1, keepdim=True) if score == "head"
                       else self.rich_head(e_pr.to(self.rich_head.weight.dtype)))
-        elif score == "cls":
+            return SequenceClassifierOutput(logits=logits.float())
+        ids, mask = _pad([r[0] for r in rows], pad, dev)
+        if score == "cls":
             logits = super().forward(input_ids=ids, attention_mask=mask).logits
         elif score == "mean":
             logits = self.classifier(_masked_mean(self._hidden(ids, mask), mask))

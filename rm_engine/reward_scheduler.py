@@ -3,8 +3,9 @@ per request, cancellation, and a shutdown that never waits on a batch.
 
 One scoring runs at a time, on one thread of its own (two at once would only fight over the same cores). The
 rows of all waiting requests are scored in chunks of at most ``chunk_rows`` rows (and ``chunk_chars`` characters):
-a chunk takes rows from the requests in turn, so a small request that arrives while a large one is being scored
-is answered after at most one chunk, and rows of several small requests share one forward pass. A request whose
+a chunk takes rows from the requests with the fewest rows scored first, so a small request that arrives while a
+large one is being scored is answered after at most one chunk, and rows of several small requests share one
+forward pass. A request whose
 client went away is dropped (its remaining rows are never scored); a request that cannot finish within the time
 budget is refused as soon as its own measured speed says so (:class:`OverBudget`); :meth:`Scheduler.close` refuses
 everything that waits (:class:`ShuttingDown`). The scoring thread is a daemon: a process that exits never waits
@@ -26,6 +27,7 @@ from rm_engine.reward_requests import Row
 
 log = logging.getLogger(__name__)
 Score = Callable[[Sequence[Row]], dict[str, list[float]]]
+STOPPING = "the reward server is shutting down: this request was not scored; send it again to a running server"
 
 
 class OverBudget(RuntimeError):
@@ -53,7 +55,10 @@ class ScoringThread:
                 out, exc = fn(*args), None
             except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
                 out, exc = None, e
-            loop.call_soon_threadsafe(_settle, fut, out, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, out, exc)
+            except RuntimeError:  # the event loop is closed: nobody waits for this any more
+                pass
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the scoring thread."""
@@ -123,8 +128,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = Job(rows, loop.create_future(), time.monotonic())
         if self._closed:
-            job.future.set_exception(ShuttingDown("the reward server is shutting down: send the request again to "
-                                                  "a running server"))
+            job.future.set_exception(ShuttingDown(STOPPING))
             return job
         if not rows:
             job.future.set_result({"rewards": [], "std": []})
@@ -152,18 +156,18 @@ class Scheduler:
         while self._jobs:
             job = self._jobs.popleft()
             if not job.future.done():
-                job.future.set_exception(ShuttingDown("the reward server is shutting down: this request was not "
-                                                      "scored; send it again to a running server"))
+                job.future.set_exception(ShuttingDown(STOPPING))
         if self._task is not None:
             self._task.cancel()
         if self._thread is not None:
             self._thread.stop()
 
     def _take(self) -> list[tuple[Job, int, int]]:
-        """The next chunk: rows from each waiting request in turn, then the turn moves on by one request."""
+        """The next chunk: rows of the waiting requests, those with the fewest rows scored so far first (a request
+        that just arrived goes before one being scored, which tops the chunk up)."""
         parts: list[tuple[Job, int, int]] = []
         rows = chars = 0
-        for job in list(self._jobs):
+        for job in sorted(self._jobs, key=lambda j: j.done):
             start = stop = job.done
             while stop < len(job.rows) and rows < self.chunk_rows and (rows == 0 or chars < self.chunk_chars):
                 chars += _chars(job.rows[stop])
@@ -172,7 +176,6 @@ class Scheduler:
                 parts.append((job, start, stop))
             if rows >= self.chunk_rows or chars >= self.chunk_chars:
                 break
-        self._jobs.rotate(-1)
         return parts
 
     async def _loop(self) -> None:

@@ -229,6 +229,7 @@ def serve(app: Any, cfg: ServerConfig) -> None:
     """Serve ``app`` until interrupted (uvicorn; SIGINT and SIGTERM stop it cleanly, SIGTERM with exit code 0):
     waiting requests get 503 at once, a request still being answered gets :data:`SHUTDOWN_GRACE_S`, and the chunk
     being scored is not waited for."""
+    import gc
     import signal
 
     import uvicorn
@@ -241,6 +242,9 @@ def serve(app: Any, cfg: ServerConfig) -> None:
     def stopped(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)
 
+    # The loaded model lives as long as the process: frozen, the garbage collector no longer walks its objects,
+    # while serving nor at exit (where the walk took 5 s on a busy 2-core machine, after SIGTERM)
+    gc.freeze()
     # uvicorn shuts down gracefully, then raises the signal it caught again under the handler found before it
     previous = signal.signal(signal.SIGTERM, stopped)
     try:

@@ -317,7 +317,7 @@ def fit_splits(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Trai
     split's responses get scores in ``Fitted.scores``) on ``cfg.device``; nothing is written."""
     fit = _fit_head if cfg.mode == "head" else _fit_finetune
     fitted = fit(settings, cfg, splits, resolve_device(cfg.device), progress, should_stop)
-    check_converged(fitted, cfg)
+    check_converged(fitted.info, cfg)
     return fitted
 
 
@@ -326,16 +326,16 @@ class NotConverged(ValueError):
     model is never published or measured."""
 
 
-def check_converged(fitted: Fitted, cfg: TrainConfig) -> None:
-    """Raise :class:`NotConverged` unless every member's final training loss is finite and, in head mode with a
-    validation split, every member improved its validation loss at least once (a member that never did keeps
-    its random initial weights, which would score at chance)."""
+def check_converged(info: dict[str, Any], cfg: TrainConfig) -> None:
+    """Raise :class:`NotConverged` unless every member's final training loss (``info["final_train_loss"]``) is
+    finite and, in head mode with a validation split, every member improved its validation loss at least once
+    (``info["best_val_loss"]``: a member that never did keeps its random initial weights, which score at chance)."""
     hint = f"nothing was published; try a lower learning rate (it was {cfg.lr})"
-    for k, loss in enumerate(fitted.info.get("final_train_loss") or []):
+    for k, loss in enumerate(info.get("final_train_loss") or []):
         if loss is not None and not math.isfinite(loss):
             raise NotConverged(f"training diverged: member {k + 1} of {cfg.ensemble} ended with training loss "
                                f"{loss}; {hint}")
-    for k, loss in enumerate(fitted.info.get("best_val_loss") or []):
+    for k, loss in enumerate(info.get("best_val_loss") or []):
         if not math.isfinite(loss):
             raise NotConverged(f"training never improved on its initial weights: member {k + 1} of {cfg.ensemble} "
                                f"had no finite validation loss; {hint}")

@@ -12,6 +12,7 @@ from app.coverage_view import coverage_panel
 from app.hints import nothing_yet, page_link, validation_noise
 from app.render import pct
 from app.resources import database, empty_state_hint
+from app.review_view import pair_actions
 from app.scores_view import scores_panel
 from db import version_metrics as vm
 from rm_engine import metrics
@@ -110,6 +111,11 @@ def agreement_panel() -> None:
         st.dataframe(ag["by_guidelines"], hide_index=True)
     st.markdown(f"**Conflicting labels** ({len(ag['conflicts'])} pairs with both an `a` and a `b` verdict)")
     st.dataframe(ag["conflicts"], hide_index=True)
+    if len(ag["conflicts"]):
+        pick = st.selectbox("Review a conflicting pair", list(ag["conflicts"]["comparison_id"]), index=None,
+                            key="conflict_review", placeholder="pick a pair: flag, exclude or send to an expert")
+        if pick is not None:
+            pair_actions(int(pick), "conflict")
 
 
 live_overview()

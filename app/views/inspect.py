@@ -11,6 +11,7 @@ from app.hints import page_link
 from app.inspect_scoring import score_panel
 from app.render import escape_md, safe_markdown
 from app.resources import database, empty_state_hint
+from app.review_view import label_actions
 from db import analytics, versions
 
 require_researcher()
@@ -49,6 +50,7 @@ def disagreement_panel() -> None:
             right.markdown(f"**Human rejected** (score {row.rejected_score:.3f})")
             with right:
                 safe_markdown(row.rejected)
+            label_actions(int(row.label_id), int(row.comparison_id), f"disagree_{row.label_id}")
 
 
 # Lazy tabs: only the open tab's panel runs (the disagreement query reads every label).

@@ -266,7 +266,7 @@ def parse_split(value: Any, field: str = "split") -> str:
     raise RowProblem(field, f"unknown split {short(value)}: expected train or test")
 
 
-_WINNER_ALIASES = {
+WINNER_ALIASES = {
     "a": "a", "model_a": "a", "response_a": "a", "left": "a",
     "b": "b", "model_b": "b", "response_b": "b", "right": "b",
     "tie": "tie", "draw": "tie", "equal": "tie",
@@ -282,8 +282,8 @@ def parse_winner(value: Any, field: str = "winner", values: Mapping[str, str] | 
             return values[raw]
         allowed = ", ".join(values)
         raise RowProblem(field, f"unknown winner value {short(value)}: {option('winner-values')} maps only {allowed}")
-    if isinstance(value, str) and value.strip().lower() in _WINNER_ALIASES:
-        return _WINNER_ALIASES[value.strip().lower()]
+    if isinstance(value, str) and value.strip().lower() in WINNER_ALIASES:
+        return WINNER_ALIASES[value.strip().lower()]
     raise RowProblem(field, f"unknown winner {short(value)}: expected a, b, tie or both_bad")
 
 

@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from db.bounds import FieldError
 from rm_engine.cli.common import CLIError
 
 COMMAND_MODULES = (
@@ -42,6 +43,13 @@ class Parser(argparse.ArgumentParser):
                     return chosen._innermost(ns)
         return self
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        value = super()._get_values(action, arg_strings)
+        if action.nargs is None and action.option_strings and not arg_strings and isinstance(value, list):
+            # argparse drops a lone "--" value (``--lease=--``) and hands the command an empty list, unchecked
+            raise argparse.ArgumentError(action, "expected one argument")
+        return value
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
 
@@ -56,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_of(parser: Parser, args: argparse.Namespace, field: str) -> str | None:
+    """The flag of the command that set ``field`` (None when no flag of it did)."""
+    if getattr(args, field, None) is None:
+        return None
+    return next((max(a.option_strings, key=len) for a in parser._innermost(args)._actions
+                 if a.dest == field and a.option_strings), None)
+
+
 def _one_line(exc: BaseException) -> str:
     from db.session import explain_db_error
 
@@ -67,6 +83,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    assert isinstance(parser, Parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
@@ -84,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"rmstudio {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except FieldError as exc:  # a setting refused by its own check: named by the flag it came from
+        if args.debug:
+            traceback.print_exc()
+        flag = _flag_of(parser, args, exc.field)
+        text = f"{flag}: {exc.reason} (got {exc.value!r})" if flag else str(exc)
+        print(f"rmstudio {args.command}: error: {text}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one readable line, the traceback only with --debug
         if args.debug:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rm_engine.cli.common import CLIError, open_db, print_json, progress
 
-IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "mapped")
+IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "mapped", "mixed")
 EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
 
 
@@ -19,15 +19,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="import preference data (HH-RLHF, TRL, comparisons, rankings, unlabeled, mapped CSV/JSONL/Parquet)",
         description=(
             "Import a file into the database, all or nothing: a bad row rejects the whole file (naming file, line "
-            "and field) unless --skip-invalid. Importing the same file twice adds nothing."
+            "and field) unless --skip-invalid. Importing the same file twice adds nothing. One file is one format: "
+            "every line is read as the detected (or given) format; --format mixed reads each line by its own fields "
+            "as a comparison, ranking or unlabeled line (what export writes; an export is detected as mixed)."
         ),
     )
     p.add_argument("file", help="path to the file (plain or .gz); '-' reads standard input")
-    p.add_argument("--format", choices=IMPORT_FORMATS, help="force the format (default: detect it)")
+    p.add_argument("--format", choices=IMPORT_FORMATS, help="force the format (default: detect it); mixed: "
+                                                             "comparison, ranking and unlabeled lines in one file")
     p.add_argument("--map", dest="mapping", metavar="TARGET=COLUMN,...",
-                   help="field mapping for other layouts, e.g. prompt=question,a=answer_a,b=answer_b,winner=overall_preference")
+                   help="field mapping for other layouts, e.g. prompt=question,a=answer_a,b=answer_b,winner=overall_preference; "
+                        "winner=COL1|COL2|COL3: one verdict column per annotator, named like the column")
     p.add_argument("--winner-values", metavar="VALUE:OUTCOME,...",
                    help="the winner column's values, e.g. --winner-values=-1:a,1:b,0:tie (outcomes a, b, tie, both_bad)")
+    p.add_argument("--winner-scale", metavar="LOW:a,HIGH:b",
+                   help="a numeric winner column, e.g. --winner-scale 1:a,2:b: nearer LOW is a, nearer HIGH b, the "
+                        "midpoint a tie; the distance from the midpoint sets the strength (2 from half way on, else 1)")
     p.add_argument("--source", choices=("expert", "crowd", "ai"), help="label source for records that name none (default crowd)")
     p.add_argument("--annotator", help="annotator for records that name none (default 'unknown')")
     p.add_argument("--category", help="prompt category for records that name none")
@@ -84,7 +91,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     try:
         report = import_file(
-            db, src, format=args.format, mapping=args.mapping, winner_values=args.winner_values, source=args.source,
+            db, src, format=args.format, mapping=args.mapping, winner_values=args.winner_values,
+            winner_scale=args.winner_scale, source=args.source,
             annotator=args.annotator, category=args.category, split=args.split, skip_invalid=args.skip_invalid,
             filename=filename, progress=on_progress,
         )
@@ -109,7 +117,8 @@ def _dry_run(args: argparse.Namespace, src: Any, filename: str | None) -> int:
     from db.importer import preview
 
     try:
-        pv = preview(src, format=args.format, mapping=args.mapping, winner_values=args.winner_values, source=args.source,
+        pv = preview(src, format=args.format, mapping=args.mapping, winner_values=args.winner_values,
+                     winner_scale=args.winner_scale, source=args.source,
                      annotator=args.annotator, category=args.category, split=args.split, n=3, max_errors=1000,
                      scan_limit=None, filename=filename)
     except FormatError as exc:

@@ -99,6 +99,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             lease_s=args.lease_s, poll_interval_s=args.poll_interval_s, device=args.device, gpus=args.gpus, kinds=kinds,
             once=args.once, auto_retrain=not args.no_auto_retrain, max_jobs=args.max_jobs, preload=not args.no_preload,
         )
+    except FieldError:  # named by its flag (rm_engine.cli.main)
+        raise
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if cfg.device == "cuda":
@@ -298,6 +300,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
             try:
                 db.run_write(_write)
+            except FieldError:  # named by its flag (rm_engine.cli.main)
+                raise
             except ValueError as exc:
                 raise CLIError(str(exc)) from None
         with db.read() as s:

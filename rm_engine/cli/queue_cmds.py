@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from db.bounds import FieldError
 from db.queue_policy import QueuePolicy
 from rm_engine.cli.common import CLIError, field_flag, open_db, pct, print_json
 
@@ -41,6 +42,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
             try:
                 db.run_write(write)
+            except FieldError:  # named by its flag (rm_engine.cli.main)
+                raise
             except ValueError as exc:
                 raise CLIError(str(exc)) from None
         with db.read() as s:

@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: every interface; set a token)")
     p.add_argument("--port", type=bounded_type(PORT), default=8600)  # checked before the model loads
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    field_flag(p, ServerConfig, "max_rows", default=ServerConfig.max_rows,
+    field_flag(p, ServerConfig, "max_rows", metavar="ROWS", default=ServerConfig.max_rows,
                help="most rows one request may hold (413 beyond)")
     field_flag(p, ServerConfig, "time_budget_s", "--time-budget", metavar="SECONDS", default=ServerConfig.time_budget_s,
                help="longest a request may take, waiting included; one that cannot make it gets 503")
-    field_flag(p, ServerConfig, "max_text_chars", default=ServerConfig.max_text_chars,
+    field_flag(p, ServerConfig, "max_text_chars", metavar="CHARS", default=ServerConfig.max_text_chars,
                help="longest text in a request, in characters (413 beyond)")
     p.add_argument("--chat-template", metavar="NAME|FILE|DIR",
                    help="chat markup in prompts and queries to read before the built-in ones (inst: Llama-2 and "
@@ -91,6 +91,7 @@ def _serve(db: Any, args: argparse.Namespace, cfg: Any, device: str) -> int:
         ids, scorer, reward = [loaded.version_id], model_scorer(loaded, args.kind), args.kind
     with db.read() as s:
         described = [version_summary(get_version(s, i)) for i in ids]
+    scorer([("Hello?", None, "Hello.")])  # loads the backbone and tokenizer now, not in the first request's time
     describe = {"versions": ids, "reward": reward, "device": device,
                 "recipes": {str(d["id"]): d["recipe"] for d in described}}
     record = (lambda texts: db.run_write(lambda s: record_served(s, texts))) if cfg.record_prompts else None

@@ -66,6 +66,25 @@ def seed_small(db: Database) -> Seeded:
     return Seeded(tuple(cids), rp, tuple(xss))
 
 
+def invite(name: str, tier: str = "crowd") -> str:
+    """A new personal link token of ``name`` (added with ``tier`` when new) in the database ``RMSTUDIO_DB`` names,
+    as the Team tab makes it: open the Label page with ``?invite=<token>`` to label as them."""
+    from sqlalchemy import select
+
+    from db import annotators
+    from db.config import Settings
+    from db.models import Annotator
+
+    db = Database(Settings.from_env().db_url)
+    try:
+        with db.write() as s:
+            if s.scalar(select(Annotator.id).where(Annotator.name == name)) is None:
+                annotators.add_annotator(s, name, tier, by="researcher")
+            return annotators.invite(s, name, by="researcher")
+    finally:
+        db.dispose()
+
+
 @pytest.fixture
 def seeded(sqlite_db: Database) -> Seeded:
     """The small dataset in the test's SQLite database (``RMSTUDIO_DB`` points at it)."""

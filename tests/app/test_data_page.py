@@ -74,35 +74,113 @@ def test_errors_shown_by_line_and_skip_invalid(app_env, sqlite_db: Database) -> 
     assert any("2 invalid rows were skipped" in w.value for w in at.warning)
 
 
-def test_mapped_format_with_winner_values(app_env, sqlite_db: Database) -> None:
-    csv = (
-        b"question,answer_a,answer_b,overall_preference,justification\n"
-        b"What is 2+2?,4,5,-1,a is right\n"
-        b"Capital of Italy?,Milan,Rome,1,b is right\n"
-        b"Colour of sky?,blue,also blue,0,same\n"
-    )
+def _stored_verdicts(db: Database) -> dict[str, tuple[str, int | None, str]]:
+    """Each label's prompt -> (the winning response's text or the outcome, strength, annotator)."""
+    with db.read() as s:
+        out = {}
+        for lab in s.scalars(select(Label)):
+            comp = lab.comparison
+            won = {Outcome.a: comp.response_a.text, Outcome.b: comp.response_b.text}.get(lab.outcome, lab.outcome.value)
+            out[(comp.prompt.text, lab.annotator.name)] = (won, lab.strength, lab.source.value)
+        return out
+
+
+def _shown_text(at: AppTest) -> str:
+    """Everything the page says (messages, captions, tables' cells), to check its wording."""
+    parts = [e.value for kind in ("error", "warning", "info", "success", "caption", "markdown") for e in at.get(kind)]
+    for d in at.dataframe:
+        parts += [str(v) for v in d.value.to_numpy().ravel()] + [str(c) for c in d.value.columns]
+    return "\n".join(parts)
+
+
+def _preview_verdicts(at: AppTest) -> list[str]:
+    return next(d.value for d in at.dataframe if "verdict" in d.value.columns)["verdict"].tolist()
+
+
+LFQA_CSV = (
+    b"question,answer_a,answer_b,overall_preference,justification\n"
+    b"What is 2+2?,4,5,-1,a is right\n"
+    b"Capital of Italy?,Milan,Rome,1,b is right\n"
+    b"Colour of sky?,blue,also blue,0,same\n"
+)
+
+
+def test_mapping_proposed_for_lfqa_style_columns(app_env, sqlite_db: Database) -> None:
+    """A layout auto-detection does not know: the page proposes the mapping, shows each row's verdict, imports."""
     at = _page()
-    at.file_uploader(key="data_upload").upload("lfqa.csv", csv, "text/csv").run()
-    at.selectbox[0].set_value("mapped").run()
+    at.file_uploader(key="data_upload").upload("lfqa.csv", LFQA_CSV, "text/csv").run()
     assert not at.exception
-    for target, col in {"prompt": "question", "a": "answer_a", "b": "answer_b", "winner": "overall_preference"}.items():
-        at.selectbox(key=f"map_{target}").set_value(col)
-    at.text_input[2].input("-1:a,1:b,0:tie")  # default annotator, category, then winner values
-    at.selectbox[1].set_value("expert")
-    at.run()
-    assert not at.exception
+    assert [at.selectbox(key=f"map_{t}").value for t in ("prompt", "a", "b")] == ["question", "answer_a", "answer_b"]
+    assert at.multiselect(key="map_winner").value == ["overall_preference"]
+    assert at.radio(key="map_kind").value.startswith("values") and at.text_input(key="map_values").value == "-1:a,1:b,0:tie"
     m = _metrics(at)
-    assert m["Detected format"] == "mapped" and m["Valid records"] == "3", (m, [e.value for e in at.dataframe])
+    assert m["Detected format"] == "mapped" and m["Valid records"] == "3" and m["Invalid rows"] == "0", m
+    assert _preview_verdicts(at) == ["A better", "B better", "tie"]
+    assert any("proposed" in i.value for i in at.info)
+    at.selectbox(key="data_source").set_value("expert").run()
+    _import_button(at).click().run()
+    assert not at.exception
+    assert _stored_verdicts(sqlite_db) == {("What is 2+2?", "unknown"): ("4", None, "expert"),
+                                           ("Capital of Italy?", "unknown"): ("Rome", None, "expert"),
+                                           ("Colour of sky?", "unknown"): ("tie", None, "expert")}
+    assert "--" not in _shown_text(at)
+
+
+def test_mapping_proposed_for_auto_j_style_columns(app_env, sqlite_db: Database) -> None:
+    rows = [{"scenario": "code", "prompt": f"Task {i}?", "response 1": f"first {i}", "response 2": f"second {i}", "label": v}
+            for i, v in enumerate([0, 1, 2, 0])]
+    at = _page()
+    at.file_uploader(key="data_upload").upload("autoj.jsonl", _jsonl(rows)).run()
+    assert not at.exception
+    assert [at.selectbox(key=f"map_{t}").value for t in ("prompt", "a", "b", "category")] == [
+        "prompt", "response 1", "response 2", "scenario"]
+    assert at.multiselect(key="map_winner").value == ["label"] and at.text_input(key="map_values").value == "0:a,1:b,2:tie"
+    assert _preview_verdicts(at) == ["A better", "B better", "tie", "A better"]
+    _import_button(at).click().run()
+    assert not at.exception
+    assert _count(sqlite_db, Label) == 4
+
+
+def test_mapping_proposed_for_alpaca_eval_style_columns(app_env, sqlite_db: Database) -> None:
+    """A numeric preference (1..2) becomes a verdict scale: nearer 1 = A, nearer 2 = B, 1.5 a tie, with strength."""
+    prefs = [1.0000002, 1.93, 1.5, 1.3]
+    rows = [{"instruction": f"Instruction {i}", "output_1": f"one {i}", "output_2": f"two {i}", "generator_1": "gpt4",
+             "generator_2": "mine", "preference": p} for i, p in enumerate(prefs)]
+    at = _page()
+    at.file_uploader(key="data_upload").upload("alpaca.json", json.dumps(rows).encode()).run()
+    assert not at.exception
+    assert [at.selectbox(key=f"map_{t}").value for t in ("prompt", "a", "b", "model_a", "model_b")] == [
+        "instruction", "output_1", "output_2", "generator_1", "generator_2"]
+    assert at.radio(key="map_kind").value.startswith("a number scale") and at.text_input(key="map_scale").value == "1:a,2:b"
+    assert _preview_verdicts(at) == ["A better (clearly)", "B better (clearly)", "tie", "A better (slightly)"]
+    _import_button(at).click().run()
+    assert not at.exception
+    got = _stored_verdicts(sqlite_db)
+    assert [got[(f"Instruction {i}", "unknown")][:2] for i in range(4)] == [
+        ("one 0", 2), ("two 1", 2), ("tie", None), ("one 3", 1)]
+
+
+def test_several_verdict_columns_and_errors_in_the_pages_words(app_env, sqlite_db: Database) -> None:
+    """One verdict column per annotator, chosen in the mapping; bad verdict values are explained in the page's
+    terms (never as command-line flags)."""
+    rows = [{"instruction": f"Q{i}", "response1": f"x{i}", "response2": f"y{i}", "annotator1": i % 3,
+             "annotator2": (i + 1) % 3, "annotator3": 1} for i in range(4)]
+    at = _page()
+    at.file_uploader(key="data_upload").upload("panda.jsonl", _jsonl(rows)).run()
+    assert not at.exception
+    assert at.multiselect(key="map_winner").value == ["annotator1", "annotator2", "annotator3"]
+    assert _metrics(at)["Valid records"] == "12"  # one label per annotator column
+    at.text_input(key="map_values").input("1:a,2:b").run()  # forgets 0 (tie)
+    assert not at.exception
+    shown = _shown_text(at)
+    assert "Verdict values maps only 1, 2" in shown and "--" not in shown, shown
+    assert _import_button(at).disabled
+    at.text_input(key="map_values").input("1:a,2:b,0:tie").run()
     _import_button(at).click().run()
     assert not at.exception
     with sqlite_db.read() as s:
-        winners = {}
-        for lab in s.scalars(select(Label)):
-            comp = lab.comparison
-            assert lab.source is Source.expert
-            winners[comp.prompt.text] = {Outcome.a: comp.response_a.text, Outcome.b: comp.response_b.text}.get(
-                lab.outcome, lab.outcome.value)
-    assert winners == {"What is 2+2?": "4", "Capital of Italy?": "Rome", "Colour of sky?": "tie"}
+        names = sorted(lab.annotator.name for lab in s.scalars(select(Label)))
+    assert names == ["annotator1"] * 4 + ["annotator2"] * 4 + ["annotator3"] * 4
 
 
 def test_upload_cap(app_env, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

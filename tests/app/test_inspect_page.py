@@ -145,16 +145,18 @@ def test_compare_two_versions_and_fall_back_when_files_are_gone(version: int, sq
                                                f"Versions {second} and {version} as one reward"]
     a, b = _score_tables(at)
     assert len(a) == len(b) == 2 and not a["raw"].equals(b["raw"])  # different seeds, different scores
-    # One table holds every version's rank, raw, z and sigmoid per response, side by side.
+    # One table holds every version's raw, z and sigmoid per response, side by side.
     compared = _table_with(at, f"v{second} z")
     assert list(compared.columns) == ["response"] + [f"v{v} {m}" for v in (second, version)
-                                                     for m in ("rank", "raw", "z", "sigmoid")]
+                                                     for m in ("raw", "z", "sigmoid")]
     za, zb = a.set_index("response")["z"], b.set_index("response")["z"]
     for i, text in enumerate(("Red.", "no.")):
         for v, ranking in ((second, a), (version, b)):
             mine = ranking.set_index("response").loc[text]
-            assert [compared.loc[i, f"v{v} {m}"] for m in ("rank", "raw", "z", "sigmoid")] == pytest.approx(
-                [mine["rank"], mine["raw"], mine["z"], mine["sigmoid"]])
+            assert [compared.loc[i, f"v{v} {m}"] for m in ("raw", "z", "sigmoid")] == pytest.approx(
+                [mine["raw"], mine["z"], mine["sigmoid"]])
+            assert f"v{v} #{int(mine['rank'])}, z {mine['z']:.2f}" in next(
+                c.value for c in at.caption if c.value.startswith(f"Response {i + 1}: "))
     # ... and a chart of each response's z per version.
     [chart] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert chart["layout"]["title"]["text"] == "z-score of each response per version"

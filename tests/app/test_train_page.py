@@ -265,7 +265,7 @@ def test_a_finetuned_version_can_be_downloaded(app_env, sqlite_db: Database, see
                                                                                                  rich: False}
     [box] = [b for b in at.selectbox if b.label == "Version to export"]
     assert box.value == rich  # newest first
-    assert at.get("download_button")[0].proto.disabled and any("rich pooling" in c.value for c in at.caption)
+    assert not at.get("download_button")[0].proto.disabled  # rich pooling exports with its rich head
     box.set_value(ens).run()
     [member] = [b for b in at.selectbox if b.label == "Ensemble member"]
     assert member.options == ["member 0", "member 1"]  # a fine-tuned ensemble is not one model

@@ -159,6 +159,11 @@ def test_app_server_killed_inside_a_label_write(sqlite_db: Database, tmp_path: P
     from playwright.sync_api import sync_playwright
 
     procs.seed_comparisons(sqlite_db, 30)
+    with sqlite_db.write() as s:  # the browser labels through web's personal link
+        from db.annotators import add_annotator, invite
+
+        add_annotator(s, "web", "expert", by="researcher")
+        token = invite(s, "web", by="researcher")
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(_PAUSE_COMMIT)
@@ -167,7 +172,7 @@ def test_app_server_killed_inside_a_label_write(sqlite_db: Database, tmp_path: P
     app = procs.spawn(_app_cmd(port), out_dir=tmp_path, name="app1", env={
         "RMSTUDIO_TEST_PAUSE_COMMIT_MARKER": str(marker), "PYTHONPATH": f"{inject}{os.pathsep}{procs.REPO}"})
     health = f"http://127.0.0.1:{port}/_stcore/health"
-    url = f"http://127.0.0.1:{port}/?annotator=web&source=expert"
+    url = f"http://127.0.0.1:{port}/?invite={token}"
 
     def web_labels() -> int:
         with sqlite_db.read() as s:

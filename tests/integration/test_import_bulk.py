@@ -89,12 +89,17 @@ def _files(data: Path) -> list[tuple[str, bytes, dict[str, Any]]]:
 
 
 def snapshot(db: Database) -> dict[str, Any]:
-    """Every table's rows keyed by content (hashes, idempotency keys), ids replaced by those keys."""
+    """Every table's rows keyed by content (hashes, idempotency keys), ids replaced by those keys.
+
+    Ids (and so which response of a pair is stored as its ``a``) depend on the order rows were written in, which
+    the bulk path chooses by key (for lock order): a pair is its two responses in content order, a label's
+    verdict the winning response's content (or tie / both_bad), its displayed side the response shown first."""
     with db.read() as s:
         ann = {a.id: a.name for a in s.scalars(select(Annotator))}
         prompts = {p.id: p.content_hash for p in s.scalars(select(Prompt))}
         resp = {r.id: (prompts[r.prompt_id], r.content_hash) for r in s.scalars(select(Response))}
-        comp = {c.id: (resp[c.response_a_id], resp[c.response_b_id]) for c in s.scalars(select(Comparison))}
+        sides = {c.id: {"a": resp[c.response_a_id], "b": resp[c.response_b_id]} for c in s.scalars(select(Comparison))}
+        comp = {cid: tuple(sorted(v.values())) for cid, v in sides.items()}
         rank = {r.id: r.idempotency_key for r in s.scalars(select(Ranking))}
         labels = list(s.scalars(select(Label).order_by(Label.id)))
         snap = {
@@ -104,11 +109,12 @@ def snapshot(db: Database) -> dict[str, Any]:
             "responses": {resp[r.id]: (r.text, r.model) for r in s.scalars(select(Response))},
             "comparisons": {comp[c.id]: (prompts[c.prompt_id], c.label_count) for c in s.scalars(select(Comparison))},
             "labels": {
-                l.idempotency_key: (comp[l.comparison_id], l.outcome.value, l.strength, l.source.value, ann[l.annotator_id],
-                                    l.left.value if l.left else None, l.time_spent_ms, l.split.value, l.origin, l.extra)
+                l.idempotency_key: (comp[l.comparison_id], sides[l.comparison_id].get(l.outcome.value, l.outcome.value),
+                                    l.strength, l.source.value, ann[l.annotator_id],
+                                    sides[l.comparison_id][l.left.value] if l.left else None, l.time_spent_ms, l.split.value,
+                                    l.origin, l.extra)
                 for l in labels
             },
-            "label_order": [l.idempotency_key for l in labels],
             "rankings": {
                 r.idempotency_key: (prompts[r.prompt_id], r.source.value, ann[r.annotator_id], r.split.value, r.time_spent_ms,
                                     r.origin, r.extra)

@@ -32,7 +32,7 @@ while not gate.exists():
     time.sleep(0.01)
 try:
     rep = import_file(db, path)
-    print(json.dumps({"ok": True, "labels_added": rep.labels_added, "duplicates": rep.duplicates}))
+    print(json.dumps({"ok": True, "labels_added": rep.labels_added, "duplicates": rep.duplicates, "retries": rep.retries}))
 except Exception as exc:
     print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}))
     sys.exit(1)
@@ -92,3 +92,45 @@ def test_ten_concurrent_overlapping_imports(any_db: Database, tmp_path: Path) ->
     assert all(counts[cid] == real.get(cid, 0) for cid in counts)
     assert prompts == 70 and responses == len({(i % 70, f"answer {i % 13}") for i in range(N_RECORDS)}
                                              | {(i % 70, f"answer {(i * 7 + 5) % 17} b") for i in range(N_RECORDS)})
+
+
+def test_run_write_retries_a_real_deadlock(pg_db: Database) -> None:
+    """Two transactions locking two rows in opposite orders: PostgreSQL kills one (40P01); ``run_write`` runs it
+    again, whole, and both end with their writes (what an import does when another writer crosses its rows)."""
+    import threading
+
+    from sqlalchemy import update
+
+    from db.models import AppSetting
+
+    with pg_db.write() as s:
+        s.add_all([AppSetting(key="k1", value={"n": 0}), AppSetting(key="k2", value={"n": 0})])
+    barrier = threading.Barrier(2, timeout=30)
+    retried: list[str] = []
+    errors: list[BaseException] = []
+
+    def bump(s, key: str) -> None:
+        s.execute(update(AppSetting).where(AppSetting.key == key).values(value={"n": 1}))
+
+    def txn(first: str, second: str, name: str) -> None:
+        attempts = {"n": 0}
+
+        def fn(s) -> None:
+            attempts["n"] += 1
+            bump(s, first)
+            if attempts["n"] == 1:
+                barrier.wait()  # both hold their first row: the second update of one of them deadlocks
+            bump(s, second)
+
+        try:
+            pg_db.run_write(fn, retries=3, on_retry=lambda exc: retried.append(f"{name}: {exc.orig.sqlstate}"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=txn, args=("k1", "k2", "A")), threading.Thread(target=txn, args=("k2", "k1", "B"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(retried) == 1 and retried[0].endswith("40P01"), retried

@@ -72,3 +72,63 @@ def test_a_0004_database_takes_cv_jobs_after_the_upgrade(tmp_path: Path) -> None
             assert sorted(j.kind.value for j in s.query(Job)) == ["cv", "train"]
     finally:
         db.dispose()
+
+
+_OLD_ROWS = [
+    "INSERT INTO annotators (name, default_source, created_at) VALUES ('old-hand', 'crowd', CURRENT_TIMESTAMP)",
+    "INSERT INTO prompts (content_hash, text, created_at) VALUES ('h', 'Which is better?', CURRENT_TIMESTAMP)",
+    "INSERT INTO responses (prompt_id, content_hash, text, created_at) VALUES (1, 'a', 'This one.', CURRENT_TIMESTAMP)",
+    "INSERT INTO responses (prompt_id, content_hash, text, created_at) VALUES (1, 'b', 'That one.', CURRENT_TIMESTAMP)",
+    "INSERT INTO comparisons (prompt_id, response_a_id, response_b_id, label_count, created_at) "
+    "VALUES (1, 1, 2, 1, CURRENT_TIMESTAMP)",
+    "INSERT INTO labels (comparison_id, outcome, source, annotator_id, split, idempotency_key, created_at) "
+    "VALUES (1, 'a', 'expert', 1, 'train', 'old-1', CURRENT_TIMESTAMP)",
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_0005_database_upgrades_to_accounts_and_review_and_back(backend: str, tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """0006 adds accounts and review to a database with labels: every old label is in training (not excluded),
+    every annotator keeps its tier and has no link; accounts and review work at once; a downgrade to 0005 and a
+    new upgrade keep the labels (SQLite: no rebuild of the annotators table its labels point at)."""
+    from alembic import command
+
+    from db import annotators, review
+    from db.migrate import alembic_config
+    from db.models import Annotator, Label
+    from db.pairs import training_pairs
+
+    url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    engine = create_engine(url)
+    upgrade(engine, "0005")
+    with engine.begin() as conn:
+        for sql in _OLD_ROWS:
+            conn.execute(text(sql))
+    engine.dispose()
+
+    db = Database(url)
+    try:
+        assert current_revision(db.write_engine) == head_revision()
+        with db.read() as s:
+            ann = s.query(Annotator).one()
+            assert (ann.name, ann.tier.value, ann.token_hash, ann.revoked_at, ann.campaign_id) == (
+                "old-hand", "crowd", None, None, None)
+            assert [lab.excluded for lab in s.query(Label)] == [False]
+            assert [p.label_id for p in training_pairs(s).pairs] == [1]
+        with db.write() as s:
+            assert annotators.invite(s, "old-hand", by="rita")
+            assert review.exclude_label(s, 1, by="rita")
+        with db.read() as s:
+            assert training_pairs(s).excluded == {"review_excluded": 1}
+        with db.write_engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0005")
+        assert current_revision(db.write_engine) == "0005"
+        with db.write_engine.connect() as conn:
+            assert conn.execute(text("SELECT name, default_source FROM annotators")).all() == [("old-hand", "crowd")]
+            assert conn.execute(text("SELECT idempotency_key FROM labels")).all() == [("old-1",)]
+        upgrade(db.write_engine)
+        with db.read() as s:
+            assert [(lab.idempotency_key, lab.excluded) for lab in s.query(Label)] == [("old-1", False)]
+    finally:
+        db.dispose()

@@ -196,8 +196,9 @@ def test_links_store_only_a_hash_and_revoke_at_once(any_db: Database) -> None:
     with any_db.write() as s:
         team.add_annotator(s, "lia", "crowd", by="rita")
         token = team.invite(s, "lia", by="rita")
-    url = team.invite_url("https://lab.example:8501/label?x=1", token)
-    assert url == f"https://lab.example:8501/?invite={token}"
+    assert team.invite_url("https://lab.example:8501/rm/?x=1#top", token) == f"https://lab.example:8501/rm/?invite={token}"
+    with pytest.raises(ValueError, match="address is needed"):
+        team.invite_url("", token)
     with any_db.read() as s:
         ann = team.get_annotator(s, "lia")
         assert ann.token_hash == hashlib.sha256(token.encode()).hexdigest() and token not in ann.token_hash
@@ -248,3 +249,44 @@ def test_campaign_workers_are_crowd_and_never_take_over_another_name(any_db: Dat
         team.close_campaign(s, "wave1", by="rita")
     with any_db.write() as s, pytest.raises(team.LinkError, match="closed"):
         team.join_campaign(s, token, "5f3a9c0b")
+
+
+def test_the_team_from_the_command_line(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    from rm_engine.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    assert run("annotators", "add", "ada", "--tier", "crowd", "--json")[:2] == (0, '{\n  "name": "ada",\n  "tier": "crowd"\n}\n')
+    rc, _, err = run("annotators", "add", "ada", "--tier", "expert")
+    assert rc == 1 and "exists already" in err
+    rc, out, _ = run("annotators", "invite", "ada", "--base-url", "http://lab:8501", "--json")
+    link = json.loads(out)
+    assert rc == 0 and (link["name"], link["tier"]) == ("ada", "crowd") and link["url"].startswith("http://lab:8501/?invite=")
+    token = link["url"].split("invite=")[1]
+    with sqlite_db.write() as s:
+        assert team.annotator_for_link(s, token).name == "ada"
+        add_label(s, comparison_id=_any_comparison(s), outcome="a", source="crowd", annotator="ada",
+                  idempotency_key="a1")
+    rc, _, err = run("annotators", "set", "ada", "--tier", "expert")  # not a terminal: it must be told
+    assert rc == 1 and "pass --retag" in err and "1 as crowd" in err
+    assert run("annotators", "set", "ada", "--tier", "expert", "--keep-labels")[:2] == (
+        0, "ada: crowd -> expert (earlier labels keep their tier)\n")
+    assert run("annotators", "set", "ada", "--tier", "crowd", "--retag", "--json")[1].count('"retagged": 0') == 1
+    rc, out, _ = run("annotators", "set", "ada", "--tier", "expert", "--retag")
+    assert rc == 0 and "1 earlier label(s) re-tagged" in out
+    assert run("annotators", "revoke", "ada")[0] == 0
+    with sqlite_db.read() as s:
+        with pytest.raises(team.LinkError):
+            team.annotator_for_link(s, token)
+        assert s.scalar(select(Label.source)) is Source.expert
+    rc, out, _ = run("annotators", "campaign", "wave", "--json")
+    assert rc == 0 and json.loads(out)["url"].startswith("http://localhost:8501/?campaign=")
+    rc, out, _ = run("annotators", "team", "--json")
+    assert [(m["name"], m["tier"], m["labels"], m["link"]) for m in json.loads(out)] == [("ada", "expert", 1, "revoked")]
+    assert run("annotators", "campaign", "wave", "--close")[0] == 0
+    rc, _, err = run("annotators", "invite", "nobody")
+    assert rc == 1 and "no annotator named 'nobody'" in err
+    assert run("annotators", "--json")[:2] == (0, "[]\n")  # the reliability listing, as before

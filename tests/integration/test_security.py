@@ -124,13 +124,13 @@ def test_app_server_refuses_uploads_over_the_cap(home: Path, monkeypatch: pytest
 
 
 def _label_app(name: str) -> Any:
+    """The Label page through a personal link of ``name`` (a crowd annotator)."""
     from streamlit.testing.v1 import AppTest
 
-    from tests.app.conftest import MAIN
+    from tests.app.conftest import MAIN, invite
 
     at = AppTest.from_file(MAIN, default_timeout=30)
-    at.query_params["annotator"] = name
-    at.query_params["source"] = "crowd"
+    at.query_params["invite"] = invite(name, "crowd")
     return at.run()
 
 
@@ -260,7 +260,11 @@ def test_every_page_shows_hostile_stored_text_as_text(label_app_env: Database, p
 
     _hostile_world(label_app_env)
     at = AppTest.from_file(MAIN if page == "label" else str(PAGES / f"{page}.py"), default_timeout=60)
-    at.query_params["annotator"] = XSS[1]
+    if page == "label":  # a labeler with a hostile name, through their link, with hostile text appended
+        from tests.app.conftest import invite
+
+        at.query_params["invite"] = invite(XSS[1], "crowd")
+    at.query_params["annotator"] = XSS[2]
     at.run()
     assert not at.exception, at.exception
     assert not at.get("html")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from rm_engine.chat_markup import BUILTIN, MarkupError, builtin, default_markups, load_markup, parse_chat
 from tests.chat_templates import FAMILIES, QWEN2, QWEN2_DEFAULT_SYSTEM, render, render_family
 

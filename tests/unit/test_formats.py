@@ -193,11 +193,47 @@ def test_unlabeled_responses_in_every_shape():
     assert (b.responses, b.models, b.winner) == (["a", "b"], ["m", None], None)
 
 
-def test_native_file_may_mix_kinds_unless_forced():
-    data = jsonl({"prompt": "p", "responses": ["x", "y"], "ranking": [1, 2]}, CMP, {"prompt": "u", "responses": ["z"]})
-    assert [r.kind for r in ok(data)] == ["ranking", "comparison", "unlabeled"]
-    forced = parse(data, format="rankings")
-    assert [type(r).__name__ for r in forced] == ["ImportRecord", "RowError", "RowError"]
+RANK = {"prompt": "p", "responses": ["x", "y"], "ranking": [1, 2]}
+
+
+@pytest.mark.parametrize("bad_first", [False, True])
+def test_one_file_is_one_format_a_missing_verdict_is_an_error_of_it(bad_first):
+    """A rankings line without its ranking (null, "", absent) is an invalid ranking, never an unlabeled prompt;
+    nor is a comparisons line whose winner is null. Detection votes over the first records, so a bad first line
+    does not decide the format."""
+    bad = [dict(RANK, prompt="null", ranking=None), dict(RANK, prompt="empty", ranking=""),
+           {k: v for k, v in RANK.items() if k != "ranking"}]
+    rows = [*bad, RANK, RANK] if bad_first else [RANK, *bad, RANK]
+    out = parse(jsonl(*rows))
+    assert detect_format(jsonl(*rows)) == "rankings"
+    assert [r.kind for r in out if isinstance(r, ImportRecord)] == ["ranking", "ranking"]
+    errs = [r for r in out if isinstance(r, RowError)]
+    first = 1 if bad_first else 2
+    assert [(e.line, e.field) for e in errs] == [(first, "ranking"), (first + 1, "ranking"), (first + 2, "ranking")]
+    assert str(errs[0]).startswith(f"f.jsonl:{first}: field 'ranking': ")
+    judged = [CMP, {"prompt": "q", "responses": ["x", "y"], "winner": None}, CMP]
+    err = one_error(jsonl(*judged))
+    assert (err.line, err.field) == (2, "response_a") and "comparisons file" in err.message
+    # an unlabeled file's line that carries a verdict field is refused, not stored without its verdict
+    err = one_error(jsonl({"prompt": "u", "responses": ["z"]}, {"prompt": "v", "responses": ["z", "w"], "winner": None}))
+    assert (err.line, err.field) == (2, "winner")
+
+
+def test_mixed_reads_each_line_by_its_fields_only_when_asked():
+    unlabeled = {"prompt": "u", "responses": ["z"]}
+    data = jsonl(RANK, CMP, unlabeled)
+    assert [type(r).__name__ for r in parse(data)] == ["ImportRecord", "RowError", "RowError"]  # one format: rankings
+    assert [r.kind for r in ok(data, format="mixed")] == ["ranking", "comparison", "unlabeled"]
+    # in mixed, a line naming a judgment's fields is a ranking or comparison, so a missing verdict is its error
+    bad = [dict(RANK, ranking=None), {"prompt": "p", "responses": ["x", "y"], "key": "k1"},
+           {"prompt": "p", "responses": ["x", "y"], "annotator": "ann"}, {"prompt": "p", "responses": ["x", "y"], "winner": None}]
+    errs = [(e.line, e.field) for e in parse(jsonl(*bad), format="mixed") if isinstance(e, RowError)]
+    assert errs == [(1, "ranking"), (2, "ranking"), (3, "ranking"), (4, "response_a")]
+    # RM Studio's own export (label and ranking lines carry key and origin) is detected as mixed
+    exported = [dict(CMP, key="k1", origin=None), dict(RANK, key="k2", origin="import:x"), unlabeled]
+    assert detect_format(jsonl(*exported)) == "mixed"
+    assert [r.kind for r in ok(jsonl(*exported))] == ["comparison", "ranking", "unlabeled"]
+    assert [type(r).__name__ for r in parse(jsonl(*exported), format="comparisons")] == ["ImportRecord", "RowError", "RowError"]
 
 
 # ---------------------------------------------------------------- mapped
@@ -304,3 +340,133 @@ def test_preview_reports_format_columns_rows_and_errors():
     mapped = preview(jsonl(LFQA), mapping={"prompt": "question", "a": "answer_a", "b": "answer_b", "winner": "overall_preference"},
                      winner_values="-1:a,1:b,0:tie", filename="lfqa.jsonl")
     assert mapped.format == "mapped" and mapped.rows[0]["winner"] == "a"
+
+
+# ---------------------------------------------------------------- field names, CSV quotes, detection past bad rows
+
+@pytest.mark.parametrize("raw_key, shown", [('"bad\\ud800key"', "bad\\ud800key"), ('"nul\\u0000key"', "nul\\x00key")])
+def test_a_field_name_no_database_can_store_is_refused_with_line_and_field(raw_key, shown):
+    line = json.dumps(CMP)[:-1] + f", {raw_key}: 1}}"
+    data = (json.dumps(CMP) + "\n" + line + "\n").encode()
+    err = one_error(data)
+    assert (err.line, err.field) == (2, shown) and "name" in err.message
+    str(err).encode("utf-8")  # printable: the name is escaped, not written raw
+    nested = one_error(jsonl(CMP, dict(CMP, extra={"ok": 1}, note={"in\u0000side": 1})))
+    assert (nested.line, nested.field) == (2, "note.in\\x00side")
+
+
+def test_a_field_named_twice_or_also_inside_extra_is_refused():
+    err = one_error(jsonl(CMP) + b'{"prompt": "p", "response_a": "x", "response_b": "y", "winner": "a", "note": 1, "note": 2}\n')
+    assert (err.line, err.field) == (2, "note") and "twice" in err.message
+    err = one_error(jsonl(CMP, dict(CMP, note=1, extra={"note": 2})))
+    assert (err.line, err.field) == (2, "note") and "extra" in err.message
+    [rec] = ok(jsonl(dict(CMP, note=1, extra={"other": 2})))
+    assert rec.extra == {"other": 2, "note": 1}
+
+
+def test_csv_header_with_a_nul_is_a_file_error():
+    with pytest.raises(FormatError) as ei:
+        list(parse_file(b"prompt,response_a,response_b,winner,no\x00te\nq,a,b,a,1\n", filename="x.csv"))
+    assert (ei.value.line, ei.value.field) == (1, "header") and "no\\x00te" in str(ei.value)
+
+
+def test_an_unclosed_csv_quote_is_reported_where_it_opened_and_the_rows_after_it_are_read():
+    rows = [f"q{i},a{i},b{i},a" for i in range(1, 41)]
+    rows[4] = 'q5,"a5 never closed,b5,a'
+    data = ("prompt,response_a,response_b,winner\n" + "\n".join(rows) + "\n").encode()
+    out = parse(data, filename="x.csv")
+    errs = [e for e in out if isinstance(e, RowError)]
+    assert len(errs) == 1 and (errs[0].line, errs[0].field) == (6, "csv")
+    assert "quoted field opened on line 6" in errs[0].message and "read again" in errs[0].message
+    assert [r.prompt for r in out if isinstance(r, ImportRecord)] == [f"q{i}" for i in range(1, 41) if i != 5]
+    # a quote closing in the middle of a later field (strict CSV): the same report, nothing glued together
+    rows[20] = 'q21,"a21",b21,a'
+    rows[30] = 'q31,a"31,"b31" x,a'
+    out = parse(("prompt,response_a,response_b,winner\n" + "\n".join(rows) + "\n").encode(), filename="x.csv")
+    assert sum(isinstance(r, ImportRecord) for r in out) >= 37
+    assert all("a5 never closed" not in r.responses[0] for r in out if isinstance(r, ImportRecord))
+    # a legitimate quoted field over several lines is one cell
+    [rec] = ok(b'prompt,response_a,response_b,winner\n"line 1\nline 2\n",a,b,a\n', filename="x.csv")
+    assert rec.prompt == "line 1\nline 2\n"
+
+
+@pytest.mark.parametrize("junk", [b"{not json\n", b'{"foo": 1}\n', b'{"prompt": "p", "winner": "?"}\n'])
+def test_detection_reads_past_bad_first_rows(junk):
+    data = junk * 25 + jsonl(*[dict(CMP, prompt=f"q{i}") for i in range(3)])
+    out = parse(data)
+    assert detect_format(data) == "comparisons"
+    assert sum(isinstance(r, ImportRecord) for r in out) == 3 and sum(isinstance(r, RowError) for r in out) == 25
+
+
+# ---------------------------------------------------------------- numeric verdicts, several verdict columns, keys
+
+def test_winner_scale_maps_numbers_to_verdicts_and_strength():
+    from db.formats import parse_winner_scale
+
+    assert parse_winner_scale("1:a,2:b") == ((1.0, "a"), (2.0, "b")) == parse_winner_scale("2:b, 1:a")
+    assert parse_winner_scale("-1:b,1:a") == ((-1.0, "b"), (1.0, "a"))
+    for bad in ("1:a", "1:a,1:b", "1:a,2:a", "x:a,2:b", "1:a,2:tie", "nan:a,2:b"):
+        with pytest.raises(ValueError):
+            parse_winner_scale(bad)
+    rows = [{"instruction": f"i{k}", "output_1": "x", "output_2": "y", "preference": v}
+            for k, v in enumerate([1.0000002, 1.25, 1.5, 1.75, 2, "1.93", 1.4999])]
+    m = "prompt=instruction,a=output_1,b=output_2,winner=preference"
+    recs = ok(jsonl(*rows), mapping=m, winner_scale="1:a,2:b")
+    assert [(r.winner, r.strength) for r in recs] == [("a", 2), ("a", 2), ("tie", None), ("b", 2), ("b", 2), ("b", 2), ("a", 1)]
+    assert recs[1].extra == {"preference": 1.25} and recs[5].extra == {"preference": 1.93}
+    for bad, why in ((0.5, "outside"), ("high", "must be a number"), (None, "missing"), (True, "must be a number")):
+        err = one_error(jsonl(dict(rows[0], preference=bad)), mapping=m, winner_scale="1:a,2:b")
+        assert err.field == "preference" and why in err.message
+    for kw, field in (({"winner_scale": "1:a,2:b", "winner_values": "1:a"}, "--winner-scale"),
+                      ({"winner_scale": "1:a,2:b", "mapping": m + ",strength=x"}, "--winner-scale")):
+        with pytest.raises(FormatError) as ei:
+            parse(jsonl(rows[0]), **{"mapping": m, **kw})
+        assert ei.value.field == field
+
+
+def test_several_verdict_columns_give_one_label_per_annotator_column():
+    rows = [{"q": "Q1", "r1": "x", "r2": "y", "annotator1": 1, "annotator2": 2, "annotator3": 0},
+            {"q": "Q2", "r1": "x", "r2": "y", "annotator1": 1, "annotator2": 7, "annotator3": 1}]
+    m = "prompt=q,a=r1,b=r2,winner=annotator1|annotator2|annotator3"
+    out = parse(jsonl(*rows), mapping=m, winner_values="1:a,2:b,0:tie")
+    assert [(r.line, r.annotator, r.winner) for r in out if isinstance(r, ImportRecord)] == [
+        (1, "annotator1", "a"), (1, "annotator2", "b"), (1, "annotator3", "tie"), (2, "annotator1", "a"), (2, "annotator3", "a")]
+    [err] = [r for r in out if isinstance(r, RowError)]
+    assert (err.line, err.field) == (2, "annotator2")
+    assert len({r.key for r in out if isinstance(r, ImportRecord)}) == 5
+    for kw in ({"annotator": "bob"}, {"mapping": m + ",annotator=q"}):
+        with pytest.raises(FormatError, match="each column's name is its annotator"):
+            parse(jsonl(*rows), **{"mapping": m, "winner_values": "1:a,2:b,0:tie", **kw})
+    with pytest.raises(ValueError, match="twice"):
+        parse_mapping("prompt=q,a=r1,b=r2,winner=x|x")
+
+
+def test_keys_follow_what_is_stored():
+    """The same row read through another verdict column or for another annotator is another label; read the
+    same way again, the same label (same key). Native records without options keep their plain key."""
+    row = {"q": "Q", "r1": "x", "r2": "y", "annotator1": 1, "annotator2": 2, "annotator3": 1}
+    m = "prompt=q,a=r1,b=r2,winner="
+    key = lambda col, **kw: ok(jsonl(row), mapping=m + col, winner_values="1:a,2:b", **kw)[0].key  # noqa: E731
+    assert key("annotator1", annotator="a1") == key("annotator1", annotator="a1")
+    assert len({key("annotator1", annotator="a1"), key("annotator2", annotator="a2"), key("annotator1", annotator="a2"),
+                key("annotator2", annotator="a1"), key("annotator1")}) == 5
+    # the same verdict by the same annotator from another column is the same stored judgment
+    assert key("annotator3", annotator="a1") == key("annotator1", annotator="a1")
+    # several columns at once give the keys of the column-by-column imports named like the columns
+    multi = ok(jsonl(row), mapping=m + "annotator1|annotator2", winner_values="1:a,2:b")
+    assert [r.key for r in multi] == [key("annotator1", annotator="annotator1"), key("annotator2", annotator="annotator2")]
+    plain = ok(jsonl(CMP))[0].key
+    assert ok(jsonl(CMP))[0].key == plain and ok(jsonl(CMP), annotator="bob")[0].key != plain
+    assert ok(jsonl(dict(CMP, annotator="amy")), annotator="bob")[0].key == ok(jsonl(dict(CMP, annotator="amy")))[0].key
+
+
+def test_messages_name_options_for_each_interface():
+    with pytest.raises(FormatError) as ei:
+        parse(jsonl({"x": 1}))
+    cli = str(ei.value)
+    field, message = ei.value.row_error.describe(ui=True)
+    assert "--format" in cli and "--map" in cli
+    assert "--" not in message and "Format" in message and "Field mapping" in message and field == "format"
+    err = one_error(jsonl(dict(LFQA, overall_preference=5)), mapping="prompt=question,a=answer_a,b=answer_b,"
+                    "winner=overall_preference", winner_values="-1:a,1:b")
+    assert "--winner-values maps only" in str(err) and err.describe(ui=True)[1].endswith("Verdict values maps only -1, 1")
