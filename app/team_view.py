@@ -39,6 +39,7 @@ def on_add() -> None:
     if act("add the annotator", lambda s, by: team.add_annotator(s, name, tier, by=by))[0]:
         _say("success", f"Added {escape_md(name.strip())} as {tier}. Create their personal link below.")
         st.session_state["team_pick"] = name.strip()
+        _forget_tier()
 
 
 def on_tier(name: str) -> None:

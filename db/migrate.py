@@ -34,7 +34,22 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade to ``revision``. A database already at head is only read (so a read-only file still opens)."""
     if revision == "head" and current_revision(engine) == head_revision():
         return
-    with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: concurrent starters queue up here
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-        command.upgrade(alembic_config(conn), revision)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration rebuilds a table (copy, drop, rename). With foreign keys on, the drop cascades into
+            # every table that references it: job_logs lost all its rows when 0005 rebuilt jobs. The pragma is a
+            # no-op inside a transaction, so it goes before BEGIN, and integrity is checked before the commit.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():  # BEGIN IMMEDIATE on SQLite: concurrent starters queue up here
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+                command.upgrade(alembic_config(conn), revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration to {revision} would break foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")

@@ -90,8 +90,14 @@ def test_team_tab_adds_invites_retiers_and_revokes(app_env, sqlite_db: Database,
                for r in _frame(at, "name", "link").to_dict("records"))
     lab.run()
     assert any("revoked or never existed" in e.value for e in lab.error)
+    at.text_input(key="team_add_name").input("uma")
+    _button(at, "Add").click().run()  # picked at once: the tier controls show hers, nothing asked
+    assert at.selectbox(key="team_pick").value == "uma" and at.radio(key="team_tier").value == "crowd"
+    assert not [r for r in at.radio if r.key == "team_retag"]
+    at.selectbox(key="team_pick").set_value("tess").run()
+    assert at.radio(key="team_tier").value == "expert"
     assert _actions(sqlite_db) == [("rita", "add"), ("rita", "add"), ("rita", "invite"), ("rita", "tier"),
-                                   ("rita", "revoke")]  # rita herself, then tess
+                                   ("rita", "revoke"), ("rita", "add")]  # rita herself, then tess, then uma
 
 
 def test_team_tab_opens_a_campaign_and_sets_who_labels_here(app_env, sqlite_db: Database, seeded: Seeded) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db import jobs
 from db.migrate import current_revision, head_revision, upgrade
-from db.models import Base, Job, JobKind
+from db.models import Base, Job, JobKind, JobLog
 from db.session import Database
 from db.versions import archived_versions, get_version, put_archive
 
@@ -49,8 +49,9 @@ def test_a_first_revision_database_upgrades_keeping_its_versions(tmp_path: Path)
 
 
 def test_a_0004_database_takes_cv_jobs_after_the_upgrade(tmp_path: Path) -> None:
-    """0005 widens the job-kind CHECK constraint (SQLite rebuilds the table): queued jobs and the partial unique
-    index on dedupe keys survive, and a cv job can be stored; before the upgrade the constraint refused it."""
+    """0005 widens the job-kind CHECK constraint (SQLite rebuilds the table): queued jobs, their logs (the rebuild
+    drops the old table, which cascaded into job_logs while foreign keys were on) and the partial unique index on
+    dedupe keys survive, and a cv job can be stored; before the upgrade the constraint refused it."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
     upgrade(engine, "0004")
@@ -58,6 +59,7 @@ def test_a_0004_database_takes_cv_jobs_after_the_upgrade(tmp_path: Path) -> None
               "created_at) VALUES ('{kind}', 'queued', '{{}}', 'k1', 0, 3, 0, CURRENT_TIMESTAMP)")
     with engine.begin() as conn:
         conn.execute(text(insert.format(kind="train")))
+        conn.execute(text("INSERT INTO job_logs (job_id, created_at, line) VALUES (1, CURRENT_TIMESTAMP, 'queued')"))
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(text(insert.format(kind="cv")))
     engine.dispose()
@@ -66,6 +68,7 @@ def test_a_0004_database_takes_cv_jobs_after_the_upgrade(tmp_path: Path) -> None
     try:
         with db.write() as s:
             assert [(j.kind, j.dedupe_key) for j in s.query(Job)] == [(JobKind.train, "k1")]
+            assert [log.line for log in s.query(JobLog)] == ["queued"]
             assert jobs.enqueue(s, JobKind.cv, {"folds": 5}) is not None
             assert jobs.enqueue(s, JobKind.train, {}, dedupe_key="k1") is None  # the index still dedupes
         with db.read() as s:

@@ -115,9 +115,10 @@ def test_app_server_refuses_uploads_over_the_cap(home: Path, monkeypatch: pytest
             return 0
 
     monkeypatch.setattr(job_cmds, "_spawn", lambda cmd: started.append(cmd) or _Exited())
-    job_cmds.cmd_serve(argparse.Namespace(port=8599, address="127.0.0.1", no_worker=True, device="cpu"))
+    job_cmds.cmd_serve(argparse.Namespace(port=8599, address="127.0.0.1", no_worker=True, device="cpu", dev=False))
     (app_cmd,) = started
     assert app_cmd[app_cmd.index("--server.maxUploadSize") + 1] == "3"
+    assert app_cmd[app_cmd.index("--server.fileWatcherType") + 1] == "none"  # no watcher unless --dev
 
 
 # ------------------------------------------------------------------------------------------ the Label page
