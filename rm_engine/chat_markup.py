@@ -61,17 +61,52 @@ _ATOMS = re.compile(r"<[^<>\s]+>|[^\s<]+|<")  # special tokens (<...>) and the r
 
 
 def _pattern(marker: str) -> re.Pattern[str] | None:
-    """A marker as a regex tolerant of whitespace added or dropped around it, inside it and next to its special
-    tokens (a legacy SentencePiece decoder writes ``<|im_start|> user``), or None when it is only whitespace."""
+    """A marker as a regex tolerant of whitespace added or dropped inside it and next to its special tokens (a
+    legacy SentencePiece decoder writes ``<|im_start|> user``), or None when it is only whitespace. No leading
+    whitespace pattern: searched through long text, it would cost time in the square of a run of spaces."""
     atoms = _ATOMS.findall(marker)
     if not atoms:
         return None
-    return re.compile(r"\s*" + r"\s*".join(re.escape(a) for a in atoms) + r"\s*")
+    return re.compile(r"\s*".join(re.escape(a) for a in atoms) + r"\s*")
 
 
 def _alternatives(tokens: tuple[str, ...] | list[str]) -> str:
     """A regex matching any of ``tokens`` (longest first)."""
     return "|".join(re.escape(t) for t in sorted({t for t in tokens if t}, key=len, reverse=True))
+
+
+def _edges(text: str, atoms: tuple[str, ...]) -> tuple[int, int]:
+    """``(i, j)``: ``text[i:j]`` is ``text`` without whitespace and without the marker made of ``atoms`` (whitespace
+    allowed between them) repeated at either end. Index arithmetic, no regex: linear time whatever the text."""
+    i, j = 0, len(text)
+    while True:
+        while i < j and text[i].isspace():
+            i += 1
+        while j > i and text[j - 1].isspace():
+            j -= 1
+        if not atoms:
+            return i, j
+        moved = False
+        k = i
+        for a in atoms:
+            while k < j and text[k].isspace():
+                k += 1
+            if not text.startswith(a, k, j):
+                break
+            k += len(a)
+        else:
+            i, moved = k, True
+        k = j
+        for a in reversed(atoms):
+            while k > i and text[k - 1].isspace():
+                k -= 1
+            if not text.endswith(a, i, k):
+                break
+            k -= len(a)
+        else:
+            j, moved = k, True
+        if not moved:
+            return i, j
 
 
 @dataclass(frozen=True)
@@ -81,21 +116,20 @@ class ChatMarkup:
     name: str
     starts: tuple[tuple[str, re.Pattern[str]], ...]  # (role of the first message, marker before it), longest first
     seps: tuple[tuple[str, str, re.Pattern[str]], ...]  # (role before, role after, marker between them)
-    end: re.Pattern[str] | None  # after the last assistant message
+    end: tuple[str, ...]  # the marker after the last assistant message, as atoms (empty: none)
     noise: tuple[str, ...] = NOISE_TOKENS
     _noise_rx: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _edges_rx: tuple[re.Pattern[str], re.Pattern[str]] = field(init=False, repr=False, compare=False)
+    _end_rx: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_noise_rx", re.compile(_alternatives(self.noise)))
-        run = "(?:" + "|".join([r"\s+", *([self.end.pattern] if self.end is not None else [])]) + ")+"
-        object.__setattr__(self, "_edges_rx", (re.compile("^" + run), re.compile(run + "$")))
+        object.__setattr__(self, "_end_rx", _pattern(" ".join(self.end)))
 
     def clean(self, text: str) -> str:
         """``text`` without noise tokens, and without the template's end-of-turn markers at either end."""
         text = self._noise_rx.sub("", text)
-        lead, trail = self._edges_rx
-        return trail.sub("", lead.sub("", text))
+        i, j = _edges(text, self.end)
+        return text[i:j]
 
     def parse(self, text: str, *, partial_start: bool = False) -> list[dict[str, str]] | None:
         """The messages ``text`` renders, or None when it is not this template's markup (no start marker at its
@@ -110,24 +144,28 @@ class ChatMarkup:
         if role is None and not partial_start:
             return None
         messages: list[dict[str, str]] = []
+        found: dict[int, re.Match[str] | None] = {}  # each marker's next match: every marker searches the text once
         while True:
-            best: tuple[int, int, str, str] | None = None
-            for before, after, rx in self.seps:
+            best: tuple[re.Match[str], str, str] | None = None
+            for n, (before, after, rx) in enumerate(self.seps):
                 if role is not None and before != role:
                     continue
-                m = rx.search(t, pos)
-                if m is not None and (best is None or m.start() < best[0]):
-                    best = (m.start(), m.end(), before, after)
+                m = found[n] if n in found else rx.search(t, pos)
+                if m is not None and m.start() < pos:
+                    m = rx.search(t, pos)
+                found[n] = m
+                if m is not None and (best is None or m.start() < best[0].start()):
+                    best = (m, before, after)
             if best is None:
                 break
-            start, stop, before, after = best
-            messages.append({"role": before, "content": t[pos:start].strip()})
-            role, pos = after, stop
+            m, before, after = best
+            messages.append({"role": before, "content": t[pos:m.start()].strip()})
+            role, pos = after, m.end()
         if role is None:  # partial text with no marker at all: not this markup
             return None
         rest = t[pos:]
-        if role == "assistant" and self.end is not None:
-            m = self.end.search(rest)
+        if role == "assistant" and self._end_rx is not None:
+            m = self._end_rx.search(rest)
             rest = rest[:m.start()] if m is not None else rest
         messages.append({"role": role, "content": rest.strip()})
         return messages
@@ -191,7 +229,7 @@ def learn_markup(name: str, template_text: str, *, bos: str = "", eos: str = "",
             starts.append(("system", start_s))
             seps.append(("system", "user", sep_s))
     starts.sort(key=lambda x: len(x[1].pattern), reverse=True)  # [INST] <<SYS>> before [INST]
-    return ChatMarkup(name, tuple(starts), tuple(seps), _pattern(between(a, ph["a2"], None)), noise)
+    return ChatMarkup(name, tuple(starts), tuple(seps), tuple(_ATOMS.findall(between(a, ph["a2"], None))), noise)
 
 
 _builtin_cache: dict[str, ChatMarkup] = {}

@@ -60,7 +60,7 @@ def chat_template(tok: Any, spec: dict[str, Any]) -> str | None:
     if spec["layout"] == "plain-dialogue":
         eos = tok.eos_token if spec.get("eos") is not None else ""
         return (_TURNS + context + _literal(ASSISTANT_MARK)
-                + "{%- if ns.response is not none -%}{{ ' ' ~ ns.response }}" + _literal(eos or "") + "{%- endif -%}")
+                + "{%- if ns.response is not none -%}{{ ' ' ~ ns.response }}" + _literal(eos) + "{%- endif -%}")
     return None
 
 
@@ -85,15 +85,14 @@ def input_spec(tok: Any, *, decoder: bool, max_length: int, rich: bool = False) 
     pre1, suf1 = single_special_ids(tok)
     spec: dict[str, Any] = {"layout": layout, "max_length": int(max_length), "single_special": [pre1, suf1],
                             "rich": bool(rich)}
-    probe = ("Which is the largest planet?", [("user", "Hello"), ("assistant", "Hi! Ask me anything.")],
-             "Jupiter, by far.")
     if layout == "text-pair":
         spec["pair_special"] = [list(x) for x in pair_special_ids(tok)]
     elif layout == "plain-dialogue":
         spec["eos"] = tok.eos_token_id
         spec["marker"], spec["marker_text"] = _encode(tok, ASSISTANT_MARK), ASSISTANT_MARK
     else:
-        ids = build_inputs(tok, *probe[:2], probe[2], NO_LIMIT, decoder=decoder)
+        ids = build_inputs(tok, "Which is the largest planet?", [("user", "Hello"), ("assistant", "Hi!")],
+                           "Jupiter, by far.", NO_LIMIT, decoder=decoder)
         spec["template_specials"] = [bool(pre1) and ids[:len(pre1)] == pre1,
                                      bool(suf1) and ids[len(ids) - len(suf1):] == suf1]
         marker = _generation_marker(tok)

@@ -220,14 +220,17 @@ def _prompt_end(query: str, prompt: str, noise: tuple[str, ...]) -> int | None:
     else:
         k = None
         tail = ps[-TAIL:]
-        o = qs.find(tail)
-        while 0 <= o and o + len(tail) <= n + SLACK:  # the prompt's end, with its beginning cut
+        o = qs.rfind(tail, 0, n + SLACK)  # the prompt's end, with its beginning cut: the furthest match first
+        for _ in range(16):  # a bound on the work a repetitive prompt can cause
+            if o < 0:
+                break
             e = o + len(tail)
             if any(ps.endswith(qs[s:e]) for s in range(min(SLACK, o) + 1)):
                 k = e
-            o = qs.find(tail, o + 1)
+                break
+            o = qs.rfind(tail, 0, e - 1)
         if k is None:  # the prompt's beginning, with its end cut
-            common = next((i for i, (a, b) in enumerate(zip(qs, ps)) if a != b), min(len(qs), n))
+            common = _common_prefix(qs, ps)
             k = common if common >= TAIL else None
     if k is None:
         return None
@@ -235,3 +238,15 @@ def _prompt_end(query: str, prompt: str, noise: tuple[str, ...]) -> int | None:
         return 0
     j = bisect.bisect_right(skel_starts, k - 1) - 1  # the segment holding skeleton character k - 1
     return text_starts[j] + (k - skel_starts[j])
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (binary search over slice comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

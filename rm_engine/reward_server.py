@@ -133,6 +133,17 @@ async def read_body(request: Any, limit: int) -> bytes:
     return bytes(buf)
 
 
+def decode(raw: bytes, reading: Reading) -> list[Row]:
+    """The rows of a raw request body; :class:`RequestError` for anything but a well-formed request."""
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except RecursionError:
+        raise RequestError("the JSON is nested too deeply; send a flat object of lists", field="body") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise RequestError(f"the body is not JSON ({exc}); send a JSON object", field="body") from None
+    return parse_request(body, reading)
+
+
 def _error(status: int, message: str, field: str | None = None, row: int | None = None) -> Any:
     from starlette.responses import JSONResponse
 
@@ -146,15 +157,16 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
     parsed away); its failures are logged, never the client's problem. ``app.state.scheduler`` is its
     :class:`Scheduler` (``serve`` closes it on shutdown)."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from rm_engine.chat_markup import default_markups, load_markup
+    from rm_engine.training import fault_point
 
     reading = Reading(default_markups(load_markup(cfg.chat_template) if cfg.chat_template else None),
                       drop_system=cfg.drop_system, max_rows=cfg.max_rows, max_text_chars=cfg.max_text_chars)
-    from rm_engine.training import fault_point
 
     def score_chunk(rows: Sequence[Row]) -> dict[str, list[float]]:
         fault_point("reward-server:chunk")  # the bounds tests: a chunk that takes long (a loaded machine)
@@ -191,14 +203,8 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
             return _error(413, f"{exc}; at most {cfg.max_body_bytes:,}: send smaller batches", "body")
         except ClientDisconnect:
             return _error(400, "the client went away before sending the whole body", "body")
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except RecursionError:
-            return _error(400, "bad request: the JSON is nested too deeply; send a flat object of lists", "body")
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
-            return _error(400, f"bad request: the body is not JSON ({exc}); send a JSON object", "body")
-        try:
-            rows = parse_request(body, reading)
+        try:  # a large body takes a while to read: off the event loop, which keeps answering meanwhile
+            rows = await run_in_threadpool(decode, raw, reading)
         except RequestError as exc:
             return _error(exc.status, f"bad request: {exc}", exc.field, exc.row)
         job = scheduler.submit(rows)
@@ -217,6 +223,9 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
             return _error(503, str(exc))
         except ValueError as exc:
             return _error(400, f"bad request: {exc}")
+        except Exception as exc:  # a fault of the server's, said in the answer as well as in its log
+            log.error("reward server: scoring failed", exc_info=exc)
+            return _error(500, f"scoring failed on the server: {type(exc).__name__}: {exc}")
         out = finite_json(out)
         return JSONResponse({**out, "scores": out["rewards"], "model": describe})
 

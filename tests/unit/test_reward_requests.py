@@ -3,6 +3,8 @@
 and every refusal names the field, the row and what to send instead."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -161,3 +163,23 @@ def test_model_scorer_units_and_uncertainty_penalty() -> None:
     assert model_scorer(_Model(), "z", penalty=2.0)(rows)["rewards"] == [1.0, 3.0]  # z - 2 x 0.5
     with pytest.raises(ValueError, match="applies to z rewards"):
         model_scorer(_Model(), "raw", penalty=1.0)
+
+
+SPACES = " " * 200_000
+TURN = "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\ny<|im_end|>\n"
+
+
+@pytest.mark.parametrize("body", [
+    {"prompts": ["<|im_start|>user\n" + SPACES + "x" + SPACES], "completions": [SPACES + "<|im_end|>" + SPACES + "z"]},
+    {"query": ["x" * 40 + "a" * 300_000], "prompts": ["a" * 300_000]},  # a repetitive prompt, no match
+    {"query": ["ab" * 150_000 + "c"], "prompts": ["ba" * 150_000]},
+    {"query": [TURN * 5000 + "<|im_start|>assistant\nz"]},  # 5,000 turns
+    {"query": [SPACES + "[/INST]" + SPACES], "prompts": [SPACES + "[INST]" + SPACES]},
+])
+def test_adversarial_texts_are_read_in_linear_time(body: dict) -> None:
+    t0 = time.monotonic()
+    try:
+        parse_request(body)
+    except RequestError:
+        pass
+    assert time.monotonic() - t0 < 3
