@@ -1,8 +1,8 @@
 """The Train page's live sections, each an ``st.fragment`` that reruns on its own (no full-page rerun): the job
 queue with the workers that run it (every ``QUEUE_REFRESH_S``: a running job's progress, loss curve and log tail;
-the newest finished job, so that a short job's outcome is seen too) and the model versions (every
-``SECTION_REFRESH_S``: the table, export and delete). What the queue says about workers comes from
-:func:`worker_status`, a pure function of ``db.workers.live_workers`` and the active jobs."""
+the newest finished job, so that a short job's outcome is seen too) and the model versions' table (every
+``SECTION_REFRESH_S``; export and delete below it are drawn with the page). What the queue says about workers
+comes from :func:`worker_status`, a pure function of ``db.workers.live_workers`` and the active jobs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,6 +24,7 @@ from rm_engine import export
 QUEUE_REFRESH_S = 2.0
 SECTION_REFRESH_S = 5.0
 RECENT_JOBS = 8
+_OFFERED = "train_versions_offered"  # the version ids the export and delete choices were drawn with
 NO_WORKER = ("No worker is running, so queued jobs wait: start one with `rmstudio worker` (or `rmstudio serve`, the "
              "app and a worker together).")
 
@@ -148,23 +149,48 @@ def queue_section(db: Database) -> None:
         st.dataframe(pd.DataFrame(rows).fillna(dict.fromkeys(blank, "")), hide_index=True)
 
 
-@st.fragment(run_every=SECTION_REFRESH_S)
 def versions_section(db: Database) -> None:
-    """The model versions: their table, export as a .zip, RL usage snippets, delete."""
+    """The model versions: their live table, then export as a .zip, RL usage snippets and delete. The controls
+    stay out of the refreshing fragment: a rerun while a download is prepared would drop the file it serves."""
+    with db.read() as s:
+        rows = versions.list_versions(s)
+        labels = {v.id: versions.version_label(v) for v in rows}
+        members = {v.id: export.member_choices(v.mode, v.ensemble_size) for v in rows}
+    st.session_state[_OFFERED] = list(labels)
+    versions_table(db)
+    if labels:
+        _version_actions(db, labels, members)
+
+
+@st.fragment(run_every=SECTION_REFRESH_S)
+def versions_table(db: Database) -> None:
+    """Every version with its metrics; a version published or deleted since the controls below were drawn is
+    named, with a button that redraws them."""
     st.subheader("Model versions")
     with db.read() as s:
         rows = versions.list_versions(s)
         table = version_metrics.versions_frame(rows, versions.archived_versions(s))
-        labels = {v.id: versions.version_label(v) for v in rows}
-        members = {v.id: export.member_choices(v.mode, v.ensemble_size) for v in rows}
+        ids = [v.id for v in rows]
     if table.empty:
         st.info("No model version yet: enqueue a training above, or run `rmstudio train`.")
-        return
-    shown = table.dropna(axis=1, how="all")
-    st.dataframe(shown, hide_index=True)
-    if gone := [c for c in table.columns if c not in shown.columns]:
-        st.caption(f"Not recorded for any version, so left out: {', '.join(gone)} (e.g. no test split, or no "
-                   "validation pairs).")
+    else:
+        shown = table.dropna(axis=1, how="all")
+        st.dataframe(shown, hide_index=True)
+        if gone := [c for c in table.columns if c not in shown.columns]:
+            st.caption(f"Not recorded for any version, so left out: {', '.join(gone)} (e.g. no test split, or no "
+                       "validation pairs).")
+    offered = st.session_state.get(_OFFERED, [])
+    new, gone_ids = [v for v in ids if v not in offered], [v for v in offered if v not in ids]
+    if new or gone_ids:
+        c1, c2 = st.columns([3, 1], vertical_alignment="center")
+        parts = [f"{what} {', '.join(f'v{v}' for v in ids)}" for what, ids in (("new", new), ("deleted", gone_ids))
+                 if ids]
+        c1.caption("Since the export and delete choices below were drawn: " + "; ".join(parts) + ".")
+        if c2.button("Update the choices", key="versions_update"):
+            st.rerun()
+
+
+def _version_actions(db: Database, labels: dict[int, str], members: dict[int, list[int | None]]) -> None:
     e1, e2 = st.columns([3, 1], vertical_alignment="bottom")
     chosen = e1.selectbox("Version to export", list(labels), format_func=labels.get, key="export_version",
                           help="For RL trainers without RM Studio: a Hugging Face folder (safetensors, tokenizer, "
@@ -182,6 +208,4 @@ def versions_section(db: Database) -> None:
     d1, d2 = st.columns([3, 1])
     victim = d1.selectbox("Version to delete", list(labels), format_func=labels.get)
     confirm = d1.checkbox("Yes, delete it (its files are removed and cached scores dropped)", key="confirm_delete")
-    if d2.button("Delete version", disabled=not confirm):
-        act.delete_version(victim)
-        st.rerun()  # the whole page: its message and the policy's label count change too
+    d2.button("Delete version", disabled=not confirm, on_click=act.delete_version, args=(victim,))

@@ -180,7 +180,7 @@ def test_train_queues_a_job_without_inline(sqlite_db: Database, engine_settings,
 @pytest.mark.parametrize("argv,needle", [
     (("train", "--inline", "--source-weights", "robots=1"), "unknown source"),
     (("train", "--inline", "--backbone", "/etc"), "outside the allowed model folders"),
-    (("train", "--inline", "--ensemble", "0"), "TrainConfig.ensemble"),
+    (("train", "--inline", "--gpus", "2"), "--gpus: more than 1 data-parallel process needs mode='finetune'"),
     (("score", "--prompt", "p"), "--response"),
     (("models", "delete"), "needs a version id"),
 ])
@@ -222,7 +222,7 @@ def test_cv_text_output_and_bad_fold_counts(sqlite_db: Database, engine_settings
     assert "over 6 held-out pairs (3 folds of 6 prompts" in out
     assert "standard errors above chance (50%)" in out or "not distinguishable from chance" in out
     rc, _, err = run(capsys, "cv", "--folds", "1", "--backbone", str(tiny_encoder))
-    assert rc == 1 and "folds must be between 2 and 20, got 1" in err
+    assert rc == 2 and "argument --folds: must be a whole number from 2 to 20 (got '1')" in err
     rc, _, err = run(capsys, "cv", "--folds", "8", "--backbone", str(tiny_encoder))
     assert rc == 1 and "8 folds need at least 8 prompts with labelled pairs, found 6" in err
 
