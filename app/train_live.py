@@ -185,7 +185,7 @@ def versions_table(db: Database) -> None:
         c1, c2 = st.columns([3, 1], vertical_alignment="center")
         parts = [f"{what} {', '.join(f'v{v}' for v in ids)}" for what, ids in (("new", new), ("deleted", gone_ids))
                  if ids]
-        c1.caption("Since the export and delete choices below were drawn: " + "; ".join(parts) + ".")
+        c1.caption("Since this page was drawn: " + "; ".join(parts) + " (export and delete below do not know yet).")
         if c2.button("Update the choices", key="versions_update"):
             st.rerun()
 

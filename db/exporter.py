@@ -6,7 +6,8 @@
 * ``comparisons``: JSONL with full provenance: one line per label (``response_a`` is what the annotator saw
   first), then one per ranking, then ``unlabeled`` lines for comparisons without labels and for responses
   in no comparison or ranking. Labels excluded in review are left out of every format and counted
-  (``review_excluded``); a pair whose labels are all excluded is written as unlabeled. Importing it into an empty database recreates the same prompts, responses,
+  (``review_excluded``), as are verdicts their annotator changed since (``superseded``: the new label is written); a
+  pair whose labels are all excluded is written as unlabeled. Importing it into an empty database recreates the same prompts, responses,
   comparisons, labels and rankings; importing it into the database it came from adds nothing.
 * ``csv`` / ``parquet``: the same records as a table (structured cells as JSON text), also re-importable.
 
@@ -106,6 +107,9 @@ def native_records(s: Session, split: str | None, report: ExportReport | None = 
         .order_by(Label.id)
     )
     for label, ann, prompt, a, b in s.execute(q):
+        if label.superseded_by_id is not None:  # its annotator changed the verdict: the new label is exported
+            excluded["superseded"] = excluded.get("superseded", 0) + 1
+            continue
         if label.excluded:  # a researcher kept it out of training: not exported either, and counted
             excluded["review_excluded"] = excluded.get("review_excluded", 0) + 1
             continue

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from datetime import time as dtime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from db import review
@@ -63,11 +63,12 @@ CHOICES = ("left", "right", "tie", "both_bad")
 APP_ORIGIN = "app"  # ``origin`` of labels and rankings made on the Label page
 CONTROL = "control pair"  # queue reason of a pair an expert labelled, served to measure the annotator
 RELABEL = "expert relabel"  # queue reason of a pair a researcher sent to an expert
+SUPERSEDES = "supersedes"  # key, in a changed verdict's ``extra``, of the id of the label it replaced
 
 __all__ = [
     "APP_ORIGIN", "CHOICES", "CONTROL", "QUEUE_POLICY_KEY", "RELABEL", "Progress", "QueueItem", "QueuePolicy", "annotator_progress",
-    "bucket_sql", "choice_to_outcome", "count_control_pairs", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
-    "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "pairs_left",
+    "bucket_sql", "choice_of", "choice_to_outcome", "count_control_pairs", "count_rankable_prompts", "dataset_is_empty", "in_agreement_share",
+    "item_for_comparison", "latest_scored_version", "load_queue_policy", "next_pair", "outcome_of", "pairs_left",
     "phase_conditions", "save_queue_policy", "submit_label", "uncertainty", "undo_last",
 ]
 
@@ -225,7 +226,8 @@ def _history(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _build_item(session: Session, cand: tuple[int, int, int, int], rng: random.Random, reason: str) -> QueueItem:
+def _build_item(session: Session, cand: tuple[int, int, int, int], rng: random.Random, reason: str,
+                left: Side | None = None) -> QueueItem:
     cid, count, a_id, b_id = cand
     comp = session.get(Comparison, cid)
     if comp is None:
@@ -233,7 +235,8 @@ def _build_item(session: Session, cand: tuple[int, int, int, int], rng: random.R
     prompt = session.get(Prompt, comp.prompt_id)
     texts = dict(session.execute(select(Response.id, Response.text).where(Response.id.in_([a_id, b_id]))).all())
     n_resp = session.scalar(select(func.count()).select_from(Response).where(Response.prompt_id == comp.prompt_id))
-    left = Side.a if rng.random() < 0.5 else Side.b
+    if left is None:
+        left = Side.a if rng.random() < 0.5 else Side.b
     lid, rid = (a_id, b_id) if left is Side.a else (b_id, a_id)
     assert prompt is not None
     return QueueItem(
@@ -255,24 +258,39 @@ def _build_item(session: Session, cand: tuple[int, int, int, int], rng: random.R
     )
 
 
-def item_for_comparison(session: Session, comparison_id: int, rng: random.Random | None = None) -> QueueItem:
-    """Show a given comparison again (e.g. after an undo), with a fresh key and a fresh left/right draw."""
+def item_for_comparison(session: Session, comparison_id: int, rng: random.Random | None = None, *,
+                        left: Side | None = None) -> QueueItem:
+    """Show a given comparison again (e.g. after an undo), with a fresh key; ``left``: the side to show on the left
+    (None: a fresh draw)."""
     comp = session.get(Comparison, comparison_id)
     if comp is None:
         raise LookupError(f"comparison {comparison_id} does not exist")
     cand = (comp.id, comp.label_count, comp.response_a_id, comp.response_b_id)
-    return _build_item(session, cand, rng or random.SystemRandom(), "undone")
+    return _build_item(session, cand, rng or random.SystemRandom(), "undone", left)
 
 
 def choice_to_outcome(item: QueueItem, choice: str) -> Outcome:
     """Translate what the annotator clicked (``left``/``right``/``tie``/``both_bad``) into the stored outcome."""
+    return outcome_of(item.left, choice)
+
+
+def outcome_of(left: Side, choice: str) -> Outcome:
+    """The stored outcome of ``choice`` (``left``/``right``/``tie``/``both_bad``) when side ``left`` was shown on the
+    left."""
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
     if choice == "left":
-        return Outcome(item.left.value)
+        return Outcome(left.value)
     if choice == "right":
-        return Outcome.b if item.left is Side.a else Outcome.a
+        return Outcome.b if left is Side.a else Outcome.a
     return Outcome(choice)
+
+
+def choice_of(left: Side, outcome: Outcome) -> str:
+    """What the annotator clicked to store ``outcome`` with side ``left`` on the left (inverse of :func:`outcome_of`)."""
+    if outcome in (Outcome.a, Outcome.b):
+        return "left" if outcome.value == left.value else "right"
+    return outcome.value
 
 
 def submit_label(
@@ -326,14 +344,29 @@ def undo_last(session: Session, annotator: str, key: str) -> int | None:
 
     The key is required: the page passes only the keys its own session stored, newest first, so an undo never
     reaches a label made elsewhere, whoever's name the session carries. Imported labels (``origin`` other than
-    ``app``) are never undone from the Label page.
+    ``app``) are never undone from the Label page, nor a label whose verdict was changed since (it is kept, superseded,
+    for the record); undoing a changed verdict's new label brings the one it replaced back into use.
     """
     label = _own_app_row(session, Label, annotator, key)
-    if label is None:
+    if label is None or label.superseded_by_id is not None:
         return None
     cid = label.comparison_id
+    restore_superseded(session, label)
     delete_label(session, label)
     return cid
+
+
+def restore_superseded(session: Session, label: Label) -> int | None:
+    """Before ``label`` is deleted: the label it superseded (a verdict its annotator changed into ``label``) is current
+    again and counts on its pair again; returns that label's id, None when ``label`` replaced none."""
+    old_id = (label.extra or {}).get(SUPERSEDES)
+    old = session.get(Label, old_id) if isinstance(old_id, int) else None
+    if old is None or old.superseded_by_id != label.id:
+        return None
+    old.superseded_by_id = None
+    session.execute(update(Comparison).where(Comparison.id == old.comparison_id)
+                    .values(label_count=Comparison.label_count + 1))
+    return old.id
 
 
 def _own_app_row(session: Session, model: type[Label] | type[Ranking], annotator: str, key: str) -> Any:

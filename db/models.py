@@ -244,6 +244,9 @@ class Label(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # Kept out of training and exports by a researcher's review (db/review.py); reversible, never deleted.
     excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The label that replaced this verdict when its annotator changed it (db/label_history.py); such a label stays
+    # stored, audited, and is left out of training pairs and exports. A plain column: undoing the new label clears it.
+    superseded_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     comparison: Mapped[Comparison] = relationship()
     annotator: Mapped[Annotator] = relationship()

@@ -84,10 +84,11 @@ def training_pairs(
     * ``sources`` keeps only those sources (``expert``/``crowd``/``ai``); ``split`` keeps only ``train`` or
       ``test``; ``include_ties=False`` leaves ties out.
 
-    * Labels a researcher excluded in review (``labels.excluded``, :mod:`db.review`) give none.
+    * Labels a researcher excluded in review (``labels.excluded``, :mod:`db.review`) give none, nor labels whose
+      annotator changed the verdict (``labels.superseded_by_id``, :mod:`db.label_history`): only the new label counts.
 
-    ``excluded`` counts what was left out, in pairs: ``review_excluded``, ``both_bad``, ``tie``, ``source_filtered``,
-    ``split_filtered``. ``n_labels`` / ``n_rankings`` count the labels and rankings that produced pairs or
+    ``excluded`` counts what was left out, in pairs: ``superseded``, ``review_excluded``, ``both_bad``, ``tie``,
+    ``source_filtered``, ``split_filtered``. ``n_labels`` / ``n_rankings`` count the labels and rankings that produced pairs or
     were excluded for their outcome (i.e. those that passed the source and split filters).
     """
     wanted_sources = _normalize_sources(sources)
@@ -101,7 +102,7 @@ def training_pairs(
     ra, rb = aliased(Response), aliased(Response)
     label_rows = session.execute(
         select(
-            Label.id, Label.outcome, Label.strength, Label.source, Label.split, Label.excluded,
+            Label.id, Label.outcome, Label.strength, Label.source, Label.split, Label.excluded, Label.superseded_by_id,
             Annotator.name, Prompt.id, Prompt.text, Prompt.history, Prompt.category,
             ra.id, ra.text, rb.id, rb.text,
         )
@@ -113,7 +114,11 @@ def training_pairs(
         .order_by(Label.id)
     )
     histories: dict[int, tuple[tuple[str, str], ...]] = {}
-    for (lid, outcome, strength, source, lsplit, dropped, ann, pid, ptext, phist, pcat, aid, atext, bid, btext) in label_rows:
+    for (lid, outcome, strength, source, lsplit, dropped, replaced, ann, pid, ptext, phist, pcat, aid, atext, bid,
+         btext) in label_rows:
+        if replaced is not None:
+            exclude("superseded")
+            continue
         if dropped:
             exclude("review_excluded")
             continue

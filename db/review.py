@@ -294,6 +294,8 @@ def describe(ev: AuditEvent) -> str:
         "include": f"included label {ev.label_id} in training again",
         "relabel": f"asked an expert to relabel pair {ev.comparison_id}",
         "relabelled": f"relabelled pair {ev.comparison_id} (label {ev.label_id})",
+        "supersede": f"changed their verdict on pair {ev.comparison_id} from {d.get('from')} to {d.get('to')} "
+                     f"(label {ev.label_id} replaces label {d.get('replaces')})",
         "tier": f"changed the tier from {d.get('from')} to {d.get('to')}"
                 + (f", re-tagging {d.get('retagged', 0)} earlier label(s)" if d.get("retag") else
                    ", earlier labels kept their tier"),

@@ -19,6 +19,8 @@ from typing import Any
 
 from db.formats import comparisons, hh_rlhf, mapped, rankings, trl, unlabeled
 from db.formats.base import (
+    DEFAULT_ANNOTATOR,
+    DEFAULT_SOURCE,
     MAX_ANNOTATOR,
     MAX_CATEGORY,
     FormatError,
@@ -279,12 +281,16 @@ def _judged_key(fmt: str, obj: Mapping[str, Any], rec: ImportRecord) -> str:
     return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _judged_by_options(fmt: str, obj: Mapping[str, Any], opts: Options) -> bool:
+def _judged_by_options(fmt: str, obj: Mapping[str, Any], opts: Options, rec: ImportRecord) -> bool:
+    """Whether options made the stored judgment differ from what the record alone gives (the plain key stays
+    when they did not: ``--source crowd`` is the default, and re-imports of earlier releases' files still match)."""
     if fmt == mapped.NAME:
         return True
     if obj.get("key") not in (None, ""):
         return False  # a native export's own key: kept as is
-    return bool((opts.annotator and obj.get("annotator") in (None, "")) or (opts.source and obj.get("source") in (None, "")))
+    by_annotator = bool(opts.annotator) and obj.get("annotator") in (None, "") and rec.annotator != DEFAULT_ANNOTATOR
+    by_source = bool(opts.source) and obj.get("source") in (None, "") and rec.source != DEFAULT_SOURCE
+    return by_annotator or by_source
 
 
 def _row_error(name: str, line: int, p: RowProblem) -> RowError:
@@ -315,7 +321,7 @@ def _records(inp: Input, det: Detected, opts: Options) -> Iterator[ImportRecord 
                 # the blank comparison cells of a ranking / unlabeled row in a table are not data
                 rec = {k: v for k, v in rec.items() if not ((v is None or v == "") and k in _TEXT_COLUMNS and k != "prompt")}
             record = PARSERS[fmt](rec, line, opts)
-            if record.kind != "unlabeled" and _judged_by_options(fmt, rec, opts):
+            if record.kind != "unlabeled" and _judged_by_options(fmt, rec, opts, record):
                 record.key = _judged_key(fmt, rec, record)
             yield record
         except RowProblem as p:

@@ -1,7 +1,8 @@
 """``unlabeled``: prompts with responses and no verdict, to fill the labeling queue.
 
 ``prompt``, ``responses`` (as in ``rankings``), optional ``history``, ``category``, ``models``. Importing creates
-the prompt, its responses and a comparison for every pair of responses; no labels.
+the prompt, its responses and comparisons between them (every pair up to 9 responses, else 8 partners per
+response: ``db.bulk.partner_pairs``); no labels.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from rm_engine.cli.common import CLIError, print_json, settings
+from db.bounds import Bound
+from rm_engine.cli.common import CLIError, bounded_type, print_json, settings
 
 _MB = 1024 * 1024
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cache_compact)
     pr = csub.add_parser("prune", help="remove caches not written for DAYS days, and temp files older than an hour")
-    pr.add_argument("--older-than", dest="older_than", type=float, required=True, metavar="DAYS")
+    pr.add_argument("--older-than", dest="older_than", type=bounded_type(Bound(0, 36_500)), required=True, metavar="DAYS")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_cache_prune)

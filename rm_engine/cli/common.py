@@ -50,7 +50,8 @@ def field_flag(p: argparse.ArgumentParser, cls: Any, name: str, *flags: str, **k
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     bound = f.metadata["bound"]
     text = kw.pop("help", None) or f.metadata.get("help") or ""
-    kw["help"] = (f"{text} ({bound.describe()})" if text else bound.describe()).replace("%", "%%")
+    limits = bound.describe() + (f", default {kw['default']:g}" if isinstance(kw.get("default"), (int, float)) else "")
+    kw["help"] = (f"{text} [{limits}]" if text else limits).replace("%", "%%")
     kw.setdefault("dest", name)
     p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), type=bounded_type(bound), **kw)
 

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_policy)
 
     s = sub.add_parser("serve", help="run the app and a worker together; Ctrl-C stops both")
-    s.add_argument("--port", type=bounded_type(PORT), default=8501)
+    s.add_argument("--port", type=bounded_type(PORT), default=8501, help="the app's TCP port (default 8501)")
     s.add_argument("--address", default=None, help="address the app listens on (Streamlit's default if unset)")
     s.add_argument("--no-worker", action="store_true", help="run the app only")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the worker's --device")

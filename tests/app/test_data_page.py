@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.labeling import QueuePolicy, load_queue_policy
-from db.models import Label, Outcome, Prompt, Source
+from db.models import Label, Outcome, Prompt
 from db.session import Database
 from tests.app.conftest import PAGES
 

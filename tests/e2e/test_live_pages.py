@@ -93,7 +93,8 @@ def test_train_page_follows_a_job_from_queued_to_done_without_reload(browser, ho
         table.scroll_into_view_if_needed()
         shot(page, "train-done")
         # The export and delete choices were drawn before the version existed: the page says so and redraws them.
-        page.get_by_text("Since the export and delete choices below were drawn: new v1.").wait_for(timeout=10_000)
+        page.get_by_text("Since this page was drawn: new v1 (export and delete below do not know yet).").wait_for(
+            timeout=10_000)
         page.get_by_role("button", name="Update the choices").click()
         page.get_by_role("button", name="Download .zip").wait_for(timeout=30_000)
         assert page.evaluate("window.__same_page") == 42, "the page was reloaded"

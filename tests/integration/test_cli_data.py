@@ -70,6 +70,27 @@ def test_lfqa_style_mapping_flags(home, tmp_path, capsys):
     assert st["by_source"]["expert"] == 3 and st["ties"] == 1
 
 
+def test_several_verdict_columns_numeric_scale_and_mixed_on_the_command_line(home, tmp_path, capsys):
+    rows = [{"q": f"q{i}", "r1": f"x{i}", "r2": f"y{i}", "annotator1": i % 3, "annotator2": 1, "pref": 1 + i / 4}
+            for i in range(5)]
+    f = write_jsonl(tmp_path / "multi.jsonl", rows)
+    rc, out, err = run(capsys, "import", str(f), "--map", "prompt=q,a=r1,b=r2,winner=annotator1|annotator2",
+                       "--winner-values=0:tie,1:a,2:b", "--json")
+    assert rc == 0 and json.loads(out)["labels_added"] == 10, err
+    rc, out, err = run(capsys, "import", str(f), "--map", "prompt=q,a=r1,b=r2,winner=pref", "--winner-scale", "1:a,2:b",
+                       "--annotator", "judge", "--source", "ai", "--json")
+    assert rc == 0 and json.loads(out)["labels_added"] == 5, err
+    rc, out, _ = run(capsys, "stats", "--json")
+    st = json.loads(out)
+    assert st["by_annotator"] == {"annotator1": 5, "annotator2": 5, "judge": 5} and st["by_source"]["ai"] == 5
+    export_path = tmp_path / "all.jsonl"
+    assert run(capsys, "export", str(export_path), "--format", "comparisons")[0] == 0
+    rc, out, _ = run(capsys, "import", str(export_path), "--format", "mixed", "--json")
+    assert rc == 0 and json.loads(out)["format"] == "mixed" and json.loads(out)["duplicates"] == 15
+    rc, _, err = run(capsys, "import", str(f), "--map", "prompt=q,a=r1,b=r2,winner=pref", "--winner-scale", "1:a")
+    assert rc == 1 and "--winner-scale" in err and len(err.strip().splitlines()) == 1
+
+
 def test_errors_are_one_line_and_leave_the_database_alone(home, tmp_path, capsys):
     good = write_jsonl(tmp_path / "good.jsonl", CMP[:1])
     assert run(capsys, "import", str(good), "--no-progress")[0] == 0

@@ -19,6 +19,7 @@ from db.queue_policy import QueuePolicy
 from db.session import Database
 from rm_engine.cli import build_parser, main
 from rm_engine.cli.common import PORT
+from rm_engine.cli.model_cmds import PENALTY
 from rm_engine.config import TrainConfig
 from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
 from rm_engine.worker import WorkerConfig
@@ -169,14 +170,20 @@ def test_worker_cv_and_jobs_flags_run_with_values_in_range_or_refuse_them(
         assert after == before
 
 
+#: Flags whose accepted values would start a server or touch files: parsed only.
+PARSED_ONLY = {("serve", "--port"): PORT, ("reward-server", "--port"): PORT, ("score", "--penalty"): PENALTY,
+               ("cache", "prune", "--older-than"): Bound(0, 36_500)}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(command=st.sampled_from(["serve", "reward-server"]), value=VALUES)
-def test_ports_parse_in_range_or_are_refused_in_one_line(capsys: pytest.CaptureFixture[str], command: str,
-                                                         value: str) -> None:
-    """Parsed only: an accepted port would start a server."""
+@given(where=st.sampled_from(sorted(PARSED_ONLY)), value=VALUES)
+def test_ports_and_other_flags_parse_in_range_or_are_refused_in_one_line(
+        capsys: pytest.CaptureFixture[str], where: tuple[str, ...], value: str) -> None:
+    *command, flag = where
     try:
-        args = build_parser().parse_args([command, f"--port={value}"])
+        args = build_parser().parse_args([*command, f"{flag}={value}"])
     except SystemExit as exc:
-        _refused_in_one_line(exc.code, capsys.readouterr().err, "--port")
+        _refused_in_one_line(exc.code, capsys.readouterr().err, flag)
         return
-    assert PORT.contains(args.port) and args.port == PORT.parse(value)
+    got = getattr(args, flag.lstrip("-").replace("-", "_"))
+    assert PARSED_ONLY[where].contains(got) and got == PARSED_ONLY[where].parse(value)

@@ -457,6 +457,7 @@ def test_keys_follow_what_is_stored():
     assert [r.key for r in multi] == [key("annotator1", annotator="annotator1"), key("annotator2", annotator="annotator2")]
     plain = ok(jsonl(CMP))[0].key
     assert ok(jsonl(CMP))[0].key == plain and ok(jsonl(CMP), annotator="bob")[0].key != plain
+    assert ok(jsonl(CMP), source="crowd", annotator="unknown")[0].key == plain  # the defaults: the same judgment
     assert ok(jsonl(dict(CMP, annotator="amy")), annotator="bob")[0].key == ok(jsonl(dict(CMP, annotator="amy")))[0].key
 
 
