@@ -12,21 +12,18 @@ from streamlit.errors import StreamlitAPIException
 from rm_engine.metrics import TEMPERATURE_BOUNDS, accuracy_std_error
 
 _VIEWS = Path(__file__).resolve().parent / "views"
-#: Page script (under ``app/views``) -> its title and icon in the navigation (``app/main.py``).
-PAGES = {"label.py": ("Label", ":material/thumbs_up_down:"), "train.py": ("Train", ":material/model_training:"),
-         "dashboard.py": ("Dashboard", ":material/monitoring:"), "inspect.py": ("Inspect", ":material/search:"),
-         "data.py": ("Data", ":material/database:")}
 
 
 def page_link(page: str, label: str | None = None) -> None:
-    """A link to another page of the app (``page``: its script under ``app/views``, e.g. ``"data.py"``). Where
-    that page is not in the navigation (a labeler's session, or one page run on its own) the label shows as text."""
+    """A link to another page of the app (``page``: its script under ``app/views``, e.g. ``"data.py"``, titled
+    like the file in the navigation of ``app/main.py``). Where that page is not in the navigation (a labeler's
+    session, or one page run on its own) the label shows as text."""
     if not (_VIEWS / page).is_file():
         raise ValueError(f"no page {page!r} under app/views")
-    title, icon = PAGES[page]
+    title = page.removesuffix(".py").capitalize()
     text = label or f"Open the {title} page"
     try:
-        st.page_link(f"views/{page}", label=text, icon=icon)
+        st.page_link(f"views/{page}", label=text, icon=":material/arrow_forward:")
     except StreamlitAPIException:  # not registered in this session's navigation
         st.caption(f"{text} (the **{title}** page).")
 

@@ -1,13 +1,20 @@
-"""Session state and button callbacks of the Label page (Streamlit glue; the queue itself is ``db.labeling``).
+"""Session state and button callbacks of the Label page's pair mode (Streamlit glue; the queue itself is
+``db.labeling``; ranking mode: ``app/rank_session.py``; stepping back through one's labels: ``app/label_recent.py``).
 
 Each shown pair carries its own idempotency key, and its buttons' widget keys contain that key: a second
 click on a stale button either reaches no widget (ignored) or calls back with the *old* item, whose key is
-already saved (ignored here, and ``add_label`` is idempotent by key anyway). The next pair is computed inside
-the callback, right after the save, so the rerun renders it at once.
+already saved (ignored here, and ``add_label`` is idempotent by key anyway).
+
+The next pair is drawn while the labeler reads the current one (``prefetch``, run after the labeling area is drawn),
+so a verdict's callback only stores the label and swaps the prepared pair in: the rerun that follows is the labeling
+area's alone (``st.fragment``) and has nothing to query. The progress line counts this session's labels on top of
+the figures read when the page was loaded, without a query per verdict.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import time
+import uuid
 from typing import Any
 
 import streamlit as st
@@ -19,42 +26,45 @@ from db.annotators import LinkError, active_annotator
 from db.guidelines import Guidelines, get_guidelines
 from db.labeling import (
     QueueItem,
-    count_rankable_prompts,
-    item_for_comparison,
+    annotator_progress,
     load_queue_policy,
     next_pair,
     submit_label,
     undo_last,
-)
-from db.ranking_queue import (
-    RankingTask,
-    next_ranking,
-    ranking_task_for_prompt,
-    submit_ranking,
-    undo_last_ranking,
 )
 from db.session import explain_db_error
 
 ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
     "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error", "lbl_stack"
 )
-STRENGTHS = {"slightly": 1, "clearly": 2}
-RANK_REFUSED = "Ranking not saved."
-RSTACK = "lbl_rstack"  # the keys of the rankings this session stored, newest last (what Undo takes back)
+NEXT = "lbl_next"  # (key of the item on screen, the pair prepared to follow it)
+RSTACK = "lbl_rstack"  # the rankings this session stored, newest last (what Undo takes back)
 GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this labeler acknowledged
 WHO = "lbl_who"  # the annotator id this session's state belongs to
+FLAGGING = "lbl_flagging"  # key of the item whose flag reasons are on screen
+PROGRESS = "lbl_progress"  # the progress figures read with the page, plus this session's verdicts
+REVOKED = "lbl_revoked"  # a write found the account revoked: the whole page must run again
+RECENT, RECENT_AT = "lbl_recent", "lbl_recent_at"  # app/label_recent.py
+STRENGTHS = {"slightly": 1, "clearly": 2}
+STRENGTH_KEYS = {"slightly": "q", "clearly": "w"}
+VERDICTS = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
+VERDICT_KEYS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4"}
 FLAG_REASONS = [r.value for r in review.LABELER_REASONS]
+FLAG_TEXT = {"broken": "Broken", "offensive": "Offensive", "needs_expertise": "Needs expertise", "other": "Other"}
 
 
-def _state(key: str, default: Any) -> Any:
+def session_value(key: str, default: Any) -> Any:
+    """This session's value under ``key``, set to ``default`` first when it has none."""
     if key not in st.session_state:
         st.session_state[key] = default
     return st.session_state[key]
 
 
-def _fail(exc: Exception) -> None:
-    if isinstance(exc, LinkError):  # revoked meanwhile: say so, no retry helps
+def fail(exc: Exception) -> None:
+    """Say why a write failed, in one line for the labeler (a revoked account also makes the page run again)."""
+    if isinstance(exc, LinkError):  # revoked meanwhile: say so, no retry helps; the page runs again to stop
         st.session_state[ERROR] = str(exc)
+        st.session_state[REVOKED] = True
         return
     st.session_state[ERROR] = f"Could not save: {explain_db_error(exc)}. Your choice was not recorded; try again."
 
@@ -67,53 +77,89 @@ def follow(ident: Identity) -> None:
     st.session_state[WHO] = ident.annotator_id
 
 
+def revoked() -> bool:
+    """Whether a write found the account revoked since the page last ran as a whole (the flag is cleared)."""
+    return bool(st.session_state.pop(REVOKED, False))
+
+
+# ----------------------------------------------------------------------------------------------- the queue
+
+
 def current_item(ident: Identity) -> QueueItem | None:
     """The pair on screen, computing the next one if there is none."""
     item = st.session_state.get(ITEM)
     if item is None:
         with database().read() as s:
-            item = next_pair(s, ident.name, exclude=_state(SKIPPED, []))
+            item = next_pair(s, ident.name, exclude=session_value(SKIPPED, []))
         st.session_state[ITEM] = item
     return item
 
 
-def _advance(ident: Identity) -> None:
+def prefetch(ident: Identity) -> None:
+    """Draw the pair that follows the one on screen, if not drawn yet (called once the labeling area is drawn)."""
+    item = st.session_state.get(ITEM)
+    if item is None or (st.session_state.get(NEXT) or ("",))[0] == item.key:
+        return
     with database().read() as s:
-        st.session_state[ITEM] = next_pair(s, ident.name, exclude=_state(SKIPPED, []))
+        nxt = next_pair(s, ident.name, exclude=[*session_value(SKIPPED, []), item.comparison_id])
+    st.session_state[NEXT] = (item.key, nxt)
+
+
+def _advance(ident: Identity, after: QueueItem) -> None:
+    """Show the pair prepared to follow ``after`` (drawn now if none was)."""
+    ready = st.session_state.pop(NEXT, None)
+    if ready is not None and ready[0] == after.key and (ready[1] is None or
+                                                         ready[1].comparison_id not in session_value(SKIPPED, [])):
+        nxt = ready[1]
+        if nxt is not None:
+            nxt = dataclasses.replace(nxt, shown_at=time.time())  # time spent counts from when it is shown
+    else:
+        with database().read() as s:
+            nxt = next_pair(s, ident.name, exclude=[*session_value(SKIPPED, []), after.comparison_id])
+    st.session_state[ITEM] = nxt
+
+
+def strength_key(item: QueueItem) -> str:
+    """Session key of the strength chosen for ``item`` ("slightly"/"clearly"; absent: none)."""
+    return f"strength_{item.key}"
+
+
+def on_strength(key: str, name: str) -> None:
+    """Choose strength ``name`` under session key ``key``, or clear it when it was chosen already."""
+    st.session_state[key] = None if st.session_state.get(key) == name else name
 
 
 def on_choice(choice: str, item: QueueItem, ident: Identity) -> None:
-    """Save the verdict on ``item`` (once per key), then load the next pair."""
-    done: set[str] = _state(DONE, set())
+    """Save the verdict on ``item`` (once per key), then show the next pair."""
+    done: set[str] = session_value(DONE, set())
     if item.key in done:
         return
-    strength = STRENGTHS.get(st.session_state.get(f"strength_{item.key}") or "")
+    strength = STRENGTHS.get(st.session_state.get(strength_key(item)) or "")
     try:
         with database().write() as s:  # the account is checked and its tier read in the write itself
             submit_label(s, item, choice, annotator=active_annotator(s, ident.annotator_id), strength=strength)
     except Exception as exc:  # noqa: BLE001 - shown to the labeler in one line
-        _fail(exc)
+        fail(exc)
         return
     done.add(item.key)
-    _state(STACK, []).append(item.key)
+    session_value(STACK, []).append((item.key, item, st.session_state.get(strength_key(item))))
+    count(1, item)
     st.session_state.pop(ERROR, None)
-    st.session_state[NOTICE] = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}[choice]
+    st.session_state[NOTICE] = VERDICTS[choice]
     if st.session_state.get(ITEM) is None or st.session_state[ITEM].key == item.key:
-        _advance(ident)
+        _advance(ident, item)
 
 
 def on_skip(item: QueueItem, ident: Identity) -> None:
     """Leave this pair for the rest of the session."""
-    skipped = _state(SKIPPED, [])
+    skipped = session_value(SKIPPED, [])
     if item.comparison_id not in skipped:
         skipped.append(item.comparison_id)
     st.session_state[NOTICE] = "Skipped"
-    _advance(ident)
+    _advance(ident, item)
 
 
-def flag_reason_key(item: QueueItem) -> str:
-    """Widget key of the flag reason chosen for ``item``."""
-    return f"flag_reason_{item.key}"
+# ----------------------------------------------------------------------------------------------- flags
 
 
 def flag_comment_key(item: QueueItem) -> str:
@@ -121,11 +167,21 @@ def flag_comment_key(item: QueueItem) -> str:
     return f"flag_comment_{item.key}"
 
 
+def flagging(item: QueueItem) -> bool:
+    """Whether the flag reasons of ``item`` are on screen (instead of the verdicts)."""
+    return st.session_state.get(FLAGGING) == item.key
+
+
+def on_flag_mode(item: QueueItem | None) -> None:
+    """Show the flag reasons of ``item`` in place of the verdicts (None: the verdicts again)."""
+    st.session_state[FLAGGING] = item.key if item is not None else None
+
+
 def on_flag(item: QueueItem, ident: Identity, reason: str | None = None, comment: str | None = None) -> None:
     """Flag the pair on screen as one this labeler cannot judge (``reason``: broken, offensive, needs_expertise,
-    other; default: the reason chosen in the flag form), with an optional comment; then show the next pair. The
-    pair goes to the researchers' Review tab and leaves the queue until they resolve it."""
-    reason = reason or st.session_state.get(flag_reason_key(item)) or review.LABELER_REASONS[0].value
+    other), with an optional comment (default: the one typed in the flag bar); then show the next pair. The pair
+    goes to the researchers' Review tab and leaves the queue until they resolve it."""
+    reason = reason or review.LABELER_REASONS[0].value
     comment = comment if comment is not None else st.session_state.get(flag_comment_key(item))
     try:
         with database().write() as s:
@@ -135,169 +191,100 @@ def on_flag(item: QueueItem, ident: Identity, reason: str | None = None, comment
         st.session_state[ERROR] = f"Flag not saved: {exc}"
         return
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
         return
-    skipped = _state(SKIPPED, [])
+    skipped = session_value(SKIPPED, [])
     if item.comparison_id not in skipped:
         skipped.append(item.comparison_id)
     st.session_state.pop(ERROR, None)
+    st.session_state[FLAGGING] = None
     st.session_state[NOTICE] = "Flagged: the pair goes to the researchers' review"
-    _advance(ident)
+    _advance(ident, item)
+
+
+# ----------------------------------------------------------------------------------------------- undo
 
 
 def on_undo(ident: Identity) -> None:
-    """Delete the newest label this browser session stored (never one made elsewhere) and show that pair again."""
-    def show(s: Any, cid: int) -> None:
-        st.session_state[ITEM] = item_for_comparison(s, cid)
+    """Delete the newest label this browser session stored (never one made elsewhere) and show that pair again as it
+    was: same sides, same strength."""
+    def show(entry: tuple[str, QueueItem, str | None]) -> None:
+        _, item, strength = entry
+        again = dataclasses.replace(item, key=uuid.uuid4().hex, shown_at=time.time(), reason="undone")
+        st.session_state[ITEM] = again
+        st.session_state[strength_key(again)] = strength
+        st.session_state[FLAGGING] = None
+        count(-1, item)
 
-    _undo(ident, STACK, undo_last, show, "Undone: the pair is back")
+    undo_stack(ident, STACK, undo_last, show, "Undone: the pair is back")
 
 
-def _undo(ident: Identity, stack_key: str, undo: Callable[..., int | None], show: Callable[[Any, int], None],
-          notice: str) -> None:
-    """Undo through ``undo(session, name, key)`` with the keys this session stored, newest first (nothing else:
-    an empty stack undoes nothing), then ``show(read_session, id)`` what came back."""
-    stack: list[str] = _state(stack_key, [])
+def undo_stack(ident: Identity, stack_key: str, undo: Any, show: Any, notice: str) -> None:
+    """Undo through ``undo(session, name, key)`` with the ``(key, ...)`` entries this session stored, newest first
+    (nothing else: an empty stack undoes nothing), then ``show(entry)`` the one taken back."""
+    stack: list[tuple[Any, ...]] = session_value(stack_key, [])
     try:
         with database().write() as s:
             got = None
             while got is None and stack:
-                got = undo(s, ident.name, stack.pop())
+                entry = stack.pop()
+                got = undo(s, ident.name, entry[0])
         if got is None:
             st.session_state[NOTICE] = "Nothing to undo"
             return
-        with database().read() as s:
-            show(s, got)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
         return
+    show(entry)
     st.session_state.pop(ERROR, None)
     st.session_state[NOTICE] = notice
 
 
-def current_task(ident: Identity) -> RankingTask | None:
-    """The ranking task on screen, computing the next one if there is none."""
-    task = st.session_state.get(TASK)
-    if task is None:
-        with database().read() as s:
-            task = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
-        st.session_state[TASK] = task
-    return task
+# ----------------------------------------------------------------------------------------------- progress
 
 
-def rank_options(k: int) -> list[int]:
-    """The choices of each response's "Rank" control: 1 (best) .. k (worst)."""
-    return list(range(1, k + 1))
-
-
-def rank_key(task: RankingTask, i: int) -> str:
-    """Widget key of the rank given to the ``i``-th displayed response (new for every task: a fresh task starts
-    with no rank chosen)."""
-    return f"rank_{task.key}_{i}"
-
-
-def chosen_ranks(task: RankingTask) -> list[int | None]:
-    """The rank chosen for each displayed response, in display order (None: not chosen yet)."""
-    return [st.session_state.get(rank_key(task, i)) for i in range(len(task.response_ids))]
-
-
-def _and(xs: list[int]) -> str:
-    return str(xs[0]) if len(xs) == 1 else f"{', '.join(map(str, xs[:-1]))} and {xs[-1]}"
-
-
-def rank_problem(ranks: list[int | None]) -> str | None:
-    """Why ``ranks`` (one per displayed response) is not yet a permutation of 1..K, as a short sentence naming
-    what is missing or duplicated; None when it is one."""
-    k = len(ranks)
-    given = [r for r in ranks if r is not None]
-    if sorted(given) == list(range(1, k + 1)):
-        return None
-    parts: list[str] = []
-    unranked = [i + 1 for i, r in enumerate(ranks) if r is None]
-    if unranked:
-        parts.append(f"Response {unranked[0]} has no rank yet" if len(unranked) == 1
-                     else f"Responses {_and(unranked)} have no rank yet")
-    for r in sorted({r for r in given if given.count(r) > 1}):
-        n = given.count(r)
-        parts.append(f"rank {r} is used {'twice' if n == 2 else f'{n} times'}")
-    lost = [r for r in range(1, k + 1) if r not in given]
-    if len(given) == k and lost:  # every response has a rank, some repeated: name the ranks nobody got
-        parts.append(f"rank {lost[0]} is missing" if len(lost) == 1 else f"ranks {_and(lost)} are missing")
-    text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "."
-
-
-def order_from_ranks(task: RankingTask, ranks: list[int | None]) -> list[int] | None:
-    """The task's response ids best first (rank 1 first), or None when ``ranks`` is not a permutation of 1..K."""
-    if rank_problem(ranks) is not None:
-        return None
-    return [rid for _, rid in sorted(zip(ranks, task.response_ids))]  # type: ignore[type-var]
-
-
-def on_rank(task: RankingTask, ident: Identity) -> None:
-    """Save the ranking given by the rank controls (1 = best), then load the next task."""
-    done: set[str] = _state(DONE, set())
-    if task.key in done:
-        return
-    ranks = chosen_ranks(task)
-    order = order_from_ranks(task, ranks)
-    if order is None:  # an early click: nothing is stored, the message says what is missing
-        st.session_state[ERROR] = f"{RANK_REFUSED} {rank_problem(ranks)}"
-        return
-    try:
-        with database().write() as s:
-            ann = active_annotator(s, ident.annotator_id)
-            submit_ranking(s, task, order, annotator=ann, source=ann.default_source)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-        return
-    done.add(task.key)
-    _state(RSTACK, []).append(task.key)
-    st.session_state.pop(ERROR, None)
-    st.session_state[NOTICE] = "Ranking saved"
+def load_progress(ident: Identity) -> None:
+    """Read the labeler's progress (on each whole-page run; verdicts then count on top of it)."""
     with database().read() as s:
-        st.session_state[TASK] = next_ranking(s, ident.name, exclude=_state(RSKIPPED, []))
+        p = annotator_progress(s, ident.name)
+        target = load_queue_policy(s).target_overlap
+    st.session_state[PROGRESS] = {"today": p.labels_today + p.rankings_today, "left": p.pairs_left,
+                                  "median": p.median_seconds, "total": p.total_labels + p.total_rankings,
+                                  "target": target}
 
 
-def on_rank_undo(ident: Identity) -> None:
-    """Delete the newest ranking this browser session stored and show that prompt again, in a new display order."""
-    def show(s: Any, pid: int) -> None:
-        st.session_state[TASK] = ranking_task_for_prompt(s, pid)
-
-    _undo(ident, RSTACK, undo_last_ranking, show, "Undone: the prompt is back")
-
-
-def forget_rank_refusal() -> None:
-    """A rank changed: an earlier "Ranking not saved" message no longer describes the controls (the hint does)."""
-    if str(st.session_state.get(ERROR, "")).startswith(RANK_REFUSED):
-        st.session_state.pop(ERROR, None)
+def count(n: int, item: QueueItem | None = None) -> None:
+    """Count ``n`` verdicts (negative: undone) of this session in the progress line; a pair that reaches the target
+    overlap leaves "pairs left"."""
+    p = st.session_state.get(PROGRESS)
+    if p is None:
+        return
+    p["today"] += n
+    p["total"] += n
+    if item is not None and item.label_count + 1 == p["target"]:
+        p["left"] = max(0, p["left"] - n)
 
 
-def on_rank_skip(task: RankingTask, ident: Identity) -> None:
-    """Leave this prompt for the rest of the session."""
-    _state(RSKIPPED, []).append(task.prompt_id)
-    with database().read() as s:
-        st.session_state[TASK] = next_ranking(s, ident.name, exclude=st.session_state[RSKIPPED])
+def progress_line() -> str:
+    """"Today 12 · all time 340 · 6.1 s per label · 2,980 pairs left": compact, one line."""
+    p = st.session_state.get(PROGRESS)
+    if p is None:
+        return ""
+    med = "-" if p["median"] is None else f"{p['median']:.1f} s"
+    return f"Today **{p['today']}** · all time **{p['total']}** · **{med}** per label · **{p['left']:,}** pairs left"
+
+
+# ----------------------------------------------------------------------------------------------- page-wide
 
 
 def reset() -> None:
     """Forget the items on screen, what Undo could take back and the guidelines acknowledged (after switching
     annotator)."""
-    for k in (ITEM, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK, GUIDE_SEEN, DONE, WHO):
+    for k in (ITEM, NEXT, TASK, SKIPPED, RSKIPPED, NOTICE, ERROR, STACK, RSTACK, GUIDE_SEEN, DONE, WHO, FLAGGING,
+              PROGRESS, REVOKED, RECENT, RECENT_AT):
         st.session_state.pop(k, None)
     if "guidelines" in st.query_params:
         del st.query_params["guidelines"]
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def _rankable(url: str) -> bool:
-    with database().read() as s:
-        return count_rankable_prompts(s) > 0
-
-
-def has_rankable_prompts() -> bool:
-    """Whether ranking mode has anything to show (cached for 30 s: a GROUP BY over all responses)."""
-    return _rankable(database().url)
 
 
 def guidelines() -> Guidelines | None:

@@ -183,6 +183,23 @@ def test_several_verdict_columns_and_errors_in_the_pages_words(app_env, sqlite_d
     assert names == ["annotator1"] * 4 + ["annotator2"] * 4 + ["annotator3"] * 4
 
 
+def test_an_export_is_read_as_mixed_and_an_unknown_layout_explained(app_env, sqlite_db: Database) -> None:
+    exported = [{"prompt": "2+2?", "response_a": "4", "response_b": "5", "winner": "a", "key": "k1", "origin": None},
+                {"prompt": "Say hi.", "responses": [{"text": "hi"}, {"text": "hello"}]}]
+    at = _page()
+    at.file_uploader(key="data_upload").upload("export.jsonl", _jsonl(exported)).run()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["Detected format"] == "mixed" and m["Valid records"] == "2", m
+    assert _preview_verdicts(at) == ["A better", "no verdict (to label)"]
+    at2 = _page()
+    at2.file_uploader(key="data_upload").upload("odd.jsonl", _jsonl([{"foo": 1, "bar": 2}])).run()
+    assert not at2.exception and _metrics(at2)["Detected format"] == "unknown"
+    shown = _shown_text(at2)
+    assert "cannot tell the format" in shown and "choose the format (Format) or map the columns (Field mapping)" in shown
+    assert "--" not in shown and _import_button(at2).disabled
+
+
 def test_upload_cap(app_env, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "1")
     big = _jsonl(TRL_ROWS) + b" " * (1024 * 1024 + 10)
