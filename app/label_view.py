@@ -21,22 +21,22 @@ from app.identity import Identity
 from app.render import escape_md, safe_markdown
 from db.label_history import RecentLabel
 from db.labeling import QueueItem
-from db.ranking_queue import RankingTask
 
 CSS = """<style>
 [data-testid="stMainBlockContainer"] { padding-top: 3.2rem; padding-bottom: 0.5rem; }
-.st-key-lbl_prompt { max-height: 22vh; overflow-y: auto; }
-[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 21rem)); overflow-y: auto; overflow-x: hidden; }
-[class*="st-key-lbl_pane_r1"] { height: max(9rem, calc(100vh - 25rem)); }
-[class*="st-key-lbl_pane_r2"] { height: max(7rem, calc(50vh - 14rem)); }
-[class*="st-key-lbl_pane"] > div, [class*="st-key-lbl_pane"] [data-testid="stMarkdownContainer"] { min-width: 0; }
+.stVerticalBlock.st-key-lbl_prompt { max-height: 22vh; overflow-y: auto; }
+.stVerticalBlock[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 21rem)); overflow-y: auto; }
+.stVerticalBlock[class*="st-key-lbl_pane_r1"] { height: max(9rem, calc(100vh - 25rem)); }
+.stVerticalBlock[class*="st-key-lbl_pane_r2"] { height: max(7rem, calc(50vh - 14rem)); }
+[class*="st-key-lbl_pane"] [data-testid="stMarkdownContainer"] { min-width: 0; }
 [class*="st-key-lbl_pane"] pre { overflow-x: auto; max-width: 100%; }
 [class*="st-key-lbl_pane"] pre code { white-space: pre; }
-.st-key-lbl_bar { position: sticky; bottom: 0; z-index: 90; padding: 0.4rem 0 0.1rem 0;
-                  background-color: var(--lbl-bg, #fff); box-shadow: 0 -0.4rem 0.6rem -0.4rem rgba(0, 0, 0, 0.25); }
+[data-testid="stLayoutWrapper"]:has(> .st-key-lbl_bar) { position: sticky; bottom: 0; z-index: 90;
+  background-color: var(--lbl-bg, #fff); box-shadow: 0 -0.5rem 0.5rem -0.5rem rgba(0, 0, 0, 0.2); }
+.st-key-lbl_bar { padding: 0.4rem 0 0.1rem 0; }
 .st-key-lbl_bar [data-testid="stCaptionContainer"] { margin-top: -0.6rem; }
-@media (prefers-color-scheme: dark) { .st-key-lbl_bar { --lbl-bg: #0e1117; } }
-@media (max-width: 640px) { [class*="st-key-lbl_pane"] { height: 50vh; } }
+@media (prefers-color-scheme: dark) { [data-testid="stLayoutWrapper"]:has(> .st-key-lbl_bar) { --lbl-bg: #0e1117; } }
+@media (max-width: 640px) { .stVerticalBlock[class*="st-key-lbl_pane"] { height: 50vh; } }
 </style>"""
 
 LEGEND = {

@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts
 from app import train_actions as act
+from app.render import escape_md
 from app.resources import settings
 from app.use_model import use_section
 from db import jobs, version_metrics, versions, workers
@@ -91,7 +92,7 @@ def outcome_line(job: dict[str, Any], now: datetime | None = None) -> str:
     elif isinstance(r.get("accuracy"), (int, float)):
         what = f": pooled held-out accuracy {r['accuracy']:.1%}"
     elif job["error"]:
-        what = f": {str(job['error']).splitlines()[0][:200]}"
+        what = f": {escape_md(str(job['error']).splitlines()[0][:200])}"  # the error may quote stored text
     return f"**#{job['id']} {job['kind']}** {job['status']} {_ago(job['finished_at'], now)}{took}{what}."
 
 
