@@ -24,8 +24,10 @@ from db.labeling import QueueItem
 
 CSS = """<style>
 [data-testid="stMainBlockContainer"] { padding-top: 3.2rem; padding-bottom: 0.5rem; }
-.stVerticalBlock.st-key-lbl_prompt { max-height: 22vh; overflow-y: auto; }
-.stVerticalBlock[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 21rem)); overflow-y: auto; }
+.stVerticalBlock.st-key-lbl_prompt { max-height: 20vh; flex: none; overflow-y: auto; }
+.st-key-lbl_prompt [data-testid="stChatMessage"] { padding: 0.4rem 0.75rem; }
+.st-key-lbl_prompt [data-testid="stExpander"] summary { padding-top: 0.3rem; padding-bottom: 0.3rem; }
+.stVerticalBlock[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 21rem)); flex: none; overflow-y: auto; }
 .stVerticalBlock[class*="st-key-lbl_pane_r1"] { height: max(9rem, calc(100vh - 25rem)); }
 .stVerticalBlock[class*="st-key-lbl_pane_r2"] { height: max(7rem, calc(50vh - 14rem)); }
 [class*="st-key-lbl_pane"] [data-testid="stMarkdownContainer"] { min-width: 0; }

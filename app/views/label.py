@@ -25,11 +25,11 @@ ls.follow(ident)
 with database().read() as s:
     empty = dataset_is_empty(s)
 
-head = st.columns([1.2, 4, 2.6, 1.6], vertical_alignment="center")
+head = st.columns([0.9, 2.4, 2.6, 2.5, 1.5], vertical_alignment="center", gap="small")
 head[0].subheader("Label", anchor=False)
 head[1].markdown(f"Labeling as **{escape_md(ident.name)}** ({ident.tier.value} tier)")
-head[1].caption(ls.queue_policy_summary())
-if ident.via == "local" and head[3].button("Switch annotator", icon=":material/logout:"):
+head[2].caption(ls.queue_policy_summary())
+if ident.via == "local" and head[4].button("Switch annotator", icon=":material/logout:"):
     switch_local()
     ls.reset()
     st.rerun()
@@ -48,7 +48,7 @@ if empty:
 ls.load_progress(ident)  # once per page load or mode switch: each verdict then counts on top of it
 mode = "pairs"
 if rs.has_rankable_prompts():
-    mode = head[2].segmented_control(
+    mode = head[3].segmented_control(
         "Mode", ["pairs", "rank"], default="pairs", key="lbl_mode", label_visibility="collapsed",
         format_func=lambda m: {"pairs": "Compare two", "rank": "Rank 3+ responses"}[m],
     ) or "pairs"

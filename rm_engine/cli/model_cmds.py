@@ -29,9 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("eval", help="measure a model on a labelled file (nothing is stored)")
     p.add_argument("file", help="any importable file (comparisons, rankings, HH-RLHF, TRL, mapped)")
-    p.add_argument("--format", help="force the file format (default: detect)")
+    p.add_argument("--format", help="force the file format (default: detect; 'mixed' reads each line by its fields)")
     p.add_argument("--map", dest="mapping", help="field mapping for other layouts (as for import)")
     p.add_argument("--winner-values", dest="winner_values", help="winner column values (as for import)")
+    p.add_argument("--winner-scale", dest="winner_scale", metavar="LOW:a,HIGH:b",
+                   help="a numeric winner column (as for import)")
     model_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -270,7 +272,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise CLIError(f"{args.file}: no such file")
     try:
-        items = list(parse_file(args.file, format=args.format, mapping=args.mapping, winner_values=args.winner_values))
+        items = list(parse_file(args.file, format=args.format, mapping=args.mapping, winner_values=args.winner_values,
+                                winner_scale=args.winner_scale))
     except FormatError as exc:
         raise CLIError(str(exc)) from None
     errors = [r for r in items if isinstance(r, RowError)]
@@ -291,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
            f"model versions {', '.join(map(str, out['model_versions']))} ({out['combine']} of z)")
     print(f"{args.file} with {who}: accuracy {pct(out['accuracy'])} on {out['n']} pairs, "
           f"equal scores {pct(out['tie_rate'])}")
+    if errors:
+        print(f"  {len(errors)} invalid row(s) left out; the first: {errors[0]}")
     for src, v in (out.get("per_source") or {}).items():
         print(f"  {src}: {pct(v['accuracy'])} on {v['n']} pairs")
     if (out.get("length_bias") or {}).get("n"):

@@ -117,7 +117,11 @@ def test_eval_file_is_not_stored(sqlite_db: Database, engine_settings, tiny_enco
 
     with sqlite_db.read() as s:
         before = count_responses(s)
-    rc, out, err = run(capsys, "eval", str(f), "--json")
+    rc, out, err = run(capsys, "eval", str(f), "--json")  # one file, one format: the ranking line is invalid
+    assert rc == 0 and json.loads(out)["invalid_rows"] == 1 and json.loads(out)["n"] == 2, err
+    rc, out, err = run(capsys, "eval", str(f))
+    assert rc == 0 and "1 invalid row(s) left out; the first: eval.jsonl:4: field 'response_a'" in out, out
+    rc, out, err = run(capsys, "eval", str(f), "--format", "mixed", "--json")
     assert rc == 0, err
     res = json.loads(out)
     assert res["n"] == 5  # 2 comparisons + 3 ranking pairs; the tie is counted apart
