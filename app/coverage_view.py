@@ -13,7 +13,7 @@ from app.data_view import too_big
 from app.hints import nothing_yet
 from app.render import pct
 from app.resources import settings
-from rm_engine import coverage
+from rm_engine.quality import coverage
 
 SERVED = "prompts the reward server scored"
 

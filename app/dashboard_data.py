@@ -22,7 +22,9 @@ import streamlit as st
 
 from app.resources import database
 from db import analytics, served, stats, version_metrics, versions
-from rm_engine import agreement, annotator_quality, metrics, normalize
+from rm_engine import metrics, normalize
+from rm_engine.quality import agreement
+from rm_engine.quality import annotators as annotator_quality
 
 Fingerprint = tuple[int, ...]
 HEAVY_TTL_S = 120

@@ -1,7 +1,7 @@
 """The Inspect page's "Score responses" tab: a prompt and its responses scored by one model version (a ranking
 with raw, z, sigmoid, percentile, ensemble std and the calibrated chance of beating the next one), or by several
 versions compared side by side (one table of every version's raw, z and sigmoid per response, a chart of each
-response's z per version) and combined into one reward (``rm_engine.version_ensemble``).
+response's z per version) and combined into one reward (``rm_engine.serving.ensemble``).
 
 Tables are ``st.table``: every column in view, numbers formatted, no cell hidden in a scrolled grid.
 """
@@ -16,8 +16,8 @@ from app import charts
 from app.render import safe_markdown
 from app.resources import database, settings
 from db.session import Database
-from rm_engine.scoring import RewardModel, load_usable
-from rm_engine.version_ensemble import VersionEnsemble
+from rm_engine.serving.ensemble import VersionEnsemble
+from rm_engine.serving.scoring import RewardModel, load_usable
 
 MAX_RESPONSES = 20
 MAX_COMPARED = 3  # versions beside the first: four versions in one table at most
@@ -164,7 +164,7 @@ def compared(frames: Mapping[int, pd.DataFrame]) -> None:
 
 
 def combined_panel(db: Database, vids: list[int], prompt: str, texts: list[str]) -> None:
-    """Several versions as one reward: their z-scores combined three ways (rm_engine.version_ensemble)."""
+    """Several versions as one reward: their z-scores combined three ways (rm_engine.serving.ensemble)."""
     names = ", ".join(str(v) for v in vids[:-1]) + f" and {vids[-1]}"
     st.subheader(f"Versions {names} as one reward")
     try:

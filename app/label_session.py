@@ -270,8 +270,8 @@ def progress_line() -> str:
     p = st.session_state.get(PROGRESS)
     if p is None:
         return ""
-    med = "-" if p["median"] is None else f"{p['median']:.1f} s"
-    return f"Today **{p['today']}** · all time **{p['total']}** · **{med}** per label · **{p['left']:,}** pairs left"
+    med = "" if p["median"] is None else f" · **{p['median']:.1f} s** per label"
+    return f"Today **{p['today']}** · all time **{p['total']}**{med} · **{p['left']:,}** pairs left"
 
 
 # ----------------------------------------------------------------------------------------------- page-wide

@@ -27,9 +27,9 @@ CSS = """<style>
 .stVerticalBlock.st-key-lbl_prompt { max-height: 20vh; flex: none; overflow-y: auto; }
 .st-key-lbl_prompt [data-testid="stChatMessage"] { padding: 0.4rem 0.75rem; }
 .st-key-lbl_prompt [data-testid="stExpander"] summary { padding-top: 0.3rem; padding-bottom: 0.3rem; }
-.stVerticalBlock[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 21rem)); flex: none; overflow-y: auto; }
-.stVerticalBlock[class*="st-key-lbl_pane_r1"] { height: max(9rem, calc(100vh - 25rem)); }
-.stVerticalBlock[class*="st-key-lbl_pane_r2"] { height: max(7rem, calc(50vh - 14rem)); }
+.stVerticalBlock[class*="st-key-lbl_pane"] { height: max(10rem, calc(100vh - 23.5rem)); flex: none; overflow-y: auto; }
+.stVerticalBlock[class*="st-key-lbl_pane_r1"] { height: max(9rem, calc(100vh - 27rem)); }
+.stVerticalBlock[class*="st-key-lbl_pane_r2"] { height: max(7rem, calc(50vh - 13.5rem)); }
 [class*="st-key-lbl_pane"] [data-testid="stMarkdownContainer"] { min-width: 0; }
 [class*="st-key-lbl_pane"] pre { overflow-x: auto; max-width: 100%; }
 [class*="st-key-lbl_pane"] pre code { white-space: pre; }
@@ -117,6 +117,7 @@ def _verdicts(on_click: object, args: tuple[object, ...], suffix: str, current: 
 def _pair_area(ident: Identity) -> None:
     item = ls.current_item(ident)
     if item is None:
+        st.caption(ls.progress_line())
         st.success("Nothing left for you to label under the current queue policy. Thank you!")
         with st.container(horizontal=True):
             st.button("Undo my last label", on_click=ls.on_undo, args=(ident,), shortcut="u", key="undo_empty")
@@ -167,8 +168,9 @@ def _recent_area(rec: RecentLabel, ident: Identity) -> None:
     n, of = recent.position()
     strength = f" ({recent.STRENGTH_NAMES[rec.strength]})" if rec.strength else ""
     _top(f"Pair #{rec.comparison_id}" + (f" · {escape_md(rec.category)}" if rec.category else ""))
-    st.info(f"My label {n} of the last {of}, {_ago(rec.created_at)}: **{ls.VERDICTS[rec.choice]}**{strength}"
-            + (" (changed)" if rec.changed else "") + ". A new verdict replaces it.", icon=":material/history:")
+    st.markdown(f":material/history: My label {n} of the last {of}, {_ago(rec.created_at)}: "
+                f"**{ls.VERDICTS[rec.choice]}**{strength}" + (" (changed)" if rec.changed else "")
+                + ". A new verdict replaces it.")
     _conversation(rec.history, rec.prompt)
     _panes(rec.left_text, rec.right_text)
     with st.container(key="lbl_bar"):
@@ -187,6 +189,7 @@ def _recent_area(rec: RecentLabel, ident: Identity) -> None:
 def _rank_area(ident: Identity) -> None:
     task = rs.current_task(ident)
     if task is None:
+        st.caption(ls.progress_line())
         st.success("No prompt left for you to rank. Thank you!")
         st.button("Undo my last ranking", on_click=rs.on_rank_undo, args=(ident,), shortcut="u", key="rundo_empty")
         return
@@ -204,7 +207,7 @@ def _rank_area(ident: Identity) -> None:
                           help="Give it the next rank")
                 safe_markdown(text)
             st.segmented_control(f"Rank of Response {i + 1}", rs.rank_options(k), key=rs.rank_key(task, i),
-                                 on_change=rs.forget_rank_refusal)
+                                 on_change=rs.forget_rank_refusal, label_visibility="collapsed")
     missing = rs.rank_problem(rs.chosen_ranks(task))
     with st.container(key="lbl_bar"):
         with st.container(horizontal=True, gap="small", vertical_alignment="center"):

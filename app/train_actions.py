@@ -20,8 +20,8 @@ from app.resources import current_identity, database, settings
 from db import jobs, policy, versions
 from db.models import JobKind
 from db.session import explain_db_error
-from rm_engine import registry
 from rm_engine.config import SOURCES, TrainConfig, check_queueable, policy_train_config
+from rm_engine.versions import registry
 
 T = TypeVar("T")
 _MSG = "train_messages"

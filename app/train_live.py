@@ -20,7 +20,7 @@ from app.resources import settings
 from app.use_model import use_section
 from db import jobs, version_metrics, versions, workers
 from db.session import Database
-from rm_engine import export
+from rm_engine.versions import export
 
 QUEUE_REFRESH_S = 2.0
 SECTION_REFRESH_S = 5.0

@@ -11,7 +11,7 @@ def usage_snippets(version_id: int) -> dict[str, str]:
     return {
         "python": f"""from db.config import Settings
 from db.session import get_database
-from rm_engine.scoring import RewardModel, reward_function
+from rm_engine.serving.scoring import RewardModel, reward_function
 
 model = RewardModel.load(get_database(), Settings.from_env(), {version_id})
 reward = reward_function(model, kind="z")  # TRL GRPOTrainer(reward_funcs=[reward], ...)

@@ -7,7 +7,7 @@ inner split of them, their labels as noisy as the rest) and scored on the held-o
 
 * ``all``: every label, weight 1 (the baseline);
 * ``majority``: one label per pair, the majority of its three;
-* ``weighted``: every label, weighed by ``rm_engine.annotator_quality`` (what ``--annotator-weights`` does);
+* ``weighted``: every label, weighed by ``rm_engine.quality.annotators`` (what ``--annotator-weights`` does);
 * ``oracle``: the labels of the annotators simulated as random dropped (knowing what no one knows).
 
     python bench/annotator_weights.py --home /tmp/rmstudio-bench [--seeds 0,1,2,3,4]
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from bench.hh_data import cached_features
-    from rm_engine.annotator_quality import annotator_quality, quality_weights
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.quality.annotators import annotator_quality, quality_weights
     from rm_engine.training import split_pairs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

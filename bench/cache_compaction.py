@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Automatic feature-cache compaction: full merges vs tiered merges (``rm_engine.cache_admin.pick_tier``).
+"""Automatic feature-cache compaction: full merges vs tiered merges (``rm_engine.head.cache_admin.pick_tier``).
 
 A cache that already holds a large shard (e.g. 20,000 vectors from a first extraction) receives many small writes
 (retrains meeting a few new texts each); past ``AUTO_COMPACT_SHARDS`` shards a write compacts. Both policies run
@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from db.config import Settings
-from rm_engine import cache_admin, features
-from rm_engine.features import FeatureCache
+from rm_engine.head import cache_admin, features
+from rm_engine.head.features import FeatureCache
 
 
 def run(policy: str, args: argparse.Namespace) -> dict[str, float]:

@@ -44,7 +44,7 @@ def _texts(n: int, seed: int = 0) -> list[tuple[str, tuple, str]]:
 def bench_features(settings, n: int) -> dict:
     """Texts/s of four extraction strategies on the same token ids."""
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor, TextItem
+    from rm_engine.head.features import FeatureExtractor, TextItem
 
     ref = resolve_backbone("minilm", settings)
     rows = _texts(n)
@@ -77,7 +77,7 @@ def bench_heads(pair_counts: list[int], feat_rate: float, dim: int = 1536) -> di
     """Seconds per head retrain on cached (synthetic) features vs recomputing features each time."""
     import numpy as np
 
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
 
     out = {}
     for n in pair_counts:
@@ -105,8 +105,8 @@ def bench_scoring(settings, n: int) -> dict:
     import numpy as np
 
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
-    from rm_engine.heads import EnsembleHead
+    from rm_engine.head.features import FeatureExtractor
+    from rm_engine.head.train import EnsembleHead
 
     rows = _texts(n, seed=1)
     ref = resolve_backbone("minilm", settings)

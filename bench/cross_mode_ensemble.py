@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from db.config import Settings
     from rm_engine.config import TrainConfig
-    from rm_engine.finetune import train_finetune
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.finetune.train import train_finetune
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.training import split_pairs
 
     t0 = time.perf_counter()

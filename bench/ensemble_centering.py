@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
 
     from bench.hh_data import cached_features
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.normalize import combine_members, member_centers
     from rm_engine.training import split_pairs
 

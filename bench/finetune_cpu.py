@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trl-batch", type=int, default=8)
     ap.add_argument("--pooling", choices=("auto", "cls", "mean", "rich"), default="auto", help="TrainConfig.pooling")
     ap.add_argument("--head-init", choices=("auto", "random", "probe"), default="auto", help="TrainConfig.head_init (auto: probe with rich pooling)")
-    ap.add_argument("--probe-l2", type=float, default=None, help="the probe's L2 (rm_engine.linear_probe.DEFAULT_L2)")
+    ap.add_argument("--probe-l2", type=float, default=None, help="the probe's L2 (rm_engine.finetune.linear_probe.DEFAULT_L2)")
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per random batch when --batch-tokens 0")
     ap.add_argument("--split-seed", type=int, default=0, help="which 20%% of prompts is held out")
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from db.config import Settings
     from rm_engine.config import TrainConfig
-    from rm_engine.finetune import train_finetune
+    from rm_engine.finetune.train import train_finetune
 
     torch.set_num_threads(args.threads)
     if args.probe_l2 is not None:
-        import rm_engine.linear_probe as lp
+        import rm_engine.finetune.linear_probe as lp
 
         lp.DEFAULT_L2 = args.probe_l2
     hh = load_hh(DEFAULT, limit=args.limit)

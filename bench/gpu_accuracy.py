@@ -23,7 +23,7 @@ def trl_scores(model: Any, ids: list[list[int]], pad_id: int) -> Any:
     """Scores of a TRL-trained encoder on pre-tokenised rows (the same ids RM Studio scores)."""
     import torch
 
-    from rm_engine.reward_net import RewardNet, collate
+    from rm_engine.finetune.reward_net import RewardNet, collate
 
     net = RewardNet(model, decoder=False).eval()
     dev = next(model.parameters()).device

@@ -168,7 +168,7 @@ def speed_rows(run: Run, row: dict[str, Any], model_dir: Path, pairs: list[Any],
             lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True,
                                 packed_attention="flex", **ours_kw)[0],
             args.batch_tokens),
-        # c3 with torch's varlen flash attention instead of flex_attention (rm_engine.varlen_attention)
+        # c3 with torch's varlen flash attention instead of flex_attention (rm_engine.finetune.varlen_attention)
         "c5_rmstudio_packed_compile_varlen": lambda: halving_on_oom(
             lambda bt: run_ours(model_dir, pairs, settings, batch_tokens=bt, compile_=True, packing=True,
                                 packed_attention="varlen", **ours_kw)[0], args.batch_tokens),

@@ -60,7 +60,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up). ``seed`` and
     ``weights`` (per pair) as the engine gives an ensemble member (``rm_engine.training.member_weights``)."""
     from rm_engine.config import TrainConfig
-    from rm_engine.finetune import train_finetune
+    from rm_engine.finetune.train import train_finetune
 
     reset_memory()
     cfg = TrainConfig(mode="finetune", backbone=str(model_dir), epochs=epochs, lr=lr, batch_tokens=batch_tokens,

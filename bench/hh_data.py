@@ -71,7 +71,7 @@ def cached_features(home: str, recipes: tuple[str, ...] = ("rich",)) -> tuple[li
 
     from db.config import Settings
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
+    from rm_engine.head.features import FeatureExtractor
 
     torch.set_num_threads(1)
     s = Settings.from_env({"RMSTUDIO_HOME": home})

@@ -21,7 +21,7 @@ def main() -> None:
     from bench.hh_data import load_hh
     from db.config import Settings
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
+    from rm_engine.head.features import FeatureExtractor
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default="/tmp/rmstudio-bench")

@@ -164,7 +164,7 @@ def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:
 
                     for _ in range(cfg.labelers):
                         jobs.enqueue(s, "noop", {"steps": 20, "sleep": 0.05})
-            worker = procs.spawn([sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.5"],
+            worker = procs.spawn([sys.executable, "-m", "cli", "worker", "--poll-interval", "0.5"],
                                  out_dir=home, name="worker", env=env)
             # labelers start once the worker is up, so that it retrains while they work
             procs.wait_for(lambda: " started (lease" in (home / "worker.out").read_text(errors="replace"), 300,

@@ -1,4 +1,4 @@
-"""What database copies of model versions cost (``rm_engine/model_store.py``), by hand, not in CI.
+"""What database copies of model versions cost (``rm_engine/versions/model_store.py``), by hand, not in CI.
 
 For version folders of several sizes (random safetensors weights, as a fine-tune writes them), on a real database:
 
@@ -32,8 +32,8 @@ from sqlalchemy.engine import make_url
 from db.config import Settings
 from db.session import Database
 from db.versions import get_archive, insert_version
-from rm_engine import model_store
-from rm_engine.registry import commit_dir, stage_dir, verify_version_dir
+from rm_engine.versions import model_store
+from rm_engine.versions.registry import commit_dir, stage_dir, verify_version_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import pg_database

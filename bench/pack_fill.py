@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gpu_setup import encode, minilm_tokenizer
     from hh_data import DEFAULT, load_hh
 
-    from rm_engine.batching import BatchPlanConfig, padded_tokens, plan_batches, plan_packed
+    from rm_engine.finetune.batching import BatchPlanConfig, padded_tokens, plan_batches, plan_packed
 
     chosen, rejected = encode(minilm_tokenizer(decoder=True), load_hh(DEFAULT), args.max_length, decoder=True)
     longer = [max(len(a), len(b)) for a, b in zip(chosen, rejected)]

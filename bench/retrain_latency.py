@@ -66,7 +66,7 @@ def fill_cache(settings: Any, rows: list[Any], source_cache: Path | None, log: A
     import numpy as np
 
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureCache, FeatureExtractor, items_for
+    from rm_engine.head.features import FeatureCache, FeatureExtractor, items_for
 
     ref = resolve_backbone("minilm", settings)
     fx = FeatureExtractor(settings, ref, max_length=256)
@@ -190,7 +190,7 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
     log(f"{n_pairs} pairs stored, first version {v0.id} in {notes['first_version_inline_s']} s")
     out_path = home / "worker.out"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "rm_engine", "worker", "--device", "cpu"], cwd=REPO, env={**os.environ},
+        [sys.executable, "-m", "cli", "worker", "--device", "cpu"], cwd=REPO, env={**os.environ},
         stdout=open(out_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115 - the worker writes to it
     )
     runs = []

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         from db.demo import seed_demo
         from db.session import Database
         from rm_engine.config import TrainConfig
-        from rm_engine.scoring import RewardModel, reward_function
+        from rm_engine.serving.scoring import RewardModel, reward_function
         from rm_engine.training import train_and_publish
 
         settings = Settings.from_env()
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "rm_engine", "reward-server", "--model", str(vid),
+        server = subprocess.Popen([sys.executable, "-m", "cli", "reward-server", "--model", str(vid),
                                    "--port", str(port), "--device", "cpu"], env=env, cwd=Path(__file__).parents[1],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -205,7 +205,7 @@ def multi_rated_labels(session: Session, min_labels: int = 2, max_comparisons: i
 
 
 def agreement_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """``multi_rated_labels`` rows as the records ``rm_engine.agreement`` expects (item, rater, outcome, source,
+    """``multi_rated_labels`` rows as the records ``rm_engine.quality.agreement`` expects (item, rater, outcome, source,
     guidelines)."""
     guides = frame["guidelines"] if "guidelines" in frame else [None] * len(frame)
     return [

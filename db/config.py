@@ -27,7 +27,7 @@ class Settings:
         max_upload_mb: largest file the app accepts for import (``RMSTUDIO_MAX_UPLOAD_MB``, default 200).
         models_in_db: ``RMSTUDIO_MODELS_IN_DB``: ``auto`` (default: on for PostgreSQL, off for SQLite), ``on`` or
             ``off``. On: each new version's files are also stored in the database, so processes on machines that
-            share the database but not ``home`` restore them on first use (``rm_engine/model_store.py``).
+            share the database but not ``home`` restore them on first use (``rm_engine/versions/model_store.py``).
     """
 
     home: Path

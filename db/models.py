@@ -440,7 +440,7 @@ class ModelVersion(Base):
 class ModelVersionArchive(Base):
     """A copy of a version's files in the database (a zip of its folder, manifest included), so that processes on
     other machines sharing a PostgreSQL database but not ``RMSTUDIO_HOME`` can restore and load it
-    (``rm_engine/model_store.py``). At most one per version; written in the version's publishing transaction."""
+    (``rm_engine/versions/model_store.py``). At most one per version; written in the version's publishing transaction."""
 
     __tablename__ = "model_version_archives"
 

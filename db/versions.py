@@ -1,6 +1,6 @@
 """Model-version rows and cached response scores (no torch: the files are the engine's registry's business).
 
-A ``model_versions`` row is inserted only after its files are in place (see ``rm_engine/registry.py``); deleting
+A ``model_versions`` row is inserted only after its files are in place (see ``rm_engine/versions/registry.py``); deleting
 a row here leaves the files to the caller, who removes them after the transaction commits.
 """
 from __future__ import annotations

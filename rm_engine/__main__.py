@@ -1,5 +1,7 @@
+"""``python -m rm_engine``: kept for scripts written before the command line moved to the ``cli`` package; the one
+place the engine package reaches up to it."""
 import sys
 
-from rm_engine.cli import main
+from cli import main
 
 sys.exit(main())

@@ -18,7 +18,7 @@ SOURCE_WEIGHT = Bound(0, 100)
 MAX_ENSEMBLE = 64
 MAX_GPUS = 64
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
-# How several versions combine into one reward (rm_engine.version_ensemble); here so that the CLI can offer the
+# How several versions combine into one reward (rm_engine.serving.ensemble); here so that the CLI can offer the
 # choices without importing numpy.
 COMBINE = ("mean", "min", "uwo")
 # Keys a model version's stored config carries besides the fields (``from_dict`` accepts and ignores them).
@@ -84,7 +84,7 @@ class TrainConfig:
 
     Attributes:
         mode: ``"head"`` (frozen backbone, cached features, linear/MLP head; CPU default) or ``"finetune"``
-            (the whole backbone with a scalar head; GPU default; see ``rm_engine.finetune``).
+            (the whole backbone with a scalar head; GPU default; see ``rm_engine.finetune.train``).
         backbone: ``"minilm"`` (bundled MiniLM-L6) or a local Hugging Face directory under RMSTUDIO_HOME or
             RMSTUDIO_MODEL_DIRS.
         epochs: passes over the training pairs (None: 300 full-batch steps for heads, 2 for finetune).
@@ -113,19 +113,19 @@ class TrainConfig:
             :data:`LORA_LR`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         gpus: data-parallel processes for finetune mode (default 1). >1 trains with DDP through
-            ``rm_engine.ddp.train_finetune_ddp`` (one process per GPU, NCCL; ``batch_tokens`` is per device). On a
+            ``rm_engine.finetune.ddp.train_finetune_ddp`` (one process per GPU, NCCL; ``batch_tokens`` is per device). On a
             machine without CUDA (or with ``device="cpu"``) gpus > 1 runs gloo CPU processes, useful for tests only.
             Head mode refuses gpus > 1.
         grad_checkpointing: trade speed for memory in finetune mode.
         compile: ``torch.compile`` the finetune model (with ``packing``: the backbone once, ``dynamic=False``).
         packing: pack each batch into one row without padding, decoders only; static shape for torch.compile
-            (finetune mode; ``rm_engine.packing``). The row is ``batch_tokens`` long, so a token budget is
+            (finetune mode; ``rm_engine.finetune.packing``). The row is ``batch_tokens`` long, so a token budget is
             required; in one process batches are random pairs filling it with real tokens (up to
             ``max_batch_pairs``). With an encoder backbone training falls back to padded batches and logs a
             warning.
         packed_attention: the attention of packed rows on a GPU: ``"auto"`` (``varlen`` on CUDA when the model takes
             custom attention, else ``flex``; ``sdpa`` with a dense mask on CPU), ``"flex"`` (flex_attention with a sparse block mask), ``"varlen"`` (torch's own
-            variable-length flash attention, ``rm_engine.varlen_attention``; CUDA), ``"sdpa"`` (dense mask, rows
+            variable-length flash attention, ``rm_engine.finetune.varlen_attention``; CUDA), ``"sdpa"`` (dense mask, rows
             of at most 4,096 tokens). A model loaded with ``flash_attention_2`` keeps it.
         pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was
             trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
@@ -138,7 +138,7 @@ class TrainConfig:
             is saved with the model.
         head_init: finetune mode: the new score head's start. ``"random"``: the model's own initialisation
             (TRL's); ``"probe"``: first fitted alone on the frozen backbone's features of the training pairs (a
-            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.linear_probe``); ``"auto"``
+            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.finetune.linear_probe``); ``"auto"``
             (default): ``probe`` with ``pooling="rich"`` (a 4 x hidden head from random is slow to find what the
             probe finds at once), ``random`` otherwise.
         features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
@@ -153,7 +153,7 @@ class TrainConfig:
             the labels' learnable signal is mostly length (HH-harmless LoRA fine-tune: 0.610 -> 0.524; head
             mode: no cost; BENCHMARKS.md).
         annotator_weights: multiply each label's weight by its annotator's reliability, estimated from the pairs
-            several annotators labelled (``rm_engine.annotator_quality``: Dawid-Skene accuracy ``p``, weight
+            several annotators labelled (``rm_engine.quality.annotators``: Dawid-Skene accuracy ``p``, weight
             ``2p - 1`` relative to the typical annotator's, so the typical one keeps 1 and chance-level ones get
             0); annotators with too few overlapping labels keep 1. The weights are saved in the version's data
             snapshot.

@@ -5,7 +5,7 @@ standardised over the training responses and ``beta`` a learned coefficient, sta
 (:func:`length_only_coef`). The labels' preference for longer (or shorter) answers goes into ``beta``; the saved
 and served score is the model's alone, so a policy cannot gain reward by changing its answers' length
 (``rm_engine.metrics.length_bias`` measures how far a score follows length). Used by head mode
-(:func:`rm_engine.heads.train_heads`) and finetune mode (:func:`rm_engine.finetune.train_finetune`).
+(:func:`rm_engine.head.train.train_heads`) and finetune mode (:func:`rm_engine.finetune.train.train_finetune`).
 """
 from __future__ import annotations
 

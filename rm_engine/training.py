@@ -35,11 +35,11 @@ from db.pairs import PairSet, TrainingPair, training_pairs
 from db.session import Database
 from db.versions import insert_version, store_response_scores
 from rm_engine import metrics as M
-from rm_engine.annotator_quality import weigh_annotators
 from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.evaluation import evaluate_pairs
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
+from rm_engine.quality.annotators import weigh_annotators
 
 __all__ = ["Cancelled", "NotConverged", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
 
@@ -137,10 +137,10 @@ def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tupl
 
 def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
               progress: Progress, should_stop: StopCheck) -> Fitted:
-    from rm_engine.features import FeatureExtractor
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.features import FeatureExtractor
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.length_covariate import log_lengths
-    from rm_engine.registry import write_head_version
+    from rm_engine.versions.registry import write_head_version
 
     ref = resolve_backbone(cfg.backbone, settings)
     quantize = bool(cfg.quantize and device == "cpu")
@@ -220,10 +220,10 @@ def member_weights(cfg: TrainConfig, train: Sequence[TrainingPair]) -> list[np.n
 def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
                   progress: Progress, should_stop: StopCheck) -> Fitted:
     try:
-        from rm_engine.finetune import train_finetune
+        from rm_engine.finetune.train import train_finetune
     except ImportError as exc:  # pragma: no cover - depends on the finetune module being present
-        raise RuntimeError(f"finetune mode is unavailable: rm_engine.finetune cannot be imported ({exc})") from exc
-    from rm_engine.registry import commit_dir, stage_dir, write_json
+        raise RuntimeError(f"finetune mode is unavailable: rm_engine.finetune.train cannot be imported ({exc})") from exc
+    from rm_engine.versions.registry import commit_dir, stage_dir, write_json
 
     ref = resolve_backbone(cfg.backbone, settings)
     train = splits["train"]
@@ -233,7 +233,7 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
         if cfg.gpus > 1:
             import torch
 
-            from rm_engine.ddp import train_finetune_ddp
+            from rm_engine.finetune.ddp import train_finetune_ddp
 
             # CPU ranks (gloo) share this machine's cores: split the threads between them
             threads = max(1, torch.get_num_threads() // cfg.gpus) if device == "cpu" else None
@@ -432,8 +432,8 @@ def train_and_publish(
 
     Returns the new :class:`ModelVersion`, or None when ``publish_guard`` refused (files removed). Raises
     :class:`Cancelled` when ``should_stop()`` turned true (nothing published)."""
-    from rm_engine.model_store import copy_for_db, store_copy
-    from rm_engine.registry import remove_version_files
+    from rm_engine.versions.model_store import copy_for_db, store_copy
+    from rm_engine.versions.registry import remove_version_files
 
     cfg = cfg.resolved()
     progress = progress_adapter(progress)
@@ -449,7 +449,7 @@ def train_and_publish(
     fault_point("publish:files-moved")
     accepted = True
     try:
-        copy = copy_for_db(settings, rel)  # other machines restore the files from it (rm_engine/model_store.py)
+        copy = copy_for_db(settings, rel)  # other machines restore the files from it (rm_engine/versions/model_store.py)
         with db.write() as s:
             if publish_guard is not None and not publish_guard(s):
                 accepted = False

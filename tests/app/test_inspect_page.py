@@ -16,7 +16,7 @@ from db.session import Database
 from db.store import add_label
 from rm_engine import normalize
 from rm_engine.config import TrainConfig
-from rm_engine.scoring import rescore_stored
+from rm_engine.serving.scoring import rescore_stored
 from rm_engine.training import train_and_publish
 from tests.app.conftest import PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded, plotly_values
 from tests.tiny_models import build_tiny_encoder

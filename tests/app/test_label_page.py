@@ -8,12 +8,15 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from app import label_session as ls
+from app import label_view
+from app import rank_session as rs
 from app.render import defang_links
 from db import annotators as team
 from db.config import Settings
 from db.guidelines import set_guidelines
 from db.labeling import QueuePolicy, item_for_comparison, next_pair
-from db.models import Annotator, Comparison, FlagReason, Label, Outcome, Ranking, ReviewFlag, Side, Source
+from db.models import Annotator, AuditEvent, Comparison, FlagReason, Label, Outcome, Ranking, ReviewFlag, Side, Source
+from db.pairs import training_pairs
 from db.session import Database
 from tests.app.conftest import MAIN, PAGES, XSS_IMG, XSS_LINK, XSS_SCRIPT, Seeded, invite
 
@@ -65,6 +68,12 @@ def _labels(db: Database) -> list[SimpleNamespace]:
 
 def _said(at: AppTest) -> str:
     return " ".join(m.value for m in [*at.markdown, *at.warning, *at.error, *at.info])
+
+
+def _progress(at: AppTest) -> str:
+    """The compact progress line ("Today **n** · all time **m** · ...")."""
+    [line] = [c.value for c in at.caption if c.value.startswith("Today ")]
+    return line
 
 
 def test_local_identity_is_set_once_and_the_address_cannot_change_it(app_env, sqlite_db: Database,
@@ -201,7 +210,8 @@ def test_label_stored_with_source_position_annotator_and_time(app_env, sqlite_db
     # Side by side, left text first, as drawn by the server.
     bodies = [m.value for m in at.markdown]
     assert bodies.index(defang_links(item.left_text)) < bodies.index(defang_links(item.right_text))
-    at.segmented_control(key=f"strength_{item.key}").set_value("clearly")
+    _button(at, "Clearly").click().run()  # key W
+    assert at.session_state[ls.strength_key(item)] == "clearly"
     _button(at, "B better").click().run()
     assert not at.exception
     [lab] = _labels(sqlite_db)
@@ -213,14 +223,75 @@ def test_label_stored_with_source_position_annotator_and_time(app_env, sqlite_db
     assert lab.idempotency_key == item.key
     # The next pair is already on screen and differs from the labelled one.
     assert at.session_state[ls.ITEM].comparison_id != item.comparison_id
-    assert [m.value for m in at.metric][0] == "1"
+    assert _progress(at).startswith("Today **1** · all time **1** ·")
 
 
-def test_shortcuts_are_bound(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+def _keys(at: AppTest) -> dict[str, str]:
+    return {b.label: b.proto.shortcut for b in at.button if b.proto.shortcut}
+
+
+def _legend(at: AppTest) -> str:
+    [legend] = [c.value for c in at.caption if c.value.startswith("Keys: ")]
+    return legend
+
+
+def test_every_action_has_a_key_listed_in_the_legend(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Pairs, the flag bar, recent labels and ranking: each button has its key, and the legend under the bar names
+    each key of what is on screen."""
     at = _app()
-    keys = {b.label: b.proto.shortcut for b in at.button}
-    assert keys["A better"] == "1" and keys["B better"] == "2" and keys["Tie"] == "3"
-    assert keys["Both bad"] == "4" and keys["Skip"] == "5" and keys["Undo"] == "u"
+    want = {"A better": "1", "B better": "2", "Tie": "3", "Both bad": "4", "Skip": "5", "Slightly": "q",
+            "Clearly": "w", "Undo": "u", "My labels": "b", "Flag": "f"}
+    assert _keys(at) == want
+    for key in want.values():
+        assert f"**{key.upper()}**" in _legend(at)
+    _button(at, "Flag").click().run()
+    assert _keys(at) == {"Broken": "1", "Offensive": "2", "Needs expertise": "3", "Other": "4", "Cancel": "escape"}
+    assert "**1**-**4** the reason" in _legend(at) and "**Esc** cancel" in _legend(at)
+    _button(at, "Cancel").click().run()
+    _button(at, "A better").click().run()
+    _button(at, "My labels").click().run()
+    assert _keys(at) == {"A better": "1", "B better": "2", "Tie": "3", "Both bad": "4", "Slightly": "q",
+                         "Clearly": "w", "Older": "b", "Newer": "n", "Back to labeling": "escape"}
+    assert all(f"**{k}**" in _legend(at) for k in ("B", "N", "Esc"))
+    _button(at, "Back to labeling").click().run()
+    at.segmented_control(key="lbl_mode").set_value("rank").run()
+    k = len(at.session_state[ls.TASK].response_ids)
+    assert _keys(at) == {**{f"Response {i}": str(i) for i in range(1, k + 1)}, "Submit ranking": "enter",
+                         "Take back": "backspace", "Skip": "s", "Undo": "u"}
+    assert all(f"**{k}**" in _legend(at) for k in ("Backspace", "Enter", "S", "U"))
+
+
+def test_strength_keys_choose_clear_and_only_count_for_a_preference(app_env, sqlite_db: Database,
+                                                                   seeded: Seeded) -> None:
+    at = _app("sol", "crowd")
+    item = at.session_state[ls.ITEM]
+    _button(at, "Slightly").click().run()
+    assert at.session_state[ls.strength_key(item)] == "slightly"
+    assert [b.proto.type for b in at.button if b.label in ("Slightly", "Clearly")] == ["primary", "secondary"]
+    _button(at, "Slightly").click().run()  # the same key again clears it
+    assert at.session_state[ls.strength_key(item)] is None
+    _button(at, "Clearly").click().run()
+    _button(at, "Slightly").click().run()  # the other key replaces it
+    _button(at, "A better").click().run()
+    second = at.session_state[ls.ITEM]
+    assert at.session_state.get(ls.strength_key(second)) is None  # a new pair starts without one
+    _button(at, "Clearly").click().run()
+    _button(at, "Tie").click().run()  # no strength for a tie
+    assert [(lab.outcome in (Outcome.a, Outcome.b), lab.strength) for lab in _labels(sqlite_db)] == [
+        (True, 1), (False, None)]
+
+
+def test_the_next_pair_is_drawn_while_the_labeler_reads(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """The pair after the one on screen is prepared when the area is drawn; a verdict shows exactly that one, and
+    a skip too. It never repeats the pair on screen."""
+    at = _app("pia", "crowd")
+    for press in ("A better", "Skip", "Tie"):
+        item = at.session_state[ls.ITEM]
+        before, ready = at.session_state[ls.NEXT]
+        assert before == item.key and ready.comparison_id != item.comparison_id
+        _button(at, press).click().run()
+        assert at.session_state[ls.ITEM].comparison_id == ready.comparison_id
+        assert at.session_state[ls.ITEM].shown_at >= item.shown_at
 
 
 def test_undo_removes_my_label_and_shows_the_pair_again(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -267,9 +338,13 @@ def test_undo_never_reaches_labels_this_session_did_not_make(app_env, sqlite_db:
 def test_flag_a_pair_i_cannot_judge(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     at = _app("fay", "crowd")
     item = at.session_state[ls.ITEM]
-    at.radio(key=ls.flag_reason_key(item)).set_value("needs_expertise")
+    _button(at, "Flag").click().run()  # key F: the reasons replace the verdicts, each on its own key
+    assert not [b for b in at.button if b.label == "A better"]
+    _button(at, "Cancel").click().run()  # Esc: back to the verdicts, nothing stored
+    assert [b for b in at.button if b.label == "A better"] and at.session_state[ls.ITEM].key == item.key
+    _button(at, "Flag").click().run()
     at.text_input(key=ls.flag_comment_key(item)).input("medical dosage question")
-    _button(at, "Flag this pair").click().run()
+    _button(at, "Needs expertise").click().run()  # key 3
     assert not at.exception
     assert at.session_state[ls.ITEM].comparison_id != item.comparison_id  # moved on
     assert _labels(sqlite_db) == []
@@ -326,6 +401,7 @@ def test_untrusted_html_and_script_links_are_shown_as_text(app_env, sqlite_db: D
     assert not at.exception
     md = {m.value: m.proto.allow_html for m in at.markdown}
     assert md[XSS_SCRIPT] is False and md[XSS_IMG] is False
+    assert [m.value for m in at.markdown if m.proto.allow_html] == [label_view.CSS]  # the page's own layout only
     assert not at.get("html")  # no st.html element anywhere
     with sqlite_db.read() as s:
         at.session_state[ls.ITEM] = item_for_comparison(s, seeded.xss_comparison_ids[1])
@@ -333,7 +409,7 @@ def test_untrusted_html_and_script_links_are_shown_as_text(app_env, sqlite_db: D
     bodies = [m.value for m in at.markdown]
     assert XSS_LINK not in bodies  # the raw link is never rendered as a link...
     assert r"\[click me\]\(javascript:alert(1))" in bodies  # ...but escaped, so it shows as its text
-    assert all(not m.proto.allow_html for m in at.markdown)
+    assert all(not m.proto.allow_html for m in at.markdown if m.value != label_view.CSS)
 
 
 def _rank_mode(at: AppTest):
@@ -351,13 +427,13 @@ def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: See
     # One "Rank" control per displayed response, each offering 1..K, none chosen yet. Submit is never disabled (a
     # click during the rerun of the last rank choice must not be swallowed): an early click stores nothing.
     for i in range(k):
-        ctl = at.segmented_control(key=ls.rank_key(task, i))
+        ctl = at.segmented_control(key=rs.rank_key(task, i))
         assert ctl.label == f"Rank of Response {i + 1}" and ctl.options == [str(r) for r in range(1, k + 1)]
         assert ctl.value is None
     assert not _button(at, "Submit ranking").disabled
     ranks = [3, 1, 4, 2]  # Response 2 best, then 4, 1, 3: neither the display order nor its reverse
     for i, r in enumerate(ranks):
-        at.segmented_control(key=ls.rank_key(task, i)).set_value(r).run()
+        at.segmented_control(key=rs.rank_key(task, i)).set_value(r).run()
         assert not at.exception
         if i == k - 2:  # one rank missing: a click now is refused with the reason, nothing stored
             _button(at, "Submit ranking").click().run()
@@ -374,7 +450,7 @@ def test_ranking_mode_stores_the_order(app_env, sqlite_db: Database, seeded: See
         assert rk.idempotency_key == task.key and rk.extra == {"shown_order": list(task.response_ids)}
     assert at.session_state[ls.TASK] is None  # only one rankable prompt
     assert any("No prompt left for you to rank" in m.value for m in at.success)
-    assert [m.value for m in at.metric][0] == "1"
+    assert _progress(at).startswith("Today **1** · all time **1** ·")  # rankings count
 
 
 def test_ranking_hint_names_what_is_missing_or_duplicated(app_env, sqlite_db: Database, seeded: Seeded) -> None:
@@ -382,17 +458,17 @@ def test_ranking_hint_names_what_is_missing_or_duplicated(app_env, sqlite_db: Da
     task = _rank_mode(at)
 
     def hint() -> list[str]:
-        return [c.value for c in at.caption if "rank" in c.value.lower() and "Give each" not in c.value]
+        return [c.value for c in at.caption if "rank" in c.value.lower() and not c.value.startswith("Keys: ")]
 
     assert hint() == ["Responses 1, 2, 3 and 4 have no rank yet."]
     for i, r in enumerate([1, 2, 2]):
-        at.segmented_control(key=ls.rank_key(task, i)).set_value(r).run()
+        at.segmented_control(key=rs.rank_key(task, i)).set_value(r).run()
     assert hint() == ["Response 4 has no rank yet; rank 2 is used twice."]
-    at.segmented_control(key=ls.rank_key(task, 3)).set_value(4).run()
+    at.segmented_control(key=rs.rank_key(task, 3)).set_value(4).run()
     assert hint() == ["Rank 2 is used twice; rank 3 is missing."]
-    at.segmented_control(key=ls.rank_key(task, 2)).set_value(3).run()  # fixed: a permutation of 1..4
+    at.segmented_control(key=rs.rank_key(task, 2)).set_value(3).run()  # fixed: a permutation of 1..4
     assert hint() == []
-    at.segmented_control(key=ls.rank_key(task, 0)).set_value(None).run()  # a rank can be taken back
+    at.segmented_control(key=rs.rank_key(task, 0)).set_value(None).run()  # a rank can be taken back
     assert hint() == ["Response 1 has no rank yet."]
     with sqlite_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Ranking)) == 0
@@ -404,15 +480,15 @@ def test_ranking_double_submit_and_stale_incomplete_click(app_env, sqlite_db: Da
     at = _app("dana", "crowd")
     task = _rank_mode(at)
     for i, r in enumerate([1, 2, 3, 4]):
-        at.segmented_control(key=ls.rank_key(task, i)).set_value(r)
+        at.segmented_control(key=rs.rank_key(task, i)).set_value(r)
     at.run()
     # Rank 2 changed to 1 and Submit clicked in the same rerun: both reach the server together.
-    at.segmented_control(key=ls.rank_key(task, 1)).set_value(1)
+    at.segmented_control(key=rs.rank_key(task, 1)).set_value(1)
     _button(at, "Submit ranking").click().run()
     assert not at.exception
     assert any(e.value == "Ranking not saved. Rank 1 is used twice; rank 2 is missing." for e in at.error)
     assert at.session_state[ls.TASK].key == task.key
-    at.segmented_control(key=ls.rank_key(task, 1)).set_value(2).run()
+    at.segmented_control(key=rs.rank_key(task, 1)).set_value(2).run()
     _button(at, "Submit ranking").click().run()
     assert not at.exception and not at.error  # the saved ranking clears the earlier error
     for clear_guard in (False, True):
@@ -421,7 +497,7 @@ def test_ranking_double_submit_and_stale_incomplete_click(app_env, sqlite_db: Da
             at.session_state[ls.DONE] = set()
         at.run()
         for i, r in enumerate([1, 2, 3, 4]):
-            at.segmented_control(key=ls.rank_key(task, i)).set_value(r)
+            at.segmented_control(key=rs.rank_key(task, i)).set_value(r)
         at.run()
         _button(at, "Submit ranking").click().run()
         assert not at.exception
@@ -433,7 +509,7 @@ def test_ranking_double_submit_and_stale_incomplete_click(app_env, sqlite_db: Da
 def test_ranking_skip_moves_on_without_a_ranking(app_env, sqlite_db: Database, seeded: Seeded) -> None:
     at = _app("dana", "crowd")
     task = _rank_mode(at)
-    at.segmented_control(key=ls.rank_key(task, 0)).set_value(1).run()
+    at.segmented_control(key=rs.rank_key(task, 0)).set_value(1).run()
     _button(at, "Skip").click().run()
     assert not at.exception
     assert at.session_state[ls.TASK] is None and at.session_state[ls.RSKIPPED] == [task.prompt_id]
@@ -472,34 +548,162 @@ def test_label_page_on_postgres(app_env, pg_db: Database) -> None:
     assert _labels(pg_db) == []
 
 
-def test_ranking_undo_brings_the_prompt_back(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+def test_ranking_undo_brings_the_prompt_back_as_it_was_ranked(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Undo deletes my ranking and shows the prompt again unchanged: the same display order, every rank as given
+    (before, the responses were reshuffled and every rank cleared); submitting again stores the same order."""
     at = _app("dana", "crowd")
     task = _rank_mode(at)
+    ranks = [2, 4, 1, 3]
+    for i, r in enumerate(ranks):
+        at.segmented_control(key=rs.rank_key(task, i)).set_value(r)
+    at.run()
+    _button(at, "Submit ranking").click().run()
 
-    def rank_all(t) -> None:
-        for i, r in enumerate(range(1, len(t.response_ids) + 1)):
-            at.segmented_control(key=ls.rank_key(t, i)).set_value(r)
-        at.run()
-        _button(at, "Submit ranking").click().run()
-        assert not at.exception
-
-    def n_rankings() -> int:
+    def stored() -> list[list[int]]:
         with sqlite_db.read() as s:
-            return s.scalar(select(func.count()).select_from(Ranking))
+            return [[i.response_id for i in r.items] for r in s.scalars(select(Ranking))]
 
-    rank_all(task)
-    assert n_rankings() == 1 and at.session_state[ls.TASK] is None  # the done screen offers the undo
+    [first] = stored()
+    assert at.session_state[ls.TASK] is None  # the done screen offers the undo
     _button(at, "Undo my last ranking").click().run()
     back = at.session_state[ls.TASK]
-    assert n_rankings() == 0 and back.prompt_id == task.prompt_id and back.key != task.key
-    assert sorted(back.response_ids) == sorted(task.response_ids)
-    assert all(at.segmented_control(key=ls.rank_key(back, i)).value is None for i in range(len(back.response_ids)))
-    rank_all(back)  # ranked again: stored again
-    assert n_rankings() == 1
+    assert stored() == [] and back.prompt_id == task.prompt_id and back.key != task.key
+    assert back.response_ids == task.response_ids and back.texts == task.texts  # same order on screen
+    assert [at.segmented_control(key=rs.rank_key(back, i)).value for i in range(4)] == ranks
+    assert not at.exception
+    _button(at, "Submit ranking").click().run()  # Enter: stored again, identical
+    assert stored() == [first]
     _button(at, "Undo my last ranking").click().run()
     _button(at, "Undo").click().run()  # the in-task Undo: nothing of mine is left to take back
-    assert n_rankings() == 0 and at.session_state[ls.TASK].prompt_id == task.prompt_id
+    assert stored() == [] and at.session_state[ls.TASK].prompt_id == task.prompt_id
     assert not at.exception
+
+
+def test_ranking_by_keys_digits_in_order_backspace_and_enter(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Digit i gives Response i the best rank not given yet; a response that has a rank keeps it; Backspace takes
+    back the highest rank given; Enter submits. (The buttons carry these keys; AppTest clicks them.)"""
+    at = _app("kit", "crowd")
+    task = _rank_mode(at)
+
+    def ranks() -> list[int | None]:
+        return [at.segmented_control(key=rs.rank_key(task, i)).value for i in range(len(task.response_ids))]
+
+    def press(label: str) -> list[int | None]:
+        _button(at, label).click().run()
+        assert not at.exception
+        return ranks() if at.session_state[ls.TASK] else []
+
+    assert press("Response 3") == [None, None, 1, None]
+    assert press("Response 1") == [2, None, 1, None]
+    assert press("Response 3") == [2, None, 1, None]  # already ranked: unchanged
+    assert press("Response 4") == [2, None, 1, 3]
+    assert press("Take back") == [2, None, 1, None]
+    assert press("Take back") == [None, None, 1, None]
+    for label in ("Response 2", "Response 4", "Response 1"):
+        press(label)
+    assert ranks() == [4, 2, 1, 3]
+    press("Submit ranking")
+    with sqlite_db.read() as s:
+        rk = s.scalars(select(Ranking)).one()
+        assert [i.response_id for i in rk.items] == [task.response_ids[i] for i in (2, 1, 3, 0)]
+
+
+def _step_back_setup(sqlite_db: Database) -> tuple[AppTest, list]:
+    other = _app("bob", "crowd")
+    _button(other, "Tie").click().run()  # someone else's label: never listed, never changeable here
+    at = _app("lea", "crowd")
+    shown = []
+    for verdict in ("A better", "B better", "Both bad"):
+        shown.append(at.session_state[ls.ITEM])
+        _button(at, verdict).click().run()
+    return at, shown
+
+
+def test_step_back_through_my_labels_and_change_one(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """B steps back through my own labels, newest first, each shown as I saw it with my verdict; 1-4 change it: a
+    new label supersedes the old one (kept, audited), training uses only the new one, the pair still counts one
+    label of mine; N / Esc go back to the queue where I left it."""
+    at, shown = _step_back_setup(sqlite_db)
+    at_queue = at.session_state[ls.ITEM]
+    _button(at, "My labels").click().run()
+    assert any("My label 1 of the last 3" in i.value and "**Both bad**" in i.value for i in at.markdown)
+    bodies = [m.value for m in at.markdown]
+    assert defang_links(shown[2].left_text) in bodies and defang_links(shown[2].right_text) in bodies
+    assert [b.proto.type for b in at.button if b.label in ls.VERDICTS.values()] == [
+        "secondary", "secondary", "secondary", "primary"]  # my verdict stands out
+    _button(at, "Older").click().run()
+    assert any("My label 2 of the last 3" in i.value and "**B better**" in i.value for i in at.markdown)
+    middle = shown[1]
+    b = [m.value for m in at.markdown]
+    assert b.index(defang_links(middle.left_text)) < b.index(defang_links(middle.right_text))  # same sides as then
+    _button(at, "Slightly").click().run()
+    _button(at, "A better").click().run()  # changed: now the left one, slightly
+    assert not at.exception
+    assert any("**A better** (slightly) (changed)" in i.value for i in at.markdown)
+
+    labs = {lab.id: lab for lab in _labels(sqlite_db)}
+    [old] = [x for x in labs.values() if x.idempotency_key == middle.key]
+    new = labs[old.superseded_by_id]
+    assert (new.comparison_id, new.annotator.name, new.left, new.strength) == (middle.comparison_id, "lea",
+                                                                              middle.left, 1)
+    assert new.outcome is Outcome(middle.left.value) and new.extra["supersedes"] == old.id
+    assert old.outcome is not new.outcome and new.superseded_by_id is None
+    with sqlite_db.read() as s:
+        assert s.get(Comparison, middle.comparison_id).label_count == 1
+        [ev] = s.scalars(select(AuditEvent).where(AuditEvent.action == "supersede")).all()
+        assert (ev.actor, ev.label_id, ev.comparison_id, ev.detail["replaces"]) == ("lea", new.id,
+                                                                                    middle.comparison_id, old.id)
+        ps = training_pairs(s)
+    assert sorted(p.label_id for p in ps.pairs) == sorted(
+        lab.id for lab in labs.values() if lab.id != old.id and lab.outcome is not Outcome.both_bad)
+    assert ps.excluded["superseded"] == 1
+
+    _button(at, "Tie").click().run()  # changed again: the new label is superseded in turn
+    with sqlite_db.read() as s:
+        current = s.scalars(select(Label).where(Label.comparison_id == middle.comparison_id,
+                                                Label.superseded_by_id.is_(None))).all()
+        assert [c.outcome for c in current] == [Outcome.tie]
+    _button(at, "Newer").click().run()
+    _button(at, "Newer").click().run()  # past the newest: the queue, on the pair I had not labelled yet
+    assert at.session_state[ls.ITEM].key == at_queue.key
+    assert any(b.label == "My labels" for b in at.button)
+    _button(at, "My labels").click().run()
+    _button(at, "Back to labeling").click().run()  # Esc
+    assert at.session_state[ls.ITEM].key == at_queue.key
+    assert [lab.annotator.name for lab in _labels(sqlite_db)].count("bob") == 1
+
+
+def test_only_my_own_current_labels_can_be_changed(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Another labeler's labels are never listed; a label a researcher excluded is shown but refuses a change;
+    pressing the verdict it already has changes nothing."""
+    from db import review
+
+    at, shown = _step_back_setup(sqlite_db)
+    _button(at, "My labels").click().run()
+    listed = at.session_state[ls.RECENT]
+    assert {r.comparison_id for r in listed} == {i.comparison_id for i in shown}
+    _button(at, "Both bad").click().run()  # the verdict it has
+    assert any("Not changed: that is the verdict already stored" in e.value for e in at.error)
+    with sqlite_db.write() as s:
+        review.exclude_label(s, listed[0].label_id, by="researcher")
+    _button(at, "Tie").click().run()
+    assert any("excluded from training by a researcher" in e.value for e in at.error)
+    assert all(lab.superseded_by_id is None for lab in _labels(sqlite_db))
+
+
+def test_undo_never_takes_back_a_label_i_changed(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+    """Undo (U) takes back queue labels only: once a label's verdict was changed, its stored replacement stays and
+    Undo moves on to the label before."""
+    at, shown = _step_back_setup(sqlite_db)
+    _button(at, "My labels").click().run()
+    _button(at, "Tie").click().run()  # changes the newest label (Both bad -> Tie)
+    _button(at, "Back to labeling").click().run()
+    _button(at, "Undo").click().run()
+    assert at.session_state[ls.ITEM].comparison_id == shown[1].comparison_id
+    mine = [lab for lab in _labels(sqlite_db) if lab.annotator.name == "lea"]
+    assert sorted((lab.comparison_id, lab.outcome, lab.superseded_by_id is None) for lab in mine) == sorted([
+        (shown[0].comparison_id, Outcome(shown[0].left.value), True),
+        (shown[2].comparison_id, Outcome.both_bad, False), (shown[2].comparison_id, Outcome.tie, True)])
 
 
 def test_guidelines_written_on_the_data_page_reach_labelers(app_env, sqlite_db: Database, seeded: Seeded) -> None:

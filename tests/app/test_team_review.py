@@ -209,7 +209,7 @@ def test_model_vs_human_labels_on_inspect_can_be_reviewed(app_env, sqlite_db: Da
 
     from db.config import Settings
     from rm_engine.config import TrainConfig
-    from rm_engine.scoring import rescore_stored
+    from rm_engine.serving.scoring import rescore_stored
     from rm_engine.training import train_and_publish
     from tests.tiny_models import build_tiny_encoder
 

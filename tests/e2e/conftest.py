@@ -134,7 +134,7 @@ def streamlit_server(home: Path, env: dict[str, str]) -> tuple[Proc, str]:
 def worker(home: Path, env: dict[str, str]) -> Proc:
     """A real ``rmstudio worker`` polling every half second."""
     exe = shutil.which("rmstudio", path=str(Path(sys.executable).parent)) or shutil.which("rmstudio")
-    cmd = [exe, "worker", "--poll-interval", "0.5"] if exe else [sys.executable, "-m", "rm_engine", "worker",
+    cmd = [exe, "worker", "--poll-interval", "0.5"] if exe else [sys.executable, "-m", "cli", "worker",
                                                                   "--poll-interval", "0.5"]
     return start(cmd, env, home / "worker.log")
 

@@ -1,13 +1,13 @@
-"""The Label page's ranking mode in a real browser: a named annotator switches to "Rank 3+ responses", gives each
-response a rank with the one-click "Rank" control under it (for the four-response prompt, laid out in two rows, with
-the keyboard only: Tab, arrows, Enter), and submits with a single click right after the last rank choice (no
-dropdown to close first: the multiselect this replaced swallowed that click; on one prompt the click comes at once,
-while the last choice's rerun still runs). A duplicated rank shows a hint naming it, and a Submit click then stores
-nothing and says why. The database holds exactly the order given, with the annotator, source and
-the server-drawn display order; a double click on "Submit ranking" stores one ranking; the K(K-1)/2 training pairs
-follow the order; untrusted response text (``<script>``, Markdown) renders as text/Markdown, never as a script;
-rankings count in the labeler's counters. A full-page screenshot of the hostile response with the chosen ranks goes
-to tmp_path.
+"""The Label page's ranking mode in a real browser: a named annotator switches to "Rank 3+ responses" and ranks
+each prompt's responses, by clicks on the one-click "Rank" control under each response, or by keys only: digit i gives
+Response i the next rank, Backspace takes the last one back, Enter submits. A click on Submit right after the last rank
+choice is enough (on one prompt it comes at once, while the last choice's rerun still runs). A duplicated rank shows a
+hint naming it, and a Submit click then stores nothing and says why. Undo (U) brings the last ranking back exactly as
+it was: the same display order and the same ranks, ready to submit again. The database holds exactly the order given,
+with the annotator, source and the server-drawn display order; a double click on "Submit ranking" stores one ranking;
+the K(K-1)/2 training pairs follow the order; untrusted response text (``<script>``, Markdown) renders as
+text/Markdown, never as a script; rankings count in the labeler's progress line. A full-page screenshot of the hostile
+response with the chosen ranks goes to tmp_path.
 """
 from __future__ import annotations
 
@@ -72,18 +72,13 @@ def _wait_prompt_change(page: Any, old: str, timeout: float = 20.0) -> str:
 
 
 def _displayed(page: Any) -> list[str]:
-    """The stored text shown under "Response 1", "Response 2", ... (in display order), by code word."""
+    """The stored text shown in the panes of "Response 1", "Response 2", ... (in display order), by code word."""
     shown: list[str] = []
-    for i in range(1, 10):
-        head = page.locator(f'[data-testid="stMarkdownContainer"] strong:text-is("Response {i}")')
-        if head.count() == 0:
-            break
-        body = page.locator(
-            f'xpath=//div[@data-testid="stElementContainer"][.//strong[normalize-space()="Response {i}"]]'
-            '/following-sibling::div[@data-testid="stElementContainer"][1]'
-        ).inner_text()
+    panes = page.locator('[class*="st-key-lbl_pane_r"]:not([data-stale="true"])')
+    for i in range(panes.count()):
+        body = panes.nth(i).locator('[data-testid="stMarkdown"]').inner_text()
         hits = [t for t, w in WORDS.items() if body.strip().startswith(w) or (w == "Echo" and "Echo says" in body)]
-        assert len(hits) == 1, f"Response {i} shows {body!r}"
+        assert len(hits) == 1, f"Response {i + 1} shows {body!r}"
         shown.append(hits[0])
     return shown
 
@@ -95,9 +90,14 @@ def _rank_group(page: Any, i: int) -> Any:
         "radiogroup", name=f"Rank of Response {i}", exact=True)
 
 
-def _metric(page: Any, label: str) -> str:
-    m = page.locator('[data-testid="stMetric"]').filter(has_text=label)
-    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+def _progress(page: Any) -> tuple[int, int]:
+    """(today, all time) from the progress line above the prompt."""
+    import re
+
+    text = page.get_by_text(re.compile(r"^Today \d+")).first.inner_text()
+    m = re.match(r"Today (\d+) · all time (\d+)", text)
+    assert m, text
+    return int(m.group(1)), int(m.group(2))
 
 
 def _submit(page: Any) -> Any:
@@ -108,32 +108,16 @@ def _rank_by_click(page: Any, i: int, rank: int) -> None:
     _rank_group(page, i).get_by_role("radio", name=str(rank), exact=True).click()
 
 
-def _focused(page: Any) -> list[str]:
-    return page.evaluate("() => [document.activeElement.getAttribute('role'), document.activeElement.innerText,"
-                         " document.activeElement.closest('[role=radiogroup]')?.getAttribute('aria-label')]")
+def _press(page: Any, key: str) -> None:
+    """A key at a person's pace: after the previous rerun, with no widget focused."""
+    wait_idle(page)
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press(key)
 
 
 def _rank_by_keys(page: Any, i: int, rank: int) -> None:
-    """Keyboard only: Tab into the group (from the previous one; focus lands on its checked option, else on its
-    first), arrow to option ``rank``, Enter (reading order is Tab order)."""
-    group = f"Rank of Response {i}"
-    landed = lambda: (f := _focused(page))[0] == "radio" and f[2] == group  # noqa: E731
-    if i == 1:  # focus() stands for the Tabs from the top of the page
-        _rank_group(page, 1).get_by_role("radio", name="1", exact=True).focus()
-    else:  # at a person's pace: a Tab within the rerun that follows a choice can skip the group still re-rendering
-        for attempt in range(3):  # on a loaded machine the rerun can outlast the idle wait: a person would Tab back
-            wait_idle(page)
-            if attempt:
-                _rank_group(page, i - 1).locator('[role="radio"][aria-checked="true"]').focus()
-            page.keyboard.press("Tab")
-            if landed():
-                break
-    assert landed(), f"focus is on {_focused(page)}, not on {group}"
-    start = int(_focused(page)[1])
-    for _ in range(abs(rank - start)):
-        page.keyboard.press("ArrowRight" if rank > start else "ArrowLeft")
-    assert _focused(page) == ["radio", str(rank), group], f"the arrows reached {_focused(page)}"
-    page.keyboard.press("Enter")
+    """Key ``i`` gives Response i the next rank: the caller presses in rank order."""
+    _press(page, str(i))
     _checked(page, i, rank)
 
 
@@ -150,8 +134,14 @@ def _give_ranks(page: Any, ranks: list[int], by_keys: bool, *, detour: bool, imm
     ``immediate``: return right after the last choice, as a labeler who clicks Submit at once."""
     from playwright.sync_api import expect
 
-    pick = _rank_by_keys if by_keys else _rank_by_click
     k = len(ranks)
+    if by_keys:  # digit keys give ranks in order: press the responses best first
+        for r in range(1, k + 1):
+            _rank_by_keys(page, ranks.index(r) + 1, r)
+        for i, r in enumerate(ranks, start=1):
+            _checked(page, i, r)
+        return
+    pick = _rank_by_click
     for i, r in enumerate(ranks[:-1], start=1):
         pick(page, i, r)
     if detour:
@@ -172,9 +162,6 @@ def _give_ranks(page: Any, ranks: list[int], by_keys: bool, *, detour: bool, imm
     for hint in ("no rank yet", "is used"):  # the rerun after the last choice clears the hint
         expect(page.get_by_text(hint)).to_have_count(0, timeout=10_000)
     wait_idle(page)
-    if by_keys:  # the next Tab reaches the enabled Submit
-        page.keyboard.press("Tab")
-        assert page.evaluate("() => document.activeElement.innerText.trim()") == "Submit ranking"
 
 
 def _rankings(url: str) -> list[dict[str, Any]]:
@@ -199,12 +186,14 @@ def _check_xss(page: Any, dialogs: list[str]) -> bool:
     return True
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)
 def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     url_db = _seed(home)
     env = app_env(home)
     server, url = streamlit_server(home, env)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768})
     dialogs: list[str] = []
     try:
         page = ctx.new_page()
@@ -240,7 +229,8 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
             immediate = step == len(PROMPTS) - 1  # Submit clicked while the last choice's rerun still runs
             if hostile_here and immediate:  # no pause after the ranks here: the screenshot shows them unchosen
                 page.screenshot(path=str(tmp_path / "ranking.png"), full_page=True)
-            _give_ranks(page, ranks, by_keys=k == 4, detour=step == 0, immediate=immediate)  # keys: two rows
+            by_keys = step == 1
+            _give_ranks(page, ranks, by_keys=by_keys, detour=step == 0, immediate=immediate)
             if not immediate:
                 assert submit.is_enabled()
                 assert page.locator('[data-testid="stException"]').count() == 0
@@ -251,7 +241,27 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
                 path = tmp_path / "ranking.png"
                 page.screenshot(path=str(path), full_page=True)
                 assert path.stat().st_size > 10_000
-            if step == 1:
+            if by_keys:  # keyboard only: Enter submits; U brings it back unchanged; Backspace, digits, Enter again
+                _press(page, "Enter")
+                before = prompt
+                prompt = _wait_prompt_change(page, prompt)
+                assert len(_rankings(url_db)) == step + 1
+                _press(page, "u")
+                back = _wait_prompt_change(page, prompt)
+                assert back == before and _rankings(url_db)[step:] == []
+                assert _displayed(page) == shown, "undo changed the display order"
+                for i, r in enumerate(ranks, start=1):  # every rank as given
+                    _checked(page, i, r)
+                last_two = sorted(range(k), key=lambda i: ranks[i])[-2:]
+                _press(page, "Backspace")
+                _press(page, "Backspace")
+                for i in last_two:
+                    expect(_rank_group(page, i + 1).locator('[aria-checked="true"]')).to_have_count(0, timeout=10_000)
+                for i in last_two:  # the same ranks again, in order
+                    _rank_by_keys(page, i + 1, ranks[i])
+                prompt = before
+                _press(page, "Enter")
+            elif step == 0:
                 submit.dblclick()  # a double click stores one ranking
             else:
                 submit.click()  # one click, right after the last rank choice, is enough
@@ -274,7 +284,7 @@ def test_rank_mode_in_browser(browser: Any, home: Path, tmp_path: Path) -> None:
         _check_xss(page, dialogs)
         assert page.locator('[data-testid="stException"]').count() == 0
         # Rankings count in both of the labeler's counters (all time used to leave them out).
-        assert _metric(page, "My labels today") == _metric(page, "My labels, all time") == str(len(PROMPTS))
+        assert _progress(page) == (len(PROMPTS), len(PROMPTS))
 
         db = Database(url_db)
         try:

@@ -20,7 +20,7 @@ PAGES = ("", "train", "dashboard", "inspect", "data")
 
 def _rmstudio() -> list[str]:
     exe = shutil.which("rmstudio", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "rm_engine"]
+    return [exe] if exe else [sys.executable, "-m", "cli"]
 
 
 def _wait_for(log: Path, text: str, timeout: float) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.config import Settings
 from db.models import ModelVersion
 from db.session import Database
 from db.store import add_label, get_or_create_comparison, get_or_create_prompt, get_or_create_response
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
 from rm_engine.training import train_and_publish
 from tests.integration.rm_seed import BAD, GOOD, one_thread, tiny_backbone  # noqa: F401

@@ -113,7 +113,7 @@ def test_policy_defaults_validation_and_settings(sqlite_db: Database) -> None:
 def test_policy_cli(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from rm_engine.cli import main as cli_main
+    from cli import main as cli_main
 
     assert cli_main(["policy", "--disable", "--min-new-labels", "7", "--min-interval", "5", "--mode", "head",
                      "--train-param", "epochs=40", "--train-param", "head=mlp", "--json"]) == 0
@@ -275,7 +275,7 @@ class VersionWatcher(threading.Thread):
         self.checks = 0
 
     def run(self) -> None:
-        from rm_engine.registry import verify_version_dir
+        from rm_engine.versions.registry import verify_version_dir
 
         while not self.done.wait(0.02):
             with self.db.read() as s:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rm_engine.cli import main
+from cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CMP = [
@@ -124,7 +124,7 @@ def test_errors_are_one_line_and_leave_the_database_alone(home, tmp_path, capsys
 def test_real_subprocess_reads_env(home, tmp_path):
     f = write_jsonl(tmp_path / "c.jsonl", CMP)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "rm_engine"]
+    cmd = [sys.executable, "-m", "cli"]
     p = subprocess.run([*cmd, "import", str(f), "--no-progress"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     p = subprocess.run([*cmd, "stats", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

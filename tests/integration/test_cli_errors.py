@@ -11,18 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from cli import build_parser, main
+from cli.common import PORT
+from cli.model_cmds import PENALTY
 from db.bounds import Bound, bound_of
 from db.labeling import load_queue_policy
 from db.models import Job
 from db.policy import RetrainPolicy, get_policy
 from db.queue_policy import QueuePolicy
 from db.session import Database
-from rm_engine.cli import build_parser, main
-from rm_engine.cli.common import PORT
-from rm_engine.cli.model_cmds import PENALTY
 from rm_engine.config import TrainConfig
 from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
-from rm_engine.worker import WorkerConfig
+from worker.loop import WorkerConfig
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], tuple[str, list[str]]]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.session import Database
-from rm_engine.cli import main
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,7 +141,7 @@ def test_eval_reports_calibration_on_the_file(sqlite_db: Database, engine_settin
     from db.config import Settings
     from db.models import ModelVersion
     from rm_engine import metrics as M
-    from rm_engine.scoring import RewardModel
+    from rm_engine.serving.scoring import RewardModel
     from tests.integration.rm_seed import BAD, GOOD
 
     seed_labels(sqlite_db, 16)

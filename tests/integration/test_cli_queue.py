@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from cli import main
 from db.labeling import QueuePolicy, load_queue_policy
 from db.session import Database
-from rm_engine.cli import main
 
 
 def test_queue_policy_from_the_shell(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> None:

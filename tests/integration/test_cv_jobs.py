@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from cli import main
 from db import jobs as jobq
 from db.config import Settings
 from db.models import Job, JobStatus, ModelVersion
 from db.session import Database
-from rm_engine.cli import main
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.crossval import cross_validate
 from rm_engine.training import load_pair_set
-from rm_engine.worker import Worker, WorkerConfig
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
+from worker.loop import Worker, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

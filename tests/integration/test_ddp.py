@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import rm_engine.finetune as ft
+import rm_engine.finetune.train as ft
 from db.config import Settings
 from rm_engine.backbone import build_inputs, load_tokenizer, resolve_backbone
 from rm_engine.config import TrainConfig
-from rm_engine.ddp import train_finetune_ddp
-from rm_engine.finetune import plan_epoch, train_finetune
+from rm_engine.finetune.ddp import train_finetune_ddp
+from rm_engine.finetune.train import plan_epoch, train_finetune
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 

@@ -1,5 +1,5 @@
 """``--gpus N`` end to end: ``rmstudio train --mode finetune --gpus 2 --inline`` runs two gloo CPU ranks
-(``rm_engine.ddp``) and publishes a version; queued jobs carry ``gpus`` only when asked, else the worker's
+(``rm_engine.finetune.ddp``) and publishes a version; queued jobs carry ``gpus`` only when asked, else the worker's
 ``--gpus`` decides."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.models import Job, ModelVersion
 from db.session import Database
-from rm_engine.cli import main
-from rm_engine.job_run import train_config_from_params
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
+from worker.job_run import train_config_from_params
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(240)]
 
@@ -58,7 +58,7 @@ def test_queued_jobs_take_the_workers_gpus_unless_set(sqlite_db: Database, engin
 
     # a worker started with --gpus 2 records "cpu x2" on the plain finetune job (which then fails: no labels)
     from db.config import Settings
-    from rm_engine.worker import Worker, WorkerConfig
+    from worker.loop import Worker, WorkerConfig
 
     cfg = WorkerConfig(lease_s=30.0, poll_interval_s=0.1, once=True, auto_retrain=False, preload=False, device="cpu",
                        gpus=2, kinds=("train",))

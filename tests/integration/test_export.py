@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.config import Settings
 from db.session import Database
 from db.versions import responses_for_scoring
-from rm_engine import export as export_mod
 from rm_engine.backbone import build_inputs
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.export import CARD_FILE, INFO_FILE, ExportError, export_archive, export_refusal, export_version
-from rm_engine.export_modeling import model_inputs
-from rm_engine.scoring import RewardModel
+from rm_engine.serving.scoring import RewardModel
 from rm_engine.training import train_and_publish
+from rm_engine.versions import export as export_mod
+from rm_engine.versions.export import CARD_FILE, INFO_FILE, ExportError, export_archive, export_refusal, export_version
+from rm_engine.versions.export_modeling import model_inputs
 from tests.integration.rm_seed import one_thread, seed_labels  # noqa: F401
 from tests.tiny_models import TINY_CHAT_TEMPLATE, build_tiny_decoder, build_tiny_encoder
 
@@ -219,7 +219,7 @@ def test_ensemble_member_and_rich_features_without_a_separator_are_refused_or_ch
     # what the app asks before offering a download (on every rerun of the Train page): the same reasons, from
     # metadata alone, without hashing the weights
     with monkeypatch.context() as mp:
-        mp.setattr("rm_engine.registry._sha256", lambda p: pytest.fail(f"hashed {p}"))
+        mp.setattr("rm_engine.versions.registry._sha256", lambda p: pytest.fail(f"hashed {p}"))
         assert "--features pair to export" in export_refusal(sqlite_db, settings, head.id)
         assert export_refusal(sqlite_db, settings, ens.id) is None  # its first member
         assert "no member 2" in export_refusal(sqlite_db, settings, ens.id, 2)

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.config import Settings
 from db.formats.hh_rlhf import split_transcripts
 from db.importer import import_file
 from db.session import Database
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.export import export_version
-from rm_engine.scoring import RewardModel, reward_function
+from rm_engine.serving.scoring import RewardModel, reward_function
 from rm_engine.training import train_and_publish
+from rm_engine.versions.export import export_version
 from tests.integration.rm_seed import one_thread  # noqa: F401
 from tests.integration.test_export import card_snippet
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder

@@ -231,9 +231,9 @@ def test_worker_killed_mid_publish(sqlite_db: Database, home: Path, tmp_path: Pa
     from db import jobs as jobq
     from db.config import Settings
     from db.models import ModelVersion
-    from rm_engine.registry import sweep_orphans, verify_version_dir
-    from rm_engine.worker import Worker, WorkerConfig
+    from rm_engine.versions.registry import sweep_orphans, verify_version_dir
     from tests.integration.rm_seed import seed_labels, tiny_backbone
+    from worker.loop import Worker, WorkerConfig
 
     seed_labels(any_db, 16)
     procs.seed_comparisons(any_db, 25)
@@ -241,7 +241,7 @@ def test_worker_killed_mid_publish(sqlite_db: Database, home: Path, tmp_path: Pa
     with any_db.write() as s:
         jid = jobq.enqueue(s, "train", {"mode": "head", "backbone": str(backbone), "epochs": 5, "max_length": 32}).id
     marker = tmp_path / "fault.txt"
-    worker_args = [sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.2", "--no-auto-retrain",
+    worker_args = [sys.executable, "-m", "cli", "worker", "--poll-interval", "0.2", "--no-auto-retrain",
                    "--lease", "2", "--device", "cpu"]
     first = procs.spawn(worker_args, out_dir=tmp_path, name="worker1", env={
         "RMSTUDIO_FAULT_PAUSE": "publish:files-moved", "RMSTUDIO_FAULT_MARKER": str(marker)})

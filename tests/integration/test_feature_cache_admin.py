@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import rm_engine.features as features
+import rm_engine.head.features as features
+from cli import main
 from db.config import Settings
-from rm_engine.cache_admin import cache_report, compact, pick_tier, prune
-from rm_engine.cli import main
-from rm_engine.features import FeatureCache
+from rm_engine.head.cache_admin import cache_report, compact, pick_tier, prune
+from rm_engine.head.features import FeatureCache
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,8 +106,8 @@ WRITER = textwrap.dedent('''
     from types import SimpleNamespace
     import numpy as np
     from db.config import Settings
-    from rm_engine import features
-    from rm_engine.features import FeatureCache
+    from rm_engine.head import features
+    from rm_engine.head.features import FeatureCache
     from tests.integration.test_feature_cache_admin import key, vec
     home, n = Path(sys.argv[1]), int(sys.argv[2])
     features.AUTO_COMPACT_SHARDS = 8

@@ -17,9 +17,9 @@ from db.pairs import TrainingPair
 from rm_engine import loss as L
 from rm_engine.backbone import is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
-from rm_engine.finetune import pair_nll, plan_epoch, train_finetune
-from rm_engine.finetune_model import FinetunedModel, load_backbone_model
-from rm_engine.reward_net import RewardNet, collate
+from rm_engine.finetune.model import FinetunedModel, load_backbone_model
+from rm_engine.finetune.reward_net import RewardNet, collate
+from rm_engine.finetune.train import pair_nll, plan_epoch, train_finetune
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 
 torch.set_num_threads(1)  # the CI box is shared: more threads spin and oversubscribe

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.guidelines import MAX_CHARS, get_guidelines, set_guidelines
 from db.session import Database
-from rm_engine.cli import main
 from tests.concurrency import run_in_threads
 
 

@@ -30,7 +30,7 @@ def test_concurrent_labelers_reader_and_retraining_worker_lose_nothing(any_db: D
     with any_db.write() as s:  # retrain every 50 new labels, on a tiny backbone
         policy.set_policy(s, enabled=True, mode="head", min_new_labels=50, min_interval_s=0.0, rescore=False,
                           train_params={"backbone": str(tiny_backbone(home)), "epochs": 5, "max_length": 32})
-    worker = procs.spawn([sys.executable, "-m", "rm_engine", "worker", "--poll-interval", "0.2", "--device", "cpu"],
+    worker = procs.spawn([sys.executable, "-m", "cli", "worker", "--poll-interval", "0.2", "--device", "cpu"],
                          out_dir=tmp_path, name="worker")
     reader = None
     children: list = []

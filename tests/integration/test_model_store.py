@@ -1,4 +1,4 @@
-"""Versions across machines (``rm_engine/model_store.py``): the publishing transaction stores a copy of a version's
+"""Versions across machines (``rm_engine/versions/model_store.py``): the publishing transaction stores a copy of a version's
 files in the database; a process with another ``RMSTUDIO_HOME`` (another machine sharing the database) restores
 them on first use, or when a file is damaged, and scores exactly as the machine that trained it. SQLite keeps
 files on disk only unless ``RMSTUDIO_MODELS_IN_DB=on``; PostgreSQL copies by default."""
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from db.config import Settings
 from db.session import Database
 from db.versions import archived_versions, delete_version, get_archive, get_version, put_archive
-from rm_engine import model_store
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.export import export_version
-from rm_engine.registry import ModelFilesError
-from rm_engine.scoring import RewardModel
+from rm_engine.serving.scoring import RewardModel
 from rm_engine.training import train_and_publish
+from rm_engine.versions import model_store
+from rm_engine.versions.export import export_version
+from rm_engine.versions.registry import ModelFilesError
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,7 +130,7 @@ def test_copies_go_with_their_version_and_large_ones_stay_on_disk(shared_db: Dat
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     seed_labels(shared_db, 12)
     kept = _train(shared_db, tiny_encoder, "head")
-    with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="rm_engine.model_store"):
+    with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="rm_engine.versions.model_store"):
         mp.setattr(model_store, "DB_COPY_MAX_BYTES", 100)
         big = _train(shared_db, tiny_encoder, "head", seed=1)
     assert "other machines need RMSTUDIO_HOME/models shared" in caplog.text
@@ -179,7 +179,7 @@ def test_a_worker_process_publishes_and_another_home_scores(pg_db: Database, eng
     capsys.readouterr()
     assert main(["train", "--backbone", str(tiny_encoder), "--epochs", "20", "--max-length", "64", "--json"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # RMSTUDIO_HOME (A) and RMSTUDIO_DB come from the fixtures
-    done = subprocess.run([sys.executable, "-m", "rm_engine", "worker", "--once", "--no-auto-retrain"], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--once", "--no-auto-retrain"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     with pg_db.read() as s:
@@ -209,7 +209,7 @@ def test_a_missing_backbone_is_named_not_restored(home: Path, monkeypatch: pytes
         seed_labels(db, 12)
         vid = _train(db, tiny, "head")
         tiny.rename(tmp_path / "backbones" / "elsewhere")
-        with caplog.at_level(logging.WARNING, logger="rm_engine.model_store"), \
+        with caplog.at_level(logging.WARNING, logger="rm_engine.versions.model_store"), \
                 pytest.raises(ModelFilesError, match="its backbone is unusable.*the path it was trained from") as err:
             RewardModel.load(db, Settings.from_env(), vid)
         assert "RMSTUDIO_MODELS_IN_DB" not in str(err.value) and "restoring" not in caplog.text

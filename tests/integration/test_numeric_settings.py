@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
+from cli import main
 from db import jobs as jobq
 from db import policy as pol
 from db.config import Settings
 from db.models import Job, JobKind, JobStatus, ModelVersion
 from db.session import Database
 from db.versions import insert_version
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.worker import Worker, WorkerConfig
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_encoder  # noqa: F401
+from worker.loop import Worker, WorkerConfig
 
 NAN, INF = float("nan"), float("inf")
 
@@ -176,7 +176,7 @@ def test_a_bad_upload_limit_in_the_environment_is_named_and_serve_starts_nothing
     with pytest.raises(ValueError, match=f"RMSTUDIO_MAX_UPLOAD_MB: must be a whole number from 1 to 100000 \\(got '{value}'\\)"):
         Settings.from_env({"RMSTUDIO_MAX_UPLOAD_MB": value})
     env = {**os.environ, "RMSTUDIO_MAX_UPLOAD_MB": value}
-    done = subprocess.run([sys.executable, "-m", "rm_engine", "serve", "--no-worker", "--port", "18999"], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "serve", "--no-worker", "--port", "18999"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     one_line_naming(done.stderr, "rmstudio serve: error: RMSTUDIO_MAX_UPLOAD_MB", repr(value))
@@ -235,7 +235,7 @@ def test_changing_the_policy_mode_checks_its_stored_parameters(sqlite_db: Databa
 def test_a_head_whose_loss_is_never_finite_is_not_converged() -> None:
     """Head training with a NaN coefficient (as unchecked settings once allowed) never improves on its initial
     weights; ``check_converged`` refuses it, so it is never published."""
-    from rm_engine.heads import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
     from rm_engine.training import NotConverged, check_converged
 
     rng = np.random.default_rng(0)

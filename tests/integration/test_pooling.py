@@ -14,9 +14,9 @@ import torch
 from db.config import Settings
 from db.pairs import TrainingPair
 from rm_engine.config import TrainConfig
-from rm_engine.finetune import train_finetune
-from rm_engine.finetune_model import FinetunedModel, _from_pretrained, _no_dropout_config
-from rm_engine.reward_net import RewardNet, backbone_pooling, collate
+from rm_engine.finetune.model import FinetunedModel, _from_pretrained, _no_dropout_config
+from rm_engine.finetune.reward_net import RewardNet, backbone_pooling, collate
+from rm_engine.finetune.train import train_finetune
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder, minilm_dir
 
 torch.set_num_threads(1)
@@ -131,9 +131,9 @@ def test_probe_sets_the_head_the_model_reads(models: Path, name: str, pooling: s
     """head_init='probe': the fitted probe becomes the head the model scores with (LoRA: peft's trainable copy)."""
     from transformers import AutoTokenizer
 
-    from rm_engine.finetune_model import load_backbone_model
-    from rm_engine.linear_probe import init_head_by_probe
-    from rm_engine.reward_net import by_length
+    from rm_engine.finetune.linear_probe import init_head_by_probe
+    from rm_engine.finetune.model import load_backbone_model
+    from rm_engine.finetune.reward_net import by_length
 
     decoder = name == "dec"
     tok = AutoTokenizer.from_pretrained(str(models / name))
@@ -202,7 +202,7 @@ def test_rich_pooling_is_for_encoders(models: Path, tmp_path: Path, caplog: pyte
     settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'x.db'}", model_dirs=(models,))
     cfg = TrainConfig(mode="finetune", backbone=str(models / "dec"), epochs=1, lr=1e-3, batch_tokens=2048,
                       max_length=64, seed=0, pooling="rich")
-    with caplog.at_level("WARNING", logger="rm_engine.finetune"):
+    with caplog.at_level("WARNING", logger="rm_engine.finetune.train"):
         res = train_finetune(cfg, _pairs(20), [], device="cpu", settings=settings)
     assert res.model.meta.pooling == "last" and "pooling='rich' ignored" in caplog.text
 

@@ -252,7 +252,7 @@ def test_campaign_workers_are_crowd_and_never_take_over_another_name(any_db: Dat
 
 
 def test_the_team_from_the_command_line(sqlite_db: Database, capsys: pytest.CaptureFixture[str]) -> None:
-    from rm_engine.cli import main
+    from cli import main
 
     def run(*argv: str) -> tuple[int, str, str]:
         rc = main(list(argv))

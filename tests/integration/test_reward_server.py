@@ -28,15 +28,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.use_model import usage_snippets
+from cli import main
 from db.config import Settings
 from db.served import served_prompts, served_summary
 from db.session import Database
-from rm_engine.cli import main
 from rm_engine.config import TrainConfig
-from rm_engine.reward_server import ServerConfig, build_app, model_scorer
-from rm_engine.scoring import RewardModel
+from rm_engine.serving.ensemble import VersionEnsemble
+from rm_engine.serving.reward_server import ServerConfig, build_app, model_scorer
+from rm_engine.serving.scoring import RewardModel
 from rm_engine.training import train_and_publish
-from rm_engine.version_ensemble import VersionEnsemble
 from tests.chat_templates import LLAMA3, MISTRAL, QWEN2, QWEN2_DEFAULT_SYSTEM
 from tests.integration import procs
 from tests.integration.rm_seed import one_thread, seed_labels, tiny_backbone  # noqa: F401
@@ -66,7 +66,7 @@ def _call(url: str, body: object = None, token: str | None = None, raw: bytes | 
 
 def _start(tmp_path: Path, name: str, *args: str, token: str | None = None, env: dict[str, str] | None = None):
     port = _free_port()
-    proc = procs.spawn([sys.executable, "-m", "rm_engine", "reward-server", "--port", str(port), "--device", "cpu",
+    proc = procs.spawn([sys.executable, "-m", "cli", "reward-server", "--port", str(port), "--device", "cpu",
                         *args], out_dir=tmp_path, name=name, env={"RMSTUDIO_REWARD_TOKEN": token or "", **(env or {})})
     url = f"http://127.0.0.1:{port}"
 

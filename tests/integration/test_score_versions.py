@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import main
 from db.session import Database
 from db.versions import VersionNotFound
-from rm_engine.cli import main
-from rm_engine.scoring import RewardModel
+from rm_engine.serving.ensemble import VersionEnsemble
+from rm_engine.serving.scoring import RewardModel
 from rm_engine.training import train_and_publish
-from rm_engine.version_ensemble import VersionEnsemble
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_config, tiny_encoder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,9 +10,9 @@ import pytest
 from db.session import Database
 from db.versions import count_responses, get_scores, responses_for_scoring
 from rm_engine.config import Cancelled
-from rm_engine.registry import ModelFilesError, commit_dir, stage_dir
-from rm_engine.scoring import RewardModel, load_usable, rescore_stored, reward_function
+from rm_engine.serving.scoring import RewardModel, load_usable, rescore_stored, reward_function
 from rm_engine.training import train_and_publish
+from rm_engine.versions.registry import ModelFilesError, commit_dir, stage_dir
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_config, tiny_encoder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -67,7 +67,7 @@ def test_backbone_paths_are_confined(home: Path, tmp_path: Path, monkeypatch: py
 def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path) -> None:
     """A backbone folder under RMSTUDIO_HOME whose weights are a pickle: both loaders refuse, nothing runs."""
     from rm_engine.backbone import resolve_backbone
-    from rm_engine.features import FeatureExtractor
+    from rm_engine.head.features import FeatureExtractor
     from tests.tiny_models import build_tiny_encoder
 
     folder = build_tiny_encoder(home / "evil")
@@ -81,8 +81,8 @@ def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path)
     with pytest.raises(OSError, match="safetensors"):
         fx.model()
     assert not marker.exists()
-    from rm_engine import finetune_model
     from rm_engine.backbone import load_tokenizer
+    from rm_engine.finetune import model as finetune_model
 
     with pytest.raises(OSError, match="safetensors"):
         finetune_model.load_backbone_model(folder, load_tokenizer(ref), argparse.Namespace(grad_checkpointing=False, lora=False), decoder=False)
@@ -95,7 +95,7 @@ def test_pickle_in_a_backbone_folder_is_never_loaded(home: Path, tmp_path: Path)
 def test_app_server_refuses_uploads_over_the_cap(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rmstudio serve`` hands ``RMSTUDIO_MAX_UPLOAD_MB`` to Streamlit, whose upload route rejects bigger bodies
     while streaming (HTTP 413) instead of holding them in memory."""
-    from rm_engine.cli import job_cmds
+    from cli import job_cmds
 
     monkeypatch.setenv("RMSTUDIO_MAX_UPLOAD_MB", "3")
     started: list[list[str]] = []
@@ -203,8 +203,8 @@ def _head_versions(db: Database, home: Path, n: int) -> list[Any]:
 def test_pickles_planted_in_a_version_folder_are_never_loaded(sqlite_db: Database, home: Path, tmp_path: Path) -> None:
     """Extra pickles beside a version's safetensors are ignored; a pickle in place of its weights is refused
     with an error naming the version, and the previous version is used instead; nothing is unpickled."""
-    from rm_engine.registry import HEAD_WEIGHTS, ModelFilesError
-    from rm_engine.scoring import RewardModel, load_usable
+    from rm_engine.serving.scoring import RewardModel, load_usable
+    from rm_engine.versions.registry import HEAD_WEIGHTS, ModelFilesError
 
     old, new = _head_versions(sqlite_db, home, 2)
     settings = Settings.from_env()

@@ -84,7 +84,7 @@ def fill(folder: Path) -> Path:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rm_engine", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120,
         cwd=procs.REPO, env=procs.child_env(env),
     )
 

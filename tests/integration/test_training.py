@@ -14,8 +14,8 @@ from db.pairs import training_pairs
 from db.session import Database
 from db.versions import count_scores, get_version, version_paths
 from rm_engine.config import Cancelled
-from rm_engine.registry import sweep_orphans
 from rm_engine.training import split_pairs, train_and_publish
+from rm_engine.versions.registry import sweep_orphans
 from tests.integration.rm_seed import engine_settings, one_thread, seed_labels, tiny_config, tiny_encoder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

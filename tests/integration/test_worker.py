@@ -21,20 +21,20 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from cli import main as cli_main
 from db import jobs as jobq
 from db.config import Settings
 from db.models import Job
 from db.session import Database
-from rm_engine.cli import main as cli_main
-from rm_engine.worker import LOSS_HISTORY_POINTS, Worker, WorkerConfig
 from tests.integration import procs
+from worker.loop import LOSS_HISTORY_POINTS, Worker, WorkerConfig
 
 FAST = ["--poll-interval", "0.2", "--no-auto-retrain", "--no-preload"]  # noop jobs need no torch
 
 
 def start_worker(out_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
     """``rmstudio worker ARGS`` as a child process (own process group); output in ``out_dir/name.out``."""
-    return procs.spawn([sys.executable, "-m", "rm_engine", "worker", *args], out_dir=out_dir, name=name)
+    return procs.spawn([sys.executable, "-m", "cli", "worker", *args], out_dir=out_dir, name=name)
 
 
 def wait_started(out_dir: Path, name: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
@@ -229,7 +229,7 @@ def _cmdline(pid: int) -> str:
 
 def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int, int]:
     port = _free_port()
-    serve = procs.spawn([sys.executable, "-m", "rm_engine", "serve", "--port", str(port)], out_dir=tmp_path, name="serve")
+    serve = procs.spawn([sys.executable, "-m", "cli", "serve", "--port", str(port)], out_dir=tmp_path, name="serve")
 
     def _kids() -> tuple[int, int] | None:
         if serve.poll() is not None:

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from cli import main
 from db import jobs as jobq
 from db import workers
 from db.session import Database
-from rm_engine.cli import main
 
 
 def test_live_idle_busy_gone_and_pruned(any_db: Database) -> None:
@@ -55,7 +55,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
 
 def test_a_real_worker_is_listed_while_it_runs(any_db: Database, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(capsys, "workers", "--json") == []
-    proc = subprocess.Popen([sys.executable, "-m", "rm_engine", "worker", "--no-preload", "--no-auto-retrain",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--no-preload", "--no-auto-retrain",
                              "--poll-interval", "0.2", "--kinds", "noop"], env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

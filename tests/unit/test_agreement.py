@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rm_engine.agreement import (
+from rm_engine.quality.agreement import (
     annotator_pair_kappas,
     cohen_kappa,
     fleiss_kappa,
@@ -157,7 +157,7 @@ def test_majority_and_repeated_rater() -> None:
 
 
 def test_summary_tables() -> None:
-    from rm_engine.agreement import summary_tables
+    from rm_engine.quality.agreement import summary_tables
 
     t = summary_tables([summarize(RECORDS, ties=True), summarize(RECORDS, ties=False)])
     assert list(t["overall"]["ties"]) == ["with ties"] * 2 + ["without ties"] * 2
@@ -211,7 +211,7 @@ def test_vicuna80_human_and_gpt4_verdicts(shared_data) -> None:
 
 
 def test_agreement_by_guidelines_revision_hand_computed() -> None:
-    from rm_engine.agreement import by_guidelines
+    from rm_engine.quality.agreement import by_guidelines
 
     def recs(rev, units):
         return [{"item": f"{rev}-{i}", "rater": f"r{j}", "outcome": o, "source": "crowd", "guidelines": rev}

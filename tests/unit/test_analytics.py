@@ -11,7 +11,7 @@ from db.models import ModelVersion, ResponseScore
 from db.session import Database
 from db.store import add_label, add_ranking, get_or_create_comparison, get_or_create_prompt, get_or_create_response
 from rm_engine import metrics
-from rm_engine.agreement import summarize
+from rm_engine.quality.agreement import summarize
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 

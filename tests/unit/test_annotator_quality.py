@@ -8,7 +8,7 @@ import random
 import pytest
 
 from db.pairs import PairSet, TrainingPair
-from rm_engine.annotator_quality import (
+from rm_engine.quality.annotators import (
     agreement_with_others,
     annotator_quality,
     dawid_skene,

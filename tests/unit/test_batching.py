@@ -1,4 +1,4 @@
-"""Token-budget, length-grouped batch plans (rm_engine.batching)."""
+"""Token-budget, length-grouped batch plans (rm_engine.finetune.batching)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rm_engine.batching import (
+from rm_engine.finetune.batching import (
     BatchPlanConfig,
     RowBatch,
     padded_tokens,

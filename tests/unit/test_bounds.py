@@ -15,7 +15,7 @@ from db.config import Settings
 from db.policy import RetrainPolicy
 from db.queue_policy import QueuePolicy
 from rm_engine.config import TrainConfig
-from rm_engine.worker import WorkerConfig
+from worker.loop import WorkerConfig
 
 NAN, INF = float("nan"), float("inf")
 BOUNDED = [(cls, f.name) for cls in (TrainConfig, WorkerConfig, RetrainPolicy, QueuePolicy, Settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_engine.chat_markup import BUILTIN, MarkupError, builtin, default_markups, load_markup, parse_chat
+from rm_engine.serving.chat_markup import BUILTIN, MarkupError, builtin, default_markups, load_markup, parse_chat
 from tests.chat_templates import FAMILIES, QWEN2, QWEN2_DEFAULT_SYSTEM, render, render_family
 
 DIALOGUE = [{"role": "user", "content": "Hi there!"}, {"role": "assistant", "content": "Hello. What do you need?"},

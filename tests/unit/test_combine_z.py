@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rm_engine.version_ensemble import combine_z
+from rm_engine.serving.ensemble import combine_z
 
 
 @pytest.mark.parametrize("how, penalty, reward", [

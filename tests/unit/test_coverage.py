@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rm_engine.coverage import embedding_coverage, parse_prompt_upload, tfidf_coverage, tfidf_matrix
+from rm_engine.quality.coverage import embedding_coverage, parse_prompt_upload, tfidf_coverage, tfidf_matrix
 
 LABELLED = ["How do I boil an egg?", "What is the capital of France?", "Write a Python function that sorts a list."]
 
@@ -61,7 +61,7 @@ def test_parse_uploads() -> None:
 
 def test_check_coverage_falls_back_to_tfidf(home) -> None:
     from db.config import Settings
-    from rm_engine.coverage import check_coverage
+    from rm_engine.quality.coverage import check_coverage
 
     res, note = check_coverage(["boil an egg"], LABELLED, method="tfidf")
     assert res.method == "tfidf" and note == "TF-IDF cosine"
@@ -82,7 +82,7 @@ def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from db.config import Settings
-    from rm_engine.coverage import FeatureEmbedder, check_coverage
+    from rm_engine.quality.coverage import FeatureEmbedder, check_coverage
 
     torch.manual_seed(0)
     d = home / "tiny"
@@ -102,7 +102,7 @@ def test_embedding_coverage_with_a_tiny_cached_backbone(home) -> None:
 
 
 def test_result_frame_lists_least_covered_first() -> None:
-    from rm_engine.coverage import result_frame
+    from rm_engine.quality.coverage import result_frame
 
     res = tfidf_coverage(["capital of France", "quantum chromodynamics"], LABELLED)
     df = result_frame(res, LABELLED)

@@ -153,7 +153,7 @@ def test_other_seed_picks_other_pairs(home: Path) -> None:
 
 
 def test_cli_seed_demo(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rm_engine.cli import main
+    from cli import main
 
     assert main(["seed-demo", "--no-ai-labels", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

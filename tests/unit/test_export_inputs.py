@@ -1,5 +1,5 @@
-"""What an exported model reads from its input (``rm_engine/export_modeling.py``, the folder's remote code) equals
-what RM Studio builds (``rm_engine/backbone.py``, ``rm_engine/features.py``) for conversations of any length, given
+"""What an exported model reads from its input (``rm_engine/versions/export_modeling.py``, the folder's remote code) equals
+what RM Studio builds (``rm_engine/backbone.py``, ``rm_engine/head/features.py``) for conversations of any length, given
 untruncated as a pair, as RM Studio's own ids, or as one chat-templated string with or without the tokenizer's
 special tokens; real tokenizers (MiniLM's WordPiece as an encoder and as two decoders' tokenizer)."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rm_engine.backbone import _fit, build_inputs, normalize_history, render_context
-from rm_engine.export_inputs import NO_LIMIT, finish_tokenizer, input_spec
-from rm_engine.export_modeling import InputError, fit, model_inputs
-from rm_engine.features import item_ids, items_for
+from rm_engine.head.features import item_ids, items_for
+from rm_engine.versions.export_inputs import NO_LIMIT, finish_tokenizer, input_spec
+from rm_engine.versions.export_modeling import InputError, fit, model_inputs
 from tests.tiny_models import build_tiny_decoder, minilm_dir
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "why?", "because", "it's", "warm", "42", "naïve", "user", "hello,",

@@ -11,7 +11,7 @@ import pytest
 
 from db.config import Settings
 from rm_engine.backbone import resolve_backbone
-from rm_engine.features import FeatureCache, FeatureExtractor, items_for
+from rm_engine.head.features import FeatureCache, FeatureExtractor, items_for
 from tests.tiny_models import build_tiny_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_several_processes_write_the_same_cache(setup) -> None:
         from pathlib import Path
         from db.config import Settings
         from rm_engine.backbone import resolve_backbone
-        from rm_engine.features import FeatureExtractor
+        from rm_engine.head.features import FeatureExtractor
         s = Settings(home=Path({str(s.home)!r}), db_url="sqlite://", model_dirs=(Path({str(ref.path.parent)!r}),))
         rows = [(f"prompt {{i}}", None, f"response {{i}} " * (i % 5 + 1)) for i in range(int(sys.argv[1]), int(sys.argv[1]) + 30)]
         FeatureExtractor(s, resolve_backbone({str(ref.path)!r}, s), max_length=64, batch_size=4, shard_size=8).features_for(rows, "pair")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rm_engine.config import Cancelled
-from rm_engine.heads import EnsembleHead, HeadTrainSpec, PairArrays, _member_weights, train_heads
+from rm_engine.head.train import EnsembleHead, HeadTrainSpec, PairArrays, _member_weights, train_heads
 
 
 @pytest.fixture(autouse=True)

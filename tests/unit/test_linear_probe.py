@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import brentq
 
 from rm_engine.config import TrainConfig
-from rm_engine.linear_probe import fit_probe
+from rm_engine.finetune.linear_probe import fit_probe
 
 
 @pytest.mark.parametrize("l2", [0.05, 0.25, 1.0])

@@ -10,9 +10,9 @@ import torch
 
 from db.config import Settings
 from db.pairs import TrainingPair
-from rm_engine import finetune
 from rm_engine.config import TrainConfig
-from rm_engine.memory_fit import fit_to_memory, fits, heaviest
+from rm_engine.finetune import train as finetune
+from rm_engine.finetune.memory_fit import fit_to_memory, fits, heaviest
 from tests.tiny_models import build_tiny_decoder
 
 torch.set_num_threads(1)

@@ -202,7 +202,7 @@ def test_temperature_calibration_improves_overconfident_scores() -> None:
 @pytest.mark.parametrize("stored,want_t", [({"temperature": {"temperature": 2.0}}, 2.0),
                                            ({"temperature": {"temperature": None}}, 1.0), ({}, 1.0)])
 def test_reward_model_preference_probability_uses_the_stored_temperature(stored: dict, want_t: float) -> None:
-    from rm_engine.scoring import RewardModel
+    from rm_engine.serving.scoring import RewardModel
 
     model = RewardModel(1, "head", {"mean": 0.0, "std": 1.0}, {}, lambda rows, cache: None, metrics=stored)
     assert model.temperature == want_t

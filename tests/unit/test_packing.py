@@ -1,4 +1,4 @@
-"""Padding-free packing (rm_engine.packing): the packed row's layout, packed scores and gradients equal padded
+"""Padding-free packing (rm_engine.finetune.packing): the packed row's layout, packed scores and gradients equal padded
 ones on tiny random decoders, a packed training run equals a padded one, encoders fall back, config and CLI."""
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from db.config import Settings
-from rm_engine.batching import plan_packed
 from rm_engine.config import TrainConfig
-from rm_engine.finetune import pair_nll, train_finetune
-from rm_engine.packing import (
+from rm_engine.finetune.batching import plan_packed
+from rm_engine.finetune.packing import (
     DENSE_MAX_TOKENS,
     OVERFLOW_MULTIPLE,
     PackedRewardNet,
@@ -27,7 +26,8 @@ from rm_engine.packing import (
     set_attn_implementation,
     strip_hub_kernel_hooks,
 )
-from rm_engine.reward_net import RewardNet, collate
+from rm_engine.finetune.reward_net import RewardNet, collate
+from rm_engine.finetune.train import pair_nll, train_finetune
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 
@@ -295,7 +295,7 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
     not recompile."""
     from torch._dynamo.utils import counters
 
-    import rm_engine.finetune as ft
+    import rm_engine.finetune.train as ft
 
     plans: list[list[list[int]]] = []
     real_plan_epoch = ft.plan_epoch
@@ -326,8 +326,8 @@ def test_packed_training_equals_padded_training(extra: dict, tiny_root: Path, se
 
 
 def test_packed_plans_fill_one_row_per_rank() -> None:
-    from rm_engine.batching import plan_packed_ranks
-    from rm_engine.finetune import plan_epoch
+    from rm_engine.finetune.batching import plan_packed_ranks
+    from rm_engine.finetune.train import plan_epoch
 
     cfg = TrainConfig(mode="finetune", batch_tokens=512, max_batch_pairs=6, packing=True)
     sizes = [100, 300, 200, 50, 400, 90]
@@ -339,7 +339,7 @@ def test_packed_plans_fill_one_row_per_rank() -> None:
 def test_encoder_with_packing_falls_back_to_padded(tiny_root: Path, settings: Settings,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     _, pad_state, _ = _train(tiny_root, settings, "enc")
-    with caplog.at_level(logging.WARNING, logger="rm_engine.finetune"):
+    with caplog.at_level(logging.WARNING, logger="rm_engine.finetune.train"):
         res, state, _ = _train(tiny_root, settings, "enc", packing=True)
     assert any("TrainConfig.packing ignored" in r.getMessage() and "encoder" in r.getMessage() for r in caplog.records)
     assert _max_diff(pad_state, state) == 0.0  # the very same padded run
@@ -354,7 +354,7 @@ def test_config_packing_field_env_and_cli() -> None:
     assert TrainConfig.from_dict(TrainConfig(packing=True).to_dict()).packing is True
     with pytest.raises(ValueError, match="TrainConfig.packing"):
         TrainConfig(packing=True, batch_tokens=0)
-    from rm_engine.cli import model_cmds
+    from cli import model_cmds
 
     parser = argparse.ArgumentParser()
     model_cmds.register(parser.add_subparsers())

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rm_engine.chat_markup import learn_markup
-from rm_engine.reward_requests import Reading, RequestError, parse_request
+from rm_engine.serving.chat_markup import learn_markup
+from rm_engine.serving.reward_requests import Reading, RequestError, parse_request
 from tests.chat_templates import FAMILIES, QWEN2_DEFAULT_SYSTEM, render_family
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -154,8 +154,8 @@ class _Model:
 
 
 def test_model_scorer_units_and_uncertainty_penalty() -> None:
-    from rm_engine.reward_server import model_scorer
-    from rm_engine.scoring import completion_rows
+    from rm_engine.serving.reward_server import model_scorer
+    from rm_engine.serving.scoring import completion_rows
 
     rows = completion_rows(["p", "q"], ["ab", "abcd"])
     assert model_scorer(_Model(), "z")(rows) == {"rewards": [2.0, 4.0], "std": [0.5, 0.5]}  # std in z units

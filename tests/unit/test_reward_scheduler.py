@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rm_engine.reward_scheduler import OverBudget, Scheduler, ShuttingDown
+from rm_engine.serving.reward_scheduler import OverBudget, Scheduler, ShuttingDown
 
 
 def rows(tag: str, n: int) -> list[tuple[str, None, str]]:

@@ -1,4 +1,4 @@
-"""Packed rows through torch's varlen flash attention (rm_engine.varlen_attention). The kernel runs on CUDA only:
+"""Packed rows through torch's varlen flash attention (rm_engine.finetune.varlen_attention). The kernel runs on CUDA only:
 on CPU it is replaced by a segment-by-segment reference, which checks our wiring (layouts, causality, grouped-query
 heads, scale, segment boundaries, the tail cut to ``max_segment``) against padded attention; on CUDA the real
 kernel is compared with padded sdpa."""
@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import rm_engine.varlen_attention as va
+import rm_engine.finetune.varlen_attention as va
 from db.config import Settings
-from rm_engine.finetune import pair_nll
-from rm_engine.packing import (
+from rm_engine.finetune.packing import (
     PackedTrainer,
     choose_attn_implementation,
     pack_sequences,
     packed_scores,
     set_attn_implementation,
 )
-from rm_engine.reward_net import RewardNet
+from rm_engine.finetune.reward_net import RewardNet
+from rm_engine.finetune.train import pair_nll
 from tests.unit.test_packing import ROW, _max_diff, _padded, _seqs, _tiny_decoder, _train, settings, tiny_root  # noqa: F401
 
 torch.set_num_threads(1)
@@ -148,7 +148,7 @@ def test_packed_varlen_training_equals_padded_training(reference_kernel: list[di
                                                        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer's varlen path (PackedTrainer: the tail cut to cfg.max_length, segment boundaries to every
     layer) reaches the weights padded training reaches on the same batches."""
-    import rm_engine.finetune as ft
+    import rm_engine.finetune.train as ft
 
     plans: list = []
     real = ft.plan_epoch

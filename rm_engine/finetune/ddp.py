@@ -1,0 +1,220 @@
+"""Data-parallel fine-tuning over several processes (one per GPU), through ``torch.distributed``.
+
+Two ways in:
+
+* :func:`train_finetune_ddp` (what the CLI's and the worker's ``--gpus N`` call): spawns N processes on this
+  machine, each runs :func:`rm_engine.finetune.train.train_finetune` as one rank (NCCL on GPUs, gloo on CPU), rank 0
+  saves the model to a temporary folder and the parent loads it. Progress and cancellation cross the process
+  boundary through a queue and an event.
+* torchrun: a script started by ``torchrun --nproc-per-node N`` calls :func:`init_from_env` and then
+  ``train_finetune`` directly; every rank returns the same model.
+
+The numerics: every rank builds the same global batch plan, takes an interleaved shard, and normalises its loss
+by the global batch's weight sum times the world size, so DDP's gradient average equals the gradient of one
+process on the whole global batch (tested on CPU with gloo and two processes).
+"""
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    """Whether this process is one rank of an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def local_rank() -> int:
+    """This rank's GPU index on its machine (``LOCAL_RANK`` as torchrun sets it; 0 when absent)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op in one process)."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on any rank (all ranks must call it at the same step)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    all_reduce_sum(t)
+    return bool(t.item() > 0)
+
+
+def wrap(net: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` around ``net`` for this rank's device."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(net, device_ids=[device.index], output_device=device.index)
+    return DistributedDataParallel(net)
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...); NCCL when CUDA
+    is available, else gloo. Returns False (and does nothing) when ``WORLD_SIZE`` is absent or 1."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return dist.is_available() and dist.is_initialized()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """A daemon thread that ends this rank when its parent dies (a killed worker must not leave ranks blocked
+    in a collective)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="rmstudio-ddp-parent-watch").start()
+
+
+def _rank_main(rank: int, world: int, port: int, backend: str, args: dict[str, Any], q: Any, stop: Any, out_dir: str) -> None:
+    """One spawned rank: join the group, train, rank 0 saves the model and reports its history."""
+    os.environ.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": str(world)})
+    _exit_with_parent()
+    threads = args.pop("threads_per_rank", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        from rm_engine.finetune.train import train_finetune
+
+        progress = (lambda d: q.put(("progress", d))) if rank == 0 else None
+        res = train_finetune(args["cfg"], args["train_pairs"], args["val_pairs"], weights=args["weights"],
+                             device=args["device"], progress=progress, should_stop=stop.is_set,
+                             settings=args["settings"], log_every=args["log_every"])
+        if rank == 0:
+            res.model.save(out_dir)
+            q.put(("done", res.history))
+        dist.barrier()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which re-raises
+        q.put(("error", rank, type(exc).__name__, str(exc), traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_finetune_ddp(
+    cfg: Any,
+    train_pairs: Sequence[Any],
+    val_pairs: Sequence[Any],
+    *,
+    gpus: int,
+    weights: Sequence[float] | None = None,
+    device: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    settings: Any = None,
+    log_every: int = 20,
+    threads_per_rank: int | None = None,
+    timeout_s: float | None = None,
+) -> Any:
+    """Train with ``gpus`` data-parallel processes and return a :class:`rm_engine.finetune.train.FinetuneResult`.
+
+    ``gpus=1`` simply calls ``train_finetune`` in this process. On a machine without CUDA (or with
+    ``device="cpu"``) the ranks run on CPU with gloo, which is how the tests check the numerics. ``cfg.batch_tokens``
+    is per device: the global batch holds ``gpus`` times as many tokens. ``should_stop`` is polled here and
+    forwarded to the ranks, which agree on stopping at their next log interval and raise ``Cancelled``.
+    """
+    from rm_engine.finetune.train import FinetunedModel, FinetuneResult, train_finetune
+
+    if gpus < 1:
+        raise ValueError(f"train_finetune_ddp: gpus must be >= 1, got {gpus}")
+    if gpus == 1:
+        return train_finetune(cfg, train_pairs, val_pairs, weights=weights, device=device, progress=progress,
+                              should_stop=should_stop, settings=settings, log_every=log_every)
+    use_cuda = (device or getattr(cfg, "device", "auto")) != "cpu" and torch.cuda.is_available()
+    if use_cuda and torch.cuda.device_count() < gpus:
+        raise ValueError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    backend = "nccl" if use_cuda else "gloo"
+    if settings is None:
+        from db.config import Settings
+
+        settings = Settings.from_env()
+    ctx = torch.multiprocessing.get_context("spawn")
+    q, stop = ctx.Queue(), ctx.Event()
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix=".ddp-", dir=str(settings.home) if settings.home.is_dir() else None) as tmp:
+        args = {"cfg": cfg, "train_pairs": list(train_pairs), "val_pairs": list(val_pairs),
+                "weights": None if weights is None else [float(w) for w in weights],
+                "device": "cuda" if use_cuda else "cpu", "settings": settings, "log_every": log_every,
+                "threads_per_rank": threads_per_rank}
+        procs = [ctx.Process(target=_rank_main, args=(r, gpus, port, backend, dict(args), q, stop, tmp), daemon=True)
+                 for r in range(gpus)]
+        for p in procs:
+            p.start()
+        history, error = None, None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while history is None and error is None:
+                if should_stop is not None and should_stop():
+                    stop.set()
+                if deadline is not None and time.monotonic() > deadline:
+                    error = ("parent", "TimeoutError", f"DDP training exceeded {timeout_s} s", "")
+                    break
+                try:
+                    msg = q.get(timeout=0.2)
+                except queue_mod.Empty:
+                    if any(p.exitcode not in (None, 0) for p in procs):
+                        dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                        error = (dead[0][0], "ProcessError", f"rank {dead[0][0]} exited with code {dead[0][1]}", "")
+                    continue
+                if msg[0] == "progress" and progress is not None:
+                    progress(msg[1])
+                elif msg[0] == "done":
+                    history = msg[1]
+                elif msg[0] == "error":
+                    error = msg[1:]
+            for p in procs:
+                p.join(timeout=60)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        if error is not None:
+            rank, name, text, tb = error
+            if name == "Cancelled":
+                from rm_engine.config import Cancelled
+
+                raise Cancelled(text)
+            raise RuntimeError(f"DDP rank {rank} failed: {name}: {text}\n{tb}")
+        model = FinetunedModel.load(tmp, device="cuda:0" if use_cuda else "cpu")
+    return FinetuneResult(model=model, history=history)

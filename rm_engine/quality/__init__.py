@@ -1,0 +1,1 @@
+"""What the labels are worth: agreement between annotators, annotator reliability, prompt coverage."""
