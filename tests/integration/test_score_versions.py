@@ -72,7 +72,8 @@ def test_cli_eval_measures_the_combined_reward(sqlite_db: Database, engine_setti
              {"prompt": "tips for tea", "responses": RESPONSES, "ranking": [2, 3, 1]}]
     f = tmp_path / "eval.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    assert main(["eval", str(f), "--model", str(versions[0]), "--model", str(versions[1]), "--json"]) == 0
+    assert main(["eval", str(f), "--format", "mixed", "--model", str(versions[0]), "--model", str(versions[1]),
+                 "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["model_versions"] == versions and res["combine"] == "mean" and "model_version" not in res
     assert res["n"] == 5 and res["spearman"]["n_prompts"] == 1
@@ -84,5 +85,6 @@ def test_cli_eval_measures_the_combined_reward(sqlite_db: Database, engine_setti
     ranked = [(tea[2], tea[0]), (tea[2], tea[1]), (tea[0], tea[1])]  # ranks 1 > 2 > 3 as (better, worse)
     wins = int((rc > rr).sum()) + sum(a > b for a, b in ranked)
     assert res["accuracy"] == pytest.approx(wins / 5)
-    assert main(["eval", str(f), "--model", str(versions[0]), "--model", str(versions[1]), "--combine", "min"]) == 0
+    assert main(["eval", str(f), "--format", "mixed", "--model", str(versions[0]), "--model", str(versions[1]),
+                 "--combine", "min"]) == 0
     assert f"model versions {versions[0]}, {versions[1]} (min of z)" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from db.models import Label
 from db.session import Database, explain_db_error
+from tests.app.conftest import invite
 from tests.integration import procs
 
 
@@ -95,8 +96,9 @@ def _assert_clear_cli_error(r: subprocess.CompletedProcess[str], *words: str) ->
     assert any(w in r.stderr.lower() for w in words), r.stderr[-2000:]
 
 
-def _label_page_shows(error_words: str) -> None:
-    """The Label page renders a pair (reads work); clicking a verdict shows one clear error, no exception."""
+def _label_page_shows(error_words: str, link: str) -> None:
+    """The Label page, opened through the personal ``link`` token (made while the database could still be
+    written), renders a pair (reads work); clicking a verdict shows one clear error, no exception."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -105,8 +107,7 @@ def _label_page_shows(error_words: str) -> None:
     st.cache_resource.clear()
     try:
         at = AppTest.from_file(MAIN, default_timeout=30)
-        at.query_params["annotator"] = "uma"
-        at.query_params["source"] = "expert"
+        at.query_params["invite"] = link
         at.run()
         assert not at.exception, at.exception
         buttons = [b for b in at.button if b.label == "A better"]
@@ -136,6 +137,7 @@ def test_read_only_database_reads_work_writes_say_so(sqlite_db: Database, home: 
     assert before == 5
     trl = tmp_path / "more.jsonl"
     trl.write_text('{"prompt": "p?", "chosen": "good", "rejected": "bad"}\n')
+    link = invite("uma", "expert")
     sqlite_db.dispose()  # every process starts afresh on the read-only folder
     with read_only(home):
         db = Database(sqlite_db.url)  # opens (and checks the schema) without writing
@@ -158,7 +160,7 @@ def test_read_only_database_reads_work_writes_say_so(sqlite_db: Database, home: 
         _assert_clear_cli_error(_cli("import", "--format", "trl", "--no-progress", str(trl)), "read-only")
         stats = _cli("stats", "--json")  # the CLI's reads work too
         assert stats.returncode == 0, stats.stderr[-2000:]
-        _label_page_shows("the database is read-only")
+        _label_page_shows("the database is read-only", link)
     # Writable again: work resumes where it stopped; nothing was corrupted or lost.
     assert procs.sqlite_integrity(home / "rmstudio.db") == "ok"
     assert procs.wait_all([procs.spawn_role("labeler", "--name", "bob", "--n", "3", "--log", str(blog),
@@ -175,6 +177,7 @@ def test_disk_full_then_space_back(home: Path, tmp_path: Path, monkeypatch: pyte
         db = Database(url)
         try:
             procs.seed_comparisons(db, 30)
+            link = invite("uma", "expert")
             ok_log = tmp_path / "early.jsonl"
             assert procs.wait_all([procs.spawn_role("labeler", "--name", "early", "--n", "5", "--log", str(ok_log),
                                                     out_dir=tmp_path, name="early")], 60) == [0]
@@ -194,7 +197,7 @@ def test_disk_full_then_space_back(home: Path, tmp_path: Path, monkeypatch: pyte
             trl.write_text('{"prompt": "p?", "chosen": "good", "rejected": "bad"}\n')
             _assert_clear_cli_error(_cli("seed-demo"), "full")
             _assert_clear_cli_error(_cli("import", "--format", "trl", "--no-progress", str(trl)), "full")
-            _label_page_shows("the disk holding the database is full")
+            _label_page_shows("the disk holding the database is full", link)
             assert procs.sqlite_integrity(disk / "rmstudio.db") == "ok"
             filler.unlink()  # space is back: the labeler re-submits what failed, once
             assert procs.wait_all([procs.spawn_role("labeler", "--name", "cat", "--n", "20", "--log", str(log),
