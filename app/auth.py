@@ -14,13 +14,13 @@ import hmac
 
 import streamlit as st
 
-from db.config import Settings
-
 _KEY = "rmstudio_researcher_ok"
 
 
 def _token() -> str | None:
-    return Settings.from_env().researcher_token
+    from app.resources import settings  # app.resources imports this module (through app.identity): imported late
+
+    return settings().researcher_token
 
 
 def oidc_configured() -> bool:

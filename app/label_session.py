@@ -1,20 +1,24 @@
 """Session state and button callbacks of the Label page's pair mode (Streamlit glue; the queue itself is
 ``db.labeling``; ranking mode: ``app/rank_session.py``; stepping back through one's labels: ``app/label_recent.py``).
 
-Each shown pair carries its own idempotency key, and its buttons' widget keys contain that key: a second
-click on a stale button either reaches no widget (ignored) or calls back with the *old* item, whose key is
-already saved (ignored here, and ``add_label`` is idempotent by key anyway).
+Each shown pair carries its own idempotency key, and its verdict buttons' widget keys contain that key: a key
+pressed twice, or a click on a stale button, either reaches no widget (ignored) or calls back with the *old* item,
+whose key is already saved (ignored here, and ``add_label`` is idempotent by key anyway), so a verdict only ever
+goes to a pair on screen. The other buttons keep their keys across pairs (the browser then keeps them instead of
+building them again); for them a stale press is harmless.
 
-The next pair is drawn while the labeler reads the current one (``prefetch``, run after the labeling area is drawn),
-so a verdict's callback only stores the label and swaps the prepared pair in: the rerun that follows is the labeling
-area's alone (``st.fragment``) and has nothing to query. The progress line counts this session's labels on top of
+The next pair is drawn while the labeler reads the current one (``prefetch``, started once the labeling area is
+drawn), so a verdict's callback only stores the label and swaps the prepared pair in: the rerun that follows is the
+labeling area's alone (``st.fragment``) and has nothing to query. The progress line counts this session's labels on top of
 the figures read when the page was loaded, without a query per verdict.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
@@ -37,7 +41,7 @@ from db.session import explain_db_error
 ITEM, TASK, SKIPPED, RSKIPPED, DONE, NOTICE, ERROR, STACK = (
     "lbl_item", "lbl_task", "lbl_skipped", "lbl_rskipped", "lbl_done", "lbl_notice", "lbl_error", "lbl_stack"
 )
-NEXT = "lbl_next"  # (key of the item on screen, the pair prepared to follow it)
+NEXT = "lbl_next"  # the pair prepared to follow the one on screen (Prepared)
 RSTACK = "lbl_rstack"  # the rankings this session stored, newest last (what Undo takes back)
 GUIDE_SEEN = "lbl_guidelines_seen"  # the guidelines revision this labeler acknowledged
 WHO = "lbl_who"  # the annotator id this session's state belongs to
@@ -45,6 +49,8 @@ FLAGGING = "lbl_flagging"  # key of the item whose flag reasons are on screen
 PROGRESS = "lbl_progress"  # the progress figures read with the page, plus this session's verdicts
 REVOKED = "lbl_revoked"  # a write found the account revoked: the whole page must run again
 RECENT, RECENT_AT = "lbl_recent", "lbl_recent_at"  # app/label_recent.py
+PREFETCH_DELAY_S = 0.15  # the next pair is drawn this long after the current one: once it has reached the browser
+PREFETCH_WAIT_S = 5.0  # a verdict that comes while the draw runs waits this long for it, at most
 STRENGTHS = {"slightly": 1, "clearly": 2}
 STRENGTH_KEYS = {"slightly": "q", "clearly": "w"}
 VERDICTS = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
@@ -95,22 +101,70 @@ def current_item(ident: Identity) -> QueueItem | None:
     return item
 
 
+@dataclass
+class Prepared:
+    """The pair drawn in the background to follow the one shown under key ``after``: ``item`` once ``done`` (None:
+    nothing left), or ``error``. ``dropped``: needed before the draw started, so the verdict drew it itself."""
+
+    after: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    dropped: bool = False
+    item: QueueItem | None = None
+    error: BaseException | None = None
+
+
 def prefetch(ident: Identity) -> None:
-    """Draw the pair that follows the one on screen, if not drawn yet (called once the labeling area is drawn)."""
+    """Start drawing the pair that follows the one on screen, unless it is drawn or being drawn.
+
+    It is drawn in a thread of its own, after a pause: the thread that drew the page holds Python's lock while it
+    runs, and the server's loop needs that lock to send the pair just drawn to the browser (some 30 messages), so
+    the query waits until they are out. A labeler reads for seconds; the pair is ready long before the next key."""
     item = st.session_state.get(ITEM)
-    if item is None or (st.session_state.get(NEXT) or ("",))[0] == item.key:
+    job = st.session_state.get(NEXT)
+    if item is None or (isinstance(job, Prepared) and job.after == item.key):
         return
-    with database().read() as s:
-        nxt = next_pair(s, ident.name, exclude=[*session_value(SKIPPED, []), item.comparison_id])
-    st.session_state[NEXT] = (item.key, nxt)
+    job = Prepared(item.key)
+    st.session_state[NEXT] = job
+    db, name, exclude = database(), ident.name, [*session_value(SKIPPED, []), item.comparison_id]
+
+    def draw() -> None:
+        time.sleep(PREFETCH_DELAY_S)
+        with job.lock:
+            if job.dropped:
+                return
+            job.started = True
+        try:
+            with db.read() as s:
+                job.item = next_pair(s, name, exclude=exclude)
+        except BaseException as exc:  # noqa: BLE001 - drawn again, in the callback, when needed
+            job.error = exc
+        finally:
+            job.done.set()
+
+    threading.Thread(target=draw, name="rmstudio-next-pair", daemon=True).start()
+
+
+def _prepared(after: QueueItem) -> tuple[bool, QueueItem | None]:
+    """``(True, pair)`` when the pair drawn to follow ``after`` can be shown; ``(False, None)`` when it must be drawn
+    now (none prepared, not started yet, failed, or skipped meanwhile)."""
+    job = st.session_state.pop(NEXT, None)
+    if not isinstance(job, Prepared) or job.after != after.key:
+        return False, None
+    with job.lock:
+        job.dropped = not job.started
+    if job.dropped or not job.done.wait(PREFETCH_WAIT_S) or job.error is not None:
+        return False, None
+    if job.item is not None and job.item.comparison_id in session_value(SKIPPED, []):
+        return False, None
+    return True, job.item
 
 
 def _advance(ident: Identity, after: QueueItem) -> None:
-    """Show the pair prepared to follow ``after`` (drawn now if none was)."""
-    ready = st.session_state.pop(NEXT, None)
-    if ready is not None and ready[0] == after.key and (ready[1] is None or
-                                                         ready[1].comparison_id not in session_value(SKIPPED, [])):
-        nxt = ready[1]
+    """Show the pair prepared to follow ``after`` (drawn now if it is not ready)."""
+    ready, nxt = _prepared(after)
+    if ready:
         if nxt is not None:
             nxt = dataclasses.replace(nxt, shown_at=time.time())  # time spent counts from when it is shown
     else:
@@ -144,8 +198,7 @@ def on_choice(choice: str, item: QueueItem, ident: Identity) -> None:
     done.add(item.key)
     session_value(STACK, []).append((item.key, item, st.session_state.get(strength_key(item))))
     count(1, item)
-    st.session_state.pop(ERROR, None)
-    st.session_state[NOTICE] = VERDICTS[choice]
+    st.session_state.pop(ERROR, None)  # no toast: the next pair on screen says it was taken
     if st.session_state.get(ITEM) is None or st.session_state[ITEM].key == item.key:
         _advance(ident, item)
 

@@ -100,11 +100,10 @@ def _panes(left: str, right: str) -> None:
             safe_markdown(text)
 
 
-def _strength_buttons(key: str, suffix: str) -> None:
+def _strength_buttons(key: str) -> None:
     for name, k in ls.STRENGTH_KEYS.items():
-        st.button(name.capitalize(), key=f"str_{name}_{suffix}", shortcut=k, on_click=ls.on_strength, args=(key, name),
-                  type="primary" if st.session_state.get(key) == name else "secondary",
-                  help=f"How much better: {name} (press again to clear)")
+        st.button(name.capitalize(), key=f"lbl_str_{name}", shortcut=k, on_click=ls.on_strength, args=(key, name),
+                  type="primary" if st.session_state.get(key) == name else "secondary")
 
 
 def _verdicts(on_click: object, args: tuple[object, ...], suffix: str, current: str | None = None) -> None:
@@ -133,14 +132,14 @@ def _pair_area(ident: Identity) -> None:
         else:
             with st.container(horizontal=True, gap="small"):
                 _verdicts(ls.on_choice, (item, ident), item.key)
-                st.button("Skip", on_click=ls.on_skip, args=(item, ident), shortcut="5", key=f"skip_{item.key}")
-                _strength_buttons(ls.strength_key(item), item.key)
-                st.button("Undo", on_click=ls.on_undo, args=(ident,), shortcut="u", key=f"undo_{item.key}",
-                          icon=":material/undo:", help="Delete my last label and show its pair again")
-                st.button("My labels", on_click=recent.on_back, args=(ident,), shortcut="b", key=f"back_{item.key}",
-                          icon=":material/history:", help="Step back through my recent labels to change one")
-                st.button("Flag", on_click=ls.on_flag_mode, args=(item,), shortcut="f", key=f"flagmode_{item.key}",
-                          icon=":material/flag:", help="I cannot judge this pair")
+                st.button("Skip", on_click=ls.on_skip, args=(item, ident), shortcut="5", key="lbl_skip")
+                _strength_buttons(ls.strength_key(item))
+                st.button("Undo", on_click=ls.on_undo, args=(ident,), shortcut="u", key="lbl_undo",
+                          icon=":material/undo:")
+                st.button("My labels", on_click=recent.on_back, args=(ident,), shortcut="b", key="lbl_back",
+                          icon=":material/history:")
+                st.button("Flag", on_click=ls.on_flag_mode, args=(item,), shortcut="f", key="lbl_flagmode",
+                          icon=":material/flag:")
             st.caption(LEGEND["pairs"])
     if item.n_responses >= 3 and rs.has_rankable_prompts():
         st.caption("This prompt has more responses: rank them all in 'Rank 3+ responses' mode.")
@@ -176,7 +175,7 @@ def _recent_area(rec: RecentLabel, ident: Identity) -> None:
     with st.container(key="lbl_bar"):
         with st.container(horizontal=True, gap="small"):
             _verdicts(recent.on_change, (rec, ident), f"r{rec.label_id}", current=rec.choice)
-            _strength_buttons(recent.strength_key(rec), f"r{rec.label_id}")
+            _strength_buttons(recent.strength_key(rec))
             st.button("Older", key=f"older_{rec.label_id}", shortcut="b", on_click=recent.on_back, args=(ident,),
                       icon=":material/arrow_back:", disabled=n >= of)
             st.button("Newer", key=f"newer_{rec.label_id}", shortcut="n", on_click=recent.on_forward,
@@ -202,9 +201,8 @@ def _rank_area(ident: Identity) -> None:
             cols = st.columns(min(3, k), gap="small")
         with cols[i % 3]:
             with st.container(border=True, key=f"lbl_pane_r{rows}_{i}"):
-                st.button(f"Response {i + 1}", key=f"rankpick_{task.key}_{i}", on_click=rs.on_rank_next,
-                          args=(task, i), type="tertiary", shortcut=str(i + 1) if i < rs.MAX_KEYED else None,
-                          help="Give it the next rank")
+                st.button(f"Response {i + 1}", key=f"lbl_pick_{i}", on_click=rs.on_rank_next,
+                          args=(task, i), type="tertiary", shortcut=str(i + 1) if i < rs.MAX_KEYED else None)
                 safe_markdown(text)
             st.segmented_control(f"Rank of Response {i + 1}", rs.rank_options(k), key=rs.rank_key(task, i),
                                  on_change=rs.forget_rank_refusal, label_visibility="collapsed")
@@ -216,10 +214,10 @@ def _rank_area(ident: Identity) -> None:
             st.button("Submit ranking", on_click=rs.on_rank, args=(task, ident), type="primary", shortcut="Enter",
                       key=f"ranksubmit_{task.key}")
             st.button("Take back", on_click=rs.on_rank_back, args=(task,), shortcut="Backspace",
-                      key=f"rankback_{task.key}", help="Take back the last rank given")
-            st.button("Skip", on_click=rs.on_rank_skip, args=(task, ident), shortcut="s", key=f"rankskip_{task.key}")
-            st.button("Undo", on_click=rs.on_rank_undo, args=(ident,), shortcut="u", key=f"rankundo_{task.key}",
-                      icon=":material/undo:", help="Delete my last ranking and show it again with its ranks")
+                      key="lbl_rankback")
+            st.button("Skip", on_click=rs.on_rank_skip, args=(task, ident), shortcut="s", key="lbl_rankskip")
+            st.button("Undo", on_click=rs.on_rank_undo, args=(ident,), shortcut="u", key="lbl_rankundo",
+                      icon=":material/undo:")
             if missing:
                 st.caption(missing)
         st.caption(LEGEND["rank"])

@@ -16,20 +16,19 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.config_form import config_from_state, widget_keys
 from app.resources import current_identity, database, settings
 from db import jobs, policy, versions
 from db.models import JobKind
 from db.session import explain_db_error
-from rm_engine.config import SOURCES, TrainConfig, check_queueable, policy_train_config
+from rm_engine.config import TrainConfig, check_queueable, policy_train_config
 from rm_engine.versions import registry
 
 T = TypeVar("T")
 _MSG = "train_messages"
-#: Session-state keys of the training form's widgets.
-FORM_KEYS = {"mode": "tr_mode", "backbone": "tr_backbone", "epochs": "tr_epochs", "ensemble": "tr_ensemble",
-             "pooling": "tr_pooling", "lora": "tr_lora", "lr": "tr_lr", "sources": "tr_sources",
-             "length_covariate": "tr_length_covariate", "annotator_weights": "tr_annotator_weights",
-             "folds": "tr_folds", **{f"w_{s}": f"tr_w_{s}" for s in SOURCES}}
+#: Session-state keys of the training form's widgets: one per ``TrainConfig`` field the form offers
+#: (``app.config_form``), and the cross-validation's folds.
+FORM_KEYS = {**widget_keys(), "folds": "tr_folds"}
 
 
 def _say(kind: str, text: str) -> None:
@@ -53,21 +52,7 @@ def _write(what: str, fn: Callable[[Session], T]) -> T | None:
 
 def config_from_form(state: Any) -> TrainConfig:
     """The ``TrainConfig`` the form describes (raises ``ValueError`` naming the bad field)."""
-    k = FORM_KEYS
-    chosen = tuple(state[k["sources"]])
-    return TrainConfig(
-        mode=state[k["mode"]],
-        backbone=(state[k["backbone"]] or "").strip() or "minilm",
-        epochs=int(state[k["epochs"]]) or None,
-        lr=float(state[k["lr"]]) or None,
-        ensemble=int(state[k["ensemble"]]),
-        pooling=state[k["pooling"]],
-        lora=bool(state[k["lora"]]),
-        length_covariate=bool(state.get(k["length_covariate"], False)),
-        annotator_weights=bool(state.get(k["annotator_weights"], False)),
-        source_weights={s: float(state[k[f"w_{s}"]]) for s in SOURCES},
-        sources=None if set(chosen) == set(SOURCES) else chosen,
-    )
+    return config_from_state(state)
 
 
 def enqueue_training() -> None:

@@ -10,10 +10,11 @@ def usage_snippets(version_id: int) -> dict[str, str]:
     OpenRLHF's ``--remote_rm_url``) and ``export`` (transformers alone)."""
     return {
         "python": f"""from db.config import Settings
-from db.session import get_database
+from db.session import Database
 from rm_engine.serving.scoring import RewardModel, reward_function
 
-model = RewardModel.load(get_database(), Settings.from_env(), {version_id})
+settings = Settings.from_env()  # RMSTUDIO_HOME and RMSTUDIO_DB, as the app and rmstudio read them
+model = RewardModel.load(Database(settings.db_url), settings, {version_id})
 reward = reward_function(model, kind="z")  # TRL GRPOTrainer(reward_funcs=[reward], ...)
 print(reward(["How do I bake bread?"], ["Mix flour, water, yeast and salt; knead; bake."]))""",
         "server": f"""rmstudio reward-server --model {version_id} --port 8600   # RMSTUDIO_REWARD_TOKEN=... to require a token

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from bench.hh_data import cached_features
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.config import TrainConfig
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.quality.annotators import annotator_quality, quality_weights
     from rm_engine.training import split_pairs
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name, (labs, w) in conditions.items():
                 fit = arrays([x for x in labs if x[0] in fit_ids], w)
                 stop = arrays([x for x in labs if x[0] in stop_ids], w)
-                res = train_heads(X, fit, HeadTrainSpec(kind="linear", weight_decay=1e-2, seed=seed), val=stop)
+                res = train_heads(X, fit, TrainConfig(head="linear", weight_decay=1e-2, seed=seed), val=stop)
                 sc = res.head.score(X).mean(1)
                 row[name] = float(np.mean(sc[ho_c] > sc[ho_c + 1]))
             report["runs"].append(row)

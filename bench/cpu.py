@@ -77,7 +77,8 @@ def bench_heads(pair_counts: list[int], feat_rate: float, dim: int = 1536) -> di
     """Seconds per head retrain on cached (synthetic) features vs recomputing features each time."""
     import numpy as np
 
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.config import TrainConfig
+    from rm_engine.head.train import PairArrays, train_heads
 
     out = {}
     for n in pair_counts:
@@ -90,7 +91,7 @@ def bench_heads(pair_counts: list[int], feat_rate: float, dim: int = 1536) -> di
         cut = int(0.8 * n)
         tr, va = PairArrays.build(ci[:cut], ri[:cut]), PairArrays.build(ci[cut:], ri[cut:])
         t0 = time.perf_counter()
-        res = train_heads(X, tr, HeadTrainSpec(epochs=300, weight_decay=0.1, patience=30), val=va)
+        res = train_heads(X, tr, TrainConfig(epochs=300, weight_decay=0.1, patience=30), val=va)
         dt = time.perf_counter() - t0
         texts = 3 * 2 * n  # rich features: pair, response and context embeddings per response (upper bound)
         naive = texts / feat_rate + dt

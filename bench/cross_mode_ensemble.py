@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from db.config import Settings
     from rm_engine.config import TrainConfig
     from rm_engine.finetune.train import train_finetune
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.training import split_pairs
 
     t0 = time.perf_counter()
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, held = split_by_prompt(pairs, 0.2, seed=args.split_seed)
     arr = lambda ps: PairArrays.build([p.chosen_id for p in ps], [p.rejected_id for p in ps])  # noqa: E731
     inner = split_pairs(train, 0.15, args.split_seed + 1000)
-    head = train_heads(X, arr(inner["train"]), HeadTrainSpec(weight_decay=0.1, seed=args.split_seed),
+    head = train_heads(X, arr(inner["train"]), TrainConfig(weight_decay=0.1, seed=args.split_seed),
                        val=arr(inner["val"])).head
     s_head = head.score(X)[:, 0].astype(np.float64)  # rows indexed by response id
     t_head = time.perf_counter() - t0

@@ -25,7 +25,8 @@ def main() -> None:
     import numpy as np
 
     from bench.hh_data import cached_features
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.config import TrainConfig
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.normalize import combine_members, member_centers
     from rm_engine.training import split_pairs
 
@@ -43,7 +44,7 @@ def main() -> None:
         fit = split_pairs(sp["train"], 0.15, seed + 1000)  # early stopping on an inner split, as the engine does
         arr = lambda ps: PairArrays.build([p.chosen_id for p in ps], [p.rejected_id for p in ps])  # noqa: E731
         ho = arr(sp["val"])
-        res = train_heads(X, arr(fit["train"]), HeadTrainSpec(members=a.members, weight_decay=1e-2, seed=seed),
+        res = train_heads(X, arr(fit["train"]), TrainConfig(ensemble=a.members, weight_decay=1e-2, seed=seed),
                           val=arr(fit["val"]))
         S = res.head.score(X).astype(np.float64)
         centers = member_centers(S)

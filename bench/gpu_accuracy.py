@@ -67,9 +67,10 @@ def _train_variant(backbone: Path, train: list[Any], settings: Any, kw: dict[str
         res, model = run_ours(backbone, train, settings, **kw, **common)
         return {**res, "pooling": model.meta.pooling}, model.score
     from rm_engine.config import TrainConfig
-    from rm_engine.training import member_weights
+    from rm_engine.objective import member_weights, pair_weight
 
-    weights = member_weights(TrainConfig(mode="finetune", ensemble=members, seed=0), train)
+    cfg = TrainConfig(mode="finetune", ensemble=members, seed=0)
+    weights = member_weights(cfg, [pair_weight(cfg, p) for p in train])
     runs = [run_ours(backbone, train, settings, seed=k, weights=w.tolist(), **kw, **common)
             for k, w in enumerate(weights)]
     res = {**runs[0][0], "pooling": runs[0][1].meta.pooling,

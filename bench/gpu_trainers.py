@@ -58,7 +58,7 @@ def run_ours(model_dir: Path, pairs: list[Any], settings: Any, *, batch_tokens: 
              weights: list[float] | None = None,
              should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, Any], Any]:
     """RM Studio's trainer; throughput from its last epoch (the first one pays for warm-up). ``seed`` and
-    ``weights`` (per pair) as the engine gives an ensemble member (``rm_engine.training.member_weights``)."""
+    ``weights`` (per pair) as the engine gives an ensemble member (``rm_engine.objective.member_weights``)."""
     from rm_engine.config import TrainConfig
     from rm_engine.finetune.train import train_finetune
 

@@ -21,7 +21,8 @@ def main() -> None:
     import numpy as np
 
     from bench.hh_data import cached_features
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    from rm_engine.config import TrainConfig
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.training import split_pairs
 
     ap = argparse.ArgumentParser()
@@ -45,7 +46,7 @@ def main() -> None:
             va = PairArrays.build([p.chosen_id for p in fit["val"]], [p.rejected_id for p in fit["val"]])
             ho = PairArrays.build([p.chosen_id for p in held], [p.rejected_id for p in held])
             t0 = time.time()
-            res = train_heads(feats[recipe], tr, HeadTrainSpec(kind=head, weight_decay=wd, seed=seed), val=va)
+            res = train_heads(feats[recipe], tr, TrainConfig(head=head, weight_decay=wd, seed=seed), val=va)
             secs.append(time.time() - t0)
             sc = res.head.score(feats[recipe]).mean(1)
             accs.append(float(np.mean(sc[ho.ci] > sc[ho.ri])))

@@ -340,8 +340,9 @@ def commit_of(tree: Path) -> str:
     return (out.stdout.strip() or "?") + (" + working tree" if dirty else "")
 
 
-def run(trees: list[Path], cfg: BrowserBenchConfig) -> dict[str, Any]:
-    """Seed once, serve every tree, press keys in alternating blocks; the results of every tree."""
+def run(trees: list[Path], cfg: BrowserBenchConfig, logs: Path | None = None) -> dict[str, Any]:
+    """Seed once, serve every tree, press keys in alternating blocks; the results of every tree (each server's log
+    copied to ``logs`` when given)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="rmstudio-labelbench-") as tmp:
@@ -392,8 +393,11 @@ def run(trees: list[Path], cfg: BrowserBenchConfig) -> dict[str, Any]:
                 r.load_avg = {"min": min(s["load"]), "mean": round(statistics.mean(s["load"]), 2), "max": max(s["load"])}
                 r.raw_total_ms = [round(x, 1) for x in s["total"]]
         finally:
-            for s in servers:
+            for i, s in enumerate(servers):
                 s.stop()
+                if logs is not None:
+                    logs.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(s.home / "serve.log", logs / f"serve-{i}.log")
     return {"config": asdict(cfg), "seed": {k: v for k, v in seeded.items() if k != "token"},
             "results": [asdict(r) for r in results], "chromium": version,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -408,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presses", type=int, default=BrowserBenchConfig.presses)
     ap.add_argument("--read-ms", type=int, default=BrowserBenchConfig.read_ms)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--logs", type=Path, help="folder to keep each server's log in")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"no Chromium at {CHROMIUM} (set RMSTUDIO_CHROMIUM)", file=sys.stderr)
@@ -415,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BrowserBenchConfig(labels=args.labels, open_pairs=args.open_pairs, presses=args.presses,
                              read_ms=args.read_ms)
     trees = [t.resolve() for t in (args.tree or [REPO])]
-    out = run(trees, cfg)
+    out = run(trees, cfg, args.logs)
     for r in out["results"]:
         print(f"{r['tree']} ({r['commit']}): key -> next pair painted {r['total_ms']}; server {r['server_ms']}; "
               f"browser {r['browser_ms']}; load average {r['load_avg']}")

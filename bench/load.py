@@ -97,36 +97,34 @@ def pg_database() -> tuple[str, Any]:
 
 
 def _busy(db: Any) -> bool:
-    from sqlalchemy import func, select
-
-    from db.models import Job, JobStatus
+    from db import jobs
 
     with db.read() as s:
-        return bool(s.scalar(select(func.count()).select_from(Job).where(Job.status.in_([JobStatus.queued, JobStatus.running]))))
+        return bool(jobs.active_jobs(s))
 
 
 def _train_runs(db: Any, before: float) -> tuple[list[float], int]:
     """Seconds each succeeded train job ran, and how many of them started before ``before``."""
-    from sqlalchemy import select
-
-    from db.models import Job, JobKind, JobStatus
+    from db import jobs
 
     with db.read() as s:
-        rows = s.execute(select(Job.started_at, Job.finished_at).where(
-            Job.kind == JobKind.train, Job.status == JobStatus.succeeded)).all()
+        rows = [(j.started_at, j.finished_at) for j in jobs.list_jobs(s, None, statuses=["succeeded"], kinds=["train"])]
     return ([round((f - st).total_seconds(), 1) for st, f in rows if st and f],
             sum(1 for st, _ in rows if st and st.timestamp() < before))
 
 
 def _job_counts(db: Any) -> tuple[dict[str, int], int]:
+    from collections import Counter
+
     from sqlalchemy import func, select
 
-    from db.models import Job, ModelVersion
+    from db import jobs
+    from db.models import ModelVersion
 
     with db.read() as s:
-        rows = s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()
+        counts = Counter(f"{j.kind.value}:{j.status.value}" for j in jobs.list_jobs(s, None))
         versions = int(s.scalar(select(func.count()).select_from(ModelVersion)) or 0)
-    return {f"{k.value}:{st.value}": int(n) for k, st, n in rows}, versions
+    return dict(counts), versions
 
 
 def run_backend(backend: str, cfg: BenchConfig, work: Path) -> BenchResult:

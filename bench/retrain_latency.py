@@ -161,7 +161,7 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
     from db import jobs as jobq
     from db import policy as pol
     from db.config import Settings
-    from db.models import Job, JobKind, ModelVersion
+    from db.models import ModelVersion
     from db.session import Database
     from rm_engine.config import TrainConfig
     from rm_engine.training import train_and_publish
@@ -213,14 +213,14 @@ def run_size(n_pairs: int, args: argparse.Namespace, log: Any) -> dict[str, Any]
 
             def _rescored(job_id: int = job_id) -> Any:
                 with db.read() as s:
-                    j = s.scalar(select(Job).where(Job.kind == JobKind.rescore, Job.params["after_job"].as_integer() == job_id))
-                    return j.status.value if j is not None and j.status.value in ("succeeded", "failed") else None
+                    js = [j for j in jobq.list_jobs(s, None, kinds=["rescore"]) if (j.params or {}).get("after_job") == job_id]
+                    return js[0].status.value if js and js[0].status.value in ("succeeded", "failed") else None
 
             status = wait_for(_rescored, 600, "the rescore")
             t_scores = time.time()
             with db.read() as s:
                 logs = [(r.created_at.timestamp(), r.line) for r in jobq.job_logs(s, job_id)]
-                job = s.get(Job, job_id)
+                job = jobq.get_job(s, job_id)
                 claimed = job.started_at.timestamp()
                 created = job.created_at.timestamp()
                 metrics = s.get(ModelVersion, vid).metrics

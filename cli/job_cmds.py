@@ -3,6 +3,7 @@ plus a worker)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -13,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import PORT, CLIError, bounded_type, field_flag, open_db, print_json, settings
+from db import jobs as jobq
+from db import policy as pol
+from db import workers
 from db.bounds import Bound, FieldError
+from db.config import Settings
 from db.policy import RetrainPolicy
-from worker.loop import WorkerConfig
+from rm_engine.config import TrainConfig, parse_override, policy_train_config
+from rm_engine.device import resolve_device
+from worker.loop import WorkerConfig, main
 
 #: ``jobs --limit``, ``jobs logs --tail``.
 ROWS = Bound(1, 100_000, integer=True)
@@ -63,8 +70,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     field_flag(p, RetrainPolicy, "min_new_labels", default=None, metavar="N")
     field_flag(p, RetrainPolicy, "min_interval_s", "--min-interval", default=None, metavar="S")
     p.add_argument("--mode", choices=("head", "finetune"), default=None, help="training mode of automatic retrains")
-    p.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a TrainConfig field for automatic retrains (VALUE as JSON, else text); KEY= removes it")
+    p.add_argument("--train-param", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a TrainConfig field for automatic retrains, its value as the train flags take it (e.g. "
+                        "epochs=40, lora=yes, sources=expert,crowd); FIELD= removes it")
     rs = p.add_mutually_exclusive_group()
     rs.add_argument("--rescore", dest="rescore", action="store_const", const=True, default=None)
     rs.add_argument("--no-rescore", dest="rescore", action="store_const", const=False)
@@ -87,9 +95,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the worker loop in this process."""
-    from transformers.utils import logging as hf_logging
-
-    from worker.loop import main
+    from transformers.utils import logging as hf_logging  # transformers loads in seconds: only for this command
 
     hf_logging.disable_progress_bar()  # the worker's log is one line per event: no bar per model load
 
@@ -104,10 +110,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if cfg.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda: torch sees no CUDA device here (use --device auto or cpu)")
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError:
+            raise CLIError("--device cuda: torch sees no CUDA device here (use --device auto or cpu)") from None
     return main(cfg, settings())
 
 
@@ -144,9 +150,6 @@ def _result_text(r: dict[str, Any]) -> str:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the newest jobs with their progress."""
-    from db import jobs as jobq
-    from db import workers
-
     statuses = [x.strip() for x in args.status.split(",") if x.strip()] if args.status else None
     db = open_db()
     try:
@@ -179,8 +182,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """List the live workers (db/workers.py)."""
-    from db import workers
-
     db = open_db()
     try:
         with db.read() as s:
@@ -199,8 +200,6 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     """Cancel one job."""
-    from db import jobs as jobq
-
     db = open_db()
     try:
         try:
@@ -223,8 +222,6 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
     """Print a job's log."""
-    from db import jobs as jobq
-
     db = open_db()
     try:
         with db.read() as s:
@@ -245,28 +242,30 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 
 def _parse_train_params(items: list[str]) -> dict[str, Any]:
+    """``--train-param FIELD=VALUE`` items -> ``{field: value}``, each value read as the train flags read it
+    (``rm_engine.config.parse_override``); ``FIELD=`` gives None, which removes the field."""
     out: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in items:
-        if "=" not in item:
-            raise CLIError(f"--train-param {item!r}: expected KEY=VALUE, e.g. --train-param epochs=100")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise CLIError(f"--train-param {item!r}: the key is empty")
-        if raw == "":
-            out[key] = None
+        name, sep, raw = item.partition("=")
+        key = name.strip().lstrip("-").replace("-", "_")
+        if sep and not key:
+            raise CLIError(f"--train-param {item!r}: the field is empty, e.g. --train-param epochs=100")
+        if sep and (not raw.strip() or key not in known):  # a removal, or an unknown field (named afterwards)
+            out[key] = raw.strip() or None
             continue
         try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+            key, value = parse_override(item)
+        except FieldError as exc:
+            raise CLIError(f"--train-param {exc.field}: {exc.reason} (got {exc.value!r})") from None
+        except ValueError as exc:
+            raise CLIError(f"--train-param {exc}") from None
+        out[key] = value
     return out
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
     """Show the retrain policy, change it when options are given, and say whether a retrain is due."""
-    from db import policy as pol
-
     changes: dict[str, Any] = {}
     if args.enabled is not None:
         changes["enabled"] = args.enabled
@@ -278,7 +277,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         changes["mode"] = args.mode
     if args.rescore is not None:
         changes["rescore"] = args.rescore
-    db = open_db()
+    process_settings = settings()
+    db = open_db(process_settings)
     try:
         if changes or args.train_param:
             tp_changes = _parse_train_params(args.train_param)
@@ -294,7 +294,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
                             tp.pop(k, None)
                         else:
                             tp[k] = v
-                    _check_retrain_config(tp, changes.get("mode", current.mode))
+                    _check_retrain_config(tp, changes.get("mode", current.mode), process_settings)
                     changes["train_params"] = tp
                 pol.set_policy(s, **changes)
 
@@ -324,22 +324,16 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def _check_train_params(tp: dict[str, Any]) -> None:
     """Reject unknown TrainConfig fields early, naming them."""
-    from dataclasses import fields
-
-    from rm_engine.config import TrainConfig
-
-    names = {f.name for f in fields(TrainConfig)} - {"mode"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"mode"}
     unknown = sorted(k for k in tp if k not in names)
     if unknown:
         raise CLIError(f"--train-param: unknown TrainConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
 
 
-def _check_retrain_config(train_params: dict[str, Any], mode: str) -> None:
+def _check_retrain_config(train_params: dict[str, Any], mode: str, s: Settings) -> None:
     """The automatic retrain's settings checked as the worker will check them, before they are stored."""
-    from rm_engine.config import policy_train_config
-
     try:
-        policy_train_config(train_params, mode, settings())
+        policy_train_config(train_params, mode, s)
     except FieldError as exc:
         raise CLIError(f"--train-param {exc.field}: {exc.reason} (got {exc.value!r})") from None
     except ValueError as exc:

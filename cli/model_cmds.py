@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import CLIError, bounded_type, field_flag, open_db, pct, print_json, progress, settings
-from db.bounds import Bound, FieldError, help_of
-from rm_engine.config import COMBINE, ENV_PREFIX, TrainConfig, check_queueable
+from db.bounds import Bound, FieldError
+from rm_engine.config import COMBINE, MODES, TrainConfig, check_queueable, env_var, field_mode
 
 #: ``--penalty``: the weight of the std in ``--combine uwo``.
 PENALTY = Bound(0, 100)
@@ -48,48 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def train_flags(p: argparse.ArgumentParser) -> None:
-    """The training configuration's flags (``TrainConfig.from_args`` reads them), shared by ``train`` and ``cv``."""
-    p.add_argument("--mode", choices=("head", "finetune"), help="head: frozen backbone + cached features (CPU default); finetune: whole model")
-    p.add_argument("--backbone", help="minilm (default) or a local Hugging Face folder under RMSTUDIO_HOME / RMSTUDIO_MODEL_DIRS")
-    for name, metavar in (("epochs", "N"), ("lr", "LR"), ("batch_size", "N"), ("batch_tokens", "N"),
-                          ("max_batch_pairs", "N"), ("max_length", "N"), ("ensemble", "K")):
-        field_flag(p, TrainConfig, name, metavar=metavar)
-    p.add_argument("--source-weights", dest="source_weights", metavar="expert=1,crowd=0.8,ai=0.5")
-    p.add_argument("--sources", help="train only on these sources, e.g. expert,crowd")
-    p.add_argument("--ties", choices=("model", "exclude"))
-    p.add_argument("--tie-model", dest="tie_model", choices=("davidson", "rao_kupper"))
-    for name in ("margin_from_strength", "center_coef", "val_fraction"):
-        field_flag(p, TrainConfig, name, metavar="X")
-    p.add_argument("--head", choices=("linear", "mlp"))
-    field_flag(p, TrainConfig, "weight_decay", metavar="X")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    field_flag(p, TrainConfig, "gpus", metavar="N",
-               help=help_of(TrainConfig, "gpus") + ". Queued jobs without it take the worker's --gpus")
-    p.add_argument("--lora", action="store_true", default=None,
-                   help="finetune: LoRA adapters (peft, all linear layers, r=16) and the score head instead of every weight")
-    p.add_argument("--compile", action="store_true", default=None, help="finetune: torch.compile the model")
-    p.add_argument("--packing", action="store_true", default=None,
-                   help="finetune, decoders only: pack each batch into one row of --batch-tokens without padding "
-                        "(static shape for torch.compile); encoders fall back to padded batches")
-    p.add_argument("--packed-attention", dest="packed_attention", choices=("auto", "flex", "varlen", "sdpa"),
-                   help="with --packing: attention of the packed rows (auto = varlen on CUDA when the model takes "
-                        "it, else flex; varlen = torch's variable-length flash attention, CUDA)")
-    p.add_argument("--pooling", choices=("auto", "cls", "mean", "rich"),
-                   help="finetune, encoders: auto = the backbone's own (mean for MiniLM), cls, mean, or rich (head "
-                        "mode's features of context+response, response and context, trained end to end; ~2.5x compute)")
-    p.add_argument("--head-init", dest="head_init", choices=("auto", "random", "probe"),
-                   help="finetune: start the score head at random or from a linear probe on the frozen backbone's "
-                        "features (LP-FT); auto (default) = probe with --pooling rich, random otherwise")
-    p.add_argument("--features", choices=("rich", "pair"), help="head-mode features (default rich)")
-    p.add_argument("--quantize", action="store_true", default=None, help="int8 backbone for head-mode feature extraction (CPU)")
-    p.add_argument("--length-covariate", dest="length_covariate", action="store_true", default=None,
-                   help="absorb the labels' length preference into a learned coefficient on response "
-                        "length, kept out of the served score (against length hacking)")
-    p.add_argument("--annotator-weights", dest="annotator_weights", action="store_true", default=None,
-                   help="weight each label by its annotator's reliability, estimated from pairs several annotators "
-                        "labelled (Dawid-Skene; see rmstudio annotators)")
-    field_flag(p, TrainConfig, "patience", metavar="N")
-    field_flag(p, TrainConfig, "seed", metavar="N")
+    """Every ``TrainConfig`` field as a flag (``--field-name``; ``TrainConfig.from_args`` reads them), built from the
+    field's metadata (help, range or choices; switches also as ``--no-name``) and grouped by mode; shared by
+    ``train`` and ``cv``."""
+    groups = {None: p.add_argument_group("training options (both modes)"),
+              **{mode: p.add_argument_group(f"{words} options") for mode, words in MODES.items()}}
+    for f in dataclasses.fields(TrainConfig):
+        field_flag(groups[field_mode(f)], TrainConfig, f.name)
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -115,7 +81,7 @@ def _origin(field: str, args: argparse.Namespace) -> str:
     """Where a TrainConfig field's value came from: its flag, else its environment variable."""
     if getattr(args, field, None) is not None:
         return "--" + field.replace("_", "-")
-    var = ENV_PREFIX + field.upper()
+    var = env_var(field)
     return var if os.environ.get(var) else f"TrainConfig.{field}"
 
 
@@ -139,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             from db.models import JobKind
 
             params = cfg.to_dict()
-            if getattr(args, "gpus", None) is None and cfg.gpus == 1 and not os.environ.get("RMSTUDIO_TRAIN_GPUS"):
+            if getattr(args, "gpus", None) is None and cfg.gpus == 1 and not os.environ.get(env_var("gpus")):
                 del params["gpus"]  # not asked for: the worker's --gpus decides
             with db.write() as s:
                 job = enqueue(s, JobKind.train, params=params, created_by="cli")

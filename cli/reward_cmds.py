@@ -8,6 +8,7 @@ from typing import Any
 
 from cli.common import PORT, CLIError, bounded_type, field_flag, open_db, print_json
 from cli.model_cmds import load_scorer, model_args
+from rm_engine.device import resolve_device
 from rm_engine.serving.reward_server import ServerConfig
 
 TOKEN_ENV = "RMSTUDIO_REWARD_TOKEN"
@@ -51,7 +52,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_reward_server(args: argparse.Namespace) -> int:
     """Load the model(s) once, then serve until Ctrl-C or SIGTERM."""
     from rm_engine.serving.chat_markup import MarkupError, load_markup
-    from rm_engine.training import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -197,7 +197,7 @@ def multi_rated_labels(session: Session, min_labels: int = 2, max_comparisons: i
     rows = session.execute(
         select(Label.comparison_id, Label.id, Annotator.name, _text(Label.source), _text(Label.outcome), Label.extra)
         .join(Annotator, Label.annotator_id == Annotator.id)
-        .where(Label.comparison_id.in_(multi.scalar_subquery()))
+        .where(Label.comparison_id.in_(multi.scalar_subquery()), Label.superseded_by_id.is_(None))  # changed: new only
         .order_by(Label.comparison_id, Label.id)
     ).all()
     rows = [(*r[:5], (r[5] or {}).get("guidelines") if isinstance(r[5], dict) else None) for r in rows]

@@ -4,7 +4,9 @@ A settings dataclass declares ``field(default=..., metadata=bounded(lo, hi, inte
 :func:`check_fields` in its ``__post_init__``; the command line parses flags with :meth:`Bound.parse` of the same
 bound and forms use its limits. So a value is refused the same way whether it comes from a flag, an environment
 variable, a form, a stored policy or a queued job's parameters: not a number, not finite (NaN, inf) or out of
-range, with a :class:`FieldError` naming the field and the value.
+range, with a :class:`FieldError` naming the field and the value. Fields of a fixed set of words declare
+``metadata=choice("a", "b", help=...)`` (:class:`Choice`) and switches ``metadata=switch(help=...)`` (:class:`Switch`):
+the same check, the same parsing of text, the same help.
 
 Stdlib only: every layer (``db``, ``rm_engine``, ``app``) imports it.
 """
@@ -106,6 +108,71 @@ class Bound:
             raise FieldError(label, exc.reason, text, field=field) from None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The words a setting accepts (``values``)."""
+
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. ``"one of head, finetune"``."""
+        return f"one of {', '.join(self.values)}"
+
+    def check(self, value: Any, label: str = "value", *, field: str | None = None) -> str:
+        """``value`` when it is one of the words, else :class:`FieldError`."""
+        if not isinstance(value, str) or value not in self.values:
+            raise FieldError(label, f"must be {self.describe()}", value, field=field)
+        return value
+
+    def parse(self, text: str, label: str = "value", *, field: str | None = None) -> str:
+        """Text (a flag, an environment variable) -> the checked word (surrounding blanks ignored)."""
+        return self.check(str(text).strip(), label, field=field)
+
+
+_TRUTH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+@dataclass(frozen=True)
+class Switch:
+    """An on/off setting: ``True`` or ``False``; as text ``1, 0, true, false, yes, no, on, off``."""
+
+    def describe(self) -> str:
+        """The accepted values in words."""
+        return "true or false (1, 0, yes, no, on, off)"
+
+    def check(self, value: Any, label: str = "value", *, field: str | None = None) -> bool:
+        """``value`` when it is a ``bool``, else :class:`FieldError`."""
+        if not isinstance(value, bool):
+            raise FieldError(label, "must be true or false", value, field=field)
+        return value
+
+    def parse(self, text: str, label: str = "value", *, field: str | None = None) -> bool:
+        """Text -> the boolean, or :class:`FieldError` naming ``label``."""
+        try:
+            return _TRUTH[str(text).strip().lower()]
+        except KeyError:
+            raise FieldError(label, f"must be {self.describe()}", text, field=field) from None
+
+
+def choice(*values: str, help: str = "", **extra: Any) -> dict[str, Any]:
+    """Field metadata of a setting that is one of ``values``: ``{"choice": Choice(values), "help": help, **extra}``."""
+    return {"choice": Choice(tuple(values)), "help": help, **extra}
+
+
+def switch(*, help: str = "", **extra: Any) -> dict[str, Any]:
+    """Field metadata of an on/off setting: ``{"switch": Switch(), "help": help, **extra}``."""
+    return {"switch": Switch(), "help": help, **extra}
+
+
+#: The metadata keys of a field's rule (:class:`Bound`, :class:`Choice`, :class:`Switch`).
+RULES = ("bound", "choice", "switch")
+
+
+def rule_of(f: dataclasses.Field) -> Bound | Choice | Switch | None:  # type: ignore[type-arg]
+    """The rule declared on dataclass field ``f`` (None when it declares none)."""
+    return next((f.metadata[k] for k in RULES if k in f.metadata), None)
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -130,13 +197,14 @@ def help_of(cls: Any, name: str) -> str:
 
 
 def check_fields(obj: Any, label: Callable[[str], str]) -> None:
-    """Check every bounded field of the (possibly frozen) dataclass instance ``obj``, storing the normalised value
-    (``int``/``float``); the first bad one raises :class:`FieldError` labelled ``label(field name)``."""
+    """Check every field of the (possibly frozen) dataclass instance ``obj`` that declares a rule (a bound, a choice,
+    a switch), storing the normalised value (``int``/``float``); the first bad one raises :class:`FieldError`
+    labelled ``label(field name)``."""
     for f in dataclasses.fields(obj):
-        bound = f.metadata.get("bound")
-        if bound is None:
+        rule = rule_of(f)
+        if rule is None:
             continue
-        value = bound.check(getattr(obj, f.name), label(f.name), field=f.name)
+        value = rule.check(getattr(obj, f.name), label(f.name), field=f.name)
         object.__setattr__(obj, f.name, value)
 
 

@@ -55,6 +55,7 @@ from db.models import (
     Split,
     utcnow,
 )
+from db.session import dialect_insert
 from db.store import prompt_hash, sha256
 
 IN_LIMIT = 500  # items per IN (...) list: far below SQLite's 32,766 bound variables
@@ -245,11 +246,7 @@ class BulkWriter:
 
     def __init__(self, session: Session, *, max_cache: int = 200_000) -> None:
         self.s = session
-        if session.get_bind().dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        self._insert: Callable[..., Any] = insert
+        self._insert: Callable[..., Any] = dialect_insert(session)
         self.max_cache = max_cache
         self.annotators: dict[str, int] = {}
         self.prompts: dict[str, list[Any]] = {}  # hash -> [id, category]

@@ -13,13 +13,20 @@ Life of a job::
   renews it with ``heartbeat``; a job whose lease ran out (its worker was killed) is re-queued by
   ``requeue_expired`` up to ``max_attempts`` times, then failed with the reason. A running job whose lease
   cannot be a real one (none, NaN, or beyond ``MAX_LEASE_S`` ahead) counts as expired (:func:`lease_gone`).
-* **Fencing**: every state change made by a worker (``heartbeat``, ``finish``, ``release``) matches on
-  ``lease_owner`` and ``status = 'running'``; a worker that lost its lease changes nothing. ``finish`` takes a
-  session so that it can run inside the transaction that publishes a model version.
+* **Fencing**: every state change made by a worker (``heartbeat``, ``finish``, ``release``, ``set_device``) matches
+  on ``lease_owner`` and ``status = 'running'`` (``add_to_result``, on the job it finished, on ``lease_owner``); a
+  worker that lost its lease changes nothing. ``finish`` takes a session so that it can run inside the transaction
+  that publishes a model version.
 * **Dedupe**: at most one *queued* job per ``dedupe_key`` (a partial unique index); ``enqueue`` relies on
   ``INSERT ... ON CONFLICT DO NOTHING``, never on check-then-insert.
 * **Cancel** is cooperative: a queued job is cancelled at once, a running one gets ``cancel_requested``,
   which the worker sees on its next heartbeat.
+* **Automatic retrains** are enqueued by :func:`enqueue_retrain_if_due`, the policy checked under a lock.
+
+Every statement that writes the ``jobs`` and ``job_logs`` tables is in this module (``db/policy.py`` and
+``db/workers.py`` only read them); the worker, the command line and the app call these functions. Functions taking a
+``Session`` run in the caller's transaction (``enqueue`` and ``finish`` belong to the transaction that publishes a
+version); those taking a ``Database`` run their own short one.
 
 Times are ``time.time()`` of the process that writes them: machines sharing a PostgreSQL queue need
 synchronised clocks (leases are tens of seconds, so NTP is plenty).
@@ -32,13 +39,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from db import policy as pol
 from db.models import Job, JobKind, JobLog, JobStatus, utcnow
-from db.session import Database
+from db.session import Database, dialect_insert
 
 #: Terminal states: a job in one of these never changes again.
 FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
@@ -46,6 +54,8 @@ FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.can
 MAX_LOG_LINE = 4000
 #: Longest lease a worker may take, in seconds (``WorkerConfig.lease_s``).
 MAX_LEASE_S = 86_400.0
+#: ``pg_advisory_xact_lock`` key of the automatic retrain's check-then-enqueue (:func:`enqueue_retrain_if_due`).
+_PG_AUTO_RETRAIN_LOCK = 727_004
 
 
 def _check_lease(lease_s: float) -> None:
@@ -90,14 +100,6 @@ def _status(status: JobStatus | str) -> JobStatus:
         ) from None
 
 
-def _insert(session: Session) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 _DEDUPE_WHERE = and_(Job.status == JobStatus.queued, Job.dedupe_key.is_not(None))
 
 
@@ -129,14 +131,33 @@ def enqueue(
         "created_by": created_by,
         "created_at": utcnow(),
     }
-    insert = _insert(session)
-    stmt = insert(Job).values(**values)
+    stmt = dialect_insert(session)(Job).values(**values)
     if dedupe_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=[Job.dedupe_key], index_where=_DEDUPE_WHERE)
     new_id = session.execute(stmt.returning(Job.id)).scalar()
     if new_id is None:
         return None
     return session.get(Job, new_id)
+
+
+def enqueue_retrain_if_due(session: Session, created_by: str) -> tuple[Job | None, str]:
+    """Enqueue one automatic retrain (``dedupe_key`` :data:`db.policy.AUTO_RETRAIN_KEY`) in the caller's write
+    transaction when the retrain policy is due. Returns the new job (None when the policy is not due or the retrain
+    is already queued) and the policy's reason.
+
+    The policy is checked under a lock held to the end of the transaction: the dedupe key cannot tell a retrain
+    that a worker has just claimed (no longer queued) from none, so two workers checking at once would each
+    enqueue one. SQLite's ``BEGIN IMMEDIATE`` already serialises write transactions; PostgreSQL takes a
+    transaction-scoped advisory lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUTO_RETRAIN_LOCK})
+    due, reason = pol.should_retrain(session)
+    if not due:
+        return None, reason
+    job = enqueue(session, JobKind.train, pol.auto_retrain_params(session), dedupe_key=pol.AUTO_RETRAIN_KEY,
+                  created_by=created_by)
+    return job, reason
 
 
 def claim(
@@ -264,6 +285,20 @@ def finish(
     return bool(session.execute(stmt).rowcount)
 
 
+def add_to_result(session: Session, job_id: int, owner: str, values: dict[str, Any]) -> bool:
+    """Merge ``values`` into the result of a job ``owner`` ran, in the caller's transaction (a train job learns its
+    version's id only after the transaction that inserted the version and finished the job has committed).
+
+    Fenced on ``owner``, which a finished job keeps: returns False (and changes nothing) for a job another worker
+    ran. A finished job changes state no more, so reading and writing its result needs no lock.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.lease_owner != owner:
+        return False
+    job.result = {**(job.result or {}), **values}
+    return True
+
+
 def _requeue_one(s: Session, job: Job, reason: str, *, count_attempt: bool) -> str:
     """Put one running job back in the queue (or fail it when out of attempts). Returns the new status."""
     attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
@@ -290,6 +325,14 @@ def _requeue_one(s: Session, job: Job, reason: str, *, count_attempt: bool) -> s
         job.lease_expires_at = None
         return JobStatus.cancelled.value
     return JobStatus.queued.value
+
+
+def has_expired(session: Session, now: float | None = None) -> bool:
+    """Whether a running job's lease is over (:func:`lease_gone`): a cheap read, so that idle workers take the write
+    lock of :func:`requeue_expired` only when there is something to re-queue."""
+    now = time.time() if now is None else now
+    q = select(Job.id).where(Job.status == JobStatus.running, lease_gone(now)).limit(1)
+    return session.scalar(q) is not None
 
 
 def requeue_expired(db: Database, now: float | None = None) -> list[tuple[int, str]]:
@@ -353,12 +396,12 @@ def get_job(session: Session, job_id: int) -> Job | None:
 
 def list_jobs(
     session: Session,
-    limit: int = 50,
+    limit: int | None = 50,
     *,
     statuses: Sequence[JobStatus | str] | None = None,
     kinds: Sequence[JobKind | str] | None = None,
 ) -> list[Job]:
-    """Jobs, newest first, optionally filtered by status and kind."""
+    """Jobs, newest first (the newest ``limit``; None: all), optionally filtered by status and kind."""
     q = select(Job)
     if statuses:
         q = q.where(Job.status.in_([_status(x) for x in statuses]))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,12 +23,12 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.bounds import json_dumps
-from db.config import Settings
 
 T = TypeVar("T")
 
@@ -116,7 +115,8 @@ class Database:
     """A write engine and a read engine for one database URL.
 
     Use ``with db.write() as s:`` for short write transactions (committed on exit, rolled back on error)
-    and ``with db.read() as s:`` for reads.
+    and ``with db.read() as s:`` for reads. A program opens its database once, where it starts, as
+    ``Database(settings.db_url)`` (the app keeps one per server process), and passes it down.
     """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
@@ -136,11 +136,6 @@ class Database:
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         if migrate:
             self.migrate()
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, **kw: Any) -> Database:
-        settings = settings or Settings.from_env()
-        return cls(settings.db_url, **kw)
 
     @property
     def is_sqlite(self) -> bool:
@@ -194,25 +189,7 @@ class Database:
         self.read_engine.dispose()
 
 
-_lock = threading.Lock()
-_cached: dict[str, Database] = {}
-
-
 def dialect_insert(session: Session) -> Any:
     """The ``insert`` construct of the session's dialect (PostgreSQL or SQLite), whose statements take
-    ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
-def get_database(settings: Settings | None = None) -> Database:
-    """One ``Database`` per URL and process (thread-safe; engines are shared by threads)."""
-    settings = settings or Settings.from_env()
-    with _lock:
-        db = _cached.get(settings.db_url)
-        if db is None:
-            db = _cached[settings.db_url] = Database(settings.db_url)
-        return db
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update``: the one upsert every ``db/`` module uses."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

@@ -139,6 +139,11 @@ def version_paths(session: Session) -> set[str]:
     return set(session.scalars(select(ModelVersion.path)))
 
 
+def version_of_job(session: Session, job_id: int) -> int | None:
+    """The id of the version the train job ``job_id`` published, or None."""
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.job_id == job_id).order_by(ModelVersion.id).limit(1))
+
+
 def store_response_scores(session: Session, version_id: int, scores: Mapping[int, tuple[float, float | None]]) -> int:
     """Insert or update cached scores ``{response_id: (score, std)}`` of one version; returns rows written.
 

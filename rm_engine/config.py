@@ -1,4 +1,13 @@
-"""``TrainConfig``: every knob of a training run, frozen, JSON-safe, saved with every model version."""
+"""``TrainConfig``: every knob of a training run, frozen, JSON-safe, saved with every model version.
+
+Each field is described once, in its metadata: its help text, its rule (a numeric range, a fixed set of words or a
+switch: ``db.bounds``), the mode it belongs to (``mode="head"`` or ``"finetune"``; none for the options of both
+modes) and, for the fields the Train form offers, a :class:`FormSpec`. The command line's flags
+(``cli.model_cmds.train_flags``), the ``FIELD=VALUE`` parser (:func:`parse_override`: ``rmstudio cv --vs``,
+``rmstudio policy --train-param``), the ``RMSTUDIO_TRAIN_<FIELD>`` variables (:meth:`TrainConfig.from_env`) and the
+Train form (``app.config_form``) are all built from it. The values a field left at None takes in each mode are
+stated once, in :data:`MODE_DEFAULTS`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from db.bounds import Bound, FieldError, bounded, check_fields
+from db.bounds import Bound, FieldError, bounded, check_fields, choice, rule_of, switch
 from db.config import Settings
 
 SOURCES = ("expert", "crowd", "ai")
@@ -23,33 +32,65 @@ ENV_PREFIX = "RMSTUDIO_TRAIN_"
 COMBINE = ("mean", "min", "uwo")
 # Keys a model version's stored config carries besides the fields (``from_dict`` accepts and ignores them).
 VERSION_KEYS = frozenset({"truncation"})
+#: The training modes, and the options of each in words (``field(metadata=...)``'s ``mode``).
+MODES = {"head": "head mode", "finetune": "fine-tune mode"}
 
 
 class Cancelled(Exception):
     """Raised by training, feature extraction and rescoring when ``should_stop()`` turns true; nothing is
     published then. (Re-exported by ``rm_engine.training``.)"""
 
-# Mode defaults, applied by ``TrainConfig.resolved()`` to fields left at None.
-_MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "head": {"epochs": 300, "lr": 3e-3, "weight_decay": 1e-1},  # mlp heads: 1e-2 (see resolved())
-    "finetune": {"epochs": 2, "lr": 2e-5, "weight_decay": 0.0},
+
+#: What a field left at None becomes in each mode (``TrainConfig.resolved``), the one statement of these defaults.
+#: ``"finetune+lora"`` applies with LoRA adapters, ``"head+mlp"`` to MLP heads. LoRA adapters start at zero and move
+#: only through their low-rank factors: at the full fine-tune's 2e-5 a MiniLM LoRA run on HH-harmless stayed at
+#: chance (0.498 held out), 2e-4 is the best of 2e-5/1e-4/2e-4/5e-4 there; the HH-harmless weight-decay grid put
+#: linear heads best at 0.1-1 and MLP heads at 0.01 (BENCHMARKS.md, "LoRA" and the head grid).
+MODE_DEFAULTS: dict[str, dict[str, float]] = {
+    "epochs": {"head": 300, "finetune": 2},
+    "lr": {"head": 3e-3, "finetune": 2e-5, "finetune+lora": 2e-4},
+    "weight_decay": {"head": 0.1, "head+mlp": 0.01, "finetune": 0.0},
 }
-# LoRA adapters start at zero and move only through their low-rank factors: at the full fine-tune's 2e-5 a MiniLM
-# LoRA run on HH-harmless stayed at chance (0.498 held out, train 0.507); 2e-4 is the best of 2e-5/1e-4/2e-4/5e-4
-# there (BENCHMARKS.md, "LoRA").
-LORA_LR = 2e-4
+_VARIANT_WORDS = {"head": "head", "head+mlp": "MLP head", "finetune": "fine-tune", "finetune+lora": "LoRA"}
+
+
+def mode_default(name: str, mode: str, *, lora: bool = False, head: str = "linear") -> Any:
+    """The value field ``name`` (a key of :data:`MODE_DEFAULTS`) takes when left at None in a run of ``mode``."""
+    table = MODE_DEFAULTS[name]
+    variants = [f"{mode}+lora"] * lora + [f"{mode}+{head}", mode]
+    return table[next(v for v in variants if v in table)]
 
 
 def default_lr(mode: str, lora: bool = False) -> float:
     """The learning rate a run of ``mode`` gets when ``TrainConfig.lr`` is None."""
-    return LORA_LR if mode == "finetune" and lora else float(_MODE_DEFAULTS[mode]["lr"])
+    return float(mode_default("lr", mode, lora=lora))
+
+
+def defaults_text(name: str) -> str:
+    """A field's mode defaults in words, for help texts (``"default: 0.003 head, 2e-05 fine-tune, 0.0002 LoRA"``)."""
+    return "default: " + ", ".join(f"{v:g} {_VARIANT_WORDS[k]}" for k, v in MODE_DEFAULTS[name].items())
 
 
 def default_lrs_text() -> str:
-    """The default learning rates in words, for help texts (``"default: 0.003 head, 2e-05 fine-tune, 0.0002
-    LoRA"``)."""
-    return (f"default: {default_lr('head'):g} head, {default_lr('finetune'):g} fine-tune, "
-            f"{default_lr('finetune', lora=True):g} LoRA")
+    """The default learning rates in words (:func:`defaults_text` of ``lr``)."""
+    return defaults_text("lr")
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    """How the Train form offers a field: its ``label``, its ``section`` (``"main"``: always in view; ``"more"``: in
+    the expander) and, for numbers, the widget's ``step`` and upper end ``hi`` where they differ from the field's
+    range (``"{}"`` in the label of a per-source field is the source)."""
+
+    label: str
+    section: str = "main"
+    step: float | None = None
+    hi: float | None = None
+
+
+def _text(help: str, **extra: Any) -> dict[str, Any]:
+    """Metadata of a field without a rule of ``db.bounds`` (checked in ``__post_init__``)."""
+    return {"help": help, **extra}
 
 
 def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, float]:
@@ -78,155 +119,150 @@ def parse_source_weights(text: str | Mapping[str, Any] | None) -> dict[str, floa
     return out
 
 
+_HEAD, _FT = {"mode": "head"}, {"mode": "finetune"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run.
+    """One training run: the options of both modes, then head mode's and fine-tune mode's (each field's ``mode``).
 
-    Attributes:
-        mode: ``"head"`` (frozen backbone, cached features, linear/MLP head; CPU default) or ``"finetune"``
-            (the whole backbone with a scalar head; GPU default; see ``rm_engine.finetune.train``).
-        backbone: ``"minilm"`` (bundled MiniLM-L6) or a local Hugging Face directory under RMSTUDIO_HOME or
-            RMSTUDIO_MODEL_DIRS.
-        epochs: passes over the training pairs (None: 300 full-batch steps for heads, 2 for finetune).
-            Head mode stops early on the validation split.
-        lr: learning rate (None: 3e-3 for heads, 2e-5 for a full finetune, 2e-4 with ``lora``).
-        batch_size: pairs per step (finetune without a token budget; heads train full-batch when 0).
-        batch_tokens: finetune token budget per batch (chosen + rejected, similar lengths); 0 = use batch_size.
-        max_batch_pairs: finetune cap on pairs per token-budget batch (0 = the budget alone). Small datasets need
-            enough optimizer steps: TRL uses 8 pairs per step; a 16k budget alone packs ~50 short pairs.
-        max_length: tokens per (prompt, response) sequence; truncation keeps the response, cuts the prompt left.
-        ensemble: K members (different seeds and bootstrap resamples); scores carry the mean and std of the
-            members, each centred first (a member's offset is arbitrary).
-        source_weights: per-source loss weight (default expert=1.0, crowd=0.8, ai=0.5).
-        sources: train only on these sources (None: all).
-        ties: ``"model"`` trains ties through a tie model with a learned tie parameter; ``"exclude"`` drops them.
-        tie_model: ``"davidson"`` or ``"rao_kupper"``.
-        margin_from_strength: margin added per unit of label strength (1 slightly, 2 clearly); 0 = off.
-        center_coef: reward centering ``coef * mean((r_c + r_r)^2)`` (TRL recommends 0.01); 0 = off.
-        val_fraction: share of prompts held out for validation (grouped by prompt, deterministic by seed).
-        seed: seeds the split, initialisation and bootstrap.
-        head: ``"linear"`` or ``"mlp"`` (head mode).
-        weight_decay: head mode: L2 penalty ``wd * ||W||^2`` (None: 0.1 linear, 0.01 MLP); finetune: AdamW
-            decay (None: 0).
-        lora, lora_r, lora_alpha: LoRA adapters instead of a full fine-tune (finetune mode; peft on all linear
-            layers, the score head trained in full and saved with the adapters). Its default ``lr`` is
-            :data:`LORA_LR`.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        gpus: data-parallel processes for finetune mode (default 1). >1 trains with DDP through
-            ``rm_engine.finetune.ddp.train_finetune_ddp`` (one process per GPU, NCCL; ``batch_tokens`` is per device). On a
-            machine without CUDA (or with ``device="cpu"``) gpus > 1 runs gloo CPU processes, useful for tests only.
-            Head mode refuses gpus > 1.
-        grad_checkpointing: trade speed for memory in finetune mode.
-        compile: ``torch.compile`` the finetune model (with ``packing``: the backbone once, ``dynamic=False``).
-        packing: pack each batch into one row without padding, decoders only; static shape for torch.compile
-            (finetune mode; ``rm_engine.finetune.packing``). The row is ``batch_tokens`` long, so a token budget is
-            required; in one process batches are random pairs filling it with real tokens (up to
-            ``max_batch_pairs``). With an encoder backbone training falls back to padded batches and logs a
-            warning.
-        packed_attention: the attention of packed rows on a GPU: ``"auto"`` (``varlen`` on CUDA when the model takes
-            custom attention, else ``flex``; ``sdpa`` with a dense mask on CPU), ``"flex"`` (flex_attention with a sparse block mask), ``"varlen"`` (torch's own
-            variable-length flash attention, ``rm_engine.finetune.varlen_attention``; CUDA), ``"sdpa"`` (dense mask, rows
-            of at most 4,096 tokens). A model loaded with ``flash_attention_2`` keeps it.
-        pooling: finetune mode, encoders: where the score is read. ``"auto"`` uses the pooling the backbone was
-            trained with (mean for sentence-transformers folders that declare mean pooling, as the bundled MiniLM
-            does; ``[CLS]`` otherwise); ``"cls"`` forces the first token through the model's pooler (TRL's
-            choice); ``"mean"`` forces the masked mean of the last hidden states. Decoders always read the last
-            real token. ``"rich"`` reads head mode's rich features (context + response, response and context
-            embeddings, their products) with a linear layer of its own: three sequences per response, about 2.5x
-            the compute; on HH-harmless within seed noise of mean pooling over three splits (0.616 vs 0.609 on
-            CPU, BENCHMARKS.md), better on one split, worse on another. The pooling used
-            is saved with the model.
-        head_init: finetune mode: the new score head's start. ``"random"``: the model's own initialisation
-            (TRL's); ``"probe"``: first fitted alone on the frozen backbone's features of the training pairs (a
-            Bradley-Terry linear probe, then the full fine-tune: LP-FT; ``rm_engine.finetune.linear_probe``); ``"auto"``
-            (default): ``probe`` with ``pooling="rich"`` (a 4 x hidden head from random is slow to find what the
-            probe finds at once), ``random`` otherwise.
-        features: head-mode features: ``"rich"`` (response, prompt+response and prompt embeddings, their
-            difference and product) or ``"pair"`` (one mean-pooled prompt+response vector).
-        quantize: int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU).
-        patience: head-mode early stopping: evaluations without validation improvement before stopping.
-        length_covariate: the loss sees ``score + beta * length`` (each response's standardised log
-            word count, ``beta`` learned per member), so the labels' length preference is absorbed by ``beta``
-            instead of the score; the score alone is saved and served, and ``beta`` is reported in the
-            training info. A guard against policies gaining reward by length (``metrics.length_bias`` measures
-            it). Both modes (``rm_engine.length_covariate``), DDP included. It costs accuracy where
-            the labels' learnable signal is mostly length (HH-harmless LoRA fine-tune: 0.610 -> 0.524; head
-            mode: no cost; BENCHMARKS.md).
-        annotator_weights: multiply each label's weight by its annotator's reliability, estimated from the pairs
-            several annotators labelled (``rm_engine.quality.annotators``: Dawid-Skene accuracy ``p``, weight
-            ``2p - 1`` relative to the typical annotator's, so the typical one keeps 1 and chance-level ones get
-            0); annotators with too few overlapping labels keep 1. The weights are saved in the version's data
-            snapshot.
+    Each field's meaning is its ``help`` (listed below, shown by ``rmstudio train --help`` and the Train form).
     """
 
-    mode: str = "head"
-    backbone: str = "minilm"
+    # ---- both modes
+    mode: str = field(default="head", metadata=choice(
+        *MODES, form=FormSpec("Mode"),
+        help="head: a linear or MLP head on the frozen backbone's cached features (fast on CPU); finetune: the "
+             "whole backbone (or LoRA adapters) with a scalar head (GPU; rm_engine.finetune.train)"))
+    backbone: str = field(default="minilm", metadata=_text(
+        "minilm (the bundled MiniLM-L6) or a local Hugging Face model folder under RMSTUDIO_HOME or "
+        "RMSTUDIO_MODEL_DIRS", metavar="minilm|PATH", form=FormSpec("Backbone")))
     epochs: int | None = field(default=None, metadata=bounded(
-        1, 1_000_000, integer=True, optional=True, help="passes over the training pairs (default: 300 head, 2 finetune)"))
+        1, 1_000_000, integer=True, optional=True, metavar="N", form=FormSpec("Epochs"),
+        help=f"passes over the training pairs ({defaults_text('epochs')}); head mode stops early when the "
+             "validation loss stops improving"))
     lr: float | None = field(default=None, metadata=bounded(
-        0, 10, lo_open=True, optional=True, help=f"learning rate ({default_lrs_text()} with --lora)"))
-    batch_size: int = field(default=16, metadata=bounded(
-        1, 65_536, integer=True, help="pairs per step (finetune without a token budget)"))
-    batch_tokens: int = field(default=16384, metadata=bounded(
-        0, 1 << 24, integer=True, help="finetune token budget per batch (0 = use the batch size)"))
-    max_batch_pairs: int = field(default=32, metadata=bounded(
-        0, 1 << 20, integer=True, help="finetune: at most N pairs per token-budget batch (0 = the budget alone)"))
+        0, 10, lo_open=True, optional=True, metavar="LR", form=FormSpec("Learning rate", "more", step=1e-5),
+        help=f"learning rate ({defaults_text('lr')})"))
     max_length: int = field(default=256, metadata=bounded(
-        8, 1 << 17, integer=True, help="tokens per (prompt, response) sequence"))
+        8, 1 << 17, integer=True, metavar="N",
+        help="tokens per (prompt, response) sequence; truncation keeps the response and cuts the prompt from the "
+             "left"))
     ensemble: int = field(default=1, metadata=bounded(
-        1, MAX_ENSEMBLE, integer=True, help="K members; scores carry their mean and std"))
-    source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
-    sources: tuple[str, ...] | None = None
-    ties: str = "model"
-    tie_model: str = "davidson"
+        1, MAX_ENSEMBLE, integer=True, metavar="K", form=FormSpec("Ensemble size"),
+        help="K members, each with its own seed and bootstrap resample of the training pairs; scores carry the "
+             "members' mean and std (each member centred first: its offset is arbitrary)"))
+    source_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS), metadata=_text(
+        "loss weight of each label source; unnamed sources keep their defaults (expert=1, crowd=0.8, ai=0.5)",
+        metavar="expert=1,crowd=0.8,ai=0.5", weights_of=SOURCES,
+        form=FormSpec("Weight of {} labels", "more", step=0.05, hi=2.0)))
+    sources: tuple[str, ...] | None = field(default=None, metadata=_text(
+        "train only on labels of these sources, e.g. expert,crowd (default: all)", metavar="SOURCES",
+        subset_of=SOURCES, form=FormSpec("Train on sources", "more")))
+    ties: str = field(default="model", metadata=choice(
+        "model", "exclude",
+        help="model: tie labels train through the tie model with a learned tie parameter; exclude: they are "
+             "left out"))
+    tie_model: str = field(default="davidson", metadata=choice(
+        "davidson", "rao_kupper", help="the tie model: Davidson (1970) or Rao-Kupper (1967)"))
     margin_from_strength: float = field(default=0.0, metadata=bounded(
-        0, 10, help="margin added per unit of label strength (0 = off)"))
+        0, 10, metavar="X", help="margin added per unit of label strength (1 slightly, 2 clearly better); 0 = off"))
     center_coef: float = field(default=0.0, metadata=bounded(
-        0, 10, help="reward centering coefficient, coef * mean((r_c + r_r)^2) (TRL recommends 0.01; 0 = off)"))
+        0, 10, metavar="X",
+        help="reward centring, coef * mean((r_c + r_r)^2) over each batch's pairs, on the scores alone (TRL "
+             "recommends 0.01); 0 = off"))
     val_fraction: float = field(default=0.2, metadata=bounded(
-        0, 0.9, hi_open=True, help="share of prompts held out for validation"))
-    seed: int = field(default=0, metadata=bounded(0, 2**31 - 1, integer=True, help="seeds the split, initialisation and bootstrap"))
-    head: str = "linear"
+        0, 0.9, hi_open=True, metavar="X",
+        help="share of prompts held out for validation (whole prompts, chosen by a hash seeded with --seed)"))
+    seed: int = field(default=0, metadata=bounded(
+        0, 2**31 - 1, integer=True, metavar="N", help="seeds the split, initialisation and bootstrap"))
     weight_decay: float | None = field(default=None, metadata=bounded(
-        0, 100, optional=True, help="head: L2 penalty (default 0.1 linear, 0.01 mlp); finetune: AdamW decay (default 0)"))
-    lora: bool = False
-    lora_r: int = field(default=16, metadata=bounded(1, 4096, integer=True, help="LoRA rank"))
-    lora_alpha: int = field(default=32, metadata=bounded(1, 65_536, integer=True, help="LoRA alpha"))
-    device: str = "auto"
-    gpus: int = field(default=1, metadata=bounded(
-        1, MAX_GPUS, integer=True,
-        help="finetune: N data-parallel processes (DDP, one per GPU; gloo CPU processes without CUDA)"))
-    grad_checkpointing: bool = False
-    compile: bool = False
-    packing: bool = False
-    packed_attention: str = "auto"
-    pooling: str = "auto"
-    head_init: str = "auto"
-    features: str = "rich"
-    quantize: bool = False
+        0, 100, optional=True, metavar="X",
+        help=f"head mode: L2 penalty wd * ||W||^2; fine-tune: AdamW decay ({defaults_text('weight_decay')})"))
+    device: str = field(default="auto", metadata=choice(
+        "auto", "cpu", "cuda", help="where training runs: auto (CUDA when torch sees a GPU), cpu or cuda"))
+    length_covariate: bool = field(default=False, metadata=switch(
+        form=FormSpec("Absorb length preference", "more"),
+        help="the loss sees score + beta x length (each response's standardised log word count, beta learned per "
+             "member), so the labels' length preference goes to beta and the saved and served score is the "
+             "model's alone: a policy cannot gain reward by padding or cutting its answers (metrics.length_bias "
+             "measures it). It costs accuracy where the labels' learnable signal is mostly length (HH-harmless LoRA "
+             "fine-tune: 0.610 -> 0.524; head mode: no cost; BENCHMARKS.md)"))
+    annotator_weights: bool = field(default=False, metadata=switch(
+        form=FormSpec("Weight by annotator reliability", "more"),
+        help="multiply each label's weight by its annotator's reliability, estimated from the pairs several "
+             "annotators labelled (Dawid-Skene accuracy p, weight 2p - 1 relative to the typical annotator's; "
+             "annotators with too little overlap keep 1; rm_engine.quality.annotators)"))
+    # ---- head mode
+    head: str = field(default="linear", metadata=choice(
+        "linear", "mlp", help="the head on the cached features: linear or a small MLP", **_HEAD))
+    features: str = field(default="rich", metadata=choice(
+        "rich", "pair", **_HEAD,
+        help="rich: response, prompt+response and prompt embeddings, their difference and product; pair: one "
+             "mean-pooled prompt+response vector"))
+    quantize: bool = field(default=False, metadata=switch(
+        help="int8 dynamic quantization of the backbone's linear layers for feature extraction (CPU)", **_HEAD))
     patience: int = field(default=30, metadata=bounded(
-        1, 10**9, integer=True, help="head mode: evaluations without improvement before early stopping"))
-    length_covariate: bool = False
-    annotator_weights: bool = False
+        1, 10**9, integer=True, metavar="N", help="evaluations without validation improvement before early stopping",
+        **_HEAD))
+    # ---- fine-tune mode
+    batch_size: int = field(default=16, metadata=bounded(
+        1, 65_536, integer=True, metavar="N", help="pairs per step when batch_tokens is 0", **_FT))
+    batch_tokens: int = field(default=16384, metadata=bounded(
+        0, 1 << 24, integer=True, metavar="N",
+        help="token budget per batch (chosen + rejected rows of similar length; per device with gpus > 1); "
+             "0 = batches of batch_size pairs", **_FT))
+    max_batch_pairs: int = field(default=32, metadata=bounded(
+        0, 1 << 20, integer=True, metavar="N",
+        help="at most N pairs per token-budget batch (0 = the budget alone): small datasets need enough optimizer "
+             "steps (TRL uses 8 pairs per step; a 16k budget alone packs ~50 short pairs)", **_FT))
+    lora: bool = field(default=False, metadata=switch(
+        form=FormSpec("LoRA adapters", "more"),
+        help="LoRA adapters (peft, on all linear layers) and the score head, trained in full and saved with them, "
+             "instead of every weight; a learning rate of its own (see lr)", **_FT))
+    lora_r: int = field(default=16, metadata=bounded(1, 4096, integer=True, metavar="R", help="LoRA rank", **_FT))
+    lora_alpha: int = field(default=32, metadata=bounded(
+        1, 65_536, integer=True, metavar="ALPHA", help="LoRA alpha", **_FT))
+    gpus: int = field(default=1, metadata=bounded(
+        1, MAX_GPUS, integer=True, metavar="N",
+        help="data-parallel processes (DDP, one per GPU, NCCL; gloo CPU processes without CUDA, for tests); a "
+             "queued run without it takes the worker's --gpus", **_FT))
+    grad_checkpointing: bool = field(default=False, metadata=switch(
+        help="gradient checkpointing: less memory, slower (on one GPU it is also turned on when a probe step on the "
+             "heaviest batch runs out of memory)", **_FT))
+    compile: bool = field(default=False, metadata=switch(
+        help="torch.compile the model (with packing: the backbone once, for the packed row's static shape)", **_FT))
+    packing: bool = field(default=False, metadata=switch(
+        help="decoders only: each batch packed into one row of batch_tokens without padding (static shape for "
+             "torch.compile; in one process random pairs fill the row with real tokens, up to max_batch_pairs); "
+             "encoders fall back to padded batches, with a warning; rm_engine.finetune.packing", **_FT))
+    packed_attention: str = field(default="auto", metadata=choice(
+        "auto", "flex", "varlen", "sdpa", **_FT,
+        help="with packing: the packed rows' attention. auto: varlen on CUDA when the model takes custom attention, "
+             "else flex (a dense sdpa mask on CPU); flex: flex_attention with a sparse block mask; varlen: torch's "
+             "variable-length flash attention (CUDA); sdpa: a dense mask, rows of at most 4,096 tokens. A model "
+             "loaded with flash_attention_2 keeps it"))
+    pooling: str = field(default="auto", metadata=choice(
+        "auto", "cls", "mean", "rich", **_FT, form=FormSpec("Fine-tune score reads", "more"),
+        help="encoders: where the score is read. auto: the backbone's own pooling (mean for sentence-transformers "
+             "folders that declare it, as MiniLM does; [CLS] otherwise); cls: the first token through the model's "
+             "pooler (TRL's choice); mean: the masked mean of the last hidden states; rich: head mode's features "
+             "of prompt+response, response and prompt with a linear layer of its own (about 2.5x the compute; on "
+             "HH-harmless within seed noise of mean pooling, BENCHMARKS.md). Decoders always read the last real "
+             "token. The pooling used is saved with the model"))
+    head_init: str = field(default="auto", metadata=choice(
+        "auto", "random", "probe", **_FT,
+        help="the new score head's start. random: the model's own initialisation (TRL's); probe: first fitted "
+             "alone on the frozen backbone's features of the training pairs (a Bradley-Terry linear probe, then the "
+             "full fine-tune: LP-FT); auto: probe with pooling rich, random otherwise"))
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> FieldError:
             return FieldError(f"TrainConfig.{name}", why, getattr(self, name), field=name)
 
-        choices = {
-            "mode": ("head", "finetune"), "ties": ("model", "exclude"), "tie_model": ("davidson", "rao_kupper"),
-            "head": ("linear", "mlp"), "device": ("auto", "cpu", "cuda"), "features": ("rich", "pair"),
-            "pooling": ("auto", "cls", "mean", "rich"), "packed_attention": ("auto", "flex", "varlen", "sdpa"), "head_init": ("auto", "random", "probe"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"must be one of {', '.join(allowed)}")
+        check_fields(self, lambda name: f"TrainConfig.{name}")  # choices, switches, numbers finite and in range
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise bad("backbone", "must be minilm or a model folder")
-        for name in sorted(_BOOLS):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be true or false")
-        check_fields(self, lambda name: f"TrainConfig.{name}")  # every numeric field: finite and in range
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
         if self.packing and self.batch_tokens == 0:
@@ -246,17 +282,12 @@ class TrainConfig:
             object.__setattr__(self, "sources", srcs)
 
     def resolved(self) -> TrainConfig:
-        """A copy with the mode defaults filled in for ``epochs``, ``lr`` and ``weight_decay``."""
-        d = dict(_MODE_DEFAULTS[self.mode], lr=default_lr(self.mode, self.lora))
-        if self.mode == "head" and self.head == "mlp":
-            d["weight_decay"] = 1e-2  # HH-harmless grid (BENCHMARKS.md): linear best at 0.1-1, MLP at 0.01
-        return dataclasses.replace(
-            self,
-            epochs=self.epochs if self.epochs is not None else d["epochs"],
-            lr=self.lr if self.lr is not None else d["lr"],
-            weight_decay=self.weight_decay if self.weight_decay is not None else d["weight_decay"],
-            head_init=self.head_init if self.head_init != "auto" else ("probe" if self.pooling == "rich" else "random"),
-        )
+        """A copy with the mode defaults (:data:`MODE_DEFAULTS`) filled in for the fields left at None, and
+        ``head_init="auto"`` decided."""
+        fill = {name: getattr(self, name) if getattr(self, name) is not None else
+                mode_default(name, self.mode, lora=self.lora, head=self.head) for name in MODE_DEFAULTS}
+        head_init = self.head_init if self.head_init != "auto" else ("probe" if self.pooling == "rich" else "random")
+        return dataclasses.replace(self, **fill, head_init=head_init)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
@@ -276,7 +307,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> TrainConfig:
-        """Build from ``to_dict()`` output (job params, stored versions). Unknown keys raise when ``strict``."""
+        """Build from ``to_dict()`` output (job params, stored versions; a field missing from an older one keeps its
+        default). Unknown keys raise when ``strict``."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names - VERSION_KEYS)
         if unknown and strict:
@@ -289,15 +321,15 @@ class TrainConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> TrainConfig:
-        """Defaults, then ``RMSTUDIO_TRAIN_<FIELD>`` variables (e.g. ``RMSTUDIO_TRAIN_MODE=finetune``), then
-        ``overrides``."""
+        """Defaults, then ``RMSTUDIO_TRAIN_<FIELD>`` variables (e.g. ``RMSTUDIO_TRAIN_MODE=finetune``; values as
+        :func:`parse_field` reads them), then ``overrides``."""
         env = os.environ if env is None else env
         kw: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+            raw = env.get(env_var(f.name))
             if raw is None or raw == "":
                 continue
-            kw[f.name] = _parse_field(f.name, raw, ENV_PREFIX + f.name.upper())
+            kw[f.name] = parse_field(f.name, raw, env_var(f.name))
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(kw)
 
@@ -317,6 +349,33 @@ class TrainConfig:
                 v = [s2 for s in v for s2 in str(s).split(",") if s2.strip()]
             d[f.name] = v
         return cls.from_dict(d)
+
+
+def field_mode(f: dataclasses.Field) -> str | None:  # type: ignore[type-arg]
+    """The mode whose option ``f`` is (``"head"``, ``"finetune"``), None for the options of both modes."""
+    return f.metadata.get("mode")
+
+
+def form_fields() -> list[tuple[dataclasses.Field, FormSpec]]:  # type: ignore[type-arg]
+    """The fields the Train form offers, in declaration order, each with its :class:`FormSpec`."""
+    return [(f, f.metadata["form"]) for f in fields(TrainConfig) if "form" in f.metadata]
+
+
+def env_var(name: str) -> str:
+    """The environment variable of field ``name`` (``RMSTUDIO_TRAIN_<NAME>``)."""
+    return ENV_PREFIX + name.upper()
+
+
+def _document(cls: type) -> None:
+    """Append each field's help (its metadata) to the class docstring, grouped by mode."""
+    groups: dict[str | None, list[str]] = {}
+    for f in fields(cls):
+        groups.setdefault(field_mode(f), []).append(f"        {f.name}: {f.metadata.get('help', '')}")
+    parts = [f"\n    {MODES[m].capitalize() if m else 'Both modes'}:\n" + "\n".join(lines) for m, lines in groups.items()]
+    cls.__doc__ = (cls.__doc__ or "") + "".join(parts) + "\n"
+
+
+_document(TrainConfig)
 
 
 def check_queueable(cfg: TrainConfig, settings: Settings) -> TrainConfig:
@@ -339,33 +398,27 @@ def policy_train_config(train_params: Mapping[str, Any], mode: str, settings: Se
     return check_queueable(cfg, settings) if settings is not None else cfg
 
 
-_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_BOOLS = {"lora", "grad_checkpointing", "compile", "packing", "quantize", "length_covariate", "annotator_weights"}
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``FIELD=VALUE`` (a ``TrainConfig`` field, ``-`` or ``_`` between words, as in ``weight-decay=1``) -> the
-    field's name and its parsed value; ``ValueError`` naming the text and the known fields otherwise."""
+    field's name and its parsed value (:func:`parse_field`); ``ValueError`` naming the text and the known fields
+    otherwise."""
     name, sep, raw = text.partition("=")
     name = name.strip().lstrip("-").replace("-", "_")
     known = {f.name for f in fields(TrainConfig)}
     if not sep or name not in known:
         raise ValueError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
-    return name, _parse_field(name, raw.strip(), name)
+    return name, parse_field(name, raw.strip(), name)
 
 
-def _parse_field(name: str, raw: str, var: str) -> Any:
-    """Parse one text value for field ``name``, naming ``var`` (where it came from) on error."""
-    bound = next((f.metadata["bound"] for f in fields(TrainConfig) if f.name == name and "bound" in f.metadata), None)
-    if bound is not None:
-        return bound.parse(raw, var, field=name)
-    if name in _BOOLS:
-        try:
-            return _BOOL[raw.strip().lower()]
-        except KeyError:
-            raise FieldError(var, "must be true or false (1, 0, yes, no, on, off)", raw, field=name) from None
+def parse_field(name: str, raw: str, label: str) -> Any:
+    """One text value (a flag, an environment variable, ``FIELD=VALUE``) for field ``name`` -> its value, by the
+    field's rule; a :class:`FieldError` naming ``label`` (where the text came from) when the rule refuses it."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    rule = rule_of(f)
+    if rule is not None:
+        return rule.parse(raw, label, field=name)
     if name == "sources":
-        return [s for s in raw.split(",") if s.strip()]
+        return [s.strip() for s in raw.split(",") if s.strip()]
     if name == "source_weights":
         return parse_source_weights(raw)
-    return raw
+    return raw.strip()

@@ -1,6 +1,6 @@
-"""Preference losses, pure functions computed in fp32.
+"""Preference likelihoods, pure functions computed in fp32.
 
-* Bradley-Terry: ``-log sigmoid(r_c - r_r - margin)``, weighted mean over pairs.
+* Bradley-Terry: ``-log sigmoid(r_c - r_r - margin)``.
 * Davidson (1970) tie model, with ``nu = exp(log_nu)`` learned::
 
       P(c > r) = e^{d/2} / (e^{d/2} + e^{-d/2} + nu),   P(tie) = nu / (same),   d = r_c - r_r
@@ -10,9 +10,11 @@
       P(c > r) = sigmoid(d - eta),   P(tie) = 1 - sigmoid(d - eta) - sigmoid(-d - eta)
 
   Both reduce to Bradley-Terry when their tie parameter goes to 0 (nu -> 0, eta -> 0).
-* Reward centering (TRL's ``center_rewards_coefficient``): ``coef * mean((r_c + r_r)^2)``.
 
-For a tie pair the order of ``r_c``/``r_r`` does not matter (both models are symmetric in it).
+For a tie pair the order of ``r_c``/``r_r`` does not matter (both models are symmetric in it); margins apply to
+decided pairs only. :func:`pair_nll` is the per-pair negative log-likelihood; ``bt_loss``, ``davidson_tie_loss`` and
+``rao_kupper_loss`` are its weighted means. What training minimises (weights, centring, the length covariate) is
+built on :func:`pair_nll` in :mod:`rm_engine.objective`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+LogProbs = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def _f32(x: Tensor | float | list[float]) -> Tensor:
@@ -44,13 +47,6 @@ def _margin(margin: Tensor | float | None, like: Tensor) -> Tensor:
     if margin is None:
         return torch.zeros_like(like)
     return _f32(margin).to(like.device).expand_as(like)
-
-
-def bt_loss(r_c: Tensor, r_r: Tensor, weight: Tensor | None = None, margin: Tensor | float | None = None) -> Tensor:
-    """Weighted mean of ``-logsigmoid(r_c - r_r - margin)`` (fp32, numerically stable via softplus)."""
-    r_c, r_r = _f32(r_c), _f32(r_r)
-    d = r_c - r_r - _margin(margin, r_c)
-    return _weighted_mean(F.softplus(-d), weight)
 
 
 def davidson_log_probs(d: Tensor, log_nu: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,67 +73,47 @@ def rao_kupper_log_probs(d: Tensor, raw_eta: Tensor) -> tuple[Tensor, Tensor]:
     return log_win, log_tie
 
 
-def _tie_loss(log_probs: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]], r_c: Tensor, r_r: Tensor, tie: Tensor, param: Tensor, weight: Tensor | None,
-              margin: Tensor | float | None) -> Tensor:
+TIE_MODELS: dict[str, LogProbs] = {"davidson": davidson_log_probs, "rao_kupper": rao_kupper_log_probs}
+
+
+def pair_nll(r_c: Tensor, r_r: Tensor, tie: Tensor | None = None, margin: Tensor | float | None = None,
+             tie_model: str | None = None, tie_param: Tensor | None = None) -> Tensor:
+    """Per-pair negative log-likelihood in fp32, without reduction or host sync.
+
+    Without ``tie_param``: Bradley-Terry ``softplus(-(r_c - r_r - margin))`` for every pair (tie pairs included:
+    callers leave them out or need a tie model). With it: ``tie_model``'s likelihood, ``log P(tie)`` for the pairs
+    ``tie`` marks (no margin), ``log P(win)`` at ``d - margin`` for the others."""
     r_c, r_r = _f32(r_c), _f32(r_r)
-    tie_b = torch.as_tensor(tie, device=r_c.device).bool()
-    d_win = r_c - r_r - _margin(margin, r_c)
-    log_win, _ = log_probs(d_win, param)
-    _, log_tie = log_probs(r_c - r_r, param)
-    per = -torch.where(tie_b, log_tie, log_win)
-    return _weighted_mean(per, weight)
+    d = r_c - r_r
+    m = _margin(margin, d)
+    if tie_param is None:
+        return F.softplus(-(d - m))
+    try:
+        log_probs = TIE_MODELS[str(tie_model)]
+    except KeyError:
+        raise ValueError(f"unknown tie model {tie_model!r} (expected davidson or rao_kupper)") from None
+    log_win, _ = log_probs(d - m, tie_param)
+    _, log_tie = log_probs(d, tie_param)
+    tie_b = torch.zeros_like(d, dtype=torch.bool) if tie is None else torch.as_tensor(tie, device=d.device).bool()
+    return -torch.where(tie_b, log_tie, log_win)
+
+
+def bt_loss(r_c: Tensor, r_r: Tensor, weight: Tensor | None = None, margin: Tensor | float | None = None) -> Tensor:
+    """Weighted mean of ``-logsigmoid(r_c - r_r - margin)`` (fp32, numerically stable via softplus)."""
+    return _weighted_mean(pair_nll(r_c, r_r, margin=margin), weight)
 
 
 def davidson_tie_loss(r_c: Tensor, r_r: Tensor, tie: Tensor, log_nu: Tensor, weight: Tensor | None = None,
                       margin: Tensor | float | None = None) -> Tensor:
     """Weighted mean negative log-likelihood under the Davidson tie model (``tie[i]`` marks tie pairs; the margin
     applies to decided pairs only)."""
-    return _tie_loss(davidson_log_probs, r_c, r_r, tie, log_nu, weight, margin)
+    return _weighted_mean(pair_nll(r_c, r_r, tie, margin, "davidson", log_nu), weight)
 
 
 def rao_kupper_loss(r_c: Tensor, r_r: Tensor, tie: Tensor, raw_eta: Tensor, weight: Tensor | None = None,
                     margin: Tensor | float | None = None) -> Tensor:
     """Weighted mean negative log-likelihood under the Rao-Kupper tie model (``eta = softplus(raw_eta)``)."""
-    return _tie_loss(rao_kupper_log_probs, r_c, r_r, tie, raw_eta, weight, margin)
-
-
-def centering_penalty(r_c: Tensor, r_r: Tensor, coef: float) -> Tensor:
-    """``coef * mean((r_c + r_r)^2)``: keeps rewards centred on zero (0 when ``coef`` is 0)."""
-    r_c, r_r = _f32(r_c), _f32(r_r)
-    if coef == 0:
-        return torch.zeros((), device=r_c.device)
-    return coef * ((r_c + r_r) ** 2).mean()
-
-
-def preference_loss(
-    r_c: Tensor,
-    r_r: Tensor,
-    *,
-    tie: Tensor | None = None,
-    weight: Tensor | None = None,
-    margin: Tensor | float | None = None,
-    tie_model: str | None = None,
-    tie_param: Tensor | None = None,
-    center_coef: float = 0.0,
-) -> Tensor:
-    """The training objective: Bradley-Terry when there are no ties (or no tie model), else the chosen tie model;
-    plus reward centering. Used by both training modes."""
-    has_ties = tie is not None and bool(torch.as_tensor(tie).any())
-    if tie_model is None or not has_ties and tie_param is None:
-        if has_ties:
-            raise ValueError("tie pairs need a tie model (ties='model') or must be excluded (ties='exclude')")
-        base = bt_loss(r_c, r_r, weight, margin)
-    else:
-        if tie_param is None:
-            raise ValueError(f"tie model {tie_model!r} needs its tie parameter")
-        tie_t = tie if tie is not None else torch.zeros_like(_f32(r_c), dtype=torch.bool)
-        if tie_model == "davidson":
-            base = davidson_tie_loss(r_c, r_r, tie_t, tie_param, weight, margin)
-        elif tie_model == "rao_kupper":
-            base = rao_kupper_loss(r_c, r_r, tie_t, tie_param, weight, margin)
-        else:
-            raise ValueError(f"unknown tie model {tie_model!r} (expected davidson or rao_kupper)")
-    return base + centering_penalty(r_c, r_r, center_coef)
+    return _weighted_mean(pair_nll(r_c, r_r, tie, margin, "rao_kupper", raw_eta), weight)
 
 
 def init_tie_param(tie_model: str, tie_share: float) -> float:

@@ -6,7 +6,8 @@
 * The rest is split by prompt (no prompt on both sides): a prompt is in validation when
   ``sha256(seed:prompt_id)`` falls below ``val_fraction``, so the split is deterministic for a seed and a prompt
   never moves from validation into training as labels accumulate.
-* Per-pair weight = ``pair.weight * cfg.source_weights[source]``; margin = ``margin_from_strength * strength``.
+* What each mode minimises (pair weights, margins, ties, centring, ensemble members' bootstrap weights, the length
+  covariate) is :mod:`rm_engine.objective`.
 * Metrics (train / val / test; overall, per source, annotator and category), the overfitting flag, Spearman over
   rankings, calibration and score histograms are stored with the version, together with the normalization
   statistics: the scores of every response in the pair set at training time (mean, std, quantiles).
@@ -37,30 +38,17 @@ from db.versions import insert_version, store_response_scores
 from rm_engine import metrics as M
 from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.device import device_label, resolve_device
 from rm_engine.evaluation import evaluate_pairs
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
+from rm_engine.objective import PairTerms, member_weights, pair_terms, pair_weight
+from rm_engine.progress import eta_s
 from rm_engine.quality.annotators import weigh_annotators
 
 __all__ = ["Cancelled", "NotConverged", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
 
 Progress = Callable[[dict[str, Any]], None] | None
 StopCheck = Callable[[], bool] | None
-
-
-def resolve_device(spec: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; refuses ``"cuda"`` without a GPU."""
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu or auto)")
-    return spec
-
-
-def device_label(device: str, gpus: int = 1) -> str:
-    """The device as recorded on jobs and versions: ``"cuda"``, or ``"cuda x2"`` for 2 data-parallel processes."""
-    return f"{device} x{gpus}" if gpus > 1 else device
 
 
 def _in_val(prompt_id: int, seed: int, val_fraction: float) -> bool:
@@ -85,16 +73,6 @@ def split_pairs(pairs: Sequence[TrainingPair], val_fraction: float, seed: int) -
     for p in rest:
         (out["val"] if p.prompt_id in val_ids else out["train"]).append(p)
     return out
-
-
-def pair_weight(cfg: TrainConfig, p: TrainingPair) -> float:
-    """The loss weight of a pair: its own weight times its source's weight."""
-    return float(p.weight) * float(cfg.source_weights.get(p.source, 1.0))
-
-
-def pair_margin(cfg: TrainConfig, p: TrainingPair) -> float:
-    """The margin of a decided pair from its label strength (0 for ties or when off)."""
-    return 0.0 if p.tie or not p.strength else float(cfg.margin_from_strength) * float(p.strength)
 
 
 INNER_SPLIT_MIN_PAIRS = 200  # below this, early stopping watches the validation split itself
@@ -138,8 +116,7 @@ def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tupl
 def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
               progress: Progress, should_stop: StopCheck) -> Fitted:
     from rm_engine.head.features import FeatureExtractor
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
-    from rm_engine.length_covariate import log_lengths
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.versions.registry import write_head_version
 
     ref = resolve_backbone(cfg.backbone, settings)
@@ -152,18 +129,9 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
     t_feat = time.time() - t0
     row_of = {rid: i for i, rid in enumerate(ids)}
 
-    def arrays(ps: list[TrainingPair]) -> PairArrays:
-        return PairArrays.build(
-            [row_of[p.chosen_id] for p in ps], [row_of[p.rejected_id] for p in ps], [p.tie for p in ps],
-            [pair_weight(cfg, p) for p in ps], [pair_margin(cfg, p) for p in ps],
-        )
+    def arrays(ps: list[TrainingPair], terms: PairTerms) -> PairArrays:
+        return PairArrays.of([row_of[p.chosen_id] for p in ps], [row_of[p.rejected_id] for p in ps], terms)
 
-    has_ties = any(p.tie for p in splits["train"])
-    spec = HeadTrainSpec(
-        kind=cfg.head, members=cfg.ensemble, epochs=int(cfg.epochs or 300), lr=float(cfg.lr or 3e-3),
-        weight_decay=float(cfg.weight_decay or 0.0), tie_model=cfg.tie_model if (has_ties and cfg.ties == "model") else None,
-        center_coef=cfg.center_coef, seed=cfg.seed, patience=cfg.patience,
-    )
     # Early stopping must not look at the validation pairs it is reported on: with enough data it uses an inner
     # split of the training prompts (15%); with little data it falls back to the validation split (then the
     # reported validation accuracy is slightly optimistic, and the metrics say so).
@@ -172,9 +140,9 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         inner = split_pairs(splits["train"], 0.15, cfg.seed + 1000)
         if inner["val"] and inner["train"]:
             fit_train, stop_on, es = inner["train"], inner["val"], "inner-train-split"
-    lengths = log_lengths([text for _, _, text in rows]) if cfg.length_covariate else None
-    res = train_heads(X, arrays(fit_train), spec, val=arrays(stop_on) if stop_on else None, lengths=lengths,
-                      progress=progress, should_stop=should_stop)
+    terms = pair_terms(cfg, fit_train)  # lengths standardised over the training responses, validation's too
+    val = arrays(stop_on, pair_terms(cfg, stop_on, scale=terms.scale)) if stop_on else None
+    res = train_heads(X, arrays(fit_train, terms), cfg, val=val, progress=progress, should_stop=should_stop)
     S = res.head.score(X)
     centers, scores = _ensemble_scores(ids, S)
     tie_param = None if res.tie_param is None else [float(t) for t in res.tie_param]
@@ -187,7 +155,7 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         "max_length": cfg.max_length,
         "quantize": quantize,
         "truncation": TRUNCATION_POLICY,
-        "tie_model": spec.tie_model,
+        "tie_model": res.tie_model,
         "tie_param": tie_param,
         "train_config": cfg.to_dict(),
         "member_centers": centers,
@@ -198,23 +166,12 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
         return write_head_version(s, tensors, file_config)
 
     info = {"early_stopping": es, "n_fit_pairs": len(fit_train), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds_features": round(t_feat, 3),
-            "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": spec.tie_model,
+            "seconds_train": round(res.seconds, 3), "tie_param": tie_param, "tie_model": res.tie_model,
             "history": res.history[-50:], "feature_dim": int(X.shape[1]), "n_responses": len(ids),
             "member_centers": centers,
             "length_coef": None if res.length_coef is None else [float(b) for b in res.length_coef],
             "final_train_loss": res.train_loss, "best_val_loss": res.val_loss}
     return Fitted(mode="head", backbone=ref.to_dict(), write=write, scores=scores, info=info, device=device)
-
-
-def member_weights(cfg: TrainConfig, train: Sequence[TrainingPair]) -> list[np.ndarray]:
-    """Per fine-tune ensemble member (``cfg.ensemble`` of them), the loss weight of each training pair: its
-    :func:`pair_weight`, times a bootstrap resample count (seeded by ``cfg.seed``) when there are several members.
-    Member ``k`` trains with seed ``cfg.seed + k``."""
-    base = np.array([pair_weight(cfg, p) for p in train], dtype=np.float64)
-    if cfg.ensemble == 1:
-        return [base]
-    rng = np.random.default_rng(cfg.seed + 7919)
-    return [base * rng.multinomial(len(train), np.full(len(train), 1.0 / len(train))) for _ in range(cfg.ensemble)]
 
 
 def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
@@ -228,7 +185,7 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
     ref = resolve_backbone(cfg.backbone, settings)
     train = splits["train"]
     models, histories = [], []
-    for k, w in enumerate(member_weights(cfg, train)):
+    for k, w in enumerate(member_weights(cfg, [pair_weight(cfg, p) for p in train])):
         member_cfg = cfg.replace(seed=cfg.seed + k)
         if cfg.gpus > 1:
             import torch
@@ -411,8 +368,8 @@ def progress_adapter(progress: Progress) -> Progress:
         phase, step, total = out["phase"], out["step"] or 0, out["total"] or 0
         now = time.monotonic()
         t0, s0 = started.setdefault(str(phase), (now, int(step)))
-        if out["eta_s"] is None and total and step > s0 and now > t0:
-            out["eta_s"] = (now - t0) / (step - s0) * max(total - step, 0)
+        if out["eta_s"] is None and total and now > t0:
+            out["eta_s"] = eta_s(now - t0, step - s0, total - s0)
         progress(out)
 
     return emit

@@ -7,8 +7,12 @@ keeps its lease, and the work of each job kind.
 * ``progress`` keeps ``loss_history``: the last ``LOSS_HISTORY_POINTS`` ``[step, loss]`` points, for the
   Train page's live loss curve; the ETA is extrapolated from the current phase's pace when the engine gives none.
 * Job kinds: ``noop`` (tests and health checks), ``train`` (``rm_engine.training.train_and_publish`` under a
-  publish guard that marks the job succeeded and enqueues the rescore in the version's own transaction) and
-  ``rescore`` (``rm_engine.serving.scoring.rescore_stored``).
+  publish guard that marks the job succeeded and enqueues the rescore in the version's own transaction),
+  ``rescore`` (``rm_engine.serving.scoring.rescore_stored``) and ``cv`` (``rm_engine.crossval.cross_validate``).
+  Each handler gets the job, its :class:`JobEnv` (database, settings, lease owner) and its context: the worker
+  itself stays out of reach. Every statement on the job's row goes through ``db.jobs``.
+* The handlers import the training and scoring code when a job first needs it: it loads torch and transformers
+  (seconds), which the worker imports in a background thread after it starts (``worker/loop.py``'s preload).
 """
 from __future__ import annotations
 
@@ -18,18 +22,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import jobs as jobq
 from db import policy as pol
-from db.models import Job, JobKind, JobStatus, ModelVersion
-
-if TYPE_CHECKING:
-    from worker.loop import Worker
+from db.config import Settings
+from db.models import Job, JobKind, JobStatus
+from db.session import Database
+from db.versions import count_responses, count_scores, version_of_job
+from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.device import device_label
+from rm_engine.progress import eta_s
 
 LOSS_HISTORY_POINTS = 200
 # Job parameters the worker adds for itself; not TrainConfig fields.
@@ -46,14 +53,26 @@ def log(msg: str) -> None:
     print(f"[worker {ts}] {msg}", file=sys.stderr, flush=True)
 
 
-class JobContext:
-    """What a running job sees: ``progress`` and ``should_stop`` callbacks, a log, the lease state.
+@dataclass(frozen=True)
+class JobEnv:
+    """What a job runs against: the database, the process settings, the lease owner (the worker's name) and the
+    worker's ``--gpus`` (for finetune jobs whose parameters do not set ``gpus``)."""
 
-    The job's own thread only touches memory; the heartbeat thread does the database writes.
+    db: Database
+    settings: Settings
+    owner: str
+    gpus: int = 1
+
+
+class JobContext:
+    """What a running job sees: ``progress``, ``should_stop`` and ``log`` callbacks, and the lease state.
+
+    ``stopping`` tells whether the worker is shutting down. The job's own thread only touches memory; the
+    heartbeat thread does the database writes.
     """
 
-    def __init__(self, worker: Worker, job: Job) -> None:
-        self.worker = worker
+    def __init__(self, job: Job, stopping: Callable[[], bool] = lambda: False) -> None:
+        self._stopping = stopping
         self.job_id = job.id
         self.params: dict[str, Any] = dict(job.params or {})
         self.lost = False
@@ -71,7 +90,7 @@ class JobContext:
     # ---- callbacks handed to the engine
     def should_stop(self) -> bool:
         """True when the job must stop: cancel requested, lease lost, or the worker is shutting down."""
-        return self.cancel_requested or self.lost or self.worker.stopping.is_set()
+        return self.cancel_requested or self.lost or self._stopping()
 
     def check(self) -> None:
         """Raise ``JobStopped`` when ``should_stop()``."""
@@ -105,9 +124,9 @@ class JobContext:
                 else:
                     self._history.append([step, float(loss)])
             total = p.get("total")
-            if update.get("eta_s") is None and step and total:
-                pace = (now - self._phase_started) / float(step)
-                p["eta_s"] = round(pace * max(0.0, float(total) - float(step)), 1)
+            left = eta_s(now - self._phase_started, float(step), float(total)) if step and total else None
+            if update.get("eta_s") is None and left is not None:
+                p["eta_s"] = round(left, 1)
             p["elapsed_s"] = round(now - self.started, 1)
             self._dirty = True
 
@@ -143,22 +162,21 @@ class JobContext:
 class Heartbeat(threading.Thread):
     """Renews the lease, writes progress and logs, and watches for cancel requests while a job runs."""
 
-    def __init__(self, worker: Worker, ctx: JobContext) -> None:
+    def __init__(self, env: JobEnv, ctx: JobContext, *, lease_s: float, every_s: float, progress_s: float) -> None:
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
-        self.worker, self.ctx = worker, ctx
+        self.env, self.ctx = env, ctx
+        self.lease_s, self.every_s, self.tick_s = lease_s, every_s, min(progress_s, every_s)
         self.done = threading.Event()
 
     def run(self) -> None:
-        cfg = self.worker.config
-        tick = min(cfg.progress_interval_s, cfg.heartbeat_every)
         last_beat = time.monotonic()
-        while not self.done.wait(tick):
+        while not self.done.wait(self.tick_s):
             prog = self.ctx.take_progress()
-            if prog is None and time.monotonic() - last_beat < cfg.heartbeat_every:
+            if prog is None and time.monotonic() - last_beat < self.every_s:
                 self.flush_logs()
                 continue
             try:
-                hb = jobq.heartbeat(self.worker.db, self.ctx.job_id, cfg.owner, cfg.lease_s, progress=prog)
+                hb = jobq.heartbeat(self.env.db, self.ctx.job_id, self.env.owner, self.lease_s, progress=prog)
                 last_beat = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - a busy or unreachable database: retry on the next tick
                 log(f"job {self.ctx.job_id}: heartbeat failed ({type(exc).__name__}: {str(exc)[:200]}); retrying")
@@ -176,7 +194,7 @@ class Heartbeat(threading.Thread):
 
     def flush_logs(self) -> None:
         try:
-            jobq.append_logs(self.worker.db, self.ctx.job_id, self.ctx.take_logs())
+            jobq.append_logs(self.env.db, self.ctx.job_id, self.ctx.take_logs())
         except Exception:  # noqa: BLE001 - logs are best effort
             pass
 
@@ -186,23 +204,18 @@ class Heartbeat(threading.Thread):
         prog = self.ctx.take_progress()
         if prog is not None and not self.ctx.lost:
             try:
-                jobq.heartbeat(self.worker.db, self.ctx.job_id, self.worker.config.owner, self.worker.config.lease_s, prog)
+                jobq.heartbeat(self.env.db, self.ctx.job_id, self.env.owner, self.lease_s, prog)
             except Exception:  # noqa: BLE001
                 pass
         self.flush_logs()
 
 
-
-
-
 def is_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` means the job stopped on request (cancel, lost lease, shutdown) rather than failed."""
-    from rm_engine.config import Cancelled
-
     return isinstance(exc, (JobStopped, Cancelled))
 
 
-def run_noop(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+def run_noop(env: JobEnv, job: Job, ctx: JobContext) -> dict[str, Any]:
     """``params``: ``steps`` (5), ``sleep`` seconds per step (0.1), ``fail_at`` (raise at that step),
     ``marker_file`` (append ``"<job id> <owner>"`` there when the job starts, for exactly-once checks)."""
     p = job.params or {}
@@ -211,7 +224,7 @@ def run_noop(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     if marker:
         fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{job.id} {worker.config.owner}\n".encode())
+            os.write(fd, f"{job.id} {env.owner}\n".encode())
         finally:
             os.close(fd)
     for i in range(steps):
@@ -220,7 +233,7 @@ def run_noop(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
         if p.get("fail_at") is not None and i + 1 == int(p["fail_at"]):
             raise RuntimeError(f"noop job asked to fail at step {i + 1}")
         ctx.progress({"step": i + 1, "total": steps, "loss": 1.0 / (i + 1), "phase": "noop"})
-    return {"steps": steps, "owner": worker.config.owner}
+    return {"steps": steps, "owner": env.owner}
 
 
 def job_gpus(params: dict[str, Any], default_gpus: int = 1) -> int:
@@ -231,28 +244,26 @@ def job_gpus(params: dict[str, Any], default_gpus: int = 1) -> int:
     return default_gpus if params.get("mode") == "finetune" else 1
 
 
-def train_config_from_params(params: dict[str, Any], device: str, default_gpus: int = 1) -> Any:
+def train_config_from_params(params: dict[str, Any], device: str, default_gpus: int = 1) -> TrainConfig:
     """A ``TrainConfig`` from a train job's parameters (worker-added keys removed; unknown fields named);
     ``default_gpus`` (the worker's ``--gpus``) applies to finetune jobs whose parameters do not set ``gpus``."""
-    from rm_engine.config import TrainConfig
-
     clean = {k: v for k, v in params.items() if k not in _WORKER_PARAMS}
     clean["device"] = device
     clean["gpus"] = job_gpus(clean, default_gpus)
     return TrainConfig.from_dict(clean)
 
 
-def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+def run_train(env: JobEnv, job: Job, ctx: JobContext) -> dict[str, Any]:
     """Train and publish a version under the lease; enqueue the rescore in the same transaction."""
     from rm_engine.training import train_and_publish
 
-    owner = worker.config.owner
-    cfg = train_config_from_params(ctx.params, ctx.params["device"], worker.config.gpus)
-    with worker.db.read() as s:
+    owner = env.owner
+    cfg = train_config_from_params(ctx.params, ctx.params["device"], env.gpus)
+    with env.db.read() as s:
         watermark = pol.current_watermark(s).to_dict()
         rescore = pol.get_policy(s).rescore
     outcome: dict[str, Any] = {"label_watermark": watermark, "mode": cfg.mode,
-                               "device": f"{cfg.device} x{cfg.gpus}" if cfg.gpus > 1 else cfg.device}
+                               "device": device_label(cfg.device, cfg.gpus)}
 
     def publish_guard(session: Session) -> bool:
         if ctx.should_stop():
@@ -268,7 +279,7 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
 
     try:
         version = train_and_publish(
-            worker.db, worker.settings, cfg, progress=ctx.progress, should_stop=ctx.should_stop,
+            env.db, env.settings, cfg, progress=ctx.progress, should_stop=ctx.should_stop,
             publish_guard=publish_guard, job_id=job.id,
         )
     except BaseException:
@@ -280,15 +291,13 @@ def run_train(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
         ctx.lost = True  # the guard refused: another worker or the queue owns the job now
         return {}
     vid = getattr(version, "id", None)
-    with worker.db.write() as s:  # the job is already succeeded; add the version id to its result
-        j = s.get(Job, job.id)
-        if j is not None and j.lease_owner == owner:
-            j.result = {**(j.result or {}), "version_id": vid}
+    with env.db.write() as s:  # the job is already succeeded; add the version id to its result
+        jobq.add_to_result(s, job.id, owner, {"version_id": vid})
     ctx.log(f"published version {vid}")
     return {**outcome, "version_id": vid, "_published": True}
 
 
-def run_rescore(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+def run_rescore(env: JobEnv, job: Job, ctx: JobContext) -> dict[str, Any]:
     """Cache scores of stored responses under a version (``version_id``, or the version of ``after_job``).
 
     Skipped when every stored response already has a score under that version (training caches the scores of
@@ -298,31 +307,29 @@ def run_rescore(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params or {}
     vid = p.get("version_id")
     if vid is None and p.get("after_job") is not None:
-        with worker.db.read() as s:
-            vid = s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == int(p["after_job"])))
+        with env.db.read() as s:
+            vid = version_of_job(s, int(p["after_job"]))
         if vid is None:
             raise RuntimeError(f"rescore job: training job {p['after_job']} published no version")
     if vid is None:
-        with worker.db.read() as s:
+        with env.db.read() as s:
             v = pol.latest_version(s)
         if v is None:
             raise RuntimeError("rescore job: there is no model version to score with")
         vid = v.id
-    from db.versions import count_responses, count_scores
-
-    with worker.db.read() as s:
+    with env.db.read() as s:
         stored, scored = count_responses(s), count_scores(s, int(vid))
     if scored >= stored:  # training already cached a score for every stored response when it published
         ctx.progress({"phase": "rescore", "step": stored, "total": stored})
         ctx.log(f"all {stored} stored responses already scored under version {vid}")
         return {"version_id": int(vid), "rows": 0, "already_scored": stored}
-    rows = rescore_stored(worker.db, worker.settings, int(vid), progress=ctx.progress, should_stop=ctx.should_stop)
+    rows = rescore_stored(env.db, env.settings, int(vid), progress=ctx.progress, should_stop=ctx.should_stop)
     if ctx.should_stop():
         raise JobStopped(ctx.stop_reason())
     return {"version_id": int(vid), "rows": int(rows or 0)}
 
 
-def run_cv(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
+def run_cv(env: JobEnv, job: Job, ctx: JobContext) -> dict[str, Any]:
     """Cross-validate a training configuration on the stored labels (``params``: a train job's, plus ``folds``,
     default 5): the result is ``rm_engine.crossval.cross_validate``'s (pooled accuracy, its standard error, the
     folds); nothing is published."""
@@ -331,15 +338,15 @@ def run_cv(worker: Worker, job: Job, ctx: JobContext) -> dict[str, Any]:
 
     params = dict(ctx.params)
     folds = int(params.pop("folds", 5))
-    cfg = train_config_from_params(params, params["device"], worker.config.gpus)
-    res = cross_validate(worker.settings, cfg, load_pair_set(worker.db, cfg), folds, progress=ctx.progress,
+    cfg = train_config_from_params(params, params["device"], env.gpus)
+    res = cross_validate(env.settings, cfg, load_pair_set(env.db, cfg), folds, progress=ctx.progress,
                          should_stop=ctx.should_stop, on_fold=lambda f: ctx.log(fold_line(f)))
     if ctx.should_stop():
         raise JobStopped(ctx.stop_reason())
     return res
 
 
-Handler = Callable[["Worker", Job, JobContext], "dict[str, Any] | None"]
+Handler = Callable[[JobEnv, Job, JobContext], "dict[str, Any] | None"]
 
 #: What each job kind runs (``import`` jobs have no handler yet: they fail, naming the kind).
 HANDLERS: dict[JobKind, Handler] = {JobKind.noop: run_noop, JobKind.train: run_train, JobKind.rescore: run_rescore,

@@ -34,16 +34,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
-
 from db import jobs as jobq
 from db import policy as pol
 from db import workers
 from db.bounds import FieldError, bounded, check_fields
 from db.config import Settings
-from db.models import Job, JobKind, JobStatus, ModelVersion
+from db.models import Job, JobKind, JobStatus
 from db.session import Database
+from db.versions import version_paths
 from rm_engine.config import MAX_GPUS
+from rm_engine.device import DEVICES, device_label, resolve_device
+from rm_engine.versions.registry import sweep_orphans
 from worker.job_run import (
     HANDLERS,
     LOSS_HISTORY_POINTS,
@@ -51,18 +52,18 @@ from worker.job_run import (
     Handler,
     Heartbeat,
     JobContext,
+    JobEnv,
     JobStopped,
     is_cancelled,
     job_gpus,
     log,
 )
 
-__all__ = ["Worker", "WorkerConfig", "main", "JobStopped", "JobContext", "LOSS_HISTORY_POINTS"]
+__all__ = ["Worker", "WorkerConfig", "main", "JobStopped", "JobContext", "JobEnv", "LOSS_HISTORY_POINTS"]
 
 #: Seconds between sweeps of orphaned model folders (``registry.sweep_orphans``); folders younger than
 #: this are kept, since a publisher may sit between its ``os.replace`` and its row insert.
 SWEEP_EVERY_S = 600.0
-_PG_AUTO_RETRAIN_LOCK = 727_004
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class WorkerConfig:
         if self.heartbeat_s is not None and not self.heartbeat_s < self.lease_s:
             raise FieldError("WorkerConfig.heartbeat_s", f"must be shorter than the lease ({self.lease_s:g} s)",
                              self.heartbeat_s, field="heartbeat_s")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda, got {self.device!r}")
         if self.kinds is not None:
             for k in self.kinds:
@@ -137,6 +138,7 @@ class Worker:
         self._next_presence = 0.0
         self._preloading: threading.Thread | None = None
         self.handlers: dict[JobKind, Handler] = dict(HANDLERS)
+        self.env = JobEnv(db, settings, self.config.owner, self.config.gpus)
 
     # ---- signals
     def install_signal_handlers(self) -> None:
@@ -210,18 +212,16 @@ class Worker:
         device = self.config.device
         preloading = self._preloading is not None and self._preloading.is_alive()
         if device == "auto" and "torch" in sys.modules and not preloading:  # never import beside the preload
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return f"{device} x{self.config.gpus}" if self.config.gpus > 1 else device
+            device = resolve_device(device)
+        return device_label(device, self.config.gpus)
 
     def housekeeping(self) -> None:
         """Re-queue expired jobs and apply the retrain policy (errors are logged, never fatal)."""
         try:
             now = time.time()
-            with self.db.read() as s:
-                expired = s.scalar(select(Job.id).where(Job.status == JobStatus.running, jobq.lease_gone(now)).limit(1))
-            if expired is not None:
+            with self.db.read() as s:  # a cheap read first: requeue_expired takes the write lock
+                expired = jobq.has_expired(s, now)
+            if expired:
                 for job_id, status in jobq.requeue_expired(self.db, now):
                     log(f"job {job_id}: lease expired -> {status}")
                     jobq.append_log(self.db, job_id, f"lease expired; {status} by {self.config.owner}")
@@ -237,10 +237,8 @@ class Worker:
 
     def sweep_model_folders(self) -> list[str]:
         """Remove model folders older than ``SWEEP_EVERY_S`` that no version row points to."""
-        from rm_engine.versions.registry import sweep_orphans
-
         with self.db.read() as s:
-            known = set(s.scalars(select(ModelVersion.path)))
+            known = version_paths(s)
         removed = sweep_orphans(self.settings, known, min_age_s=SWEEP_EVERY_S)
         if removed:
             log(f"removed {len(removed)} orphaned model folder(s): {', '.join(removed[:5])}")
@@ -248,20 +246,12 @@ class Worker:
 
     def maybe_enqueue_retrain(self) -> Job | None:
         """Enqueue one automatic retrain when the policy says so; returns the new job or None."""
-        with self.db.read() as s:
-            ok, _ = pol.should_retrain(s)
-        if not ok:
+        with self.db.read() as s:  # a cheap read first: idle workers poll the policy without the write lock
+            due, _ = pol.should_retrain(s)
+        if not due:
             return None
         with self.db.write() as s:
-            if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises this transaction
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUTO_RETRAIN_LOCK})
-            ok, reason = pol.should_retrain(s)
-            if not ok:
-                return None
-            job = jobq.enqueue(
-                s, JobKind.train, pol.auto_retrain_params(s), dedupe_key=pol.AUTO_RETRAIN_KEY,
-                created_by=f"retrain policy ({self.config.owner})",
-            )
+            job, reason = jobq.enqueue_retrain_if_due(s, created_by=f"retrain policy ({self.config.owner})")
         if job is not None:
             log(f"job {job.id}: automatic retrain enqueued: {reason}")
             jobq.append_log(self.db, job.id, f"enqueued by the retrain policy: {reason}")
@@ -269,31 +259,22 @@ class Worker:
 
     def resolve_device(self, job: Job) -> str:
         """``cpu`` or ``cuda``: the worker's ``--device``, else GPU for finetune jobs when one is present."""
+        params = job.params or {}
         want = self.config.device
-        params_device = (job.params or {}).get("device")
-        if want == "auto" and params_device in ("cpu", "cuda"):
-            want = params_device
-        if want == "cpu" or job.kind in (JobKind.noop,):
+        if want == "auto" and params.get("device") in ("cpu", "cuda"):
+            want = params["device"]
+        if job.kind is JobKind.noop or (want == "auto" and not (job.kind in TRAINS and params.get("mode") == "finetune")):
             return "cpu"
-        if want == "auto" and not (job.kind in TRAINS and (job.params or {}).get("mode") == "finetune"):
-            return "cpu"
-        try:
-            import torch
-
-            has_cuda = torch.cuda.is_available()
-        except Exception:  # noqa: BLE001
-            has_cuda = False
-        if want == "cuda" and not has_cuda:
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-        return "cuda" if has_cuda else "cpu"
+        return resolve_device(want)
 
     def run_job(self, job: Job) -> None:
         """Run one claimed job to a final state (or back to the queue on shutdown)."""
         owner = self.config.owner
-        ctx = JobContext(self, job)
+        ctx = JobContext(job, stopping=self.stopping.is_set)
         log(f"job {job.id} ({job.kind.value}) claimed, attempt {job.attempts}/{job.max_attempts}")
         jobq.append_log(self.db, job.id, f"claimed by {owner} (attempt {job.attempts}/{job.max_attempts})")
-        beat = Heartbeat(self, ctx)
+        cfg = self.config
+        beat = Heartbeat(self.env, ctx, lease_s=cfg.lease_s, every_s=cfg.heartbeat_every, progress_s=cfg.progress_interval_s)
         beat.start()
         status, result, error = JobStatus.failed, None, None
         try:
@@ -307,10 +288,10 @@ class Worker:
             device = self.resolve_device(job)
             ctx.params["device"] = device
             gpus = job_gpus(job.params or {}, self.config.gpus) if job.kind in TRAINS else 1
-            shown = f"{device} x{gpus}" if gpus > 1 else device
+            shown = device_label(device, gpus)
             jobq.set_device(self.db, job.id, owner, shown)
             ctx.log(f"device: {shown}")
-            result = handler(self, job, ctx)
+            result = handler(self.env, job, ctx)
             status = JobStatus.succeeded
         except Exception as exc:  # noqa: BLE001 - every failure ends up in the job row
             if ctx.should_stop() or is_cancelled(exc):
@@ -372,7 +353,7 @@ def _short(result: dict[str, Any]) -> str:
 
 def main(config: WorkerConfig, settings: Settings | None = None) -> int:
     """Entry point of ``rmstudio worker``: one ``Database``, signal handlers, the loop."""
-    settings = settings or Settings.from_env()
+    settings = settings or Settings.from_env()  # an entry point: the settings are read here and passed down
     db = Database(settings.db_url)
     worker = Worker(db, settings, config)
     worker.install_signal_handlers()

@@ -28,6 +28,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from db.config import Settings
+from rm_engine.device import cuda_available, resolve_device
+
 
 def is_distributed() -> bool:
     """Whether this process is one rank of an initialised process group with more than one rank."""
@@ -74,7 +77,7 @@ def init_from_env(backend: str | None = None) -> bool:
     is available, else gloo. Returns False (and does nothing) when ``WORLD_SIZE`` is absent or 1."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return dist.is_available() and dist.is_initialized()
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or ("nccl" if cuda_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
@@ -141,7 +144,7 @@ def train_finetune_ddp(
     device: str | None = None,
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    settings: Any = None,
+    settings: Settings,
     log_every: int = 20,
     threads_per_rank: int | None = None,
     timeout_s: float | None = None,
@@ -160,14 +163,10 @@ def train_finetune_ddp(
     if gpus == 1:
         return train_finetune(cfg, train_pairs, val_pairs, weights=weights, device=device, progress=progress,
                               should_stop=should_stop, settings=settings, log_every=log_every)
-    use_cuda = (device or getattr(cfg, "device", "auto")) != "cpu" and torch.cuda.is_available()
+    use_cuda = resolve_device(device or cfg.device).startswith("cuda")
     if use_cuda and torch.cuda.device_count() < gpus:
         raise ValueError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
     backend = "nccl" if use_cuda else "gloo"
-    if settings is None:
-        from db.config import Settings
-
-        settings = Settings.from_env()
     ctx = torch.multiprocessing.get_context("spawn")
     q, stop = ctx.Queue(), ctx.Event()
     port = _free_port()

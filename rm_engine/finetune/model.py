@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rm_engine.device import torch_device
 from rm_engine.finetune.reward_net import RewardNet, Row, by_length
 
 RICH_HEAD_FILE = "rich_head.safetensors"
@@ -66,20 +67,6 @@ class FinetuneMeta:
         if missing:
             raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def resolve_device(spec: str | torch.device | None, *, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``"cuda"`` means this rank's GPU."""
-    if isinstance(spec, torch.device):
-        return spec
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
-        return torch.device("cuda", local_rank)
-    return torch.device(spec)
 
 
 def _no_dropout_config(path: Path) -> Any:
@@ -222,7 +209,7 @@ class FinetunedModel:
 
         d = Path(model_dir)
         meta = FinetuneMeta.read(d / META_FILE)
-        dev = resolve_device(device)
+        dev = torch_device(device)
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
         if meta.decoder:
             tok.padding_side = "right"

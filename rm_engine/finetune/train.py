@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,16 +51,19 @@ from db.config import Settings
 from db.pairs import TrainingPair
 from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.device import torch_device
 from rm_engine.finetune import ddp
 from rm_engine.finetune.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.finetune.linear_probe import init_head_by_probe
 from rm_engine.finetune.memory_fit import fit_to_memory, fits, heaviest
-from rm_engine.finetune.model import FinetunedModel, FinetuneMeta, load_backbone_model, resolve_device
+from rm_engine.finetune.model import FinetunedModel, FinetuneMeta, load_backbone_model
 from rm_engine.finetune.packing import PackedTrainer
 from rm_engine.finetune.reward_net import RewardNet, backbone_pooling, unwrap_hf
-from rm_engine.loss import davidson_log_probs, init_tie_param, rao_kupper_log_probs
+from rm_engine.loss import init_tie_param, pair_nll
+from rm_engine.objective import PairTerms, active_tie_model, length_start, pair_terms, preference_loss
+from rm_engine.progress import eta_s
 
-__all__ = ["FinetuneResult", "FinetunedModel", "train_finetune", "pair_nll", "plan_epoch"]
+__all__ = ["FinetuneResult", "FinetunedModel", "train_finetune", "batch_loss", "plan_epoch"]
 
 Progress = Callable[[dict], None]
 log = logging.getLogger(__name__)
@@ -82,24 +84,27 @@ class FinetuneResult:
         return self.model.tokenizer
 
 
-def pair_nll(
-    r_c: torch.Tensor, r_r: torch.Tensor, tie: torch.Tensor, margin: torch.Tensor,
-    tie_model: str | None, tie_param: torch.Tensor | None,
-) -> torch.Tensor:
-    """Per-pair negative log-likelihood in fp32, without any reduction or host sync.
+def host_rows(terms: PairTerms, idx: Sequence[int]) -> torch.Tensor:
+    """The loss terms of pairs ``idx`` as one host tensor ``(k, 5)``, moved to the device in one copy per step:
+    weight, margin, tie, chosen and rejected standardised length (0 without the length covariate)."""
+    no_len = np.zeros(len(terms))
+    lc = terms.length_c if terms.length_c is not None else no_len
+    lr = terms.length_r if terms.length_r is not None else no_len
+    return torch.tensor([[terms.weight[i], terms.margin[i], float(terms.tie[i]), lc[i], lr[i]] for i in idx],
+                        dtype=torch.float32)
 
-    Bradley-Terry ``softplus(-(r_c - r_r - margin))`` for decided pairs; with a tie model (``tie_param`` given)
-    the Davidson / Rao-Kupper likelihoods of :mod:`rm_engine.loss`. Matches ``loss.preference_loss`` once
-    weighted and averaged (tested).
-    """
-    r_c, r_r = r_c.float(), r_r.float()
-    d = r_c - r_r
-    if tie_param is None:
-        return nn.functional.softplus(-(d - margin))
-    log_probs = davidson_log_probs if tie_model == "davidson" else rao_kupper_log_probs
-    log_win, _ = log_probs(d - margin, tie_param)
-    _, log_tie = log_probs(d, tie_param)
-    return -torch.where(tie, log_tie, log_win)
+
+def batch_loss(r: torch.Tensor, host: torch.Tensor, *, tie_model: str | None, tie_param: torch.Tensor | None,
+               beta: torch.Tensor | None, center_coef: float, weight_total: float, count_total: int) -> torch.Tensor:
+    """The training objective (:func:`rm_engine.objective.preference_loss`) of this rank's share of a batch:
+    ``r`` the scores of its rows ``[c_1..c_k, r_1..r_k]``, ``host`` their :func:`host_rows`, normalised by the
+    global batch's weight sum and pair count. No host sync."""
+    k = host.shape[0]
+    return preference_loss(
+        r[:k], r[k:], tie=None if tie_param is None else host[:, 2].bool(), weight=host[:, 0], margin=host[:, 1],
+        tie_model=tie_model, tie_param=tie_param, center_coef=center_coef, beta=beta,
+        length_c=None if beta is None else host[:, 3], length_r=None if beta is None else host[:, 4],
+        weight_total=weight_total, count_total=count_total)
 
 
 def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size: int = 1, *,
@@ -137,23 +142,11 @@ def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int, world_size:
     return plan_batches(lengths, pcfg, seed=seed)
 
 
-def _pair_weights(cfg: TrainConfig, pairs: Sequence[TrainingPair], weights: Sequence[float] | None) -> list[float]:
-    if weights is None:
-        return [p.weight * cfg.source_weights.get(p.source, 1.0) for p in pairs]
-    w = [float(x) for x in weights]
-    if len(w) != len(pairs):
-        raise ValueError(f"train_finetune: {len(w)} weights for {len(pairs)} training pairs")
-    bad = [i for i, x in enumerate(w) if not x >= 0 or math.isinf(x)]
-    if bad:
-        raise ValueError(f"train_finetune: weight of training pair {bad[0]} is {w[bad[0]]} (must be finite and >= 0)")
-    return w
-
-
 class _Encoded:
-    """The chosen and rejected rows (as :meth:`FinetunedModel.encode` makes them for scoring), plus per-pair
-    tensors-to-be (weights, ties, margins)."""
+    """The chosen and rejected rows (as :meth:`FinetunedModel.encode` makes them for scoring), their lengths in
+    tokens and the pairs' tie flags."""
 
-    def __init__(self, fm: FinetunedModel, pairs: Sequence[TrainingPair], cfg: TrainConfig) -> None:
+    def __init__(self, fm: FinetunedModel, pairs: Sequence[TrainingPair]) -> None:
         prompts, histories = [p.prompt for p in pairs], [p.history for p in pairs]
         self.chosen = fm.encode(prompts, histories, [p.chosen for p in pairs])
         self.rejected = fm.encode(prompts, histories, [p.rejected for p in pairs])
@@ -161,7 +154,6 @@ class _Encoded:
         self.lengths = [max(size(c), size(r)) for c, r in zip(self.chosen, self.rejected)]
         self.sizes = [size(c) + size(r) for c, r in zip(self.chosen, self.rejected)]
         self.tie = [bool(p.tie) for p in pairs]
-        self.margin = [0.0 if p.tie else cfg.margin_from_strength * float(p.strength or 0) for p in pairs]
 
 
 def _sync_sum(values: list[float], device: torch.device) -> list[float]:
@@ -242,22 +234,6 @@ def _probe_packed_step(net: RewardNet, pad_id: int, dev: torch.device, amp: Any,
         packer.close()
 
 
-def _length_covariate(cfg: TrainConfig, pairs: Sequence[TrainingPair], tie: Sequence[bool], w: Sequence[float],
-                      dev: torch.device) -> tuple[nn.Parameter | None, list[float], list[float]]:
-    """``(beta, chosen lengths, rejected lengths)`` of ``cfg.length_covariate`` (:mod:`rm_engine.length_covariate`:
-    standardised log word counts, beta started at the length-only fit); ``(None, zeros, zeros)`` without it."""
-    if not cfg.length_covariate:
-        return None, [0.0] * len(pairs), [0.0] * len(pairs)
-    from rm_engine.length_covariate import length_only_coef, log_lengths, standardize
-
-    lc, lr = log_lengths([p.chosen for p in pairs]), log_lengths([p.rejected for p in pairs])
-    both = np.concatenate([lc, lr])
-    lc, lr = standardize(lc, both), standardize(lr, both)
-    keep = ~np.asarray(tie, dtype=bool)
-    b0 = length_only_coef((lc - lr)[keep], np.asarray(w, dtype=np.float64)[keep])
-    return nn.Parameter(torch.tensor(b0, dtype=torch.float32, device=dev)), lc.tolist(), lr.tolist()
-
-
 def train_finetune(
     cfg: TrainConfig,
     train_pairs: Sequence[TrainingPair],
@@ -267,14 +243,14 @@ def train_finetune(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-    settings: Settings | None = None,
+    settings: Settings,
     log_every: int = 20,
 ) -> FinetuneResult:
     """Fine-tune ``cfg.backbone`` as a reward model on ``train_pairs``; validate on ``val_pairs`` every epoch.
 
-    ``weights`` are per training pair (the engine's source weights times the pair's own weight; default
-    ``pair.weight * cfg.source_weights[pair.source]``). Tie pairs train through ``cfg.tie_model`` with a learned
-    tie parameter when ``cfg.ties == "model"``, and are dropped when ``"exclude"``. ``device``: ``"auto"``
+    The loss is :mod:`rm_engine.objective`'s. ``weights`` are per training pair (an ensemble member's; default
+    the pair weights, ``pair.weight * cfg.source_weights[pair.source]``). Tie pairs train through ``cfg.tie_model``
+    with a learned tie parameter when ``cfg.ties == "model"``, and are dropped when ``"exclude"``. ``device``: ``"auto"``
     (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default ``cfg.device``). ``progress`` gets
     ``{"step", "total", "loss", "val_accuracy", "eta_s", "phase", "epoch", "pairs_per_s", "tokens_per_s"}`` every
     ``log_every`` steps and after each epoch; ``should_stop()`` is checked between steps and raises
@@ -289,10 +265,10 @@ def train_finetune(
         val_pairs = [p for p in val_pairs if not p.tie]
     if not train_pairs:
         raise ValueError("train_finetune: no training pairs")
-    w_host = _pair_weights(cfg, train_pairs, weights)
+    terms = pair_terms(cfg, train_pairs, weights=weights)
+    w_host = terms.weight.tolist()
     rank, world = ddp.rank_and_world()
-    dev = resolve_device(device or cfg.device, local_rank=ddp.local_rank())
-    settings = settings or Settings.from_env()
+    dev = torch_device(device or cfg.device, local_rank=ddp.local_rank())
     ref = resolve_backbone(cfg.backbone, settings)
     decoder = is_decoder(load_config(ref))
     tok = load_tokenizer(ref, decoder=decoder)
@@ -307,13 +283,15 @@ def train_finetune(
                         truncation=TRUNCATION_POLICY, pooling=pooling)
     fm = FinetunedModel(net, tok, meta, dev)
 
-    tr, va = _Encoded(fm, train_pairs, cfg), _Encoded(fm, val_pairs, cfg)
-    n_ties = sum(tr.tie)
-    tie_model = cfg.tie_model if (n_ties and cfg.ties == "model") else None
+    tr, va = _Encoded(fm, train_pairs), _Encoded(fm, val_pairs)
+    tie_model = active_tie_model(cfg, terms.tie)
     tie_param = None
     if tie_model is not None:
-        tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, n_ties / len(tr.tie)), device=dev))
-    beta, len_c, len_r = _length_covariate(cfg, train_pairs, tr.tie, w_host, dev)
+        tie_param = nn.Parameter(torch.tensor(init_tie_param(tie_model, float(terms.tie.mean())), device=dev))
+    beta = None  # the length covariate's coefficient, started at what length alone explains
+    if terms.length_c is not None:
+        b0 = length_start(terms.length_c, terms.length_r, terms.tie, terms.weight)
+        beta = nn.Parameter(torch.tensor(b0, dtype=torch.float32, device=dev))
 
     cuda = dev.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else None
@@ -375,10 +353,9 @@ def train_finetune(
                 real_tok += n_real
             else:
                 real_tok += sum(len(s) for s in seqs)
-            host = torch.tensor([[w_host[i], tr.margin[i], float(tr.tie[i]), len_c[i], len_r[i]] for i in local],
-                                dtype=torch.float32)
+            host = host_rows(terms, local)
             host = host.pin_memory().to(dev, non_blocking=True) if cuda else host
-            w_t, margin_t, tie_t = host[:, 0], host[:, 1], host[:, 2].bool()
+            tie_t = host[:, 2].bool()
             with amp if amp is not None else contextlib.nullcontext():
                 if packer is not None:
                     r, row_len = packer(seqs)
@@ -387,12 +364,9 @@ def train_finetune(
                     r = train_net(*args)
             r = r.float()
             rc, rr = r[:k], r[k:]
-            gw = sum(w_host[i] for i in gbatch) or 1.0
-            # with the length covariate the loss sees score + beta * length; the score alone is kept
-            xc, xr = (rc, rr) if beta is None else (rc + beta * host[:, 3], rr + beta * host[:, 4])
-            loss = (pair_nll(xc, xr, tie_t, margin_t, tie_model, tie_param) * w_t).sum() / gw
-            if cfg.center_coef:
-                loss = loss + cfg.center_coef * ((rc + rr) ** 2).sum() / len(gbatch)
+            loss = batch_loss(r, host, tie_model=tie_model, tie_param=tie_param, beta=beta,
+                              center_coef=cfg.center_coef, weight_total=sum(w_host[i] for i in gbatch),
+                              count_total=len(gbatch))
             (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
             for extra in (tie_param, beta) if world > 1 else ():  # outside the DDP module: averaged by hand
                 if extra is not None:
@@ -414,7 +388,7 @@ def train_finetune(
                 el = time.perf_counter() - t_start
                 if progress is not None:
                         progress({"step": step, "total": total, "loss": la[0] / log_every, "val_accuracy": last_val,
-                              "eta_s": el / step * (total - step), "phase": "finetune", "epoch": epoch})
+                              "eta_s": eta_s(el, step, total), "phase": "finetune", "epoch": epoch})
         a = _sync_sum(acc.tolist(), dev)  # waits for the device: the epoch's time is complete here
         secs = time.perf_counter() - t0
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
@@ -436,7 +410,7 @@ def train_finetune(
         history.append(row)
         if progress is not None:
             progress({"step": step, "total": total, "loss": row["train_loss"], "val_accuracy": last_val,
-                      "eta_s": (time.perf_counter() - t_start) / step * (total - step), "phase": "finetune",
+                      "eta_s": eta_s(time.perf_counter() - t_start, step, total), "phase": "finetune",
                       "epoch": epoch + 1, "pairs_per_s": row["pairs_per_s"], "tokens_per_s": row["tokens_per_s"]})
     net.eval()
     if packer is not None:

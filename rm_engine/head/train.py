@@ -4,11 +4,12 @@ Features are standardised with the training responses' mean and std (stored with
 member has its own seed and, when K > 1, its own bootstrap resample of the training pairs (multinomial counts
 used as pair weights), so members disagree where the data is thin: their std is the score's uncertainty.
 
-Training is full-batch Adam (minibatches above ``full_batch_pairs``) on the weighted preference loss
-(Bradley-Terry, or a tie model with one learned tie parameter per member) plus an L2 penalty
-``weight_decay * ||W||^2``. Each member keeps the weights of its best validation loss; training stops when no
-member has improved for ``patience`` evaluations (early stopping). Without validation pairs it runs all epochs.
-10,000 cached pairs retrain in a few seconds on a laptop CPU.
+Training is full-batch Adam (minibatches above :data:`FULL_BATCH_PAIRS`) on the training objective of
+:mod:`rm_engine.objective` (Bradley-Terry, or a tie model with one learned tie parameter per member; the length
+covariate with one coefficient per member) plus an L2 penalty ``weight_decay * ||W||^2``. Every setting comes from
+the run's ``TrainConfig`` (head mode's options and the common ones). Each member keeps the weights of its best
+validation loss; training stops when no member has improved for ``patience`` evaluations (early stopping). Without
+validation pairs it runs all epochs. 10,000 cached pairs retrain in a few seconds on a laptop CPU.
 """
 from __future__ import annotations
 
@@ -23,27 +24,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from rm_engine.config import Cancelled
-from rm_engine.length_covariate import length_only_coef, standardize
-from rm_engine.loss import init_tie_param, preference_loss
+from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.loss import init_tie_param
+from rm_engine.objective import PairTerms, active_tie_model, length_start, member_weights, preference_loss
 
 Progress = Callable[[dict[str, Any]], None] | None
+HIDDEN = 128  # an MLP head's hidden units
+DROPOUT = 0.1  # an MLP head's dropout while training
+FULL_BATCH_PAIRS = 16384  # up to this many training pairs, each step sees all of them
+MINIBATCH_PAIRS = 4096  # beyond it, minibatches of this many
 
 
 @dataclass(frozen=True)
 class PairArrays:
     """Pairs as indices into a feature matrix: ``ci``/``ri`` rows of chosen/rejected, ``tie`` flags, ``weight``
-    (source weight), ``margin`` (from label strength)."""
+    (the pair weight), ``margin`` (from label strength) and, for the length covariate, the standardised lengths
+    ``length_c``/``length_r`` of the chosen and rejected responses (:class:`rm_engine.objective.PairTerms`)."""
 
     ci: np.ndarray
     ri: np.ndarray
     tie: np.ndarray
     weight: np.ndarray
     margin: np.ndarray
+    length_c: np.ndarray | None = None
+    length_r: np.ndarray | None = None
 
     @classmethod
-    def build(cls, ci: Any, ri: Any, tie: Any = None, weight: Any = None, margin: Any = None) -> PairArrays:
-        """Arrays with defaults: no ties, weight 1, margin 0."""
+    def build(cls, ci: Any, ri: Any, tie: Any = None, weight: Any = None, margin: Any = None,
+              length_c: Any = None, length_r: Any = None) -> PairArrays:
+        """Arrays with defaults: no ties, weight 1, margin 0, no lengths."""
         ci = np.asarray(ci, dtype=np.int64)
         n = ci.size
         return cls(
@@ -52,30 +61,17 @@ class PairArrays:
             tie=np.zeros(n, bool) if tie is None else np.asarray(tie, dtype=bool),
             weight=np.ones(n, np.float32) if weight is None else np.asarray(weight, dtype=np.float32),
             margin=np.zeros(n, np.float32) if margin is None else np.asarray(margin, dtype=np.float32),
+            length_c=None if length_c is None else np.asarray(length_c, dtype=np.float32),
+            length_r=None if length_r is None else np.asarray(length_r, dtype=np.float32),
         )
+
+    @classmethod
+    def of(cls, ci: Any, ri: Any, terms: PairTerms) -> PairArrays:
+        """The pairs with rows ``ci``/``ri`` and the loss terms ``terms`` (``rm_engine.objective.pair_terms``)."""
+        return cls.build(ci, ri, terms.tie, terms.weight, terms.margin, terms.length_c, terms.length_r)
 
     def __len__(self) -> int:
         return int(self.ci.size)
-
-
-@dataclass(frozen=True)
-class HeadTrainSpec:
-    """Head-training settings (taken from ``TrainConfig.resolved()``)."""
-
-    kind: str = "linear"
-    members: int = 1
-    hidden: int = 128
-    epochs: int = 300
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    tie_model: str | None = None
-    center_coef: float = 0.0
-    seed: int = 0
-    patience: int = 30
-    eval_every: int = 1
-    full_batch_pairs: int = 16384
-    minibatch_pairs: int = 4096
-    dropout: float = 0.1
 
 
 class EnsembleHead(nn.Module):
@@ -147,79 +143,60 @@ class HeadResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
-    length_coef: np.ndarray | None = None  # per member, on the standardised log length (``lengths`` given)
+    length_coef: np.ndarray | None = None  # per member, on the standardised log length (``length_covariate``)
     train_loss: list[float] = field(default_factory=list)  # per member, at the last step
     val_loss: list[float] | None = None  # per member, the best validation loss (inf: never improved on the start)
+    tie_model: str | None = None  # the tie model trained through (None: Bradley-Terry)
 
 
-def _member_weights(pairs: PairArrays, members: int, seed: int) -> np.ndarray:
-    """``(K, n)`` pair weights: source weights times bootstrap counts (no bootstrap when K == 1)."""
-    base = pairs.weight.astype(np.float32)
-    if members == 1:
-        return base[None, :]
-    rng = np.random.default_rng(seed + 7919)
-    n = len(pairs)
-    counts = np.stack([rng.multinomial(n, np.full(n, 1.0 / n)) for _ in range(members)]).astype(np.float32)
-    return counts * base[None, :]
-
-
-def _per_member_loss(rc: torch.Tensor, rr: torch.Tensor, tie: torch.Tensor, margin: torch.Tensor, w: torch.Tensor,
-                     spec: HeadTrainSpec, tie_param: torch.Tensor | None) -> torch.Tensor:
-    """Loss of each member ``(K,)``: ``rc``/``rr`` are ``(m, K)`` scores, ``w`` is ``(K, m)``."""
-    losses = []
-    for k in range(rc.shape[1]):
-        if float(w[k].sum()) <= 0:
-            losses.append(torch.zeros((), device=rc.device))
-            continue
-        losses.append(preference_loss(
-            rc[:, k], rr[:, k], tie=tie, weight=w[k], margin=margin,
-            tie_model=spec.tie_model, tie_param=None if tie_param is None else tie_param[k],
-            center_coef=spec.center_coef,
-        ))
-    return torch.stack(losses)
+def member_losses(r_c: torch.Tensor, r_r: torch.Tensor, pairs: dict[str, torch.Tensor | None], w: torch.Tensor,
+                  tie_model: str | None, center_coef: float, tie_param: torch.Tensor | None,
+                  beta: torch.Tensor | None) -> torch.Tensor:
+    """The objective of each member ``(K,)`` (:func:`rm_engine.objective.preference_loss`): ``r_c``/``r_r`` are
+    ``(m, K)`` scores, ``pairs`` the batch's ``tie``, ``margin``, ``len_c``, ``len_r``, ``w`` the ``(K, m)`` member
+    weights; ``tie_param`` and ``beta`` one per member."""
+    return torch.stack([preference_loss(
+        r_c[:, k], r_r[:, k], tie=pairs["tie"], weight=w[k], margin=pairs["margin"], tie_model=tie_model,
+        tie_param=None if tie_param is None else tie_param[k], center_coef=center_coef,
+        beta=None if beta is None else beta[k], length_c=pairs["len_c"], length_r=pairs["len_r"],
+    ) for k in range(r_c.shape[1])])
 
 
 def train_heads(
     X: np.ndarray,
     train: PairArrays,
-    spec: HeadTrainSpec,
+    cfg: TrainConfig,
     *,
     val: PairArrays | None = None,
-    lengths: np.ndarray | None = None,
     progress: Progress = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> HeadResult:
-    """Train ``spec.members`` heads on features ``X`` (rows indexed by the pairs); see the module docstring.
+    """Train ``cfg.ensemble`` heads of kind ``cfg.head`` on features ``X`` (rows indexed by the pairs); see the
+    module docstring. Fields left at None take head mode's defaults (``TrainConfig.resolved``).
 
-    ``lengths`` (one per row of ``X``, e.g. log word counts): the loss then sees ``score + beta * length`` with
-    ``beta`` learned per member and free of weight decay, so the labels' length preference goes into ``beta``
-    rather than the head; the head alone is returned (``length_coef`` = beta, on the standardised length)."""
+    With ``cfg.length_covariate`` the pairs carry their standardised lengths (``PairArrays.length_c``/``length_r``):
+    the loss sees ``score + beta * length`` with ``beta`` learned per member and free of weight decay, so the labels'
+    length preference goes into ``beta`` rather than the head; the head alone is returned (``length_coef`` = beta)."""
     t0 = time.time()
+    cfg = cfg.resolved()
     if len(train) == 0:
         raise ValueError("no training pairs")
-    torch.manual_seed(spec.seed)
+    if cfg.length_covariate and any(p is not None and p.length_c is None for p in (train, val)):
+        raise ValueError("length covariate: the pairs carry no response lengths (rm_engine.objective.pair_terms)")
+    members = cfg.ensemble
+    torch.manual_seed(cfg.seed)
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     used = np.unique(np.concatenate([train.ci, train.ri]))
     mu = Xt[used].mean(0)
     sigma = Xt[used].std(0).clamp(min=1e-4) if used.size > 1 else torch.ones(Xt.shape[1])
-    head = EnsembleHead(spec.kind, Xt.shape[1], spec.members, spec.hidden, spec.seed, spec.dropout)
+    head = EnsembleHead(cfg.head, Xt.shape[1], members, HIDDEN, cfg.seed, DROPOUT)
     head.mu.copy_(mu)
     head.sigma.copy_(sigma)
-    Lz: torch.Tensor | None = None
+    W = member_weights(cfg, train.weight)
     beta: nn.Parameter | None = None
-    if lengths is not None:
-        lt = torch.as_tensor(np.asarray(lengths, dtype=np.float32)).reshape(-1)
-        if lt.numel() != Xt.shape[0]:
-            raise ValueError(f"lengths: {lt.numel()} values for {Xt.shape[0]} feature rows")
-        Lz = torch.as_tensor(standardize(lt.numpy(), lt.numpy()[used]), dtype=torch.float32)
-        keep = ~train.tie  # start from what length alone explains, so the head's gradients begin on the rest
-        b0 = length_only_coef((Lz[train.ci[keep]] - Lz[train.ri[keep]]).numpy(), train.weight[keep])
-        beta = nn.Parameter(torch.full((spec.members,), b0))
-
-    def scores(Z: torch.Tensor, L: torch.Tensor | None) -> torch.Tensor:
-        """What the loss sees: the head's scores, plus the length term while training with ``lengths``."""
-        r = head.forward_standardized(Z)
-        return r if beta is None else r + L[:, None] * beta[None, :]
+    if cfg.length_covariate:  # start from what length alone explains, so the head's gradients begin on the rest
+        beta = nn.Parameter(torch.tensor([length_start(train.length_c, train.length_r, train.tie, W[k])
+                                          for k in range(members)], dtype=torch.float32))
 
     def tens(p: PairArrays, X: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The standardised rows this split uses (once; the loop calls forward_standardized) and its pairs with
@@ -227,59 +204,61 @@ def train_heads(
         rows, inv = np.unique(np.concatenate([p.ci, p.ri]), return_inverse=True)
         n = len(p)
         Z = head.standardize(X[torch.as_tensor(rows)])
+        lens = {"len_c": None, "len_r": None} if beta is None else \
+            {"len_c": torch.as_tensor(p.length_c), "len_r": torch.as_tensor(p.length_r)}
         return Z, {"ci": torch.as_tensor(inv[:n]), "ri": torch.as_tensor(inv[n:]), "tie": torch.as_tensor(p.tie),
-                   "margin": torch.as_tensor(p.margin), "len": None if Lz is None else Lz[torch.as_tensor(rows)]}
+                   "margin": torch.as_tensor(p.margin), **lens}
 
     Xtr, tp = tens(train, Xt)
     Xva, vp = tens(val, Xt) if val is not None and len(val) else (None, None)
     del Xt
-    w_train = torch.as_tensor(_member_weights(train, spec.members, spec.seed))
-    w_val = torch.as_tensor(val.weight)[None, :].expand(spec.members, -1) if vp is not None else None
+    w_train = torch.as_tensor(W, dtype=torch.float32)
+    w_val = torch.as_tensor(val.weight)[None, :].expand(members, -1) if vp is not None else None
+    # the validation loss goes through the objective too: its ties need the tie model even when training has none
+    tie_model = active_tie_model(cfg, train.tie if val is None else np.concatenate([train.tie, val.tie]))
     tie_param: nn.Parameter | None = None
-    if spec.tie_model is not None:
-        share = float(train.tie.mean()) if len(train) else 0.0
-        tie_param = nn.Parameter(torch.full((spec.members,), init_tie_param(spec.tie_model, share)))
+    if tie_model is not None:
+        tie_param = nn.Parameter(torch.full((members,), init_tie_param(tie_model, float(train.tie.mean()))))
     params = list(head.parameters()) + [p for p in (tie_param, beta) if p is not None]
-    opt = torch.optim.Adam(params, lr=spec.lr)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     n = len(train)
-    mb = n if n <= spec.full_batch_pairs else spec.minibatch_pairs
-    gen = torch.Generator().manual_seed(spec.seed)
+    mb = n if n <= FULL_BATCH_PAIRS else MINIBATCH_PAIRS
+    gen = torch.Generator().manual_seed(cfg.seed)
 
-    best_loss = torch.full((spec.members,), float("inf"))
+    best_loss = torch.full((members,), float("inf"))
     best_state = copy.deepcopy(head.state_dict())
     best_tie = tie_param.detach().clone() if tie_param is not None else None
     best_beta = beta.detach().clone() if beta is not None else None
     best_epoch, since_best, history = 0, 0, []
     epoch = 0
-    for epoch in range(1, spec.epochs + 1):
+    for epoch in range(1, cfg.epochs + 1):
         if should_stop is not None and should_stop():
             raise Cancelled("head training cancelled")
         head.train()
         order = torch.randperm(n, generator=gen) if mb < n else None
         for start in range(0, n, mb):
             if order is None:
-                r = scores(Xtr, tp["len"])
-                rc, rr, tie, mg, w = r[tp["ci"]], r[tp["ri"]], tp["tie"], tp["margin"], w_train
+                r = head.forward_standardized(Xtr)
+                rc, rr, batch, w = r[tp["ci"]], r[tp["ri"]], tp, w_train
             else:  # only the rows of this minibatch go through the head
                 idx = order[start:start + mb]
                 m = idx.numel()
-                both = torch.cat([tp["ci"][idx], tp["ri"][idx]])
-                r = scores(Xtr[both], None if tp["len"] is None else tp["len"][both])
-                rc, rr, tie, mg, w = r[:m], r[m:], tp["tie"][idx], tp["margin"][idx], w_train[:, idx]
-            loss_k = _per_member_loss(rc, rr, tie, mg, w, spec, tie_param)
-            loss = loss_k.sum() + spec.weight_decay * head.l2()
+                r = head.forward_standardized(Xtr[torch.cat([tp["ci"][idx], tp["ri"][idx]])])
+                batch = {k: None if v is None else v[idx] for k, v in tp.items()}
+                rc, rr, w = r[:m], r[m:], w_train[:, idx]
+            loss_k = member_losses(rc, rr, batch, w, tie_model, cfg.center_coef, tie_param, beta)
+            loss = loss_k.sum() + cfg.weight_decay * head.l2()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if vp is None or epoch % spec.eval_every:
-            if vp is None:
-                best_epoch = epoch
+        if vp is None:
+            best_epoch = epoch
             continue
         head.eval()
         with torch.no_grad():
-            r = scores(Xva, vp["len"])
-            vl = _per_member_loss(r[vp["ci"]], r[vp["ri"]], vp["tie"], vp["margin"], w_val, spec, tie_param)
-            d = (r[vp["ci"]] - r[vp["ri"]]).mean(1)
+            r = head.forward_standardized(Xva)
+            vl = member_losses(r[vp["ci"]], r[vp["ri"]], vp, w_val, tie_model, cfg.center_coef, tie_param, beta)
+            d = (r[vp["ci"]] - r[vp["ri"]]).mean(1)  # the score alone, as it is served
             decided = ~vp["tie"]
             vacc = float((d[decided] > 0).float().mean()) if bool(decided.any()) else float("nan")
         improved = vl < best_loss - 1e-5
@@ -300,9 +279,9 @@ def train_heads(
             since_best += 1
         history.append({"epoch": epoch, "train_loss": float(loss_k.detach().mean()), "val_loss": float(vl.mean()), "val_accuracy": vacc})
         if progress is not None:
-            progress({"phase": "train", "step": epoch, "total": spec.epochs, "loss": float(loss_k.detach().mean()),
+            progress({"phase": "train", "step": epoch, "total": cfg.epochs, "loss": float(loss_k.detach().mean()),
                       "val_accuracy": vacc, "eta_s": None})
-        if since_best >= spec.patience:
+        if since_best >= cfg.patience:
             break
     if vp is not None:
         head.load_state_dict(best_state)
@@ -321,4 +300,5 @@ def train_heads(
         length_coef=None if final_beta is None else final_beta.numpy().copy(),
         train_loss=[float(x) for x in loss_k.detach()],
         val_loss=None if vp is None else [float(x) for x in best_loss],
+        tie_model=tie_model,
     )

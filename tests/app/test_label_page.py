@@ -281,17 +281,27 @@ def test_strength_keys_choose_clear_and_only_count_for_a_preference(app_env, sql
         (True, 1), (False, None)]
 
 
-def test_the_next_pair_is_drawn_while_the_labeler_reads(app_env, sqlite_db: Database, seeded: Seeded) -> None:
+def test_the_next_pair_is_drawn_while_the_labeler_reads(app_env, sqlite_db: Database, seeded: Seeded,
+                                                        monkeypatch) -> None:
     """The pair after the one on screen is prepared when the area is drawn; a verdict shows exactly that one, and
     a skip too. It never repeats the pair on screen."""
     at = _app("pia", "crowd")
     for press in ("A better", "Skip", "Tie"):
         item = at.session_state[ls.ITEM]
-        before, ready = at.session_state[ls.NEXT]
-        assert before == item.key and ready.comparison_id != item.comparison_id
+        job = at.session_state[ls.NEXT]
+        assert job.done.wait(10) and job.error is None  # drawn in the background, after a pause
+        assert job.after == item.key and job.item.comparison_id != item.comparison_id
+        if press == "Tie":  # the draw after this one waits long: the next verdict comes first
+            monkeypatch.setattr(ls, "PREFETCH_DELAY_S", 30.0)
         _button(at, press).click().run()
-        assert at.session_state[ls.ITEM].comparison_id == ready.comparison_id
+        assert at.session_state[ls.ITEM].comparison_id == job.item.comparison_id
         assert at.session_state[ls.ITEM].shown_at >= item.shown_at
+    # A verdict before the draw has started draws the next pair itself; the late draw is dropped.
+    item = at.session_state[ls.ITEM]
+    job = at.session_state[ls.NEXT]
+    _button(at, "B better").click().run()
+    assert job.dropped and not job.done.is_set()
+    assert at.session_state[ls.ITEM].comparison_id not in (item.comparison_id, None)
 
 
 def test_undo_removes_my_label_and_shows_the_pair_again(app_env, sqlite_db: Database, seeded: Seeded) -> None:

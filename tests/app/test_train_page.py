@@ -324,10 +324,10 @@ def test_learning_rate_field_sets_the_rate_and_zero_leaves_the_default(app_env, 
                                                                        seeded: Seeded) -> None:
     at = _page()
     at.selectbox[0].set_value("finetune")
-    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = default)"]
+    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = mode default)"]
     assert lr.value == 0.0
     _button(at, "Enqueue training").click().run()
-    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = default)"]
+    [lr] = [n for n in at.number_input if n.label == "Learning rate (0 = mode default)"]
     lr.set_value(5e-5)
     _button(at, "Enqueue training").click().run()
     assert not at.exception and not at.error

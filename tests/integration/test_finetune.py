@@ -19,7 +19,8 @@ from rm_engine.backbone import is_decoder, load_config, load_tokenizer, resolve_
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.finetune.model import FinetunedModel, load_backbone_model
 from rm_engine.finetune.reward_net import RewardNet, collate
-from rm_engine.finetune.train import pair_nll, plan_epoch, train_finetune
+from rm_engine.finetune.train import plan_epoch, train_finetune
+from rm_engine.loss import pair_nll
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 
 torch.set_num_threads(1)  # the CI box is shared: more threads spin and oversubscribe

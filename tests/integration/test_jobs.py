@@ -224,3 +224,79 @@ def test_logs_list_and_dict(sqlite_db: Database) -> None:
     for key in ("id", "kind", "status", "attempts", "progress", "error"):
         assert key in d
     assert d["kind"] == "noop" and d["status"] == "queued"
+
+
+def test_has_expired_sees_only_leases_that_ran_out(any_db: Database) -> None:
+    a, b = _enqueue(any_db, 2)
+    with any_db.read() as s:
+        assert not jobq.has_expired(s)  # queued jobs hold no lease
+    jobq.claim(any_db, "w1", 0.05)
+    jobq.claim(any_db, "w2", 30)
+    with any_db.read() as s:
+        assert not jobq.has_expired(s)
+        assert jobq.has_expired(s, now=time.time() + 1)
+    time.sleep(0.1)
+    with any_db.read() as s:
+        assert jobq.has_expired(s)
+    assert jobq.requeue_expired(any_db) == [(a, "queued")]
+    with any_db.read() as s:
+        assert not jobq.has_expired(s)
+        assert [j.id for j in jobq.list_jobs(s, None, statuses=["running"])] == [b]
+
+
+def test_add_to_result_merges_only_for_the_worker_that_ran_the_job(any_db: Database) -> None:
+    (jid,) = _enqueue(any_db, 1, kind="train")
+    jobq.claim(any_db, "w1", 30)
+    with any_db.write() as s:
+        assert jobq.finish(s, jid, "w1", "succeeded", result={"mode": "head"})
+    with any_db.write() as s:
+        assert not jobq.add_to_result(s, jid, "w2", {"version_id": 99})
+        assert not jobq.add_to_result(s, jid + 1, "w1", {"version_id": 99})
+        assert jobq.add_to_result(s, jid, "w1", {"version_id": 7})
+    job = _job(any_db, jid)
+    assert job.result == {"mode": "head", "version_id": 7} and job.status is JobStatus.succeeded
+
+
+def test_the_version_a_train_job_published(any_db: Database) -> None:
+    from db.versions import insert_version, version_of_job
+
+    a, b = _enqueue(any_db, 2, kind="train")
+    with any_db.write() as s:
+        vid = insert_version(s, mode="head", backbone="minilm", path="models/v-a", config={}, job_id=a).id
+    with any_db.read() as s:
+        assert version_of_job(s, a) == vid
+        assert version_of_job(s, b) is None
+
+
+def test_racing_workers_enqueue_one_automatic_retrain(any_db: Database) -> None:
+    """Eight workers find the policy due at once: one retrain is enqueued; none while it runs."""
+    from db import policy as pol
+    from tests.integration.test_autoretrain import label, seed
+
+    pairs = seed(any_db, 3)
+    with any_db.write() as s:
+        pol.set_policy(s, min_new_labels=2, min_interval_s=0)
+        assert jobq.enqueue_retrain_if_due(s, "w0") == (None, "0 new labels since the start (no version yet); "
+                                                            "the policy needs 2")
+    label(any_db, pairs, range(2))
+    results: list[tuple[int | None, str]] = []
+    barrier = threading.Barrier(8)
+
+    def go(i: int) -> None:
+        barrier.wait()
+        with any_db.write() as s:
+            job, why = jobq.enqueue_retrain_if_due(s, f"w{i}")
+            results.append((job.id if job is not None else None, why))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [jid for jid, _ in results if jid is not None]
+    assert len(made) == 1 and len(results) == 8
+    job = _job(any_db, made[0])
+    assert job.kind is JobKind.train and job.dedupe_key == pol.AUTO_RETRAIN_KEY and job.created_by.startswith("w")
+    assert jobq.claim(any_db, "w1", 30).id == made[0]
+    with any_db.write() as s:  # claimed: no longer queued, so only the policy's check keeps a second one out
+        assert jobq.enqueue_retrain_if_due(s, "w9") == (None, f"training job #{made[0]} is already queued or running")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select, text
 
+from db.analytics import multi_rated_labels
 from db.annotators import add_annotator
 from db.exporter import ExportReport, native_records
 from db.label_history import ChangeRefused, change_label, recent_labels
@@ -61,6 +62,8 @@ def test_a_change_supersedes_the_old_label_for_training_and_export(any_db: Datab
         assert ev.detail == {"replaces": old_id, "from": old.outcome.value, "to": new.outcome.value,
                              "strength_from": None, "strength_to": 2}
         assert history(s, label_id=new_id)[0]["what"].startswith(f"changed their verdict on pair {cid}")
+        rated = multi_rated_labels(s, min_labels=1)  # agreement and reliability see one verdict of lea's
+        assert rated[rated["comparison_id"] == cid]["label_id"].tolist() == [new_id]
 
 
 def test_only_my_current_app_labels_change_and_a_double_press_stores_one(any_db: Database) -> None:

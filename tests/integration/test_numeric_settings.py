@@ -233,9 +233,10 @@ def test_changing_the_policy_mode_checks_its_stored_parameters(sqlite_db: Databa
 
 
 def test_a_head_whose_loss_is_never_finite_is_not_converged() -> None:
-    """Head training with a NaN coefficient (as unchecked settings once allowed) never improves on its initial
-    weights; ``check_converged`` refuses it, so it is never published."""
-    from rm_engine.head.train import HeadTrainSpec, PairArrays, train_heads
+    """Head training on a feature that is NaN everywhere (its loss is never finite, as with the NaN coefficients
+    unchecked settings once allowed) never improves on its initial weights; ``check_converged`` refuses it, so it
+    is never published."""
+    from rm_engine.head.train import PairArrays, train_heads
     from rm_engine.training import NotConverged, check_converged
 
     rng = np.random.default_rng(0)
@@ -247,14 +248,16 @@ def test_a_head_whose_loss_is_never_finite_is_not_converged() -> None:
         return PairArrays.build(list(idx), [i + 1 for i in idx], [False] * len(idx), [1.0] * len(idx),
                                 [0.0] * len(idx))
 
-    spec = HeadTrainSpec(epochs=20, lr=0.05, weight_decay=NAN, patience=5)
-    res = train_heads(X, pairs(0, 30), spec, val=pairs(30, 40))
+    cfg = TrainConfig(epochs=20, lr=0.05, weight_decay=0.01, patience=5)
+    broken = X.copy()
+    broken[:, 3] = NAN
+    res = train_heads(broken, pairs(0, 30), cfg, val=pairs(30, 40))
     assert all(math.isnan(x) for x in res.train_loss) and res.val_loss == [INF]
     with pytest.raises(NotConverged, match="never improved on its initial weights"):
         check_converged({"final_train_loss": [1.0], "best_val_loss": res.val_loss}, TrainConfig())
     with pytest.raises(NotConverged, match="member 1 of 1 ended with training loss nan"):
         check_converged({"final_train_loss": res.train_loss}, TrainConfig())
-    good = train_heads(X, pairs(0, 30), HeadTrainSpec(epochs=20, lr=0.05, weight_decay=0.01), val=pairs(30, 40))
+    good = train_heads(X, pairs(0, 30), cfg, val=pairs(30, 40))
     check_converged({"final_train_loss": good.train_loss, "best_val_loss": good.val_loss}, TrainConfig())
 
 

@@ -10,7 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from db.bounds import Bound, FieldError, bound_of, check_fields, finite_json, json_dumps
+from db.bounds import (
+    Bound,
+    Choice,
+    FieldError,
+    Switch,
+    bound_of,
+    check_fields,
+    choice,
+    finite_json,
+    json_dumps,
+    rule_of,
+    switch,
+)
 from db.config import Settings
 from db.policy import RetrainPolicy
 from db.queue_policy import QueuePolicy
@@ -75,6 +87,30 @@ def test_check_fields_normalises_a_frozen_dataclass() -> None:
     assert k == Knobs(2, 1.0) and type(k.n) is int and type(k.x) is float
     with pytest.raises(FieldError, match=r"knobs\.x: must be a finite number from 0 to 1 \(got nan\)"):
         Knobs(x=NAN)
+
+
+def test_choices_and_switches_are_checked_and_parsed_like_numbers() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Knobs:
+        kind: str = dataclasses.field(default="a", metadata=choice("a", "b", help="which"))
+        on: bool = dataclasses.field(default=False, metadata=switch(help="whether"))
+
+        def __post_init__(self) -> None:
+            check_fields(self, lambda name: f"knobs.{name}")
+
+    assert Knobs("b", True).kind == "b"
+    with pytest.raises(FieldError, match=r"^knobs\.kind: must be one of a, b \(got 'c'\)$"):
+        Knobs(kind="c")
+    with pytest.raises(FieldError, match=r"^knobs\.on: must be true or false \(got 1\)$"):
+        Knobs(on=1)  # type: ignore[arg-type]
+    kind, on = dataclasses.fields(Knobs)
+    assert isinstance(rule_of(kind), Choice) and rule_of(kind).parse(" b ", "--kind") == "b"
+    assert [rule_of(on).parse(t) for t in ("1", "Yes", "on", "0", "false", "OFF")] == [True] * 3 + [False] * 3
+    with pytest.raises(FieldError, match=r"^KNOBS_ON: must be true or false \(1, 0, yes, no, on, off\) \(got 'maybe'\)$"):
+        rule_of(on).parse("maybe", "KNOBS_ON", field="on")
+    with pytest.raises(FieldError, match="one of a, b"):
+        rule_of(kind).parse("c", "--kind")
+    assert kind.metadata["help"] == "which" and isinstance(rule_of(on), Switch)
 
 
 def test_json_never_carries_nan_or_infinity() -> None:

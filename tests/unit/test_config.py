@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from typing import Any
 
 import pytest
 
-from rm_engine.config import DEFAULT_SOURCE_WEIGHTS, TrainConfig, parse_override, parse_source_weights
+from db.bounds import Bound, Choice, Switch, rule_of
+from rm_engine.config import (
+    DEFAULT_SOURCE_WEIGHTS,
+    MODE_DEFAULTS,
+    MODES,
+    TrainConfig,
+    defaults_text,
+    parse_override,
+    parse_source_weights,
+)
 
 
 def test_defaults_and_round_trip() -> None:
@@ -116,3 +127,102 @@ def test_parse_override(text: str, expected: tuple) -> None:
 def test_parse_override_names_the_problem(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_override(text)
+
+
+# ---- one description per field: the CLI, FIELD=VALUE, the environment (the form: tests/app/test_train_form_fields.py)
+
+FIELDS = dataclasses.fields(TrainConfig)
+
+
+def _sample(f: dataclasses.Field) -> tuple[str, Any]:
+    """A text other than the field's default, as a flag, a variable or FIELD=VALUE gives it, and the value it must
+    become (derived from the field's metadata)."""
+    rule, default = rule_of(f), getattr(TrainConfig(), f.name)
+    if isinstance(rule, Choice):
+        value = next(v for v in reversed(rule.values) if v != default)
+        return value, value
+    if isinstance(rule, Switch):
+        return ("off", False) if default else ("yes", True)
+    if isinstance(rule, Bound):
+        for x in (rule.hi, rule.lo, ((rule.lo or 0) + (rule.hi or 1)) / 2):
+            x = int(x) if rule.integer else x
+            if x is not None and rule.contains(x) and x != default:
+                return str(x), x
+        raise AssertionError(f"no sample value for {f.name}")
+    if "subset_of" in f.metadata:
+        items = tuple(f.metadata["subset_of"])[::2]
+        return ",".join(items), items
+    if "weights_of" in f.metadata:
+        item = f.metadata["weights_of"][-1]
+        return f"{item}=0.25", {**default, item: 0.25}
+    return "models/tiny", "models/tiny"
+
+
+BASE = TrainConfig(mode="finetune")  # every option applies (gpus > 1 needs fine-tune mode)
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_every_field_is_documented_once_with_its_mode(f: dataclasses.Field) -> None:
+    assert len(f.metadata.get("help", "")) > 8 and f.metadata.get("mode") in (None, *MODES)
+    assert f.name in TrainConfig.__doc__ and f.metadata["help"] in TrainConfig.__doc__  # the docstring shows it
+    if f.name in MODE_DEFAULTS:  # left at None, the mode decides; the help says what it decides
+        assert f.default is None and defaults_text(f.name) in f.metadata["help"]
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_every_field_is_a_cli_flag_with_its_help(f: dataclasses.Field) -> None:
+    from cli import model_cmds
+
+    parser = argparse.ArgumentParser()
+    model_cmds.register(parser.add_subparsers())
+    train = parser._subparsers._group_actions[0].choices["train"]
+    [action] = [a for a in train._actions if a.dest == f.name]
+    assert f.metadata["help"] in action.help.replace("%%", "%")
+    text, value = _sample(f)
+    flag = action.option_strings[0]
+    argv = [flag if value is True else f"--no-{flag[2:]}"] if isinstance(rule_of(f), Switch) else [flag, text]
+    cfg = TrainConfig.from_args(parser.parse_args(["train", *argv]), base=BASE)
+    assert getattr(cfg, f.name) == value and cfg.replace(**{f.name: getattr(BASE, f.name)}) == BASE
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_every_field_takes_field_value_and_its_environment_variable(f: dataclasses.Field) -> None:
+    text, value = _sample(f)
+    name, parsed = parse_override(f"{f.name.replace('_', '-')}={text}")
+    assert name == f.name and getattr(BASE.replace(**{name: parsed}), f.name) == value
+    env = {"RMSTUDIO_TRAIN_MODE": "finetune", f"RMSTUDIO_TRAIN_{f.name.upper()}": text}
+    assert getattr(TrainConfig.from_env(env), f.name) == value
+
+
+@pytest.mark.parametrize("f", [f for f in FIELDS if rule_of(f) is not None], ids=lambda f: f.name)
+def test_a_bad_text_is_refused_naming_its_origin(f: dataclasses.Field) -> None:
+    with pytest.raises(ValueError, match=f"RMSTUDIO_TRAIN_{f.name.upper()}: must be "):
+        TrainConfig.from_env({f"RMSTUDIO_TRAIN_{f.name.upper()}": "nonsense"})
+    with pytest.raises(ValueError, match=f"^{f.name}: must be "):
+        parse_override(f"{f.name}=nonsense")
+
+
+#: A model version's config as stored before the fields were grouped by mode (flat, in the old field order, with
+#: the ``truncation`` key versions add).
+SAVED_BEFORE = {
+    "mode": "finetune", "backbone": "/models/qwen", "epochs": 3, "lr": None, "batch_size": 16, "batch_tokens": 8192,
+    "max_batch_pairs": 8, "max_length": 512, "ensemble": 2, "source_weights": {"expert": 1.0, "crowd": 0.6, "ai": 0.5},
+    "sources": ["expert", "crowd"], "ties": "model", "tie_model": "rao_kupper", "margin_from_strength": 0.5,
+    "center_coef": 0.01, "val_fraction": 0.1, "seed": 7, "head": "linear", "weight_decay": None, "lora": True,
+    "lora_r": 8, "lora_alpha": 16, "device": "cuda", "gpus": 2, "grad_checkpointing": False, "compile": True,
+    "packing": True, "packed_attention": "varlen", "pooling": "auto", "head_init": "auto", "features": "rich",
+    "quantize": False, "patience": 30, "length_covariate": True, "annotator_weights": False,
+    "truncation": "keep the response, cut the prompt from the left",
+}
+
+
+def test_configs_saved_before_load_as_they_were() -> None:
+    cfg = TrainConfig.from_dict(SAVED_BEFORE)
+    for name, value in SAVED_BEFORE.items():
+        if name != "truncation":
+            assert cfg.to_dict()[name] == value, name
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # and saved again, JSON-safe
+    # a job queued by an older release: only the fields it knew, the others at their defaults
+    old_job = {"mode": "head", "epochs": 40, "ensemble": 3, "source_weights": {"expert": 1.0, "crowd": 0.8, "ai": 0.5}}
+    assert TrainConfig.from_dict(old_job) == TrainConfig(epochs=40, ensemble=3)
+    assert TrainConfig.from_dict(old_job).resolved().weight_decay == 0.1  # head mode's documented default

@@ -1,4 +1,4 @@
-"""Losses against hand-computed numbers."""
+"""Losses against hand-computed numbers (``rm_engine.loss`` and the objective built on it)."""
 from __future__ import annotations
 
 import math
@@ -8,14 +8,13 @@ import torch
 
 from rm_engine.loss import (
     bt_loss,
-    centering_penalty,
     davidson_log_probs,
     davidson_tie_loss,
     init_tie_param,
-    preference_loss,
     rao_kupper_log_probs,
     rao_kupper_loss,
 )
+from rm_engine.objective import centering_penalty, preference_loss
 
 T = torch.tensor
 

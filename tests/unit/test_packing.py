@@ -27,7 +27,8 @@ from rm_engine.finetune.packing import (
     strip_hub_kernel_hooks,
 )
 from rm_engine.finetune.reward_net import RewardNet, collate
-from rm_engine.finetune.train import pair_nll, train_finetune
+from rm_engine.finetune.train import train_finetune
+from rm_engine.loss import pair_nll
 from tests.integration.test_finetune import make_pairs
 from tests.tiny_models import build_tiny_decoder, build_tiny_encoder
 

@@ -19,7 +19,7 @@ from rm_engine.finetune.packing import (
     set_attn_implementation,
 )
 from rm_engine.finetune.reward_net import RewardNet
-from rm_engine.finetune.train import pair_nll
+from rm_engine.loss import pair_nll
 from tests.unit.test_packing import ROW, _max_diff, _padded, _seqs, _tiny_decoder, _train, settings, tiny_root  # noqa: F401
 
 torch.set_num_threads(1)
