@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from cli.common import CLIError
 from db.bounds import FieldError
+from db.session import explain_db_error
 
 COMMAND_MODULES = (
     "cli.data_cmds",  # import, export, stats, guidelines
@@ -73,7 +74,6 @@ def _flag_of(parser: Parser, args: argparse.Namespace, field: str) -> str | None
 
 
 def _one_line(exc: BaseException) -> str:
-    from db.session import explain_db_error
 
     msg = str(exc).strip()
     if exc.__class__.__module__.startswith("sqlalchemy"):

@@ -16,6 +16,21 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from cli.common import CLIError, open_db, pct, print_json
+from db.analytics import agreement_records, multi_rated_labels
+from db.annotators import (
+    add_annotator,
+    campaign_url,
+    close_campaign,
+    get_annotator,
+    invite,
+    invite_url,
+    label_counts,
+    open_campaign,
+    revoke,
+    set_tier,
+    team,
+)
+from rm_engine.quality.annotators import MIN_LABELS, annotator_quality
 
 T = TypeVar("T")
 
@@ -88,7 +103,6 @@ def _write(fn: Callable[[Session, str], T]) -> T:
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Add a person with a tier."""
-    from db.annotators import add_annotator
 
     name = _write(lambda s, by: add_annotator(s, args.name, args.tier, by=by).name)
     if args.json:
@@ -100,7 +114,6 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_set(args: argparse.Namespace) -> int:
     """Change a tier; with earlier labels made under another tier, ask (or require --retag / --keep-labels)."""
-    from db.annotators import get_annotator, label_counts, set_tier
 
     retag: bool | None = True if args.retag else False if args.keep_labels else None
     if retag is None:
@@ -136,7 +149,6 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_invite(args: argparse.Namespace) -> int:
     """Print a new personal link (the token is shown once)."""
-    from db.annotators import get_annotator, invite, invite_url
 
     def make(s: Session, by: str) -> tuple[str, str, str]:
         token = invite(s, args.name, by=by)
@@ -153,7 +165,6 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a personal link."""
-    from db.annotators import revoke
 
     _write(lambda s, by: revoke(s, args.name, by=by))
     print(f"revoked {args.name.strip()}: their link labels nothing from now on (their labels stay)")
@@ -162,7 +173,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     """Open a crowd campaign and print its link, or close it."""
-    from db.annotators import campaign_url, close_campaign, open_campaign
 
     if args.close:
         _write(lambda s, by: close_campaign(s, args.name, by=by))
@@ -180,7 +190,6 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def cmd_team(args: argparse.Namespace) -> int:
     """List every annotator: tier, labels, link state."""
-    from db.annotators import team
 
     db = open_db()
     try:
@@ -202,8 +211,6 @@ def cmd_team(args: argparse.Namespace) -> int:
 
 def cmd_reliability(args: argparse.Namespace) -> int:
     """Print each annotator's estimated reliability (rm_engine.quality.annotators)."""
-    from db.analytics import agreement_records, multi_rated_labels
-    from rm_engine.quality.annotators import MIN_LABELS, annotator_quality
 
     min_labels = MIN_LABELS if args.min_labels is None else args.min_labels
     if min_labels < 1:

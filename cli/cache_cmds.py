@@ -5,6 +5,7 @@ import argparse
 
 from cli.common import CLIError, bounded_type, print_json, settings
 from db.bounds import Bound
+from rm_engine.head.cache_admin import cache_dirs, cache_report, compact, prune
 
 _MB = 1024 * 1024
 
@@ -33,7 +34,6 @@ def _no_cache_yet() -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """A table of the caches: dir, shards, vectors, MB, last written."""
-    from rm_engine.head.cache_admin import cache_report
 
     rows = cache_report(settings())
     if args.json:
@@ -55,7 +55,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_cache_compact(args: argparse.Namespace) -> int:
     """Compact every cache dir."""
-    from rm_engine.head.cache_admin import cache_dirs, compact
 
     results = [compact(d) for d in cache_dirs(settings())]
     if args.json:
@@ -71,7 +70,6 @@ def cmd_cache_compact(args: argparse.Namespace) -> int:
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:
     """Remove old caches and stale temp files (or list them with --dry-run)."""
-    from rm_engine.head.cache_admin import prune
 
     if args.older_than < 0:
         raise CLIError("--older-than must be 0 days or more")

@@ -5,14 +5,15 @@ import argparse
 from typing import Any
 
 from cli.common import CLIError, bounded_type, open_db, pct, print_json, settings
+from cli.model_cmds import phase_bars, queueable, train_config, train_flags
 from db.bounds import Bound
+from db.jobs import enqueue
+from db.models import JobKind
+from rm_engine.config import MAX_FOLDS, MIN_FOLDS, parse_override
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``cv`` subcommand."""
-    from cli.model_cmds import train_flags
-    from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
-
     p = sub.add_parser("cv", help="cross-validated accuracy of a training configuration (publishes nothing)",
                        description="Train the configuration K times, each on K-1 folds of the prompts, and measure "
                                    "each model on the fold it did not see: every pair is held out once, so the "
@@ -33,7 +34,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     """Cross-validate the configuration the flags describe on the stored labels."""
-    from cli.model_cmds import phase_bars, queueable, train_config
     from rm_engine.crossval import compare_configs, cross_validate, fold_line
     from rm_engine.training import load_pair_set
 
@@ -89,8 +89,6 @@ def _queue(cfg: Any, args: argparse.Namespace) -> int:
         check_folds(args.folds)  # before queueing: the worker would only find out later
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    from db.jobs import enqueue
-    from db.models import JobKind
 
     db = open_db()
     try:
@@ -108,7 +106,6 @@ def _queue(cfg: Any, args: argparse.Namespace) -> int:
 
 def _changed(cfg: Any, overrides: list[str]) -> Any:
     """``cfg`` with each ``--vs FIELD=VALUE`` applied (a CLIError naming a bad one)."""
-    from rm_engine.config import parse_override
 
     try:
         return cfg.replace(**dict(parse_override(o) for o in overrides))

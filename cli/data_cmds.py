@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import CLIError, open_db, print_json, progress
+from db.exporter import export
+from db.formats import FormatError
+from db.guidelines import get_guidelines, set_guidelines
+from db.importer import import_file, preview
+from db.stats import dataset_stats, format_stats
 
 IMPORT_FORMATS = ("hh-rlhf", "trl", "comparisons", "rankings", "unlabeled", "mapped", "mixed")
 EXPORT_FORMATS = ("trl", "comparisons", "csv", "parquet")
@@ -69,8 +74,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Import one file and print what was added."""
-    from db.formats import FormatError
-    from db.importer import import_file
 
     src: Any = args.file
     filename = None
@@ -113,8 +116,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace, src: Any, filename: str | None) -> int:
     """Validate the whole file without opening the database; exit 1 when a row is invalid."""
-    from db.formats import FormatError
-    from db.importer import preview
 
     try:
         pv = preview(src, format=args.format, mapping=args.mapping, winner_values=args.winner_values,
@@ -138,7 +139,6 @@ def _dry_run(args: argparse.Namespace, src: Any, filename: str | None) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export to a file or standard output; the summary goes to stderr when the data goes to stdout."""
-    from db.exporter import export
 
     if args.out and args.out_pos and args.out != args.out_pos:
         raise CLIError(f"two output paths given ({args.out_pos} and --out {args.out}); give one")
@@ -165,7 +165,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the dataset statistics (``--json`` for machines)."""
-    from db.stats import dataset_stats, format_stats
 
     db = open_db()
     try:
@@ -184,7 +183,6 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
     """Print the labeling guidelines, or store a new revision from a file (db/guidelines.py)."""
     import getpass
 
-    from db.guidelines import get_guidelines, set_guidelines
 
     text = None
     if args.set_file:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from cli.common import CLIError, open_db, print_json
+from db.demo import DemoDataError, seed_demo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +23,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_seed_demo(args: argparse.Namespace) -> int:
     """Seed the database named by RMSTUDIO_DB / RMSTUDIO_HOME and print what was added."""
-    from db.demo import DemoDataError, seed_demo
 
     db = open_db()
     try:

@@ -12,7 +12,14 @@ from typing import Any
 
 from cli.common import CLIError, bounded_type, field_flag, open_db, pct, print_json, progress, settings
 from db.bounds import Bound, FieldError
+from db.formats import FormatError, parse_file
+from db.formats.base import RowError
+from db.jobs import enqueue
+from db.models import JobKind
+from db.versions import VersionNotFound, parse_version_ref
 from rm_engine.config import COMBINE, MODES, TrainConfig, check_queueable, env_var, field_mode
+from rm_engine.metrics import TEMPERATURE_BOUNDS
+from rm_engine.versions.registry import ModelFilesError
 
 #: ``--penalty``: the weight of the std in ``--combine uwo``.
 PENALTY = Bound(0, 100)
@@ -101,8 +108,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     db = open_db()
     try:
         if not args.inline:
-            from db.jobs import enqueue
-            from db.models import JobKind
 
             params = cfg.to_dict()
             if getattr(args, "gpus", None) is None and cfg.gpus == 1 and not os.environ.get(env_var("gpus")):
@@ -199,9 +204,7 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_model(db: Any, ref: str, device: str = "cpu") -> Any:
-    from db.versions import VersionNotFound
     from rm_engine.serving.scoring import load_usable
-    from rm_engine.versions.registry import ModelFilesError
 
     try:
         model = load_usable(db, settings(), ref, device=device)
@@ -215,9 +218,7 @@ def _load_model(db: Any, ref: str, device: str = "cpu") -> Any:
 def load_scorer(db: Any, args: argparse.Namespace, device: str = "cpu") -> Any:
     """One ``--model``: that version (or the newest usable one before it, with a warning). Several: a
     ``VersionEnsemble`` of exactly those versions."""
-    from db.versions import VersionNotFound, parse_version_ref
     from rm_engine.serving.ensemble import VersionEnsemble
-    from rm_engine.versions.registry import ModelFilesError
 
     refs = args.model or ["latest"]
     if len(refs) == 1:
@@ -231,8 +232,6 @@ def load_scorer(db: Any, args: argparse.Namespace, device: str = "cpu") -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a labelled file and print accuracy, tie rate, per-source accuracy and Spearman."""
-    from db.formats import FormatError, parse_file
-    from db.formats.base import RowError
     from rm_engine.serving.scoring import evaluate_records
 
     if not Path(args.file).is_file():
@@ -270,7 +269,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if t.get("temperature") is not None:
         stored = (f"; under the version's own T = {t['version_temperature']:.3g}: ECE "
                   f"{t['ece_version_temperature']:.3f}" if t.get("ece_version_temperature") is not None else "")
-        from rm_engine.metrics import TEMPERATURE_BOUNDS
 
         flat = (" (its upper bound: on this file the score gaps predict nothing)"
                 if t["temperature"] >= TEMPERATURE_BOUNDS[1] * 0.999 else "")

@@ -6,6 +6,7 @@ import dataclasses
 
 from cli.common import CLIError, field_flag, open_db, pct, print_json
 from db.bounds import FieldError
+from db.labeling import load_queue_policy, save_queue_policy
 from db.queue_policy import QueuePolicy
 
 
@@ -31,7 +32,6 @@ FIELDS = ("target_overlap", "agreement_share", "agreement_overlap", "control_sha
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Print the queue policy; with options, store the changed one first (validated: a bad value is named)."""
-    from db.labeling import load_queue_policy, save_queue_policy
 
     changes = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
     db = open_db()

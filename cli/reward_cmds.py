@@ -8,8 +8,11 @@ from typing import Any
 
 from cli.common import PORT, CLIError, bounded_type, field_flag, open_db, print_json
 from cli.model_cmds import load_scorer, model_args
+from db.served import clear_served, record_served, served_prompts, served_summary
+from db.versions import get_version, version_summary
 from rm_engine.device import resolve_device
-from rm_engine.serving.reward_server import ServerConfig
+from rm_engine.serving.chat_markup import MarkupError, load_markup
+from rm_engine.serving.reward_server import ServerConfig, build_app, ensemble_scorer, model_scorer, serve
 
 TOKEN_ENV = "RMSTUDIO_REWARD_TOKEN"
 
@@ -51,7 +54,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_reward_server(args: argparse.Namespace) -> int:
     """Load the model(s) once, then serve until Ctrl-C or SIGTERM."""
-    from rm_engine.serving.chat_markup import MarkupError, load_markup
 
     try:
         device = resolve_device(args.device)
@@ -71,9 +73,6 @@ def cmd_reward_server(args: argparse.Namespace) -> int:
 
 
 def _serve(db: Any, args: argparse.Namespace, cfg: Any, device: str) -> int:
-    from db.served import record_served
-    from db.versions import get_version, version_summary
-    from rm_engine.serving.reward_server import build_app, ensemble_scorer, model_scorer, serve
 
     loaded = load_scorer(db, args, device)
     if hasattr(loaded, "version_ids"):  # several versions: their combined z
@@ -108,7 +107,6 @@ def _serve(db: Any, args: argparse.Namespace, cfg: Any, device: str) -> int:
 
 def cmd_served(args: argparse.Namespace) -> int:
     """Summarise (or clear) the prompts the reward server counted (db/served.py)."""
-    from db.served import clear_served, served_prompts, served_summary
 
     db = open_db()
     try:

@@ -4,6 +4,16 @@ from __future__ import annotations
 import argparse
 
 from cli.common import CLIError, open_db, pct, print_json, settings
+from db.versions import (
+    VersionNotFound,
+    archived_versions,
+    delete_version,
+    list_versions,
+    parse_version_ref,
+    version_summary,
+)
+from rm_engine.versions.model_store import share_versions
+from rm_engine.versions.registry import ModelFilesError, remove_version_files
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,15 +34,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List versions (newest first), or delete one (row, cached scores, then files)."""
-    from db.versions import (
-        VersionNotFound,
-        archived_versions,
-        delete_version,
-        list_versions,
-        parse_version_ref,
-        version_summary,
-    )
-    from rm_engine.versions.registry import remove_version_files
 
     if args.action == "export":
         return _export(args)
@@ -78,9 +79,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """``models export ID OUT``: a version as a Hugging Face folder (rm_engine.versions.export)."""
-    from db.versions import VersionNotFound
     from rm_engine.versions.export import ExportError, export_version
-    from rm_engine.versions.registry import ModelFilesError
 
     if not args.version or not args.out:
         raise CLIError("models export needs a version id (or 'latest') and an output folder")
@@ -104,8 +103,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _share(args: argparse.Namespace) -> int:
     """``models share ID|all``: store database copies of versions published without one (rm_engine.versions.model_store)."""
-    from rm_engine.versions.model_store import share_versions
-    from rm_engine.versions.registry import ModelFilesError
 
     if not args.version:
         raise CLIError("models share needs a version id or 'all'")

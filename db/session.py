@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.bounds import json_dumps
+from db.migrate import upgrade
 
 T = TypeVar("T")
 
@@ -143,7 +144,6 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (safe to call from several processes at once)."""
-        from db.migrate import upgrade
 
         upgrade(self.write_engine)
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ModelVersion, ModelVersionArchive, ResponseScore
+from db.models import ModelVersion, ModelVersionArchive, Prompt, Response, ResponseScore
 from db.session import dialect_insert
 
 SCORE_CHUNK = 5000  # rows per executemany of cached scores
@@ -182,7 +182,6 @@ def get_scores(session: Session, version_id: int, response_ids: Iterable[int] | 
 def responses_for_scoring(session: Session, after_id: int = 0, limit: int = 2000) -> list[tuple[int, str, Any, str]]:
     """Stored responses with their prompt, ``(response_id, prompt_text, prompt_history, response_text)``, by id,
     ``limit`` at a time after ``after_id`` (for rescoring in chunks)."""
-    from db.models import Prompt, Response
 
     q = (
         select(Response.id, Prompt.text, Prompt.history, Response.text)
@@ -196,7 +195,6 @@ def responses_for_scoring(session: Session, after_id: int = 0, limit: int = 2000
 
 def count_responses(session: Session) -> int:
     """How many responses are stored."""
-    from db.models import Response
 
     return int(session.scalar(select(func.count()).select_from(Response)) or 0)
 

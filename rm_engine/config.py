@@ -19,11 +19,15 @@ from typing import Any
 
 from db.bounds import Bound, FieldError, bounded, check_fields, choice, rule_of, switch
 from db.config import Settings
+from rm_engine.backbone import MINILM, resolve_backbone
 
 SOURCES = ("expert", "crowd", "ai")
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"expert": 1.0, "crowd": 0.8, "ai": 0.5}
 #: A source's loss weight (``TrainConfig.source_weights`` values).
 SOURCE_WEIGHT = Bound(0, 100)
+#: Cross-validation folds (``rmstudio cv --folds``, the Train page, cv jobs): here, so that the CLI can offer the
+#: range without importing the training code.
+MIN_FOLDS, MAX_FOLDS = 2, 20
 MAX_ENSEMBLE = 64
 MAX_GPUS = 64
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
@@ -383,7 +387,6 @@ def check_queueable(cfg: TrainConfig, settings: Settings) -> TrainConfig:
     was built), a backbone other than ``minilm`` must be a model folder under the allowed roots
     (``rm_engine.backbone.resolve_backbone``, the function the worker resolves it with; ``BackboneError`` naming the
     path). The CLI, the Train form and the retrain policy call this before storing a run."""
-    from rm_engine.backbone import MINILM, resolve_backbone
 
     if cfg.backbone.strip().lower() != MINILM:  # minilm ships with the worker's install
         resolve_backbone(cfg.backbone, settings)

@@ -17,10 +17,9 @@ from typing import Any
 from db.pairs import PairSet, TrainingPair
 from db.stats import advice_for, size_tier
 from rm_engine import metrics as M
-from rm_engine.config import Cancelled, TrainConfig
+from rm_engine.config import MAX_FOLDS, MIN_FOLDS, Cancelled, TrainConfig
 from rm_engine.training import Progress, StopCheck, fit_splits, usable_pairs
 
-MIN_FOLDS, MAX_FOLDS = 2, 20
 _PER_PAIR = ("chosen", "rejected", "sources", "keys")  # a fold's per-pair lists: pooled, not reported
 
 

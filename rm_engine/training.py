@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy.orm import Session
 
 from db.analytics import agreement_records, multi_rated_labels
@@ -40,10 +40,17 @@ from rm_engine.backbone import TRUNCATION_POLICY, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.device import device_label, resolve_device
 from rm_engine.evaluation import evaluate_pairs
+from rm_engine.faults import fault_point
+from rm_engine.finetune.ddp import train_finetune_ddp
+from rm_engine.finetune.train import train_finetune
+from rm_engine.head.features import FeatureExtractor
+from rm_engine.head.train import PairArrays, train_heads
 from rm_engine.normalize import combine_members, compute_norm_stats, member_centers
 from rm_engine.objective import PairTerms, member_weights, pair_terms, pair_weight
 from rm_engine.progress import eta_s
 from rm_engine.quality.annotators import weigh_annotators
+from rm_engine.versions.model_store import copy_for_db, store_copy
+from rm_engine.versions.registry import commit_dir, remove_version_files, stage_dir, write_head_version, write_json
 
 __all__ = ["Cancelled", "NotConverged", "train_and_publish", "fit_pairs", "split_pairs", "Fitted", "resolve_device"]
 
@@ -115,9 +122,6 @@ def _response_table(pairs: Sequence[TrainingPair]) -> tuple[list[int], list[tupl
 
 def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
               progress: Progress, should_stop: StopCheck) -> Fitted:
-    from rm_engine.head.features import FeatureExtractor
-    from rm_engine.head.train import PairArrays, train_heads
-    from rm_engine.versions.registry import write_head_version
 
     ref = resolve_backbone(cfg.backbone, settings)
     quantize = bool(cfg.quantize and device == "cpu")
@@ -176,22 +180,12 @@ def _fit_head(settings: Settings, cfg: TrainConfig, splits: dict[str, list[Train
 
 def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[TrainingPair]], device: str,
                   progress: Progress, should_stop: StopCheck) -> Fitted:
-    try:
-        from rm_engine.finetune.train import train_finetune
-    except ImportError as exc:  # pragma: no cover - depends on the finetune module being present
-        raise RuntimeError(f"finetune mode is unavailable: rm_engine.finetune.train cannot be imported ({exc})") from exc
-    from rm_engine.versions.registry import commit_dir, stage_dir, write_json
-
     ref = resolve_backbone(cfg.backbone, settings)
     train = splits["train"]
     models, histories = [], []
     for k, w in enumerate(member_weights(cfg, [pair_weight(cfg, p) for p in train])):
         member_cfg = cfg.replace(seed=cfg.seed + k)
         if cfg.gpus > 1:
-            import torch
-
-            from rm_engine.finetune.ddp import train_finetune_ddp
-
             # CPU ranks (gloo) share this machine's cores: split the threads between them
             threads = max(1, torch.get_num_threads() // cfg.gpus) if device == "cpu" else None
             res = train_finetune_ddp(member_cfg, train, splits["val"], gpus=cfg.gpus, weights=w.tolist(), device=device,
@@ -339,19 +333,6 @@ def fit_pairs(settings: Settings, cfg: TrainConfig, ps: PairSet, *, progress: Pr
     return fitted, metrics, norm, snap
 
 
-def fault_point(name: str) -> None:
-    """Fault-injection hook for the kill -9 tests (``tests/integration/test_faults.py``): when the environment
-    variable ``RMSTUDIO_FAULT_PAUSE`` equals ``name``, append ``"<name> <pid>"`` to the file named by
-    ``RMSTUDIO_FAULT_MARKER`` and sleep, so that the test can kill the process exactly here. A no-op otherwise."""
-    if os.environ.get("RMSTUDIO_FAULT_PAUSE") != name:
-        return
-    marker = os.environ.get("RMSTUDIO_FAULT_MARKER")
-    if marker:
-        with open(marker, "a", encoding="utf-8") as f:
-            f.write(f"{name} {os.getpid()}\n")
-    time.sleep(float(os.environ.get("RMSTUDIO_FAULT_SECONDS", "3600")))
-
-
 PROGRESS_KEYS = ("step", "total", "loss", "val_accuracy", "eta_s", "phase")
 
 
@@ -389,8 +370,6 @@ def train_and_publish(
 
     Returns the new :class:`ModelVersion`, or None when ``publish_guard`` refused (files removed). Raises
     :class:`Cancelled` when ``should_stop()`` turned true (nothing published)."""
-    from rm_engine.versions.model_store import copy_for_db, store_copy
-    from rm_engine.versions.registry import remove_version_files
 
     cfg = cfg.resolved()
     progress = progress_adapter(progress)

@@ -6,7 +6,8 @@ Two ways in:
   machine, each runs :func:`rm_engine.finetune.train.train_finetune` as one rank (NCCL on GPUs, gloo on CPU), rank 0
   saves the model to a temporary folder and the parent loads it. Progress and cancellation cross the process
   boundary through a queue and an event.
-* torchrun: a script started by ``torchrun --nproc-per-node N`` calls :func:`init_from_env` and then
+* torchrun: a script started by ``torchrun --nproc-per-node N`` calls
+  :func:`rm_engine.finetune.distributed.init_from_env` and then
   ``train_finetune`` directly; every rank returns the same model.
 
 The numerics: every rank builds the same global batch plan, takes an interleaved shard, and normalises its loss
@@ -26,62 +27,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from db.config import Settings
-from rm_engine.device import cuda_available, resolve_device
-
-
-def is_distributed() -> bool:
-    """Whether this process is one rank of an initialised process group with more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def local_rank() -> int:
-    """This rank's GPU index on its machine (``LOCAL_RANK`` as torchrun sets it; 0 when absent)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (no-op in one process)."""
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is True on any rank (all ranks must call it at the same step)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    all_reduce_sum(t)
-    return bool(t.item() > 0)
-
-
-def wrap(net: nn.Module, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel`` around ``net`` for this rank's device."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if device.type == "cuda":
-        return DistributedDataParallel(net, device_ids=[device.index], output_device=device.index)
-    return DistributedDataParallel(net)
-
-
-def init_from_env(backend: str | None = None) -> bool:
-    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...); NCCL when CUDA
-    is available, else gloo. Returns False (and does nothing) when ``WORLD_SIZE`` is absent or 1."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return dist.is_available() and dist.is_initialized()
-    backend = backend or ("nccl" if cuda_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
-    return True
+from rm_engine.config import Cancelled
+from rm_engine.device import resolve_device
+from rm_engine.finetune.distributed import init_from_env  # noqa: F401 - torchrun scripts call it from here
+from rm_engine.finetune.train import FinetunedModel, FinetuneResult, train_finetune
 
 
 def _free_port() -> int:
@@ -117,8 +68,6 @@ def _rank_main(rank: int, world: int, port: int, backend: str, args: dict[str, A
         if backend == "nccl":
             torch.cuda.set_device(rank)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        from rm_engine.finetune.train import train_finetune
-
         progress = (lambda d: q.put(("progress", d))) if rank == 0 else None
         res = train_finetune(args["cfg"], args["train_pairs"], args["val_pairs"], weights=args["weights"],
                              device=args["device"], progress=progress, should_stop=stop.is_set,
@@ -156,8 +105,6 @@ def train_finetune_ddp(
     is per device: the global batch holds ``gpus`` times as many tokens. ``should_stop`` is polled here and
     forwarded to the ranks, which agree on stopping at their next log interval and raise ``Cancelled``.
     """
-    from rm_engine.finetune.train import FinetunedModel, FinetuneResult, train_finetune
-
     if gpus < 1:
         raise ValueError(f"train_finetune_ddp: gpus must be >= 1, got {gpus}")
     if gpus == 1:
@@ -211,8 +158,6 @@ def train_finetune_ddp(
         if error is not None:
             rank, name, text, tb = error
             if name == "Cancelled":
-                from rm_engine.config import Cancelled
-
                 raise Cancelled(text)
             raise RuntimeError(f"DDP rank {rank} failed: {name}: {text}\n{tb}")
         model = FinetunedModel.load(tmp, device="cuda:0" if use_cuda else "cpu")

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from rm_engine.backbone import build_inputs, fingerprint
 from rm_engine.device import torch_device
 from rm_engine.finetune.reward_net import RewardNet, Row, by_length
+from rm_engine.head.features import item_ids, items_for
 
 RICH_HEAD_FILE = "rich_head.safetensors"
 
@@ -155,8 +157,6 @@ class FinetunedModel:
     def encode(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str]) -> list[Row]:
         """One row per (prompt, history, response), with the training-time truncation policy and template: token
         ids, or with rich pooling the (context + response, response, context) triple of token ids."""
-        from rm_engine.backbone import build_inputs
-        from rm_engine.head.features import item_ids, items_for
 
         if len(prompts) != len(responses) or (histories is not None and len(histories) != len(prompts)):
             raise ValueError(f"score: {len(prompts)} prompts, {len(responses)} responses and "
@@ -218,7 +218,6 @@ class FinetunedModel:
         if meta.lora:
             from peft import PeftModel
 
-            from rm_engine.backbone import fingerprint
 
             base_path = Path(meta.backbone["path"])
             if not (base_path / "config.json").is_file():

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from rm_engine.finetune.reward_net import RewardNet, unwrap_hf
-from rm_engine.finetune.varlen_attention import VARLEN
+from rm_engine.finetune.varlen_attention import VARLEN, register, varlen_supported
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,6 @@ def choose_attn_implementation(model: nn.Module, device: torch.device, length: i
     if current in FLASH:
         return current
     if prefer == "varlen" or (prefer == "auto" and device.type != "cpu"):
-        from rm_engine.finetune.varlen_attention import VARLEN, register, varlen_supported
 
         why_not = varlen_supported(unwrap_hf(model), device)
         if why_not and prefer == "varlen":

@@ -52,7 +52,7 @@ from db.pairs import TrainingPair
 from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.device import torch_device
-from rm_engine.finetune import ddp
+from rm_engine.finetune import distributed
 from rm_engine.finetune.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.finetune.linear_probe import init_head_by_probe
 from rm_engine.finetune.memory_fit import fit_to_memory, fits, heaviest
@@ -158,10 +158,10 @@ class _Encoded:
 
 def _sync_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum host numbers over ranks (a no-op in one process)."""
-    if not ddp.is_distributed():
+    if not distributed.is_distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    ddp.all_reduce_sum(t)
+    distributed.all_reduce_sum(t)
     return [float(x) for x in t.tolist()]
 
 
@@ -169,7 +169,7 @@ def _sync_sum(values: list[float], device: torch.device) -> list[float]:
 def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: str | None,
               tie_param: torch.Tensor | None) -> dict[str, float]:
     """Validation on this rank's shard of pairs, summed over ranks: accuracy (strict >), tie rate, mean nll."""
-    rank, world = ddp.rank_and_world()
+    rank, world = distributed.rank_and_world()
     local = [i for i in idx][rank::world]
     seqs = [enc.chosen[i] for i in local] + [enc.rejected[i] for i in local]
     scores = fm.score_ids(seqs) if seqs else np.zeros(0, dtype=np.float32)
@@ -267,8 +267,8 @@ def train_finetune(
         raise ValueError("train_finetune: no training pairs")
     terms = pair_terms(cfg, train_pairs, weights=weights)
     w_host = terms.weight.tolist()
-    rank, world = ddp.rank_and_world()
-    dev = torch_device(device or cfg.device, local_rank=ddp.local_rank())
+    rank, world = distributed.rank_and_world()
+    dev = torch_device(device or cfg.device, local_rank=distributed.local_rank())
     ref = resolve_backbone(cfg.backbone, settings)
     decoder = is_decoder(load_config(ref))
     tok = load_tokenizer(ref, decoder=decoder)
@@ -314,9 +314,9 @@ def train_finetune(
         # Every packed row is [1, batch_tokens]: with cfg.compile the backbone is compiled with dynamic=False, so
         # once, specialised to that shape (the padded path below needs dynamic=True: its shapes vary per batch).
         packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=fm.pad_id, compile=cfg.compile,
-                               wrap=(lambda m: ddp.wrap(m, dev)) if world > 1 else None,
+                               wrap=(lambda m: distributed.wrap(m, dev)) if world > 1 else None,
                                attention=cfg.packed_attention, max_segment=cfg.max_length)
-    train_net: nn.Module = ddp.wrap(net, dev) if world > 1 and packer is None else net
+    train_net: nn.Module = distributed.wrap(net, dev) if world > 1 and packer is None else net
     if cfg.compile and packer is None:
         train_net = torch.compile(train_net, dynamic=True)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -342,7 +342,7 @@ def train_finetune(
         real_tok = pad_tok = 0
         for gbatch in plan:
             if should_stop is not None:  # ranks agree at log intervals only (one collective, no per-step sync)
-                if should_stop() if world == 1 else (step % log_every == 0 and ddp.any_rank(should_stop(), dev)):
+                if should_stop() if world == 1 else (step % log_every == 0 and distributed.any_rank(should_stop(), dev)):
                     raise Cancelled("finetune cancelled between steps")
             local = shard(gbatch, rank, world)
             k = len(local)
@@ -370,7 +370,7 @@ def train_finetune(
             (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
             for extra in (tie_param, beta) if world > 1 else ():  # outside the DDP module: averaged by hand
                 if extra is not None:
-                    ddp.all_reduce_sum(extra.grad)
+                    distributed.all_reduce_sum(extra.grad)
                     extra.grad /= world
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

@@ -44,6 +44,7 @@ from rm_engine.backbone import (
     render_context,
 )
 from rm_engine.config import Cancelled
+from rm_engine.finetune.reward_net import masked_mean
 from rm_engine.head.cache_admin import compact
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -260,7 +261,6 @@ class FeatureExtractor:
         """Pooled, L2-normalised embeddings of token-id sequences (no cache), ``(n, hidden)`` float32."""
         import torch
 
-        from rm_engine.finetune.reward_net import masked_mean
 
         n = len(seqs)
         out = np.zeros((n, self.dim), dtype=np.float32)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from rm_engine.backbone import resolve_backbone
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -145,7 +147,7 @@ class FeatureEmbedder:
 
     def __init__(self, settings: Settings, backbone: str = "minilm", max_length: int = 256,
                  progress: Callable[[float, str], None] | None = None) -> None:
-        from rm_engine.backbone import resolve_backbone
+        # the feature extractor loads torch (seconds); the TF-IDF fallback and the Dashboard need none of it
         from rm_engine.head.features import FeatureExtractor
 
         self.extractor = FeatureExtractor(settings, resolve_backbone(backbone, settings), max_length=max_length)

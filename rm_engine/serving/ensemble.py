@@ -24,7 +24,8 @@ from db.config import Settings
 from db.session import Database
 from rm_engine.backbone import History
 from rm_engine.config import COMBINE
-from rm_engine.serving.scoring import RewardModel, completion_rows
+from rm_engine.serving.reward_requests import completion_rows
+from rm_engine.serving.scoring import RewardModel
 
 
 def combine_z(Z: np.ndarray, how: str = "mean", penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ from typing import Any
 
 from rm_engine.backbone import History
 from rm_engine.serving.chat_markup import NOISE_TOKENS, ChatMarkup, default_markups, parse_chat
-from rm_engine.serving.scoring import completion_rows
 
 Row = tuple[str, History, str]
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -250,3 +249,33 @@ def _common_prefix(a: str, b: str) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def _split_messages(prompt: Any, completion: Any) -> tuple[str, list[dict[str, str]], str]:
+    """(prompt text, history, response text) from TRL-style strings or chat-message lists."""
+    def content(m: Any) -> str:
+        c = m.get("content", "") if isinstance(m, dict) else str(m)
+        if isinstance(c, list):  # multimodal-style [{"type": "text", "text": ...}]
+            c = " ".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in c)
+        return str(c)
+
+    if isinstance(completion, list):
+        response = "\n".join(content(m) for m in completion if not isinstance(m, dict) or m.get("role", "assistant") == "assistant")
+    else:
+        response = str(completion)
+    if isinstance(prompt, list):
+        msgs = [m for m in prompt if isinstance(m, dict)]
+        last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            return "\n".join(content(m) for m in msgs), [], response
+        history = [{"role": str(m.get("role")), "content": content(m)} for m in msgs[:last_user]]
+        return content(msgs[last_user]), history, response
+    return str(prompt), [], response
+
+
+def completion_rows(prompts: Sequence[Any], completions: Sequence[Any]) -> list[tuple[str, History, str]]:
+    """(prompt, history, response) rows of an RL trainer's batch (strings or chat-message lists, as TRL's GRPO
+    passes them). Raises ``ValueError`` when the two lists differ in length."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"reward function: {len(prompts)} prompts for {len(completions)} completions")
+    return [(p, h or None, r) for p, h, r in (_split_messages(p, c) for p, c in zip(prompts, completions))]

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from db.bounds import bounded, check_fields, finite_json
+from rm_engine.faults import fault_point
+from rm_engine.serving.chat_markup import default_markups, load_markup
 from rm_engine.serving.reward_requests import Reading, RequestError, Row, parse_request
 from rm_engine.serving.reward_scheduler import OverBudget, Scheduler, ShuttingDown
 
@@ -162,8 +164,6 @@ def build_app(scorer: Scorer, describe: dict[str, Any], cfg: ServerConfig,
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from rm_engine.serving.chat_markup import default_markups, load_markup
-    from rm_engine.training import fault_point
 
     reading = Reading(default_markups(load_markup(cfg.chat_template) if cfg.chat_template else None),
                       drop_system=cfg.drop_system, max_rows=cfg.max_rows, max_text_chars=cfg.max_text_chars)

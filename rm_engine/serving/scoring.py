@@ -20,10 +20,24 @@ import numpy as np
 
 from db.config import Settings
 from db.session import Database
-from db.versions import VersionNotFound, get_version, parse_version_ref, versions_before
+from db.versions import (
+    VersionNotFound,
+    count_responses,
+    get_version,
+    parse_version_ref,
+    responses_for_scoring,
+    store_response_scores,
+    versions_before,
+)
+from rm_engine import metrics as M
 from rm_engine.backbone import BackboneError, History, resolve_backbone
 from rm_engine.config import Cancelled
+from rm_engine.finetune.model import FinetunedModel
+from rm_engine.head.features import FeatureExtractor
+from rm_engine.head.train import EnsembleHead
+from rm_engine.metrics import sigmoid
 from rm_engine.normalize import combine_members, normalize
+from rm_engine.serving.reward_requests import completion_rows
 from rm_engine.versions.model_store import with_files
 from rm_engine.versions.registry import ModelFilesError, load_head_files, load_version_config
 
@@ -105,7 +119,6 @@ class RewardModel:
     def preference_probability(self, raw_a: float, raw_b: float) -> float:
         """Calibrated probability that a labeler prefers the response scored ``raw_a`` over the one scored
         ``raw_b``: ``sigmoid((raw_a - raw_b) / T)``."""
-        from rm_engine.metrics import sigmoid
 
         return float(sigmoid([(raw_a - raw_b) / self.temperature])[0])
 
@@ -156,9 +169,6 @@ def check_backbone(settings: Settings, vid: int, recorded: dict[str, Any]) -> An
 
 
 def _head_scorer(settings: Settings, vid: int, tensors: dict[str, Any], fcfg: dict[str, Any], device: str) -> Callable:
-    from rm_engine.head.features import FeatureExtractor
-    from rm_engine.head.train import EnsembleHead
-
     try:
         head = EnsembleHead.from_state(fcfg["head"], tensors)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -176,8 +186,6 @@ def _head_scorer(settings: Settings, vid: int, tensors: dict[str, Any], fcfg: di
 
 
 def _finetune_scorer(vid: int, d: Path, fcfg: dict[str, Any], device: str) -> Callable:
-    from rm_engine.finetune.model import FinetunedModel
-
     models = []
     for k in range(int(fcfg.get("members", 1))):
         try:
@@ -216,36 +224,6 @@ def load_usable(db: Database, settings: Settings, version: str | int | None = "l
     raise original
 
 
-def _split_messages(prompt: Any, completion: Any) -> tuple[str, list[dict[str, str]], str]:
-    """(prompt text, history, response text) from TRL-style strings or chat-message lists."""
-    def content(m: Any) -> str:
-        c = m.get("content", "") if isinstance(m, dict) else str(m)
-        if isinstance(c, list):  # multimodal-style [{"type": "text", "text": ...}]
-            c = " ".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in c)
-        return str(c)
-
-    if isinstance(completion, list):
-        response = "\n".join(content(m) for m in completion if not isinstance(m, dict) or m.get("role", "assistant") == "assistant")
-    else:
-        response = str(completion)
-    if isinstance(prompt, list):
-        msgs = [m for m in prompt if isinstance(m, dict)]
-        last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=None)
-        if last_user is None:
-            return "\n".join(content(m) for m in msgs), [], response
-        history = [{"role": str(m.get("role")), "content": content(m)} for m in msgs[:last_user]]
-        return content(msgs[last_user]), history, response
-    return str(prompt), [], response
-
-
-def completion_rows(prompts: Sequence[Any], completions: Sequence[Any]) -> list[tuple[str, History, str]]:
-    """(prompt, history, response) rows of an RL trainer's batch (strings or chat-message lists, as TRL's GRPO
-    passes them). Raises ``ValueError`` when the two lists differ in length."""
-    if len(prompts) != len(completions):
-        raise ValueError(f"reward function: {len(prompts)} prompts for {len(completions)} completions")
-    return [(p, h or None, r) for p, h, r in (_split_messages(p, c) for p, c in zip(prompts, completions))]
-
-
 def reward_function(model: RewardModel, *, kind: str = "raw") -> Callable[..., list[float]]:
     """A reward function as TRL's GRPO ``reward_funcs`` expects: ``f(prompts, completions, **kwargs) -> list[float]``;
     prompts and completions are strings or chat-message lists. ``kind``: ``"raw"``, ``"z"`` or ``"sigmoid"``."""
@@ -263,7 +241,6 @@ def rescore_stored(db: Database, settings: Settings, version_id: int | str, *, p
                    should_stop: Callable[[], bool] | None = None, chunk: int = 512) -> int:
     """Score every stored response with one version and cache the scores (``response_scores``); returns the
     number of rows written. Each chunk is written in its own short transaction; :class:`Cancelled` stops it."""
-    from db.versions import count_responses, responses_for_scoring, store_response_scores
 
     model = RewardModel.load(db, settings, parse_version_ref(version_id))
     with db.read() as s:
@@ -293,7 +270,6 @@ def _file_temperature(model: Any, rc: Sequence[float], rr: Sequence[float]) -> d
     (:func:`rm_engine.metrics.temperature_calibration`, in-sample) and, for one version with a fitted temperature,
     the expected calibration error under that stored temperature, which the file did not choose (does it
     transfer?)."""
-    from rm_engine import metrics as M
 
     out = M.temperature_calibration(rc, rr)
     stored = (getattr(model, "metrics", None) or {}).get("temperature") or {}
@@ -311,7 +287,6 @@ def evaluate_records(model: Any, records: Sequence[Any]) -> dict[str, Any]:
     when rankings are present. ``model`` is a
     :class:`RewardModel` (``model_version`` in the result) or a ``rm_engine.serving.ensemble.VersionEnsemble``
     (``model_versions``, ``combine``): anything with ``rewards(rows)``."""
-    from rm_engine import metrics as M
 
     rows: list[tuple[str, Any, str]] = []
     index: dict[tuple[str, str, str], int] = {}

@@ -35,11 +35,14 @@ from typing import Any
 from db.config import Settings
 from db.session import Database
 from db.versions import get_version, version_summary
+from rm_engine.backbone import input_format, is_decoder, load_tokenizer
+from rm_engine.finetune.model import META_FILE, FinetunedModel, FinetuneMeta
+from rm_engine.serving.scoring import check_backbone
 from rm_engine.versions.export_card import model_card
 from rm_engine.versions.export_head import add_tensors, head_refusal, write_head_model
-from rm_engine.versions.export_inputs import REMOTE_CODE_FILE
+from rm_engine.versions.export_inputs import REMOTE_CODE_FILE, finish_tokenizer, input_spec, write_remote_code
 from rm_engine.versions.model_store import with_files, zip_folder
-from rm_engine.versions.registry import ModelFilesError, load_version_config
+from rm_engine.versions.registry import ModelFilesError, load_head_files, load_version_config
 
 EXPORT_FORMAT = "rmstudio-reward-export/v1"
 INFO_FILE = "rmstudio_reward.json"
@@ -103,7 +106,6 @@ def _plan(db: Database, settings: Settings, version: str | int | None, member: i
     k = 0 if member is None else int(member)
     if not 0 <= k < members:
         raise ExportError(f"{label}: no member {k} (members 0..{members - 1})")
-    from rm_engine.finetune.model import META_FILE, FinetuneMeta
 
     try:
         meta = FinetuneMeta.read(folder / f"member-{k}" / META_FILE)
@@ -123,7 +125,6 @@ def _decoder_at(backbone: Path, label: str) -> bool:
     """Whether the backbone folder a head version was trained on holds a decoder (its config.json only)."""
     from transformers import AutoConfig
 
-    from rm_engine.backbone import is_decoder
 
     try:
         return is_decoder(AutoConfig.from_pretrained(str(backbone), local_files_only=True))
@@ -191,8 +192,6 @@ def export_version(db: Database, settings: Settings, version: str | int | None, 
 
 def _finetune_writer(plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
     """Load the fine-tuned member now (errors before anything is written); the returned function writes it."""
-    from rm_engine.finetune.model import FinetunedModel
-    from rm_engine.versions.export_inputs import finish_tokenizer, input_spec, write_remote_code
 
     k, members = plan.member, plan.members
     say(f"loading {plan.label}" + (f", member {k} of {members}" if members > 1 else ""))
@@ -231,9 +230,6 @@ def _check_rich(plan: _Plan, spec: dict[str, Any]) -> None:
 
 def _head_writer(settings: Settings, plan: _Plan, say: Callable[[str], None]) -> Callable[[Path], dict[str, Any]]:
     """Check the head version's backbone and load its head now; the returned function writes backbone + head."""
-    from rm_engine.backbone import input_format, load_tokenizer
-    from rm_engine.serving.scoring import check_backbone
-    from rm_engine.versions.registry import load_head_files
 
     say(f"loading {plan.label} (a head over the frozen backbone)")
     tensors, fcfg = load_head_files(settings, plan.summary["path"], plan.summary["id"])

@@ -14,6 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rm_engine.backbone import load_tokenizer
+from rm_engine.versions.export_inputs import finish_tokenizer, input_spec, write_remote_code
+
 HEAD_TENSORS = {"linear": ("w", "b"), "mlp": ("w1", "b1", "w2", "b2")}
 
 
@@ -64,8 +67,6 @@ def write_head_model(folder: Path, ref: Any, fcfg: dict[str, Any], tensors: dict
     RM Studio builds inputs with, the ``rmstudio`` config written and whether one-string inputs are exact."""
     from transformers import AutoModel
 
-    from rm_engine.backbone import load_tokenizer
-    from rm_engine.versions.export_inputs import finish_tokenizer, input_spec, write_remote_code
 
     model = AutoModel.from_pretrained(str(ref.path), local_files_only=True, use_safetensors=True)
     model.save_pretrained(str(folder), safe_serialization=True, max_shard_size="1000GB")  # one file to add to

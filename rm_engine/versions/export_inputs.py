@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rm_engine.backbone import build_inputs, input_format, pair_special_ids, single_special_ids
+from rm_engine.head.features import item_ids, items_for
+from rm_engine.versions import export_modeling
+from rm_engine.versions.export_modeling import InputError, model_inputs
 
 ASSISTANT_MARK = "\n\nAssistant:"  # where a plain-dialogue context ends (rm_engine/backbone.build_inputs)
 REMOTE_CODE_FILE = "modeling_rmstudio.py"
@@ -113,8 +116,6 @@ def one_string_exact(tok: Any, train_tok: Any, spec: dict[str, Any], *, decoder:
     """Whether conversations rendered by ``tok``'s chat template and tokenized as one string (with and without
     ``add_special_tokens``) give the model exactly the ids RM Studio builds with ``train_tok`` (short and long probe
     conversations, truncation included)."""
-    from rm_engine.head.features import item_ids, items_for
-    from rm_engine.versions.export_modeling import InputError, model_inputs
 
     n = int(spec["max_length"])
     for prompt, history, response in _probes(n):
@@ -153,7 +154,6 @@ def write_remote_code(folder: Path, model: Any, rmstudio: dict[str, Any]) -> Non
     ``folder`` and point its ``config.json`` at it, with ``rmstudio`` (input spec, how the score is read)."""
     import transformers
 
-    from rm_engine.versions import export_modeling
 
     body = getattr(model, model.base_model_prefix, None) if rmstudio["score"] != "head" else None
     names = (type(model.config).__name__, type(model).__name__, type(body).__name__ if body is not None else None)

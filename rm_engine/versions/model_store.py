@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from db.config import Settings
 from db.session import Database
-from db.versions import get_archive, put_archive
+from db.versions import archived_versions, get_archive, list_versions, put_archive
 from rm_engine.versions.registry import (
     ModelFilesError,
     VersionFilesMissing,
@@ -166,7 +166,6 @@ def share_versions(db: Database, settings: Settings, version_ids: list[int] | No
     ``version_ids`` or every version. Each needs its files here, intact. Returns, per version (also passed to
     ``progress`` as each is done), ``{"version", "status": "copied" | "had a copy" | "skipped", "bytes",
     "reason"}``."""
-    from db.versions import archived_versions, list_versions
 
     with db.read() as s:
         have = archived_versions(s)

@@ -20,8 +20,7 @@ from db.models import Job
 from db.policy import RetrainPolicy, get_policy
 from db.queue_policy import QueuePolicy
 from db.session import Database
-from rm_engine.config import TrainConfig
-from rm_engine.crossval import MAX_FOLDS, MIN_FOLDS
+from rm_engine.config import MAX_FOLDS, MIN_FOLDS, TrainConfig
 from worker.loop import WorkerConfig
 
 

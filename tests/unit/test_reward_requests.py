@@ -154,8 +154,8 @@ class _Model:
 
 
 def test_model_scorer_units_and_uncertainty_penalty() -> None:
+    from rm_engine.serving.reward_requests import completion_rows
     from rm_engine.serving.reward_server import model_scorer
-    from rm_engine.serving.scoring import completion_rows
 
     rows = completion_rows(["p", "q"], ["ab", "abcd"])
     assert model_scorer(_Model(), "z")(rows) == {"rewards": [2.0, 4.0], "std": [0.5, 0.5]}  # std in z units
