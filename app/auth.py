@@ -14,12 +14,12 @@ import hmac
 
 import streamlit as st
 
+from app.resources import settings
+
 _KEY = "rmstudio_researcher_ok"
 
 
 def _token() -> str | None:
-    from app.resources import settings  # app.resources imports this module (through app.identity): imported late
-
     return settings().researcher_token
 
 

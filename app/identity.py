@@ -20,6 +20,7 @@ import streamlit as st
 
 from app import auth
 from app.render import escape_md
+from app.resources import database
 from db import annotators as team
 from db.models import Annotator, Source
 
@@ -40,8 +41,6 @@ class Identity:
 
 
 def _db() -> Any:
-    from app.resources import database  # app.resources re-exports this module: imported late, not at load
-
     return database()
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.identity import Identity, current_identity  # re-exported for pages
 from db.config import Settings
 from db.session import Database
 
-__all__ = ["Identity", "current_identity", "database", "settings", "empty_state_hint"]
+__all__ = ["database", "settings", "empty_state_hint"]
 
 
 def settings() -> Settings:

@@ -17,7 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.config_form import config_from_state, widget_keys
-from app.resources import current_identity, database, settings
+from app.identity import current_identity
+from app.resources import database, settings
 from db import jobs, policy, versions
 from db.models import JobKind
 from db.session import explain_db_error

@@ -34,9 +34,11 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -48,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("RMSTUDIO_CHROMIUM", "/usr/bin/chromium")
@@ -171,9 +175,6 @@ def seed(tree: Path, db_path: Path, cfg: BrowserBenchConfig, work: Path) -> dict
 
 def pair_markers(db_path: Path) -> dict[str, list[str]]:
     """Comparison id -> the markers its two responses start with (open pairs only)."""
-    import re
-    import sqlite3
-
     con = sqlite3.connect(db_path)
     rows = con.execute("SELECT c.id, ra.text, rb.text FROM comparisons c JOIN responses ra ON ra.id = c.response_a_id "
                        "JOIN responses rb ON rb.id = c.response_b_id WHERE c.label_count = 0").fetchall()
@@ -343,8 +344,6 @@ def commit_of(tree: Path) -> str:
 def run(trees: list[Path], cfg: BrowserBenchConfig, logs: Path | None = None) -> dict[str, Any]:
     """Seed once, serve every tree, press keys in alternating blocks; the results of every tree (each server's log
     copied to ``logs`` when given)."""
-    from playwright.sync_api import sync_playwright
-
     with tempfile.TemporaryDirectory(prefix="rmstudio-labelbench-") as tmp:
         work = Path(tmp)
         first = work / "seed.db"

@@ -18,15 +18,16 @@ from app.render import escape_md, safe_markdown
 from app.resources import database, empty_state_hint
 from db.labeling import dataset_is_empty
 
+label_view.freeze_loaded_objects()  # keeps Streamlit's collection after each verdict short
 label_view.style()
+head = st.columns([0.9, 2.4, 2.6, 2.5, 1.5], vertical_alignment="center", gap="small")
+head[0].title("Label", anchor=False)
 ident = identity_gate()
 ls.follow(ident)
 
 with database().read() as s:
     empty = dataset_is_empty(s)
 
-head = st.columns([0.9, 2.4, 2.6, 2.5, 1.5], vertical_alignment="center", gap="small")
-head[0].subheader("Label", anchor=False)
 head[1].markdown(f"Labeling as **{escape_md(ident.name)}** ({ident.tier.value} tier)")
 head[2].caption(ls.queue_policy_summary())
 if ident.via == "local" and head[4].button("Switch annotator", icon=":material/logout:"):

@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rm_engine.finetune import varlen_attention
 from rm_engine.finetune.reward_net import RewardNet, unwrap_hf
-from rm_engine.finetune.varlen_attention import VARLEN, register, varlen_supported
+from rm_engine.finetune.varlen_attention import VARLEN
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,11 @@ def choose_attn_implementation(model: nn.Module, device: torch.device, length: i
         return current
     if prefer == "varlen" or (prefer == "auto" and device.type != "cpu"):
 
-        why_not = varlen_supported(unwrap_hf(model), device)
+        why_not = varlen_attention.varlen_supported(unwrap_hf(model), device)  # looked up per call: tests swap it
         if why_not and prefer == "varlen":
             raise ValueError(f"TrainConfig.packed_attention='varlen': {why_not}")
         if not why_not:
-            register()
+            varlen_attention.register()
             return VARLEN
     if prefer == "sdpa" and length > DENSE_MAX_TOKENS:
         raise ValueError(f"TrainConfig.packed_attention='sdpa': a dense {length} x {length} mask is too large "

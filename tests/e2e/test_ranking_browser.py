@@ -12,6 +12,7 @@ response with the chosen ranks goes to tmp_path.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,6 @@ def _rank_group(page: Any, i: int) -> Any:
 
 def _progress(page: Any) -> tuple[int, int]:
     """(today, all time) from the progress line above the prompt."""
-    import re
-
     text = page.get_by_text(re.compile(r"^Today \d+")).first.inner_text()
     m = re.match(r"Today (\d+) · all time (\d+)", text)
     assert m, text

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, select, text
 
 from db.analytics import multi_rated_labels
@@ -14,7 +15,7 @@ from db.annotators import add_annotator
 from db.exporter import ExportReport, native_records
 from db.label_history import ChangeRefused, change_label, recent_labels
 from db.labeling import item_for_comparison, submit_label, undo_last
-from db.migrate import current_revision, head_revision, upgrade
+from db.migrate import alembic_config, current_revision, head_revision, upgrade
 from db.models import Annotator, AuditEvent, Comparison, Label, Outcome, Side
 from db.pairs import training_pairs
 from db.review import exclude_label, history
@@ -112,10 +113,6 @@ def test_undoing_the_new_label_brings_the_old_verdict_back(any_db: Database) -> 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_0006_database_gains_the_column_and_keeps_its_labels(backend: str, tmp_path: Path,
                                                                request: pytest.FixtureRequest) -> None:
-    from alembic import command
-
-    from db.migrate import alembic_config
-
     url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     engine = create_engine(url)
     upgrade(engine, "0006")
