@@ -14,7 +14,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import auth  # noqa: E402
+from app import auth, label_view  # noqa: E402
 
 # The favicon is a file of the package: an emoji or material icon would make the browser fetch it from a CDN, and
 # the app must work offline.
@@ -48,3 +48,5 @@ with st.sidebar:
                 auth.researcher_sign_in("sidebar")
 
 nav.run()
+# Every page's first run loaded the libraries: keep them out of the collection Streamlit runs after each rerun.
+label_view.freeze_loaded_objects()
