@@ -257,6 +257,7 @@ def test_every_page_shows_hostile_stored_text_as_text(label_app_env: Database, p
     HTML, allows HTML in Markdown, or renders a ``javascript:`` Markdown link."""
     from streamlit.testing.v1 import AppTest
 
+    from app import label_view
     from tests.app.conftest import MAIN, PAGES
 
     _hostile_world(label_app_env)
@@ -273,6 +274,8 @@ def test_every_page_shows_hostile_stored_text_as_text(label_app_env: Database, p
     for kind in ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader", "toast"):
         for el in at.get(kind):
             body = getattr(el, "value", "") or ""
+            if body == label_view.CSS:  # the Label page's own static layout stylesheet, no stored text in it
+                continue
             assert not getattr(el.proto, "allow_html", False), (kind, body[:200])
             assert "](javascript:" not in body, (kind, body[:200])
             rendered += any(x[:8] in body for x in XSS)
