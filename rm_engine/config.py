@@ -231,6 +231,13 @@ class TrainConfig:
         1, MAX_GPUS, integer=True, metavar="N",
         help="data-parallel processes (DDP, one per GPU, NCCL; gloo CPU processes without CUDA, for tests); a "
              "queued run without it takes the worker's --gpus", **_FT))
+    strategy: str = field(default="ddp", metadata=choice(
+        "ddp", "fsdp", "fsdp-offload", **_FT,
+        help="how gpus > 1 processes split the work. ddp: every GPU holds the whole model, its gradients and "
+             "optimizer state (fastest when that fits); fsdp: the three are sharded across the GPUs, each layer "
+             "gathered only while it runs (FSDP2: a full fine-tune of a 7B model, ~16 bytes per parameter, "
+             "needs this); fsdp-offload: the shards and the optimizer step stay in CPU memory (slower, least GPU "
+             "memory). `rmstudio plan-memory` shows what each needs per GPU"))
     grad_checkpointing: bool = field(default=False, metadata=switch(
         help="gradient checkpointing: less memory, slower (on one GPU it is also turned on when a probe step on the "
              "heaviest batch runs out of memory)", **_FT))
@@ -269,6 +276,8 @@ class TrainConfig:
             raise bad("backbone", "must be minilm or a model folder")
         if self.gpus > 1 and self.mode != "finetune":
             raise bad("gpus", "more than 1 data-parallel process needs mode='finetune' (head mode trains in one process)")
+        if self.strategy != "ddp" and self.mode != "finetune":
+            raise bad("strategy", "sharding needs mode='finetune' (head mode trains in one process)")
         if self.packing and self.batch_tokens == 0:
             raise bad("packing", "needs a token budget: batch_tokens > 0 is the packed row length")
         try:

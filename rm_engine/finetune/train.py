@@ -19,6 +19,7 @@ Design, and why:
 * Distributed data parallel when a ``torch.distributed`` process group is initialised (see
   :mod:`rm_engine.finetune.ddp`): every rank builds the same global batch plan and takes its shard; losses are
   normalised by the *global* weight sum so N ranks compute the same update as one process on the whole batch.
+  The model is replicated (DDP) or sharded (FSDP2, ``cfg.strategy``; :mod:`rm_engine.finetune.sharding`).
 
 Padding-free packing is optional (``cfg.packing``, decoders only; :mod:`rm_engine.finetune.packing`): each batch becomes ONE
 row ``[1, batch_tokens]`` (sequences end to end, position ids restarting at 0, attention confined to each sequence,
@@ -52,7 +53,7 @@ from db.pairs import TrainingPair
 from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.device import torch_device
-from rm_engine.finetune import distributed
+from rm_engine.finetune import distributed, sharding
 from rm_engine.finetune.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.finetune.linear_probe import init_head_by_probe
 from rm_engine.finetune.memory_fit import fit_to_memory, fits, heaviest
@@ -167,9 +168,13 @@ def _sync_sum(values: list[float], device: torch.device) -> list[float]:
 
 @torch.no_grad()
 def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: str | None,
-              tie_param: torch.Tensor | None) -> dict[str, float]:
-    """Validation on this rank's shard of pairs, summed over ranks: accuracy (strict >), tie rate, mean nll."""
+              tie_param: torch.Tensor | None, *, sharded: bool = False) -> dict[str, float]:
+    """Validation on this rank's shard of pairs, summed over ranks: accuracy (strict >), tie rate, mean nll.
+    A sharded model scores every pair on every rank instead: each forward gathers weights from all ranks, so all
+    ranks must run the same forwards."""
     rank, world = distributed.rank_and_world()
+    if sharded:
+        rank, world = 0, 1
     local = [i for i in idx][rank::world]
     seqs = [enc.chosen[i] for i in local] + [enc.rejected[i] for i in local]
     scores = fm.score_ids(seqs) if seqs else np.zeros(0, dtype=np.float32)
@@ -182,10 +187,9 @@ def _evaluate(fm: FinetunedModel, enc: _Encoded, idx: Sequence[int], tie_model: 
     nll = pair_nll(rc, rr, tie, margin, tie_model, tp) if k else torch.zeros(0)
     if tp is None:
         nll = torch.where(tie, torch.zeros_like(nll), nll)  # ties are not scored by plain BT
-    sums = _sync_sum([
-        float(((rc > rr) & decided).sum()), float(decided.sum()), float(((rc == rr) & decided).sum()),
-        float(nll.sum()), float(k if tp is not None else decided.sum()),
-    ], fm.device)
+    sums = [float(((rc > rr) & decided).sum()), float(decided.sum()), float(((rc == rr) & decided).sum()),
+            float(nll.sum()), float(k if tp is not None else decided.sum())]
+    sums = sums if sharded else _sync_sum(sums, fm.device)
     n = max(sums[1], 1.0)
     return {"val_accuracy": sums[0] / n, "val_tie_rate": sums[2] / n, "val_loss": sums[3] / max(sums[4], 1.0),
             "val_pairs": int(sums[1])}
@@ -255,7 +259,9 @@ def train_finetune(
     ``{"step", "total", "loss", "val_accuracy", "eta_s", "phase", "epoch", "pairs_per_s", "tokens_per_s"}`` every
     ``log_every`` steps and after each epoch; ``should_stop()`` is checked between steps and raises
     ``rm_engine.config.Cancelled``. Inside an initialised ``torch.distributed`` group this is one rank of a
-    DDP run (see :func:`rm_engine.finetune.ddp.train_finetune_ddp`).
+    data-parallel run (see :func:`rm_engine.finetune.ddp.train_finetune_ddp`): replicated (DDP) or, with
+    ``cfg.strategy`` ``"fsdp"``/``"fsdp-offload"``, sharded (:mod:`rm_engine.finetune.sharding`); a sharded run
+    returns the whole model, on the CPU, on rank 0 only.
     """
     cfg = cfg.resolved()
     if cfg.ties == "exclude":
@@ -306,6 +312,14 @@ def train_finetune(
                             lambda: unwrap_hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
         cfg, fit_actions = fit.cfg, fit.actions
 
+    sharded = world > 1 and cfg.strategy != "ddp"
+    if sharded:  # after the probes above, which run on the whole model
+        n_groups = sharding.shard_model(net, dev, offload=cfg.strategy == "fsdp-offload")
+        log.info("finetune: %s over %d ranks, %d groups", cfg.strategy, world, n_groups)
+    elif world == 1 and cfg.strategy != "ddp":
+        log.info("finetune: strategy %s ignored: one process holds the whole model", cfg.strategy)
+    replicate = world > 1 and not sharded  # DDP
+
     packer: PackedTrainer | None = None
     if cfg.packing and not decoder:
         log.warning("TrainConfig.packing ignored: %s is an encoder (score read at [CLS] of padded rows); "
@@ -314,9 +328,9 @@ def train_finetune(
         # Every packed row is [1, batch_tokens]: with cfg.compile the backbone is compiled with dynamic=False, so
         # once, specialised to that shape (the padded path below needs dynamic=True: its shapes vary per batch).
         packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=fm.pad_id, compile=cfg.compile,
-                               wrap=(lambda m: distributed.wrap(m, dev)) if world > 1 else None,
+                               wrap=(lambda m: distributed.wrap(m, dev)) if replicate else None,
                                attention=cfg.packed_attention, max_segment=cfg.max_length)
-    train_net: nn.Module = distributed.wrap(net, dev) if world > 1 and packer is None else net
+    train_net: nn.Module = distributed.wrap(net, dev) if replicate and packer is None else net
     if cfg.compile and packer is None:
         train_net = torch.compile(train_net, dynamic=True)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -324,7 +338,7 @@ def train_finetune(
     for extra in (tie_param, beta):  # scalars of the loss: a rate of their own, no decay
         if extra is not None:
             groups.append({"params": [extra], "lr": max(cfg.lr, 1e-2), "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=cuda and not sharded)
     # Packed rows are filled with real tokens, one row per rank per step.
     sizes = tr.sizes if packer is not None else None
     plans = [plan_epoch(tr.lengths, cfg, e, world, packed_sizes=sizes) for e in range(cfg.epochs)]
@@ -367,8 +381,8 @@ def train_finetune(
             loss = batch_loss(r, host, tie_model=tie_model, tie_param=tie_param, beta=beta,
                               center_coef=cfg.center_coef, weight_total=sum(w_host[i] for i in gbatch),
                               count_total=len(gbatch))
-            (loss * world).backward()  # DDP averages gradients over ranks: x world makes it the global sum
-            for extra in (tie_param, beta) if world > 1 else ():  # outside the DDP module: averaged by hand
+            (loss * world).backward()  # DDP and FSDP average gradients over ranks: x world makes it the global sum
+            for extra in (tie_param, beta) if world > 1 else ():  # outside the model: averaged by hand
                 if extra is not None:
                     distributed.all_reduce_sum(extra.grad)
                     extra.grad /= world
@@ -393,7 +407,7 @@ def train_finetune(
         secs = time.perf_counter() - t0
         toks = _sync_sum([float(real_tok), float(pad_tok)], dev)
         with packer.padded() if packer is not None else contextlib.nullcontext():
-            val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param) if val_pairs else {}
+            val = _evaluate(fm, va, range(len(val_pairs)), tie_model, tie_param, sharded=sharded) if val_pairs else {}
         last_val = val.get("val_accuracy")
         n_pairs = sum(len(b) for b in plan)
         row = {"epoch": epoch + 1, "train_loss": a[0] / max(len(plan), 1), "train_accuracy": a[1] / max(a[2], 1.0),
@@ -415,6 +429,19 @@ def train_finetune(
     net.eval()
     if packer is not None:
         packer.close()
+    if sharded:  # a collective: every rank sends its shards, rank 0 rebuilds the whole model (on the CPU)
+        full = sharding.full_state_dict(net)
+        if rank == 0:
+            fm = _rebuilt(full, ref.path, tok, cfg, fm.meta)
     if tie_param is not None:
         fm.meta = fm.meta.with_tie(tie_model, float(tie_param.detach()))
     return FinetuneResult(model=fm, history=history)
+
+
+def _rebuilt(state: dict[str, torch.Tensor], path: Any, tok: Any, cfg: TrainConfig, meta: FinetuneMeta) -> FinetunedModel:
+    """A plain (unsharded) model on the CPU holding ``state``: what a sharded run returns on rank 0. On the other
+    ranks the result keeps its shards, which score only when every rank scores the same rows."""
+    hf = load_backbone_model(path, tok, cfg, decoder=meta.decoder)
+    net = RewardNet(hf, meta.decoder, meta.pooling)
+    net.load_state_dict(state)
+    return FinetunedModel(net.eval(), tok, meta, torch.device("cpu"))

@@ -23,14 +23,17 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def test_train_inline_with_two_gloo_ranks(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_train_inline_with_two_gloo_ranks(strategy: str, sqlite_db: Database, engine_settings, tiny_encoder: Path,
+                                          capsys) -> None:
     seed_labels(sqlite_db, 12)
     rc, out, err = run(capsys, "train", "--mode", "finetune", "--gpus", "2", "--device", "cpu", "--inline", "--json",
                        "--backbone", str(tiny_encoder), "--max-length", "48", "--epochs", "3", "--lr", "2e-3",
-                       "--batch-tokens", "400", "--max-batch-pairs", "4")
+                       "--batch-tokens", "400", "--max-batch-pairs", "4", "--strategy", strategy)
     assert rc == 0, err
     res = json.loads(out)
     assert res["config"]["gpus"] == 2 and res["config"]["max_batch_pairs"] == 4 and res["config"]["mode"] == "finetune"
+    assert res["config"]["strategy"] == strategy
     with sqlite_db.read() as s:
         v = s.get(ModelVersion, res["model_version"])
         assert v.device == "cpu x2" and v.config["gpus"] == 2
@@ -66,3 +69,27 @@ def test_queued_jobs_take_the_workers_gpus_unless_set(sqlite_db: Database, engin
     with sqlite_db.read() as s:
         job = s.get(Job, json.loads(out)["job_id"])
         assert job.device == "cpu x2" and job.status.value == "failed" and "nothing to train on" in (job.error or "")
+
+
+def test_worker_runs_a_sharded_job(sqlite_db: Database, engine_settings, tiny_encoder: Path, capsys) -> None:
+    """A queued finetune job asking for two sharded ranks: the worker runs it and publishes the gathered model."""
+    from db.config import Settings
+    from worker.loop import Worker, WorkerConfig
+
+    seed_labels(sqlite_db, 12)
+    rc, out, err = run(capsys, "train", "--json", "--mode", "finetune", "--gpus", "2", "--strategy", "fsdp",
+                       "--backbone", str(tiny_encoder), "--max-length", "48", "--epochs", "2", "--lr", "2e-3",
+                       "--batch-tokens", "400", "--max-batch-pairs", "4")
+    assert rc == 0, err
+    job_id = json.loads(out)["job_id"]
+    cfg = WorkerConfig(lease_s=60.0, poll_interval_s=0.1, once=True, auto_retrain=False, preload=False, device="cpu",
+                       kinds=("train",))
+    Worker(sqlite_db, Settings.from_env(), cfg).run()
+    with sqlite_db.read() as s:
+        job = s.get(Job, job_id)
+        assert job.status.value == "succeeded", job.error
+        v = s.get(ModelVersion, job.result["version_id"])
+        assert v.config["strategy"] == "fsdp" and v.config["gpus"] == 2 and v.device == "cpu x2"
+    rc, out, err = run(capsys, "score", "--model", str(v.id), "--prompt", "how do I bake bread?",
+                       "--response", "happy to help, step by step", "--json")
+    assert rc == 0, err
