@@ -90,6 +90,7 @@ def test_worker_runs_a_sharded_job(sqlite_db: Database, engine_settings, tiny_en
         assert job.status.value == "succeeded", job.error
         v = s.get(ModelVersion, job.result["version_id"])
         assert v.config["strategy"] == "fsdp" and v.config["gpus"] == 2 and v.device == "cpu x2"
-    rc, out, err = run(capsys, "score", "--model", str(v.id), "--prompt", "how do I bake bread?",
+        version_id = v.id
+    rc, out, err = run(capsys, "score", "--model", str(version_id), "--prompt", "how do I bake bread?",
                        "--response", "happy to help, step by step", "--json")
     assert rc == 0, err
