@@ -163,6 +163,9 @@ def phase_bars() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
 def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
     from rm_engine.training import train_and_publish
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # started by torchrun: one process per GPU, on this machine or several
+        return _train_torchrun(db, cfg, world, as_json)
     on_progress, close = phase_bars()
     try:
         version = train_and_publish(db, settings(), cfg, progress=on_progress)
@@ -170,6 +173,39 @@ def _train_inline(db: Any, cfg: Any, as_json: bool) -> int:
         raise CLIError(str(exc)) from None
     finally:
         close()
+    return _report(version, as_json)
+
+
+def _train_torchrun(db: Any, cfg: Any, world: int, as_json: bool) -> int:
+    """One rank of ``torchrun ... -m cli train --inline``: rank 0 trains and publishes as usual, handing each
+    fine-tune to the other ranks (``rm_engine.finetune.ddp``), which take part and print nothing."""
+    import torch.distributed as dist
+
+    from rm_engine.finetune import ddp
+    from rm_engine.training import train_and_publish
+
+    if cfg.mode != "finetune":
+        raise CLIError("--mode: a torchrun launch trains in fine-tune mode (head mode runs in one process)")
+    ddp.init_from_env()
+    try:
+        if dist.get_rank() != 0:
+            ddp.follow(settings())
+            return 0
+        on_progress, close = phase_bars()
+        try:
+            version = train_and_publish(db, settings(), cfg.replace(gpus=world), progress=on_progress)
+        except ValueError as exc:  # the other ranks wait for a hand-off: this rank's exit makes torchrun stop them
+            raise CLIError(str(exc)) from None
+        finally:
+            close()
+        ddp.release()
+        return _report(version, as_json)
+    finally:
+        dist.destroy_process_group()
+
+
+def _report(version: Any, as_json: bool) -> int:
+    """Print what a finished inline training published."""
     assert version is not None  # no publish guard here
     m = version.metrics
     if as_json:

@@ -41,7 +41,7 @@ from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.device import device_label, resolve_device
 from rm_engine.evaluation import evaluate_pairs
 from rm_engine.faults import fault_point
-from rm_engine.finetune.ddp import train_finetune_ddp
+from rm_engine.finetune import ddp, distributed
 from rm_engine.finetune.train import train_finetune
 from rm_engine.head.features import FeatureExtractor
 from rm_engine.head.train import PairArrays, train_heads
@@ -185,10 +185,13 @@ def _fit_finetune(settings: Settings, cfg: TrainConfig, splits: dict[str, list[T
     models, histories = [], []
     for k, w in enumerate(member_weights(cfg, [pair_weight(cfg, p) for p in train])):
         member_cfg = cfg.replace(seed=cfg.seed + k)
-        if cfg.gpus > 1:
+        if distributed.is_distributed():  # rank 0 of a torchrun launch: the other ranks follow
+            res = ddp.lead(member_cfg, train, splits["val"], weights=w.tolist(), device=device, progress=progress,
+                           should_stop=should_stop, settings=settings)
+        elif cfg.gpus > 1:
             # CPU ranks (gloo) share this machine's cores: split the threads between them
             threads = max(1, torch.get_num_threads() // cfg.gpus) if device == "cpu" else None
-            res = train_finetune_ddp(member_cfg, train, splits["val"], gpus=cfg.gpus, weights=w.tolist(), device=device,
+            res = ddp.train_finetune_ddp(member_cfg, train, splits["val"], gpus=cfg.gpus, weights=w.tolist(), device=device,
                                      progress=progress, should_stop=should_stop, settings=settings,
                                      threads_per_rank=threads)
         else:

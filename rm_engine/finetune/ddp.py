@@ -6,9 +6,11 @@ Two ways in:
   machine, each runs :func:`rm_engine.finetune.train.train_finetune` as one rank (NCCL on GPUs, gloo on CPU), rank 0
   saves the model to a temporary folder and the parent loads it. Progress and cancellation cross the process
   boundary through a queue and an event.
-* torchrun: a script started by ``torchrun --nproc-per-node N`` calls
-  :func:`rm_engine.finetune.distributed.init_from_env` and then
-  ``train_finetune`` directly; every rank returns the same model.
+* torchrun (one machine or several): ``torchrun ... -m cli train --inline`` starts one RM Studio process per
+  GPU. Each joins the group (:func:`rm_engine.finetune.distributed.init_from_env`); rank 0 reads the labels and
+  runs the usual training and publishing, handing every fine-tune it starts to the other ranks
+  (:func:`lead`), which wait for those hand-offs (:func:`follow`) and never touch the database. A script of
+  its own may also call ``train_finetune`` on every rank directly.
 
 The numerics: every rank builds the same global batch plan, takes an interleaved shard, and normalises its loss
 by the global batch's weight sum times the world size, so DDP's gradient average equals the gradient of one
@@ -30,8 +32,8 @@ import torch.distributed as dist
 
 from db.config import Settings
 from rm_engine.config import Cancelled
-from rm_engine.device import resolve_device
-from rm_engine.finetune.distributed import init_from_env  # noqa: F401 - torchrun scripts call it from here
+from rm_engine.device import resolve_device, torch_device
+from rm_engine.finetune.distributed import init_from_env, local_rank  # noqa: F401 - torchrun scripts call init_from_env from here
 from rm_engine.finetune.train import FinetunedModel, FinetuneResult, train_finetune
 
 
@@ -162,3 +164,38 @@ def train_finetune_ddp(
             raise RuntimeError(f"DDP rank {rank} failed: {name}: {text}\n{tb}")
         model = FinetunedModel.load(tmp, device="cuda:0" if use_cuda else "cpu")
     return FinetuneResult(model=model, history=history)
+
+
+def lead(cfg: Any, train_pairs: Sequence[Any], val_pairs: Sequence[Any], *, weights: Sequence[float] | None,
+         device: str, progress: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None,
+         settings: Settings) -> FinetuneResult:
+    """Rank 0 of a torchrun group: send one fine-tune's inputs to the ranks in :func:`follow`, take part in it,
+    and return the trained model on this rank's device."""
+    job = {"cfg": cfg, "train_pairs": list(train_pairs), "val_pairs": list(val_pairs),
+           "weights": None if weights is None else [float(w) for w in weights], "device": device}
+    dist.broadcast_object_list([job], src=0)
+    # every rank must poll for cancellation at the same steps, so rank 0 always has a check
+    res = train_finetune(cfg, train_pairs, val_pairs, weights=weights, device=device, progress=progress,
+                         should_stop=should_stop or (lambda: False), settings=settings)
+    res.model.to(torch_device(device, local_rank=local_rank()))
+    return res
+
+
+def release() -> None:
+    """Rank 0, when it is done: the ranks in :func:`follow` return."""
+    dist.broadcast_object_list([None], src=0)
+
+
+def follow(settings: Settings) -> int:
+    """A torchrun rank other than 0: take part in every fine-tune rank 0 starts (:func:`lead`) until it calls
+    :func:`release`; returns how many ran. A failure on rank 0 ends the launch (torchrun stops every rank)."""
+    n = 0
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return n
+        job = box[0]
+        train_finetune(job["cfg"], job["train_pairs"], job["val_pairs"], weights=job["weights"], device=job["device"],
+                       should_stop=lambda: False, settings=settings)
+        n += 1

@@ -6,6 +6,7 @@ calls them unconditionally. Starting the ranks is :mod:`rm_engine.finetune.ddp`'
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -61,5 +62,7 @@ def init_from_env(backend: str | None = None) -> bool:
     backend = backend or ("nccl" if cuda_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
+    # Between two fine-tunes rank 0 scores every stored response and publishes while the other ranks wait in a
+    # broadcast (rm_engine.finetune.ddp.follow): longer than the default 10 minutes on a large dataset.
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     return True

@@ -154,6 +154,12 @@ class FinetunedModel:
         """The underlying Hugging Face (or peft) module."""
         return self.net.model
 
+    def to(self, device: torch.device) -> FinetunedModel:
+        """Move the model to ``device`` (in place); returns self."""
+        self.net.to(device)
+        self.device = device
+        return self
+
     def encode(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str]) -> list[Row]:
         """One row per (prompt, history, response), with the training-time truncation policy and template: token
         ids, or with rich pooling the (context + response, response, context) triple of token ids."""

@@ -94,3 +94,27 @@ def test_worker_runs_a_sharded_job(sqlite_db: Database, engine_settings, tiny_en
     rc, out, err = run(capsys, "score", "--model", str(version_id), "--prompt", "how do I bake bread?",
                        "--response", "happy to help, step by step", "--json")
     assert rc == 0, err
+
+
+def test_torchrun_launch_trains_sharded_and_rank_zero_publishes(sqlite_db: Database, engine_settings,
+                                                                  tiny_encoder: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m cli train --inline``, as on several machines but with gloo on this one:
+    both ranks train one sharded model, rank 0 alone publishes it and prints the result."""
+    import os
+    import subprocess
+    import sys
+
+    seed_labels(sqlite_db, 12)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "cli", "train", "--inline", "--json",
+         "--mode", "finetune", "--strategy", "fsdp", "--device", "cpu", "--backbone", str(tiny_encoder),
+         "--max-length", "48", "--epochs", "2", "--lr", "2e-3", "--batch-tokens", "400", "--max-batch-pairs", "4"],
+        env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)  # one JSON document: only rank 0 prints
+    assert res["config"]["strategy"] == "fsdp" and res["config"]["gpus"] == 2
+    with sqlite_db.read() as s:
+        versions = s.query(ModelVersion).all()
+        assert [v.id for v in versions] == [res["model_version"]] and versions[0].device == "cpu x2"
