@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "cli.data_cmds",  # import, export, stats, guidelines
     "cli.annotator_cmds",  # annotators (team, add, set, invite, revoke, campaign; reliability)
     "cli.model_cmds",  # train, eval, score
+    "cli.plan_cmds",  # plan-memory
     "cli.version_cmds",  # models (list, delete, export, share)
     "cli.job_cmds",  # worker, jobs, policy, serve
     "cli.demo_cmds",  # seed-demo

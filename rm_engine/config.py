@@ -30,6 +30,8 @@ SOURCE_WEIGHT = Bound(0, 100)
 MIN_FOLDS, MAX_FOLDS = 2, 20
 MAX_ENSEMBLE = 64
 MAX_GPUS = 64
+#: How ``gpus > 1`` processes split the work (``TrainConfig.strategy``; rm_engine.finetune.sharding).
+STRATEGIES = ("ddp", "fsdp", "fsdp-offload")
 ENV_PREFIX = "RMSTUDIO_TRAIN_"
 # How several versions combine into one reward (rm_engine.serving.ensemble); here so that the CLI can offer the
 # choices without importing numpy.
@@ -232,7 +234,7 @@ class TrainConfig:
         help="data-parallel processes (DDP, one per GPU, NCCL; gloo CPU processes without CUDA, for tests); a "
              "queued run without it takes the worker's --gpus", **_FT))
     strategy: str = field(default="ddp", metadata=choice(
-        "ddp", "fsdp", "fsdp-offload", **_FT,
+        *STRATEGIES, **_FT,
         help="how gpus > 1 processes split the work. ddp: every GPU holds the whole model, its gradients and "
              "optimizer state (fastest when that fits); fsdp: the three are sharded across the GPUs, each layer "
              "gathered only while it runs (FSDP2: a full fine-tune of a 7B model, ~16 bytes per parameter, "

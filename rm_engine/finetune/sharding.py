@@ -27,8 +27,6 @@ from torch import nn
 
 from rm_engine.finetune.reward_net import RewardNet, unwrap_hf
 
-#: How ``gpus > 1`` processes split the work (``TrainConfig.strategy``).
-STRATEGIES = ("ddp", "fsdp", "fsdp-offload")
 log = logging.getLogger(__name__)
 
 

@@ -53,7 +53,7 @@ from db.pairs import TrainingPair
 from rm_engine.backbone import TRUNCATION_POLICY, is_decoder, load_config, load_tokenizer, resolve_backbone
 from rm_engine.config import Cancelled, TrainConfig
 from rm_engine.device import torch_device
-from rm_engine.finetune import distributed, sharding
+from rm_engine.finetune import distributed, memory_plan, sharding
 from rm_engine.finetune.batching import BatchPlanConfig, plan_batches, plan_packed, plan_packed_ranks, shard
 from rm_engine.finetune.linear_probe import init_head_by_probe
 from rm_engine.finetune.memory_fit import fit_to_memory, fits, heaviest
@@ -276,7 +276,12 @@ def train_finetune(
     rank, world = distributed.rank_and_world()
     dev = torch_device(device or cfg.device, local_rank=distributed.local_rank())
     ref = resolve_backbone(cfg.backbone, settings)
-    decoder = is_decoder(load_config(ref))
+    hf_config = load_config(ref)
+    decoder = is_decoder(hf_config)
+    plan_actions: tuple[str, ...] = ()
+    if dev.type == "cuda":  # before any weight reaches the GPU: refuse what cannot fit, adapt a multi-GPU run
+        gpu = torch.cuda.get_device_properties(dev).total_memory
+        cfg, plan_actions = memory_plan.plan_run(cfg, hf_config, gpu, world)
     tok = load_tokenizer(ref, decoder=decoder)
     torch.manual_seed(cfg.seed)
     hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
@@ -305,7 +310,7 @@ def train_finetune(
     if cfg.head_init == "probe":  # before any DDP wrapper: every rank fits the same probe, rank 0's is broadcast
         probe_info = init_head_by_probe(net, tr.chosen, tr.rejected, w_host, tr.tie, fm.pad_id, dev)
         log.info("finetune: score head initialised by a linear probe (train accuracy %.3f)", probe_info["train_accuracy"])
-    fit_actions: tuple[str, ...] = ()
+    fit_actions: tuple[str, ...] = plan_actions
     if _probe_memory(dev, world):
         probe = _probe_packed_step if cfg.packing and decoder else _probe_step
         fit = fit_to_memory(cfg, lambda c: probe(net, fm.pad_id, dev, amp, tr, c),

@@ -117,8 +117,13 @@ def _label_page_shows(error_words: str, link: str) -> None:
         errors = [e.value for e in at.error]
         assert len(errors) == 1 and error_words in errors[0] and "not recorded" in errors[0], errors
     finally:
+        import threading
+
         from app.resources import database
 
+        for t in threading.enumerate():  # the page draws the next pair in a thread: let it finish its read
+            if t.name == "rmstudio-next-pair":
+                t.join(30)
         database().dispose()  # close the page's connections, so the file system can be unmounted
         st.cache_resource.clear()
 
