@@ -23,6 +23,8 @@ SHAPES: dict[str, dict[str, int]] = {
                  num_key_value_heads=2, vocab_size=151936),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064),
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=30522),
 }
@@ -135,9 +137,9 @@ def minilm_tokenizer(decoder: bool) -> Any:
     return tok
 
 
-def build_random_model(root: Path, shape: str, tok: Any) -> tuple[Path, int]:
+def build_random_model(root: Path, shape: str, tok: Any, *, bf16_files: bool = False) -> tuple[Path, int]:
     """A Qwen2-shaped sequence-classification model with random weights saved under ``root``; returns the folder
-    and its non-embedding parameter count."""
+    and its non-embedding parameter count. ``bf16_files``: saved in bf16 (half the disk; trainers load fp32)."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -153,6 +155,8 @@ def build_random_model(root: Path, shape: str, tok: Any) -> tuple[Path, int]:
     n_embed = model.model.embed_tokens.weight.numel()
     n_nonembed = sum(p.numel() for p in model.parameters()) - n_embed
     out = root / f"qwen2-{shape}-shaped"
+    if bf16_files:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     del model

@@ -12,8 +12,10 @@ from gpu_setup import alloc_retries, peak_gb, reset_memory
 
 
 def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: bool, batch: int, steps: int,
-            warmup: int, lr: float, epochs: float | None = None, seed: int = 0) -> tuple[dict[str, Any], Any]:
-    """TRL RewardTrainer on pre-tokenised pairs; timing skips the first ``warmup`` steps."""
+            warmup: int, lr: float, epochs: float | None = None, seed: int = 0,
+            lora: bool = False) -> tuple[dict[str, Any], Any]:
+    """TRL RewardTrainer on pre-tokenised pairs; timing skips the first ``warmup`` steps. ``lora``: peft adapters
+    of rank 16 on every linear layer (RM Studio's LoRA), through TRL's ``peft_config``."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, TrainerCallback
@@ -40,7 +42,13 @@ def run_trl(model_dir: Path, tok: Any, ids: tuple[list, list], *, grad_ckpt: boo
                            num_train_epochs=epochs or 1, logging_steps=10**6, save_strategy="no", report_to=[],
                            dataloader_num_workers=0, seed=seed, use_cpu=not cuda, max_length=None)
         clock = Clock()
-        trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, target_modules="all-linear")
+        trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock],
+                                peft_config=peft_config)
         trainer.train()
     timed = sorted(k for k in clock.t if k > warmup)
     secs = clock.t[timed[-1]] - clock.t[warmup] if timed and warmup in clock.t else float("nan")

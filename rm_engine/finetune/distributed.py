@@ -6,6 +6,8 @@ calls them unconditionally. Starting the ranks is :mod:`rm_engine.finetune.ddp`'
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -45,6 +47,21 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     all_reduce_sum(t)
     return bool(t.item() > 0)
+
+
+@contextmanager
+def in_turn(enabled: bool = True) -> Iterator[None]:
+    """Run the body on one rank at a time, in rank order (every rank enters; a no-op in one process or when not
+    ``enabled``). A rank that raises leaves the others waiting: the launcher ends them."""
+    if not enabled or not is_distributed():
+        yield
+        return
+    rank, world = rank_and_world()
+    for _ in range(rank):
+        dist.barrier()
+    yield
+    for _ in range(world - rank):
+        dist.barrier()
 
 
 def wrap(net: nn.Module, device: torch.device) -> nn.Module:

@@ -284,12 +284,16 @@ def train_finetune(
         cfg, plan_actions = memory_plan.plan_run(cfg, hf_config, gpu, world)
     tok = load_tokenizer(ref, decoder=decoder)
     torch.manual_seed(cfg.seed)
-    hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
+    sharded = world > 1 and cfg.strategy != "ddp"
+    # Sharded runs are for models whose full fp32 copy is large: the ranks of a machine load theirs in turn, so
+    # host memory holds one copy at a time (each is moved to its GPU, then sharded, before the next rank loads).
+    with distributed.in_turn(sharded):
+        hf = load_backbone_model(ref.path, tok, cfg, decoder=decoder)
+        pooling = backbone_pooling(ref.path, hf, decoder) if cfg.pooling == "auto" or decoder else cfg.pooling
+        net = RewardNet(hf, decoder, pooling).to(dev)
     if decoder and cfg.pooling not in ("auto", "last"):
         log.warning("TrainConfig.pooling=%r ignored: %s is a decoder (score read at its last real token)",
                     cfg.pooling, ref.path)
-    pooling = backbone_pooling(ref.path, hf, decoder) if cfg.pooling == "auto" or decoder else cfg.pooling
-    net = RewardNet(hf, decoder, pooling).to(dev)
     meta = FinetuneMeta(decoder=decoder, max_length=cfg.max_length, lora=cfg.lora, backbone=ref.to_dict(),
                         truncation=TRUNCATION_POLICY, pooling=pooling)
     fm = FinetunedModel(net, tok, meta, dev)
@@ -317,7 +321,6 @@ def train_finetune(
                             lambda: unwrap_hf(hf).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}))
         cfg, fit_actions = fit.cfg, fit.actions
 
-    sharded = world > 1 and cfg.strategy != "ddp"
     if sharded:  # after the probes above, which run on the whole model
         n_groups = sharding.shard_model(net, dev, offload=cfg.strategy == "fsdp-offload")
         log.info("finetune: %s over %d ranks, %d groups", cfg.strategy, world, n_groups)

@@ -254,3 +254,26 @@ def test_length_covariate_learns_its_coefficient_and_keeps_it_out_of_the_score(k
     assert res.history[-1]["val_accuracy"] == pytest.approx(float(np.mean(rc > rr)))  # read without beta
     plain = train_finetune(_cfg(tiny_root / kind, epochs=1), pairs[:100], pairs[100:], device="cpu", settings=settings)
     assert "length_coef" not in plain.history[-1]
+
+
+def test_gpu_scale_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu_scale.py --smoke: the 8-GPU memory plan of a 7B model, LoRA against TRL + peft, a sharded run
+    (two gloo ranks on CPU) and scoring against a plain transformers forward, one JSON; no section fails."""
+    import importlib.util
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("rmstudio_bench_gpu_scale", repo / "bench" / "gpu_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu_scale.json"
+    bench.main(["--smoke", "--out", str(out)])
+    rep = json.loads(out.read_text())
+    assert not [k for k in ("plan", "lora", "fsdp", "serving") if "error" in rep[k]], rep
+    assert 7.0e9 < rep["plan"]["params"] < 7.2e9 and "does_not_fit" in rep["plan"]["ddp"]
+    assert rep["plan"]["fsdp"]["fits_with"] == ["grad_checkpointing"]
+    assert rep["lora"]["trl_peft"]["pairs_per_s"] > 0 and rep["lora"]["rmstudio"]["pairs_per_s"] > 0
+    assert rep["fsdp"]["gpus"] == 2 and rep["fsdp"]["pairs_per_s"] > 0
+    serving = rep["serving"]
+    assert serving["rmstudio"]["rewards_per_s"] > 0 and serving["transformers_per_request"]["p95_ms"] > 0
