@@ -30,47 +30,11 @@ NO_WORKER = ("No worker is running, so queued jobs wait: start one with `rmstudi
              "app and a worker together).")
 
 
-def _takes(worker: dict[str, Any], job: dict[str, Any]) -> bool:
-    return not worker["kinds"] or job["kind"] in worker["kinds"]
-
-
 def worker_status(live: Sequence[dict[str, Any]], active: Sequence[dict[str, Any]]) -> tuple[str, dict[int, str]]:
-    """The workers as one line, and for each queued job what it waits for. Workers claim the oldest queued job
-    of their kinds, so each idle worker is matched with the first queued job it can take: it is "taking" that
-    job (at its next poll), never "idle" while a job it could run waits."""
-    queued = [j for j in active if j["status"] == "queued" and not j["cancel_requested"]]
-    taking: dict[str, int] = {}
-    waits: dict[int, str] = {}
-    for j in queued:
-        free = next((w for w in live if w["job"] is None and w["name"] not in taking and _takes(w, j)), None)
-        if free is not None:
-            taking[free["name"]] = j["id"]
-            waits[j["id"]] = f"waiting for a worker: {free['host']} takes it at its next poll"
-            continue
-        able = [w for w in live if _takes(w, j)]
-        if not live:
-            waits[j["id"]] = "waiting for a worker: none is running"
-        elif not able:
-            waits[j["id"]] = f"waiting for a worker: none of the running ones takes {j['kind']} jobs"
-        else:
-            busy = ", ".join(f"{w['host']} (job #{w['job'] or taking.get(w['name'])})" for w in able)
-            waits[j["id"]] = f"waiting for a worker: next free one of {busy}"
-    parts = []
-    for w in live:
-        if w["job"]:
-            doing = f"running job #{w['job']}"
-        elif w["name"] in taking:
-            doing = f"taking job #{taking[w['name']]}"
-        elif any(_takes(w, j) for j in queued):
-            doing = "free, the waiting jobs go to other workers"
-        elif queued:
-            doing = "free, no waiting job is of its kinds"
-        else:
-            doing = "idle"
-        what = [w["device"] or "device unknown", doing] + ([f"{', '.join(w['kinds'])} jobs only"] if w["kinds"] else [])
-        parts.append(f"{w['host']} ({', '.join(what)})")
-    line = f"{len(live)} worker{'s' if len(live) != 1 else ''}: " + "; ".join(parts) + "." if live else NO_WORKER
-    return line, waits
+    """The workers as one line (``db.workers.describe``: none is "idle" while a job it could run waits), and for
+    each queued job what it waits for."""
+    _, waits = workers.worker_status(live, active)
+    return (workers.describe(live, active) + "." if live else NO_WORKER), waits
 
 
 def _ago(iso: str | None, now: datetime | None = None) -> str:

@@ -159,12 +159,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise CLIError(str(exc)) from None
             live = workers.live_workers(s)
+            active = [jobq.job_to_dict(j) for j in jobq.active_jobs(s)]
     finally:
         db.dispose()
     if args.json:
         print_json(rows)
         return 0
-    print(workers.describe(live) + ("" if live else ": queued jobs wait until one starts (`rmstudio worker`)"))
+    print(workers.describe(live, active) + ("" if live else ": queued jobs wait until one starts (`rmstudio worker`)"))
     if not rows:
         print("no jobs")
         return 0
@@ -186,14 +187,16 @@ def cmd_workers(args: argparse.Namespace) -> int:
     try:
         with db.read() as s:
             live = workers.live_workers(s)
+            active = [jobq.job_to_dict(j) for j in jobq.active_jobs(s)]
     finally:
         db.dispose()
     if args.json:
         print_json(live)
     else:
-        print(workers.describe(live))
+        doing, _ = workers.worker_status(live, active)
+        print(workers.describe(live, active))
         for w in live:
-            print(f"  {w['name']}: {w['device'] or '?'}, {('job #' + str(w['job'])) if w['job'] else 'idle'}, "
+            print(f"  {w['name']}: {w['device'] or '?'}, {doing[w['name']]}, "
                   f"kinds {', '.join(w['kinds']) if w['kinds'] else 'all'}, seen {w['seen_s_ago']:g} s ago")
     return 0
 

@@ -66,17 +66,61 @@ def live_workers(session: Session, now: float | None = None) -> list[dict[str, A
     return out
 
 
-def describe(workers: Sequence[dict[str, Any]]) -> str:
-    """One line for people: ``2 workers: gpu-1 (cuda, running job #12); laptop (cpu, idle, train jobs only)``."""
+def _takes(worker: dict[str, Any], job: dict[str, Any]) -> bool:
+    return not worker["kinds"] or job["kind"] in worker["kinds"]
+
+
+def worker_status(live: Sequence[dict[str, Any]], active: Sequence[dict[str, Any]] = ()
+                  ) -> tuple[dict[str, str], dict[int, str]]:
+    """What each live worker is doing (by name) and what each queued job waits for (by id), from
+    :func:`live_workers` and the active jobs (``db.jobs.job_to_dict`` rows). Workers claim the oldest queued job
+    of their kinds, so each idle worker is matched with the first queued job it can take: it is "taking" that job
+    (at its next poll), never "idle" while a job it could run waits."""
+    queued = [j for j in active if j["status"] == "queued" and not j["cancel_requested"]]
+    taking: dict[str, int] = {}
+    waits: dict[int, str] = {}
+    for j in queued:
+        free = next((w for w in live if w["job"] is None and w["name"] not in taking and _takes(w, j)), None)
+        if free is not None:
+            taking[free["name"]] = j["id"]
+            waits[j["id"]] = f"waiting for a worker: {free['host']} takes it at its next poll"
+            continue
+        able = [w for w in live if _takes(w, j)]
+        if not live:
+            waits[j["id"]] = "waiting for a worker: none is running"
+        elif not able:
+            waits[j["id"]] = f"waiting for a worker: none of the running ones takes {j['kind']} jobs"
+        else:
+            busy = ", ".join(f"{w['host']} (job #{w['job'] or taking.get(w['name'])})" for w in able)
+            waits[j["id"]] = f"waiting for a worker: next free one of {busy}"
+    doing: dict[str, str] = {}
+    for w in live:
+        if w["job"]:
+            doing[w["name"]] = f"running job #{w['job']}"
+        elif w["name"] in taking:
+            doing[w["name"]] = f"taking job #{taking[w['name']]}"
+        elif any(_takes(w, j) for j in queued):
+            doing[w["name"]] = "free, the waiting jobs go to other workers"
+        elif queued:
+            doing[w["name"]] = "free, no waiting job is of its kinds"
+        else:
+            doing[w["name"]] = "idle"
+    return doing, waits
+
+
+def describe(workers: Sequence[dict[str, Any]], active: Sequence[dict[str, Any]] = ()) -> str:
+    """One line for people: ``2 workers: gpu-1 (cuda, running job #12); laptop (cpu, taking job #13, train jobs
+    only)``; ``active``: the active jobs (see :func:`worker_status`)."""
     if not workers:
         return "no worker is running"
+    doing, _ = worker_status(workers, active)
     parts = []
     for w in workers:
-        what = [w["device"] or "device unknown", f"running job #{w['job']}" if w["job"] else "idle"]
+        what = [w["device"] or "device unknown", doing[w["name"]]]
         if w["kinds"]:
             what.append(f"{', '.join(w['kinds'])} jobs only")
         parts.append(f"{w['host']} ({', '.join(what)})")
     return f"{len(workers)} worker{'s' if len(workers) != 1 else ''}: " + "; ".join(parts)
 
 
-__all__ = ["LIVE_FACTOR", "PRUNE_AFTER_S", "beat", "describe", "forget", "live_workers", "prune"]
+__all__ = ["LIVE_FACTOR", "PRUNE_AFTER_S", "beat", "describe", "forget", "live_workers", "prune", "worker_status"]

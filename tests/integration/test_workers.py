@@ -32,6 +32,10 @@ def test_live_idle_busy_gone_and_pruned(any_db: Database) -> None:
     # b claims a job and is then busy inside it: no beats, but its lease heartbeat keeps it live
     with any_db.write() as s:
         jid = jobq.enqueue(s, "noop", {}).id
+    with any_db.read() as s:  # a job waits: the worker that can take it is not "idle" (the CLI's line)
+        active = [jobq.job_to_dict(j) for j in jobq.active_jobs(s)]
+        assert workers.describe(workers.live_workers(s, now=t0 + 5), active) == (
+            f"2 workers: a (cpu, taking job #{jid}); b (cuda, free, no waiting job is of its kinds, train jobs only)")
     job = jobq.claim(any_db, "b:2:y", lease_s=3600)
     assert job is not None and job.id == jid
     with any_db.read() as s:
