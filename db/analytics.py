@@ -126,6 +126,7 @@ def labels_per_category(session: Session) -> pd.DataFrame:
         .select_from(Label)
         .join(Comparison, Label.comparison_id == Comparison.id)
         .join(Prompt, Comparison.prompt_id == Prompt.id)
+        .where(Label.superseded_by_id.is_(None))
         .group_by(Prompt.category)
     ).all()
     df = _frame(rows, ["category", "labels", "prompts"])
@@ -356,8 +357,8 @@ def labelled_prompts(session: Session, limit: int = 20000) -> pd.DataFrame:
 
 
 def label_count(session: Session) -> int:
-    """Number of labels stored."""
-    return int(session.scalar(select(func.count(Label.id))) or 0)
+    """Number of current labels (a verdict its annotator changed counts once, as its new label)."""
+    return int(session.scalar(select(func.count(Label.id)).where(Label.superseded_by_id.is_(None))) or 0)
 
 
 def data_fingerprint(session: Session) -> tuple[int, ...]:

@@ -55,6 +55,9 @@ def dataset_stats(session: Session) -> dict[str, Any]:
     ``by_outcome`` counts ``a`` / ``b`` as "the response shown first / second won" (so that a position bias
     shows, and the numbers do not depend on storage order), ``tie`` and ``both_bad``.
 
+    Every count is of current verdicts: a label whose annotator changed it is kept, superseded, and counted apart
+    (``changed_labels``), as training leaves it out.
+
     ``pairs`` counts the training pairs available for training (``train`` split): every label except
     ``both_bad`` (ties included, for tie-aware losses) plus K(K-1)/2 per K-way ranking. ``test_pairs`` counts
     the held-out ones. The tier and advice follow ``pairs``.
@@ -65,11 +68,14 @@ def dataset_stats(session: Session) -> dict[str, Any]:
             q = q.join(Comparison, Label.comparison_id == Comparison.id).join(Prompt, Comparison.prompt_id == Prompt.id)
         if model is Label and any(getattr(c, "class_", None) is Annotator for c in cols):
             q = q.join(Annotator, Label.annotator_id == Annotator.id)
+        if model is Label:  # current verdicts only: a verdict its annotator changed is kept, superseded
+            q = q.where(Label.superseded_by_id.is_(None))
         if where is not None:
             q = q.where(where)
         return list(session.execute(q.select_from(model).group_by(*cols)).all())
 
-    labels = session.scalar(select(func.count(Label.id))) or 0
+    labels = session.scalar(select(func.count(Label.id)).where(Label.superseded_by_id.is_(None))) or 0
+    changed = session.scalar(select(func.count(Label.id)).where(Label.superseded_by_id.is_not(None))) or 0
     by_source = {s.value: 0 for s in Source}
     for src, n in grouped(Label.source):
         by_source[Source(src).value] = n
@@ -108,6 +114,7 @@ def dataset_stats(session: Session) -> dict[str, Any]:
     unlabeled = session.scalar(select(func.count(Comparison.id)).where(Comparison.label_count == 0)) or 0
     return {
         "labels": labels,
+        "changed_labels": changed,
         "pairs": pairs,
         "test_pairs": label_pairs[Split.test] + ranking_pairs[Split.test],
         "rankings": n_rankings,

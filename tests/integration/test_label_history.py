@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, select, text
 
-from db.analytics import multi_rated_labels
+from db.analytics import label_count, labels_per_category, multi_rated_labels
 from db.annotators import add_annotator
 from db.exporter import ExportReport, native_records
 from db.label_history import ChangeRefused, change_label, recent_labels
@@ -20,6 +20,7 @@ from db.models import Annotator, AuditEvent, Comparison, Label, Outcome, Side
 from db.pairs import training_pairs
 from db.review import exclude_label, history
 from db.session import Database
+from db.stats import dataset_stats
 from db.store import add_label
 from tests.app.conftest import seed_small
 
@@ -65,6 +66,10 @@ def test_a_change_supersedes_the_old_label_for_training_and_export(any_db: Datab
         assert history(s, label_id=new_id)[0]["what"].startswith(f"changed their verdict on pair {cid}")
         rated = multi_rated_labels(s, min_labels=1)  # agreement and reliability see one verdict of lea's
         assert rated[rated["comparison_id"] == cid]["label_id"].tolist() == [new_id]
+        stats = dataset_stats(s)  # the counts people read: one label, one pair, the change counted apart
+        assert (stats["labels"], stats["pairs"] + stats["test_pairs"], stats["changed_labels"]) == (1, 1, 1)
+        assert stats["by_annotator"] == {"lea": 1} and label_count(s) == 1
+        assert labels_per_category(s)["labels"].sum() == 1
 
 
 def test_only_my_current_app_labels_change_and_a_double_press_stores_one(any_db: Database) -> None:
