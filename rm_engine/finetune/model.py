@@ -28,6 +28,7 @@ from torch import nn
 
 from rm_engine.backbone import build_inputs, fingerprint
 from rm_engine.device import torch_device
+from rm_engine.finetune.packing import score_packed
 from rm_engine.finetune.reward_net import RewardNet, Row, by_length
 from rm_engine.head.features import item_ids, items_for
 
@@ -182,10 +183,14 @@ class FinetunedModel:
         return rows
 
     def score_ids(self, seqs: Sequence[Row], *, batch_tokens: int = 16384) -> np.ndarray:
-        """Scores of already-tokenised rows, in input order; batches are grouped by length under a token budget
-        and run in bf16 autocast on CUDA."""
+        """Scores of already-tokenised rows, in input order, in bf16 autocast on CUDA. A decoder on a GPU scores
+        packed rows of ``batch_tokens`` (no padding, :func:`rm_engine.finetune.packing.score_packed`); otherwise
+        batches are grouped by length under that token budget."""
         if not seqs:
             return np.zeros(0, dtype=np.float32)
+        if self.meta.decoder and self.device.type == "cuda":
+            return score_packed(self.net, seqs, self.pad_id, self.device, budget=batch_tokens,
+                                max_segment=self.meta.max_length).numpy()
         return by_length(self.net, self.net, seqs, self.pad_id, self.device, batch_tokens=batch_tokens).numpy()
 
     def score(self, prompts: Sequence[str], histories: Sequence[Any] | None, responses: Sequence[str], *,

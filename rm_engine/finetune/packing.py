@@ -318,8 +318,6 @@ class PackedTrainer:
         set_attn_implementation(net.model, self.impl)
         self.module = PackedRewardNet(net, compile=compile, max_segment=self.max_segment)
         self.train_module: nn.Module = wrap(self.module) if wrap is not None else self.module
-        log.info("finetune: packing into rows of %d tokens, attention %s%s", self.budget, self.impl,
-                 ", compiled (static shape)" if compile else "")
 
     def pack(self, seqs: Sequence[Sequence[int]]) -> PackedBatch:
         """The packed row of ``seqs`` on the device."""
@@ -344,3 +342,40 @@ class PackedTrainer:
     def close(self) -> None:
         """Restore the model's own attention implementation."""
         set_attn_implementation(self.module.net.model, self.original)
+
+
+@torch.no_grad()
+def score_packed(net: RewardNet, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device, *,
+                 budget: int, max_segment: int) -> torch.Tensor:
+    """Scores of decoder rows (``net`` in eval mode), fp32 on the CPU in input order, computed on packed rows of
+    ``budget`` tokens instead of padded batches: no compute on padding. Rows are filled longest first, first fit
+    (each row holds what fits; a sequence longer than the budget gets a row of its own), with the attention
+    :class:`PackedTrainer` picks (varlen flash attention on CUDA); bf16 autocast on CUDA. What the GPU scores
+    stored responses and reward requests with (``FinetunedModel.score_ids``)."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(seqs[i])
+        slot = next((r for r, left in enumerate(room) if left >= n), None)
+        if slot is None:
+            rows.append([i])
+            room.append(budget - n)
+        else:
+            rows[slot].append(i)
+            room[slot] -= n
+    packer = PackedTrainer(net, budget=budget, device=device, pad_id=pad_id,
+                           max_segment=max(max_segment, max(len(s) for s in seqs)))
+    was_training = net.training
+    net.eval()
+    out = torch.empty(len(seqs), dtype=torch.float32)
+    use_amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    try:
+        for row in rows:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                r, _ = packer([seqs[i] for i in row])
+            out[torch.as_tensor(row)] = r.float().cpu()
+    finally:
+        packer.close()
+        net.train(was_training)
+    return out

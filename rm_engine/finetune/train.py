@@ -338,6 +338,8 @@ def train_finetune(
         packer = PackedTrainer(net, budget=cfg.batch_tokens, device=dev, pad_id=fm.pad_id, compile=cfg.compile,
                                wrap=(lambda m: distributed.wrap(m, dev)) if replicate else None,
                                attention=cfg.packed_attention, max_segment=cfg.max_length)
+        log.info("finetune: packing into rows of %d tokens, attention %s%s", cfg.batch_tokens, packer.impl,
+                 ", compiled (static shape)" if cfg.compile else "")
     train_net: nn.Module = distributed.wrap(net, dev) if replicate and packer is None else net
     if cfg.compile and packer is None:
         train_net = torch.compile(train_net, dynamic=True)

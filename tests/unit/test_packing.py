@@ -22,6 +22,7 @@ from rm_engine.finetune.packing import (
     pack_sequences,
     packed_length,
     packed_scores,
+    score_packed,
     segment_ids,
     set_attn_implementation,
     strip_hub_kernel_hooks,
@@ -128,6 +129,19 @@ def test_packed_scores_equal_padded_scores(arch: str, impl: str) -> None:
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(exact, ref, atol=1e-5, rtol=1e-5)
     assert ref.std() > 1e-3  # the scores differ between sequences: a mix-up would show
+
+
+@pytest.mark.parametrize("budget", [16, 24, 64])  # 16: the 17-token sequence overflows into a row of its own
+def test_scoring_on_packed_rows_equals_padded_scoring(budget: int) -> None:
+    """What a GPU scores with (``FinetunedModel.score_ids`` on CUDA): rows filled longest first, in input order."""
+    model = _tiny_decoder("qwen2")
+    seqs = _seqs(3) + _seqs(4)
+    net = RewardNet(model, decoder=True).train()
+    with torch.no_grad():
+        ref = _padded(model.eval(), seqs)
+    got = score_packed(net, seqs, 0, torch.device("cpu"), budget=budget, max_segment=32)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert attn_implementation(model) == "sdpa" and net.training  # its own attention and mode restored
 
 
 @pytest.mark.slow  # compiles the flex kernel unless an earlier flex test did
