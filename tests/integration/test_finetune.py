@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,18 +196,25 @@ def test_fixed_size_batches_when_no_token_budget() -> None:
     assert plan != plan_epoch([10] * 18, cfg, epoch=1)  # reshuffled every epoch
 
 
+def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``bench/<name>.py`` loaded in this process (torch and transformers are already imported), with ``sys.path``
+    (which the script extends) restored after the test."""
+    import importlib.util
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"rmstudio_bench_{name}", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_gpu_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/gpu_train.py --smoke: TRL (defaults, no checkpointing) vs ours, speed and accuracy, one JSON.
     Run in this process (torch and transformers are already imported) with sys.path restored afterwards."""
-    import importlib.util
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("rmstudio_bench_gpu_train", repo / "bench" / "gpu_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("gpu_train", monkeypatch)
     out = tmp_path / "gpu_train.json"
     bench.main(["--smoke", "--limit", "32", "--out", str(out)])
     stdout = capsys.readouterr().out
@@ -259,14 +267,7 @@ def test_length_covariate_learns_its_coefficient_and_keeps_it_out_of_the_score(k
 def test_gpu_scale_bench_smoke_runs_end_to_end_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/gpu_scale.py --smoke: the 8-GPU memory plan of a 7B model, LoRA against TRL + peft, a sharded run
     (two gloo ranks on CPU) and scoring against a plain transformers forward, one JSON; no section fails."""
-    import importlib.util
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("rmstudio_bench_gpu_scale", repo / "bench" / "gpu_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("gpu_scale", monkeypatch)
     out = tmp_path / "gpu_scale.json"
     bench.main(["--smoke", "--out", str(out)])
     rep = json.loads(out.read_text())
