@@ -7,7 +7,7 @@ from cli.common import CLIError, bounded_type, field_flag, print_json, settings
 from db.bounds import Bound
 from rm_engine.backbone import BackboneError, load_config, resolve_backbone
 from rm_engine.config import STRATEGIES, TrainConfig
-from rm_engine.finetune.memory_plan import GIB, DoesNotFit, fit_plan, model_shape, plan_memory
+from rm_engine.finetune.memory_plan import GIB, DoesNotFit, fit_plan, model_shape, plan_memory, step_tokens
 
 #: ``--gpu-memory``: GiB per GPU.
 GPU_GIB = Bound(1, 4096)
@@ -46,7 +46,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> int:
         raise CLIError(f"--backbone: {exc}") from None
     shape = model_shape(load_config(ref), lora_r=cfg.lora_r)
     gib = float(args.gpu_memory) if args.gpu_memory is not None else _gpu_gib()
-    tokens = cfg.batch_tokens or cfg.batch_size * 2 * cfg.max_length
+    tokens = step_tokens(cfg)
     plans, fits = {}, {}
     for strategy in STRATEGIES if cfg.gpus > 1 else ("ddp",):
         plans[strategy] = plan_memory(shape, strategy=strategy, world=cfg.gpus, lora=cfg.lora, batch_tokens=tokens,

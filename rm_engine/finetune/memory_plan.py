@@ -23,7 +23,6 @@ These are estimates that err on the side of caution; where one GPU can measure, 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +65,24 @@ class ModelShape:
         return self.lora_params if lora else self.params
 
 
+def transformer_layers(root: Any, hf: Any) -> list[Any]:
+    """The repeated transformer layers under ``root``: the outermost modules whose class the Hugging Face model
+    ``hf`` lists in its ``_no_split_modules`` (what FSDP shards one by one, and what the plan counts per layer)."""
+    names = set(getattr(hf, "_no_split_modules", None) or ())
+    found: list[Any] = []
+    inside: set[int] = set()
+    for m in root.modules():
+        if id(m) not in inside and type(m).__name__ in names:
+            found.append(m)
+            inside.update(id(x) for x in m.modules())
+    return found
+
+
+def step_tokens(cfg: Any) -> int:
+    """Tokens per step per GPU of a fine-tune ``cfg``: its token budget, or with fixed-size batches their most."""
+    return cfg.batch_tokens or cfg.batch_size * 2 * cfg.max_length
+
+
 def model_shape(config: Any, *, lora_r: int = 16) -> ModelShape:
     """The :class:`ModelShape` of a Hugging Face config (a sequence-classification model with one label), counted
     on the ``meta`` device: no weights are read or allocated, a 70B config takes a second."""
@@ -77,8 +94,7 @@ def model_shape(config: Any, *, lora_r: int = 16) -> ModelShape:
     config.num_labels = 1
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    layers = transformer_layers(model, model)
     if not layers:
         raise ValueError(f"{type(model).__name__}: no transformer layers found (none listed in _no_split_modules)")
     params = sum(p.numel() for p in model.parameters())
@@ -110,11 +126,6 @@ class MemoryPlan:
     gathered: float
     activations: float
     host: float
-
-    @property
-    def static(self) -> float:
-        """Everything but the activations, with the context: what no smaller batch can reduce."""
-        return self.weights + self.gradients + self.optimizer + self.gathered + CONTEXT_BYTES
 
     @property
     def total(self) -> float:
@@ -164,24 +175,22 @@ def fit_plan(shape: ModelShape, gpu_bytes: float, *, strategy: str, world: int, 
              checkpointing: bool) -> tuple[MemoryPlan, tuple[str, ...]]:
     """The plan that fits ``gpu_bytes``, and what changed to get there: activation checkpointing first, then the
     token budget halved (not below :data:`MIN_BUDGET`). Raises :class:`DoesNotFit` naming the alternatives."""
+    def plan(tokens: int, ckpt: bool) -> MemoryPlan:
+        return plan_memory(shape, strategy=strategy, world=world, lora=lora, batch_tokens=tokens, checkpointing=ckpt)
+
     actions: list[str] = []
-    plan = plan_memory(shape, strategy=strategy, world=world, lora=lora, batch_tokens=batch_tokens,
-                       checkpointing=checkpointing)
-    if plan.total <= gpu_bytes:
-        return plan, ()
+    fitted = plan(batch_tokens, checkpointing)
+    if fitted.total <= gpu_bytes:
+        return fitted, ()
     if not checkpointing:
-        checkpointing = True
         actions.append("grad_checkpointing")
-        plan = dataclasses.replace(plan, checkpointing=True,
-                                   activations=batch_tokens * activation_bytes_per_token(shape, True))
-    while plan.total > gpu_bytes and plan.batch_tokens // 2 >= MIN_BUDGET:
-        tokens = plan.batch_tokens // 2
-        plan = dataclasses.replace(plan, batch_tokens=tokens,
-                                   activations=tokens * activation_bytes_per_token(shape, True))
-        actions.append(f"batch_tokens={tokens}")
-    if plan.total > gpu_bytes:
-        raise DoesNotFit(_advice(shape, plan, gpu_bytes, lora))
-    return plan, tuple(actions)
+        fitted = plan(batch_tokens, True)
+    while fitted.total > gpu_bytes and fitted.batch_tokens // 2 >= MIN_BUDGET:
+        fitted = plan(fitted.batch_tokens // 2, True)
+        actions.append(f"batch_tokens={fitted.batch_tokens}")
+    if fitted.total > gpu_bytes:
+        raise DoesNotFit(_advice(shape, fitted, gpu_bytes, lora))
+    return fitted, tuple(actions)
 
 
 def _advice(shape: ModelShape, plan: MemoryPlan, gpu_bytes: float, lora: bool) -> str:
@@ -209,9 +218,8 @@ def plan_run(cfg: Any, hf_config: Any, gpu_bytes: float, world: int) -> tuple[An
     changes (checkpointing, a smaller token budget) come back applied to ``cfg``, with their names; one GPU leaves
     them to the probe (:mod:`rm_engine.finetune.memory_fit`), which measures."""
     shape = model_shape(hf_config, lora_r=cfg.lora_r)
-    tokens = cfg.batch_tokens or cfg.batch_size * 2 * cfg.max_length
     plan, actions = fit_plan(shape, gpu_bytes, strategy=cfg.strategy if world > 1 else "ddp", world=world,
-                             lora=cfg.lora, batch_tokens=tokens, checkpointing=cfg.grad_checkpointing)
+                             lora=cfg.lora, batch_tokens=step_tokens(cfg), checkpointing=cfg.grad_checkpointing)
     if world == 1 or not actions:
         return cfg, ()
     log.info("finetune: memory plan (%.1f GiB per GPU): %s", plan.total / GIB, ", ".join(actions))

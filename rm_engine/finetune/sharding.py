@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rm_engine.finetune.memory_plan import transformer_layers
 from rm_engine.finetune.reward_net import RewardNet, unwrap_hf
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,7 @@ log = logging.getLogger(__name__)
 
 def layer_modules(net: RewardNet) -> list[nn.Module]:
     """The model's repeated transformer layers (classes listed in its ``_no_split_modules``), outermost first."""
-    hf = unwrap_hf(net.model)
-    names = set(getattr(hf, "_no_split_modules", None) or ())
-    found: list[nn.Module] = []
-    for m in net.modules():
-        if type(m).__name__ in names and not any(m is not f and _contains(f, m) for f in found):
-            found.append(m)
-    return found
-
-
-def _contains(outer: nn.Module, inner: nn.Module) -> bool:
-    return any(m is inner for m in outer.modules())
+    return transformer_layers(net, unwrap_hf(net.model))
 
 
 def top_parts(net: RewardNet) -> list[nn.Module]:
