@@ -18,7 +18,6 @@ from app.render import escape_md, safe_markdown
 from app.resources import database, empty_state_hint
 from db.labeling import dataset_is_empty
 
-label_view.freeze_loaded_objects()  # keeps Streamlit's collection after each verdict short
 label_view.style()
 head = st.columns([0.9, 2.4, 2.6, 2.5, 1.5], vertical_alignment="center", gap="small")
 head[0].title("Label", anchor=False)
